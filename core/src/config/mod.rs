@@ -1,0 +1,410 @@
+//! `mirari.toml`: one file that holds an application's policy.
+//!
+//! [`AppConfig::parse`] turns the file's text into a validated config or a [`ConfigError`] that
+//! names file, line and column and says what to change. The file looks like this:
+//!
+//! ```toml
+//! [app]
+//! name = "hello"
+//! version = "0.1.0"
+//! targets = ["unix", "kvm"]
+//!
+//! [requires]
+//! commands = ["gcc", "make"]    # must be on PATH
+//! apt = ["build-essential"]     # Debian packages, installed with apt-get
+//! opam = []                     # OCaml packages, installed with opam
+//!
+//! [build]
+//! driver = "command"            # or "mirage"
+//!
+//! [build.targets.unix]
+//! build = "make unix"
+//! artifact = "_build/hello"
+//!
+//! [[files]]                     # baked into a read-only tar image, attached in order
+//! name = "data"
+//! source = "data"
+//!
+//! [run]
+//! memory_mib = 32
+//! vcpus = 1
+//! args = ["--ipv4=10.0.0.2/24"] # boot arguments: network settings go here
+//! restart = "on-failure"        # never | on-failure | always
+//! restart_limit = 3
+//! accelerator = "auto"          # kvm | tcg | auto
+//! stop_timeout_secs = 10
+//! ```
+
+mod error;
+mod raw;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use toml::Spanned;
+
+pub use self::error::{ConfigError, Location};
+use self::raw::{RawBuild, RawConfig, RawFiles, RawRequires, RawRun, RawTargetBuild};
+use crate::spec::{Accelerator, RestartPolicy, RunPolicy};
+use crate::target::Target;
+
+/// A validated application config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppConfig {
+    pub name: String,
+    pub version: String,
+    pub targets: Vec<Target>,
+    pub requires: Requirements,
+    pub builds: BTreeMap<Target, TargetBuild>,
+    pub files: Vec<FileDirective>,
+    pub run: RunPolicy,
+}
+
+/// What must be present before building.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requirements {
+    pub commands: Vec<String>,
+    pub apt: Vec<String>,
+    pub opam: Vec<String>,
+}
+
+/// How one target is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetBuild {
+    /// Shell commands run in the app directory, and the file they produce.
+    Command { configure: Option<String>, build: String, artifact: String },
+    /// `mirage configure -t <mirage_target>`, then `make`; the artifact lands in `dist/`.
+    Mirage { mirage_target: String, artifact: String },
+}
+
+/// A directory of the app baked into a read-only tar image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDirective {
+    pub name: String,
+    /// Relative to the app directory.
+    pub source: String,
+    /// Where `source` was written, for errors found when the directory is read.
+    pub source_location: Location,
+}
+
+impl AppConfig {
+    /// Parses and validates the text of a config file. `path` is only used in error messages.
+    pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
+        let cx = Cx { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| cx.toml_error(&e))?;
+        let name = cx.check_name(&raw.app.name, "app name")?;
+        let version = cx.non_empty(&raw.app.version, "app version")?;
+        let targets = cx.targets(&raw.app.targets)?;
+        let requires = cx.requirements(&raw.requires)?;
+        let builds = cx.builds(&raw.build, &name, &targets, &raw.app.targets)?;
+        let files = cx.files(&raw.files)?;
+        let run = cx.run(&raw.run)?;
+        Ok(Self { name, version, targets, requires, builds, files, run })
+    }
+}
+
+/// Parsing context: the file's path and text, to turn spans into located errors.
+struct Cx<'a> {
+    path: &'a str,
+    text: &'a str,
+}
+
+impl Cx<'_> {
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.path, Location::of(self.text, span), message)
+    }
+
+    fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
+        let span = error.span().unwrap_or(0..0);
+        let message = error.message().trim_end().to_owned();
+        let located = self.error(span, message.clone());
+        if message.starts_with("unknown field") {
+            located.with_help("remove or rename the key; see the expected keys listed above")
+        } else if message.starts_with("missing field") {
+            located.with_help("add the key to this table")
+        } else {
+            located
+        }
+    }
+
+    fn non_empty(&self, value: &Spanned<String>, what: &str) -> Result<String, ConfigError> {
+        if value.get_ref().trim().is_empty() {
+            return Err(self.error(value.span(), format!("{what} is empty")));
+        }
+        Ok(value.get_ref().clone())
+    }
+
+    /// App and file-image names end up in file names, domain names and URLs.
+    fn check_name(&self, value: &Spanned<String>, what: &str) -> Result<String, ConfigError> {
+        let name = value.get_ref();
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid {
+            return Err(self.error(value.span(), format!("invalid {what} `{name}`")).with_help(
+                "use 1 to 63 lowercase letters, digits and `-`, starting with a letter or digit",
+            ));
+        }
+        Ok(name.clone())
+    }
+
+    fn targets(
+        &self,
+        raw: &Spanned<Vec<Spanned<String>>>,
+    ) -> Result<Vec<Target>, ConfigError> {
+        if raw.get_ref().is_empty() {
+            return Err(self
+                .error(raw.span(), "no targets listed")
+                .with_help(format!("list at least one of: {}", Target::known_names())));
+        }
+        let mut targets = Vec::new();
+        for item in raw.get_ref() {
+            let target: Target = item.get_ref().parse().map_err(|_| {
+                self.error(item.span(), format!("unknown target `{}`", item.get_ref()))
+                    .with_help(format!("known targets: {}", Target::known_names()))
+            })?;
+            if targets.contains(&target) {
+                return Err(self.error(item.span(), format!("target `{target}` is listed twice")));
+            }
+            targets.push(target);
+        }
+        Ok(targets)
+    }
+
+    fn requirements(&self, raw: &RawRequires) -> Result<Requirements, ConfigError> {
+        // These names reach a shell or a package manager's argv: keep them to plain words.
+        let words = |list: &[Spanned<String>], what: &str| -> Result<Vec<String>, ConfigError> {
+            list.iter()
+                .map(|item| {
+                    let word = item.get_ref();
+                    let plain = !word.is_empty()
+                        && !word.starts_with('-')
+                        && word.chars().all(|c| c.is_ascii_alphanumeric() || "._+-:=".contains(c));
+                    if plain {
+                        Ok(word.clone())
+                    } else {
+                        Err(self.error(item.span(), format!("invalid {what} `{word}`")).with_help(
+                            "use a plain name of letters, digits and . _ + - : =, \
+                             not starting with `-`",
+                        ))
+                    }
+                })
+                .collect()
+        };
+        Ok(Requirements {
+            commands: words(&raw.commands, "command name")?,
+            apt: words(&raw.apt, "apt package name")?,
+            opam: words(&raw.opam, "opam package name")?,
+        })
+    }
+
+    fn builds(
+        &self,
+        raw: &RawBuild,
+        app_name: &str,
+        targets: &[Target],
+        targets_span: &Spanned<Vec<Spanned<String>>>,
+    ) -> Result<BTreeMap<Target, TargetBuild>, ConfigError> {
+        let mirage = match &raw.driver {
+            None => false,
+            Some(driver) => match driver.get_ref().as_str() {
+                "command" => false,
+                "mirage" => true,
+                other => {
+                    return Err(self
+                        .error(driver.span(), format!("unknown build driver `{other}`"))
+                        .with_help("use \"command\" or \"mirage\""));
+                }
+            },
+        };
+        let mut sections = BTreeMap::new();
+        for (key, section) in &raw.targets {
+            let target: Target = key.get_ref().parse().map_err(|_| {
+                self.error(key.span(), format!("unknown target `{}`", key.get_ref()))
+                    .with_help(format!("known targets: {}", Target::known_names()))
+            })?;
+            if !targets.contains(&target) {
+                return Err(self
+                    .error(key.span(), format!("build section for `{target}`, which [app] targets does not list"))
+                    .with_help(format!("add \"{target}\" to [app] targets or remove this section")));
+            }
+            sections.insert(target, section);
+        }
+        targets
+            .iter()
+            .map(|&target| {
+                let section = sections.get(&target).copied();
+                let build = if mirage {
+                    self.mirage_build(app_name, target, section, targets_span)?
+                } else {
+                    self.command_build(target, section, targets_span)?
+                };
+                Ok((target, build))
+            })
+            .collect()
+    }
+
+    fn command_build(
+        &self,
+        target: Target,
+        section: Option<&Spanned<RawTargetBuild>>,
+        targets_span: &Spanned<Vec<Spanned<String>>>,
+    ) -> Result<TargetBuild, ConfigError> {
+        let Some(section) = section else {
+            return Err(self
+                .error(targets_span.span(), format!("target `{target}` has no build commands"))
+                .with_help(format!(
+                    "add a [build.targets.{target}] table with `build` and `artifact`"
+                )));
+        };
+        let inner = section.get_ref();
+        if let Some(mirage_target) = &inner.mirage_target {
+            return Err(self
+                .error(mirage_target.span(), "`mirage_target` only applies to driver = \"mirage\""));
+        }
+        let required = |value: &Option<Spanned<String>>, key: &str| {
+            value.as_ref().map(|v| self.non_empty(v, key)).transpose()?.ok_or_else(|| {
+                self.error(section.span(), format!("[build.targets.{target}] has no `{key}`"))
+                    .with_help(format!("add `{key} = \"...\"` to this table"))
+            })
+        };
+        Ok(TargetBuild::Command {
+            configure: inner.configure.as_ref().map(|v| self.non_empty(v, "configure")).transpose()?,
+            build: required(&inner.build, "build")?,
+            artifact: required(&inner.artifact, "artifact")?,
+        })
+    }
+
+    fn mirage_build(
+        &self,
+        app_name: &str,
+        target: Target,
+        section: Option<&Spanned<RawTargetBuild>>,
+        targets_span: &Spanned<Vec<Spanned<String>>>,
+    ) -> Result<TargetBuild, ConfigError> {
+        let inner = section.map(Spanned::get_ref);
+        let commands = inner.into_iter().flat_map(|s| [&s.configure, &s.build]).flatten();
+        if let Some(command) = commands.into_iter().next() {
+            return Err(self
+                .error(command.span(), "commands only apply to driver = \"command\"")
+                .with_help("the mirage driver runs `mirage configure -t TARGET` and `make`"));
+        }
+        let overridden = inner.and_then(|s| s.mirage_target.as_ref());
+        let mirage_target = match (overridden, target) {
+            (Some(value), _) => self.non_empty(value, "mirage_target")?,
+            (None, Target::Unix) => "unix".to_owned(),
+            (None, Target::Kvm) => "virtio".to_owned(),
+            (None, Target::Xen) => "xen".to_owned(),
+            (None, Target::Freebsd) => {
+                return Err(self
+                    .error(targets_span.span(), "the mirage driver has no default for `freebsd`")
+                    .with_help("set `mirage_target` in [build.targets.freebsd]"));
+            }
+        };
+        let artifact = match inner.and_then(|s| s.artifact.as_ref()) {
+            Some(value) => self.non_empty(value, "artifact")?,
+            None if mirage_target == "unix" => format!("dist/{app_name}"),
+            None => format!("dist/{app_name}.{mirage_target}"),
+        };
+        Ok(TargetBuild::Mirage { mirage_target, artifact })
+    }
+
+    fn files(&self, raw: &[RawFiles]) -> Result<Vec<FileDirective>, ConfigError> {
+        let mut files: Vec<FileDirective> = Vec::new();
+        for entry in raw {
+            let name = self.check_name(&entry.name, "file image name")?;
+            if files.iter().any(|f| f.name == name) {
+                return Err(self.error(entry.name.span(), format!("file image `{name}` is declared twice")));
+            }
+            let source = self.non_empty(&entry.source, "source directory")?;
+            if source.starts_with('/') || source.split('/').any(|part| part == "..") {
+                return Err(self
+                    .error(entry.source.span(), format!("source `{source}` leaves the app directory"))
+                    .with_help("use a path relative to the directory of mirari.toml"));
+            }
+            files.push(FileDirective {
+                name,
+                source,
+                source_location: Location::of(self.text, entry.source.span()),
+            });
+        }
+        Ok(files)
+    }
+
+    fn run(&self, raw: &RawRun) -> Result<RunPolicy, ConfigError> {
+        let defaults = RunPolicy::default();
+        let ranged = |value: &Option<Spanned<i64>>, key: &str, range: Range<i64>, default: u32| {
+            let Some(value) = value else { return Ok(default) };
+            let n = *value.get_ref();
+            if range.contains(&n) {
+                Ok(u32::try_from(n).unwrap_or(default))
+            } else {
+                Err(self.error(value.span(), format!("`{key}` = {n} is out of range")).with_help(
+                    format!("use a value from {} to {}", range.start, range.end - 1),
+                ))
+            }
+        };
+        let mut boot_args = Vec::new();
+        for arg in &raw.args {
+            if arg.get_ref().is_empty() || arg.get_ref().contains(char::is_whitespace) {
+                return Err(self
+                    .error(arg.span(), "boot argument is empty or contains whitespace")
+                    .with_help("kernels receive one space-separated command line; split it into several arguments"));
+            }
+            boot_args.push(arg.get_ref().clone());
+        }
+        Ok(RunPolicy {
+            memory_mib: ranged(&raw.memory_mib, "memory_mib", 1..1_048_577, defaults.memory_mib)?,
+            vcpus: ranged(&raw.vcpus, "vcpus", 1..257, defaults.vcpus)?,
+            boot_args,
+            restart: self.restart(raw)?,
+            accelerator: match &raw.accelerator {
+                None => defaults.accelerator,
+                Some(value) => match value.get_ref().as_str() {
+                    "kvm" => Accelerator::Kvm,
+                    "tcg" => Accelerator::Tcg,
+                    "auto" => Accelerator::Auto,
+                    other => {
+                        return Err(self
+                            .error(value.span(), format!("unknown accelerator `{other}`"))
+                            .with_help("use \"kvm\", \"tcg\" or \"auto\""));
+                    }
+                },
+            },
+            stop_timeout_secs: ranged(
+                &raw.stop_timeout_secs,
+                "stop_timeout_secs",
+                0..3601,
+                defaults.stop_timeout_secs,
+            )?,
+        })
+    }
+
+    fn restart(&self, raw: &RawRun) -> Result<RestartPolicy, ConfigError> {
+        let policy = raw.restart.as_ref().map_or("on-failure", |p| p.get_ref().as_str());
+        match (policy, &raw.restart_limit) {
+            ("on-failure", None) => Ok(RestartPolicy::default()),
+            ("on-failure", Some(limit)) => match u32::try_from(*limit.get_ref()) {
+                Ok(limit) if limit <= 1000 => Ok(RestartPolicy::OnFailure { limit }),
+                _ => Err(self
+                    .error(limit.span(), format!("`restart_limit` = {} is out of range", limit.get_ref()))
+                    .with_help("use a value from 0 to 1000")),
+            },
+            ("never" | "always", Some(limit)) => Err(self
+                .error(limit.span(), format!("`restart_limit` does not apply to restart = \"{policy}\""))
+                .with_help("remove it, or use restart = \"on-failure\"")),
+            ("never", None) => Ok(RestartPolicy::Never),
+            ("always", None) => Ok(RestartPolicy::Always),
+            (other, _) => {
+                let span = raw.restart.as_ref().map_or(0..0, Spanned::span);
+                Err(self
+                    .error(span, format!("unknown restart policy `{other}`"))
+                    .with_help("use \"never\", \"on-failure\" or \"always\""))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,172 @@
+use super::*;
+
+const EXAMPLE: &str = r#"
+[app]
+name = "hello"
+version = "0.1.0"
+targets = ["unix", "kvm"]
+
+[requires]
+commands = ["gcc", "make"]
+apt = ["build-essential"]
+
+[build.targets.unix]
+build = "make unix"
+artifact = "_build/hello"
+
+[build.targets.kvm]
+configure = "true"
+build = "make kvm"
+artifact = "_build/hello.elf"
+
+[[files]]
+name = "data"
+source = "data"
+
+[run]
+memory_mib = 32
+args = ["--ipv4=10.0.0.2/24", "mode=demo"]
+restart = "on-failure"
+restart_limit = 3
+accelerator = "tcg"
+"#;
+
+fn parse(text: &str) -> Result<AppConfig, ConfigError> {
+    AppConfig::parse("mirari.toml", text)
+}
+
+/// Parses `text`, expects an error, and returns (line, column, message, help).
+fn error_of(text: &str) -> (usize, usize, String, Option<String>) {
+    let error = parse(text).expect_err("config should be rejected");
+    (error.location.line, error.location.column, error.message, error.help)
+}
+
+#[test]
+fn parses_the_example() {
+    let config = parse(EXAMPLE).expect("example parses");
+    assert_eq!(config.name, "hello");
+    assert_eq!(config.targets, [Target::Unix, Target::Kvm]);
+    assert_eq!(config.requires.commands, ["gcc", "make"]);
+    assert_eq!(
+        config.builds[&Target::Kvm],
+        TargetBuild::Command {
+            configure: Some("true".into()),
+            build: "make kvm".into(),
+            artifact: "_build/hello.elf".into()
+        }
+    );
+    assert_eq!(config.files[0].name, "data");
+    assert_eq!(config.files[0].source_location.line, 22);
+    assert_eq!(config.run.memory_mib, 32);
+    assert_eq!(config.run.vcpus, 1);
+    assert_eq!(config.run.boot_args, ["--ipv4=10.0.0.2/24", "mode=demo"]);
+    assert_eq!(config.run.restart, RestartPolicy::OnFailure { limit: 3 });
+    assert_eq!(config.run.accelerator, Accelerator::Tcg);
+}
+
+#[test]
+fn unknown_target_lists_the_known_ones() {
+    let text = EXAMPLE.replace(r#"targets = ["unix", "kvm"]"#, r#"targets = ["unix", "hvt"]"#);
+    let (line, column, message, help) = error_of(&text);
+    assert_eq!((line, column), (5, 20));
+    assert_eq!(message, "unknown target `hvt`");
+    assert_eq!(help.as_deref(), Some("known targets: unix, kvm, xen, freebsd"));
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_place() {
+    let text = EXAMPLE.replace("memory_mib = 32", "memory_mb = 32");
+    let (line, column, message, _) = error_of(&text);
+    assert_eq!((line, column), (25, 1));
+    assert!(message.starts_with("unknown field `memory_mb`"), "{message}");
+}
+
+#[test]
+fn syntax_errors_are_located() {
+    let text = EXAMPLE.replace("vcpus", "x").replace("memory_mib = 32", "memory_mib = = 32");
+    let (line, column, _, _) = error_of(&text);
+    assert_eq!((line, column), (25, 14));
+}
+
+#[test]
+fn wrong_types_are_located() {
+    let text = EXAMPLE.replace("memory_mib = 32", "memory_mib = \"lots\"");
+    let (line, column, message, _) = error_of(&text);
+    assert_eq!((line, column), (25, 14));
+    assert!(message.contains("invalid type"), "{message}");
+}
+
+#[test]
+fn command_driver_needs_a_section_per_target() {
+    let text = EXAMPLE.replace("[build.targets.kvm]", "[build.targets.xen]");
+    let (line, _, message, help) = error_of(&text);
+    assert_eq!(line, 15);
+    assert_eq!(message, "build section for `xen`, which [app] targets does not list");
+    assert!(help.unwrap().contains("add \"xen\""));
+
+    let text = EXAMPLE.replace("build = \"make unix\"\n", "");
+    let (line, _, message, _) = error_of(&text);
+    assert_eq!(line, 11);
+    assert_eq!(message, "[build.targets.unix] has no `build`");
+}
+
+#[test]
+fn mirage_driver_fills_in_targets_and_artifacts() {
+    let text = r#"
+[app]
+name = "www"
+version = "1"
+targets = ["unix", "kvm", "xen"]
+[build]
+driver = "mirage"
+[build.targets.xen]
+artifact = "dist/www.xen.gz"
+"#;
+    let config = parse(text).expect("mirage config parses");
+    assert_eq!(
+        config.builds[&Target::Kvm],
+        TargetBuild::Mirage { mirage_target: "virtio".into(), artifact: "dist/www.virtio".into() }
+    );
+    assert_eq!(
+        config.builds[&Target::Unix],
+        TargetBuild::Mirage { mirage_target: "unix".into(), artifact: "dist/www".into() }
+    );
+    assert_eq!(
+        config.builds[&Target::Xen],
+        TargetBuild::Mirage { mirage_target: "xen".into(), artifact: "dist/www.xen.gz".into() }
+    );
+    let with_command = text.replace("artifact = \"dist/www.xen.gz\"", "build = \"make\"");
+    let (_, _, message, _) = error_of(&with_command);
+    assert_eq!(message, "commands only apply to driver = \"command\"");
+}
+
+#[test]
+fn restart_policy_variants() {
+    let with = |policy: &str| EXAMPLE.replace("restart = \"on-failure\"\nrestart_limit = 3", policy);
+    assert_eq!(parse(&with("restart = \"never\"")).unwrap().run.restart, RestartPolicy::Never);
+    assert_eq!(parse(&with("restart = \"always\"")).unwrap().run.restart, RestartPolicy::Always);
+    assert_eq!(parse(&with("")).unwrap().run.restart, RestartPolicy::default());
+    let (_, _, message, _) = error_of(&with("restart = \"never\"\nrestart_limit = 2"));
+    assert_eq!(message, "`restart_limit` does not apply to restart = \"never\"");
+    let (line, column, message, _) = error_of(&with("restart = \"sometimes\""));
+    assert_eq!((line, column), (27, 11));
+    assert_eq!(message, "unknown restart policy `sometimes`");
+}
+
+#[test]
+fn rejects_bad_values_where_they_are() {
+    let cases = [
+        ("name = \"hello\"", "name = \"Hello World\"", "invalid app name `Hello World`"),
+        ("memory_mib = 32", "memory_mib = 0", "`memory_mib` = 0 is out of range"),
+        ("\"mode=demo\"", "\"mode demo\"", "boot argument is empty or contains whitespace"),
+        ("\"gcc\"", "\"gcc; rm -rf /\"", "invalid command name `gcc; rm -rf /`"),
+        ("source = \"data\"", "source = \"../etc\"", "source `../etc` leaves the app directory"),
+        ("accelerator = \"tcg\"", "accelerator = \"hvf\"", "unknown accelerator `hvf`"),
+        ("targets = [\"unix\", \"kvm\"]", "targets = []", "no targets listed"),
+        ("targets = [\"unix\", \"kvm\"]", "targets = [\"kvm\", \"kvm\"]", "target `kvm` is listed twice"),
+    ];
+    for (from, to, expected) in cases {
+        let (_, _, message, _) = error_of(&EXAMPLE.replace(from, to));
+        assert_eq!(message, expected, "replacing {from} with {to}");
+    }
+}

@@ -1,0 +1,23 @@
+//! Mirari's pure core: everything that decides, nothing that does.
+//!
+//! No tokio, no sockets, no files opened here (the config parser takes the text and the path
+//! it came from). Time comes in as a value, collections iterate in a defined order. The agent,
+//! coordinator and CLI call into this crate and perform the effects it asks for.
+//!
+//! - [`ids`], [`digest`], [`target`]: the small value types every layer shares.
+//! - [`config`]: `mirari.toml`, parsed and validated with file:line:column errors.
+//! - [`spec`]: the desired state of one instance, derived from a config and a build.
+//! - [`instance`]: observed state of an instance (lifecycle, exit status).
+//! - [`restart`]: what the restart policy says after an exit.
+//! - [`reconcile`]: desired + observed instances -> the actions an agent must take.
+//! - [`ring`]: the bounded byte ring that holds console output.
+
+pub mod config;
+pub mod digest;
+pub mod ids;
+pub mod instance;
+pub mod reconcile;
+pub mod restart;
+pub mod ring;
+pub mod spec;
+pub mod target;

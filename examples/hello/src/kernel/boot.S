@@ -1,0 +1,101 @@
+/*
+ * Multiboot (v1) entry point and the interrupt stubs that cannot be C.
+ * The loader leaves us in 32-bit protected mode with paging off, but the
+ * GDT it used is not ours to rely on, so we load our own flat one first.
+ */
+#define MB_MAGIC 0x1badb002
+#define MB_FLAGS 0 /* an ELF kernel needs no extra loader features */
+
+	.section .multiboot, "a"
+	.balign 4
+	.long MB_MAGIC
+	.long MB_FLAGS
+	.long -(MB_MAGIC + MB_FLAGS)
+
+	.section .rodata
+	.balign 8
+gdt:
+	.quad 0
+	.quad 0x00cf9a000000ffff /* 0x08: code, base 0, 4 GiB, 32-bit */
+	.quad 0x00cf92000000ffff /* 0x10: data, base 0, 4 GiB */
+gdt_ptr:
+	.word gdt_ptr - gdt - 1
+	.long gdt
+
+	.bss
+	.balign 16
+stack:
+	.skip 16384
+stack_top:
+
+	.text
+	.globl _start
+_start:
+	cli
+	cld
+	lgdt gdt_ptr
+	ljmp $0x08, $1f
+1:	mov $0x10, %cx
+	mov %cx, %ds
+	mov %cx, %es
+	mov %cx, %fs
+	mov %cx, %gs
+	mov %cx, %ss
+	mov $stack_top, %esp
+
+	/* Zero .bss ourselves rather than trust every loader to. It holds the
+	 * stack we are on, but nothing has been pushed yet. eax and ebx carry
+	 * the multiboot magic and info pointer, so use edi/ecx/edx only. */
+	mov %eax, %edx
+	xor %eax, %eax
+	mov $__bss_start, %edi
+	mov $__bss_end, %ecx
+	sub %edi, %ecx
+	rep stosb
+	mov %edx, %eax
+
+	sub $8, %esp      /* keep the stack 16-byte aligned at the call */
+	push %ebx         /* multiboot info */
+	push %eax         /* multiboot magic */
+	call kmain
+	jmp halt
+
+/* Timer (IRQ0): count the tick and acknowledge the PIC. The main loop does
+ * all the work after waking from hlt, so this stays tiny. */
+	.globl irq0_stub
+irq0_stub:
+	push %eax
+	incl ticks
+	mov $0x20, %al
+	outb %al, $0x20
+	pop %eax
+	iret
+
+/* Every other PIC line is masked, so only spurious IRQ7 can reach this;
+ * a spurious interrupt must not be acknowledged. */
+	.globl irq_spurious_stub
+irq_spurious_stub:
+	iret
+
+/* CPU exceptions: one 8-byte stub per vector, so C can compute the address
+ * as fault_stubs + 8 * n. They report the vector and never return, so the
+ * error code some exceptions push does not matter. */
+	.balign 8
+	.globl fault_stubs
+fault_stubs:
+	.set vec, 0
+	.rept 32
+	.balign 8
+	push $vec
+	jmp fault_common
+	.set vec, vec + 1
+	.endr
+
+fault_common:
+	call kernel_fault
+halt:
+	cli
+	hlt
+	jmp halt
+
+	.section .note.GNU-stack, "", @progbits

@@ -1,0 +1,94 @@
+/* Polled COM1 output and a minimal printf (%s %c %u %lu %llu %x, fixed width). */
+#include <stdarg.h>
+#include "kernel.h"
+
+#define COM1 0x3f8
+
+void serial_init(void)
+{
+	outb(COM1 + 1, 0x00); /* no UART interrupts: output is polled */
+	outb(COM1 + 3, 0x80); /* DLAB on to set the divisor */
+	outb(COM1 + 0, 0x01); /* 115200 baud */
+	outb(COM1 + 1, 0x00);
+	outb(COM1 + 3, 0x03); /* 8N1 */
+	outb(COM1 + 2, 0xc7); /* FIFO on, cleared */
+	outb(COM1 + 4, 0x03); /* DTR + RTS */
+}
+
+static void putc(char c)
+{
+	/* Bounded wait: with no UART present we would rather lose output than hang. */
+	for (int i = 0; i < 100000 && !(inb(COM1 + 5) & 0x20); i++)
+		;
+	/* No \r is added: the host must see exactly the bytes the unix build prints. */
+	outb(COM1, (uint8_t)c);
+}
+
+/* i386 has no 64-bit divide and we link without libgcc (whose 32-bit build
+ * needs gcc-multilib), so divide by 10 in 16-bit limbs that cannot overflow. */
+static char *u64_dec(uint64_t v, char *end)
+{
+	*--end = 0;
+	do {
+		uint32_t hi = (uint32_t)(v >> 32), lo = (uint32_t)v, r, mid, low;
+
+		r = hi % 10;
+		hi /= 10;
+		mid = (r << 16) | (lo >> 16);
+		r = mid % 10;
+		mid /= 10;
+		low = (r << 16) | (lo & 0xffff);
+		r = low % 10;
+		low /= 10;
+		v = ((uint64_t)hi << 32) | (mid << 16) | low;
+		*--end = (char)('0' + r);
+	} while (v);
+	return end;
+}
+
+void kprintf(const char *fmt, ...)
+{
+	char num[24];
+	const char *s;
+	va_list ap;
+	int longs;
+
+	va_start(ap, fmt);
+	for (; *fmt; fmt++) {
+		if (*fmt != '%') {
+			putc(*fmt);
+			continue;
+		}
+		for (longs = 0; *++fmt == 'l';)
+			longs++;
+		switch (*fmt) {
+		case 's':
+			for (s = va_arg(ap, const char *); *s; s++)
+				putc(*s);
+			break;
+		case 'c':
+			putc((char)va_arg(ap, int));
+			break;
+		case 'u':
+			s = u64_dec(longs == 2 ? va_arg(ap, unsigned long long) : va_arg(ap, unsigned int),
+				    num + sizeof(num));
+			while (*s)
+				putc(*s++);
+			break;
+		case 'x': {
+			uint32_t v = va_arg(ap, uint32_t);
+
+			for (int sh = 28; sh >= 0; sh -= 4)
+				putc("0123456789abcdef"[(v >> sh) & 15]);
+			break;
+		}
+		default: /* "%%", or a lone '%' at the end */
+			if (!*fmt) {
+				fmt--;
+				break;
+			}
+			putc(*fmt);
+		}
+	}
+	va_end(ap);
+}

@@ -1,0 +1,45 @@
+/* Shared declarations for the hello kernel (freestanding, 32-bit, no libc). */
+#ifndef HELLO_KERNEL_H
+#define HELLO_KERNEL_H
+
+#include <stdint.h>
+
+#define HZ 100 /* timer interrupts per second */
+
+static inline void outb(uint16_t port, uint8_t v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void outw(uint16_t port, uint16_t v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void outl(uint16_t port, uint32_t v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
+static inline uint8_t inb(uint16_t port) { uint8_t v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline uint16_t inw(uint16_t port) { uint16_t v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline uint32_t inl(uint16_t port) { uint32_t v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+
+static inline __attribute__((noreturn)) void halt_forever(void)
+{
+	for (;;)
+		__asm__ volatile("cli; hlt");
+}
+
+/* console.c: COM1 */
+void serial_init(void);
+void kprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* cpu.c: interrupts and the timer */
+extern volatile uint32_t ticks;
+void cpu_init(void);
+void wait_for_tick(void);
+
+/* ata.c: primary master disk, LBA28 PIO */
+int ata_init(void);
+int ata_read(uint32_t lba, void *buf);
+
+/* acpi.c: power button and soft-off */
+int acpi_init(void);
+int acpi_power_button(void);
+void acpi_poweroff(void);
+
+/* lib.c: what the compiler may call even in freestanding code */
+void *memset(void *d, int c, uint32_t n);
+void *memcpy(void *d, const void *s, uint32_t n);
+int memcmp(const void *a, const void *b, uint32_t n);
+
+#endif

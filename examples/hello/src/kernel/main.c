@@ -1,0 +1,132 @@
+/*
+ * hello, kernel build: boots under QEMU via multiboot and behaves like the
+ * unix build, with the multiboot command line for argv, the IDE disk for
+ * the block device and the ACPI power button for SIGTERM.
+ */
+#include "kernel.h"
+#include "../ustar.h"
+
+#define MB_BOOT_MAGIC 0x2badb002
+#define MB_INFO_CMDLINE (1u << 2)
+
+struct multiboot_info {
+	uint32_t flags, mem_lower, mem_upper, boot_device, cmdline;
+	/* further fields unused */
+};
+
+static int ignore_stop, flood;
+static uint32_t exit_after;
+
+static int word_is(const char *w, const char *end, const char *name)
+{
+	for (; w < end && *name; w++, name++)
+		if (*w != *name)
+			return 0;
+	return w == end && !*name;
+}
+
+/* Knobs are whitespace-separated words, same names as the unix argv words. */
+static void parse_args(const char *s)
+{
+	while (*s) {
+		const char *w, *end;
+
+		while (*s == ' ')
+			s++;
+		for (w = end = s; *end && *end != ' '; end++)
+			;
+		if (word_is(w, end, "ignore-stop"))
+			ignore_stop = 1;
+		else if (word_is(w, end, "flood"))
+			flood = 1;
+		else if (end - w > 11 && word_is(w, w + 11, "exit-after=")) {
+			exit_after = 0;
+			for (w += 11; w < end && *w >= '0' && *w <= '9'; w++)
+				exit_after = exit_after * 10 + (uint32_t)(*w - '0');
+		}
+		s = end;
+	}
+}
+
+static int read_block(void *ctx, uint64_t n, unsigned char *buf)
+{
+	(void)ctx;
+	return n >> 28 ? -1 : ata_read((uint32_t)n, buf); /* LBA28 limit */
+}
+
+static void print_file(void *ctx, const char *path, uint64_t size)
+{
+	(void)ctx;
+	kprintf("hello: file %s (%llu bytes)\n", path, (unsigned long long)size);
+}
+
+static __attribute__((noreturn)) void exit_failure(void)
+{
+	kprintf("hello: exiting with failure\n");
+	/* QEMU's isa-debug-exit turns a write of v into exit status (v<<1)|1. */
+	outb(0xf4, 1);
+	halt_forever(); /* no debug-exit device: just stop */
+}
+
+void kmain(uint32_t magic, const struct multiboot_info *mbi)
+{
+	const char *args = "";
+	uint32_t beat = 0, next, flood_seq = 0;
+
+	serial_init();
+
+	/* Loaders put the kernel's own path first (QEMU: the -kernel argument,
+	 * GRUB: the file name), like argv[0]; drop it so that only the
+	 * -append text remains, matching the unix build's argv[1..]. */
+	if (magic == MB_BOOT_MAGIC && (mbi->flags & MB_INFO_CMDLINE) && mbi->cmdline) {
+		args = (const char *)mbi->cmdline;
+		while (*args && *args != ' ')
+			args++;
+		if (*args == ' ')
+			args++;
+	}
+	kprintf("hello: boot args: %s\n", args);
+	parse_args(args);
+
+	if (ata_init() < 0)
+		kprintf("hello: files: none attached\n");
+	else
+		kprintf("hello: files: %lu entries\n", (unsigned long)tar_list(read_block, print_file, 0));
+
+	if (acpi_init() < 0)
+		kprintf("hello: no ACPI, power button disabled\n");
+	cpu_init();
+
+	next = ticks + HZ;
+	for (;;) {
+		if (flood)
+			kprintf("hello: flood %u %s\n", ++flood_seq,
+				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
+		else
+			wait_for_tick();
+
+		if (acpi_power_button()) {
+			if (ignore_stop) {
+				kprintf("hello: ignoring stop request\n");
+			} else {
+				kprintf("hello: stopping (power button)\n");
+				acpi_poweroff();
+				halt_forever();
+			}
+		}
+		/* Signed differences stay correct when the tick counter wraps. */
+		if ((int32_t)(ticks - next) >= 0) {
+			/* Stay on the one-second grid, but skip beats a stalled
+			 * vCPU missed instead of bursting them out. */
+			next += HZ;
+			if ((int32_t)(ticks - next) >= 0)
+				next = ticks + HZ;
+			kprintf("hello: heartbeat %u\n", ++beat);
+			if (exit_after && beat == exit_after)
+				exit_failure();
+		}
+	}
+}

@@ -1,0 +1,279 @@
+/*
+ * hello, native Linux build: the same behaviour as the kernel build, with
+ * argv for the boot command line, a file for the block device, a Unix socket
+ * for the control channel and SIGTERM for the power button.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ustar.h"
+
+#define MAX_CLIENTS 8
+#define NSEC 1000000000LL
+
+struct client {
+	int fd;
+	size_t len;
+	char buf[64];
+};
+
+static int ignore_stop, flood;
+static unsigned long exit_after;
+static const char *control_path;
+static int listen_fd = -1;
+static struct client clients[MAX_CLIENTS];
+static volatile sig_atomic_t sigterms;
+
+static void on_sigterm(int sig)
+{
+	(void)sig;
+	sigterms++;
+}
+
+static void finish(int status)
+{
+	if (listen_fd >= 0)
+		unlink(control_path);
+	exit(status);
+}
+
+/* Returns 1 if the caller should go on running (stop ignored). */
+static int stop_request(const char *why)
+{
+	if (ignore_stop) {
+		printf("hello: ignoring stop request\n");
+		return 1;
+	}
+	printf("hello: stopping (%s)\n", why);
+	return 0;
+}
+
+static int read_block(void *ctx, uint64_t n, unsigned char *buf)
+{
+	return pread(*(int *)ctx, buf, TAR_BLOCK, (off_t)(n * TAR_BLOCK)) == TAR_BLOCK ? 0 : -1;
+}
+
+static void print_file(void *ctx, const char *path, uint64_t size)
+{
+	(void)ctx;
+	printf("hello: file %s (%llu bytes)\n", path, (unsigned long long)size);
+}
+
+static void list_files(void)
+{
+	const char *img = getenv("MIRARI_BLOCK_0");
+	int fd;
+	long n;
+
+	if (!img || !*img) {
+		printf("hello: files: none attached\n");
+		return;
+	}
+	fd = open(img, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		printf("hello: files: cannot open %s: %s\n", img, strerror(errno));
+		return;
+	}
+	n = tar_list(read_block, print_file, &fd);
+	close(fd);
+	printf("hello: files: %ld entries\n", n);
+}
+
+static void control_listen(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd;
+
+	control_path = getenv("MIRARI_CONTROL");
+	if (!control_path || !*control_path)
+		return;
+	if (strlen(control_path) >= sizeof(sa.sun_path)) {
+		printf("hello: control: path too long\n");
+		return;
+	}
+	strcpy(sa.sun_path, control_path);
+	/* A stale socket from a killed predecessor would make bind fail. */
+	unlink(control_path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4) < 0) {
+		printf("hello: control: %s: %s\n", control_path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	listen_fd = fd;
+}
+
+static void reply(int fd, const char *s)
+{
+	/* MSG_NOSIGNAL: a client that hung up must not kill us with SIGPIPE. */
+	send(fd, s, strlen(s), MSG_NOSIGNAL);
+}
+
+static void client_close(struct client *c)
+{
+	close(c->fd);
+	c->fd = -1;
+}
+
+/* Reads what a client sent and runs each complete line as a command. */
+static void client_input(struct client *c)
+{
+	ssize_t r = read(c->fd, c->buf + c->len, sizeof(c->buf) - c->len);
+	char *nl;
+
+	if (r <= 0) {
+		client_close(c);
+		return;
+	}
+	c->len += (size_t)r;
+	while ((nl = memchr(c->buf, '\n', c->len))) {
+		size_t line = (size_t)(nl - c->buf);
+
+		if (line && c->buf[line - 1] == '\r')
+			c->buf[line - 1] = 0;
+		*nl = 0;
+		if (strcmp(c->buf, "stop") == 0) {
+			if (!stop_request("control")) {
+				reply(c->fd, "ok\n");
+				finish(0);
+			}
+			reply(c->fd, "ignored\n");
+		} else {
+			reply(c->fd, "error: unknown command\n");
+		}
+		c->len -= line + 1;
+		memmove(c->buf, nl + 1, c->len);
+	}
+	if (c->len == sizeof(c->buf)) { /* no newline in a full buffer: junk */
+		reply(c->fd, "error: line too long\n");
+		client_close(c);
+	}
+}
+
+static void control_accept(void)
+{
+	int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC), i;
+
+	if (fd < 0)
+		return;
+	for (i = 0; i < MAX_CLIENTS; i++) {
+		if (clients[i].fd < 0) {
+			clients[i].fd = fd;
+			clients[i].len = 0;
+			return;
+		}
+	}
+	close(fd);
+}
+
+static long long now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * NSEC + ts.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+	struct sigaction sa = { .sa_handler = on_sigterm };
+	sigset_t term, waitmask;
+	struct pollfd pfd[1 + MAX_CLIENTS];
+	unsigned long beat = 0, flood_seq = 0;
+	sig_atomic_t sigterms_seen = 0;
+	long long next;
+	int i;
+
+	/* A supervisor reads us through a pipe; it must see each line at once. */
+	setvbuf(stdout, NULL, _IOLBF, 0);
+
+	printf("hello: boot args: ");
+	for (i = 1; i < argc; i++) {
+		printf(i == 1 ? "%s" : " %s", argv[i]);
+		if (strcmp(argv[i], "ignore-stop") == 0)
+			ignore_stop = 1;
+		else if (strcmp(argv[i], "flood") == 0)
+			flood = 1;
+		else if (strncmp(argv[i], "exit-after=", 11) == 0)
+			exit_after = strtoul(argv[i] + 11, NULL, 10);
+	}
+	printf("\n");
+
+	list_files();
+
+	for (i = 0; i < MAX_CLIENTS; i++)
+		clients[i].fd = -1;
+	control_listen();
+
+	/* SIGTERM stays blocked except inside ppoll, so a signal can never slip
+	 * in between checking the counter and going to sleep. SA_RESTART keeps
+	 * stdout writes from failing with EINTR while flooding. */
+	sigemptyset(&term);
+	sigaddset(&term, SIGTERM);
+	sigprocmask(SIG_BLOCK, &term, &waitmask);
+	sigdelset(&waitmask, SIGTERM);
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGTERM, &sa, NULL);
+
+	next = now_ns() + NSEC;
+	for (;;) {
+		long long now = now_ns(), wait = flood ? 0 : next - now;
+		struct timespec ts;
+		int n = 0;
+
+		if (now >= next) {
+			printf("hello: heartbeat %lu\n", ++beat);
+			if (exit_after && beat == exit_after) {
+				printf("hello: exiting with failure\n");
+				finish(3);
+			}
+			/* Stay on the one-second grid, but skip beats that a
+			 * stall (e.g. SIGSTOP) made us miss instead of bursting. */
+			next += NSEC;
+			if (next <= now)
+				next = now + NSEC;
+			continue;
+		}
+		if (wait < 0)
+			wait = 0;
+
+		if (listen_fd >= 0)
+			pfd[n++] = (struct pollfd){ .fd = listen_fd, .events = POLLIN };
+		for (i = 0; i < MAX_CLIENTS; i++)
+			pfd[n++] = (struct pollfd){ .fd = clients[i].fd, .events = POLLIN };
+		ts.tv_sec = wait / NSEC;
+		ts.tv_nsec = wait % NSEC;
+		if (ppoll(pfd, (nfds_t)n, &ts, &waitmask) > 0) {
+			if (listen_fd >= 0 && (pfd[0].revents & POLLIN))
+				control_accept();
+			for (i = 0; i < MAX_CLIENTS; i++) {
+				struct pollfd *p = &pfd[n - MAX_CLIENTS + i];
+
+				if (p->fd >= 0 && p->fd == clients[i].fd && p->revents)
+					client_input(&clients[i]);
+			}
+		}
+		while (sigterms_seen != sigterms) {
+			sigterms_seen++;
+			if (!stop_request("SIGTERM"))
+				finish(0);
+		}
+		if (flood)
+			printf("hello: flood %lu %s\n", ++flood_seq,
+			       "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+			       "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+			       "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+			       "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
+	}
+}
