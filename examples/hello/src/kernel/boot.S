@@ -60,8 +60,18 @@ _start:
 	call kmain
 	jmp halt
 
-/* Timer (IRQ0): count the tick and acknowledge the PIC. The main loop does
- * all the work after waking from hlt, so this stays tiny. */
+/*
+ * Interrupt returns deliberately avoid iret. Some software KVMs (e.g.
+ * kvm_pvm) emulate iret and fail on it in protected mode ("KVM internal
+ * error ... emulation failure"). We never need iret: interrupts are enabled
+ * only in the windows in cpu.c ("sti; hlt; cli", "sti; nop; cli"),
+ * whose asm already treats flags as clobbered and expects interrupts
+ * disabled again afterwards. So "ret $8" (pop EIP, drop CS and EFLAGS) is a
+ * complete return, and IF stays 0 as the interrupt gate left it.
+ */
+
+/* Timer (IRQ0): count the tick and acknowledge the PIC; the main loop does
+ * the rest after it wakes, so this stays tiny. */
 	.globl irq0_stub
 irq0_stub:
 	push %eax
@@ -69,13 +79,13 @@ irq0_stub:
 	mov $0x20, %al
 	outb %al, $0x20
 	pop %eax
-	iret
+	ret $8
 
 /* Every other PIC line is masked, so only spurious IRQ7 can reach this;
  * a spurious interrupt must not be acknowledged. */
 	.globl irq_spurious_stub
 irq_spurious_stub:
-	iret
+	ret $8
 
 /* CPU exceptions: one 8-byte stub per vector, so C can compute the address
  * as fault_stubs + 8 * n. They report the vector and never return, so the

@@ -63,19 +63,24 @@ void cpu_init(void)
 	outb(0x43, 0x34);
 	outb(0x40, (uint8_t)((PIT_HZ + HZ / 2) / HZ));
 	outb(0x40, (uint8_t)(((PIT_HZ + HZ / 2) / HZ) >> 8));
-
-	__asm__ volatile("sti" ::: "memory");
+	/* No sti here: interrupts stay off outside the windows below. */
 }
 
-/* Sleep until the next timer tick. Checking and halting with interrupts off,
- * then "sti; hlt" (sti takes effect only after hlt starts), closes the race
- * where a tick lands between the check and the hlt and we sleep a tick too long. */
+/* Interrupts are enabled only inside these windows (see boot.S for why).
+ * "sti" takes effect after the next instruction, so no tick can land between
+ * the ticks check and the hlt. The closing cli is a no-op after a timer
+ * interrupt (it already returns with IF=0) but keeps IF=0 if anything else
+ * ends the window (no pending interrupt, or an NMI/SMI waking the hlt). */
 void wait_for_tick(void)
 {
 	uint32_t t = ticks;
 
-	__asm__ volatile("cli" ::: "memory");
 	while (ticks == t)
 		__asm__ volatile("sti; hlt; cli" ::: "memory");
-	__asm__ volatile("sti" ::: "memory");
+}
+
+/* For busy loops (flood mode): let a pending timer interrupt in, if any. */
+void poll_interrupts(void)
+{
+	__asm__ volatile("sti; nop; cli" ::: "memory");
 }

@@ -27,6 +27,7 @@ void kprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern volatile uint32_t ticks;
 void cpu_init(void);
 void wait_for_tick(void);
+void poll_interrupts(void);
 
 /* ata.c: primary master disk, LBA28 PIO */
 int ata_init(void);

@@ -99,14 +99,16 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
 
 	next = ticks + HZ;
 	for (;;) {
-		if (flood)
+		if (flood) {
+			poll_interrupts();
 			kprintf("hello: flood %u %s\n", ++flood_seq,
 				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
-		else
+		} else {
 			wait_for_tick();
+		}
 
 		if (acpi_power_button()) {
 			if (ignore_stop) {

@@ -1,0 +1,282 @@
+//! The `kvm` backend: QEMU boots the artifact (a multiboot ELF or a bzImage) as a guest.
+//!
+//! The accelerator follows the run policy: `kvm`, `tcg`, or `auto` (KVM when `/dev/kvm` works
+//! here, TCG otherwise). The serial console is the guest's console; QEMU's own stderr goes to
+//! the instance's `stderr.log`. File images are attached read-only as IDE disks, in order.
+//! The agent drives QEMU through QMP: `query-status` to inspect, `system_powerdown` (an ACPI
+//! power button press) for a graceful stop, `quit` to force it off. A guest that writes to the
+//! `isa-debug-exit` port ends QEMU with status `(value << 1) | 1`.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mirari_core::spec::Accelerator;
+use mirari_core::target::Target;
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use super::qmp::Qmp;
+use super::{
+    Backend, BackendError, Capabilities, ConsoleStream, Ended, Fingerprint, Handle, Inspection, Launch,
+    Recovered, StopOutcome, shimmed,
+};
+use crate::supervisor::client::{Payload, ShimLauncher};
+use crate::supervisor::protocol::{ShimInfo, ShimPaths};
+use crate::supervisor::shim::StderrTo;
+
+const TARGET: Target = Target::Kvm;
+/// QEMU's legacy IDE controller has two channels of two disks each.
+const MAX_FILE_IMAGES: usize = 4;
+/// How long QEMU may take to open its QMP socket after it started.
+const QMP_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// After `quit`, how long to wait before killing QEMU outright.
+const QUIT_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct KvmBackend {
+    launcher: ShimLauncher,
+    qemu: PathBuf,
+    kvm_device: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct KvmHandle {
+    shim: ShimInfo,
+    accelerator: String,
+}
+
+impl KvmBackend {
+    pub fn new(launcher: ShimLauncher) -> Self {
+        Self { launcher, qemu: "qemu-system-x86_64".into(), kvm_device: "/dev/kvm".into() }
+    }
+
+    /// Uses another `/dev/kvm` path (tests point it at a missing file to see the TCG fallback).
+    pub fn with_kvm_device(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kvm_device = path.into();
+        self
+    }
+
+    fn qmp_socket(launch: &Launch) -> PathBuf {
+        launch.dir.join("qmp.sock")
+    }
+
+    fn accelerator(&self, wanted: Accelerator) -> Result<&'static str, BackendError> {
+        match (wanted, kvm_unusable_reason(&self.kvm_device)) {
+            (Accelerator::Tcg, _) | (Accelerator::Auto, Some(_)) => Ok("tcg"),
+            (Accelerator::Kvm | Accelerator::Auto, None) => Ok("kvm"),
+            (Accelerator::Kvm, Some(reason)) => Err(BackendError::Unavailable {
+                target: TARGET,
+                reason: format!("accelerator = \"kvm\" was asked for, but {reason}; use \"auto\" or \"tcg\""),
+            }),
+        }
+    }
+
+    fn qemu_argv(&self, launch: &Launch, accelerator: &str) -> Result<Vec<OsString>, BackendError> {
+        if launch.files.len() > MAX_FILE_IMAGES {
+            return Err(BackendError::Failed {
+                target: TARGET,
+                message: format!("{} file images declared; QEMU's IDE bus takes at most {MAX_FILE_IMAGES}", launch.files.len()),
+            });
+        }
+        let run = &launch.spec.run;
+        let mut argv: Vec<OsString> = [
+            self.qemu.as_os_str().to_owned(),
+            "-name".into(),
+            format!("mirari-{}", launch.id).into(),
+            "-machine".into(),
+            format!("pc,accel={accelerator}").into(),
+            "-m".into(),
+            run.memory_mib.to_string().into(),
+            "-smp".into(),
+            run.vcpus.to_string().into(),
+            "-kernel".into(),
+            launch.artifact.clone().into(),
+            "-append".into(),
+            run.boot_args.join(" ").into(),
+            "-nodefaults".into(),
+            "-display".into(),
+            "none".into(),
+            "-serial".into(),
+            "stdio".into(),
+            "-monitor".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-device".into(),
+            "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", Self::qmp_socket(launch).display()).into(),
+        ]
+        .into();
+        for (index, file) in launch.files.iter().enumerate() {
+            // snapshot=on: guest writes go to a throwaway overlay, the image is never changed
+            // (QEMU's IDE disks refuse readonly=on).
+            argv.push("-drive".into());
+            argv.push(format!("file={},format=raw,if=ide,index={index},snapshot=on", escape_drive_path(file)).into());
+        }
+        Ok(argv)
+    }
+
+    async fn qmp(launch: &Launch) -> Result<Qmp, BackendError> {
+        Qmp::connect(&Self::qmp_socket(launch))
+            .await
+            .map_err(|e| BackendError::Failed { target: TARGET, message: format!("QMP: {e}") })
+    }
+
+    /// Waits for QEMU to open QMP; if it dies instead, its stderr says why.
+    async fn wait_until_ready(&self, launch: &Launch) -> Result<(), BackendError> {
+        let deadline = tokio::time::Instant::now() + QMP_READY_TIMEOUT;
+        loop {
+            if Qmp::connect(&Self::qmp_socket(launch)).await.is_ok() {
+                return Ok(());
+            }
+            let exited = !matches!(crate::supervisor::client::run_state(&launch.dir), crate::supervisor::client::RunState::Running(_));
+            if exited || tokio::time::Instant::now() >= deadline {
+                let stderr = std::fs::read_to_string(ShimPaths::new(&launch.dir).stderr_log()).unwrap_or_default();
+                let why = if exited { "QEMU exited" } else { "QEMU did not open QMP in time" };
+                return Err(BackendError::Failed { target: TARGET, message: format!("{why}: {}", stderr.trim()) });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// QEMU's `-drive` option separates with commas; a comma in a path is written twice.
+fn escape_drive_path(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+/// Why KVM cannot be used here, or `None` if it can.
+fn kvm_unusable_reason(device: &Path) -> Option<String> {
+    let file = match std::fs::OpenOptions::new().read(true).write(true).open(device) {
+        Ok(file) => file,
+        Err(e) => return Some(format!("{} cannot be opened ({e})", device.display())),
+    };
+    match kvm_api_version(&file) {
+        Ok(12) => None,
+        Ok(version) => Some(format!("{} speaks KVM API {version}, not 12", device.display())),
+        Err(e) => Some(format!("{} does not answer KVM_GET_API_VERSION ({e})", device.display())),
+    }
+}
+
+nix::ioctl_none!(kvm_get_api_version_ioctl, 0xAE, 0x00);
+
+#[allow(unsafe_code)]
+fn kvm_api_version(file: &std::fs::File) -> nix::Result<i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an integer; the fd is open
+    // for the duration of the call.
+    unsafe { kvm_get_api_version_ioctl(file.as_raw_fd()) }
+}
+
+async fn qemu_version(qemu: &Path) -> Option<String> {
+    let output = tokio::process::Command::new(qemu).arg("--version").output().await.ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "QEMU emulator version 7.2.22 (Debian ...)"
+    text.split_whitespace().skip_while(|w| *w != "version").nth(1).map(str::to_owned)
+}
+
+#[async_trait]
+impl Backend for KvmBackend {
+    fn target(&self) -> Target {
+        TARGET
+    }
+
+    async fn fingerprint(&self) -> Fingerprint {
+        let mut attributes = BTreeMap::new();
+        let Some(version) = qemu_version(&self.qemu).await else {
+            return Fingerprint {
+                target: TARGET,
+                unavailable: Some(format!("{} was not found; install qemu-system-x86", self.qemu.display())),
+                attributes,
+            };
+        };
+        attributes.insert("qemu".into(), version);
+        match kvm_unusable_reason(&self.kvm_device) {
+            None => {
+                attributes.insert("accelerators".into(), "kvm,tcg".into());
+            }
+            Some(reason) => {
+                attributes.insert("accelerators".into(), "tcg".into());
+                attributes.insert("kvm".into(), reason);
+            }
+        }
+        Fingerprint { target: TARGET, unavailable: None, attributes }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { graceful_stop: true, recover: true, enforces_resources: true }
+    }
+
+    async fn start(&self, launch: &Launch) -> Result<Handle, BackendError> {
+        let accelerator = self.accelerator(launch.spec.run.accelerator)?;
+        let argv = self.qemu_argv(launch, accelerator)?;
+        let _ = std::fs::remove_file(Self::qmp_socket(launch));
+        let payload = Payload { dir: launch.dir.clone(), argv, env: Vec::new(), stderr: StderrTo::Log };
+        let shim = self.launcher.spawn(&payload).await?;
+        let handle = Handle::encode(&KvmHandle { shim, accelerator: accelerator.to_owned() });
+        if let Err(error) = self.wait_until_ready(launch).await {
+            let _ = shimmed::kill(TARGET, &shim, Signal::SIGKILL);
+            return Err(error);
+        }
+        Ok(handle)
+    }
+
+    async fn recover(&self, launch: &Launch, handle: Option<&Handle>) -> Result<Recovered, BackendError> {
+        let accelerator = match handle {
+            Some(handle) => handle.decode::<KvmHandle>(TARGET)?.accelerator,
+            None => "unknown".to_owned(),
+        };
+        Ok(shimmed::recover(launch, |shim| Handle::encode(&KvmHandle { shim, accelerator })))
+    }
+
+    async fn console(&self, launch: &Launch, from: u64) -> Result<ConsoleStream, BackendError> {
+        Ok(shimmed::console(launch, from).await)
+    }
+
+    async fn wait(&self, launch: &Launch) -> Ended {
+        shimmed::wait(launch).await
+    }
+
+    async fn stop(&self, launch: &Launch, handle: &Handle, timeout: Duration) -> Result<StopOutcome, BackendError> {
+        let KvmHandle { shim, .. } = handle.decode(TARGET)?;
+        if let Ok(mut qmp) = Self::qmp(launch).await {
+            let _ = qmp.execute("system_powerdown").await;
+        }
+        if shimmed::ended_within(launch, timeout).await {
+            return Ok(StopOutcome::Graceful);
+        }
+        if let Ok(mut qmp) = Self::qmp(launch).await {
+            let _ = qmp.execute("quit").await;
+        }
+        if !shimmed::ended_within(launch, QUIT_GRACE).await {
+            shimmed::kill(TARGET, &shim, Signal::SIGKILL)?;
+            shimmed::wait(launch).await;
+        }
+        Ok(StopOutcome::Forced)
+    }
+
+    async fn inspect(&self, launch: &Launch, handle: &Handle) -> Result<Inspection, BackendError> {
+        let KvmHandle { shim, accelerator } = handle.decode(TARGET)?;
+        let status = match Self::qmp(launch).await {
+            Ok(mut qmp) => qmp
+                .execute("query-status")
+                .await
+                .ok()
+                .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| "unknown".into()),
+            Err(_) => "unreachable".into(),
+        };
+        Ok(Inspection {
+            running: shim.payload.is_alive() && status == "running",
+            detail: format!("qemu pid {}, accel {accelerator}, status {status}", shim.payload.pid),
+        })
+    }
+
+    async fn destroy(&self, launch: &Launch) -> Result<(), BackendError> {
+        let _ = std::fs::remove_file(Self::qmp_socket(launch));
+        shimmed::destroy(TARGET, launch)
+    }
+}

@@ -1,0 +1,160 @@
+//! Backends: how instances of one target run on this host.
+//!
+//! Shaped after Nomad's driver plugin: a backend fingerprints the host (is it usable here, what
+//! versions, why not), declares its capabilities, and starts, recovers, watches, stops,
+//! inspects and destroys instances. What a backend needs to find an instance again after an
+//! agent restart goes in its opaque [`Handle`], which the agent persists with the instance.
+//! Every backend passes the same conformance suite (`agent/tests/conformance.rs`).
+
+pub mod kvm;
+pub mod qmp;
+mod shimmed;
+pub mod unix;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use mirari_core::ids::InstanceId;
+use mirari_core::instance::ExitStatus;
+use mirari_core::spec::InstanceSpec;
+use mirari_core::target::Target;
+use serde::{Deserialize, Serialize};
+
+use crate::supervisor::client::{ConsoleFrame, SupervisorError};
+
+/// What a backend found on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fingerprint {
+    pub target: Target,
+    /// `None` when the backend works here; otherwise why not, for the operator.
+    pub unavailable: Option<String>,
+    /// Versions and facts, e.g. `qemu` -> `7.2.22`, `accelerators` -> `kvm,tcg`.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// What a backend can do, so callers need not try and fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// Can ask an instance to shut down cleanly before forcing it.
+    pub graceful_stop: bool,
+    /// Instances survive an agent restart and are re-adopted.
+    pub recover: bool,
+    /// The memory and vCPU figures of the run policy are enforced.
+    pub enforces_resources: bool,
+}
+
+/// Everything a backend needs to know about one instance.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub id: InstanceId,
+    /// The instance's private directory: sockets, logs, the shim's records.
+    pub dir: PathBuf,
+    /// The verified artifact in the blob store.
+    pub artifact: PathBuf,
+    /// The verified file images, in declaration order.
+    pub files: Vec<PathBuf>,
+    pub spec: InstanceSpec,
+}
+
+/// A backend's own record of a started instance, opaque to the agent, persisted with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Handle(pub serde_json::Value);
+
+impl Handle {
+    fn encode(value: &impl Serialize) -> Self {
+        Self(serde_json::to_value(value).expect("backend handles serialize"))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, target: Target) -> Result<T, BackendError> {
+        serde_json::from_value(self.0.clone())
+            .map_err(|e| BackendError::BadHandle { target, reason: e.to_string() })
+    }
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Exited(ExitStatus),
+    /// It is gone and nothing recorded how it ended.
+    Lost,
+}
+
+/// What [`Backend::recover`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recovered {
+    Running(Handle),
+    Ended(Ended),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StopOutcome {
+    /// It shut down within the timeout.
+    Graceful,
+    /// It had to be forced off.
+    Forced,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    pub running: bool,
+    /// For people: e.g. "pid 4242" or "qemu pid 4242, accel tcg, status running".
+    pub detail: String,
+}
+
+pub type ConsoleStream = BoxStream<'static, ConsoleFrame>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("the {target} backend is not available on this host: {reason}")]
+    Unavailable { target: Target, reason: String },
+    #[error("the {target} backend does not support {operation}")]
+    Unsupported { target: Target, operation: &'static str },
+    #[error("{target}: the instance's handle is unreadable: {reason}")]
+    BadHandle { target: Target, reason: String },
+    #[error("{target}: {message}")]
+    Failed { target: Target, message: String },
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    #[error("{target}: cannot {action}")]
+    Io {
+        target: Target,
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    fn target(&self) -> Target;
+
+    async fn fingerprint(&self) -> Fingerprint;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// Starts the instance; returns once it runs.
+    async fn start(&self, launch: &Launch) -> Result<Handle, BackendError>;
+
+    /// Finds the instance again after an agent restart. `handle` is what `start` returned, or
+    /// `None` if the agent died before it could persist it.
+    async fn recover(&self, launch: &Launch, handle: Option<&Handle>) -> Result<Recovered, BackendError>;
+
+    /// Console output of the current run from stream offset `from` on (or the oldest kept);
+    /// the stream ends when the run ends. For a run that already ended, what it last printed.
+    async fn console(&self, launch: &Launch, from: u64) -> Result<ConsoleStream, BackendError>;
+
+    /// Resolves when the current run has ended.
+    async fn wait(&self, launch: &Launch) -> Ended;
+
+    /// Asks the instance to shut down; forces it off after `timeout`. Returns once it ended.
+    async fn stop(&self, launch: &Launch, handle: &Handle, timeout: Duration) -> Result<StopOutcome, BackendError>;
+
+    async fn inspect(&self, launch: &Launch, handle: &Handle) -> Result<Inspection, BackendError>;
+
+    /// Releases what the instance held on the host (sockets, runtime files). It must have ended.
+    async fn destroy(&self, launch: &Launch) -> Result<(), BackendError>;
+}

@@ -1,0 +1,76 @@
+//! The operations that the `unix` and `kvm` backends share because both run their payload under
+//! a shim.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use mirari_core::target::Target;
+
+use super::{BackendError, ConsoleStream, Ended, Handle, Launch, Recovered};
+use crate::supervisor::client::{self, ConsoleFrame, ConsoleReader, RunState};
+use crate::supervisor::protocol::{ShimInfo, ShimPaths};
+
+impl From<RunState> for Option<Ended> {
+    fn from(state: RunState) -> Self {
+        match state {
+            RunState::Running(_) => None,
+            RunState::Exited(exit) => Some(Ended::Exited(exit.status)),
+            RunState::Lost => Some(Ended::Lost),
+        }
+    }
+}
+
+/// Re-adopts a shim from the instance directory (the handle may be missing or stale).
+pub fn recover(launch: &Launch, handle_of: impl FnOnce(ShimInfo) -> Handle) -> Recovered {
+    match client::run_state(&launch.dir) {
+        RunState::Running(info) => Recovered::Running(handle_of(info)),
+        ended => Recovered::Ended(Option::<Ended>::from(ended).unwrap_or(Ended::Lost)),
+    }
+}
+
+pub async fn console(launch: &Launch, from: u64) -> ConsoleStream {
+    let Some(reader) = ConsoleReader::connect(&launch.dir, from).await else {
+        // The shim is gone: what the run printed last is in its console tail.
+        let paths = ShimPaths::new(&launch.dir);
+        let tail = std::fs::read(paths.console_tail()).unwrap_or_default();
+        let frames = (!tail.is_empty()).then_some(ConsoleFrame { offset: 0, data: tail });
+        return futures::stream::iter(frames).boxed();
+    };
+    futures::stream::unfold(reader, |mut reader| async move {
+        let frame = reader.next().await.ok().flatten()?;
+        Some((frame, reader))
+    })
+    .boxed()
+}
+
+pub async fn wait(launch: &Launch) -> Ended {
+    Option::<Ended>::from(client::wait(&launch.dir).await).unwrap_or(Ended::Lost)
+}
+
+/// Waits up to `timeout` for the payload to end; true if it did.
+pub async fn ended_within(launch: &Launch, timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, client::wait(&launch.dir)).await.is_ok()
+}
+
+pub fn kill(target: Target, info: &ShimInfo, signal: nix::sys::signal::Signal) -> Result<(), BackendError> {
+    if !info.payload.is_alive() {
+        return Ok(());
+    }
+    match nix::sys::signal::kill(info.payload.nix_pid(), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(BackendError::Io { target, action: format!("send {signal} to pid {}", info.payload.pid), source: e.into() }),
+    }
+}
+
+pub fn destroy(target: Target, launch: &Launch) -> Result<(), BackendError> {
+    let paths = ShimPaths::new(&launch.dir);
+    for path in [paths.console_socket(), paths.info()] {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(BackendError::Io { target, action: format!("remove {}", path.display()), source: e });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! `mirari-agent`: runs instances on one host.
+//!
+//! - [`runtime`]: instance records, the reconcile loop, start/watch/stop tasks, recovery.
+//! - [`backends`]: the `Backend` trait and the `unix` and `kvm` backends.
+//! - [`supervisor`]: the shim that parents instance processes so they outlive agent restarts.
+//! - [`state`]: the durable instance records (redb).
+//! - [`console`]: per-instance bounded console buffers.
+//! - [`service`]: the gRPC service over the runtime.
+//! - [`paths`]: default locations of the state directory and socket.
+
+pub mod backends;
+pub mod clock;
+pub mod console;
+pub mod paths;
+pub mod runtime;
+pub mod service;
+pub mod state;
+pub mod supervisor;
