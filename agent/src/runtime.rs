@@ -216,7 +216,8 @@ impl Agent {
         })?;
         loop {
             let record = self.get(id).ok_or_else(|| ResolveIdError::NotFound(id.to_string()))?;
-            if !record.lifecycle.phase.is_live() && record.lifecycle.phase != Phase::Pending {
+            let settled = !record.lifecycle.phase.is_live() && record.lifecycle.phase != Phase::Pending;
+            if settled && !record.stop_in_flight {
                 return Ok(record);
             }
             if changes.changed().await.is_err() {
@@ -404,6 +405,7 @@ impl Agent {
         let stopping = self.update(id, |record, _| {
             let handle = record.handle.clone().filter(|_| record.lifecycle.phase == Phase::Running)?;
             record.lifecycle.on_stopping();
+            record.stop_in_flight = true;
             record.log(now_ms(), "stopping");
             Some((record.clone(), handle))
         });
@@ -414,7 +416,9 @@ impl Agent {
             let timeout = Duration::from_secs(u64::from(record.spec.run.stop_timeout_secs));
             let Some(backend) = agent.inner.backends.get(&record.spec.target).cloned() else { return };
             let outcome = backend.stop(&launch, &handle, timeout).await;
-            let _ = agent.update(record.id, |record, _| match outcome {
+            let _ = agent.update(record.id, |record, _| {
+                record.stop_in_flight = false;
+                match outcome {
                 Ok(outcome) => {
                     let forced = outcome == crate::backends::StopOutcome::Forced;
                     record.stop_forced = Some(forced);
@@ -426,7 +430,7 @@ impl Agent {
                     record.lifecycle.phase = Phase::Running;
                     record.log(now_ms(), format!("stop failed: {error}"));
                 }
-            });
+            }});
         });
     }
 

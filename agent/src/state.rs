@@ -39,6 +39,10 @@ pub struct InstanceRecord {
     pub created_at_ms: u64,
     /// Whether the last stop had to force the instance off.
     pub stop_forced: Option<bool>,
+    /// A backend stop is under way (not persisted: an agent restart abandons it, and the
+    /// reconcile loop issues it again).
+    #[serde(skip)]
+    pub stop_in_flight: bool,
     pub events: VecDeque<Event>,
 }
 
@@ -52,6 +56,7 @@ impl InstanceRecord {
             detail: String::new(),
             created_at_ms: now_ms,
             stop_forced: None,
+            stop_in_flight: false,
             events: VecDeque::new(),
         };
         record.log(now_ms, "created");

@@ -1,0 +1,136 @@
+//! `mirari`: the command line. A thin layer over `mirari-build` (configure, build) and the
+//! agent API (run, ps, console, logs, stop, host).
+
+mod agent_cmds;
+mod client;
+mod output;
+mod project_cmds;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mirari_core::target::Target;
+use mirari_proto::endpoint::Endpoint;
+
+use crate::output::Format;
+
+/// Mirari deploys unikernel applications: one mirari.toml describes an app; `configure` checks
+/// and installs what its build needs and bakes its file images, `build` compiles it for each
+/// target, and `run` starts instances on the local agent, each with a unique ID.
+#[derive(Debug, Parser)]
+#[command(name = "mirari", version)]
+struct Cli {
+    /// The agent to talk to: unix:/path or host:port
+    /// [default: unix:/run/mirari/agent.sock for root, else $XDG_RUNTIME_DIR/mirari/agent.sock]
+    #[arg(long, global = true, env = "MIRARI_AGENT")]
+    agent: Option<Endpoint>,
+    /// Output format for results
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct AppArgs {
+    /// The application's config file
+    #[arg(long, short = 'f', default_value = "mirari.toml")]
+    file: PathBuf,
+    /// Where built artifacts are kept, by sha256
+    /// [default: $XDG_DATA_HOME/mirari/store, else ~/.local/share/mirari/store]
+    #[arg(long, env = "MIRARI_STORE")]
+    store: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check what the build needs (and install it with --install); bake the file images
+    Configure {
+        #[command(flatten)]
+        app: AppArgs,
+        /// Install missing packages with their declared installer (apt, opam), then check again
+        #[arg(long)]
+        install: bool,
+    },
+    /// Build the app for each target (or those given) and store the artifacts by sha256
+    Build {
+        #[command(flatten)]
+        app: AppArgs,
+        /// Build only this target (repeatable)
+        #[arg(long, short = 't')]
+        target: Vec<Target>,
+    },
+    /// Start instances of the built app on the agent; each gets a unique ID
+    Run {
+        #[command(flatten)]
+        app: AppArgs,
+        /// The target to run [default: the first listed in the config]
+        #[arg(long, short = 't')]
+        target: Option<Target>,
+        /// How many instances to start
+        #[arg(long, short = 'n', default_value_t = 1)]
+        count: u32,
+    },
+    /// List instances
+    Ps,
+    /// Show an instance's console output (the agent keeps the most recent part)
+    Console {
+        /// Instance ID or a unique prefix of one
+        id: String,
+        /// Keep printing new output until the instance ends
+        #[arg(long, short = 'F')]
+        follow: bool,
+    },
+    /// Show an instance's lifecycle log: starts, exits, restarts, stops
+    Logs {
+        /// Instance ID or a unique prefix of one
+        id: String,
+    },
+    /// Stop an instance: gracefully, then forced after its stop timeout
+    Stop {
+        /// Instance ID or a unique prefix of one
+        id: String,
+    },
+    /// Show the agent's host and which backends work there (and why not)
+    Host,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {}", chain(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, each once: "what failed: why: root cause".
+fn chain(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let agent = cli.agent.unwrap_or_else(mirari_agent::paths::default_agent_endpoint);
+    let format = cli.output;
+    match cli.command {
+        Command::Configure { app, install } => project_cmds::configure(&app, install, format),
+        Command::Build { app, target } => project_cmds::build(&app, &target, format),
+        Command::Run { app, target, count } => agent_cmds::run(&agent, &app, target, count, format).await,
+        Command::Ps => agent_cmds::ps(&agent, format).await,
+        Command::Console { id, follow } => agent_cmds::console(&agent, &id, follow).await,
+        Command::Logs { id } => agent_cmds::logs(&agent, &id, format).await,
+        Command::Stop { id } => agent_cmds::stop(&agent, &id, format).await,
+        Command::Host => agent_cmds::host(&agent, format).await,
+    }
+}
