@@ -47,7 +47,9 @@ fn main() -> anyhow::Result<()> {
         return shim::run(args).map_err(Into::into);
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     tokio::runtime::Runtime::new()?.block_on(serve(cli))
@@ -61,19 +63,37 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         kvm_device: cli.kvm_device,
     };
     let endpoint = cli.listen.unwrap_or_else(paths::default_agent_endpoint);
-    let listener = Listener::bind(&endpoint).await.with_context(|| format!("cannot listen on {endpoint}"))?;
-    let agent = Agent::open(config.clone()).await.context("cannot start the agent")?;
+    let listener = Listener::bind(&endpoint)
+        .await
+        .with_context(|| format!("cannot listen on {endpoint}"))?;
+    let agent = Agent::open(config.clone())
+        .await
+        .context("cannot start the agent")?;
     for fingerprint in agent.fingerprints() {
-        let facts: Vec<String> = fingerprint.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let facts: Vec<String> = fingerprint
+            .attributes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         match &fingerprint.unavailable {
-            None => tracing::info!(backend = %fingerprint.target, facts = facts.join(" "), "backend available"),
-            Some(reason) => tracing::warn!(backend = %fingerprint.target, %reason, "backend unavailable"),
+            None => {
+                tracing::info!(backend = %fingerprint.target, facts = facts.join(" "), "backend available")
+            }
+            Some(reason) => {
+                tracing::warn!(backend = %fingerprint.target, %reason, "backend unavailable")
+            }
         }
     }
     tracing::info!(endpoint = %listener.local_endpoint()?, state_dir = %config.state_dir.display(), "mirari-agent serving");
-    let router = tonic::transport::Server::builder().add_service(AgentService::new(agent).into_server());
-    listener.serve(router, shutdown_signal()).await.context("the agent API server failed")?;
-    tracing::info!("mirari-agent stopped; instances keep running and are re-adopted at the next start");
+    let router =
+        tonic::transport::Server::builder().add_service(AgentService::new(agent).into_server());
+    listener
+        .serve(router, shutdown_signal())
+        .await
+        .context("the agent API server failed")?;
+    tracing::info!(
+        "mirari-agent stopped; instances keep running and are re-adopted at the next start"
+    );
     Ok(())
 }
 

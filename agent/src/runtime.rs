@@ -99,11 +99,18 @@ impl Agent {
     /// Opens the state directory, fingerprints the backends, re-adopts surviving instances and
     /// starts the reconcile loop.
     pub async fn open(config: AgentConfig) -> Result<Self, AgentError> {
-        std::fs::create_dir_all(config.state_dir.join("instances"))
-            .map_err(|source| AgentError::StateDir { path: config.state_dir.clone(), source })?;
+        std::fs::create_dir_all(config.state_dir.join("instances")).map_err(|source| {
+            AgentError::StateDir {
+                path: config.state_dir.clone(),
+                source,
+            }
+        })?;
         let store = StateStore::open(&config.state_dir.join("agent.redb"))?;
         let blobs = BlobStore::open(&config.state_dir.join("blobs"))?;
-        let launcher = ShimLauncher { program: config.shim_program.clone(), console_bytes: config.console_bytes };
+        let launcher = ShimLauncher {
+            program: config.shim_program.clone(),
+            console_bytes: config.console_bytes,
+        };
         let all: Vec<Arc<dyn Backend>> = vec![
             Arc::new(UnixBackend::new(launcher.clone())),
             Arc::new(KvmBackend::new(launcher).with_kvm_device(&config.kvm_device)),
@@ -136,7 +143,10 @@ impl Agent {
             }),
         };
         agent.recover_all().await;
-        tokio::spawn(reconcile_loop(Arc::downgrade(&agent.inner), agent.inner.wake.clone()));
+        tokio::spawn(reconcile_loop(
+            Arc::downgrade(&agent.inner),
+            agent.inner.wake.clone(),
+        ));
         Ok(agent)
     }
 
@@ -151,7 +161,9 @@ impl Agent {
     /// Creates `count` instances of `spec`, each with a freshly minted ID, and has them started.
     pub fn run(&self, spec: InstanceSpec, count: u32) -> Result<Vec<InstanceId>, AgentError> {
         if !(1..=MAX_RUN_COUNT).contains(&count) {
-            return Err(AgentError::InvalidRequest(format!("count must be 1 to {MAX_RUN_COUNT}, not {count}")));
+            return Err(AgentError::InvalidRequest(format!(
+                "count must be 1 to {MAX_RUN_COUNT}, not {count}"
+            )));
         }
         self.usable_backend(spec.target)?;
         let missing: Vec<Digest> = std::iter::once(spec.artifact)
@@ -185,7 +197,8 @@ impl Agent {
     /// Every instance record, oldest first.
     pub fn list(&self) -> Vec<InstanceRecord> {
         let instances = self.inner.instances.lock().expect("instances lock");
-        let mut records: Vec<InstanceRecord> = instances.values().map(|s| s.record.clone()).collect();
+        let mut records: Vec<InstanceRecord> =
+            instances.values().map(|s| s.record.clone()).collect();
         records.sort_by_key(|r| (r.created_at_ms, r.id));
         records
     }
@@ -197,11 +210,21 @@ impl Agent {
     }
 
     pub fn get(&self, id: InstanceId) -> Option<InstanceRecord> {
-        self.inner.instances.lock().expect("instances lock").get(&id).map(|s| s.record.clone())
+        self.inner
+            .instances
+            .lock()
+            .expect("instances lock")
+            .get(&id)
+            .map(|s| s.record.clone())
     }
 
     pub fn console(&self, id: InstanceId) -> Option<Arc<ConsoleBuffer>> {
-        self.inner.instances.lock().expect("instances lock").get(&id).map(|s| s.console.clone())
+        self.inner
+            .instances
+            .lock()
+            .expect("instances lock")
+            .get(&id)
+            .map(|s| s.console.clone())
     }
 
     /// Asks for the instance to stop and waits until it has.
@@ -215,8 +238,11 @@ impl Agent {
             }
         })?;
         loop {
-            let record = self.get(id).ok_or_else(|| ResolveIdError::NotFound(id.to_string()))?;
-            let settled = !record.lifecycle.phase.is_live() && record.lifecycle.phase != Phase::Pending;
+            let record = self
+                .get(id)
+                .ok_or_else(|| ResolveIdError::NotFound(id.to_string()))?;
+            let settled =
+                !record.lifecycle.phase.is_live() && record.lifecycle.phase != Phase::Pending;
             if settled && !record.stop_in_flight {
                 return Ok(record);
             }
@@ -232,16 +258,30 @@ impl Agent {
         if let Some(reason) = fingerprint.and_then(|f| f.unavailable.clone()) {
             return Err(unavailable(reason));
         }
-        self.inner.backends.get(&target).cloned().ok_or_else(|| unavailable("this agent has no such backend".into()))
+        self.inner
+            .backends
+            .get(&target)
+            .cloned()
+            .ok_or_else(|| unavailable("this agent has no such backend".into()))
     }
 
     fn launch(&self, record: &InstanceRecord) -> Launch {
         let blobs = &self.inner.blobs;
         Launch {
             id: record.id,
-            dir: self.inner.config.state_dir.join("instances").join(record.id.to_string()),
+            dir: self
+                .inner
+                .config
+                .state_dir
+                .join("instances")
+                .join(record.id.to_string()),
             artifact: blobs.path(&record.spec.artifact),
-            files: record.spec.files.iter().map(|f| blobs.path(&f.digest)).collect(),
+            files: record
+                .spec
+                .files
+                .iter()
+                .map(|f| blobs.path(&f.digest))
+                .collect(),
             spec: record.spec.clone(),
         }
     }
@@ -254,7 +294,9 @@ impl Agent {
         change: impl FnOnce(&mut InstanceRecord, &ConsoleBuffer) -> R,
     ) -> Result<R, AgentError> {
         let mut instances = self.inner.instances.lock().expect("instances lock");
-        let slot = instances.get_mut(&id).ok_or_else(|| ResolveIdError::NotFound(id.to_string()))?;
+        let slot = instances
+            .get_mut(&id)
+            .ok_or_else(|| ResolveIdError::NotFound(id.to_string()))?;
         let before = slot.record.clone();
         let result = change(&mut slot.record, &slot.console);
         if slot.record != before
@@ -277,7 +319,12 @@ impl Agent {
     fn reconcile_once(&self) -> Option<u64> {
         let plan = {
             let instances = self.inner.instances.lock().expect("instances lock");
-            reconcile::plan(instances.iter().map(|(id, slot)| (*id, &slot.record.lifecycle)), now_ms())
+            reconcile::plan(
+                instances
+                    .iter()
+                    .map(|(id, slot)| (*id, &slot.record.lifecycle)),
+                now_ms(),
+            )
         };
         for action in plan.actions {
             match action {
@@ -292,7 +339,11 @@ impl Agent {
         let started = self.update(id, |record, _| {
             let restart = record.lifecycle.phase != Phase::Pending;
             record.lifecycle.on_starting();
-            let what = if restart { format!("restarting (restart {})", record.lifecycle.restarts) } else { "starting".into() };
+            let what = if restart {
+                format!("restarting (restart {})", record.lifecycle.restarts)
+            } else {
+                "starting".into()
+            };
             record.log(now_ms(), what);
             record.clone()
         });
@@ -308,13 +359,21 @@ impl Agent {
     async fn start(&self, record: InstanceRecord) {
         let id = record.id;
         let launch = self.launch(&record);
-        let missing = std::iter::once(&launch.artifact).chain(&launch.files).find(|p| !p.is_file());
+        let missing = std::iter::once(&launch.artifact)
+            .chain(&launch.files)
+            .find(|p| !p.is_file());
         let started = match (self.usable_backend(record.spec.target), missing) {
             (Err(error), _) => Err(error.to_string()),
-            (Ok(_), Some(path)) => Err(format!("{} is missing from the blob store", path.display())),
+            (Ok(_), Some(path)) => {
+                Err(format!("{} is missing from the blob store", path.display()))
+            }
             (Ok(backend), None) => match backend.start(&launch).await {
                 Ok(handle) => {
-                    let detail = backend.inspect(&launch, &handle).await.map(|i| i.detail).unwrap_or_default();
+                    let detail = backend
+                        .inspect(&launch, &handle)
+                        .await
+                        .map(|i| i.detail)
+                        .unwrap_or_default();
                     Ok((backend, handle, detail))
                 }
                 Err(error) => Err(error.to_string()),
@@ -332,7 +391,9 @@ impl Agent {
                 });
                 match recorded {
                     Ok(()) => self.spawn_watch(id, launch, backend),
-                    Err(error) => tracing::error!(%id, %error, "cannot record that an instance runs"),
+                    Err(error) => {
+                        tracing::error!(%id, %error, "cannot record that an instance runs")
+                    }
                 }
             }
             Err(message) => {
@@ -346,7 +407,9 @@ impl Agent {
     }
 
     fn spawn_watch(&self, id: InstanceId, launch: Launch, backend: Arc<dyn Backend>) {
-        let Some(console) = self.console(id) else { return };
+        let Some(console) = self.console(id) else {
+            return;
+        };
         let agent = self.clone();
         tokio::spawn(async move {
             if let Ok(mut frames) = backend.console(&launch, 0).await {
@@ -355,12 +418,21 @@ impl Agent {
                 }
             }
             let ended = backend.wait(&launch).await;
-            agent.finish_run(id, &launch, Some(backend.as_ref()), ended, "").await;
+            agent
+                .finish_run(id, &launch, Some(backend.as_ref()), ended, "")
+                .await;
         });
     }
 
     /// Records how a run ended and releases what it held.
-    async fn finish_run(&self, id: InstanceId, launch: &Launch, backend: Option<&dyn Backend>, ended: Ended, context: &str) {
+    async fn finish_run(
+        &self,
+        id: InstanceId,
+        launch: &Launch,
+        backend: Option<&dyn Backend>,
+        ended: Ended,
+        context: &str,
+    ) {
         let policy = launch.spec.run.restart;
         let recorded = self.update(id, |record, console| {
             let now = now_ms();
@@ -371,7 +443,10 @@ impl Agent {
                 }
                 Ended::Lost => {
                     record.lifecycle.on_lost(policy, now);
-                    record.log(now, format!("lost{context}: it is gone and nothing recorded how it ended"));
+                    record.log(
+                        now,
+                        format!("lost{context}: it is gone and nothing recorded how it ended"),
+                    );
                 }
             }
             record.handle = None;
@@ -380,7 +455,9 @@ impl Agent {
         if let Err(error) = recorded {
             tracing::error!(%id, %error, "cannot record the end of an instance");
         }
-        if let Some(Err(error)) = futures::future::OptionFuture::from(backend.map(|b| b.destroy(launch))).await {
+        if let Some(Err(error)) =
+            futures::future::OptionFuture::from(backend.map(|b| b.destroy(launch))).await
+        {
             tracing::warn!(%id, %error, "cannot clean up after an instance");
         }
     }
@@ -391,7 +468,10 @@ impl Agent {
         let life = &record.lifecycle;
         let line = match (life.phase, life.restart_due_ms) {
             (_, Some(due)) => Some(format!("restart in {} ms", due.saturating_sub(now))),
-            (Phase::Failed, None) => Some(format!("failed: {}", life.message.clone().unwrap_or_default())),
+            (Phase::Failed, None) => Some(format!(
+                "failed: {}",
+                life.message.clone().unwrap_or_default()
+            )),
             (Phase::Exited, None) => life.message.clone(),
             _ => None,
         };
@@ -403,45 +483,68 @@ impl Agent {
 
     fn begin_stop(&self, id: InstanceId) {
         let stopping = self.update(id, |record, _| {
-            let handle = record.handle.clone().filter(|_| record.lifecycle.phase == Phase::Running)?;
+            let handle = record
+                .handle
+                .clone()
+                .filter(|_| record.lifecycle.phase == Phase::Running)?;
             record.lifecycle.on_stopping();
             record.stop_in_flight = true;
             record.log(now_ms(), "stopping");
             Some((record.clone(), handle))
         });
-        let Ok(Some((record, handle))) = stopping else { return };
+        let Ok(Some((record, handle))) = stopping else {
+            return;
+        };
         let agent = self.clone();
         tokio::spawn(async move {
             let launch = agent.launch(&record);
             let timeout = Duration::from_secs(u64::from(record.spec.run.stop_timeout_secs));
-            let Some(backend) = agent.inner.backends.get(&record.spec.target).cloned() else { return };
+            let Some(backend) = agent.inner.backends.get(&record.spec.target).cloned() else {
+                return;
+            };
             let outcome = backend.stop(&launch, &handle, timeout).await;
             let _ = agent.update(record.id, |record, _| {
                 record.stop_in_flight = false;
                 match outcome {
-                Ok(outcome) => {
-                    let forced = outcome == crate::backends::StopOutcome::Forced;
-                    record.stop_forced = Some(forced);
-                    let how = if forced { format!("forced off after the {}s stop timeout", timeout.as_secs()) } else { "stopped gracefully".into() };
-                    record.log(now_ms(), how);
+                    Ok(outcome) => {
+                        let forced = outcome == crate::backends::StopOutcome::Forced;
+                        record.stop_forced = Some(forced);
+                        let how = if forced {
+                            format!("forced off after the {}s stop timeout", timeout.as_secs())
+                        } else {
+                            "stopped gracefully".into()
+                        };
+                        record.log(now_ms(), how);
+                    }
+                    Err(error) => {
+                        // Back to running: the next reconcile pass tries again.
+                        record.lifecycle.phase = Phase::Running;
+                        record.log(now_ms(), format!("stop failed: {error}"));
+                    }
                 }
-                Err(error) => {
-                    // Back to running: the next reconcile pass tries again.
-                    record.lifecycle.phase = Phase::Running;
-                    record.log(now_ms(), format!("stop failed: {error}"));
-                }
-            }});
+            });
         });
     }
 
     /// Re-adopts instances that were live when the agent last ran.
     async fn recover_all(&self) {
-        let live: Vec<InstanceRecord> = self.list().into_iter().filter(|r| r.lifecycle.phase.is_live()).collect();
+        let live: Vec<InstanceRecord> = self
+            .list()
+            .into_iter()
+            .filter(|r| r.lifecycle.phase.is_live())
+            .collect();
         for record in live {
             let id = record.id;
             let launch = self.launch(&record);
             let Some(backend) = self.inner.backends.get(&record.spec.target).cloned() else {
-                self.finish_run(id, &launch, None, Ended::Lost, " (this agent has no backend for it)").await;
+                self.finish_run(
+                    id,
+                    &launch,
+                    None,
+                    Ended::Lost,
+                    " (this agent has no backend for it)",
+                )
+                .await;
                 continue;
             };
             match backend.recover(&launch, record.handle.as_ref()).await {
@@ -460,16 +563,32 @@ impl Agent {
                     }
                 }
                 Ok(Recovered::Ended(ended)) => {
-                    if let (Ok(mut frames), Some(console)) = (backend.console(&launch, 0).await, self.console(id)) {
+                    if let (Ok(mut frames), Some(console)) =
+                        (backend.console(&launch, 0).await, self.console(id))
+                    {
                         while let Some(frame) = frames.next().await {
                             console.push(&frame.data);
                         }
                     }
-                    self.finish_run(id, &launch, Some(backend.as_ref()), ended, " while the agent was down").await;
+                    self.finish_run(
+                        id,
+                        &launch,
+                        Some(backend.as_ref()),
+                        ended,
+                        " while the agent was down",
+                    )
+                    .await;
                 }
                 Err(error) => {
                     tracing::warn!(%id, %error, "cannot recover an instance");
-                    self.finish_run(id, &launch, Some(backend.as_ref()), Ended::Lost, " while the agent was down").await;
+                    self.finish_run(
+                        id,
+                        &launch,
+                        Some(backend.as_ref()),
+                        Ended::Lost,
+                        " while the agent was down",
+                    )
+                    .await;
                 }
             }
         }
@@ -483,7 +602,9 @@ async fn reconcile_loop(agent: Weak<Inner>, wake: Arc<Notify>) {
         notified.as_mut().enable();
         let Some(inner) = agent.upgrade() else { return };
         let wake_at = Agent { inner }.reconcile_once();
-        let until_due = wake_at.map_or(RECHECK_INTERVAL, |due| Duration::from_millis(due.saturating_sub(now_ms())));
+        let until_due = wake_at.map_or(RECHECK_INTERVAL, |due| {
+            Duration::from_millis(due.saturating_sub(now_ms()))
+        });
         tokio::select! {
             () = notified => {}
             () = tokio::time::sleep(until_due.min(RECHECK_INTERVAL)) => {}

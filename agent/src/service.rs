@@ -35,11 +35,14 @@ fn status_of(error: AgentError) -> Status {
     match error {
         AgentError::NoSuchInstance(_) => Status::not_found(message),
         AgentError::InvalidRequest(_) => Status::invalid_argument(message),
-        AgentError::BackendUnavailable { .. } | AgentError::MissingBlobs(_) => Status::failed_precondition(message),
-        AgentError::Blob(BlobError::Mismatch { .. }) => Status::data_loss(message),
-        AgentError::State(_) | AgentError::Blob(_) | AgentError::Backend(_) | AgentError::StateDir { .. } => {
-            Status::internal(message)
+        AgentError::BackendUnavailable { .. } | AgentError::MissingBlobs(_) => {
+            Status::failed_precondition(message)
         }
+        AgentError::Blob(BlobError::Mismatch { .. }) => Status::data_loss(message),
+        AgentError::State(_)
+        | AgentError::Blob(_)
+        | AgentError::Backend(_)
+        | AgentError::StateDir { .. } => Status::internal(message),
     }
 }
 
@@ -73,7 +76,10 @@ pub fn instance_to_pb(record: &InstanceRecord) -> pb::Instance {
 
 #[tonic::async_trait]
 impl agent_server::Agent for AgentService {
-    async fn get_host_info(&self, _: Request<pb::GetHostInfoRequest>) -> Result<Response<pb::HostInfo>, Status> {
+    async fn get_host_info(
+        &self,
+        _: Request<pb::GetHostInfoRequest>,
+    ) -> Result<Response<pb::HostInfo>, Status> {
         let backends = self
             .agent
             .fingerprints()
@@ -84,30 +90,55 @@ impl agent_server::Agent for AgentService {
                 attributes: f.attributes.clone().into_iter().collect(),
             })
             .collect();
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
-        Ok(Response::new(pb::HostInfo { hostname, agent_version: env!("CARGO_PKG_VERSION").into(), backends }))
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        Ok(Response::new(pb::HostInfo {
+            hostname,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            backends,
+        }))
     }
 
-    async fn put_blob(&self, request: Request<Streaming<pb::BlobChunk>>) -> Result<Response<pb::PutBlobResponse>, Status> {
+    async fn put_blob(
+        &self,
+        request: Request<Streaming<pb::BlobChunk>>,
+    ) -> Result<Response<pb::PutBlobResponse>, Status> {
         let mut chunks = request.into_inner();
-        let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty upload"))?;
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty upload"))?;
         let expected = parse_digest("sha256", &first.sha256)?;
-        let mut writer = self.agent.blobs().writer(Some(expected)).map_err(|e| status_of(e.into()))?;
+        let mut writer = self
+            .agent
+            .blobs()
+            .writer(Some(expected))
+            .map_err(|e| status_of(e.into()))?;
         let mut size = 0u64;
         let mut next = Some(first);
         while let Some(chunk) = next {
             size += chunk.data.len() as u64;
             if size > MAX_BLOB_BYTES {
-                return Err(Status::resource_exhausted(format!("blobs are limited to {MAX_BLOB_BYTES} bytes")));
+                return Err(Status::resource_exhausted(format!(
+                    "blobs are limited to {MAX_BLOB_BYTES} bytes"
+                )));
             }
             writer.write(&chunk.data).map_err(|e| status_of(e.into()))?;
             next = chunks.message().await?;
         }
         let (digest, size) = writer.finish().map_err(|e| status_of(e.into()))?;
-        Ok(Response::new(pb::PutBlobResponse { sha256: digest.to_string(), size }))
+        Ok(Response::new(pb::PutBlobResponse {
+            sha256: digest.to_string(),
+            size,
+        }))
     }
 
-    async fn missing_blobs(&self, request: Request<pb::MissingBlobsRequest>) -> Result<Response<pb::MissingBlobsResponse>, Status> {
+    async fn missing_blobs(
+        &self,
+        request: Request<pb::MissingBlobsRequest>,
+    ) -> Result<Response<pb::MissingBlobsResponse>, Status> {
         let mut missing = Vec::new();
         for text in request.into_inner().sha256 {
             if !self.agent.blobs().contains(&parse_digest("sha256", &text)?) {
@@ -117,21 +148,38 @@ impl agent_server::Agent for AgentService {
         Ok(Response::new(pb::MissingBlobsResponse { sha256: missing }))
     }
 
-    async fn run_instances(&self, request: Request<pb::RunInstancesRequest>) -> Result<Response<pb::RunInstancesResponse>, Status> {
+    async fn run_instances(
+        &self,
+        request: Request<pb::RunInstancesRequest>,
+    ) -> Result<Response<pb::RunInstancesResponse>, Status> {
         let request = request.into_inner();
-        let spec = request.spec.as_ref().ok_or_else(|| Status::invalid_argument("spec is missing"))?;
+        let spec = request
+            .spec
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("spec is missing"))?;
         let spec = InstanceSpec::try_from(spec)?;
         let ids = self.agent.run(spec, request.count).map_err(status_of)?;
-        Ok(Response::new(pb::RunInstancesResponse { ids: ids.iter().map(ToString::to_string).collect() }))
+        Ok(Response::new(pb::RunInstancesResponse {
+            ids: ids.iter().map(ToString::to_string).collect(),
+        }))
     }
 
-    async fn list_instances(&self, _: Request<pb::ListInstancesRequest>) -> Result<Response<pb::ListInstancesResponse>, Status> {
+    async fn list_instances(
+        &self,
+        _: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
         let instances = self.agent.list().iter().map(instance_to_pb).collect();
         Ok(Response::new(pb::ListInstancesResponse { instances }))
     }
 
-    async fn stop_instance(&self, request: Request<pb::StopInstanceRequest>) -> Result<Response<pb::StopInstanceResponse>, Status> {
-        let id = self.agent.resolve(&request.into_inner().id).map_err(status_of)?;
+    async fn stop_instance(
+        &self,
+        request: Request<pb::StopInstanceRequest>,
+    ) -> Result<Response<pb::StopInstanceResponse>, Status> {
+        let id = self
+            .agent
+            .resolve(&request.into_inner().id)
+            .map_err(status_of)?;
         let record = self.agent.stop(id).await.map_err(status_of)?;
         Ok(Response::new(pb::StopInstanceResponse {
             forced: record.stop_forced.unwrap_or(false),
@@ -141,18 +189,45 @@ impl agent_server::Agent for AgentService {
 
     type StreamConsoleStream = BoxStream<'static, Result<pb::ConsoleChunk, Status>>;
 
-    async fn stream_console(&self, request: Request<pb::ConsoleRequest>) -> Result<Response<Self::StreamConsoleStream>, Status> {
+    async fn stream_console(
+        &self,
+        request: Request<pb::ConsoleRequest>,
+    ) -> Result<Response<Self::StreamConsoleStream>, Status> {
         let request = request.into_inner();
         let id = self.agent.resolve(&request.id).map_err(status_of)?;
-        let console = self.agent.console(id).ok_or_else(|| Status::not_found(format!("no instance {id}")))?;
-        let chunks = console.read(request.follow).map(|read| Ok(pb::ConsoleChunk { data: read.bytes, dropped: read.dropped }));
+        let console = self
+            .agent
+            .console(id)
+            .ok_or_else(|| Status::not_found(format!("no instance {id}")))?;
+        let chunks = console.read(request.follow).map(|read| {
+            Ok(pb::ConsoleChunk {
+                data: read.bytes,
+                dropped: read.dropped,
+            })
+        });
         Ok(Response::new(chunks.boxed()))
     }
 
-    async fn get_events(&self, request: Request<pb::EventsRequest>) -> Result<Response<pb::EventsResponse>, Status> {
-        let id = self.agent.resolve(&request.into_inner().id).map_err(status_of)?;
-        let record = self.agent.get(id).ok_or_else(|| Status::not_found(format!("no instance {id}")))?;
-        let events = record.events.iter().map(|e| pb::Event { at_ms: e.at_ms, message: e.message.clone() }).collect();
+    async fn get_events(
+        &self,
+        request: Request<pb::EventsRequest>,
+    ) -> Result<Response<pb::EventsResponse>, Status> {
+        let id = self
+            .agent
+            .resolve(&request.into_inner().id)
+            .map_err(status_of)?;
+        let record = self
+            .agent
+            .get(id)
+            .ok_or_else(|| Status::not_found(format!("no instance {id}")))?;
+        let events = record
+            .events
+            .iter()
+            .map(|e| pb::Event {
+                at_ms: e.at_ms,
+                message: e.message.clone(),
+            })
+            .collect();
         Ok(Response::new(pb::EventsResponse { events }))
     }
 }

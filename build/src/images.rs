@@ -42,23 +42,37 @@ pub fn bake_all(project: &Project, store: &BlobStore) -> Result<Vec<FileImageRef
         .iter()
         .map(|directive| {
             let image = bake(project, directive, &out_dir)?;
-            let digest = store
-                .put_file(&image)
-                .map_err(|source| ImageError::Store { name: directive.name.clone(), source })?;
-            Ok(FileImageRef { name: directive.name.clone(), digest })
+            let digest = store.put_file(&image).map_err(|source| ImageError::Store {
+                name: directive.name.clone(),
+                source,
+            })?;
+            Ok(FileImageRef {
+                name: directive.name.clone(),
+                digest,
+            })
         })
         .collect()
 }
 
-fn bake(project: &Project, directive: &FileDirective, out_dir: &Path) -> Result<PathBuf, ImageError> {
+fn bake(
+    project: &Project,
+    directive: &FileDirective,
+    out_dir: &Path,
+) -> Result<PathBuf, ImageError> {
     let source = project.dir.join(&directive.source);
     if !source.is_dir() {
         let error = ConfigError::new(
             &project.config_path.display().to_string(),
             directive.source_location.clone(),
-            format!("file image source `{}` is not a directory", directive.source),
+            format!(
+                "file image source `{}` is not a directory",
+                directive.source
+            ),
         )
-        .with_help(format!("create {} or point `source` at an existing directory", source.display()));
+        .with_help(format!(
+            "create {} or point `source` at an existing directory",
+            source.display()
+        ));
         return Err(ImageError::Source(Box::new(error)));
     }
     let image = out_dir.join(format!("{}.tar", directive.name));
@@ -90,7 +104,10 @@ fn collect(root: &Path, relative: &Path, out: &mut Vec<PathBuf>) -> io::Result<(
         } else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{} is neither a file nor a directory (symlinks are not baked)", path.display()),
+                format!(
+                    "{} is neither a file nor a directory (symlinks are not baked)",
+                    path.display()
+                ),
             ));
         }
     }
@@ -135,7 +152,11 @@ mod tests {
                     [[files]]\nname = \"data\"\nsource = \"data\"\n";
         let config_path = dir.join("mirari.toml");
         fs::write(&config_path, text).unwrap();
-        Project { dir: dir.to_owned(), config: AppConfig::parse("mirari.toml", text).unwrap(), config_path }
+        Project {
+            dir: dir.to_owned(),
+            config: AppConfig::parse("mirari.toml", text).unwrap(),
+            config_path,
+        }
     }
 
     #[test]
@@ -171,7 +192,12 @@ mod tests {
     fn a_missing_source_points_at_the_config() {
         let app = tempfile::tempdir().unwrap();
         let store = BlobStore::open(&app.path().join("store")).unwrap();
-        let error = bake_all(&project(app.path()), &store).unwrap_err().to_string();
-        assert!(error.contains("/mirari.toml:10:10: file image source `data` is not a directory"), "{error}");
+        let error = bake_all(&project(app.path()), &store)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("/mirari.toml:10:10: file image source `data` is not a directory"),
+            "{error}"
+        );
     }
 }

@@ -17,7 +17,26 @@ pub enum Missing {
     Apt(String),
     Opam(String),
     /// The installer itself (`opam`, `apt-get`) is not available.
-    Installer { installer: &'static str, for_packages: Vec<String> },
+    Installer {
+        installer: &'static str,
+        for_packages: Vec<String>,
+    },
+}
+
+impl Missing {
+    fn apt_package(&self) -> Option<&String> {
+        match self {
+            Missing::Apt(package) => Some(package),
+            _ => None,
+        }
+    }
+
+    fn opam_package(&self) -> Option<&String> {
+        match self {
+            Missing::Opam(package) => Some(package),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Missing {
@@ -26,7 +45,10 @@ impl fmt::Display for Missing {
             Missing::Command(name) => write!(f, "command `{name}` is not on PATH"),
             Missing::Apt(name) => write!(f, "apt package `{name}` is not installed"),
             Missing::Opam(name) => write!(f, "opam package `{name}` is not installed"),
-            Missing::Installer { installer, for_packages } => write!(
+            Missing::Installer {
+                installer,
+                for_packages,
+            } => write!(
                 f,
                 "`{installer}` is not available to install {}",
                 for_packages.join(", ")
@@ -44,13 +66,20 @@ pub enum InstallError {
         source: std::io::Error,
     },
     #[error("`{command}` failed with {status}")]
-    Failed { command: String, status: std::process::ExitStatus },
+    Failed {
+        command: String,
+        status: std::process::ExitStatus,
+    },
 }
 
 /// Every requirement of the project, including the commands its build driver runs.
 pub fn requirements_of(project: &Project) -> Requirements {
     let mut requires = project.config.requires.clone();
-    let uses_mirage = project.config.builds.values().any(|b| matches!(b, TargetBuild::Mirage { .. }));
+    let uses_mirage = project
+        .config
+        .builds
+        .values()
+        .any(|b| matches!(b, TargetBuild::Mirage { .. }));
     if uses_mirage {
         for implied in ["mirage", "make"] {
             if !requires.commands.iter().any(|c| c == implied) {
@@ -63,20 +92,42 @@ pub fn requirements_of(project: &Project) -> Requirements {
 
 /// What of `requires` this machine lacks, in declaration order.
 pub fn check(requires: &Requirements) -> Vec<Missing> {
-    let mut missing: Vec<Missing> =
-        requires.commands.iter().filter(|c| !on_path(c)).map(|c| Missing::Command(c.clone())).collect();
+    let mut missing: Vec<Missing> = requires
+        .commands
+        .iter()
+        .filter(|c| !on_path(c))
+        .map(|c| Missing::Command(c.clone()))
+        .collect();
     if !requires.apt.is_empty() {
         if on_path("dpkg-query") {
-            missing.extend(requires.apt.iter().filter(|p| !apt_installed(p)).map(|p| Missing::Apt(p.clone())));
+            missing.extend(
+                requires
+                    .apt
+                    .iter()
+                    .filter(|p| !apt_installed(p))
+                    .map(|p| Missing::Apt(p.clone())),
+            );
         } else {
-            missing.push(Missing::Installer { installer: "apt-get", for_packages: requires.apt.clone() });
+            missing.push(Missing::Installer {
+                installer: "apt-get",
+                for_packages: requires.apt.clone(),
+            });
         }
     }
     if !requires.opam.is_empty() {
         if on_path("opam") {
-            missing.extend(requires.opam.iter().filter(|p| !opam_installed(p)).map(|p| Missing::Opam(p.clone())));
+            missing.extend(
+                requires
+                    .opam
+                    .iter()
+                    .filter(|p| !opam_installed(p))
+                    .map(|p| Missing::Opam(p.clone())),
+            );
         } else {
-            missing.push(Missing::Installer { installer: "opam", for_packages: requires.opam.clone() });
+            missing.push(Missing::Installer {
+                installer: "opam",
+                for_packages: requires.opam.clone(),
+            });
         }
     }
     missing
@@ -84,34 +135,58 @@ pub fn check(requires: &Requirements) -> Vec<Missing> {
 
 /// Installs the missing packages with their installers. Commands cannot be installed by name:
 /// the app should list the package that provides them.
-pub fn install(missing: &[Missing], progress: &mut dyn FnMut(BuildEvent)) -> Result<(), InstallError> {
-    let apt: Vec<&str> = missing.iter().filter_map(|m| match m { Missing::Apt(p) => Some(p.as_str()), _ => None }).collect();
-    let opam: Vec<&str> = missing.iter().filter_map(|m| match m { Missing::Opam(p) => Some(p.as_str()), _ => None }).collect();
+pub fn install(
+    missing: &[Missing],
+    progress: &mut dyn FnMut(BuildEvent),
+) -> Result<(), InstallError> {
+    let apt: Vec<String> = missing
+        .iter()
+        .filter_map(Missing::apt_package)
+        .cloned()
+        .collect();
+    let opam: Vec<String> = missing
+        .iter()
+        .filter_map(Missing::opam_package)
+        .cloned()
+        .collect();
     let mut steps: Vec<Vec<String>> = Vec::new();
     if !apt.is_empty() {
-        let mut argv: Vec<String> = Vec::new();
-        if !is_root() {
-            argv.extend(["sudo".into(), "-n".into()]);
-        }
-        argv.extend(["apt-get", "install", "-y", "--no-install-recommends"].map(String::from));
-        argv.extend(apt.iter().map(|p| p.to_string()));
-        steps.push(argv);
+        let sudo: &[&str] = if is_root() { &[] } else { &["sudo", "-n"] };
+        let apt_get = ["apt-get", "install", "-y", "--no-install-recommends"];
+        steps.push(
+            sudo.iter()
+                .chain(&apt_get)
+                .map(|s| s.to_string())
+                .chain(apt)
+                .collect(),
+        );
     }
     if !opam.is_empty() {
-        let mut argv: Vec<String> = ["opam", "install", "-y"].map(String::from).to_vec();
-        argv.extend(opam.iter().map(|p| p.to_string()));
-        steps.push(argv);
+        steps.push(
+            ["opam", "install", "-y"]
+                .map(String::from)
+                .into_iter()
+                .chain(opam)
+                .collect(),
+        );
     }
     let total = steps.len();
     for (index, argv) in steps.iter().enumerate() {
         let command = argv.join(" ");
-        progress(BuildEvent::Step { index: index + 1, total, what: command.clone() });
+        progress(BuildEvent::Step {
+            index: index + 1,
+            total,
+            what: command.clone(),
+        });
         let status = Command::new(&argv[0])
             .args(&argv[1..])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(Stdio::null())
             .status()
-            .map_err(|source| InstallError::Spawn { command: command.clone(), source })?;
+            .map_err(|source| InstallError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
         if !status.success() {
             return Err(InstallError::Failed { command, status });
         }
@@ -120,13 +195,16 @@ pub fn install(missing: &[Missing], progress: &mut dyn FnMut(BuildEvent)) -> Res
 }
 
 fn on_path(command: &str) -> bool {
-    let Some(path) = env::var_os("PATH") else { return false };
+    let Some(path) = env::var_os("PATH") else {
+        return false;
+    };
     env::split_paths(&path).any(|dir| is_executable(&dir.join(command)))
 }
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 fn apt_installed(package: &str) -> bool {
@@ -148,7 +226,9 @@ fn opam_installed(package: &str) -> bool {
 fn is_root() -> bool {
     // The effective uid is only exposed through libc or /proc; /proc needs no unsafe code.
     std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
     })
 }
 
@@ -162,6 +242,9 @@ mod tests {
             commands: vec!["sh".into(), "mirari-no-such-command".into()],
             ..Requirements::default()
         };
-        assert_eq!(check(&requires), [Missing::Command("mirari-no-such-command".into())]);
+        assert_eq!(
+            check(&requires),
+            [Missing::Command("mirari-no-such-command".into())]
+        );
     }
 }

@@ -121,12 +121,16 @@ fn chain(error: &anyhow::Error) -> String {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let agent = cli.agent.unwrap_or_else(mirari_agent::paths::default_agent_endpoint);
+    let agent = cli
+        .agent
+        .unwrap_or_else(mirari_agent::paths::default_agent_endpoint);
     let format = cli.output;
     match cli.command {
         Command::Configure { app, install } => project_cmds::configure(&app, install, format),
         Command::Build { app, target } => project_cmds::build(&app, &target, format),
-        Command::Run { app, target, count } => agent_cmds::run(&agent, &app, target, count, format).await,
+        Command::Run { app, target, count } => {
+            agent_cmds::run(&agent, &app, target, count, format).await
+        }
         Command::Ps => agent_cmds::ps(&agent, format).await,
         Command::Console { id, follow } => agent_cmds::console(&agent, &id, follow).await,
         Command::Logs { id } => agent_cmds::logs(&agent, &id, format).await,

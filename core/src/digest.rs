@@ -65,7 +65,8 @@ impl FromStr for Digest {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let text_hex = text.strip_prefix("sha256:").unwrap_or(text);
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text_hex, &mut bytes).map_err(|_| ParseDigestError(text.to_owned()))?;
+        hex::decode_to_slice(text_hex, &mut bytes)
+            .map_err(|_| ParseDigestError(text.to_owned()))?;
         Ok(Self(bytes))
     }
 }

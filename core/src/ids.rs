@@ -46,7 +46,9 @@ impl FromStr for InstanceId {
     type Err = ParseInstanceIdError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = || ParseInstanceIdError { text: text.to_owned() };
+        let error = || ParseInstanceIdError {
+            text: text.to_owned(),
+        };
         if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(error());
         }
@@ -82,12 +84,17 @@ pub fn resolve_prefix(
     known: impl IntoIterator<Item = InstanceId>,
 ) -> Result<InstanceId, ResolveIdError> {
     let wanted = prefix.to_ascii_lowercase();
-    let matches: Vec<InstanceId> =
-        known.into_iter().filter(|id| id.to_string().starts_with(&wanted)).collect();
+    let matches: Vec<InstanceId> = known
+        .into_iter()
+        .filter(|id| id.to_string().starts_with(&wanted))
+        .collect();
     match matches.as_slice() {
         [one] => Ok(*one),
         [] => Err(ResolveIdError::NotFound(prefix.to_owned())),
-        many => Err(ResolveIdError::Ambiguous { prefix: prefix.to_owned(), count: many.len() }),
+        many => Err(ResolveIdError::Ambiguous {
+            prefix: prefix.to_owned(),
+            count: many.len(),
+        }),
     }
 }
 
@@ -105,7 +112,13 @@ mod tests {
 
     #[test]
     fn rejects_malformed_text() {
-        for bad in ["", "xyz", "3f9a2c1d0b7e6a5", "3f9a2c1d0b7e6a54f", "+f9a2c1d0b7e6a54"] {
+        for bad in [
+            "",
+            "xyz",
+            "3f9a2c1d0b7e6a5",
+            "3f9a2c1d0b7e6a54f",
+            "+f9a2c1d0b7e6a54",
+        ] {
             assert!(bad.parse::<InstanceId>().is_err(), "{bad} parsed");
         }
     }
@@ -118,8 +131,14 @@ mod tests {
         assert_eq!(resolve_prefix("AAAB", [a, b]), Ok(b));
         assert_eq!(
             resolve_prefix("aaa", [a, b]),
-            Err(ResolveIdError::Ambiguous { prefix: "aaa".into(), count: 2 })
+            Err(ResolveIdError::Ambiguous {
+                prefix: "aaa".into(),
+                count: 2
+            })
         );
-        assert_eq!(resolve_prefix("b", [a, b]), Err(ResolveIdError::NotFound("b".into())));
+        assert_eq!(
+            resolve_prefix("b", [a, b]),
+            Err(ResolveIdError::NotFound("b".into()))
+        );
     }
 }

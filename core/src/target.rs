@@ -33,7 +33,11 @@ impl Target {
 
     /// The known names, comma separated, for error messages.
     pub fn known_names() -> String {
-        Self::ALL.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+        Self::ALL
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -66,6 +70,9 @@ mod tests {
     fn parses_known_names_and_lists_them_otherwise() {
         assert_eq!("kvm".parse(), Ok(Target::Kvm));
         let err = "hvt".parse::<Target>().unwrap_err();
-        assert_eq!(err.to_string(), "unknown target `hvt`; known targets: unix, kvm, xen, freebsd");
+        assert_eq!(
+            err.to_string(),
+            "unknown target `hvt`; known targets: unix, kvm, xen, freebsd"
+        );
     }
 }

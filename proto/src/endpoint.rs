@@ -70,22 +70,25 @@ pub enum ConnectError {
 impl Endpoint {
     /// Connects a gRPC channel. The connection is made now, so a wrong address fails here.
     pub async fn connect(&self) -> Result<Channel, ConnectError> {
-        let wrap = |source| ConnectError::Unreachable { endpoint: self.clone(), source };
+        let wrap = |source| ConnectError::Unreachable {
+            endpoint: self.clone(),
+            source,
+        };
         match self {
-            Endpoint::Tcp(host_port) => {
-                Channel::from_shared(format!("http://{host_port}"))
-                    .map_err(|_| ConnectError::InvalidAddress(self.clone()))?
-                    .connect()
-                    .await
-                    .map_err(wrap)
-            }
+            Endpoint::Tcp(host_port) => Channel::from_shared(format!("http://{host_port}"))
+                .map_err(|_| ConnectError::InvalidAddress(self.clone()))?
+                .connect()
+                .await
+                .map_err(wrap),
             Endpoint::Unix(path) => {
                 let path = path.clone();
                 // The URI is unused: the connector below decides where bytes go.
                 Channel::from_static("http://localhost")
                     .connect_with_connector(tower::service_fn(move |_: Uri| {
                         let path = path.clone();
-                        async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+                        async move {
+                            Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                        }
                     }))
                     .await
                     .map_err(wrap)
@@ -142,7 +145,9 @@ impl Listener {
     ) -> Result<(), tonic::transport::Error> {
         match self {
             Listener::Tcp(listener) => {
-                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                    .await
             }
             Listener::Unix(listener, path) => {
                 let result = router
@@ -161,10 +166,22 @@ mod tests {
 
     #[test]
     fn parses_unix_and_tcp_forms() {
-        assert_eq!("unix:/run/a.sock".parse(), Ok(Endpoint::Unix("/run/a.sock".into())));
-        assert_eq!("/run/a.sock".parse(), Ok(Endpoint::Unix("/run/a.sock".into())));
-        assert_eq!("127.0.0.1:7070".parse(), Ok(Endpoint::Tcp("127.0.0.1:7070".into())));
-        assert_eq!("http://[::1]:7070".parse(), Ok(Endpoint::Tcp("[::1]:7070".into())));
+        assert_eq!(
+            "unix:/run/a.sock".parse(),
+            Ok(Endpoint::Unix("/run/a.sock".into()))
+        );
+        assert_eq!(
+            "/run/a.sock".parse(),
+            Ok(Endpoint::Unix("/run/a.sock".into()))
+        );
+        assert_eq!(
+            "127.0.0.1:7070".parse(),
+            Ok(Endpoint::Tcp("127.0.0.1:7070".into()))
+        );
+        assert_eq!(
+            "http://[::1]:7070".parse(),
+            Ok(Endpoint::Tcp("[::1]:7070".into()))
+        );
         assert!("localhost".parse::<Endpoint>().is_err());
         assert!("unix:".parse::<Endpoint>().is_err());
     }

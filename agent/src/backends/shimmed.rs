@@ -33,7 +33,10 @@ pub async fn console(launch: &Launch, from: u64) -> ConsoleStream {
         // The shim is gone: what the run printed last is in its console tail.
         let paths = ShimPaths::new(&launch.dir);
         let tail = std::fs::read(paths.console_tail()).unwrap_or_default();
-        let frames = (!tail.is_empty()).then_some(ConsoleFrame { offset: 0, data: tail });
+        let frames = (!tail.is_empty()).then_some(ConsoleFrame {
+            offset: 0,
+            data: tail,
+        });
         return futures::stream::iter(frames).boxed();
     };
     futures::stream::unfold(reader, |mut reader| async move {
@@ -49,16 +52,26 @@ pub async fn wait(launch: &Launch) -> Ended {
 
 /// Waits up to `timeout` for the payload to end; true if it did.
 pub async fn ended_within(launch: &Launch, timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, client::wait(&launch.dir)).await.is_ok()
+    tokio::time::timeout(timeout, client::wait(&launch.dir))
+        .await
+        .is_ok()
 }
 
-pub fn kill(target: Target, info: &ShimInfo, signal: nix::sys::signal::Signal) -> Result<(), BackendError> {
+pub fn kill(
+    target: Target,
+    info: &ShimInfo,
+    signal: nix::sys::signal::Signal,
+) -> Result<(), BackendError> {
     if !info.payload.is_alive() {
         return Ok(());
     }
     match nix::sys::signal::kill(info.payload.nix_pid(), signal) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(e) => Err(BackendError::Io { target, action: format!("send {signal} to pid {}", info.payload.pid), source: e.into() }),
+        Err(e) => Err(BackendError::Io {
+            target,
+            action: format!("send {signal} to pid {}", info.payload.pid),
+            source: e.into(),
+        }),
     }
 }
 
@@ -67,7 +80,11 @@ pub fn destroy(target: Target, launch: &Launch) -> Result<(), BackendError> {
     for path in [paths.console_socket(), paths.info()] {
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(BackendError::Io { target, action: format!("remove {}", path.display()), source: e });
+                return Err(BackendError::Io {
+                    target,
+                    action: format!("remove {}", path.display()),
+                    source: e,
+                });
             }
             _ => {}
         }

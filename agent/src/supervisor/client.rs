@@ -58,7 +58,10 @@ impl ShimLauncher {
     /// Starts a shim for `payload` and returns once the payload runs.
     pub async fn spawn(&self, payload: &Payload) -> Result<ShimInfo, SupervisorError> {
         let paths = ShimPaths::new(&payload.dir);
-        let dir_error = |source| SupervisorError::Dir { dir: payload.dir.clone(), source };
+        let dir_error = |source| SupervisorError::Dir {
+            dir: payload.dir.clone(),
+            source,
+        };
         std::fs::create_dir_all(&payload.dir).map_err(dir_error)?;
         paths.clear_run_files().map_err(dir_error)?;
         let shim_log_path = payload.dir.join("shim.log");
@@ -84,7 +87,10 @@ impl ShimLauncher {
             // Its own process group: signals meant for the agent's group do not reach it.
             .process_group(0)
             .spawn()
-            .map_err(|source| SupervisorError::Spawn { program: self.program.clone(), source })?;
+            .map_err(|source| SupervisorError::Spawn {
+                program: self.program.clone(),
+                source,
+            })?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut line = String::new();
         let read = timeout(SPAWN_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
@@ -106,7 +112,12 @@ impl ShimLauncher {
 
 /// The last line a failed shim logged, which holds its error chain.
 fn chain_text(log: &str) -> String {
-    log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("it exited without a word").trim().to_owned()
+    log.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("it exited without a word")
+        .trim()
+        .to_owned()
 }
 
 /// Where a supervised payload is now.
@@ -158,8 +169,13 @@ pub struct ConsoleReader {
 impl ConsoleReader {
     /// Connects and asks for output from `offset` on. `None` if the shim is gone.
     pub async fn connect(dir: &Path, offset: u64) -> Option<Self> {
-        let mut stream = UnixStream::connect(ShimPaths::new(dir).console_socket()).await.ok()?;
-        stream.write_all(format!("console {offset}\n").as_bytes()).await.ok()?;
+        let mut stream = UnixStream::connect(ShimPaths::new(dir).console_socket())
+            .await
+            .ok()?;
+        stream
+            .write_all(format!("console {offset}\n").as_bytes())
+            .await
+            .ok()?;
         Some(Self { stream })
     }
 
@@ -175,7 +191,10 @@ impl ConsoleReader {
         let offset = u64::from_le_bytes(offset.try_into().expect("8 bytes"));
         let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
         if len > MAX_FRAME {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("frame of {len} bytes"),
+            ));
         }
         let mut data = vec![0u8; len];
         self.stream.read_exact(&mut data).await?;

@@ -24,8 +24,8 @@ use tokio::task::{JoinHandle, spawn_local};
 use tokio::time::timeout;
 
 use super::proc::ProcessId;
-use crate::clock::now_ms;
 use super::protocol::{ExitRecord, MAX_FRAME, ShimInfo, ShimPaths, encode_frame, write_atomically};
+use crate::clock::now_ms;
 
 /// How long the shim waits, after the payload exits, for its last output and for clients to
 /// read it. Grandchildren may keep the pipes open; they must not keep the shim alive.
@@ -84,7 +84,8 @@ async fn supervise(args: ShimArgs) -> Result<(), ShimError> {
     let paths = ShimPaths::new(&args.dir);
     let socket = paths.console_socket();
     let _ = fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).map_err(failed(format!("listen on {}", socket.display())))?;
+    let listener =
+        UnixListener::bind(&socket).map_err(failed(format!("listen on {}", socket.display())))?;
 
     let (program, program_args) = args.command.split_first().expect("clap requires a command");
     let mut command = Command::new(program);
@@ -95,12 +96,18 @@ async fn supervise(args: ShimArgs) -> Result<(), ShimError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     die_with_this_thread(&mut command);
-    let mut child = command.spawn().map_err(failed(format!("start {}", program.to_string_lossy())))?;
+    let mut child = command
+        .spawn()
+        .map_err(failed(format!("start {}", program.to_string_lossy())))?;
 
     let identify = |pid: Option<u32>| {
-        pid.and_then(ProcessId::of).ok_or_else(|| failed("identify the processes")(io::ErrorKind::NotFound.into()))
+        pid.and_then(ProcessId::of)
+            .ok_or_else(|| failed("identify the processes")(io::ErrorKind::NotFound.into()))
     };
-    let info = ShimInfo { shim: identify(Some(std::process::id()))?, payload: identify(child.id())? };
+    let info = ShimInfo {
+        shim: identify(Some(std::process::id()))?,
+        payload: identify(child.id())?,
+    };
     let json = serde_json::to_vec(&info).expect("shim info serializes");
     write_atomically(&paths.info(), &json).map_err(failed("write shim.json"))?;
     // The agent waits for this line, then stops reading our stdout.
@@ -129,7 +136,10 @@ async fn supervise(args: ShimArgs) -> Result<(), ShimError> {
     };
     let tail = console.borrow().contents();
     write_atomically(&paths.console_tail(), &tail).map_err(failed("write console.tail"))?;
-    let record = ExitRecord { status, at_ms: now_ms() };
+    let record = ExitRecord {
+        status,
+        at_ms: now_ms(),
+    };
     let json = serde_json::to_vec(&record).expect("exit record serializes");
     write_atomically(&paths.exit(), &json).map_err(failed("write exit.json"))?;
 
@@ -147,12 +157,17 @@ fn die_with_this_thread(command: &mut Command) {
     // is async-signal-safe, and allocates nothing.
     unsafe {
         command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from)
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(io::Error::from)
         });
     }
 }
 
-async fn pump_console(mut pipe: impl AsyncRead + Unpin, console: Rc<RefCell<ByteRing>>, end: watch::Sender<u64>) {
+async fn pump_console(
+    mut pipe: impl AsyncRead + Unpin,
+    console: Rc<RefCell<ByteRing>>,
+    end: watch::Sender<u64>,
+) {
     let mut buffer = vec![0u8; 16 * 1024];
     while let Ok(n @ 1..) = pipe.read(&mut buffer).await {
         let mut ring = console.borrow_mut();
@@ -207,9 +222,12 @@ async fn serve_client(
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut request = String::new();
-    timeout(Duration::from_secs(5), BufReader::new(read).read_line(&mut request))
-        .await
-        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    timeout(
+        Duration::from_secs(5),
+        BufReader::new(read).read_line(&mut request),
+    )
+    .await
+    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
     let mut next: u64 = request
         .strip_prefix("console ")
         .and_then(|offset| offset.trim().parse().ok())
@@ -233,4 +251,3 @@ async fn serve_client(
         }
     }
 }
-
