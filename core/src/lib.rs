@@ -10,6 +10,7 @@
 //! - [`instance`]: observed state of an instance (lifecycle, exit status).
 //! - [`restart`]: what the restart policy says after an exit.
 //! - [`reconcile`]: desired + observed instances -> the actions an agent must take.
+//! - [`registry`]: the cluster registry, the state machine the coordinators replicate.
 //! - [`ring`]: the bounded byte ring that holds console output.
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod digest;
 pub mod ids;
 pub mod instance;
 pub mod reconcile;
+pub mod registry;
 pub mod restart;
 pub mod ring;
 pub mod spec;

@@ -1,15 +1,32 @@
 //! Mirari's wire format and transport.
 //!
 //! - [`agent`]: the generated messages and gRPC client/server for the agent API.
+//! - [`registry`]: the registry's raft log entries (a prost `oneof`, append-only).
 //! - [`convert`]: conversions between wire messages and `mirari-core` types, validating what
 //!   arrives.
 //! - [`endpoint`]: addresses (`unix:/path` or `host:port`), connecting and serving on them.
 
 #![allow(missing_debug_implementations)] // generated gRPC clients and servers
 
-pub mod agent {
-    tonic::include_proto!("mirari.agent.v1");
+/// Generated code, nested as the proto packages are so cross-package references resolve.
+mod generated {
+    pub mod mirari {
+        pub mod agent {
+            pub mod v1 {
+                tonic::include_proto!("mirari.agent.v1");
+            }
+        }
+        pub mod registry {
+            pub mod v1 {
+                tonic::include_proto!("mirari.registry.v1");
+            }
+        }
+    }
 }
+
+pub use generated::mirari::agent::v1 as agent;
+pub use generated::mirari::registry::v1 as registry;
 
 pub mod convert;
 pub mod endpoint;
+pub mod log_codec;

@@ -1,0 +1,534 @@
+//! The cluster registry: the state machine the coordinators replicate with raft.
+//!
+//! Hosts, applications, deployments and instances. [`Registry::apply`] takes the raft index and
+//! a [`Request`] and is deterministic: no clock, no randomness, ordered maps; every replica that
+//! applies the same log holds the same registry. IDs are minted by the leader and fixed in the
+//! log entry; the registry refuses an ID it has seen before, so none is ever reused. A request
+//! ID seen recently returns the recorded result instead of applying twice, so a client may
+//! retry a write whose answer it lost.
+
+mod types;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+pub use self::types::*;
+use crate::ids::InstanceId;
+use crate::instance::{Desired, Phase};
+
+/// How many log entries a request ID is remembered for.
+pub const DEDUP_WINDOW: u64 = 100_000;
+
+pub type ApplyResult = Result<Outcome, Rejection>;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Registry {
+    hosts: BTreeMap<HostId, Host>,
+    apps: BTreeMap<String, BTreeMap<String, AppVersion>>,
+    deployments: BTreeMap<String, Deployment>,
+    instances: BTreeMap<InstanceId, InstanceEntry>,
+    /// Every instance ID ever placed.
+    minted: BTreeSet<InstanceId>,
+    /// Recently applied request IDs and their results, oldest first for eviction.
+    recent_requests: BTreeMap<String, (u64, ApplyResult)>,
+    request_order: VecDeque<(u64, String)>,
+    applied_index: u64,
+    /// Derived from `instances` (rebuilt after a snapshot is loaded): what each host has
+    /// committed to instances that should run, and which instance fills each slot.
+    #[serde(skip)]
+    derived: Derived,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Derived {
+    used: BTreeMap<HostId, Resources>,
+    slots: BTreeMap<(String, u32), InstanceId>,
+}
+
+impl Registry {
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn hosts(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.values()
+    }
+
+    pub fn host(&self, id: &HostId) -> Option<&Host> {
+        self.hosts.get(id)
+    }
+
+    pub fn apps(&self) -> impl Iterator<Item = &AppVersion> {
+        self.apps.values().flat_map(BTreeMap::values)
+    }
+
+    pub fn app_version(&self, app: &str, version: &str) -> Option<&AppVersion> {
+        self.apps.get(app)?.get(version)
+    }
+
+    pub fn deployments(&self) -> impl Iterator<Item = &Deployment> {
+        self.deployments.values()
+    }
+
+    pub fn deployment(&self, app: &str) -> Option<&Deployment> {
+        self.deployments.get(app)
+    }
+
+    pub fn instances(&self) -> impl Iterator<Item = &InstanceEntry> {
+        self.instances.values()
+    }
+
+    pub fn instance(&self, id: InstanceId) -> Option<&InstanceEntry> {
+        self.instances.get(&id)
+    }
+
+    pub fn was_minted(&self, id: InstanceId) -> bool {
+        self.minted.contains(&id)
+    }
+
+    /// What a host has committed to instances that should run.
+    pub fn used(&self, host: &HostId) -> Resources {
+        self.derived.used.get(host).copied().unwrap_or_default()
+    }
+
+    /// The instance that fills a slot of an app's deployment, if any.
+    pub fn slot_holder(&self, app: &str, slot: u32) -> Option<InstanceId> {
+        self.derived.slots.get(&(app.to_owned(), slot)).copied()
+    }
+
+    /// Rebuilds derived indexes; call after deserializing a snapshot.
+    pub fn rebuild_derived(&mut self) {
+        self.derived = Derived::default();
+        let running: Vec<InstanceEntry> = self
+            .instances
+            .values()
+            .filter(|i| i.desired == Desired::Running)
+            .cloned()
+            .collect();
+        for instance in &running {
+            self.occupy(instance);
+        }
+    }
+
+    /// Applies one log entry. A refused command leaves the registry unchanged.
+    pub fn apply(&mut self, index: u64, request: &Request) -> ApplyResult {
+        if let Some((_, result)) = self.recent_requests.get(&request.request_id) {
+            return result.clone();
+        }
+        let result = self.apply_command(&request.command);
+        self.applied_index = index;
+        self.recent_requests
+            .insert(request.request_id.clone(), (index, result.clone()));
+        self.request_order
+            .push_back((index, request.request_id.clone()));
+        while let Some((oldest, _)) = self.request_order.front() {
+            if index.saturating_sub(*oldest) < DEDUP_WINDOW {
+                break;
+            }
+            if let Some((_, id)) = self.request_order.pop_front() {
+                self.recent_requests.remove(&id);
+            }
+        }
+        result
+    }
+
+    /// Records that entry `index` was applied without a registry command (a membership
+    /// change or a new leader's empty entry).
+    pub fn skip(&mut self, index: u64) {
+        self.applied_index = index;
+    }
+
+    fn apply_command(&mut self, command: &Command) -> ApplyResult {
+        match command {
+            Command::RegisterHost { host } => self.register_host(host),
+            Command::SetHostStatus {
+                host,
+                status,
+                at_ms,
+            } => self.set_host_status(host, *status, *at_ms),
+            Command::RegisterApp { version } => self.register_app(version),
+            Command::Deploy { spec, at_ms } => self.deploy(spec, *at_ms),
+            Command::Scale { app, count } => self.scale(app, *count),
+            Command::StopDeployment { app } => self.stop_deployment(app),
+            Command::Place {
+                app,
+                generation,
+                placements,
+                at_ms,
+            } => self.place(app, *generation, placements, *at_ms),
+            Command::StopInstances { ids, reason } => {
+                self.stop_instances(ids.iter().copied(), reason);
+                Ok(Outcome::Done)
+            }
+            Command::ReportInstances { host, reports } => self.report(host, reports),
+        }
+    }
+
+    fn register_host(&mut self, host: &Host) -> ApplyResult {
+        if host.id.0.is_empty() {
+            return Err(Rejection::Invalid("host ID is empty".into()));
+        }
+        let mut host = host.clone();
+        if let Some(known) = self.hosts.get(&host.id) {
+            host.registered_at_ms = known.registered_at_ms;
+        }
+        self.hosts.insert(host.id.clone(), host);
+        Ok(Outcome::Done)
+    }
+
+    fn set_host_status(&mut self, id: &HostId, status: HostStatus, at_ms: u64) -> ApplyResult {
+        let host = self
+            .hosts
+            .get_mut(id)
+            .ok_or_else(|| Rejection::UnknownHost(id.clone()))?;
+        if host.status == status {
+            return Ok(Outcome::Done);
+        }
+        host.status = status;
+        host.status_changed_at_ms = at_ms;
+        if status == HostStatus::Down {
+            // Its instances are lost; their slots free up for replacements elsewhere. If the
+            // host comes back, it is told these instances are obsolete.
+            let lost: Vec<InstanceId> = self
+                .instances
+                .values()
+                .filter(|i| &i.host == id && i.desired == Desired::Running)
+                .map(|i| i.id)
+                .collect();
+            self.stop_instances(lost.iter().copied(), &format!("host {id} is down"));
+            for id in lost {
+                if let Some(instance) = self.instances.get_mut(&id) {
+                    instance.observed = Phase::Lost;
+                }
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
+    fn register_app(&mut self, version: &AppVersion) -> ApplyResult {
+        if version.artifacts.is_empty() {
+            return Err(Rejection::Invalid(format!(
+                "app `{}` has no artifacts",
+                version.app
+            )));
+        }
+        self.apps
+            .entry(version.app.clone())
+            .or_default()
+            .insert(version.version.clone(), version.clone());
+        Ok(Outcome::Done)
+    }
+
+    fn deploy(&mut self, spec: &DeploymentSpec, at_ms: u64) -> ApplyResult {
+        let version = self.app_version(&spec.app, &spec.version).ok_or_else(|| {
+            match self.apps.contains_key(&spec.app) {
+                true => Rejection::UnknownVersion {
+                    app: spec.app.clone(),
+                    version: spec.version.clone(),
+                },
+                false => Rejection::UnknownApp(spec.app.clone()),
+            }
+        })?;
+        if !version.artifacts.contains_key(&spec.target) {
+            return Err(Rejection::NotBuiltFor {
+                app: spec.app.clone(),
+                version: spec.version.clone(),
+                target: spec.target,
+            });
+        }
+        let previous = self.deployments.get(&spec.app).cloned();
+        let generation = previous.as_ref().map_or(1, |d| d.generation + 1);
+        let created_at_ms = previous.as_ref().map_or(at_ms, |d| d.created_at_ms);
+        let replaced = previous
+            .as_ref()
+            .is_some_and(|d| d.spec.version != spec.version || d.spec.target != spec.target);
+        if replaced {
+            let old = self.live_instances_of(&spec.app);
+            self.stop_instances(
+                old,
+                &format!("replaced by version {} for {}", spec.version, spec.target),
+            );
+        }
+        self.deployments.insert(
+            spec.app.clone(),
+            Deployment {
+                spec: spec.clone(),
+                desired: Desired::Running,
+                generation,
+                created_at_ms,
+            },
+        );
+        self.trim_slots(&spec.app, spec.count);
+        Ok(Outcome::Done)
+    }
+
+    fn scale(&mut self, app: &str, count: u32) -> ApplyResult {
+        let deployment = self
+            .deployments
+            .get_mut(app)
+            .ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
+        deployment.spec.count = count;
+        deployment.desired = Desired::Running;
+        deployment.generation += 1;
+        self.trim_slots(app, count);
+        Ok(Outcome::Done)
+    }
+
+    fn stop_deployment(&mut self, app: &str) -> ApplyResult {
+        let deployment = self
+            .deployments
+            .get_mut(app)
+            .ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
+        deployment.desired = Desired::Stopped;
+        deployment.generation += 1;
+        let live = self.live_instances_of(app);
+        self.stop_instances(live, "the deployment was stopped");
+        Ok(Outcome::Done)
+    }
+
+    /// Stops the instances in slots at or above `count`.
+    fn trim_slots(&mut self, app: &str, count: u32) {
+        let surplus: Vec<InstanceId> = self
+            .instances
+            .values()
+            .filter(|i| i.app == app && i.desired == Desired::Running && i.slot >= count)
+            .map(|i| i.id)
+            .collect();
+        self.stop_instances(surplus, "scaled down");
+    }
+
+    fn live_instances_of(&self, app: &str) -> Vec<InstanceId> {
+        self.instances
+            .values()
+            .filter(|i| i.app == app && i.desired == Desired::Running)
+            .map(|i| i.id)
+            .collect()
+    }
+
+    fn place(
+        &mut self,
+        app: &str,
+        generation: u64,
+        placements: &[PlacedInstance],
+        at_ms: u64,
+    ) -> ApplyResult {
+        let deployment = self
+            .deployments
+            .get(app)
+            .ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
+        if deployment.generation != generation {
+            return Err(Rejection::StalePlan {
+                app: app.to_owned(),
+                planned: generation,
+                current: deployment.generation,
+            });
+        }
+        if deployment.desired != Desired::Running {
+            return Err(Rejection::NotDeployed(app.to_owned()));
+        }
+        let spec = deployment.spec.clone();
+        let version = self.app_version(&spec.app, &spec.version).ok_or_else(|| {
+            Rejection::UnknownVersion {
+                app: spec.app.clone(),
+                version: spec.version.clone(),
+            }
+        })?;
+        let need = Resources {
+            memory_mib: u64::from(version.run.memory_mib),
+            vcpus: version.run.vcpus,
+            instances: 1,
+        };
+        let constraints = version.constraints.clone();
+
+        // Check the whole plan before changing anything, accumulating what it adds per host.
+        let mut adding: BTreeMap<&HostId, Resources> = BTreeMap::new();
+        let mut ids = BTreeSet::new();
+        let mut slots = BTreeSet::new();
+        for placed in placements {
+            if self.minted.contains(&placed.id) || !ids.insert(placed.id) {
+                return Err(Rejection::IdReused(placed.id));
+            }
+            if placed.slot >= spec.count {
+                return Err(Rejection::NoSuchSlot {
+                    app: app.to_owned(),
+                    slot: placed.slot,
+                    count: spec.count,
+                });
+            }
+            if self.slot_holder(app, placed.slot).is_some() || !slots.insert(placed.slot) {
+                return Err(Rejection::SlotTaken {
+                    app: app.to_owned(),
+                    slot: placed.slot,
+                });
+            }
+            let host = self
+                .hosts
+                .get(&placed.host)
+                .ok_or_else(|| Rejection::UnknownHost(placed.host.clone()))?;
+            let extra = adding.entry(&placed.host).or_default();
+            *extra = extra.plus(need);
+            if let Err(reason) = feasible(
+                host,
+                self.used(&host.id).plus(*extra),
+                spec.target,
+                &constraints,
+            ) {
+                return Err(Rejection::Infeasible {
+                    host: host.id.clone(),
+                    reason,
+                });
+            }
+        }
+        for placed in placements {
+            let instance = InstanceEntry {
+                id: placed.id,
+                app: app.to_owned(),
+                version: spec.version.clone(),
+                target: spec.target,
+                slot: placed.slot,
+                host: placed.host.clone(),
+                desired: Desired::Running,
+                observed: Phase::Pending,
+                restarts: 0,
+                last_exit: None,
+                message: String::new(),
+                placed_at_ms: at_ms,
+            };
+            self.minted.insert(placed.id);
+            self.occupy(&instance);
+            self.instances.insert(placed.id, instance);
+        }
+        Ok(Outcome::Placed(placements.iter().map(|p| p.id).collect()))
+    }
+
+    fn stop_instances(&mut self, ids: impl IntoIterator<Item = InstanceId>, reason: &str) {
+        for id in ids {
+            let Some(instance) = self.instances.get_mut(&id) else {
+                continue;
+            };
+            if instance.desired == Desired::Stopped {
+                continue;
+            }
+            instance.desired = Desired::Stopped;
+            instance.message = reason.to_owned();
+            let instance = instance.clone();
+            self.vacate(&instance);
+        }
+    }
+
+    fn report(&mut self, host: &HostId, reports: &[InstanceReport]) -> ApplyResult {
+        if !self.hosts.contains_key(host) {
+            return Err(Rejection::UnknownHost(host.clone()));
+        }
+        for report in reports {
+            // Reports about instances placed elsewhere (a stale agent) change nothing.
+            let Some(instance) = self
+                .instances
+                .get_mut(&report.id)
+                .filter(|i| &i.host == host)
+            else {
+                continue;
+            };
+            if instance.observed == Phase::Lost
+                && instance.desired == Desired::Stopped
+                && report.phase.is_live()
+            {
+                // Fenced: the host was declared down; the agent is told to stop it.
+                continue;
+            }
+            instance.observed = report.phase;
+            instance.restarts = report.restarts;
+            instance.last_exit = report.last_exit;
+            if !report.message.is_empty() {
+                instance.message = report.message.clone();
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
+    fn occupy(&mut self, instance: &InstanceEntry) {
+        let need = self.need_of(instance);
+        let used = self.derived.used.entry(instance.host.clone()).or_default();
+        *used = used.plus(need);
+        self.derived
+            .slots
+            .insert((instance.app.clone(), instance.slot), instance.id);
+    }
+
+    fn vacate(&mut self, instance: &InstanceEntry) {
+        let need = self.need_of(instance);
+        if let Some(used) = self.derived.used.get_mut(&instance.host) {
+            *used = used.minus(need);
+        }
+        let key = (instance.app.clone(), instance.slot);
+        if self.derived.slots.get(&key) == Some(&instance.id) {
+            self.derived.slots.remove(&key);
+        }
+    }
+
+    fn need_of(&self, instance: &InstanceEntry) -> Resources {
+        let run = self
+            .app_version(&instance.app, &instance.version)
+            .map(|v| (v.run.memory_mib, v.run.vcpus));
+        let (memory_mib, vcpus) = run.unwrap_or((0, 0));
+        Resources {
+            memory_mib: u64::from(memory_mib),
+            vcpus,
+            instances: 1,
+        }
+    }
+}
+
+impl Resources {
+    pub fn plus(self, other: Resources) -> Resources {
+        Resources {
+            memory_mib: self.memory_mib + other.memory_mib,
+            vcpus: self.vcpus + other.vcpus,
+            instances: self.instances + other.instances,
+        }
+    }
+
+    pub fn minus(self, other: Resources) -> Resources {
+        Resources {
+            memory_mib: self.memory_mib.saturating_sub(other.memory_mib),
+            vcpus: self.vcpus.saturating_sub(other.vcpus),
+            instances: self.instances.saturating_sub(other.instances),
+        }
+    }
+}
+
+/// Whether `host` can run an instance of `target` with `used` committed in total, and if not,
+/// why (in words the status shows).
+pub fn feasible(
+    host: &Host,
+    used: Resources,
+    target: crate::target::Target,
+    constraints: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    if host.status != HostStatus::Up {
+        return Err("host is down".into());
+    }
+    if !host.backends.contains(&target) {
+        return Err(format!("lacks backend {target}"));
+    }
+    if let Some((key, value)) = constraints
+        .iter()
+        .find(|(k, v)| host.labels.get(*k) != Some(*v))
+    {
+        return Err(format!("lacks label {key}={value}"));
+    }
+    if used.memory_mib > host.capacity.memory_mib {
+        return Err("lacks memory".into());
+    }
+    if used.vcpus > host.capacity.vcpus {
+        return Err("lacks vcpus".into());
+    }
+    if used.instances > host.capacity.instances {
+        return Err("has no free instance slot".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,410 @@
+//! Registry requests <-> raft log entry bytes (`registry.proto`'s `LogEntry`).
+
+use mirari_core::ids::InstanceId;
+use mirari_core::instance::Phase;
+use mirari_core::registry::{
+    AppVersion, Command, DeploymentSpec, Host, HostId, HostStatus, InstanceReport, PlacedInstance,
+    Placement, Request, Resources,
+};
+use mirari_core::spec::{FileImageRef, RunPolicy};
+use prost::Message;
+
+use crate::agent as wire_agent;
+use crate::convert::{WireError, parse_digest, parse_target};
+use crate::registry as pb;
+use crate::registry::log_entry::Command as PbCommand;
+
+pub fn encode(request: &Request) -> Vec<u8> {
+    pb::LogEntry {
+        request_id: request.request_id.clone(),
+        command: Some(command_to_pb(&request.command)),
+    }
+    .encode_to_vec()
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Request, WireError> {
+    let entry = pb::LogEntry::decode(bytes).map_err(|e| invalid("log entry", e))?;
+    let command = entry
+        .command
+        .as_ref()
+        .ok_or_else(|| invalid("log entry", "no command"))?;
+    Ok(Request {
+        request_id: entry.request_id,
+        command: command_from_pb(command)?,
+    })
+}
+
+fn invalid(field: &'static str, reason: impl ToString) -> WireError {
+    WireError {
+        field,
+        reason: reason.to_string(),
+    }
+}
+
+fn command_to_pb(command: &Command) -> PbCommand {
+    match command {
+        Command::RegisterHost { host } => PbCommand::RegisterHost(pb::RegisterHost {
+            host: Some(host_to_pb(host)),
+        }),
+        Command::SetHostStatus {
+            host,
+            status,
+            at_ms,
+        } => PbCommand::SetHostStatus(pb::SetHostStatus {
+            host: host.0.clone(),
+            status: status_to_pb(*status).into(),
+            at_ms: *at_ms,
+        }),
+        Command::RegisterApp { version } => PbCommand::RegisterApp(pb::RegisterApp {
+            version: Some(app_to_pb(version)),
+        }),
+        Command::Deploy { spec, at_ms } => PbCommand::Deploy(pb::Deploy {
+            spec: Some(deployment_to_pb(spec)),
+            at_ms: *at_ms,
+        }),
+        Command::Scale { app, count } => PbCommand::Scale(pb::Scale {
+            app: app.clone(),
+            count: *count,
+        }),
+        Command::StopDeployment { app } => {
+            PbCommand::StopDeployment(pb::StopDeployment { app: app.clone() })
+        }
+        Command::Place {
+            app,
+            generation,
+            placements,
+            at_ms,
+        } => PbCommand::Place(pb::Place {
+            app: app.clone(),
+            generation: *generation,
+            placements: placements
+                .iter()
+                .map(|p| pb::PlacedInstance {
+                    id: p.id.as_u64(),
+                    slot: p.slot,
+                    host: p.host.0.clone(),
+                })
+                .collect(),
+            at_ms: *at_ms,
+        }),
+        Command::StopInstances { ids, reason } => PbCommand::StopInstances(pb::StopInstances {
+            ids: ids.iter().map(|id| id.as_u64()).collect(),
+            reason: reason.clone(),
+        }),
+        Command::ReportInstances { host, reports } => {
+            PbCommand::ReportInstances(pb::ReportInstances {
+                host: host.0.clone(),
+                reports: reports
+                    .iter()
+                    .map(|r| pb::InstanceReport {
+                        id: r.id.as_u64(),
+                        phase: wire_agent::Phase::from(r.phase).into(),
+                        restarts: r.restarts,
+                        last_exit: r.last_exit.map(wire_agent::ExitStatus::from),
+                        message: r.message.clone(),
+                    })
+                    .collect(),
+            })
+        }
+    }
+}
+
+fn command_from_pb(command: &PbCommand) -> Result<Command, WireError> {
+    Ok(match command {
+        PbCommand::RegisterHost(c) => Command::RegisterHost {
+            host: host_from_pb(
+                c.host
+                    .as_ref()
+                    .ok_or_else(|| invalid("register_host.host", "missing"))?,
+            )?,
+        },
+        PbCommand::SetHostStatus(c) => Command::SetHostStatus {
+            host: HostId(c.host.clone()),
+            status: status_from_pb(c.status())?,
+            at_ms: c.at_ms,
+        },
+        PbCommand::RegisterApp(c) => Command::RegisterApp {
+            version: app_from_pb(
+                c.version
+                    .as_ref()
+                    .ok_or_else(|| invalid("register_app.version", "missing"))?,
+            )?,
+        },
+        PbCommand::Deploy(c) => Command::Deploy {
+            spec: deployment_from_pb(
+                c.spec
+                    .as_ref()
+                    .ok_or_else(|| invalid("deploy.spec", "missing"))?,
+            )?,
+            at_ms: c.at_ms,
+        },
+        PbCommand::Scale(c) => Command::Scale {
+            app: c.app.clone(),
+            count: c.count,
+        },
+        PbCommand::StopDeployment(c) => Command::StopDeployment { app: c.app.clone() },
+        PbCommand::Place(c) => Command::Place {
+            app: c.app.clone(),
+            generation: c.generation,
+            placements: c
+                .placements
+                .iter()
+                .map(|p| PlacedInstance {
+                    id: InstanceId::from_u64(p.id),
+                    slot: p.slot,
+                    host: HostId(p.host.clone()),
+                })
+                .collect(),
+            at_ms: c.at_ms,
+        },
+        PbCommand::StopInstances(c) => Command::StopInstances {
+            ids: c.ids.iter().copied().map(InstanceId::from_u64).collect(),
+            reason: c.reason.clone(),
+        },
+        PbCommand::ReportInstances(c) => Command::ReportInstances {
+            host: HostId(c.host.clone()),
+            reports: c
+                .reports
+                .iter()
+                .map(|r| {
+                    Ok(InstanceReport {
+                        id: InstanceId::from_u64(r.id),
+                        phase: Phase::try_from(r.phase())?,
+                        restarts: r.restarts,
+                        last_exit: r.last_exit.as_ref().and_then(Option::from),
+                        message: r.message.clone(),
+                    })
+                })
+                .collect::<Result<_, WireError>>()?,
+        },
+    })
+}
+
+fn status_to_pb(status: HostStatus) -> pb::HostStatus {
+    match status {
+        HostStatus::Up => pb::HostStatus::Up,
+        HostStatus::Down => pb::HostStatus::Down,
+    }
+}
+
+fn status_from_pb(status: pb::HostStatus) -> Result<HostStatus, WireError> {
+    match status {
+        pb::HostStatus::Up => Ok(HostStatus::Up),
+        pb::HostStatus::Down => Ok(HostStatus::Down),
+        pb::HostStatus::Unspecified => Err(invalid("host status", "unspecified")),
+    }
+}
+
+pub fn host_to_pb(host: &Host) -> pb::Host {
+    pb::Host {
+        id: host.id.0.clone(),
+        address: host.address.clone(),
+        backends: host.backends.iter().map(|t| t.name().to_owned()).collect(),
+        capacity: Some(pb::Resources {
+            memory_mib: host.capacity.memory_mib,
+            vcpus: host.capacity.vcpus,
+            instances: host.capacity.instances,
+        }),
+        labels: host.labels.clone().into_iter().collect(),
+        status: status_to_pb(host.status).into(),
+        registered_at_ms: host.registered_at_ms,
+        status_changed_at_ms: host.status_changed_at_ms,
+    }
+}
+
+pub fn host_from_pb(host: &pb::Host) -> Result<Host, WireError> {
+    let capacity = host.capacity.unwrap_or_default();
+    Ok(Host {
+        id: HostId(host.id.clone()),
+        address: host.address.clone(),
+        backends: host
+            .backends
+            .iter()
+            .map(|b| parse_target("host.backends", b))
+            .collect::<Result<_, _>>()?,
+        capacity: Resources {
+            memory_mib: capacity.memory_mib,
+            vcpus: capacity.vcpus,
+            instances: capacity.instances,
+        },
+        labels: host.labels.clone().into_iter().collect(),
+        status: status_from_pb(host.status())?,
+        registered_at_ms: host.registered_at_ms,
+        status_changed_at_ms: host.status_changed_at_ms,
+    })
+}
+
+pub fn app_to_pb(app: &AppVersion) -> pb::AppVersion {
+    pb::AppVersion {
+        app: app.app.clone(),
+        version: app.version.clone(),
+        artifacts: app
+            .artifacts
+            .iter()
+            .map(|(t, d)| (t.name().to_owned(), d.to_string()))
+            .collect(),
+        files: app
+            .files
+            .iter()
+            .map(|f| wire_agent::FileImage {
+                name: f.name.clone(),
+                sha256: f.digest.to_string(),
+            })
+            .collect(),
+        run: Some(wire_agent::RunPolicy::from(&app.run)),
+        constraints: app.constraints.clone().into_iter().collect(),
+    }
+}
+
+pub fn app_from_pb(app: &pb::AppVersion) -> Result<AppVersion, WireError> {
+    let run = app
+        .run
+        .as_ref()
+        .ok_or_else(|| invalid("app.run", "missing"))?;
+    Ok(AppVersion {
+        app: app.app.clone(),
+        version: app.version.clone(),
+        artifacts: app
+            .artifacts
+            .iter()
+            .map(|(t, d)| {
+                Ok((
+                    parse_target("app.artifacts", t)?,
+                    parse_digest("app.artifacts", d)?,
+                ))
+            })
+            .collect::<Result<_, WireError>>()?,
+        files: app
+            .files
+            .iter()
+            .map(|f| {
+                Ok(FileImageRef {
+                    name: f.name.clone(),
+                    digest: parse_digest("app.files", &f.sha256)?,
+                })
+            })
+            .collect::<Result<_, WireError>>()?,
+        run: RunPolicy::try_from(run)?,
+        constraints: app.constraints.clone().into_iter().collect(),
+    })
+}
+
+pub fn deployment_to_pb(spec: &DeploymentSpec) -> pb::DeploymentSpec {
+    pb::DeploymentSpec {
+        app: spec.app.clone(),
+        version: spec.version.clone(),
+        target: spec.target.name().to_owned(),
+        count: spec.count,
+        placement: match spec.placement {
+            Placement::Binpack => pb::Placement::Binpack,
+            Placement::Spread => pb::Placement::Spread,
+        }
+        .into(),
+    }
+}
+
+pub fn deployment_from_pb(spec: &pb::DeploymentSpec) -> Result<DeploymentSpec, WireError> {
+    Ok(DeploymentSpec {
+        app: spec.app.clone(),
+        version: spec.version.clone(),
+        target: parse_target("deployment.target", &spec.target)?,
+        count: spec.count,
+        placement: match spec.placement() {
+            pb::Placement::Spread => Placement::Spread,
+            pb::Placement::Binpack | pb::Placement::Unspecified => Placement::Binpack,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirari_core::digest::Digest;
+    use mirari_core::instance::ExitStatus;
+    use mirari_core::target::Target;
+
+    #[test]
+    fn every_command_survives_the_log() {
+        let host = Host {
+            id: HostId("a".into()),
+            address: "10.0.0.1:7070".into(),
+            backends: [Target::Unix, Target::Kvm].into(),
+            capacity: Resources {
+                memory_mib: 1024,
+                vcpus: 4,
+                instances: 20,
+            },
+            labels: [("rack".to_owned(), "r1".to_owned())].into(),
+            status: HostStatus::Up,
+            registered_at_ms: 3,
+            status_changed_at_ms: 4,
+        };
+        let app = AppVersion {
+            app: "hello".into(),
+            version: "1".into(),
+            artifacts: [(Target::Kvm, Digest::of(b"k"))].into(),
+            files: vec![FileImageRef {
+                name: "data".into(),
+                digest: Digest::of(b"t"),
+            }],
+            run: RunPolicy::default(),
+            constraints: [("rack".to_owned(), "r1".to_owned())].into(),
+        };
+        let spec = DeploymentSpec {
+            app: "hello".into(),
+            version: "1".into(),
+            target: Target::Kvm,
+            count: 3,
+            placement: Placement::Spread,
+        };
+        let commands = [
+            Command::RegisterHost { host },
+            Command::SetHostStatus {
+                host: HostId("a".into()),
+                status: HostStatus::Down,
+                at_ms: 9,
+            },
+            Command::RegisterApp { version: app },
+            Command::Deploy { spec, at_ms: 5 },
+            Command::Scale {
+                app: "hello".into(),
+                count: 7,
+            },
+            Command::StopDeployment {
+                app: "hello".into(),
+            },
+            Command::Place {
+                app: "hello".into(),
+                generation: 2,
+                placements: vec![PlacedInstance {
+                    id: InstanceId::from_u64(u64::MAX),
+                    slot: 1,
+                    host: HostId("a".into()),
+                }],
+                at_ms: 6,
+            },
+            Command::StopInstances {
+                ids: vec![InstanceId::from_u64(1)],
+                reason: "scaled down".into(),
+            },
+            Command::ReportInstances {
+                host: HostId("a".into()),
+                reports: vec![InstanceReport {
+                    id: InstanceId::from_u64(1),
+                    phase: Phase::Failed,
+                    restarts: 3,
+                    last_exit: Some(ExitStatus::Code(3)),
+                    message: "restart limit".into(),
+                }],
+            },
+        ];
+        for command in commands {
+            let request = Request {
+                request_id: "r-1".into(),
+                command,
+            };
+            assert_eq!(decode(&encode(&request)), Ok(request));
+        }
+        assert!(decode(b"\xff\xff").is_err());
+    }
+}
