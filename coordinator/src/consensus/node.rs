@@ -1,0 +1,430 @@
+//! One raft node and its state machine, driven from outside: no threads, timers or sockets.
+//!
+//! The caller ticks it, steps in messages, proposes, and calls [`Node::handle_ready`], which
+//! follows raft-rs's `five_mem_node` order exactly: send the leader's messages, install an
+//! incoming snapshot, apply committed entries, persist entries and hard state, and only then
+//! hand out the messages that depend on them. The async driver and the deterministic
+//! simulation both drive this same type.
+
+use std::collections::BTreeMap;
+
+use mirari_core::registry::{ApplyResult, Outcome, Rejection, Request};
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
+};
+use raft::{RawNode, ReadState, StateRole};
+
+use super::machine::Machine;
+use super::storage::{Backing, RaftLog, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// Ticks without hearing from a leader before an election (randomized up to twice this).
+    pub election_tick: usize,
+    /// Pins the randomized election timeout to `[min, max)` ticks. raft-rs draws it from the
+    /// thread's RNG; a simulation pins distinct ranges per node to stay deterministic.
+    pub election_range: Option<(usize, usize)>,
+    pub heartbeat_tick: usize,
+    /// Take a snapshot after this many applied entries.
+    pub snapshot_every: u64,
+    /// Entries kept before a snapshot, so a slightly lagging follower gets entries, not a
+    /// snapshot.
+    pub keep_entries: u64,
+}
+
+impl NodeConfig {
+    pub fn new(id: u64) -> Self {
+        Self {
+            id,
+            election_tick: 10,
+            election_range: None,
+            heartbeat_tick: 2,
+            snapshot_every: 10_000,
+            keep_entries: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("raft refused: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("the snapshot data is unreadable")]
+    Snapshot(#[source] serde_json::Error),
+    #[error("log entry {index} is unreadable: {reason}")]
+    Entry { index: u64, reason: String },
+}
+
+/// Proposals go to the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not the leader (the leader is {})", leader.map_or("unknown".to_owned(), |l| l.to_string()))]
+pub struct NotLeader {
+    pub leader: Option<u64>,
+}
+
+/// A committed entry that carried a client request, and what applying it did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub index: u64,
+    pub request_id: String,
+    pub result: ApplyResult,
+}
+
+/// What one `handle_ready` produced for the caller to act on.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// To send to peers, in this order.
+    pub messages: Vec<Message>,
+    pub applied: Vec<Applied>,
+    /// Read-index results: a linearizable read with this context may be served once the
+    /// applied index reaches the index.
+    pub read_states: Vec<ReadState>,
+}
+
+/// A change to the raft membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    Add { id: u64, address: String },
+    Remove { id: u64 },
+}
+
+pub struct Node<B: Backing> {
+    raw: RawNode<RaftLog<B>>,
+    log: RaftLog<B>,
+    machine: Machine,
+    config: NodeConfig,
+}
+
+impl<B: Backing> std::fmt::Debug for Node<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.config.id)
+            .field("term", &self.term())
+            .field("role", &self.role())
+            .finish()
+    }
+}
+
+impl<B: Backing> Node<B> {
+    /// Makes `log` the start of a new cluster of `members` (ID -> address), if it is empty.
+    /// Returns whether it did. Bootstrapping is explicit: a node never starts a cluster by
+    /// accident; others join through membership changes.
+    pub fn bootstrap(
+        log: &RaftLog<B>,
+        members: &BTreeMap<u64, String>,
+    ) -> Result<bool, StoreError> {
+        {
+            let state = log.read();
+            if state.last_index() > 0 || !state.conf_state.voters.is_empty() {
+                return Ok(false);
+            }
+        }
+        let machine = Machine {
+            members: members.clone(),
+            ..Machine::default()
+        };
+        let mut snapshot = Snapshot::default();
+        let meta = snapshot.mut_metadata();
+        meta.index = 1;
+        meta.term = 1;
+        meta.mut_conf_state().voters = members.keys().copied().collect();
+        snapshot.data = machine.encode().into();
+        log.apply_snapshot(&snapshot)?;
+        Ok(true)
+    }
+
+    /// Starts the node from whatever the log holds (its latest snapshot, then its entries).
+    pub fn new(
+        config: NodeConfig,
+        log: RaftLog<B>,
+        logger: &slog::Logger,
+    ) -> Result<Self, NodeError> {
+        let snapshot = log.read().snapshot.clone();
+        let machine = if snapshot.data.is_empty() {
+            Machine::default()
+        } else {
+            Machine::decode(&snapshot.data).map_err(NodeError::Snapshot)?
+        };
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_tick,
+            heartbeat_tick: config.heartbeat_tick,
+            min_election_tick: config.election_range.map_or(0, |r| r.0),
+            max_election_tick: config.election_range.map_or(0, |r| r.1),
+            applied: snapshot.get_metadata().index,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..raft::Config::default()
+        };
+        let raw = RawNode::new(&raft_config, log.clone(), logger)?;
+        Ok(Self {
+            raw,
+            log,
+            machine,
+            config,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.config.id
+    }
+
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    pub fn log(&self) -> &RaftLog<B> {
+        &self.log
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        Some(self.raw.raft.leader_id).filter(|&id| id != raft::INVALID_ID)
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.machine.registry.applied_index()
+    }
+
+    /// The voters and learners of the current configuration.
+    pub fn voters(&self) -> Vec<u64> {
+        let mut voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+        voters.sort_unstable();
+        voters
+    }
+
+    /// The leader's view of each peer's replication, for diagnostics.
+    pub fn describe_progress(&self) -> String {
+        let mut peers: Vec<String> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, p)| {
+                format!(
+                    "{id}: {:?} matched {} next {} pending snapshot {}",
+                    p.state, p.matched, p.next_idx, p.pending_snapshot
+                )
+            })
+            .collect();
+        peers.sort();
+        peers.join("; ")
+    }
+
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// Campaigns at once (used to make a freshly bootstrapped single node leader quickly).
+    pub fn campaign(&mut self) -> Result<(), NodeError> {
+        Ok(self.raw.campaign()?)
+    }
+
+    pub fn step(&mut self, message: Message) -> Result<(), NodeError> {
+        Ok(self.raw.step(message)?)
+    }
+
+    fn not_leader(&self) -> NotLeader {
+        NotLeader {
+            leader: self.leader(),
+        }
+    }
+
+    pub fn propose(&mut self, request: &Request) -> Result<(), NotLeader> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        let data = mirari_proto::log_codec::encode(request);
+        self.raw
+            .propose(Vec::new(), data)
+            .map_err(|_| self.not_leader())
+    }
+
+    /// Proposes a membership change; it takes effect when applied. `request_id` comes back in
+    /// [`Output::applied`].
+    pub fn propose_membership(
+        &mut self,
+        request_id: &str,
+        change: &MembershipChange,
+    ) -> Result<(), NotLeader> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        let (change_type, node_id, address) = match change {
+            MembershipChange::Add { id, address } => {
+                (ConfChangeType::AddNode, *id, address.as_str())
+            }
+            MembershipChange::Remove { id } => (ConfChangeType::RemoveNode, *id, ""),
+        };
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change_type);
+        single.node_id = node_id;
+        let mut cc = ConfChangeV2::default();
+        cc.mut_changes().push(single);
+        cc.context = address.as_bytes().to_vec().into();
+        self.raw
+            .propose_conf_change(request_id.as_bytes().to_vec(), cc)
+            .map_err(|_| self.not_leader())
+    }
+
+    /// Starts a linearizable read; its [`ReadState`] comes back in a later [`Output`].
+    pub fn read_index(&mut self, context: Vec<u8>) {
+        self.raw.read_index(context);
+    }
+
+    /// Tells raft a message to `peer` could not be delivered.
+    pub fn report_unreachable(&mut self, peer: u64) {
+        self.raw.report_unreachable(peer);
+    }
+
+    /// Tells raft whether a snapshot sent to `peer` arrived.
+    pub fn report_snapshot(&mut self, peer: u64, delivered: bool) {
+        let status = if delivered {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(peer, status);
+    }
+
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+    }
+
+    /// Processes one `Ready`: see the module docs for the order.
+    pub fn handle_ready(&mut self) -> Result<Output, NodeError> {
+        let mut output = Output::default();
+        if !self.raw.has_ready() {
+            return Ok(output);
+        }
+        let mut ready = self.raw.ready();
+        output.messages.extend(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            self.log.apply_snapshot(&snapshot)?;
+            self.machine = Machine::decode(&snapshot.data).map_err(NodeError::Snapshot)?;
+        }
+        self.apply(ready.take_committed_entries(), &mut output)?;
+        self.log.persist(ready.entries(), ready.hs())?;
+        output.messages.extend(ready.take_persisted_messages());
+        output.read_states.extend(ready.take_read_states());
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.log.set_commit(commit);
+        }
+        output.messages.extend(light.take_messages());
+        self.apply(light.take_committed_entries(), &mut output)?;
+        self.raw.advance_apply();
+        self.maybe_snapshot()?;
+        Ok(output)
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, output: &mut Output) -> Result<(), NodeError> {
+        for entry in entries {
+            let index = entry.index;
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    self.machine.registry.skip(index)
+                }
+                EntryType::EntryNormal => {
+                    let request = mirari_proto::log_codec::decode(&entry.data).map_err(|e| {
+                        NodeError::Entry {
+                            index,
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    let result = self.machine.registry.apply(index, &request);
+                    output.applied.push(Applied {
+                        index,
+                        request_id: request.request_id,
+                        result,
+                    });
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let result = self.apply_membership(&entry);
+                    self.machine.registry.skip(index);
+                    let request_id = String::from_utf8_lossy(&entry.context).into_owned();
+                    output.applied.push(Applied {
+                        index,
+                        request_id,
+                        result,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_membership(&mut self, entry: &Entry) -> ApplyResult {
+        if entry.get_entry_type() != EntryType::EntryConfChangeV2 {
+            return Err(Rejection::Invalid(
+                "membership changes are proposed as ConfChangeV2 only".into(),
+            ));
+        }
+        let cc = ConfChangeV2::parse_from_bytes(&entry.data)
+            .map_err(|e| Rejection::Invalid(e.to_string()))?;
+        let conf_state = self
+            .raw
+            .apply_conf_change(&cc)
+            .map_err(|e| Rejection::Invalid(e.to_string()))?;
+        self.log
+            .set_conf_state(&conf_state)
+            .map_err(|e| Rejection::Invalid(e.to_string()))?;
+        let address = String::from_utf8_lossy(&cc.context).into_owned();
+        for change in cc.get_changes() {
+            match change.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    self.machine.members.insert(change.node_id, address.clone());
+                }
+                ConfChangeType::RemoveNode => {
+                    self.machine.members.remove(&change.node_id);
+                }
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+        let applied = self.applied_index();
+        let (last_snapshot, first_index) = {
+            let state = self.log.read();
+            (state.snapshot.get_metadata().index, state.first_index())
+        };
+        if applied < last_snapshot + self.config.snapshot_every {
+            return Ok(());
+        }
+        let term = raft::Storage::term(&self.log, applied)?;
+        let mut snapshot = Snapshot::default();
+        let meta = snapshot.mut_metadata();
+        meta.index = applied;
+        meta.term = term;
+        meta.set_conf_state(self.log.read().conf_state.clone());
+        snapshot.data = self.machine.encode().into();
+        let compact_to = applied
+            .saturating_sub(self.config.keep_entries)
+            .max(first_index);
+        self.log.save_snapshot(&snapshot, compact_to)?;
+        Ok(())
+    }
+}

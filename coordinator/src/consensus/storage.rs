@@ -1,0 +1,269 @@
+//! The raft log store: an in-memory view that raft reads, kept in step with a durable backing.
+//!
+//! [`RaftLog`] implements `raft::Storage` once, over a [`LogState`] held in memory (entries
+//! since the last snapshot, hard state, conf state, the latest snapshot). Every change goes
+//! through [`Backing::write`] first, in one batch, and only then into memory: what raft reads
+//! is always what is durable. The backing is redb on disk ([`super::redb_store`]) or nothing
+//! for the deterministic simulation, where memory itself plays the disk.
+
+use std::sync::{Arc, RwLock};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("raft storage i/o failed")]
+    Database(#[from] redb::Error),
+    #[error(
+        "the raft data in {path} is corrupt: {what}; restore the data directory from a backup, or remove this node from the cluster and add it back with an empty one"
+    )]
+    Corrupt { path: String, what: String },
+    #[error("cannot open the raft data in {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: redb::Error,
+    },
+}
+
+/// Everything the log holds, in memory.
+#[derive(Debug, Clone, Default)]
+pub struct LogState {
+    pub hard_state: HardState,
+    pub conf_state: ConfState,
+    /// The latest snapshot (metadata and the state machine's data).
+    pub snapshot: Snapshot,
+    /// Entries after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+}
+
+impl LogState {
+    pub fn first_index(&self) -> u64 {
+        self.entries
+            .first()
+            .map_or(self.snapshot.get_metadata().index + 1, |e| e.index)
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.entries
+            .last()
+            .map_or(self.snapshot.get_metadata().index, |e| e.index)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        let meta = self.snapshot.get_metadata();
+        if index == meta.index {
+            return Ok(meta.term);
+        }
+        if index < self.first_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if index > self.last_index() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.entries[(index - self.first_index()) as usize].term)
+    }
+}
+
+/// One durable write: everything a `Ready` asks to persist, together.
+#[derive(Debug, Default)]
+pub struct WriteBatch<'a> {
+    /// New entries; any stored entries from the first one's index on are replaced.
+    pub entries: &'a [Entry],
+    pub hard_state: Option<&'a HardState>,
+    pub conf_state: Option<&'a ConfState>,
+    /// A snapshot to store; entries it covers are dropped.
+    pub snapshot: Option<&'a Snapshot>,
+    /// Drop entries before this index (they are covered by `snapshot`); `u64::MAX` drops all.
+    pub compact_to: Option<u64>,
+}
+
+/// Where the log is made durable.
+pub trait Backing: Send + Sync + 'static {
+    /// Makes `batch` durable (fsync'd) before returning.
+    fn write(&self, batch: &WriteBatch<'_>) -> Result<(), StoreError>;
+}
+
+/// No disk: the simulation's memory is its disk.
+#[derive(Debug, Default)]
+pub struct InMemory;
+
+impl Backing for InMemory {
+    fn write(&self, _: &WriteBatch<'_>) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub struct RaftLog<B> {
+    state: Arc<RwLock<LogState>>,
+    backing: Arc<B>,
+}
+
+impl<B> Clone for RaftLog<B> {
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            backing: self.backing.clone(),
+        }
+    }
+}
+
+impl<B: Backing> RaftLog<B> {
+    pub fn new(state: LogState, backing: B) -> Self {
+        Self {
+            state: Arc::new(RwLock::new(state)),
+            backing: Arc::new(backing),
+        }
+    }
+
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, LogState> {
+        self.state.read().expect("raft log lock")
+    }
+
+    fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, LogState> {
+        self.state.write().expect("raft log lock")
+    }
+
+    /// Appends entries (replacing a conflicting suffix) and records the hard state.
+    pub fn persist(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        self.backing.write(&WriteBatch {
+            entries,
+            hard_state,
+            ..WriteBatch::default()
+        })?;
+        let mut state = self.write_lock();
+        if let Some(first) = entries.first() {
+            let keep = first.index.saturating_sub(state.first_index()) as usize;
+            state.entries.truncate(keep);
+            state.entries.extend_from_slice(entries);
+        }
+        if let Some(hard_state) = hard_state {
+            state.hard_state = hard_state.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a newer commit index. It is made durable with the next write: losing it in a
+    /// crash only means re-learning it from the leader.
+    pub fn set_commit(&self, commit: u64) {
+        self.write_lock().hard_state.commit = commit;
+    }
+
+    pub fn set_conf_state(&self, conf_state: &ConfState) -> Result<(), StoreError> {
+        self.backing.write(&WriteBatch {
+            conf_state: Some(conf_state),
+            ..WriteBatch::default()
+        })?;
+        self.write_lock().conf_state = conf_state.clone();
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader: it replaces the whole log.
+    pub fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let meta = snapshot.get_metadata();
+        let mut hard_state = self.read().hard_state.clone();
+        hard_state.term = hard_state.term.max(meta.term);
+        hard_state.commit = hard_state.commit.max(meta.index);
+        self.backing.write(&WriteBatch {
+            hard_state: Some(&hard_state),
+            conf_state: Some(meta.get_conf_state()),
+            snapshot: Some(snapshot),
+            compact_to: Some(u64::MAX),
+            ..WriteBatch::default()
+        })?;
+        let mut state = self.write_lock();
+        state.entries.clear();
+        state.hard_state = hard_state;
+        state.conf_state = meta.get_conf_state().clone();
+        state.snapshot = snapshot.clone();
+        Ok(())
+    }
+
+    /// Stores a snapshot of our own state machine and drops entries before `compact_to`.
+    pub fn save_snapshot(&self, snapshot: &Snapshot, compact_to: u64) -> Result<(), StoreError> {
+        let hard_state = self.read().hard_state.clone();
+        self.backing.write(&WriteBatch {
+            hard_state: Some(&hard_state),
+            snapshot: Some(snapshot),
+            compact_to: Some(compact_to),
+            ..WriteBatch::default()
+        })?;
+        let mut state = self.write_lock();
+        state.entries.retain(|e| e.index >= compact_to);
+        state.snapshot = snapshot.clone();
+        Ok(())
+    }
+}
+
+impl<B: Backing> raft::Storage for RaftLog<B> {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let state = self.read();
+        Ok(RaftState::new(
+            state.hard_state.clone(),
+            state.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let state = self.read();
+        if low < state.first_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > state.last_index() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let offset = state.first_index();
+        let slice = &state.entries[(low - offset) as usize..(high - offset) as usize];
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        // Always at least one entry, then as many as fit in max_size.
+        let mut size = 0u64;
+        let taken = slice
+            .iter()
+            .take_while(|e| {
+                size += u64::from(e.compute_size());
+                size <= max_size
+            })
+            .count()
+            .max(1)
+            .min(slice.len());
+        Ok(slice[..taken].to_vec())
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        self.read().term(index)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.read().first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.read().last_index())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let state = self.read();
+        if state.snapshot.get_metadata().index < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(state.snapshot.clone())
+    }
+}
