@@ -3,6 +3,7 @@
 
 mod agent_cmds;
 mod client;
+mod cluster_cmds;
 mod output;
 mod project_cmds;
 
@@ -25,6 +26,15 @@ struct Cli {
     /// [default: unix:/run/mirari/agent.sock for root, else $XDG_RUNTIME_DIR/mirari/agent.sock]
     #[arg(long, global = true, env = "MIRARI_AGENT")]
     agent: Option<Endpoint>,
+    /// Coordinators to talk to for `cluster` commands: host:port, comma separated
+    #[arg(
+        long,
+        global = true,
+        env = "MIRARI_ADDR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7400"
+    )]
+    coordinator: Vec<Endpoint>,
     /// Output format for results
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -94,6 +104,45 @@ enum Command {
     },
     /// Show the agent's host and which backends work there (and why not)
     Host,
+    /// The cluster: coordinators, hosts, deployments
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The coordinator's view of the raft group: role, term, leader, commit and applied index
+    Info,
+    /// List, add or remove coordinators (raft members)
+    Members {
+        #[command(subcommand)]
+        action: Option<MembersAction>,
+    },
+    /// List the hosts in the registry
+    Hosts {
+        /// Serve from the contacted coordinator's state without confirming it is current
+        #[arg(long)]
+        stale: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MembersAction {
+    /// List the members (the default)
+    List,
+    /// Add a coordinator; start it first (without --bootstrap) with the same --id
+    Add {
+        #[arg(long)]
+        id: u64,
+        /// The new coordinator's address (host:port)
+        #[arg(long)]
+        address: String,
+    },
+    /// Remove a coordinator from the group
+    Remove {
+        #[arg(long)]
+        id: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -136,5 +185,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs { id } => agent_cmds::logs(&agent, &id, format).await,
         Command::Stop { id } => agent_cmds::stop(&agent, &id, format).await,
         Command::Host => agent_cmds::host(&agent, format).await,
+        Command::Cluster(command) => {
+            let coordinators = &cli.coordinator;
+            match command {
+                ClusterCommand::Info => cluster_cmds::info(coordinators, format).await,
+                ClusterCommand::Members {
+                    action: None | Some(MembersAction::List),
+                } => cluster_cmds::members(coordinators, format).await,
+                ClusterCommand::Members {
+                    action: Some(MembersAction::Add { id, address }),
+                } => cluster_cmds::add_member(coordinators, id, &address, format).await,
+                ClusterCommand::Members {
+                    action: Some(MembersAction::Remove { id }),
+                } => cluster_cmds::remove_member(coordinators, id, format).await,
+                ClusterCommand::Hosts { stale } => {
+                    cluster_cmds::hosts(coordinators, stale, format).await
+                }
+            }
+        }
     }
 }

@@ -86,7 +86,7 @@ struct Sim {
 
 impl Sim {
     fn new(seed: u64) -> Self {
-        let size = if seed % 2 == 0 { 3 } else { 5 };
+        let size = if seed.is_multiple_of(2) { 3 } else { 5 };
         let ids: Vec<u64> = (1..=size).collect();
         let members: BTreeMap<u64, String> =
             ids.iter().map(|&id| (id, format!("node-{id}"))).collect();

@@ -2,6 +2,7 @@
 //!
 //! - [`agent`]: the generated messages and gRPC client/server for the agent API.
 //! - [`registry`]: the registry's raft log entries (a prost `oneof`, append-only).
+//! - [`coordinator`]: the raft transport between coordinators and the coordinator API.
 //! - [`convert`]: conversions between wire messages and `mirari-core` types, validating what
 //!   arrives.
 //! - [`endpoint`]: addresses (`unix:/path` or `host:port`), connecting and serving on them.
@@ -21,10 +22,16 @@ mod generated {
                 tonic::include_proto!("mirari.registry.v1");
             }
         }
+        pub mod coordinator {
+            pub mod v1 {
+                tonic::include_proto!("mirari.coordinator.v1");
+            }
+        }
     }
 }
 
 pub use generated::mirari::agent::v1 as agent;
+pub use generated::mirari::coordinator::v1 as coordinator;
 pub use generated::mirari::registry::v1 as registry;
 
 pub mod convert;

@@ -1,6 +1,9 @@
 //! The end-to-end harness: real `mirari` and `mirari-agent` processes, a private agent state
 //! directory and artifact store per test, and the example app copied so tests can change it.
 //!
+//! [`netns`] makes test hosts out of network namespaces; [`coordinators`] runs coordinator
+//! processes on them.
+//!
 //! The binaries come from the cargo target directory; `./test.sh` builds them before the tests.
 //! Waiting is always a poll with a deadline ([`eventually`]), never a fixed sleep.
 
@@ -10,6 +13,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+pub mod coordinators;
+pub mod netns;
 
 /// A real binary of the workspace, built by `cargo build --workspace --bins`.
 pub fn bin(name: &str) -> PathBuf {

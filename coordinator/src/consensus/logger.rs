@@ -4,8 +4,9 @@ use std::fmt::Write as _;
 
 use slog::{Drain, KV, Level, Never, OwnedKVList, Record};
 
-pub fn raft_logger(node_id: u64) -> slog::Logger {
-    slog::Logger::root(TracingDrain, slog::o!("raft_id" => node_id))
+/// raft-rs tags every record with its `raft_id` itself.
+pub fn raft_logger() -> slog::Logger {
+    slog::Logger::root(TracingDrain, slog::o!())
 }
 
 /// A logger that drops everything, for simulations that run thousands of nodes.

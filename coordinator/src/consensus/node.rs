@@ -7,6 +7,7 @@
 //! simulation both drive this same type.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use mirari_core::registry::{ApplyResult, Outcome, Rejection, Request};
 use protobuf::Message as _;
@@ -95,8 +96,12 @@ pub enum MembershipChange {
 pub struct Node<B: Backing> {
     raw: RawNode<RaftLog<B>>,
     log: RaftLog<B>,
-    machine: Machine,
+    /// Shared so readers need not go through the task that drives the node.
+    machine: Arc<RwLock<Machine>>,
     config: NodeConfig,
+    /// A membership change was applied: the stored snapshot's configuration is outdated, and a
+    /// member that needs a snapshot (a new one) would refuse it as not naming it.
+    snapshot_due: bool,
 }
 
 impl<B: Backing> std::fmt::Debug for Node<B> {
@@ -166,8 +171,9 @@ impl<B: Backing> Node<B> {
         Ok(Self {
             raw,
             log,
-            machine,
+            machine: Arc::new(RwLock::new(machine)),
             config,
+            snapshot_due: false,
         })
     }
 
@@ -175,8 +181,17 @@ impl<B: Backing> Node<B> {
         self.config.id
     }
 
-    pub fn machine(&self) -> &Machine {
-        &self.machine
+    pub fn machine(&self) -> RwLockReadGuard<'_, Machine> {
+        self.machine.read().expect("state machine lock")
+    }
+
+    /// The state machine, for readers outside the driving task.
+    pub fn shared_machine(&self) -> Arc<RwLock<Machine>> {
+        self.machine.clone()
+    }
+
+    fn machine_mut(&self) -> RwLockWriteGuard<'_, Machine> {
+        self.machine.write().expect("state machine lock")
     }
 
     pub fn log(&self) -> &RaftLog<B> {
@@ -204,7 +219,7 @@ impl<B: Backing> Node<B> {
     }
 
     pub fn applied_index(&self) -> u64 {
-        self.machine.registry.applied_index()
+        self.machine().registry.applied_index()
     }
 
     /// The voters and learners of the current configuration.
@@ -323,7 +338,7 @@ impl<B: Backing> Node<B> {
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
             self.log.apply_snapshot(&snapshot)?;
-            self.machine = Machine::decode(&snapshot.data).map_err(NodeError::Snapshot)?;
+            *self.machine_mut() = Machine::decode(&snapshot.data).map_err(NodeError::Snapshot)?;
         }
         self.apply(ready.take_committed_entries(), &mut output)?;
         self.log.persist(ready.entries(), ready.hs())?;
@@ -345,7 +360,7 @@ impl<B: Backing> Node<B> {
             let index = entry.index;
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {
-                    self.machine.registry.skip(index)
+                    self.machine_mut().registry.skip(index)
                 }
                 EntryType::EntryNormal => {
                     let request = mirari_proto::log_codec::decode(&entry.data).map_err(|e| {
@@ -354,7 +369,7 @@ impl<B: Backing> Node<B> {
                             reason: e.to_string(),
                         }
                     })?;
-                    let result = self.machine.registry.apply(index, &request);
+                    let result = self.machine_mut().registry.apply(index, &request);
                     output.applied.push(Applied {
                         index,
                         request_id: request.request_id,
@@ -363,7 +378,7 @@ impl<B: Backing> Node<B> {
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     let result = self.apply_membership(&entry);
-                    self.machine.registry.skip(index);
+                    self.machine_mut().registry.skip(index);
                     let request_id = String::from_utf8_lossy(&entry.context).into_owned();
                     output.applied.push(Applied {
                         index,
@@ -391,14 +406,16 @@ impl<B: Backing> Node<B> {
         self.log
             .set_conf_state(&conf_state)
             .map_err(|e| Rejection::Invalid(e.to_string()))?;
+        self.snapshot_due = true;
         let address = String::from_utf8_lossy(&cc.context).into_owned();
+        let mut machine = self.machine_mut();
         for change in cc.get_changes() {
             match change.get_change_type() {
                 ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                    self.machine.members.insert(change.node_id, address.clone());
+                    machine.members.insert(change.node_id, address.clone());
                 }
                 ConfChangeType::RemoveNode => {
-                    self.machine.members.remove(&change.node_id);
+                    machine.members.remove(&change.node_id);
                 }
             }
         }
@@ -411,16 +428,17 @@ impl<B: Backing> Node<B> {
             let state = self.log.read();
             (state.snapshot.get_metadata().index, state.first_index())
         };
-        if applied < last_snapshot + self.config.snapshot_every {
+        if !self.snapshot_due && applied < last_snapshot + self.config.snapshot_every {
             return Ok(());
         }
+        self.snapshot_due = false;
         let term = raft::Storage::term(&self.log, applied)?;
         let mut snapshot = Snapshot::default();
         let meta = snapshot.mut_metadata();
         meta.index = applied;
         meta.term = term;
         meta.set_conf_state(self.log.read().conf_state.clone());
-        snapshot.data = self.machine.encode().into();
+        snapshot.data = self.machine().encode().into();
         let compact_to = applied
             .saturating_sub(self.config.keep_entries)
             .max(first_index);

@@ -39,9 +39,17 @@ impl RedbBacking {
     /// Opens (or creates) the log at `path` and loads it, verifying every checksum.
     pub fn open(path: &Path) -> Result<(Self, LogState), StoreError> {
         let display = path.display().to_string();
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            path: display.clone(),
-            source: e.into(),
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)) => {
+                StoreError::Corrupt {
+                    path: display.clone(),
+                    what: format!("redb: {what}"),
+                }
+            }
+            other => StoreError::Open {
+                path: display.clone(),
+                source: other.into(),
+            },
         })?;
         let backing = Self { db, path: display };
         let txn = backing.db.begin_write().map_err(db_error)?;

@@ -1,0 +1,237 @@
+//! `mirari cluster ...`: the coordinators' raft group and registry.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use mirari_proto::coordinator as pb;
+use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
+use mirari_proto::endpoint::Endpoint;
+use mirari_proto::log_codec;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use crate::output::{self, Format, Table};
+
+/// Connects to the first coordinator of the list that answers.
+pub async fn connect(addresses: &[Endpoint]) -> anyhow::Result<CoordinatorClient<Channel>> {
+    let mut last_error = None;
+    for endpoint in addresses {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(CoordinatorClient::new(channel)),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    let listed: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    Err(
+        anyhow::Error::new(last_error.context("no coordinator address given")?).context(format!(
+            "no coordinator answered at {}; set --coordinator or MIRARI_ADDR",
+            listed.join(", ")
+        )),
+    )
+}
+
+#[derive(Debug, Serialize)]
+struct MemberView {
+    id: u64,
+    address: String,
+    leader: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct InfoView {
+    id: u64,
+    role: String,
+    term: u64,
+    leader_id: Option<u64>,
+    leader_address: Option<String>,
+    commit_index: u64,
+    applied_index: u64,
+    members: Vec<MemberView>,
+}
+
+impl From<pb::ClusterInfo> for InfoView {
+    fn from(info: pb::ClusterInfo) -> Self {
+        let leader = (info.leader_id != 0).then_some(info.leader_id);
+        Self {
+            id: info.id,
+            role: info.role,
+            term: info.term,
+            leader_id: leader,
+            leader_address: (!info.leader_address.is_empty()).then_some(info.leader_address),
+            commit_index: info.commit_index,
+            applied_index: info.applied_index,
+            members: info
+                .members
+                .into_iter()
+                .map(|m| MemberView {
+                    leader: Some(m.id) == leader,
+                    id: m.id,
+                    address: m.address,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn members_table(info: &InfoView) -> Table {
+    let mut table = Table::new(&["ID", "ADDRESS", "ROLE"]);
+    for member in &info.members {
+        let role = if member.leader { "leader" } else { "voter" };
+        table.row(vec![
+            member.id.to_string(),
+            member.address.clone(),
+            role.into(),
+        ]);
+    }
+    table
+}
+
+pub async fn info(coordinators: &[Endpoint], format: Format) -> anyhow::Result<ExitCode> {
+    let info: InfoView = connect(coordinators)
+        .await?
+        .get_cluster_info(pb::ClusterInfoRequest {})
+        .await?
+        .into_inner()
+        .into();
+    output::print(format, &info, |info| {
+        let mut table = Table::new(&["NODE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED"]);
+        table.row(vec![
+            info.id.to_string(),
+            info.role.clone(),
+            info.term.to_string(),
+            info.leader_id.map_or("none".into(), |l| l.to_string()),
+            info.commit_index.to_string(),
+            info.applied_index.to_string(),
+        ]);
+        table
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn members(coordinators: &[Endpoint], format: Format) -> anyhow::Result<ExitCode> {
+    let info: InfoView = connect(coordinators)
+        .await?
+        .get_cluster_info(pb::ClusterInfoRequest {})
+        .await?
+        .into_inner()
+        .into();
+    output::print(format, &info.members, |_| members_table(&info));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn add_member(
+    coordinators: &[Endpoint],
+    id: u64,
+    address: &str,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let request = pb::AddMemberRequest {
+        id,
+        address: address.to_owned(),
+    };
+    let info: InfoView = connect(coordinators)
+        .await?
+        .add_member(request)
+        .await
+        .context("adding the member failed")?
+        .into_inner()
+        .into();
+    output::print(format, &info.members, |_| members_table(&info));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn remove_member(
+    coordinators: &[Endpoint],
+    id: u64,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let info: InfoView = connect(coordinators)
+        .await?
+        .remove_member(pb::RemoveMemberRequest { id })
+        .await
+        .context("removing the member failed")?
+        .into_inner()
+        .into();
+    output::print(format, &info.members, |_| members_table(&info));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize)]
+struct HostsView {
+    hosts: Vec<HostView>,
+    served_by: u64,
+    stale: bool,
+    applied_index: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct HostView {
+    id: String,
+    address: String,
+    status: String,
+    backends: Vec<String>,
+    memory_mib: u64,
+    vcpus: u32,
+    max_instances: u32,
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+pub async fn hosts(
+    coordinators: &[Endpoint],
+    stale: bool,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let response = connect(coordinators)
+        .await?
+        .list_hosts(pb::ReadRequest { stale })
+        .await?
+        .into_inner();
+    let read = response.read.unwrap_or_default();
+    let hosts = response
+        .hosts
+        .iter()
+        .map(|h| {
+            let host = log_codec::host_from_pb(h)?;
+            Ok(HostView {
+                id: host.id.0,
+                address: host.address,
+                status: format!("{:?}", host.status).to_lowercase(),
+                backends: host.backends.iter().map(|b| b.name().to_owned()).collect(),
+                memory_mib: host.capacity.memory_mib,
+                vcpus: host.capacity.vcpus,
+                max_instances: host.capacity.instances,
+                labels: host.labels,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let view = HostsView {
+        hosts,
+        served_by: read.served_by,
+        stale: read.stale,
+        applied_index: read.applied_index,
+    };
+    output::print(format, &view, |view| {
+        let mut table = Table::new(&[
+            "HOST", "STATUS", "ADDRESS", "BACKENDS", "MEMORY", "VCPUS", "SLOTS",
+        ]);
+        for h in &view.hosts {
+            table.row(vec![
+                h.id.clone(),
+                h.status.clone(),
+                h.address.clone(),
+                h.backends.join(","),
+                format!("{} MiB", h.memory_mib),
+                h.vcpus.to_string(),
+                h.max_instances.to_string(),
+            ]);
+        }
+        if view.stale {
+            table.row(vec![format!(
+                "(stale read from node {} at index {})",
+                view.served_by, view.applied_index
+            )]);
+        }
+        table
+    });
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,387 @@
+//! The raft driver: one task owns the [`Node`]; the rest of the coordinator talks to it through
+//! a [`RaftHandle`].
+//!
+//! The task ticks the node, steps in peer messages, proposes, and after every batch of inputs
+//! runs `handle_ready` until nothing is left, sending messages through the [`Transport`] and
+//! answering the callers whose entries were applied. Inputs that arrive together are handled
+//! together, so many proposals under load become one ready and one durable write.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use mirari_core::registry::{ApplyResult, Request};
+use raft::StateRole;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::consensus::RaftMessage;
+use crate::consensus::machine::Machine;
+use crate::consensus::node::{Applied, MembershipChange, Node, NodeError};
+use crate::consensus::storage::Backing;
+use crate::transport::Transport;
+
+/// How many inputs may queue for the driver before callers wait.
+const INPUT_QUEUE: usize = 4096;
+
+/// This node's view of the group, published after every batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub id: u64,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
+/// Why a write did not go through here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this coordinator is not the leader")]
+    NotLeader { leader: Option<u64> },
+    #[error(
+        "leadership changed before the write was applied; it may still apply: retry with the same request ID"
+    )]
+    LeadershipLost,
+    #[error("the raft driver has stopped")]
+    Stopped,
+}
+
+pub type ProposeResult = Result<Applied, ProposeError>;
+
+enum Input {
+    /// Messages from peer `from`, which said it is reachable at `address`.
+    Step {
+        from: u64,
+        address: String,
+        messages: Vec<RaftMessage>,
+    },
+    Propose(Request, oneshot::Sender<ProposeResult>),
+    ChangeMembership(MembershipChange, oneshot::Sender<ProposeResult>),
+    ReadIndex(oneshot::Sender<Result<(), ProposeError>>),
+    /// What the transport learned about delivering to a peer.
+    Delivery {
+        peer: u64,
+        delivered: bool,
+        snapshot: bool,
+    },
+}
+
+/// How the rest of the coordinator reaches the raft node.
+#[derive(Debug, Clone)]
+pub struct RaftHandle {
+    inputs: mpsc::Sender<Input>,
+    status: watch::Receiver<RaftStatus>,
+    machine: Arc<RwLock<Machine>>,
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Input::Step { .. } => "Step",
+            Input::Propose(..) => "Propose",
+            Input::ChangeMembership(..) => "ChangeMembership",
+            Input::ReadIndex(_) => "ReadIndex",
+            Input::Delivery { .. } => "Delivery",
+        })
+    }
+}
+
+impl RaftHandle {
+    pub fn status(&self) -> RaftStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits for the next status change (e.g. a leader elected).
+    pub async fn status_changed(&mut self) -> RaftStatus {
+        let _ = self.status.changed().await;
+        self.status()
+    }
+
+    /// The replicated state as this node has applied it.
+    pub fn machine(&self) -> RwLockReadGuard<'_, Machine> {
+        self.machine.read().expect("state machine lock")
+    }
+
+    pub async fn step(
+        &self,
+        from: u64,
+        address: String,
+        messages: Vec<RaftMessage>,
+    ) -> Result<(), ProposeError> {
+        self.inputs
+            .send(Input::Step {
+                from,
+                address,
+                messages,
+            })
+            .await
+            .map_err(|_| ProposeError::Stopped)
+    }
+
+    /// Commits `request` through raft; resolves once this node has applied it.
+    pub async fn propose(&self, request: Request) -> Result<ApplyResult, ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::Propose(request, reply))
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        Ok(answer.await.map_err(|_| ProposeError::Stopped)??.result)
+    }
+
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<ApplyResult, ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::ChangeMembership(change, reply))
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        Ok(answer.await.map_err(|_| ProposeError::Stopped)??.result)
+    }
+
+    /// Resolves when this node's state machine reflects every write committed before the
+    /// call (raft's ReadIndex), so a read that follows is linearizable.
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::ReadIndex(reply))
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        answer.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    pub(crate) fn delivery_reporter(&self) -> DeliveryReporter {
+        DeliveryReporter {
+            inputs: self.inputs.clone(),
+        }
+    }
+}
+
+/// Lets the transport tell the driver about deliveries without holding a full handle.
+#[derive(Debug, Clone)]
+pub struct DeliveryReporter {
+    inputs: mpsc::Sender<Input>,
+}
+
+impl DeliveryReporter {
+    pub fn report(&self, peer: u64, delivered: bool, snapshot: bool) {
+        let _ = self.inputs.try_send(Input::Delivery {
+            peer,
+            delivered,
+            snapshot,
+        });
+    }
+}
+
+/// Starts the driver task for `node`. The returned future ends (with the error) if the node
+/// can no longer make progress safely, e.g. when its disk fails.
+pub fn spawn<B: Backing>(
+    node: Node<B>,
+    transport: Transport,
+    tick: Duration,
+) -> (RaftHandle, tokio::task::JoinHandle<Result<(), NodeError>>) {
+    let (inputs, receiver) = mpsc::channel(INPUT_QUEUE);
+    let status = watch::channel(RaftStatus::default()).0;
+    let handle = RaftHandle {
+        inputs,
+        status: status.subscribe(),
+        machine: node.shared_machine(),
+    };
+    transport.attach(handle.delivery_reporter());
+    let driver = Driver {
+        node,
+        transport,
+        status,
+        pending: HashMap::new(),
+        awaiting_read_state: BTreeMap::new(),
+        awaiting_apply: Vec::new(),
+        next_read: 0,
+        next_membership: 0,
+        learned_addresses: HashMap::new(),
+    };
+    let task = tokio::spawn(driver.run(receiver, tick));
+    (handle, task)
+}
+
+struct Driver<B: Backing> {
+    node: Node<B>,
+    transport: Transport,
+    status: watch::Sender<RaftStatus>,
+    /// Callers waiting for their entry to be applied, by request ID.
+    pending: HashMap<String, Vec<oneshot::Sender<ProposeResult>>>,
+    /// Read barriers waiting for raft to confirm an index, by read context.
+    awaiting_read_state: BTreeMap<u64, oneshot::Sender<Result<(), ProposeError>>>,
+    /// Read barriers waiting for the state machine to reach an index.
+    awaiting_apply: Vec<(u64, oneshot::Sender<Result<(), ProposeError>>)>,
+    next_read: u64,
+    next_membership: u64,
+    /// Addresses peers gave in their messages, for peers this node has not yet applied the
+    /// membership of (a new member answering the leader that added it).
+    learned_addresses: HashMap<u64, String>,
+}
+
+impl<B: Backing> Driver<B> {
+    async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        tick: Duration,
+    ) -> Result<(), NodeError> {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if self.node.voters() == [self.node.id()] {
+            // A lone voter need not wait out an election timeout.
+            let _ = self.node.campaign();
+        }
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.node.tick(),
+                input = inputs.recv() => {
+                    let Some(input) = input else { return Ok(()) };
+                    self.handle(input);
+                    while let Ok(input) = inputs.try_recv() {
+                        self.handle(input);
+                    }
+                }
+            }
+            self.drain_ready()?;
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Step {
+                from,
+                address,
+                messages,
+            } => {
+                self.learned_addresses.insert(from, address);
+                for message in messages {
+                    if let Err(error) = self.node.step(message) {
+                        tracing::debug!(%error, "raft ignored a message");
+                    }
+                }
+            }
+            Input::Propose(request, reply) => match self.node.propose(&request) {
+                Ok(()) => self
+                    .pending
+                    .entry(request.request_id)
+                    .or_default()
+                    .push(reply),
+                Err(not_leader) => {
+                    let _ = reply.send(Err(ProposeError::NotLeader {
+                        leader: not_leader.leader,
+                    }));
+                }
+            },
+            Input::ChangeMembership(change, reply) => {
+                self.next_membership += 1;
+                let request_id = format!("membership-{}-{}", self.node.id(), self.next_membership);
+                match self.node.propose_membership(&request_id, &change) {
+                    Ok(()) => self.pending.entry(request_id).or_default().push(reply),
+                    Err(not_leader) => {
+                        let _ = reply.send(Err(ProposeError::NotLeader {
+                            leader: not_leader.leader,
+                        }));
+                    }
+                }
+            }
+            Input::ReadIndex(reply) => {
+                self.next_read += 1;
+                self.node.read_index(self.next_read.to_be_bytes().to_vec());
+                self.awaiting_read_state.insert(self.next_read, reply);
+            }
+            Input::Delivery {
+                peer,
+                delivered,
+                snapshot,
+            } => {
+                if snapshot {
+                    self.node.report_snapshot(peer, delivered);
+                }
+                if !delivered {
+                    self.node.report_unreachable(peer);
+                }
+            }
+        }
+    }
+
+    fn drain_ready(&mut self) -> Result<(), NodeError> {
+        while self.node.has_ready() {
+            let output = self.node.handle_ready()?;
+            {
+                let machine = self.node.machine();
+                for message in output.messages {
+                    let address = machine
+                        .members
+                        .get(&message.to)
+                        .or_else(|| self.learned_addresses.get(&message.to))
+                        .cloned();
+                    self.transport.send(message, address);
+                }
+            }
+            for applied in output.applied {
+                for reply in self.pending.remove(&applied.request_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(applied.clone()));
+                }
+            }
+            for read in output.read_states {
+                let context = read
+                    .request_ctx
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes);
+                if let Some(reply) = context
+                    .ok()
+                    .and_then(|c| self.awaiting_read_state.remove(&c))
+                {
+                    self.awaiting_apply.push((read.index, reply));
+                }
+            }
+        }
+        // Callers that gave up (their deadline passed) no longer wait.
+        self.awaiting_read_state
+            .retain(|_, reply| !reply.is_closed());
+        let applied = self.node.applied_index();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting_apply)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.awaiting_apply = waiting;
+        for (_, reply) in ready {
+            let _ = reply.send(Ok(()));
+        }
+        if !self.node.is_leader() && !self.pending.is_empty() {
+            // Entries proposed while leader may still commit under the next leader; callers
+            // retry with the same request ID and the registry applies it once.
+            for (_, replies) in self.pending.drain() {
+                for reply in replies {
+                    let _ = reply.send(Err(ProposeError::LeadershipLost));
+                }
+            }
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let status = RaftStatus {
+            id: self.node.id(),
+            role: match self.node.role() {
+                StateRole::Leader => "leader",
+                StateRole::Follower => "follower",
+                StateRole::Candidate => "candidate",
+                StateRole::PreCandidate => "pre-candidate",
+            },
+            term: self.node.term(),
+            leader: self.node.leader(),
+            commit_index: self.node.commit_index(),
+            applied_index: self.node.applied_index(),
+        };
+        self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+    }
+}

@@ -1,0 +1,127 @@
+//! Coordinator processes for end-to-end tests: start, kill -9, restart from the data directory.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::netns::TestHost;
+use crate::{bin, eventually};
+
+/// A free TCP port on this machine (loopback hosts share the port space).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[derive(Debug)]
+pub struct Coordinator {
+    pub id: u64,
+    pub host: TestHost,
+    pub address: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Coordinator {
+    /// Starts coordinator `id` on `host`, keeping its data and log under `dir`.
+    pub fn start(id: u64, host: &TestHost, dir: &std::path::Path, bootstrap: bool) -> Self {
+        let address = format!("{}:{}", host.ip, free_port());
+        let mut coordinator = Self {
+            id,
+            host: host.clone(),
+            data_dir: dir.join(format!("coordinator-{id}")),
+            log: dir.join(format!("coordinator-{id}.log")),
+            address,
+            child: None,
+        };
+        coordinator.spawn(bootstrap);
+        coordinator
+    }
+
+    fn spawn(&mut self, bootstrap: bool) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("coordinator log");
+        let mut command = self.host.command(&bin("mirari-coordinator"));
+        command
+            .arg("--id")
+            .arg(self.id.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(&self.address)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        if bootstrap {
+            command.arg("--bootstrap");
+        }
+        self.child = Some(command.spawn().expect("start mirari-coordinator"));
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again from its data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn(false);
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit on its own; returns its exit status.
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = eventually(deadline, "the coordinator to exit", || {
+            child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "running".to_owned())
+        });
+        self.child = None;
+        status
+    }
+
+    /// `mirari ARGS --output json` against this coordinator.
+    pub fn cli_json(&self, args: &[&str]) -> Result<Value, String> {
+        let out = std::process::Command::new(bin("mirari"))
+            .args(args)
+            .args(["--output", "json", "--coordinator", &self.address])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    pub fn info(&self) -> Result<Value, String> {
+        self.cli_json(&["cluster", "info"])
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,184 @@
+//! Test hosts as network namespaces on one machine.
+//!
+//! Each host gets its own namespace and address on a private bridge, so processes bind the
+//! same ports on different hosts and `iptables` inside a host cuts its links, as on separate
+//! machines. Without root (or without `ip`), hosts fall back to loopback: all share
+//! 127.0.0.1, ports must differ, and links cannot be cut.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+#[derive(Debug)]
+pub struct Network {
+    tag: String,
+    bridge: Option<String>,
+    hosts: Vec<TestHost>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TestHost {
+    pub name: String,
+    /// The namespace, or `None` on loopback.
+    pub netns: Option<String>,
+    pub ip: String,
+}
+
+fn run(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn can_use_namespaces() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    });
+    root && run(&["ip", "netns", "list"])
+}
+
+impl Network {
+    /// `count` hosts, isolated in namespaces when possible.
+    pub fn new(count: usize) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let serial = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let tag = format!("{:x}{serial:x}", pid % 0xffff);
+        if !can_use_namespaces() {
+            let hosts = (0..count)
+                .map(|i| TestHost {
+                    name: format!("host{i}"),
+                    netns: None,
+                    ip: "127.0.0.1".into(),
+                })
+                .collect();
+            return Self {
+                tag,
+                bridge: None,
+                hosts,
+            };
+        }
+        let (second, third) = (100 + serial % 100, pid % 250);
+        let bridge = format!("mb{tag}");
+        let mut network = Self {
+            tag: tag.clone(),
+            bridge: Some(bridge.clone()),
+            hosts: Vec::new(),
+        };
+        let gateway = format!("10.{second}.{third}.1/24");
+        assert!(
+            run(&["ip", "link", "add", &bridge, "type", "bridge"])
+                && run(&["ip", "addr", "add", &gateway, "dev", &bridge])
+                && run(&["ip", "link", "set", &bridge, "up"]),
+            "cannot create the test bridge {bridge}"
+        );
+        for i in 0..count {
+            let netns = format!("mn{tag}-{i}");
+            let veth = format!("mv{tag}{i}");
+            let ip = format!("10.{second}.{third}.{}", 10 + i);
+            let ok = run(&["ip", "netns", "add", &netns])
+                && run(&[
+                    "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+                    &netns,
+                ])
+                && run(&["ip", "link", "set", &veth, "master", &bridge, "up"])
+                && run(&[
+                    "ip",
+                    "-n",
+                    &netns,
+                    "addr",
+                    "add",
+                    &format!("{ip}/24"),
+                    "dev",
+                    "eth0",
+                ])
+                && run(&["ip", "-n", &netns, "link", "set", "eth0", "up"])
+                && run(&["ip", "-n", &netns, "link", "set", "lo", "up"])
+                && run(&[
+                    "ip",
+                    "-n",
+                    &netns,
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("10.{second}.{third}.1"),
+                ]);
+            network.hosts.push(TestHost {
+                name: format!("host{i}"),
+                netns: Some(netns.clone()),
+                ip,
+            });
+            assert!(ok, "cannot set up test host namespace {netns}");
+        }
+        network
+    }
+
+    pub fn hosts(&self) -> &[TestHost] {
+        &self.hosts
+    }
+
+    /// True when hosts are namespaces with their own addresses.
+    pub fn isolated(&self) -> bool {
+        self.bridge.is_some()
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for host in &self.hosts {
+            if let Some(netns) = &host.netns {
+                run(&["ip", "netns", "delete", netns]);
+            }
+        }
+        if let Some(bridge) = &self.bridge {
+            run(&["ip", "link", "delete", bridge]);
+        }
+    }
+}
+
+impl TestHost {
+    /// A command that runs `program` on this host.
+    pub fn command(&self, program: &Path) -> Command {
+        match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(program);
+                command
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// Drops all traffic between this host and `other` (needs namespaces).
+    pub fn cut_from(&self, other: &TestHost) {
+        let netns = self
+            .netns
+            .as_ref()
+            .expect("links can only be cut between namespaces");
+        for (chain, flag) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+            assert!(
+                run(&[
+                    "ip", "netns", "exec", netns, "iptables", "-A", chain, flag, &other.ip, "-j",
+                    "DROP"
+                ]),
+                "iptables failed in {netns} (is iptables installed?)"
+            );
+        }
+    }
+
+    /// Restores every link of this host.
+    pub fn heal(&self) {
+        if let Some(netns) = &self.netns {
+            run(&["ip", "netns", "exec", netns, "iptables", "-F"]);
+        }
+    }
+}

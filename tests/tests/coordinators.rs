@@ -1,0 +1,268 @@
+//! The coordinators' raft group through real processes: each coordinator on its own test host
+//! (a network namespace with its own address when the test runs as root, loopback otherwise).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mirari_tests::coordinators::Coordinator;
+use mirari_tests::netns::Network;
+use mirari_tests::{bin, eventually};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Starts coordinator 1 with --bootstrap, the others empty, and adds them as members.
+fn cluster(network: &Network, dir: &Path, size: usize) -> Vec<Coordinator> {
+    let hosts = network.hosts();
+    let mut nodes = vec![Coordinator::start(1, &hosts[0], dir, true)];
+    eventually(DEADLINE, "node 1 to lead", || {
+        leader_of(&nodes)
+            .filter(|&l| l == 1)
+            .ok_or("no leader".to_owned())
+    });
+    for (i, host) in hosts.iter().enumerate().take(size).skip(1) {
+        let node = Coordinator::start(i as u64 + 1, host, dir, false);
+        let address = node.address.clone();
+        eventually(DEADLINE, &format!("adding member {}", node.id), || {
+            nodes[0]
+                .cli_json(&[
+                    "cluster",
+                    "members",
+                    "add",
+                    "--id",
+                    &node.id.to_string(),
+                    "--address",
+                    &address,
+                ])
+                .map(|_| ())
+        });
+        nodes.push(node);
+    }
+    wait_converged(&nodes);
+    nodes
+}
+
+/// The leader as the running nodes see it, if they agree on one.
+fn leader_of(nodes: &[Coordinator]) -> Option<u64> {
+    let leaders: BTreeSet<u64> = nodes
+        .iter()
+        .filter(|n| n.is_running())
+        .filter_map(|n| n.info().ok()?["leader_id"].as_u64())
+        .collect();
+    (leaders.len() == 1).then(|| *leaders.first().expect("one"))
+}
+
+/// Waits until every running node has applied the same index.
+fn wait_converged(nodes: &[Coordinator]) {
+    eventually(DEADLINE, "all coordinators to apply the same log", || {
+        let applied: Vec<Option<u64>> = nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.info().ok().and_then(|i| i["applied_index"].as_u64()))
+            .collect();
+        let first = applied.first().copied().flatten();
+        if first.is_some() && applied.iter().all(|a| *a == first) {
+            Ok(())
+        } else {
+            Err(format!("{applied:?}"))
+        }
+    });
+}
+
+/// A background writer: `mirari-bench raft`, recording every acknowledged write.
+struct Writer {
+    child: Child,
+    acked: std::path::PathBuf,
+}
+
+impl Writer {
+    fn start(nodes: &[Coordinator], dir: &Path, prefix: &str, seconds: u64) -> Self {
+        let acked = dir.join(format!("{prefix}.acked"));
+        let addresses: Vec<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
+        let child = Command::new(bin("mirari-bench"))
+            .args(["raft", "--clients", "4", "--prefix", prefix])
+            .arg("--duration")
+            .arg(format!("{seconds}s"))
+            .arg("--coordinators")
+            .arg(addresses.join(","))
+            .arg("--acked-file")
+            .arg(&acked)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start mirari-bench");
+        Self { child, acked }
+    }
+
+    fn acked(&self) -> BTreeSet<String> {
+        std::fs::read_to_string(&self.acked)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn wait_acked_at_least(&self, count: usize) {
+        eventually(DEADLINE, &format!("{count} acknowledged writes"), || {
+            let acked = self.acked().len();
+            if acked >= count {
+                Ok(())
+            } else {
+                Err(format!("{acked} acknowledged"))
+            }
+        });
+    }
+
+    fn finish(mut self) -> BTreeSet<String> {
+        let status = self.child.wait().expect("wait for mirari-bench");
+        assert!(status.success(), "the writer failed");
+        self.acked()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every acknowledged write must be on `node`, read from its own state.
+fn assert_has_all(node: &Coordinator, acked: &BTreeSet<String>) {
+    let hosts = node
+        .cli_json(&["cluster", "hosts", "--stale"])
+        .expect("hosts");
+    let present: BTreeSet<String> = hosts["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| h["id"].as_str().expect("id").to_owned())
+        .collect();
+    let lost: Vec<&String> = acked.difference(&present).collect();
+    assert!(
+        lost.is_empty(),
+        "node {} lost {} acknowledged writes, e.g. {:?}",
+        node.id,
+        lost.len(),
+        lost.first()
+    );
+}
+
+#[test]
+fn killing_the_leader_loses_no_acknowledged_write() {
+    let network = Network::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(&network, dir.path(), 3);
+    let writer = Writer::start(&nodes, dir.path(), "crash", 15);
+    writer.wait_acked_at_least(40);
+
+    let old_leader = leader_of(&nodes).expect("a leader");
+    let victim = nodes.iter_mut().find(|n| n.id == old_leader).unwrap();
+    victim.kill();
+    let before_kill = writer.acked().len();
+    let new_leader = eventually(DEADLINE, "a new leader", || match leader_of(&nodes) {
+        Some(leader) if leader != old_leader => Ok(leader),
+        other => Err(format!("{other:?}")),
+    });
+    writer.wait_acked_at_least(before_kill + 40);
+
+    let acked = writer.finish();
+    let victim = nodes.iter_mut().find(|n| n.id == old_leader).unwrap();
+    victim.restart();
+    wait_converged(&nodes);
+    for node in &nodes {
+        assert_has_all(node, &acked);
+    }
+    eprintln!(
+        "leader {old_leader} killed, {new_leader} took over; {} writes acknowledged, none lost",
+        acked.len()
+    );
+}
+
+#[test]
+fn members_are_added_and_removed_while_writes_continue() {
+    let network = Network::new(4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(&network, dir.path(), 3);
+    let writer = Writer::start(&nodes, dir.path(), "churn", 12);
+    writer.wait_acked_at_least(20);
+
+    let fourth = Coordinator::start(4, &network.hosts()[3], dir.path(), false);
+    let address = fourth.address.clone();
+    eventually(DEADLINE, "adding member 4", || {
+        nodes[0]
+            .cli_json(&[
+                "cluster",
+                "members",
+                "add",
+                "--id",
+                "4",
+                "--address",
+                &address,
+            ])
+            .map(|_| ())
+    });
+    nodes.push(fourth);
+    writer.wait_acked_at_least(writer.acked().len() + 20);
+
+    eventually(DEADLINE, "removing member 2", || {
+        nodes[2]
+            .cli_json(&["cluster", "members", "remove", "--id", "2"])
+            .map(|_| ())
+    });
+    nodes.retain_mut(|n| {
+        if n.id == 2 {
+            n.kill();
+        }
+        n.id != 2
+    });
+    writer.wait_acked_at_least(writer.acked().len() + 20);
+
+    let acked = writer.finish();
+    wait_converged(&nodes);
+    let members = nodes[0].cli_json(&["cluster", "members"]).unwrap();
+    let ids: Vec<u64> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 3, 4]);
+    for node in &nodes {
+        assert_has_all(node, &acked);
+    }
+}
+
+#[test]
+fn a_corrupt_data_directory_is_refused() {
+    let network = Network::new(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Coordinator::start(1, &network.hosts()[0], dir.path(), true);
+    let writer = Writer::start(
+        std::slice::from_ref(&node),
+        dir.path(),
+        "MARKERMARKERMARKER",
+        2,
+    );
+    writer.finish();
+    node.kill();
+
+    let path = node.data_dir.join("raft.redb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let marker = b"MARKERMARKERMARKER";
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("written entries are in the file");
+    bytes[at + 3] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+
+    node.restart();
+    let status = node.wait_exit(DEADLINE);
+    assert!(!status.success());
+    let log = node.log();
+    assert!(
+        log.contains("is corrupt") && log.contains("restore the data directory"),
+        "{log}"
+    );
+}
