@@ -11,6 +11,7 @@
 //! - [`restart`]: what the restart policy says after an exit.
 //! - [`reconcile`]: desired + observed instances -> the actions an agent must take.
 //! - [`registry`]: the cluster registry, the state machine the coordinators replicate.
+//! - [`scheduler`]: registry + deployment -> a placement plan.
 //! - [`ring`]: the bounded byte ring that holds console output.
 
 pub mod config;
@@ -21,5 +22,6 @@ pub mod reconcile;
 pub mod registry;
 pub mod restart;
 pub mod ring;
+pub mod scheduler;
 pub mod spec;
 pub mod target;

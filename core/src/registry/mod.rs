@@ -44,6 +44,8 @@ pub struct Registry {
 struct Derived {
     used: BTreeMap<HostId, Resources>,
     slots: BTreeMap<(String, u32), InstanceId>,
+    /// Instances that should run, by host.
+    placed: BTreeMap<HostId, BTreeSet<InstanceId>>,
 }
 
 impl Registry {
@@ -90,6 +92,12 @@ impl Registry {
     /// What a host has committed to instances that should run.
     pub fn used(&self, host: &HostId) -> Resources {
         self.derived.used.get(host).copied().unwrap_or_default()
+    }
+
+    /// The instances that should run on `host`.
+    pub fn placed_on(&self, host: &HostId) -> impl Iterator<Item = &InstanceEntry> {
+        let ids = self.derived.placed.get(host).into_iter().flatten();
+        ids.filter_map(|id| self.instances.get(id))
     }
 
     /// The instance that fills a slot of an app's deployment, if any.
@@ -376,7 +384,7 @@ impl Registry {
             ) {
                 return Err(Rejection::Infeasible {
                     host: host.id.clone(),
-                    reason,
+                    reason: reason.describe(1),
                 });
             }
         }
@@ -454,6 +462,11 @@ impl Registry {
         self.derived
             .slots
             .insert((instance.app.clone(), instance.slot), instance.id);
+        self.derived
+            .placed
+            .entry(instance.host.clone())
+            .or_default()
+            .insert(instance.id);
     }
 
     fn vacate(&mut self, instance: &InstanceEntry) {
@@ -464,6 +477,9 @@ impl Registry {
         let key = (instance.app.clone(), instance.slot);
         if self.derived.slots.get(&key) == Some(&instance.id) {
             self.derived.slots.remove(&key);
+        }
+        if let Some(placed) = self.derived.placed.get_mut(&instance.host) {
+            placed.remove(&instance.id);
         }
     }
 
@@ -498,34 +514,73 @@ impl Resources {
     }
 }
 
-/// Whether `host` can run an instance of `target` with `used` committed in total, and if not,
-/// why (in words the status shows).
+/// Why a host cannot take an instance.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Infeasible {
+    Down,
+    LacksBackend(crate::target::Target),
+    LacksLabel(String, String),
+    LacksMemory,
+    LacksVcpus,
+    Full,
+}
+
+impl Infeasible {
+    /// "1 host lacks memory", "3 hosts lack backend xen".
+    pub fn describe(&self, hosts: u32) -> String {
+        let one = hosts == 1;
+        let (subject, verb) = (
+            if one { "host" } else { "hosts" },
+            if one { "lacks" } else { "lack" },
+        );
+        match self {
+            Infeasible::Down => format!(
+                "{hosts} {subject} {}",
+                if one { "is down" } else { "are down" }
+            ),
+            Infeasible::LacksBackend(target) => {
+                format!("{hosts} {subject} {verb} backend {target}")
+            }
+            Infeasible::LacksLabel(key, value) => {
+                format!("{hosts} {subject} {verb} label {key}={value}")
+            }
+            Infeasible::LacksMemory => format!("{hosts} {subject} {verb} memory"),
+            Infeasible::LacksVcpus => format!("{hosts} {subject} {verb} vcpus"),
+            Infeasible::Full => format!(
+                "{hosts} {subject} {}",
+                if one { "is full" } else { "are full" }
+            ),
+        }
+    }
+}
+
+/// Whether `host` can run an instance of `target` with `used` committed in total.
 pub fn feasible(
     host: &Host,
     used: Resources,
     target: crate::target::Target,
     constraints: &BTreeMap<String, String>,
-) -> Result<(), String> {
+) -> Result<(), Infeasible> {
     if host.status != HostStatus::Up {
-        return Err("host is down".into());
+        return Err(Infeasible::Down);
     }
     if !host.backends.contains(&target) {
-        return Err(format!("lacks backend {target}"));
+        return Err(Infeasible::LacksBackend(target));
     }
     if let Some((key, value)) = constraints
         .iter()
         .find(|(k, v)| host.labels.get(*k) != Some(*v))
     {
-        return Err(format!("lacks label {key}={value}"));
+        return Err(Infeasible::LacksLabel(key.clone(), value.clone()));
     }
     if used.memory_mib > host.capacity.memory_mib {
-        return Err("lacks memory".into());
+        return Err(Infeasible::LacksMemory);
     }
     if used.vcpus > host.capacity.vcpus {
-        return Err("lacks vcpus".into());
+        return Err(Infeasible::LacksVcpus);
     }
     if used.instances > host.capacity.instances {
-        return Err("has no free instance slot".into());
+        return Err(Infeasible::Full);
     }
     Ok(())
 }

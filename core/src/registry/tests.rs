@@ -164,7 +164,7 @@ fn refuses_reused_ids_taken_slots_and_overcommitted_hosts_atomically() {
         error,
         Rejection::Infeasible {
             host: HostId("b".into()),
-            reason: "lacks memory".into()
+            reason: "1 host lacks memory".into()
         }
     );
     assert_eq!(registry.instances().count(), before.instances().count());

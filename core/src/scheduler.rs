@@ -1,0 +1,394 @@
+//! The scheduler: which host fills each empty slot of a deployment.
+//!
+//! Pure: an immutable registry in, a plan out. Feasibility (host up, backend, labels, memory,
+//! vCPUs, instance slots), then a choice among feasible hosts: first the host running the fewest
+//! instances of this deployment (so a deployment spreads over hosts), then by the placement
+//! policy: `binpack` prefers the host that will be fullest, `spread` the emptiest. Ties go to
+//! the smaller host ID, so the same registry always gives the same plan. Slots that fit nowhere
+//! are counted with why, for the status to show. The leader commits a plan through raft, where
+//! applying it re-checks every placement against the registry as it is then.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use crate::ids::InstanceId;
+use crate::instance::Desired;
+use crate::registry::{
+    HostId, Infeasible, PlacedInstance, Placement, Registry, Resources, feasible,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub app: String,
+    /// The deployment generation the plan was made for.
+    pub generation: u64,
+    pub placements: Vec<PlacedInstance>,
+    /// Empty slots left without a host.
+    pub unplaced: u32,
+    /// Why hosts were passed over, and how many hosts gave each reason.
+    pub reasons: BTreeMap<Infeasible, u32>,
+}
+
+impl Plan {
+    /// "3 hosts lack backend xen, 2 hosts lack memory".
+    pub fn explain(&self) -> String {
+        if self.reasons.is_empty() {
+            return "no hosts are registered".into();
+        }
+        let parts: Vec<String> = self
+            .reasons
+            .iter()
+            .map(|(reason, hosts)| reason.describe(*hosts))
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// A feasible host in the heap; the greatest key is the best choice.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    siblings: Reverse<u32>,
+    fit: i64,
+    host: Reverse<HostId>,
+}
+
+/// Plans up to `limit` placements for the empty slots of `app`'s deployment. `mint` supplies
+/// fresh instance IDs. `None` if the app is not deployed or its deployment is stopped.
+pub fn plan(
+    registry: &Registry,
+    app: &str,
+    limit: usize,
+    mint: &mut dyn FnMut() -> InstanceId,
+) -> Option<Plan> {
+    let deployment = registry
+        .deployment(app)
+        .filter(|d| d.desired == Desired::Running)?;
+    let spec = &deployment.spec;
+    let version = registry.app_version(&spec.app, &spec.version)?;
+    let need = Resources {
+        memory_mib: u64::from(version.run.memory_mib),
+        vcpus: version.run.vcpus,
+        instances: 1,
+    };
+    let empty: Vec<u32> = (0..spec.count)
+        .filter(|&slot| registry.slot_holder(app, slot).is_none())
+        .collect();
+    let mut plan = Plan {
+        app: app.to_owned(),
+        generation: deployment.generation,
+        placements: Vec::new(),
+        unplaced: 0,
+        reasons: BTreeMap::new(),
+    };
+    if empty.is_empty() {
+        return Some(plan);
+    }
+
+    let fit = |host: &crate::registry::Host, used: Resources| -> i64 {
+        let capacity = host.capacity.memory_mib.max(1) as i64;
+        let fill = (used.memory_mib as i64).saturating_mul(1_000_000) / capacity;
+        match spec.placement {
+            Placement::Binpack => fill,
+            Placement::Spread => -fill,
+        }
+    };
+    let mut planned: BTreeMap<HostId, Resources> = BTreeMap::new();
+    let mut heap = BinaryHeap::new();
+    for host in registry.hosts() {
+        let used = registry.used(&host.id).plus(need);
+        match feasible(host, used, spec.target, &version.constraints) {
+            Ok(()) => {
+                let siblings = registry
+                    .placed_on(&host.id)
+                    .filter(|i| i.app == app)
+                    .count() as u32;
+                heap.push(Candidate {
+                    siblings: Reverse(siblings),
+                    fit: fit(host, used),
+                    host: Reverse(host.id.clone()),
+                });
+            }
+            Err(reason) => *plan.reasons.entry(reason).or_default() += 1,
+        }
+    }
+
+    let mut slots = empty.into_iter();
+    let mut pending = slots.next();
+    while let Some(slot) = pending {
+        if plan.placements.len() == limit {
+            break;
+        }
+        let Some(Candidate {
+            siblings,
+            host: Reverse(host_id),
+            ..
+        }) = heap.pop()
+        else {
+            plan.unplaced = 1 + slots.count() as u32;
+            break;
+        };
+        let host = registry
+            .host(&host_id)
+            .expect("candidates are registered hosts");
+        let extra = planned
+            .get(&host_id)
+            .copied()
+            .unwrap_or_default()
+            .plus(need);
+        let used = registry.used(&host_id).plus(extra);
+        if let Err(reason) = feasible(host, used, spec.target, &version.constraints) {
+            // Full now, with this plan's earlier placements on it: drop it, try the slot again.
+            *plan.reasons.entry(reason).or_default() += 1;
+            continue;
+        }
+        plan.placements.push(PlacedInstance {
+            id: mint(),
+            slot,
+            host: host_id.clone(),
+        });
+        planned.insert(host_id.clone(), extra);
+        let next_used = used.plus(need);
+        heap.push(Candidate {
+            siblings: Reverse(siblings.0 + 1),
+            fit: fit(host, next_used),
+            host: Reverse(host_id),
+        });
+        pending = slots.next();
+    }
+    Some(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::registry::{AppVersion, Command, DeploymentSpec, Host, HostStatus, Request};
+    use crate::spec::RunPolicy;
+    use crate::target::Target;
+
+    fn host(name: &str, memory_mib: u64, backends: &[Target]) -> Host {
+        Host {
+            id: HostId(name.into()),
+            address: format!("{name}:1"),
+            backends: backends.iter().copied().collect(),
+            capacity: Resources {
+                memory_mib,
+                vcpus: 64,
+                instances: 64,
+            },
+            labels: BTreeMap::new(),
+            status: HostStatus::Up,
+            registered_at_ms: 0,
+            status_changed_at_ms: 0,
+        }
+    }
+
+    struct World {
+        registry: Registry,
+        index: u64,
+        next_id: u64,
+    }
+
+    impl World {
+        fn new(hosts: &[Host]) -> Self {
+            let mut world = Self {
+                registry: Registry::default(),
+                index: 0,
+                next_id: 1,
+            };
+            for host in hosts {
+                world.apply(Command::RegisterHost { host: host.clone() });
+            }
+            world.apply(Command::RegisterApp {
+                version: AppVersion {
+                    app: "hello".into(),
+                    version: "1".into(),
+                    artifacts: [
+                        (Target::Unix, Digest::of(b"u")),
+                        (Target::Xen, Digest::of(b"x")),
+                    ]
+                    .into(),
+                    files: vec![],
+                    run: RunPolicy {
+                        memory_mib: 100,
+                        ..RunPolicy::default()
+                    },
+                    constraints: BTreeMap::new(),
+                },
+            });
+            world
+        }
+
+        fn apply(&mut self, command: Command) {
+            self.index += 1;
+            let request = Request {
+                request_id: format!("r{}", self.index),
+                command,
+            };
+            self.registry.apply(self.index, &request).expect("applies");
+        }
+
+        fn deploy(&mut self, target: Target, count: u32, placement: Placement) {
+            let spec = DeploymentSpec {
+                app: "hello".into(),
+                version: "1".into(),
+                target,
+                count,
+                placement,
+            };
+            self.apply(Command::Deploy { spec, at_ms: 0 });
+        }
+
+        /// Plans and commits until nothing more can be placed; returns the last plan.
+        fn schedule(&mut self) -> Plan {
+            loop {
+                let mut next = self.next_id;
+                let plan = plan(&self.registry, "hello", 2, &mut || {
+                    next += 1;
+                    InstanceId::from_u64(next)
+                })
+                .expect("deployed");
+                self.next_id = next;
+                if plan.placements.is_empty() {
+                    return plan;
+                }
+                self.apply(Command::Place {
+                    app: plan.app.clone(),
+                    generation: plan.generation,
+                    placements: plan.placements,
+                    at_ms: 0,
+                });
+            }
+        }
+
+        fn per_host(&self) -> BTreeMap<String, usize> {
+            self.registry
+                .hosts()
+                .map(|h| (h.id.0.clone(), self.registry.placed_on(&h.id).count()))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn one_deployment_spreads_evenly_over_equal_hosts() {
+        let hosts: Vec<Host> = ["a", "b", "c"]
+            .iter()
+            .map(|n| host(n, 10_000, &[Target::Unix]))
+            .collect();
+        let mut world = World::new(&hosts);
+        world.deploy(Target::Unix, 6, Placement::Binpack);
+        let last = world.schedule();
+        assert_eq!(last.unplaced, 0);
+        assert_eq!(
+            world.per_host(),
+            [("a".into(), 2), ("b".into(), 2), ("c".into(), 2)].into()
+        );
+    }
+
+    #[test]
+    fn binpack_fills_the_fuller_host_and_spread_the_emptier() {
+        // b already holds a big instance of another deployment; equal sibling counts then decide
+        // by fill.
+        let hosts = [
+            host("a", 1_000, &[Target::Unix]),
+            host("b", 1_000, &[Target::Unix]),
+        ];
+        for (placement, expected) in [(Placement::Binpack, "b"), (Placement::Spread, "a")] {
+            let mut world = World::new(&hosts);
+            let mut other = world.registry.app_version("hello", "1").unwrap().clone();
+            other.app = "other".into();
+            world.apply(Command::RegisterApp { version: other });
+            let spec = DeploymentSpec {
+                app: "other".into(),
+                version: "1".into(),
+                target: Target::Unix,
+                count: 1,
+                placement,
+            };
+            world.apply(Command::Deploy { spec, at_ms: 0 });
+            let place = PlacedInstance {
+                id: InstanceId::from_u64(999),
+                slot: 0,
+                host: HostId("b".into()),
+            };
+            world.apply(Command::Place {
+                app: "other".into(),
+                generation: 1,
+                placements: vec![place],
+                at_ms: 0,
+            });
+            world.deploy(Target::Unix, 1, placement);
+            world.schedule();
+            let chosen = world
+                .registry
+                .instances()
+                .find(|i| i.app == "hello")
+                .unwrap()
+                .host
+                .0
+                .clone();
+            assert_eq!(chosen, expected, "{placement:?}");
+        }
+    }
+
+    #[test]
+    fn unplaceable_slots_are_counted_with_reasons() {
+        let hosts = [
+            host("a", 250, &[Target::Xen]),
+            host("b", 10_000, &[Target::Unix]),
+            host("c", 10_000, &[Target::Unix]),
+            host("d", 10_000, &[Target::Unix]),
+        ];
+        let mut world = World::new(&hosts);
+        world.deploy(Target::Xen, 4, Placement::Binpack);
+        let last = world.schedule();
+        assert_eq!(world.per_host()["a"], 2, "a fits two 100 MiB instances");
+        assert_eq!(last.unplaced, 2);
+        assert_eq!(
+            last.explain(),
+            "3 hosts lack backend xen, 1 host lacks memory"
+        );
+    }
+
+    #[test]
+    fn plans_are_deterministic_and_respect_the_limit() {
+        let hosts: Vec<Host> = (0..5)
+            .map(|i| host(&format!("h{i}"), 10_000, &[Target::Unix]))
+            .collect();
+        let mut world = World::new(&hosts);
+        world.deploy(Target::Unix, 50, Placement::Spread);
+        let ids = || {
+            let mut n = 0;
+            move || {
+                n += 1;
+                InstanceId::from_u64(n)
+            }
+        };
+        let first = plan(&world.registry, "hello", 10, &mut ids()).unwrap();
+        let second = plan(&world.registry, "hello", 10, &mut ids()).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(first.placements.len(), 10);
+        assert_eq!(first.unplaced, 0);
+    }
+
+    #[test]
+    fn stopped_or_unknown_deployments_plan_nothing() {
+        let mut world = World::new(&[host("a", 1_000, &[Target::Unix])]);
+        assert!(
+            plan(&world.registry, "hello", 10, &mut || InstanceId::from_u64(
+                1
+            ))
+            .is_none()
+        );
+        world.deploy(Target::Unix, 1, Placement::Binpack);
+        world.apply(Command::StopDeployment {
+            app: "hello".into(),
+        });
+        assert!(
+            plan(&world.registry, "hello", 10, &mut || InstanceId::from_u64(
+                1
+            ))
+            .is_none()
+        );
+    }
+}
