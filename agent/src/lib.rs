@@ -2,15 +2,21 @@
 //!
 //! - [`runtime`]: instance records, the reconcile loop, start/watch/stop tasks, recovery.
 //! - [`backends`]: the `Backend` trait and the `unix` and `kvm` backends.
+//! - [`cluster`]: joining coordinators: lease, assignments, reports, fencing.
+//! - [`builder`]: builds run here on the cluster's behalf.
 //! - [`supervisor`]: the shim that parents instance processes so they outlive agent restarts.
 //! - [`state`]: the durable instance records (redb).
 //! - [`console`]: per-instance bounded console buffers.
 //! - [`service`]: the gRPC service over the runtime.
+//! - [`daemon`]: runtime + API + cluster link, as the binary and `mirari dev` run them.
 //! - [`paths`]: default locations of the state directory and socket.
 
 pub mod backends;
+pub mod builder;
 pub mod clock;
+pub mod cluster;
 pub mod console;
+pub mod daemon;
 pub mod paths;
 pub mod runtime;
 pub mod service;

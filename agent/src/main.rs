@@ -1,18 +1,22 @@
 //! `mirari-agent`: the host daemon. A thin binary over the `mirari_agent` library.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use mirari_agent::daemon::{self, JoinConfig};
 use mirari_agent::paths;
-use mirari_agent::runtime::{Agent, AgentConfig};
-use mirari_agent::service::AgentService;
+use mirari_agent::runtime::AgentConfig;
 use mirari_agent::supervisor::shim::{self, ShimArgs};
+use mirari_core::registry::Resources;
 use mirari_proto::endpoint::{Endpoint, Listener};
 
 /// Runs unikernel instances on this host through its backends (unix processes, QEMU/KVM) and
 /// serves the agent API. Instances keep running while the agent restarts; a restarted agent
-/// re-adopts them.
+/// re-adopts them. With --join, the host joins a cluster: it registers with the coordinators,
+/// keeps a lease, runs what they assign, builds for them, and stops its cluster instances if it
+/// loses the lease.
 #[derive(Debug, Parser)]
 #[command(name = "mirari-agent", version)]
 struct Cli {
@@ -20,7 +24,7 @@ struct Cli {
     /// [default: /var/lib/mirari/agent for root, else $XDG_STATE_HOME/mirari/agent]
     #[arg(long, env = "MIRARI_AGENT_STATE_DIR")]
     state_dir: Option<PathBuf>,
-    /// Where to serve the agent API: unix:/path or host:port
+    /// Where to serve the agent API: unix:/path or host:port (a cluster agent needs host:port)
     /// [default: unix:/run/mirari/agent.sock for root, else $XDG_RUNTIME_DIR/mirari/agent.sock]
     #[arg(long, env = "MIRARI_AGENT_LISTEN")]
     listen: Option<Endpoint>,
@@ -30,6 +34,27 @@ struct Cli {
     /// The KVM device to use for accelerated guests
     #[arg(long, default_value = "/dev/kvm")]
     kvm_device: PathBuf,
+    /// Join the cluster of these coordinators (host:port, comma separated)
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<Endpoint>,
+    /// This host's name in the cluster [default: the hostname]
+    #[arg(long)]
+    name: Option<String>,
+    /// Where coordinators reach this agent (host:port) [default: the --listen address]
+    #[arg(long)]
+    advertise: Option<String>,
+    /// A label for placement constraints, KEY=VALUE (repeatable)
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Memory offered to instances, in MiB [default: the machine's, less 512 MiB]
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// vCPUs offered to instances [default: 8 per CPU of the machine]
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Most instances this host runs
+    #[arg(long, default_value_t = 64)]
+    max_instances: u32,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -41,18 +66,36 @@ enum Command {
     Shim(ShimArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Shim(args)) = cli.command {
-        return shim::run(args).map_err(Into::into);
+    let result = match cli.command {
+        Some(Command::Shim(args)) => shim::run(args).map_err(Into::into),
+        None => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            tokio::runtime::Runtime::new()
+                .map_err(Into::into)
+                .and_then(|runtime| runtime.block_on(serve(cli)))
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    tokio::runtime::Runtime::new()?.block_on(serve(cli))
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
@@ -66,35 +109,36 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let listener = Listener::bind(&endpoint)
         .await
         .with_context(|| format!("cannot listen on {endpoint}"))?;
-    let agent = Agent::open(config.clone())
-        .await
-        .context("cannot start the agent")?;
-    for fingerprint in agent.fingerprints() {
-        let facts: Vec<String> = fingerprint
-            .attributes
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        match &fingerprint.unavailable {
-            None => {
-                tracing::info!(backend = %fingerprint.target, facts = facts.join(" "), "backend available")
+    let join = if cli.join.is_empty() {
+        None
+    } else {
+        let advertise = match (cli.advertise, listener.local_endpoint()?) {
+            (Some(advertise), _) => advertise,
+            (None, Endpoint::Tcp(address))
+                if !address.starts_with("0.0.0.0") && !address.starts_with("[::]") =>
+            {
+                address
             }
-            Some(reason) => {
-                tracing::warn!(backend = %fingerprint.target, %reason, "backend unavailable")
-            }
-        }
-    }
-    tracing::info!(endpoint = %listener.local_endpoint()?, state_dir = %config.state_dir.display(), "mirari-agent serving");
-    let router =
-        tonic::transport::Server::builder().add_service(AgentService::new(agent).into_server());
-    listener
-        .serve(router, shutdown_signal())
+            (None, _) => anyhow::bail!(
+                "--join needs a host:port the coordinators can reach: give --listen HOST:PORT or --advertise"
+            ),
+        };
+        Some(JoinConfig {
+            coordinators: cli.join,
+            name: cli.name.unwrap_or_else(daemon::hostname),
+            advertise,
+            labels: cli.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            capacity: Resources {
+                memory_mib: cli.memory_mib.unwrap_or_else(daemon::default_memory_mib),
+                vcpus: cli.vcpus.unwrap_or_else(daemon::default_vcpus),
+                instances: cli.max_instances,
+            },
+            timing: Default::default(),
+        })
+    };
+    daemon::run(config, join, listener, shutdown_signal())
         .await
-        .context("the agent API server failed")?;
-    tracing::info!(
-        "mirari-agent stopped; instances keep running and are re-adopted at the next start"
-    );
-    Ok(())
+        .map_err(Into::into)
 }
 
 async fn shutdown_signal() {

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use mirari_blobs::{BlobError, BlobStore};
 use mirari_core::digest::Digest;
 use mirari_core::ids::{self, InstanceId, ResolveIdError};
-use mirari_core::instance::Phase;
+use mirari_core::instance::{Desired, Phase};
 use mirari_core::reconcile::{self, Action};
 use mirari_core::spec::InstanceSpec;
 use mirari_core::target::Target;
@@ -27,11 +27,13 @@ use crate::backends::unix::UnixBackend;
 use crate::backends::{Backend, BackendError, Ended, Fingerprint, Launch, Recovered};
 use crate::clock::now_ms;
 use crate::console::ConsoleBuffer;
-use crate::state::{InstanceRecord, StateError, StateStore};
+use crate::state::{InstanceRecord, Origin, StateError, StateStore};
 use crate::supervisor::client::ShimLauncher;
 
 /// The reconcile loop looks again at least this often, even without news.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a fencing stop waits for a graceful shutdown before forcing.
+const QUICK_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most instances one run request may create.
 pub const MAX_RUN_COUNT: u32 = 1000;
 
@@ -180,7 +182,7 @@ impl Agent {
             let id = InstanceId::from_u64(rand::random());
             let taken = instances.contains_key(&id) || records.iter().any(|r| r.id == id);
             if !taken && !self.inner.store.was_minted(id)? {
-                records.push(InstanceRecord::new(id, spec.clone(), now));
+                records.push(InstanceRecord::new(id, Origin::Local, spec.clone(), now));
             }
         }
         self.inner.store.create(&records)?;
@@ -192,6 +194,96 @@ impl Agent {
         drop(instances);
         self.changed();
         Ok(ids)
+    }
+
+    /// Makes this host's cluster instances exactly `assigned`: creates the missing ones with
+    /// the coordinators' IDs, wants stopped ones running again, stops the rest. The blobs of
+    /// new instances must already be in the store.
+    pub fn apply_assignments(
+        &self,
+        assigned: &[(InstanceId, InstanceSpec)],
+    ) -> Result<(), AgentError> {
+        let now = now_ms();
+        let wanted: BTreeMap<InstanceId, &InstanceSpec> =
+            assigned.iter().map(|(id, spec)| (*id, spec)).collect();
+        let mut instances = self.inner.instances.lock().expect("instances lock");
+        let new: Vec<InstanceRecord> = wanted
+            .iter()
+            .filter(|(id, _)| !instances.contains_key(id))
+            .map(|(id, spec)| {
+                let mut record = InstanceRecord::new(*id, Origin::Cluster, (*spec).clone(), now);
+                record.log(now, "assigned to this host by the cluster");
+                record
+            })
+            .collect();
+        let missing: Vec<Digest> = new
+            .iter()
+            .flat_map(|r| {
+                std::iter::once(r.spec.artifact).chain(r.spec.files.iter().map(|f| f.digest))
+            })
+            .filter(|d| !self.inner.blobs.contains(d))
+            .collect();
+        if !missing.is_empty() {
+            return Err(AgentError::MissingBlobs(missing));
+        }
+        self.inner.store.create(&new)?;
+        for record in new {
+            let console = Arc::new(ConsoleBuffer::new(self.inner.config.console_bytes));
+            instances.insert(record.id, Slot { record, console });
+        }
+        for slot in instances
+            .values_mut()
+            .filter(|s| s.record.origin == Origin::Cluster)
+        {
+            let record = &mut slot.record;
+            let assigned = wanted.contains_key(&record.id);
+            let running = record.lifecycle.desired == Desired::Running;
+            if assigned == running {
+                continue;
+            }
+            if assigned {
+                record.lifecycle.on_run_requested();
+                record.quick_stop = false;
+                record.log(now, "assigned to this host again");
+            } else {
+                record.lifecycle.on_stop_requested();
+                record.log(now, "no longer assigned to this host: stopping");
+            }
+            self.inner.store.save(record)?;
+        }
+        drop(instances);
+        self.changed();
+        Ok(())
+    }
+
+    /// The host lost its cluster lease: stops every cluster instance at once, before the
+    /// coordinators run replacements elsewhere.
+    pub fn fence(&self) -> Result<usize, AgentError> {
+        let now = now_ms();
+        let mut fenced = 0;
+        let mut instances = self.inner.instances.lock().expect("instances lock");
+        for slot in instances.values_mut() {
+            let record = &mut slot.record;
+            if record.origin != Origin::Cluster || record.lifecycle.desired != Desired::Running {
+                continue;
+            }
+            record.lifecycle.on_stop_requested();
+            record.quick_stop = true;
+            record.log(
+                now,
+                "fenced: this host lost its cluster lease; stopping before the cluster replaces it",
+            );
+            self.inner.store.save(record)?;
+            fenced += 1;
+        }
+        drop(instances);
+        self.changed();
+        Ok(fenced)
+    }
+
+    /// A receiver that sees a new value after every change to any record.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
     }
 
     /// Every instance record, oldest first.
@@ -498,7 +590,11 @@ impl Agent {
         let agent = self.clone();
         tokio::spawn(async move {
             let launch = agent.launch(&record);
-            let timeout = Duration::from_secs(u64::from(record.spec.run.stop_timeout_secs));
+            let timeout = if record.quick_stop {
+                QUICK_STOP_TIMEOUT
+            } else {
+                Duration::from_secs(u64::from(record.spec.run.stop_timeout_secs))
+            };
             let Some(backend) = agent.inner.backends.get(&record.spec.target).cloned() else {
                 return;
             };

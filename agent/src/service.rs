@@ -9,6 +9,7 @@ use mirari_proto::agent::{self as pb, agent_server};
 use mirari_proto::convert::parse_digest;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::builder::Builder;
 use crate::runtime::{Agent, AgentError};
 use crate::state::InstanceRecord;
 
@@ -18,11 +19,13 @@ const MAX_BLOB_BYTES: u64 = 4 << 30;
 #[derive(Debug, Clone)]
 pub struct AgentService {
     agent: Agent,
+    /// Builds for the cluster; `None` when the agent has not joined one.
+    builder: Option<Builder>,
 }
 
 impl AgentService {
-    pub fn new(agent: Agent) -> Self {
-        Self { agent }
+    pub fn new(agent: Agent, builder: Option<Builder>) -> Self {
+        Self { agent, builder }
     }
 
     pub fn into_server(self) -> agent_server::AgentServer<Self> {
@@ -229,5 +232,22 @@ impl agent_server::Agent for AgentService {
             })
             .collect();
         Ok(Response::new(pb::EventsResponse { events }))
+    }
+
+    type BuildStream = BoxStream<'static, Result<pb::BuildEvent, Status>>;
+
+    async fn build(
+        &self,
+        request: Request<pb::BuildJob>,
+    ) -> Result<Response<Self::BuildStream>, Status> {
+        let builder = self.builder.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this agent has not joined a cluster; builds run for the cluster only",
+            )
+        })?;
+        let events = builder.start(request.into_inner());
+        Ok(Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(events).boxed(),
+        ))
     }
 }

@@ -26,10 +26,21 @@ pub struct Event {
     pub message: String,
 }
 
+/// Who wants the instance: a person on this host (`mirari run`), or the cluster's coordinators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    #[default]
+    Local,
+    Cluster,
+}
+
 /// Everything the agent knows about one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     pub id: InstanceId,
+    #[serde(default)]
+    pub origin: Origin,
     pub spec: InstanceSpec,
     pub lifecycle: Lifecycle,
     /// The backend's handle of the current run, once started.
@@ -43,13 +54,17 @@ pub struct InstanceRecord {
     /// reconcile loop issues it again).
     #[serde(skip)]
     pub stop_in_flight: bool,
+    /// Stop without waiting out the graceful timeout (fencing: the host lost its lease).
+    #[serde(skip)]
+    pub quick_stop: bool,
     pub events: VecDeque<Event>,
 }
 
 impl InstanceRecord {
-    pub fn new(id: InstanceId, spec: InstanceSpec, now_ms: u64) -> Self {
+    pub fn new(id: InstanceId, origin: Origin, spec: InstanceSpec, now_ms: u64) -> Self {
         let mut record = Self {
             id,
+            origin,
             spec,
             lifecycle: Lifecycle::new(),
             handle: None,
@@ -57,6 +72,7 @@ impl InstanceRecord {
             created_at_ms: now_ms,
             stop_forced: None,
             stop_in_flight: false,
+            quick_stop: false,
             events: VecDeque::new(),
         };
         record.log(now_ms, "created");
@@ -191,7 +207,7 @@ mod tests {
             files: vec![],
             run: RunPolicy::default(),
         };
-        InstanceRecord::new(InstanceId::from_u64(id), spec, 1)
+        InstanceRecord::new(InstanceId::from_u64(id), Origin::Local, spec, 1)
     }
 
     #[test]

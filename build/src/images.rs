@@ -1,17 +1,18 @@
 //! File images: an app directory baked into a read-only tar image (the layout MirageOS's tar
 //! key-value store reads), attached to every instance as a block device.
 //!
-//! Images are deterministic: entries sorted by path, owner root, fixed modes and mtime 0, so
-//! unchanged files give the same digest on every machine.
+//! Images are deterministic ([`crate::archive`]), so unchanged files give the same digest on
+//! every machine.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 
 use mirari_blobs::{BlobError, BlobStore};
 use mirari_core::config::{ConfigError, FileDirective};
 use mirari_core::spec::FileImageRef;
 
+use crate::archive;
 use crate::project::Project;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,64 +82,9 @@ fn bake(
         move |source| ImageError::Io { name, path, source }
     };
     fs::create_dir_all(out_dir).map_err(io_error(out_dir))?;
-    let mut files = Vec::new();
-    collect(&source, Path::new(""), &mut files).map_err(io_error(&source))?;
     let out = File::create(&image).map_err(io_error(&image))?;
-    write_tar(&source, &files, BufWriter::new(out)).map_err(io_error(&image))?;
+    archive::write_dir(&source, BufWriter::new(out), &|_| false).map_err(io_error(&image))?;
     Ok(image)
-}
-
-/// Relative paths of every directory and file under `root`, sorted, directories before their
-/// contents.
-fn collect(root: &Path, relative: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(root.join(relative))?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = relative.join(entry.file_name());
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            out.push(path.clone());
-            collect(root, &path, out)?;
-        } else if kind.is_file() {
-            out.push(path);
-        } else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{} is neither a file nor a directory (symlinks are not baked)",
-                    path.display()
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn write_tar(root: &Path, paths: &[PathBuf], out: impl Write) -> io::Result<()> {
-    let mut builder = tar::Builder::new(out);
-    builder.mode(tar::HeaderMode::Deterministic);
-    for path in paths {
-        let full = root.join(path);
-        let mut header = tar::Header::new_ustar();
-        header.set_mtime(0);
-        header.set_uid(0);
-        header.set_gid(0);
-        if full.is_dir() {
-            header.set_entry_type(tar::EntryType::Directory);
-            header.set_mode(0o755);
-            header.set_size(0);
-            builder.append_data(&mut header, path, io::empty())?;
-        } else {
-            let file = File::open(&full)?;
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_mode(0o644);
-            header.set_size(file.metadata()?.len());
-            builder.append_data(&mut header, path, file)?;
-        }
-    }
-    let mut out = builder.into_inner()?;
-    out.flush()?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,10 +5,14 @@
 //!
 //! - [`project`]: the app directory, its `mirari.toml` and its `_mirari/` output directory.
 //! - [`requirements`]: checking and installing what the build needs.
+//! - [`archive`]: deterministic tar archives of a directory.
 //! - [`images`]: baking file directories into deterministic read-only tar images.
+//! - [`bundle`]: an app's sources as one content-addressed archive, to build elsewhere.
 //! - [`driver`]: running the `command` or `mirage` build for one target.
 //! - [`manifest`]: what configure and build produced (digests per target), read by `run`.
 
+pub mod archive;
+pub mod bundle;
 pub mod driver;
 pub mod images;
 pub mod manifest;

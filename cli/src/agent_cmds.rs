@@ -154,15 +154,46 @@ pub async fn ps(agent: &Endpoint, format: Format) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn console(agent: &Endpoint, id: &str, follow: bool) -> anyhow::Result<ExitCode> {
-    let mut client = connect(agent).await?;
-    let mut chunks = client
-        .stream_console(pb::ConsoleRequest {
-            id: id.to_owned(),
-            follow,
-        })
-        .await?
-        .into_inner();
+/// Where an instance lives: on the local agent, or elsewhere in the cluster.
+enum Source {
+    Agent(mirari_proto::agent::agent_client::AgentClient<tonic::transport::Channel>),
+    Cluster(crate::coordinators::Coordinators),
+}
+
+/// The local agent if it knows the instance, else the coordinators (which proxy to the agent
+/// that runs it).
+async fn source_of(agent: &Endpoint, coordinators: &[Endpoint], id: &str) -> Source {
+    if let Ok(mut client) = connect(agent).await {
+        let known = client
+            .get_events(pb::EventsRequest { id: id.to_owned() })
+            .await;
+        if known.is_ok() || known.is_err_and(|status| status.code() != tonic::Code::NotFound) {
+            return Source::Agent(client);
+        }
+    }
+    Source::Cluster(crate::coordinators::Coordinators::new(coordinators))
+}
+
+pub async fn console(
+    agent: &Endpoint,
+    coordinators: &[Endpoint],
+    id: &str,
+    follow: bool,
+) -> anyhow::Result<ExitCode> {
+    let request = pb::ConsoleRequest {
+        id: id.to_owned(),
+        follow,
+    };
+    let mut chunks = match source_of(agent, coordinators, id).await {
+        Source::Agent(mut client) => client.stream_console(request).await?.into_inner(),
+        Source::Cluster(mut cluster) => {
+            cluster
+                .call("reading the console", async |mut client| {
+                    Ok(client.stream_console(request.clone()).await?.into_inner())
+                })
+                .await?
+        }
+    };
     let mut stdout = std::io::stdout();
     while let Some(chunk) = chunks.message().await? {
         if chunk.dropped > 0 {
@@ -178,13 +209,27 @@ pub async fn console(agent: &Endpoint, id: &str, follow: bool) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn logs(agent: &Endpoint, id: &str, format: Format) -> anyhow::Result<ExitCode> {
-    let mut client = connect(agent).await?;
-    let events = client
-        .get_events(pb::EventsRequest { id: id.to_owned() })
-        .await?
-        .into_inner()
-        .events;
+pub async fn logs(
+    agent: &Endpoint,
+    coordinators: &[Endpoint],
+    id: &str,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let request = pb::EventsRequest { id: id.to_owned() };
+    let events = match source_of(agent, coordinators, id).await {
+        Source::Agent(mut client) => client.get_events(request).await?.into_inner().events,
+        Source::Cluster(mut cluster) => {
+            cluster
+                .call("reading the log", async |mut client| {
+                    Ok(client
+                        .get_events(request.clone())
+                        .await?
+                        .into_inner()
+                        .events)
+                })
+                .await?
+        }
+    };
     #[derive(Serialize)]
     struct EventView {
         at_ms: u64,

@@ -4,6 +4,9 @@
 mod agent_cmds;
 mod client;
 mod cluster_cmds;
+mod coordinators;
+mod deploy;
+mod dev;
 mod output;
 mod project_cmds;
 
@@ -104,6 +107,15 @@ enum Command {
     },
     /// Show the agent's host and which backends work there (and why not)
     Host,
+    /// Run a single-node coordinator and a local agent in this process (loopback only)
+    Dev {
+        /// Where both keep their state [default: /var/lib/mirari/dev for root, else $XDG_STATE_HOME/mirari/dev]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Supervises one instance's process (started by `mirari dev`'s agent, not by people)
+    #[command(hide = true)]
+    Shim(mirari_agent::supervisor::shim::ShimArgs),
     /// The cluster: coordinators, hosts, deployments
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -118,12 +130,53 @@ enum ClusterCommand {
         #[command(subcommand)]
         action: Option<MembersAction>,
     },
+    /// Build an app on a cluster host and run COUNT instances of it across the cluster
+    Deploy {
+        #[command(flatten)]
+        app: AppArgs,
+        /// The target to deploy [default: the first listed in the config]
+        #[arg(long, short = 't')]
+        target: Option<Target>,
+        #[arg(long, short = 'n', default_value_t = 1)]
+        count: u32,
+        /// binpack fills hosts one by one; spread prefers the emptiest
+        #[arg(long, value_enum, default_value_t = PlacementArg::Binpack)]
+        placement: PlacementArg,
+        /// Give up waiting for the instances to run after this long
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Change how many instances of a deployed app run
+    Scale {
+        app: String,
+        count: u32,
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Stop every instance of a deployed app
+    Stop {
+        app: String,
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Deployments (desired, placed, running, unplaced and why), hosts and instances
+    Status {
+        /// Serve from the contacted coordinator's state without confirming it is current
+        #[arg(long)]
+        stale: bool,
+    },
     /// List the hosts in the registry
     Hosts {
         /// Serve from the contacted coordinator's state without confirming it is current
         #[arg(long)]
         stale: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PlacementArg {
+    Binpack,
+    Spread,
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +200,15 @@ enum MembersAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Shim(args) = cli.command {
+        return match mirari_agent::supervisor::shim::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
@@ -181,13 +243,48 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             agent_cmds::run(&agent, &app, target, count, format).await
         }
         Command::Ps => agent_cmds::ps(&agent, format).await,
-        Command::Console { id, follow } => agent_cmds::console(&agent, &id, follow).await,
-        Command::Logs { id } => agent_cmds::logs(&agent, &id, format).await,
+        Command::Console { id, follow } => {
+            agent_cmds::console(&agent, &cli.coordinator, &id, follow).await
+        }
+        Command::Logs { id } => agent_cmds::logs(&agent, &cli.coordinator, &id, format).await,
+        Command::Dev { dir } => dev::run(dir).await,
+        Command::Shim(_) => unreachable!("handled before the runtime starts"),
         Command::Stop { id } => agent_cmds::stop(&agent, &id, format).await,
         Command::Host => agent_cmds::host(&agent, format).await,
         Command::Cluster(command) => {
             let coordinators = &cli.coordinator;
+            let mut connection = coordinators::Coordinators::new(coordinators);
             match command {
+                ClusterCommand::Deploy {
+                    app,
+                    target,
+                    count,
+                    placement,
+                    timeout,
+                } => {
+                    let placement = match placement {
+                        PlacementArg::Binpack => mirari_core::registry::Placement::Binpack,
+                        PlacementArg::Spread => mirari_core::registry::Placement::Spread,
+                    };
+                    let options = deploy::DeployOptions {
+                        target,
+                        count,
+                        placement,
+                        timeout,
+                    };
+                    deploy::deploy(&mut connection, &app, options, format).await
+                }
+                ClusterCommand::Scale {
+                    app,
+                    count,
+                    timeout,
+                } => deploy::scale(&mut connection, &app, count, timeout, format).await,
+                ClusterCommand::Stop { app, timeout } => {
+                    deploy::stop(&mut connection, &app, timeout, format).await
+                }
+                ClusterCommand::Status { stale } => {
+                    deploy::status(&mut connection, stale, format).await
+                }
                 ClusterCommand::Info => cluster_cmds::info(coordinators, format).await,
                 ClusterCommand::Members {
                     action: None | Some(MembersAction::List),

@@ -4,10 +4,18 @@
 //! - [`driver`]: the task that owns the raft node, and the handle the rest uses.
 //! - [`transport`]: raft messages to peers over gRPC.
 //! - [`service`]: the peer and coordinator gRPC services.
+//! - [`leader`]: the leader's duties: agent leases, declaring hosts down, scheduling.
+//! - [`blobs`]: blobs stored on a majority of coordinators.
+//! - [`agents`]: builds on agents, and consoles proxied from them.
+//! - [`status`]: the cluster status the CLI shows.
 //! - [`server`]: putting it together: `run(config, listener, shutdown)`.
 
+pub mod agents;
+pub mod blobs;
 pub mod consensus;
 pub mod driver;
+pub mod leader;
 pub mod server;
 pub mod service;
+pub mod status;
 pub mod transport;

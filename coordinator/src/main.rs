@@ -73,6 +73,7 @@ async fn run() -> anyhow::Result<()> {
         bootstrap: cli.bootstrap,
         tick: Duration::from_millis(cli.tick_ms),
         snapshot_every: cli.snapshot_every,
+        leases: Default::default(),
     };
     tracing::info!(id = config.id, %advertise, data_dir = %config.data_dir.display(), "mirari-coordinator starting");
     server::run(config, listener, shutdown_signal())

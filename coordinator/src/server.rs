@@ -4,7 +4,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use mirari_blobs::{BlobError, BlobStore};
 use mirari_proto::endpoint::Listener;
+
+use crate::blobs::ReplicatedBlobs;
+use crate::leader::{self, LeaseTiming, Leases};
 
 use crate::consensus::logger;
 use crate::consensus::node::{Node, NodeConfig, NodeError};
@@ -25,6 +31,7 @@ pub struct CoordinatorConfig {
     pub bootstrap: bool,
     pub tick: Duration,
     pub snapshot_every: u64,
+    pub leases: LeaseTiming,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +46,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error("cannot open the blob store")]
+    Blobs(#[source] BlobError),
     #[error("the API server failed")]
     Serve(#[from] tonic::transport::Error),
     #[error("the raft driver stopped unexpectedly")]
@@ -79,9 +88,13 @@ pub async fn run(
     let node = Node::new(node_config, log, &logger::raft_logger())?;
     let transport = Transport::new(config.id, config.advertise.clone());
     let (raft, driver_task) = driver::spawn(node, transport, config.tick);
+    let blob_store = BlobStore::open(&config.data_dir.join("blobs")).map_err(ServerError::Blobs)?;
+    let blobs = ReplicatedBlobs::new(blob_store, raft.clone());
+    let leases = Arc::new(Leases::default());
+    tokio::spawn(leader::run(raft.clone(), leases.clone(), config.leases));
     let router = tonic::transport::Server::builder()
-        .add_service(PeerService::new(raft.clone()).into_server())
-        .add_service(CoordinatorService::new(raft).into_server());
+        .add_service(PeerService::new(raft.clone(), blobs.clone()).into_server())
+        .add_service(CoordinatorService::new(raft, leases, config.leases, blobs).into_server());
     tokio::select! {
         served = listener.serve(router, shutdown) => Ok(served?),
         driver = driver_task => match driver {

@@ -6,10 +6,13 @@
 //! this node's state as it is and say so. Errors become `tonic::Status` in [`status_of`].
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mirari_core::registry::{Outcome, Request};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use mirari_core::registry::{Command, HostId, HostStatus, InstanceReport, Outcome, Request};
+use mirari_proto::agent as wire_agent;
 use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
 use mirari_proto::coordinator::{self as pb, coordinator_server, peer_server};
 use mirari_proto::endpoint::Endpoint;
@@ -17,10 +20,20 @@ use mirari_proto::log_codec;
 use tonic::transport::Channel;
 use tonic::{Request as RpcRequest, Response, Status};
 
+use crate::agents::AgentClients;
+use crate::blobs::ReplicatedBlobs;
 use crate::consensus::decode_message;
 use crate::consensus::node::MembershipChange;
 use crate::driver::{ProposeError, RaftHandle};
+use crate::leader::{LeaseTiming, Leases, fresh_request_id, now_ms};
+use crate::status::cluster_status;
 use crate::transport::MAX_RAFT_MESSAGE_BYTES;
+
+/// A status of 100,000 instances is a large message.
+const MAX_STATUS_BYTES: usize = 256 << 20;
+/// Assignment streams look again at least this often, and at most this often.
+const ASSIGNMENT_RECHECK: Duration = Duration::from_secs(2);
+const ASSIGNMENT_MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long a write or read barrier may wait for raft before the caller is told to retry.
 const RAFT_DEADLINE: Duration = Duration::from_secs(10);
@@ -30,11 +43,12 @@ const FORWARDED: &str = "x-mirari-forwarded";
 #[derive(Debug, Clone)]
 pub struct PeerService {
     raft: RaftHandle,
+    blobs: ReplicatedBlobs,
 }
 
 impl PeerService {
-    pub fn new(raft: RaftHandle) -> Self {
-        Self { raft }
+    pub fn new(raft: RaftHandle, blobs: ReplicatedBlobs) -> Self {
+        Self { raft, blobs }
     }
 
     pub fn into_server(self) -> peer_server::PeerServer<Self> {
@@ -61,12 +75,27 @@ impl peer_server::Peer for PeerService {
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::RaftAck {}))
     }
+
+    async fn push_blob(
+        &self,
+        request: RpcRequest<tonic::Streaming<wire_agent::BlobChunk>>,
+    ) -> Result<Response<wire_agent::PutBlobResponse>, Status> {
+        let (digest, size) = self.blobs.receive(request.into_inner()).await?;
+        Ok(Response::new(wire_agent::PutBlobResponse {
+            sha256: digest.to_string(),
+            size,
+        }))
+    }
 }
 
 #[derive(Debug)]
 pub struct CoordinatorService {
     raft: RaftHandle,
     leaders: Mutex<HashMap<String, CoordinatorClient<Channel>>>,
+    leases: Arc<Leases>,
+    timing: LeaseTiming,
+    blobs: ReplicatedBlobs,
+    agents: AgentClients,
 }
 
 fn status_of(error: ProposeError, leader_address: Option<String>) -> Status {
@@ -97,15 +126,75 @@ fn applied_response(result: mirari_core::registry::ApplyResult) -> pb::ProposeRe
 }
 
 impl CoordinatorService {
-    pub fn new(raft: RaftHandle) -> Self {
+    pub fn new(
+        raft: RaftHandle,
+        leases: Arc<Leases>,
+        timing: LeaseTiming,
+        blobs: ReplicatedBlobs,
+    ) -> Self {
         Self {
             raft,
             leaders: Mutex::new(HashMap::new()),
+            leases,
+            timing,
+            blobs,
+            agents: AgentClients::default(),
         }
     }
 
     pub fn into_server(self) -> coordinator_server::CoordinatorServer<Self> {
         coordinator_server::CoordinatorServer::new(self)
+            .max_decoding_message_size(MAX_STATUS_BYTES)
+            .max_encoding_message_size(MAX_STATUS_BYTES)
+    }
+
+    fn lease(&self, register_again: bool) -> pb::Lease {
+        pb::Lease {
+            ttl_ms: u64::try_from(self.timing.ttl.as_millis()).unwrap_or(u64::MAX),
+            register_again,
+        }
+    }
+
+    /// The heartbeat, on the leader: renew the lease; commit the reports if the host is up.
+    async fn heartbeat_here(
+        &self,
+        host: HostId,
+        reports: Vec<InstanceReport>,
+    ) -> Result<Result<pb::Lease, Status>, ProposeError> {
+        if !self.raft.status().role.eq("leader") {
+            return Err(ProposeError::NotLeader {
+                leader: self.raft.status().leader,
+            });
+        }
+        let up = self
+            .raft
+            .machine()
+            .registry
+            .host(&host)
+            .is_some_and(|h| h.status == HostStatus::Up);
+        if !up {
+            return Ok(Ok(self.lease(true)));
+        }
+        self.leases.renew(&host);
+        if !reports.is_empty() {
+            let command = Command::ReportInstances { host, reports };
+            if let Err(rejection) = self
+                .raft
+                .propose(Request {
+                    request_id: fresh_request_id("report"),
+                    command,
+                })
+                .await?
+            {
+                return Ok(Err(Status::failed_precondition(rejection.to_string())));
+            }
+        }
+        Ok(Ok(self.lease(false)))
+    }
+
+    /// The instances `host` must run, as of the registry now.
+    fn assignments(&self, host: &HostId) -> pb::Assignments {
+        assignments_of(&self.raft, host)
     }
 
     fn leader_address(&self) -> Option<String> {
@@ -317,5 +406,220 @@ impl coordinator_server::Coordinator for CoordinatorService {
             hosts,
             read: Some(read),
         }))
+    }
+
+    async fn register_host(
+        &self,
+        request: RpcRequest<pb::RegisterHostRequest>,
+    ) -> Result<Response<pb::Lease>, Status> {
+        let forwarded = is_forwarded(&request);
+        let body = request.into_inner();
+        let wire_host = body
+            .host
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("host is missing"))?;
+        let mut host = log_codec::host_from_pb(&wire_host)?;
+        host.status = HostStatus::Up;
+        host.registered_at_ms = now_ms();
+        host.status_changed_at_ms = host.registered_at_ms;
+        let id = host.id.clone();
+        let local = async {
+            let command = Command::RegisterHost { host };
+            let applied = self
+                .raft
+                .propose(Request {
+                    request_id: fresh_request_id("register"),
+                    command,
+                })
+                .await?;
+            Ok(applied
+                .map(|_| {
+                    self.leases.renew(&id);
+                    tracing::info!(host = %id, "host registered");
+                    self.lease(false)
+                })
+                .map_err(|rejection| Status::invalid_argument(rejection.to_string())))
+        };
+        self.on_leader(forwarded, local, async |mut leader| {
+            leader.register_host(forward(body)).await
+        })
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        request: RpcRequest<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::Lease>, Status> {
+        let forwarded = is_forwarded(&request);
+        let body = request.into_inner();
+        let reports = body
+            .reports
+            .iter()
+            .map(|r| {
+                Ok(InstanceReport {
+                    id: mirari_core::ids::InstanceId::from_u64(r.id),
+                    phase: mirari_core::instance::Phase::try_from(r.phase())?,
+                    restarts: r.restarts,
+                    last_exit: r.last_exit.as_ref().and_then(Option::from),
+                    message: r.message.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, mirari_proto::convert::WireError>>()?;
+        let local = self.heartbeat_here(HostId(body.host.clone()), reports);
+        self.on_leader(forwarded, local, async |mut leader| {
+            leader.heartbeat(forward(body)).await
+        })
+        .await
+    }
+
+    type WatchAssignmentsStream = BoxStream<'static, Result<pb::Assignments, Status>>;
+
+    async fn watch_assignments(
+        &self,
+        request: RpcRequest<pb::WatchAssignmentsRequest>,
+    ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        let host = HostId(request.into_inner().host);
+        let first = {
+            self.read_barrier(false).await?;
+            self.assignments(&host)
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        let mut raft = self.raft.clone();
+        tokio::spawn(async move {
+            let mut last = first.clone();
+            if sender.send(Ok(first)).await.is_err() {
+                return;
+            }
+            loop {
+                let _ = tokio::time::timeout(ASSIGNMENT_RECHECK, raft.status_changed()).await;
+                tokio::time::sleep(ASSIGNMENT_MIN_INTERVAL).await;
+                if sender.is_closed() {
+                    return;
+                }
+                // Linearizable, so a lagging follower never hands out assignments the leader
+                // already took back.
+                if tokio::time::timeout(RAFT_DEADLINE, raft.read_barrier())
+                    .await
+                    .map_or(true, |r| r.is_err())
+                {
+                    continue;
+                }
+                let next = assignments_of(&raft, &host);
+                if next.instances != last.instances {
+                    last = next.clone();
+                    if sender.send(Ok(next)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(receiver).boxed(),
+        ))
+    }
+
+    async fn put_blob(
+        &self,
+        request: RpcRequest<tonic::Streaming<wire_agent::BlobChunk>>,
+    ) -> Result<Response<wire_agent::PutBlobResponse>, Status> {
+        let (digest, size) = self.blobs.receive(request.into_inner()).await?;
+        self.blobs.replicate(digest).await?;
+        Ok(Response::new(wire_agent::PutBlobResponse {
+            sha256: digest.to_string(),
+            size,
+        }))
+    }
+
+    async fn missing_blobs(
+        &self,
+        request: RpcRequest<wire_agent::MissingBlobsRequest>,
+    ) -> Result<Response<wire_agent::MissingBlobsResponse>, Status> {
+        let mut missing = Vec::new();
+        for text in request.into_inner().sha256 {
+            let digest = mirari_proto::convert::parse_digest("sha256", &text)?;
+            if !self.blobs.store().contains(&digest) {
+                missing.push(text);
+            }
+        }
+        Ok(Response::new(wire_agent::MissingBlobsResponse {
+            sha256: missing,
+        }))
+    }
+
+    type FetchBlobStream = BoxStream<'static, Result<wire_agent::BlobChunk, Status>>;
+
+    async fn fetch_blob(
+        &self,
+        request: RpcRequest<pb::FetchBlobRequest>,
+    ) -> Result<Response<Self::FetchBlobStream>, Status> {
+        let digest = mirari_proto::convert::parse_digest("sha256", &request.into_inner().sha256)?;
+        Ok(Response::new(self.blobs.chunks(digest).await?.boxed()))
+    }
+
+    type BuildStream = BoxStream<'static, Result<wire_agent::BuildEvent, Status>>;
+
+    async fn build(
+        &self,
+        request: RpcRequest<wire_agent::BuildJob>,
+    ) -> Result<Response<Self::BuildStream>, Status> {
+        Ok(Response::new(
+            self.agents
+                .build(&self.raft, &self.blobs, request.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn get_status(
+        &self,
+        request: RpcRequest<pb::StatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let read = self.read_barrier(request.into_inner().stale).await?;
+        Ok(Response::new(cluster_status(
+            &self.raft.machine().registry,
+            read,
+        )))
+    }
+
+    type StreamConsoleStream = BoxStream<'static, Result<wire_agent::ConsoleChunk, Status>>;
+
+    async fn stream_console(
+        &self,
+        request: RpcRequest<wire_agent::ConsoleRequest>,
+    ) -> Result<Response<Self::StreamConsoleStream>, Status> {
+        Ok(Response::new(
+            self.agents
+                .console(&self.raft, request.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn get_events(
+        &self,
+        request: RpcRequest<wire_agent::EventsRequest>,
+    ) -> Result<Response<wire_agent::EventsResponse>, Status> {
+        Ok(Response::new(
+            self.agents.events(&self.raft, request.into_inner()).await?,
+        ))
+    }
+}
+
+fn assignments_of(raft: &RaftHandle, host: &HostId) -> pb::Assignments {
+    let machine = raft.machine();
+    let registry = &machine.registry;
+    let instances = registry
+        .placed_on(host)
+        .filter_map(|instance| {
+            let spec = registry
+                .app_version(&instance.app, &instance.version)?
+                .instance_spec(instance.target)?;
+            Some(pb::Assignment {
+                id: instance.id.as_u64(),
+                spec: Some(wire_agent::InstanceSpec::from(&spec)),
+            })
+        })
+        .collect();
+    pb::Assignments {
+        index: registry.applied_index(),
+        instances,
     }
 }

@@ -8,6 +8,7 @@
 //! - [`config`]: `mirari.toml`, parsed and validated with file:line:column errors.
 //! - [`spec`]: the desired state of one instance, derived from a config and a build.
 //! - [`instance`]: observed state of an instance (lifecycle, exit status).
+//! - [`lease`]: lease timing between agents and the coordinator leader (fencing margin).
 //! - [`restart`]: what the restart policy says after an exit.
 //! - [`reconcile`]: desired + observed instances -> the actions an agent must take.
 //! - [`registry`]: the cluster registry, the state machine the coordinators replicate.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod digest;
 pub mod ids;
 pub mod instance;
+pub mod lease;
 pub mod reconcile;
 pub mod registry;
 pub mod restart;

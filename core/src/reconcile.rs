@@ -65,6 +65,16 @@ impl Lifecycle {
         }
     }
 
+    /// Wants a stopped instance running again (a cluster host that regained its lease before
+    /// its instances were reassigned). A failed instance stays failed.
+    pub fn on_run_requested(&mut self) {
+        self.desired = Desired::Running;
+        if self.phase == Phase::Stopped {
+            self.phase = Phase::Pending;
+            self.failures_in_a_row = 0;
+        }
+    }
+
     pub fn on_stopping(&mut self) {
         self.phase = Phase::Stopping;
     }
@@ -255,6 +265,22 @@ mod tests {
         life.on_exit(ExitStatus::Signal(9), RestartPolicy::Always, 10);
         assert_eq!(life.phase, Phase::Stopped);
         assert_eq!(plan([(id(1), &life)], u64::MAX), Plan::default());
+    }
+
+    #[test]
+    fn a_stopped_instance_can_be_wanted_again() {
+        let mut life = Lifecycle::new();
+        life.on_starting();
+        life.on_running(0);
+        life.on_stop_requested();
+        life.on_stopping();
+        life.on_exit(ExitStatus::Signal(9), POLICY, 10);
+        life.on_run_requested();
+        assert_eq!(
+            (life.desired, life.phase),
+            (Desired::Running, Phase::Pending)
+        );
+        assert_eq!(plan([(id(1), &life)], 20).actions, [Action::Start(id(1))]);
     }
 
     #[test]

@@ -1,0 +1,356 @@
+//! The agent in a cluster: join the coordinators, keep the lease, run what is assigned, report
+//! what is observed, and fence when the lease is lost.
+//!
+//! Three tasks share this host's view of the cluster:
+//! - the lease loop registers the host, sends a heartbeat every second carrying the instance
+//!   states that changed, and fences (stops every cluster instance) when no heartbeat was
+//!   acknowledged for `fence_after` (see `mirari_core::lease`);
+//! - the watcher follows the coordinators' assignment stream for this host;
+//! - the applier fetches the blobs new assignments need and makes the local instances match,
+//!   but only while the lease is valid.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mirari_blobs::BlobStore;
+use mirari_core::digest::Digest;
+use mirari_core::ids::InstanceId;
+use mirari_core::instance::{ExitStatus, Phase};
+use mirari_core::lease::LeaseTiming;
+use mirari_core::registry::{Host, InstanceReport};
+use mirari_core::spec::InstanceSpec;
+use mirari_proto::agent as wire_agent;
+use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
+use mirari_proto::coordinator::{self as pb};
+use mirari_proto::endpoint::Endpoint;
+use mirari_proto::log_codec;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::runtime::Agent;
+use crate::state::Origin;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Status responses about many instances are large.
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("no coordinator answered ({0})")]
+    NoCoordinator(String),
+    #[error("no coordinator has blob {0}")]
+    BlobNotFound(Digest),
+    #[error("blob {digest} could not be stored: {reason}")]
+    Blob { digest: Digest, reason: String },
+}
+
+/// The coordinators this agent talks to; calls move on to the next one when one fails.
+#[derive(Debug, Clone)]
+pub struct Coordinators {
+    endpoints: Arc<Vec<Endpoint>>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Coordinators {
+    pub fn new(endpoints: Vec<Endpoint>) -> Self {
+        Self {
+            endpoints: Arc::new(endpoints),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// A client of the first coordinator that answers, starting from the current one.
+    pub async fn client(&self) -> Result<CoordinatorClient<Channel>, ClusterError> {
+        let mut last = String::from("none configured");
+        for _ in 0..self.endpoints.len() {
+            let index = self.next.load(Ordering::Relaxed) % self.endpoints.len();
+            let endpoint = &self.endpoints[index];
+            match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+                Ok(Ok(channel)) => {
+                    return Ok(CoordinatorClient::new(channel)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES));
+                }
+                Ok(Err(error)) => last = error.to_string(),
+                Err(_) => last = format!("{endpoint} did not answer in time"),
+            }
+            self.rotate();
+        }
+        Err(ClusterError::NoCoordinator(last))
+    }
+
+    /// Moves on to the next coordinator.
+    pub fn rotate(&self) {
+        self.next.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Fetches a blob into `store`, verifying its digest, from whichever coordinator has it.
+    pub async fn fetch_blob(&self, store: &BlobStore, digest: Digest) -> Result<(), ClusterError> {
+        if store.contains(&digest) {
+            return Ok(());
+        }
+        for _ in 0..self.endpoints.len() {
+            let Ok(mut client) = self.client().await else {
+                continue;
+            };
+            let request = pb::FetchBlobRequest {
+                sha256: digest.to_string(),
+            };
+            let mut chunks = match client.fetch_blob(request).await {
+                Ok(response) => response.into_inner(),
+                Err(_) => {
+                    self.rotate();
+                    continue;
+                }
+            };
+            let blob_error = |reason: String| ClusterError::Blob { digest, reason };
+            let mut writer = store
+                .writer(Some(digest))
+                .map_err(|e| blob_error(e.to_string()))?;
+            let mut complete = true;
+            loop {
+                match chunks.message().await {
+                    Ok(Some(chunk)) => writer
+                        .write(&chunk.data)
+                        .map_err(|e| blob_error(e.to_string()))?,
+                    Ok(None) => break,
+                    Err(_) => {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            if complete && writer.finish().is_ok() {
+                return Ok(());
+            }
+            self.rotate();
+        }
+        Err(ClusterError::BlobNotFound(digest))
+    }
+}
+
+/// How this host joins the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub coordinators: Coordinators,
+    /// What the host offers (its status and times are set by the coordinators).
+    pub host: Host,
+    pub timing: LeaseTiming,
+}
+
+/// Runs the cluster link until the process ends.
+pub async fn run(agent: Agent, config: ClusterConfig) {
+    let (lease_valid, lease_watch) = watch::channel(false);
+    let (assignments, assignments_watch) = watch::channel(None::<Vec<(InstanceId, InstanceSpec)>>);
+    tokio::spawn(watch_assignments(config.clone(), assignments));
+    tokio::spawn(apply_assignments(
+        agent.clone(),
+        config.coordinators.clone(),
+        lease_watch,
+        assignments_watch,
+    ));
+    keep_lease(agent, config, lease_valid).await;
+}
+
+/// What was last reported of an instance, to send only changes.
+type Reported = (Phase, u32, Option<ExitStatus>);
+
+async fn keep_lease(agent: Agent, config: ClusterConfig, lease_valid: watch::Sender<bool>) {
+    let host_id = config.host.id.clone();
+    let mut registered = false;
+    let mut valid_until: Option<Instant> = None;
+    let mut reported: HashMap<InstanceId, Reported> = HashMap::new();
+    let mut ticker = tokio::time::interval(config.timing.heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let sent_at = Instant::now();
+        let renewed = if registered {
+            let reports = changed_reports(&agent, &reported);
+            match heartbeat(&config, &reports).await {
+                Some(lease) if lease.register_again => {
+                    tracing::warn!(host = %host_id, "the cluster does not hold this host as up; registering again");
+                    registered = false;
+                    false
+                }
+                Some(_) => {
+                    for report in reports {
+                        reported
+                            .insert(report.id, (report.phase, report.restarts, report.last_exit));
+                    }
+                    true
+                }
+                None => false,
+            }
+        } else if register(&config).await {
+            tracing::info!(host = %host_id, "joined the cluster");
+            registered = true;
+            reported.clear();
+            true
+        } else {
+            false
+        };
+        if renewed {
+            valid_until = Some(sent_at + config.timing.fence_after);
+        }
+        let valid = valid_until.is_some_and(|until| Instant::now() < until);
+        if *lease_valid.borrow() && !valid {
+            match agent.fence() {
+                Ok(count) => {
+                    tracing::warn!(host = %host_id, instances = count, "lease lost: fenced this host's cluster instances")
+                }
+                Err(error) => tracing::error!(%error, "could not fence the cluster instances"),
+            }
+        }
+        lease_valid.send_if_modified(|current| std::mem::replace(current, valid) != valid);
+    }
+}
+
+async fn register(config: &ClusterConfig) -> bool {
+    let Ok(mut client) = config.coordinators.client().await else {
+        return false;
+    };
+    let request = pb::RegisterHostRequest {
+        host: Some(log_codec::host_to_pb(&config.host)),
+    };
+    match tokio::time::timeout(RPC_TIMEOUT, client.register_host(request)).await {
+        Ok(Ok(_)) => true,
+        outcome => {
+            tracing::debug!(?outcome, "registration failed; trying the next coordinator");
+            config.coordinators.rotate();
+            false
+        }
+    }
+}
+
+async fn heartbeat(config: &ClusterConfig, reports: &[InstanceReport]) -> Option<pb::Lease> {
+    let mut client = config.coordinators.client().await.ok()?;
+    let request = pb::HeartbeatRequest {
+        host: config.host.id.0.clone(),
+        reports: reports
+            .iter()
+            .map(|r| mirari_proto::registry::InstanceReport {
+                id: r.id.as_u64(),
+                phase: wire_agent::Phase::from(r.phase).into(),
+                restarts: r.restarts,
+                last_exit: r.last_exit.map(wire_agent::ExitStatus::from),
+                message: r.message.clone(),
+            })
+            .collect(),
+    };
+    match tokio::time::timeout(RPC_TIMEOUT, client.heartbeat(request)).await {
+        Ok(Ok(lease)) => Some(lease.into_inner()),
+        _ => {
+            config.coordinators.rotate();
+            None
+        }
+    }
+}
+
+fn changed_reports(agent: &Agent, reported: &HashMap<InstanceId, Reported>) -> Vec<InstanceReport> {
+    agent
+        .list()
+        .into_iter()
+        .filter(|r| r.origin == Origin::Cluster)
+        .filter(|r| {
+            let life = &r.lifecycle;
+            reported.get(&r.id) != Some(&(life.phase, life.restarts, life.last_exit))
+        })
+        .map(|r| InstanceReport {
+            id: r.id,
+            phase: r.lifecycle.phase,
+            restarts: r.lifecycle.restarts,
+            last_exit: r.lifecycle.last_exit,
+            message: r.lifecycle.message.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+async fn watch_assignments(
+    config: ClusterConfig,
+    latest: watch::Sender<Option<Vec<(InstanceId, InstanceSpec)>>>,
+) {
+    loop {
+        if let Ok(mut client) = config.coordinators.client().await {
+            let request = pb::WatchAssignmentsRequest {
+                host: config.host.id.0.clone(),
+            };
+            if let Ok(response) = client.watch_assignments(request).await {
+                let mut stream = response.into_inner();
+                while let Ok(Some(assignments)) = stream.message().await {
+                    match decode_assignments(&assignments) {
+                        Ok(set) => {
+                            latest.send_replace(Some(set));
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "the coordinators sent an unreadable assignment")
+                        }
+                    }
+                }
+            }
+            config.coordinators.rotate();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn decode_assignments(
+    assignments: &pb::Assignments,
+) -> Result<Vec<(InstanceId, InstanceSpec)>, mirari_proto::convert::WireError> {
+    assignments
+        .instances
+        .iter()
+        .map(|a| {
+            let spec = a.spec.as_ref().ok_or(mirari_proto::convert::WireError {
+                field: "assignment.spec",
+                reason: "missing".into(),
+            })?;
+            Ok((InstanceId::from_u64(a.id), InstanceSpec::try_from(spec)?))
+        })
+        .collect()
+}
+
+async fn apply_assignments(
+    agent: Agent,
+    coordinators: Coordinators,
+    mut lease_valid: watch::Receiver<bool>,
+    mut assignments: watch::Receiver<Option<Vec<(InstanceId, InstanceSpec)>>>,
+) {
+    loop {
+        tokio::select! {
+            changed = lease_valid.changed() => if changed.is_err() { return },
+            changed = assignments.changed() => if changed.is_err() { return },
+        }
+        if !*lease_valid.borrow_and_update() {
+            continue;
+        }
+        let Some(set) = assignments.borrow_and_update().clone() else {
+            continue;
+        };
+        let needed: Vec<Digest> = set
+            .iter()
+            .flat_map(|(_, spec)| {
+                std::iter::once(spec.artifact).chain(spec.files.iter().map(|f| f.digest))
+            })
+            .collect();
+        let mut fetched = true;
+        for digest in needed {
+            if let Err(error) = coordinators.fetch_blob(agent.blobs(), digest).await {
+                tracing::error!(%error, "cannot fetch what an assigned instance needs");
+                fetched = false;
+            }
+        }
+        if !fetched {
+            // Try again soon: mark the assignment as unseen.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assignments.mark_changed();
+            continue;
+        }
+        if let Err(error) = agent.apply_assignments(&set) {
+            tracing::error!(%error, "cannot apply the cluster's assignments");
+        }
+    }
+}

@@ -1,0 +1,571 @@
+//! `mirari cluster deploy`, `scale`, `stop` and `status`: deployments across the cluster.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use mirari_blobs::BlobStore;
+use mirari_build::project::Project;
+use mirari_build::{bundle, images};
+use mirari_core::digest::Digest;
+use mirari_core::instance::{ExitStatus, Phase};
+use mirari_core::registry::{AppVersion, Command, DeploymentSpec, Placement, Request};
+use mirari_core::target::Target;
+use mirari_proto::agent::{self as wire_agent, build_event};
+use mirari_proto::coordinator::{self as pb};
+use mirari_proto::log_codec;
+use serde::Serialize;
+
+use crate::AppArgs;
+use crate::coordinators::Coordinators;
+use crate::output::{self, Format, Table};
+use crate::project_cmds;
+
+const POLL: Duration = Duration::from_millis(500);
+
+/// Commits a registry command; a refusal is an error that says why.
+async fn propose(
+    coordinators: &mut Coordinators,
+    what: &str,
+    request: Request,
+) -> anyhow::Result<pb::ProposeResponse> {
+    let entry = log_codec::encode(&request);
+    let response = coordinators
+        .call(what, async |mut client| {
+            Ok(client
+                .propose(pb::ProposeRequest {
+                    entry: entry.clone(),
+                })
+                .await?
+                .into_inner())
+        })
+        .await?;
+    anyhow::ensure!(
+        response.rejected.is_empty(),
+        "{what} was refused: {}",
+        response.rejected
+    );
+    Ok(response)
+}
+
+fn request_id(what: &str) -> String {
+    format!("{what}-{:016x}", rand::random::<u64>())
+}
+
+async fn upload(
+    coordinators: &mut Coordinators,
+    store: &BlobStore,
+    digests: &[Digest],
+) -> anyhow::Result<()> {
+    let wanted: Vec<String> = digests.iter().map(ToString::to_string).collect();
+    let missing = coordinators
+        .call("checking blobs", async |mut client| {
+            Ok(client
+                .missing_blobs(wire_agent::MissingBlobsRequest {
+                    sha256: wanted.clone(),
+                })
+                .await?
+                .into_inner()
+                .sha256)
+        })
+        .await?;
+    for text in missing {
+        let digest: Digest = text.parse()?;
+        let data = std::fs::read(store.path(&digest))
+            .with_context(|| format!("blob {digest} is not in the local store"))?;
+        eprintln!(
+            "uploading {} ({} bytes) to the coordinators",
+            digest.short(),
+            data.len()
+        );
+        coordinators
+            .call("uploading a blob", async |mut client| {
+                let chunks: Vec<wire_agent::BlobChunk> = data
+                    .chunks(1 << 20)
+                    .enumerate()
+                    .map(|(i, chunk)| wire_agent::BlobChunk {
+                        sha256: if i == 0 { text.clone() } else { String::new() },
+                        data: chunk.to_vec(),
+                    })
+                    .collect();
+                let chunks = if chunks.is_empty() {
+                    vec![wire_agent::BlobChunk {
+                        sha256: text.clone(),
+                        data: Vec::new(),
+                    }]
+                } else {
+                    chunks
+                };
+                client
+                    .put_blob(tokio_stream::iter(chunks))
+                    .await
+                    .map(|_| ())
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Builds `target` on an agent through the coordinators, showing its progress.
+async fn build(
+    coordinators: &mut Coordinators,
+    project: &Project,
+    bundle: Digest,
+    target: Target,
+) -> anyhow::Result<Digest> {
+    let job = wire_agent::BuildJob {
+        bundle_sha256: bundle.to_string(),
+        config_toml: std::fs::read_to_string(&project.config_path)?,
+        config_path: project.config_path.display().to_string(),
+        target: target.name().to_owned(),
+    };
+    eprintln!("==> building {target} on a cluster host");
+    let done = coordinators
+        .call(&format!("building {target}"), async |mut client| {
+            let mut events = client.build(job.clone()).await?.into_inner();
+            while let Some(event) = events.message().await? {
+                match event.event {
+                    Some(build_event::Event::Step(step)) => {
+                        eprintln!("[{}/{}] {}", step.index, step.total, step.what)
+                    }
+                    Some(build_event::Event::Output(line)) => eprintln!("    {line}"),
+                    Some(build_event::Event::Done(done)) => return Ok(done),
+                    Some(build_event::Event::ArtifactChunk(_)) | None => {}
+                }
+            }
+            Err(tonic::Status::unavailable("the build stream ended early"))
+        })
+        .await?;
+    eprintln!(
+        "built {target} on host {}: sha256 {}",
+        done.host, done.artifact_sha256
+    );
+    Ok(done.artifact_sha256.parse()?)
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DeployOptions {
+    pub target: Option<Target>,
+    pub count: u32,
+    pub placement: Placement,
+    pub timeout: Duration,
+}
+
+pub async fn deploy(
+    coordinators: &mut Coordinators,
+    app: &AppArgs,
+    options: DeployOptions,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let (project, store) = project_cmds::open(app)?;
+    let config = &project.config;
+    let target = options.target.unwrap_or(config.targets[0]);
+    anyhow::ensure!(
+        config.targets.contains(&target),
+        "{} does not list target `{target}`",
+        project.config_path.display()
+    );
+    let files = images::bake_all(&project, &store)?;
+    let bundle = bundle::create(&project, &store)?;
+    let mut blobs: Vec<Digest> = vec![bundle];
+    blobs.extend(files.iter().map(|f| f.digest));
+    upload(coordinators, &store, &blobs).await?;
+    let artifact = build(coordinators, &project, bundle, target).await?;
+
+    let version = AppVersion {
+        app: config.name.clone(),
+        version: config.version.clone(),
+        artifacts: BTreeMap::from([(target, artifact)]),
+        files,
+        run: config.run.clone(),
+        constraints: BTreeMap::new(),
+    };
+    let register = Request {
+        request_id: format!(
+            "app-{}-{}-{}",
+            config.name,
+            config.version,
+            artifact.short()
+        ),
+        command: Command::RegisterApp { version },
+    };
+    propose(coordinators, "registering the app", register).await?;
+    let spec = DeploymentSpec {
+        app: config.name.clone(),
+        version: config.version.clone(),
+        target,
+        count: options.count,
+        placement: options.placement,
+    };
+    propose(
+        coordinators,
+        "deploying",
+        Request {
+            request_id: request_id("deploy"),
+            command: Command::Deploy {
+                spec,
+                at_ms: now_ms(),
+            },
+        },
+    )
+    .await?;
+    eprintln!(
+        "==> deployed {}@{} on {target}: waiting for {} instance(s) to run",
+        config.name, config.version, options.count
+    );
+    await_running(coordinators, &config.name, options.timeout, format).await
+}
+
+pub async fn scale(
+    coordinators: &mut Coordinators,
+    app: &str,
+    count: u32,
+    timeout: Duration,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let command = Command::Scale {
+        app: app.to_owned(),
+        count,
+    };
+    propose(
+        coordinators,
+        "scaling",
+        Request {
+            request_id: request_id("scale"),
+            command,
+        },
+    )
+    .await?;
+    eprintln!("==> scaled {app} to {count}");
+    await_running(coordinators, app, timeout, format).await
+}
+
+pub async fn stop(
+    coordinators: &mut Coordinators,
+    app: &str,
+    timeout: Duration,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    propose(
+        coordinators,
+        "stopping",
+        Request {
+            request_id: request_id("stop"),
+            command: Command::StopDeployment {
+                app: app.to_owned(),
+            },
+        },
+    )
+    .await?;
+    eprintln!("==> stopping {app}");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = fetch_status(coordinators, false).await?;
+        let live = status
+            .instances
+            .iter()
+            .filter(|i| i.app == app && i.observed.is_live())
+            .count();
+        if live == 0 {
+            output::print(format, &status, status_tables);
+            return Ok(ExitCode::SUCCESS);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{live} instance(s) of {app} still run after {timeout:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Follows the deployment until every slot runs, an instance fails, or time is up.
+async fn await_running(
+    coordinators: &mut Coordinators,
+    app: &str,
+    timeout: Duration,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let deadline = Instant::now() + timeout;
+    let mut last_line = String::new();
+    loop {
+        let status = fetch_status(coordinators, false).await?;
+        let deployment = status
+            .deployments
+            .iter()
+            .find(|d| d.app == app)
+            .with_context(|| format!("{app} is not deployed"))?;
+        let mut line = format!(
+            "{app}: placed {}/{}, running {}/{}",
+            deployment.placed,
+            deployment.desired_count,
+            deployment.running,
+            deployment.desired_count
+        );
+        if !deployment.unplaced_reason.is_empty() {
+            line.push_str(&format!(
+                "; {} unplaced: {}",
+                deployment.unplaced, deployment.unplaced_reason
+            ));
+        }
+        if line != last_line {
+            eprintln!("    {line}");
+            last_line = line;
+        }
+        let failed: Vec<&InstanceView> = status
+            .instances
+            .iter()
+            .filter(|i| i.app == app && i.desired == "running" && i.observed == Phase::Failed)
+            .collect();
+        if !failed.is_empty() {
+            for instance in &failed {
+                eprintln!(
+                    "error: instance {} on {} failed: {}",
+                    instance.id, instance.host, instance.message
+                );
+            }
+            output::print(format, &status, status_tables);
+            return Ok(ExitCode::FAILURE);
+        }
+        if deployment.running == deployment.desired_count
+            && deployment.placed == deployment.desired_count
+        {
+            output::print(format, &status, status_tables);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if Instant::now() >= deadline {
+            output::print(format, &status, status_tables);
+            anyhow::bail!(
+                "{app} did not reach {} running instance(s) within {timeout:?}: {last_line}",
+                deployment.desired_count
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    served_by: u64,
+    stale: bool,
+    applied_index: u64,
+    deployments: Vec<DeploymentView>,
+    hosts: Vec<HostView>,
+    instances: Vec<InstanceView>,
+}
+
+#[derive(Debug, Serialize)]
+struct DeploymentView {
+    app: String,
+    version: String,
+    target: Target,
+    placement: Placement,
+    desired_count: u32,
+    stopped: bool,
+    placed: u32,
+    running: u32,
+    failed: u32,
+    unplaced: u32,
+    unplaced_reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct HostView {
+    id: String,
+    status: String,
+    address: String,
+    backends: Vec<Target>,
+    running: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct InstanceView {
+    id: String,
+    app: String,
+    version: String,
+    target: String,
+    slot: u32,
+    host: String,
+    desired: &'static str,
+    observed: Phase,
+    restarts: u32,
+    last_exit: Option<ExitStatus>,
+    message: String,
+}
+
+async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::Result<StatusView> {
+    let status = coordinators
+        .call("reading the cluster status", async |mut client| {
+            Ok(client
+                .get_status(pb::StatusRequest { stale })
+                .await?
+                .into_inner())
+        })
+        .await?;
+    let read = status.read.unwrap_or_default();
+    let instances: Vec<InstanceView> = status
+        .instances
+        .iter()
+        .map(|i| {
+            Ok(InstanceView {
+                id: mirari_core::ids::InstanceId::from_u64(i.id).to_string(),
+                app: i.app.clone(),
+                version: i.version.clone(),
+                target: i.target.clone(),
+                slot: i.slot,
+                host: i.host.clone(),
+                desired: if i.desired_running {
+                    "running"
+                } else {
+                    "stopped"
+                },
+                observed: Phase::try_from(i.observed())?,
+                restarts: i.restarts,
+                last_exit: i.last_exit.as_ref().and_then(Option::from),
+                message: i.message.clone(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let hosts = status
+        .hosts
+        .iter()
+        .map(|h| {
+            let host = log_codec::host_from_pb(h)?;
+            let running = instances
+                .iter()
+                .filter(|i| i.host == host.id.0 && i.observed == Phase::Running)
+                .count();
+            Ok(HostView {
+                id: host.id.0,
+                status: format!("{:?}", host.status).to_lowercase(),
+                address: host.address,
+                backends: host.backends.into_iter().collect(),
+                running,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let deployments = status
+        .deployments
+        .iter()
+        .map(|d| {
+            let spec = log_codec::deployment_from_pb(
+                d.spec.as_ref().context("a deployment without a spec")?,
+            )?;
+            Ok(DeploymentView {
+                app: spec.app,
+                version: spec.version,
+                target: spec.target,
+                placement: spec.placement,
+                desired_count: spec.count,
+                stopped: d.stopped,
+                placed: d.placed,
+                running: d.running,
+                failed: d.failed,
+                unplaced: d.unplaced,
+                unplaced_reason: d.unplaced_reason.clone(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(StatusView {
+        served_by: read.served_by,
+        stale: read.stale,
+        applied_index: read.applied_index,
+        deployments,
+        hosts,
+        instances,
+    })
+}
+
+fn status_tables(status: &StatusView) -> Table {
+    let mut table = Table::new(&[
+        "APP", "VERSION", "TARGET", "DESIRED", "PLACED", "RUNNING", "FAILED", "UNPLACED",
+    ]);
+    for d in &status.deployments {
+        let desired = if d.stopped {
+            "stopped".to_owned()
+        } else {
+            d.desired_count.to_string()
+        };
+        let unplaced = if d.unplaced_reason.is_empty() {
+            d.unplaced.to_string()
+        } else {
+            format!("{} ({})", d.unplaced, d.unplaced_reason)
+        };
+        table.row(vec![
+            d.app.clone(),
+            d.version.clone(),
+            d.target.to_string(),
+            desired,
+            d.placed.to_string(),
+            d.running.to_string(),
+            d.failed.to_string(),
+            unplaced,
+        ]);
+    }
+    table.row(vec![String::new()]);
+    table.row(
+        ["HOST", "STATUS", "ADDRESS", "BACKENDS", "RUNNING"]
+            .map(String::from)
+            .to_vec(),
+    );
+    for h in &status.hosts {
+        let backends: Vec<&str> = h.backends.iter().map(|b| b.name()).collect();
+        table.row(vec![
+            h.id.clone(),
+            h.status.clone(),
+            h.address.clone(),
+            backends.join(","),
+            h.running.to_string(),
+        ]);
+    }
+    table.row(vec![String::new()]);
+    table.row(
+        [
+            "INSTANCE", "APP", "SLOT", "HOST", "STATE", "RESTARTS", "DETAIL",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    for i in &status.instances {
+        let state = if i.desired == "running" {
+            i.observed.to_string()
+        } else {
+            format!("{} (stopping)", i.observed)
+        };
+        let detail = match (&i.last_exit, i.message.is_empty()) {
+            (_, false) => i.message.clone(),
+            (Some(exit), true) => exit.to_string(),
+            (None, true) => String::new(),
+        };
+        table.row(vec![
+            i.id.clone(),
+            format!("{}@{}", i.app, i.version),
+            i.slot.to_string(),
+            i.host.clone(),
+            state,
+            i.restarts.to_string(),
+            detail,
+        ]);
+    }
+    table
+}
+
+pub async fn status(
+    coordinators: &mut Coordinators,
+    stale: bool,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let status = fetch_status(coordinators, stale).await?;
+    output::print(format, &status, status_tables);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::UNIX_EPOCH
+            .elapsed()
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}

@@ -1,0 +1,236 @@
+//! Reaching agents from a coordinator: builds run on them, and consoles and lifecycle logs of
+//! their instances are proxied through the coordinator to the CLI.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use mirari_core::config::AppConfig;
+use mirari_core::ids::{self, InstanceId};
+use mirari_core::instance::Desired;
+use mirari_core::registry::{HostId, HostStatus};
+use mirari_core::target::Target;
+use mirari_proto::agent::agent_client::AgentClient;
+use mirari_proto::agent::{self as pb, build_event};
+use mirari_proto::endpoint::Endpoint;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::blobs::{ReplicatedBlobs, blob_status};
+use crate::driver::RaftHandle;
+
+#[derive(Debug, Default)]
+pub struct AgentClients {
+    clients: Mutex<HashMap<String, AgentClient<Channel>>>,
+}
+
+impl AgentClients {
+    pub async fn get(&self, host: &HostId, address: &str) -> Result<AgentClient<Channel>, Status> {
+        if let Some(client) = self
+            .clients
+            .lock()
+            .expect("agent clients lock")
+            .get(address)
+        {
+            return Ok(client.clone());
+        }
+        let endpoint: Endpoint = address
+            .parse()
+            .map_err(|e| Status::internal(format!("host {host} has a bad address: {e}")))?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            Status::unavailable(format!(
+                "cannot reach the agent of host {host} at {address}: {e}"
+            ))
+        })?;
+        let client = AgentClient::new(channel);
+        self.clients
+            .lock()
+            .expect("agent clients lock")
+            .insert(address.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    fn forget(&self, address: &str) {
+        self.clients
+            .lock()
+            .expect("agent clients lock")
+            .remove(address);
+    }
+
+    /// The agent that runs (or ran) the instance a person means by `prefix`.
+    async fn agent_of(
+        &self,
+        raft: &RaftHandle,
+        prefix: &str,
+    ) -> Result<(InstanceId, AgentClient<Channel>), Status> {
+        let (id, host, address) = {
+            let machine = raft.machine();
+            let registry = &machine.registry;
+            let id = ids::resolve_prefix(prefix, registry.instances().map(|i| i.id))
+                .map_err(|e| Status::not_found(e.to_string()))?;
+            let host = registry.instance(id).expect("resolved").host.clone();
+            let address = registry
+                .host(&host)
+                .map(|h| h.address.clone())
+                .unwrap_or_default();
+            (id, host, address)
+        };
+        Ok((id, self.get(&host, &address).await?))
+    }
+
+    pub async fn console(
+        &self,
+        raft: &RaftHandle,
+        request: pb::ConsoleRequest,
+    ) -> Result<BoxStream<'static, Result<pb::ConsoleChunk, Status>>, Status> {
+        let (id, mut agent) = self.agent_of(raft, &request.id).await?;
+        let stream = agent
+            .stream_console(pb::ConsoleRequest {
+                id: id.to_string(),
+                follow: request.follow,
+            })
+            .await?
+            .into_inner();
+        Ok(stream.boxed())
+    }
+
+    pub async fn events(
+        &self,
+        raft: &RaftHandle,
+        request: pb::EventsRequest,
+    ) -> Result<pb::EventsResponse, Status> {
+        let (id, mut agent) = self.agent_of(raft, &request.id).await?;
+        Ok(agent
+            .get_events(pb::EventsRequest { id: id.to_string() })
+            .await?
+            .into_inner())
+    }
+
+    /// Runs a build on an agent that has the target's backend, relaying its progress; stores
+    /// the artifact here and on a majority of coordinators before the final `done` event.
+    pub async fn build(
+        &self,
+        raft: &RaftHandle,
+        blobs: &ReplicatedBlobs,
+        job: pb::BuildJob,
+    ) -> Result<BoxStream<'static, Result<pb::BuildEvent, Status>>, Status> {
+        let target: Target = job
+            .target
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("{e}")))?;
+        AppConfig::parse(&job.config_path, &job.config_toml)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let builders = self.builders(raft, target);
+        if builders.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "no host that is up has the {target} backend to build on"
+            )));
+        }
+        let mut last_error = Status::unavailable("no builder answered");
+        for (host, address) in builders {
+            let mut agent = match self.get(&host, &address).await {
+                Ok(agent) => agent,
+                Err(error) => {
+                    last_error = error;
+                    continue;
+                }
+            };
+            match agent.build(job.clone()).await {
+                Ok(events) => {
+                    return Ok(relay_build(events.into_inner(), blobs.clone(), host).boxed());
+                }
+                Err(error) if error.code() == tonic::Code::Unavailable => {
+                    self.forget(&address);
+                    last_error = error;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Up hosts with the backend, the least busy first.
+    fn builders(&self, raft: &RaftHandle, target: Target) -> Vec<(HostId, String)> {
+        let machine = raft.machine();
+        let registry = &machine.registry;
+        let mut hosts: Vec<(usize, HostId, String)> = registry
+            .hosts()
+            .filter(|h| h.status == HostStatus::Up && h.backends.contains(&target))
+            .map(|h| {
+                let busy = registry
+                    .placed_on(&h.id)
+                    .filter(|i| i.desired == Desired::Running)
+                    .count();
+                (busy, h.id.clone(), h.address.clone())
+            })
+            .collect();
+        hosts.sort();
+        hosts
+            .into_iter()
+            .map(|(_, host, address)| (host, address))
+            .collect()
+    }
+}
+
+/// Passes progress through, collects the artifact into the blob store, and replicates it
+/// before passing `done` on.
+fn relay_build(
+    events: tonic::Streaming<pb::BuildEvent>,
+    blobs: ReplicatedBlobs,
+    host: HostId,
+) -> impl futures::Stream<Item = Result<pb::BuildEvent, Status>> {
+    futures::stream::unfold(
+        (events, blobs, Some(Vec::<u8>::new()), host),
+        |(mut events, blobs, artifact, host)| async move {
+            let mut artifact = artifact?;
+            loop {
+                let event = match events.message().await {
+                    Ok(Some(event)) => event,
+                    Ok(None) => {
+                        let error = Status::aborted(format!(
+                            "the build on host {host} ended without an artifact"
+                        ));
+                        return Some((Err(error), (events, blobs, None, host)));
+                    }
+                    Err(status) => return Some((Err(status), (events, blobs, None, host))),
+                };
+                match event.event {
+                    Some(build_event::Event::ArtifactChunk(chunk)) => {
+                        artifact.extend_from_slice(&chunk)
+                    }
+                    Some(build_event::Event::Done(done)) => {
+                        let stored = store_artifact(&blobs, &artifact, &done.artifact_sha256).await;
+                        let event = stored.map(|()| pb::BuildEvent {
+                            event: Some(build_event::Event::Done(pb::BuildDone {
+                                host: host.0.clone(),
+                                ..done
+                            })),
+                        });
+                        return Some((event, (events, blobs, None, host)));
+                    }
+                    other => {
+                        return Some((
+                            Ok(pb::BuildEvent { event: other }),
+                            (events, blobs, Some(artifact), host),
+                        ));
+                    }
+                }
+            }
+        },
+    )
+}
+
+async fn store_artifact(
+    blobs: &ReplicatedBlobs,
+    artifact: &[u8],
+    claimed: &str,
+) -> Result<(), Status> {
+    let expected = claimed
+        .parse()
+        .map_err(|e| Status::data_loss(format!("the builder sent a bad digest: {e}")))?;
+    let mut writer = blobs.store().writer(Some(expected)).map_err(blob_status)?;
+    writer.write(artifact).map_err(blob_status)?;
+    let (digest, _) = writer.finish().map_err(blob_status)?;
+    blobs.replicate(digest).await
+}

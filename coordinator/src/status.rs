@@ -1,0 +1,73 @@
+//! The cluster status: deployments with their counts and why slots are unplaced, hosts, and
+//! every instance that should run or recently ran.
+
+use mirari_core::ids::InstanceId;
+use mirari_core::instance::{Desired, Phase};
+use mirari_core::registry::Registry;
+use mirari_core::scheduler;
+use mirari_proto::agent as wire_agent;
+use mirari_proto::coordinator as pb;
+use mirari_proto::log_codec;
+
+pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterStatus {
+    let deployments = registry
+        .deployments()
+        .map(|deployment| {
+            let app = &deployment.spec.app;
+            let live = || {
+                registry
+                    .instances()
+                    .filter(move |i| &i.app == app && i.desired == Desired::Running)
+            };
+            let placed = live().count() as u32;
+            let running = live().filter(|i| i.observed == Phase::Running).count() as u32;
+            let failed = live().filter(|i| i.observed == Phase::Failed).count() as u32;
+            let stopped = deployment.desired == Desired::Stopped;
+            let dry_run = if stopped {
+                None
+            } else {
+                scheduler::plan(registry, app, usize::MAX, &mut || InstanceId::from_u64(0))
+            };
+            pb::DeploymentStatus {
+                spec: Some(log_codec::deployment_to_pb(&deployment.spec)),
+                stopped,
+                generation: deployment.generation,
+                placed,
+                running,
+                failed,
+                unplaced: if stopped {
+                    0
+                } else {
+                    deployment.spec.count.saturating_sub(placed)
+                },
+                unplaced_reason: dry_run
+                    .filter(|plan| plan.unplaced > 0)
+                    .map(|plan| plan.explain())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    let instances = registry
+        .instances()
+        .filter(|i| i.desired == Desired::Running || i.observed.is_live())
+        .map(|i| pb::InstanceStatus {
+            id: i.id.as_u64(),
+            app: i.app.clone(),
+            version: i.version.clone(),
+            target: i.target.name().to_owned(),
+            slot: i.slot,
+            host: i.host.0.clone(),
+            desired_running: i.desired == Desired::Running,
+            observed: wire_agent::Phase::from(i.observed).into(),
+            restarts: i.restarts,
+            last_exit: i.last_exit.map(wire_agent::ExitStatus::from),
+            message: i.message.clone(),
+        })
+        .collect();
+    pb::ClusterStatus {
+        read: Some(read),
+        deployments,
+        hosts: registry.hosts().map(log_codec::host_to_pb).collect(),
+        instances,
+    }
+}
