@@ -46,47 +46,29 @@ impl Builder {
     }
 
     async fn build(&self, job: pb::BuildJob, events: &Events) -> Result<(), Status> {
-        let target: Target = job
-            .target
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("{e}")))?;
-        let bundle: Digest = job
-            .bundle_sha256
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("{e}")))?;
+        let target: Target = job.target.parse().map_err(|e| Status::invalid_argument(format!("{e}")))?;
+        let bundle: Digest = job.bundle_sha256.parse().map_err(|e| Status::invalid_argument(format!("{e}")))?;
         self.coordinators
             .fetch_blob(&self.blobs, bundle)
             .await
             .map_err(|e| Status::failed_precondition(format!("host {}: {e}", self.host)))?;
-        std::fs::create_dir_all(&self.scratch)
-            .map_err(|e| Status::internal(format!("build directory: {e}")))?;
+        std::fs::create_dir_all(&self.scratch).map_err(|e| Status::internal(format!("build directory: {e}")))?;
         let dir = tempfile::Builder::new()
             .prefix("build-")
             .tempdir_in(&self.scratch)
             .map_err(|e| Status::internal(format!("build directory: {e}")))?;
-        let (project, store, host) = (
-            self.unpack(&job, bundle, dir.path())?,
-            self.blobs.clone(),
-            self.host.clone(),
-        );
+        let (project, store, host) = (self.unpack(&job, bundle, dir.path())?, self.blobs.clone(), self.host.clone());
         let missing = requirements::check(&requirements::requirements_of(&project));
         if !missing.is_empty() {
             let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
-            return Err(Status::failed_precondition(format!(
-                "host {host} cannot build {target}: {}",
-                list.join("; ")
-            )));
+            return Err(Status::failed_precondition(format!("host {host} cannot build {target}: {}", list.join("; "))));
         }
         let progress = events.clone();
         let built = tokio::task::spawn_blocking(move || {
             driver::build_target(&project, target, &store, &mut |e| {
                 let wire = match e {
                     BuildEvent::Step { index, total, what } => {
-                        build_event::Event::Step(pb::BuildStep {
-                            index: index as u32,
-                            total: total as u32,
-                            what,
-                        })
+                        build_event::Event::Step(pb::BuildStep { index: index as u32, total: total as u32, what })
                     }
                     BuildEvent::Output(line) => build_event::Event::Output(line),
                 };
@@ -97,51 +79,34 @@ impl Builder {
         .map_err(|e| Status::internal(format!("the build task failed: {e}")))?
         .map_err(|e| Status::aborted(format!("host {host}: {e}")))?;
         let path = self.blobs.path(&built.digest);
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| Status::internal(format!("artifact: {e}")))?;
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| Status::internal(format!("artifact: {e}")))?;
         let mut size = 0u64;
         loop {
             let mut chunk = vec![0u8; CHUNK_BYTES];
-            let n = file
-                .read(&mut chunk)
-                .await
-                .map_err(|e| Status::internal(format!("artifact: {e}")))?;
+            let n = file.read(&mut chunk).await.map_err(|e| Status::internal(format!("artifact: {e}")))?;
             if n == 0 {
                 break;
             }
             chunk.truncate(n);
             size += n as u64;
-            if events
-                .send(event(build_event::Event::ArtifactChunk(chunk)))
-                .await
-                .is_err()
-            {
+            if events.send(event(build_event::Event::ArtifactChunk(chunk))).await.is_err() {
                 return Ok(());
             }
         }
-        let done = pb::BuildDone {
-            artifact_sha256: built.digest.to_string(),
-            size,
-            host: self.host.clone(),
-        };
+        let done = pb::BuildDone { artifact_sha256: built.digest.to_string(), size, host: self.host.clone() };
         let _ = events.send(event(build_event::Event::Done(done))).await;
         Ok(())
     }
 
     /// Unpacks the bundle and writes the config the build was asked with.
     fn unpack(&self, job: &pb::BuildJob, bundle: Digest, dir: &Path) -> Result<Project, Status> {
-        let file = std::fs::File::open(self.blobs.path(&bundle))
-            .map_err(|e| Status::internal(format!("bundle: {e}")))?;
-        archive::unpack(file, dir).map_err(|e| {
-            Status::invalid_argument(format!("the source bundle does not unpack: {e}"))
-        })?;
-        let name = Path::new(&job.config_path)
-            .file_name()
-            .map_or_else(|| "mirari.toml".into(), |n| n.to_os_string());
+        let file =
+            std::fs::File::open(self.blobs.path(&bundle)).map_err(|e| Status::internal(format!("bundle: {e}")))?;
+        archive::unpack(file, dir)
+            .map_err(|e| Status::invalid_argument(format!("the source bundle does not unpack: {e}")))?;
+        let name = Path::new(&job.config_path).file_name().map_or_else(|| "mirari.toml".into(), |n| n.to_os_string());
         let config = dir.join(name);
-        std::fs::write(&config, &job.config_toml)
-            .map_err(|e| Status::internal(format!("config: {e}")))?;
+        std::fs::write(&config, &job.config_toml).map_err(|e| Status::internal(format!("config: {e}")))?;
         Project::load(&config).map_err(|e| Status::invalid_argument(e.to_string()))
     }
 }

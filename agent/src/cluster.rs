@@ -56,10 +56,7 @@ pub struct Coordinators {
 
 impl Coordinators {
     pub fn new(endpoints: Vec<Endpoint>) -> Self {
-        Self {
-            endpoints: Arc::new(endpoints),
-            next: Arc::new(AtomicUsize::new(0)),
-        }
+        Self { endpoints: Arc::new(endpoints), next: Arc::new(AtomicUsize::new(0)) }
     }
 
     /// A client of the first coordinator that answers, starting from the current one.
@@ -96,9 +93,7 @@ impl Coordinators {
             let Ok(mut client) = self.client().await else {
                 continue;
             };
-            let request = pb::FetchBlobRequest {
-                sha256: digest.to_string(),
-            };
+            let request = pb::FetchBlobRequest { sha256: digest.to_string() };
             let mut chunks = match client.fetch_blob(request).await {
                 Ok(response) => response.into_inner(),
                 Err(_) => {
@@ -107,15 +102,11 @@ impl Coordinators {
                 }
             };
             let blob_error = |reason: String| ClusterError::Blob { digest, reason };
-            let mut writer = store
-                .writer(Some(digest))
-                .map_err(|e| blob_error(e.to_string()))?;
+            let mut writer = store.writer(Some(digest)).map_err(|e| blob_error(e.to_string()))?;
             let mut complete = true;
             loop {
                 match chunks.message().await {
-                    Ok(Some(chunk)) => writer
-                        .write(&chunk.data)
-                        .map_err(|e| blob_error(e.to_string()))?,
+                    Ok(Some(chunk)) => writer.write(&chunk.data).map_err(|e| blob_error(e.to_string()))?,
                     Ok(None) => break,
                     Err(_) => {
                         complete = false;
@@ -146,12 +137,7 @@ pub async fn run(agent: Agent, config: ClusterConfig) {
     let (lease_valid, lease_watch) = watch::channel(false);
     let (assignments, assignments_watch) = watch::channel(None::<Vec<(InstanceId, InstanceSpec)>>);
     tokio::spawn(watch_assignments(config.clone(), assignments));
-    tokio::spawn(apply_assignments(
-        agent.clone(),
-        config.coordinators.clone(),
-        lease_watch,
-        assignments_watch,
-    ));
+    tokio::spawn(apply_assignments(agent.clone(), config.coordinators.clone(), lease_watch, assignments_watch));
     keep_lease(agent, config, lease_valid).await;
 }
 
@@ -178,8 +164,7 @@ async fn keep_lease(agent: Agent, config: ClusterConfig, lease_valid: watch::Sen
                 }
                 Some(_) => {
                     for report in reports {
-                        reported
-                            .insert(report.id, (report.phase, report.restarts, report.last_exit));
+                        reported.insert(report.id, (report.phase, report.restarts, report.last_exit));
                     }
                     true
                 }
@@ -213,9 +198,7 @@ async fn register(config: &ClusterConfig) -> bool {
     let Ok(mut client) = config.coordinators.client().await else {
         return false;
     };
-    let request = pb::RegisterHostRequest {
-        host: Some(log_codec::host_to_pb(&config.host)),
-    };
+    let request = pb::RegisterHostRequest { host: Some(log_codec::host_to_pb(&config.host)) };
     match tokio::time::timeout(RPC_TIMEOUT, client.register_host(request)).await {
         Ok(Ok(_)) => true,
         outcome => {
@@ -269,15 +252,10 @@ fn changed_reports(agent: &Agent, reported: &HashMap<InstanceId, Reported>) -> V
         .collect()
 }
 
-async fn watch_assignments(
-    config: ClusterConfig,
-    latest: watch::Sender<Option<Vec<(InstanceId, InstanceSpec)>>>,
-) {
+async fn watch_assignments(config: ClusterConfig, latest: watch::Sender<Option<Vec<(InstanceId, InstanceSpec)>>>) {
     loop {
         if let Ok(mut client) = config.coordinators.client().await {
-            let request = pb::WatchAssignmentsRequest {
-                host: config.host.id.0.clone(),
-            };
+            let request = pb::WatchAssignmentsRequest { host: config.host.id.0.clone() };
             if let Ok(response) = client.watch_assignments(request).await {
                 let mut stream = response.into_inner();
                 while let Ok(Some(assignments)) = stream.message().await {
@@ -304,10 +282,10 @@ fn decode_assignments(
         .instances
         .iter()
         .map(|a| {
-            let spec = a.spec.as_ref().ok_or(mirari_proto::convert::WireError {
-                field: "assignment.spec",
-                reason: "missing".into(),
-            })?;
+            let spec = a
+                .spec
+                .as_ref()
+                .ok_or(mirari_proto::convert::WireError { field: "assignment.spec", reason: "missing".into() })?;
             Ok((InstanceId::from_u64(a.id), InstanceSpec::try_from(spec)?))
         })
         .collect()
@@ -332,9 +310,7 @@ async fn apply_assignments(
         };
         let needed: Vec<Digest> = set
             .iter()
-            .flat_map(|(_, spec)| {
-                std::iter::once(spec.artifact).chain(spec.files.iter().map(|f| f.digest))
-            })
+            .flat_map(|(_, spec)| std::iter::once(spec.artifact).chain(spec.files.iter().map(|f| f.digest)))
             .collect();
         let mut fetched = true;
         for digest in needed {

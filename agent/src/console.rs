@@ -22,10 +22,7 @@ pub struct ConsoleBuffer {
 
 impl ConsoleBuffer {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            ring: Mutex::new(ByteRing::new(capacity)),
-            state: watch::channel((0, false)).0,
-        }
+        Self { ring: Mutex::new(ByteRing::new(capacity)), state: watch::channel((0, false)).0 }
     }
 
     pub fn push(&self, data: &[u8]) {
@@ -47,26 +44,19 @@ impl ConsoleBuffer {
     /// What is kept, then (if `follow`) new output until the instance is finished.
     pub fn read(self: std::sync::Arc<Self>, follow: bool) -> impl Stream<Item = RingRead> + Send {
         let updates = self.state.subscribe();
-        futures::stream::unfold(
-            (self, updates, 0u64),
-            move |(console, mut updates, next)| async move {
-                loop {
-                    let (_, finished) = *updates.borrow_and_update();
-                    let read = console
-                        .ring
-                        .lock()
-                        .expect("console lock")
-                        .read_from(next, MAX_READ);
-                    if !read.bytes.is_empty() || read.dropped > 0 {
-                        let next = read.next;
-                        return Some((read, (console, updates, next)));
-                    }
-                    if !follow || finished || updates.changed().await.is_err() {
-                        return None;
-                    }
+        futures::stream::unfold((self, updates, 0u64), move |(console, mut updates, next)| async move {
+            loop {
+                let (_, finished) = *updates.borrow_and_update();
+                let read = console.ring.lock().expect("console lock").read_from(next, MAX_READ);
+                if !read.bytes.is_empty() || read.dropped > 0 {
+                    let next = read.next;
+                    return Some((read, (console, updates, next)));
                 }
-            },
-        )
+                if !follow || finished || updates.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
     }
 }
 

@@ -42,11 +42,7 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let agent = Agent::open(config.clone()).await?;
     for fingerprint in agent.fingerprints() {
-        let facts: Vec<String> = fingerprint
-            .attributes
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let facts: Vec<String> = fingerprint.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
         match &fingerprint.unavailable {
             None => {
                 tracing::info!(backend = %fingerprint.target, facts = facts.join(" "), "backend available")
@@ -63,12 +59,8 @@ pub async fn run(
         host: join.name.clone(),
     });
     if let Some(join) = join {
-        let backends: BTreeSet<_> = agent
-            .fingerprints()
-            .iter()
-            .filter(|f| f.unavailable.is_none())
-            .map(|f| f.target)
-            .collect();
+        let backends: BTreeSet<_> =
+            agent.fingerprints().iter().filter(|f| f.unavailable.is_none()).map(|f| f.target).collect();
         let host = Host {
             id: HostId(join.name.clone()),
             address: join.advertise.clone(),
@@ -80,23 +72,14 @@ pub async fn run(
             status_changed_at_ms: 0,
         };
         tracing::info!(host = %join.name, advertise = %join.advertise, "joining the cluster");
-        let link = ClusterConfig {
-            coordinators: Coordinators::new(join.coordinators),
-            host,
-            timing: join.timing,
-        };
+        let link = ClusterConfig { coordinators: Coordinators::new(join.coordinators), host, timing: join.timing };
         tokio::spawn(cluster::run(agent.clone(), link));
     }
-    let endpoint = listener
-        .local_endpoint()
-        .map_or_else(|_| "?".into(), |e: Endpoint| e.to_string());
+    let endpoint = listener.local_endpoint().map_or_else(|_| "?".into(), |e: Endpoint| e.to_string());
     tracing::info!(%endpoint, state_dir = %config.state_dir.display(), "mirari-agent serving");
-    let router = tonic::transport::Server::builder()
-        .add_service(AgentService::new(agent, builder).into_server());
+    let router = tonic::transport::Server::builder().add_service(AgentService::new(agent, builder).into_server());
     listener.serve(router, shutdown).await?;
-    tracing::info!(
-        "mirari-agent stopped; instances keep running and are re-adopted at the next start"
-    );
+    tracing::info!("mirari-agent stopped; instances keep running and are re-adopted at the next start");
     Ok(())
 }
 
@@ -104,14 +87,7 @@ pub async fn run(
 pub fn default_memory_mib() -> u64 {
     let total_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<u64>()
-                .ok()
-        })
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
         .unwrap_or(1 << 20);
     (total_kib / 1024).saturating_sub(512).max(256)
 }
@@ -121,8 +97,7 @@ pub const VCPU_OVERCOMMIT: u32 = 8;
 
 /// The vCPUs this host offers: `VCPU_OVERCOMMIT` per CPU.
 pub fn default_vcpus() -> u32 {
-    let cpus = std::thread::available_parallelism()
-        .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
     cpus.saturating_mul(VCPU_OVERCOMMIT)
 }
 

@@ -67,9 +67,7 @@ enum Command {
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+    text.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
 }
 
 fn main() -> std::process::ExitCode {
@@ -79,14 +77,11 @@ fn main() -> std::process::ExitCode {
         None => {
             tracing_subscriber::fmt()
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
+                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
                 )
                 .with_writer(std::io::stderr)
                 .init();
-            tokio::runtime::Runtime::new()
-                .map_err(Into::into)
-                .and_then(|runtime| runtime.block_on(serve(cli)))
+            tokio::runtime::Runtime::new().map_err(Into::into).and_then(|runtime| runtime.block_on(serve(cli)))
         }
     };
     match result {
@@ -106,17 +101,13 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         kvm_device: cli.kvm_device,
     };
     let endpoint = cli.listen.unwrap_or_else(paths::default_agent_endpoint);
-    let listener = Listener::bind(&endpoint)
-        .await
-        .with_context(|| format!("cannot listen on {endpoint}"))?;
+    let listener = Listener::bind(&endpoint).await.with_context(|| format!("cannot listen on {endpoint}"))?;
     let join = if cli.join.is_empty() {
         None
     } else {
         let advertise = match (cli.advertise, listener.local_endpoint()?) {
             (Some(advertise), _) => advertise,
-            (None, Endpoint::Tcp(address))
-                if !address.starts_with("0.0.0.0") && !address.starts_with("[::]") =>
-            {
+            (None, Endpoint::Tcp(address)) if !address.starts_with("0.0.0.0") && !address.starts_with("[::]") => {
                 address
             }
             (None, _) => anyhow::bail!(
@@ -136,9 +127,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             timing: Default::default(),
         })
     };
-    daemon::run(config, join, listener, shutdown_signal())
-        .await
-        .map_err(Into::into)
+    daemon::run(config, join, listener, shutdown_signal()).await.map_err(Into::into)
 }
 
 async fn shutdown_signal() {

@@ -11,9 +11,7 @@ fn is_root() -> bool {
 fn home_relative(xdg_var: &str, fallback: &str) -> PathBuf {
     std::env::var_os(xdg_var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(fallback)
-        })
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(fallback))
 }
 
 /// `/var/lib/mirari/agent` for root, else `$XDG_STATE_HOME/mirari/agent`.
@@ -30,8 +28,7 @@ pub fn default_agent_endpoint() -> Endpoint {
     let dir = if is_root() {
         PathBuf::from("/run/mirari")
     } else {
-        std::env::var_os("XDG_RUNTIME_DIR")
-            .map_or_else(default_state_dir, |d| PathBuf::from(d).join("mirari"))
+        std::env::var_os("XDG_RUNTIME_DIR").map_or_else(default_state_dir, |d| PathBuf::from(d).join("mirari"))
     };
     Endpoint::Unix(dir.join("agent.sock"))
 }

@@ -101,18 +101,11 @@ impl Agent {
     /// Opens the state directory, fingerprints the backends, re-adopts surviving instances and
     /// starts the reconcile loop.
     pub async fn open(config: AgentConfig) -> Result<Self, AgentError> {
-        std::fs::create_dir_all(config.state_dir.join("instances")).map_err(|source| {
-            AgentError::StateDir {
-                path: config.state_dir.clone(),
-                source,
-            }
-        })?;
+        std::fs::create_dir_all(config.state_dir.join("instances"))
+            .map_err(|source| AgentError::StateDir { path: config.state_dir.clone(), source })?;
         let store = StateStore::open(&config.state_dir.join("agent.redb"))?;
         let blobs = BlobStore::open(&config.state_dir.join("blobs"))?;
-        let launcher = ShimLauncher {
-            program: config.shim_program.clone(),
-            console_bytes: config.console_bytes,
-        };
+        let launcher = ShimLauncher { program: config.shim_program.clone(), console_bytes: config.console_bytes };
         let all: Vec<Arc<dyn Backend>> = vec![
             Arc::new(UnixBackend::new(launcher.clone())),
             Arc::new(KvmBackend::new(launcher).with_kvm_device(&config.kvm_device)),
@@ -145,10 +138,7 @@ impl Agent {
             }),
         };
         agent.recover_all().await;
-        tokio::spawn(reconcile_loop(
-            Arc::downgrade(&agent.inner),
-            agent.inner.wake.clone(),
-        ));
+        tokio::spawn(reconcile_loop(Arc::downgrade(&agent.inner), agent.inner.wake.clone()));
         Ok(agent)
     }
 
@@ -163,9 +153,7 @@ impl Agent {
     /// Creates `count` instances of `spec`, each with a freshly minted ID, and has them started.
     pub fn run(&self, spec: InstanceSpec, count: u32) -> Result<Vec<InstanceId>, AgentError> {
         if !(1..=MAX_RUN_COUNT).contains(&count) {
-            return Err(AgentError::InvalidRequest(format!(
-                "count must be 1 to {MAX_RUN_COUNT}, not {count}"
-            )));
+            return Err(AgentError::InvalidRequest(format!("count must be 1 to {MAX_RUN_COUNT}, not {count}")));
         }
         self.usable_backend(spec.target)?;
         let missing: Vec<Digest> = std::iter::once(spec.artifact)
@@ -199,13 +187,9 @@ impl Agent {
     /// Makes this host's cluster instances exactly `assigned`: creates the missing ones with
     /// the coordinators' IDs, wants stopped ones running again, stops the rest. The blobs of
     /// new instances must already be in the store.
-    pub fn apply_assignments(
-        &self,
-        assigned: &[(InstanceId, InstanceSpec)],
-    ) -> Result<(), AgentError> {
+    pub fn apply_assignments(&self, assigned: &[(InstanceId, InstanceSpec)]) -> Result<(), AgentError> {
         let now = now_ms();
-        let wanted: BTreeMap<InstanceId, &InstanceSpec> =
-            assigned.iter().map(|(id, spec)| (*id, spec)).collect();
+        let wanted: BTreeMap<InstanceId, &InstanceSpec> = assigned.iter().map(|(id, spec)| (*id, spec)).collect();
         let mut instances = self.inner.instances.lock().expect("instances lock");
         let new: Vec<InstanceRecord> = wanted
             .iter()
@@ -218,9 +202,7 @@ impl Agent {
             .collect();
         let missing: Vec<Digest> = new
             .iter()
-            .flat_map(|r| {
-                std::iter::once(r.spec.artifact).chain(r.spec.files.iter().map(|f| f.digest))
-            })
+            .flat_map(|r| std::iter::once(r.spec.artifact).chain(r.spec.files.iter().map(|f| f.digest)))
             .filter(|d| !self.inner.blobs.contains(d))
             .collect();
         if !missing.is_empty() {
@@ -231,10 +213,7 @@ impl Agent {
             let console = Arc::new(ConsoleBuffer::new(self.inner.config.console_bytes));
             instances.insert(record.id, Slot { record, console });
         }
-        for slot in instances
-            .values_mut()
-            .filter(|s| s.record.origin == Origin::Cluster)
-        {
+        for slot in instances.values_mut().filter(|s| s.record.origin == Origin::Cluster) {
             let record = &mut slot.record;
             let assigned = wanted.contains_key(&record.id);
             let running = record.lifecycle.desired == Desired::Running;
@@ -269,10 +248,7 @@ impl Agent {
             }
             record.lifecycle.on_stop_requested();
             record.quick_stop = true;
-            record.log(
-                now,
-                "fenced: this host lost its cluster lease; stopping before the cluster replaces it",
-            );
+            record.log(now, "fenced: this host lost its cluster lease; stopping before the cluster replaces it");
             self.inner.store.save(record)?;
             fenced += 1;
         }
@@ -289,8 +265,7 @@ impl Agent {
     /// Every instance record, oldest first.
     pub fn list(&self) -> Vec<InstanceRecord> {
         let instances = self.inner.instances.lock().expect("instances lock");
-        let mut records: Vec<InstanceRecord> =
-            instances.values().map(|s| s.record.clone()).collect();
+        let mut records: Vec<InstanceRecord> = instances.values().map(|s| s.record.clone()).collect();
         records.sort_by_key(|r| (r.created_at_ms, r.id));
         records
     }
@@ -302,21 +277,11 @@ impl Agent {
     }
 
     pub fn get(&self, id: InstanceId) -> Option<InstanceRecord> {
-        self.inner
-            .instances
-            .lock()
-            .expect("instances lock")
-            .get(&id)
-            .map(|s| s.record.clone())
+        self.inner.instances.lock().expect("instances lock").get(&id).map(|s| s.record.clone())
     }
 
     pub fn console(&self, id: InstanceId) -> Option<Arc<ConsoleBuffer>> {
-        self.inner
-            .instances
-            .lock()
-            .expect("instances lock")
-            .get(&id)
-            .map(|s| s.console.clone())
+        self.inner.instances.lock().expect("instances lock").get(&id).map(|s| s.console.clone())
     }
 
     /// Asks for the instance to stop and waits until it has.
@@ -330,11 +295,8 @@ impl Agent {
             }
         })?;
         loop {
-            let record = self
-                .get(id)
-                .ok_or_else(|| ResolveIdError::NotFound(id.to_string()))?;
-            let settled =
-                !record.lifecycle.phase.is_live() && record.lifecycle.phase != Phase::Pending;
+            let record = self.get(id).ok_or_else(|| ResolveIdError::NotFound(id.to_string()))?;
+            let settled = !record.lifecycle.phase.is_live() && record.lifecycle.phase != Phase::Pending;
             if settled && !record.stop_in_flight {
                 return Ok(record);
             }
@@ -350,30 +312,16 @@ impl Agent {
         if let Some(reason) = fingerprint.and_then(|f| f.unavailable.clone()) {
             return Err(unavailable(reason));
         }
-        self.inner
-            .backends
-            .get(&target)
-            .cloned()
-            .ok_or_else(|| unavailable("this agent has no such backend".into()))
+        self.inner.backends.get(&target).cloned().ok_or_else(|| unavailable("this agent has no such backend".into()))
     }
 
     fn launch(&self, record: &InstanceRecord) -> Launch {
         let blobs = &self.inner.blobs;
         Launch {
             id: record.id,
-            dir: self
-                .inner
-                .config
-                .state_dir
-                .join("instances")
-                .join(record.id.to_string()),
+            dir: self.inner.config.state_dir.join("instances").join(record.id.to_string()),
             artifact: blobs.path(&record.spec.artifact),
-            files: record
-                .spec
-                .files
-                .iter()
-                .map(|f| blobs.path(&f.digest))
-                .collect(),
+            files: record.spec.files.iter().map(|f| blobs.path(&f.digest)).collect(),
             spec: record.spec.clone(),
         }
     }
@@ -386,9 +334,7 @@ impl Agent {
         change: impl FnOnce(&mut InstanceRecord, &ConsoleBuffer) -> R,
     ) -> Result<R, AgentError> {
         let mut instances = self.inner.instances.lock().expect("instances lock");
-        let slot = instances
-            .get_mut(&id)
-            .ok_or_else(|| ResolveIdError::NotFound(id.to_string()))?;
+        let slot = instances.get_mut(&id).ok_or_else(|| ResolveIdError::NotFound(id.to_string()))?;
         let before = slot.record.clone();
         let result = change(&mut slot.record, &slot.console);
         if slot.record != before
@@ -411,12 +357,7 @@ impl Agent {
     fn reconcile_once(&self) -> Option<u64> {
         let plan = {
             let instances = self.inner.instances.lock().expect("instances lock");
-            reconcile::plan(
-                instances
-                    .iter()
-                    .map(|(id, slot)| (*id, &slot.record.lifecycle)),
-                now_ms(),
-            )
+            reconcile::plan(instances.iter().map(|(id, slot)| (*id, &slot.record.lifecycle)), now_ms())
         };
         for action in plan.actions {
             match action {
@@ -431,11 +372,8 @@ impl Agent {
         let started = self.update(id, |record, _| {
             let restart = record.lifecycle.phase != Phase::Pending;
             record.lifecycle.on_starting();
-            let what = if restart {
-                format!("restarting (restart {})", record.lifecycle.restarts)
-            } else {
-                "starting".into()
-            };
+            let what =
+                if restart { format!("restarting (restart {})", record.lifecycle.restarts) } else { "starting".into() };
             record.log(now_ms(), what);
             record.clone()
         });
@@ -451,21 +389,13 @@ impl Agent {
     async fn start(&self, record: InstanceRecord) {
         let id = record.id;
         let launch = self.launch(&record);
-        let missing = std::iter::once(&launch.artifact)
-            .chain(&launch.files)
-            .find(|p| !p.is_file());
+        let missing = std::iter::once(&launch.artifact).chain(&launch.files).find(|p| !p.is_file());
         let started = match (self.usable_backend(record.spec.target), missing) {
             (Err(error), _) => Err(error.to_string()),
-            (Ok(_), Some(path)) => {
-                Err(format!("{} is missing from the blob store", path.display()))
-            }
+            (Ok(_), Some(path)) => Err(format!("{} is missing from the blob store", path.display())),
             (Ok(backend), None) => match backend.start(&launch).await {
                 Ok(handle) => {
-                    let detail = backend
-                        .inspect(&launch, &handle)
-                        .await
-                        .map(|i| i.detail)
-                        .unwrap_or_default();
+                    let detail = backend.inspect(&launch, &handle).await.map(|i| i.detail).unwrap_or_default();
                     Ok((backend, handle, detail))
                 }
                 Err(error) => Err(error.to_string()),
@@ -510,9 +440,7 @@ impl Agent {
                 }
             }
             let ended = backend.wait(&launch).await;
-            agent
-                .finish_run(id, &launch, Some(backend.as_ref()), ended, "")
-                .await;
+            agent.finish_run(id, &launch, Some(backend.as_ref()), ended, "").await;
         });
     }
 
@@ -535,10 +463,7 @@ impl Agent {
                 }
                 Ended::Lost => {
                     record.lifecycle.on_lost(policy, now);
-                    record.log(
-                        now,
-                        format!("lost{context}: it is gone and nothing recorded how it ended"),
-                    );
+                    record.log(now, format!("lost{context}: it is gone and nothing recorded how it ended"));
                 }
             }
             record.handle = None;
@@ -547,9 +472,7 @@ impl Agent {
         if let Err(error) = recorded {
             tracing::error!(%id, %error, "cannot record the end of an instance");
         }
-        if let Some(Err(error)) =
-            futures::future::OptionFuture::from(backend.map(|b| b.destroy(launch))).await
-        {
+        if let Some(Err(error)) = futures::future::OptionFuture::from(backend.map(|b| b.destroy(launch))).await {
             tracing::warn!(%id, %error, "cannot clean up after an instance");
         }
     }
@@ -560,10 +483,7 @@ impl Agent {
         let life = &record.lifecycle;
         let line = match (life.phase, life.restart_due_ms) {
             (_, Some(due)) => Some(format!("restart in {} ms", due.saturating_sub(now))),
-            (Phase::Failed, None) => Some(format!(
-                "failed: {}",
-                life.message.clone().unwrap_or_default()
-            )),
+            (Phase::Failed, None) => Some(format!("failed: {}", life.message.clone().unwrap_or_default())),
             (Phase::Exited, None) => life.message.clone(),
             _ => None,
         };
@@ -575,10 +495,7 @@ impl Agent {
 
     fn begin_stop(&self, id: InstanceId) {
         let stopping = self.update(id, |record, _| {
-            let handle = record
-                .handle
-                .clone()
-                .filter(|_| record.lifecycle.phase == Phase::Running)?;
+            let handle = record.handle.clone().filter(|_| record.lifecycle.phase == Phase::Running)?;
             record.lifecycle.on_stopping();
             record.stop_in_flight = true;
             record.log(now_ms(), "stopping");
@@ -624,23 +541,12 @@ impl Agent {
 
     /// Re-adopts instances that were live when the agent last ran.
     async fn recover_all(&self) {
-        let live: Vec<InstanceRecord> = self
-            .list()
-            .into_iter()
-            .filter(|r| r.lifecycle.phase.is_live())
-            .collect();
+        let live: Vec<InstanceRecord> = self.list().into_iter().filter(|r| r.lifecycle.phase.is_live()).collect();
         for record in live {
             let id = record.id;
             let launch = self.launch(&record);
             let Some(backend) = self.inner.backends.get(&record.spec.target).cloned() else {
-                self.finish_run(
-                    id,
-                    &launch,
-                    None,
-                    Ended::Lost,
-                    " (this agent has no backend for it)",
-                )
-                .await;
+                self.finish_run(id, &launch, None, Ended::Lost, " (this agent has no backend for it)").await;
                 continue;
             };
             match backend.recover(&launch, record.handle.as_ref()).await {
@@ -659,32 +565,17 @@ impl Agent {
                     }
                 }
                 Ok(Recovered::Ended(ended)) => {
-                    if let (Ok(mut frames), Some(console)) =
-                        (backend.console(&launch, 0).await, self.console(id))
-                    {
+                    if let (Ok(mut frames), Some(console)) = (backend.console(&launch, 0).await, self.console(id)) {
                         while let Some(frame) = frames.next().await {
                             console.push(&frame.data);
                         }
                     }
-                    self.finish_run(
-                        id,
-                        &launch,
-                        Some(backend.as_ref()),
-                        ended,
-                        " while the agent was down",
-                    )
-                    .await;
+                    self.finish_run(id, &launch, Some(backend.as_ref()), ended, " while the agent was down").await;
                 }
                 Err(error) => {
                     tracing::warn!(%id, %error, "cannot recover an instance");
-                    self.finish_run(
-                        id,
-                        &launch,
-                        Some(backend.as_ref()),
-                        Ended::Lost,
-                        " while the agent was down",
-                    )
-                    .await;
+                    self.finish_run(id, &launch, Some(backend.as_ref()), Ended::Lost, " while the agent was down")
+                        .await;
                 }
             }
         }
@@ -698,9 +589,7 @@ async fn reconcile_loop(agent: Weak<Inner>, wake: Arc<Notify>) {
         notified.as_mut().enable();
         let Some(inner) = agent.upgrade() else { return };
         let wake_at = Agent { inner }.reconcile_once();
-        let until_due = wake_at.map_or(RECHECK_INTERVAL, |due| {
-            Duration::from_millis(due.saturating_sub(now_ms()))
-        });
+        let until_due = wake_at.map_or(RECHECK_INTERVAL, |due| Duration::from_millis(due.saturating_sub(now_ms())));
         tokio::select! {
             () = notified => {}
             () = tokio::time::sleep(until_due.min(RECHECK_INTERVAL)) => {}

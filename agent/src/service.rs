@@ -38,14 +38,11 @@ fn status_of(error: AgentError) -> Status {
     match error {
         AgentError::NoSuchInstance(_) => Status::not_found(message),
         AgentError::InvalidRequest(_) => Status::invalid_argument(message),
-        AgentError::BackendUnavailable { .. } | AgentError::MissingBlobs(_) => {
-            Status::failed_precondition(message)
-        }
+        AgentError::BackendUnavailable { .. } | AgentError::MissingBlobs(_) => Status::failed_precondition(message),
         AgentError::Blob(BlobError::Mismatch { .. }) => Status::data_loss(message),
-        AgentError::State(_)
-        | AgentError::Blob(_)
-        | AgentError::Backend(_)
-        | AgentError::StateDir { .. } => Status::internal(message),
+        AgentError::State(_) | AgentError::Blob(_) | AgentError::Backend(_) | AgentError::StateDir { .. } => {
+            Status::internal(message)
+        }
     }
 }
 
@@ -79,10 +76,7 @@ pub fn instance_to_pb(record: &InstanceRecord) -> pb::Instance {
 
 #[tonic::async_trait]
 impl agent_server::Agent for AgentService {
-    async fn get_host_info(
-        &self,
-        _: Request<pb::GetHostInfoRequest>,
-    ) -> Result<Response<pb::HostInfo>, Status> {
+    async fn get_host_info(&self, _: Request<pb::GetHostInfoRequest>) -> Result<Response<pb::HostInfo>, Status> {
         let backends = self
             .agent
             .fingerprints()
@@ -93,15 +87,8 @@ impl agent_server::Agent for AgentService {
                 attributes: f.attributes.clone().into_iter().collect(),
             })
             .collect();
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        Ok(Response::new(pb::HostInfo {
-            hostname,
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-            backends,
-        }))
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
+        Ok(Response::new(pb::HostInfo { hostname, agent_version: env!("CARGO_PKG_VERSION").into(), backends }))
     }
 
     async fn put_blob(
@@ -109,33 +96,21 @@ impl agent_server::Agent for AgentService {
         request: Request<Streaming<pb::BlobChunk>>,
     ) -> Result<Response<pb::PutBlobResponse>, Status> {
         let mut chunks = request.into_inner();
-        let first = chunks
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty upload"))?;
+        let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty upload"))?;
         let expected = parse_digest("sha256", &first.sha256)?;
-        let mut writer = self
-            .agent
-            .blobs()
-            .writer(Some(expected))
-            .map_err(|e| status_of(e.into()))?;
+        let mut writer = self.agent.blobs().writer(Some(expected)).map_err(|e| status_of(e.into()))?;
         let mut size = 0u64;
         let mut next = Some(first);
         while let Some(chunk) = next {
             size += chunk.data.len() as u64;
             if size > MAX_BLOB_BYTES {
-                return Err(Status::resource_exhausted(format!(
-                    "blobs are limited to {MAX_BLOB_BYTES} bytes"
-                )));
+                return Err(Status::resource_exhausted(format!("blobs are limited to {MAX_BLOB_BYTES} bytes")));
             }
             writer.write(&chunk.data).map_err(|e| status_of(e.into()))?;
             next = chunks.message().await?;
         }
         let (digest, size) = writer.finish().map_err(|e| status_of(e.into()))?;
-        Ok(Response::new(pb::PutBlobResponse {
-            sha256: digest.to_string(),
-            size,
-        }))
+        Ok(Response::new(pb::PutBlobResponse { sha256: digest.to_string(), size }))
     }
 
     async fn missing_blobs(
@@ -156,15 +131,10 @@ impl agent_server::Agent for AgentService {
         request: Request<pb::RunInstancesRequest>,
     ) -> Result<Response<pb::RunInstancesResponse>, Status> {
         let request = request.into_inner();
-        let spec = request
-            .spec
-            .as_ref()
-            .ok_or_else(|| Status::invalid_argument("spec is missing"))?;
+        let spec = request.spec.as_ref().ok_or_else(|| Status::invalid_argument("spec is missing"))?;
         let spec = InstanceSpec::try_from(spec)?;
         let ids = self.agent.run(spec, request.count).map_err(status_of)?;
-        Ok(Response::new(pb::RunInstancesResponse {
-            ids: ids.iter().map(ToString::to_string).collect(),
-        }))
+        Ok(Response::new(pb::RunInstancesResponse { ids: ids.iter().map(ToString::to_string).collect() }))
     }
 
     async fn list_instances(
@@ -179,10 +149,7 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<pb::StopInstanceRequest>,
     ) -> Result<Response<pb::StopInstanceResponse>, Status> {
-        let id = self
-            .agent
-            .resolve(&request.into_inner().id)
-            .map_err(status_of)?;
+        let id = self.agent.resolve(&request.into_inner().id).map_err(status_of)?;
         let record = self.agent.stop(id).await.map_err(status_of)?;
         Ok(Response::new(pb::StopInstanceResponse {
             forced: record.stop_forced.unwrap_or(false),
@@ -198,56 +165,26 @@ impl agent_server::Agent for AgentService {
     ) -> Result<Response<Self::StreamConsoleStream>, Status> {
         let request = request.into_inner();
         let id = self.agent.resolve(&request.id).map_err(status_of)?;
-        let console = self
-            .agent
-            .console(id)
-            .ok_or_else(|| Status::not_found(format!("no instance {id}")))?;
-        let chunks = console.read(request.follow).map(|read| {
-            Ok(pb::ConsoleChunk {
-                data: read.bytes,
-                dropped: read.dropped,
-            })
-        });
+        let console = self.agent.console(id).ok_or_else(|| Status::not_found(format!("no instance {id}")))?;
+        let chunks =
+            console.read(request.follow).map(|read| Ok(pb::ConsoleChunk { data: read.bytes, dropped: read.dropped }));
         Ok(Response::new(chunks.boxed()))
     }
 
-    async fn get_events(
-        &self,
-        request: Request<pb::EventsRequest>,
-    ) -> Result<Response<pb::EventsResponse>, Status> {
-        let id = self
-            .agent
-            .resolve(&request.into_inner().id)
-            .map_err(status_of)?;
-        let record = self
-            .agent
-            .get(id)
-            .ok_or_else(|| Status::not_found(format!("no instance {id}")))?;
-        let events = record
-            .events
-            .iter()
-            .map(|e| pb::Event {
-                at_ms: e.at_ms,
-                message: e.message.clone(),
-            })
-            .collect();
+    async fn get_events(&self, request: Request<pb::EventsRequest>) -> Result<Response<pb::EventsResponse>, Status> {
+        let id = self.agent.resolve(&request.into_inner().id).map_err(status_of)?;
+        let record = self.agent.get(id).ok_or_else(|| Status::not_found(format!("no instance {id}")))?;
+        let events = record.events.iter().map(|e| pb::Event { at_ms: e.at_ms, message: e.message.clone() }).collect();
         Ok(Response::new(pb::EventsResponse { events }))
     }
 
     type BuildStream = BoxStream<'static, Result<pb::BuildEvent, Status>>;
 
-    async fn build(
-        &self,
-        request: Request<pb::BuildJob>,
-    ) -> Result<Response<Self::BuildStream>, Status> {
+    async fn build(&self, request: Request<pb::BuildJob>) -> Result<Response<Self::BuildStream>, Status> {
         let builder = self.builder.as_ref().ok_or_else(|| {
-            Status::failed_precondition(
-                "this agent has not joined a cluster; builds run for the cluster only",
-            )
+            Status::failed_precondition("this agent has not joined a cluster; builds run for the cluster only")
         })?;
         let events = builder.start(request.into_inner());
-        Ok(Response::new(
-            tokio_stream::wrappers::ReceiverStream::new(events).boxed(),
-        ))
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(events).boxed()))
     }
 }

@@ -83,10 +83,7 @@ impl InstanceRecord {
         if self.events.len() == MAX_EVENTS {
             self.events.pop_front();
         }
-        self.events.push_back(Event {
-            at_ms,
-            message: message.into(),
-        });
+        self.events.push_back(Event { at_ms, message: message.into() });
     }
 }
 
@@ -117,10 +114,7 @@ pub struct StateStore {
 
 impl StateStore {
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let open_error = |e: redb::Error| StateError::Open {
-            path: path.to_owned(),
-            source: e,
-        };
+        let open_error = |e: redb::Error| StateError::Open { path: path.to_owned(), source: e };
         let db = Database::create(path).map_err(|e| open_error(e.into()))?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(INSTANCES).map_err(db_err)?;
@@ -135,11 +129,8 @@ impl StateStore {
         let mut records = Vec::new();
         for entry in table.iter().map_err(db_err)? {
             let (key, value) = entry.map_err(db_err)?;
-            let record =
-                serde_json::from_slice(value.value()).map_err(|source| StateError::Corrupt {
-                    key: key.value(),
-                    source,
-                })?;
+            let record = serde_json::from_slice(value.value())
+                .map_err(|source| StateError::Corrupt { key: key.value(), source })?;
             records.push(record);
         }
         Ok(records)
@@ -158,16 +149,10 @@ impl StateStore {
             let mut minted = txn.open_table(MINTED_IDS).map_err(db_err)?;
             let mut instances = txn.open_table(INSTANCES).map_err(db_err)?;
             for record in records {
-                if minted
-                    .insert(record.id.as_u64(), ())
-                    .map_err(db_err)?
-                    .is_some()
-                {
+                if minted.insert(record.id.as_u64(), ()).map_err(db_err)?.is_some() {
                     return Err(StateError::IdReused(record.id));
                 }
-                instances
-                    .insert(record.id.as_u64(), encode(record).as_slice())
-                    .map_err(db_err)?;
+                instances.insert(record.id.as_u64(), encode(record).as_slice()).map_err(db_err)?;
             }
         }
         txn.commit().map_err(db_err)
@@ -226,14 +211,7 @@ mod tests {
         assert_eq!(records.len(), 2);
         assert_eq!(records[1].detail, "pid 7");
         assert!(store.was_minted(InstanceId::from_u64(1)).unwrap());
-        assert!(matches!(
-            store.create(&[record(3), record(1)]),
-            Err(StateError::IdReused(_))
-        ));
-        assert_eq!(
-            store.load_all().unwrap().len(),
-            2,
-            "a failed create stores nothing"
-        );
+        assert!(matches!(store.create(&[record(3), record(1)]), Err(StateError::IdReused(_))));
+        assert_eq!(store.load_all().unwrap().len(), 2, "a failed create stores nothing");
     }
 }

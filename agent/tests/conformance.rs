@@ -40,13 +40,8 @@ fn example() -> &'static (PathBuf, PathBuf, PathBuf) {
             .status()
             .unwrap();
         assert!(status.success());
-        let status = std::process::Command::new("make")
-            .arg("-s")
-            .arg("-C")
-            .arg(&build)
-            .args(["unix", "kvm"])
-            .status()
-            .unwrap();
+        let status =
+            std::process::Command::new("make").arg("-s").arg("-C").arg(&build).args(["unix", "kvm"]).status().unwrap();
         assert!(status.success(), "building the example failed");
         let image = out.join("files.tar");
         let status = std::process::Command::new("tar")
@@ -58,19 +53,12 @@ fn example() -> &'static (PathBuf, PathBuf, PathBuf) {
             .status()
             .unwrap();
         assert!(status.success());
-        (
-            build.join("_build/hello"),
-            build.join("_build/hello.elf"),
-            image,
-        )
+        (build.join("_build/hello"), build.join("_build/hello.elf"), image)
     })
 }
 
 fn launcher() -> ShimLauncher {
-    ShimLauncher {
-        program: env!("CARGO_BIN_EXE_mirari-agent").into(),
-        console_bytes: 64 * 1024,
-    }
+    ShimLauncher { program: env!("CARGO_BIN_EXE_mirari-agent").into(), console_bytes: 64 * 1024 }
 }
 
 /// One backend under test, with how to make launches for it.
@@ -141,69 +129,33 @@ async fn console_until(backend: &dyn Backend, launch: &Launch, needle: &str) -> 
 async fn suite(subject: Subject) {
     let backend = subject.backend.as_ref();
     let fingerprint = backend.fingerprint().await;
-    assert_eq!(
-        fingerprint.unavailable,
-        None,
-        "the {} backend must work on a test host",
-        backend.target()
-    );
+    assert_eq!(fingerprint.unavailable, None, "the {} backend must work on a test host", backend.target());
 
     let scratch = tempfile::tempdir().unwrap();
 
     // Start, console, inspect.
-    let launch = subject.launch(
-        &scratch.path().join("a"),
-        &["--ipv4=10.0.0.2/24", "mode=conformance"],
-    );
+    let launch = subject.launch(&scratch.path().join("a"), &["--ipv4=10.0.0.2/24", "mode=conformance"]);
     let handle = backend.start(&launch).await.expect("start");
     let console = console_until(backend, &launch, "hello: heartbeat 1").await;
+    assert!(console.contains("hello: boot args: --ipv4=10.0.0.2/24 mode=conformance"), "{console}");
     assert!(
-        console.contains("hello: boot args: --ipv4=10.0.0.2/24 mode=conformance"),
-        "{console}"
-    );
-    assert!(
-        console.contains("hello: file motd.txt (42 bytes)")
-            || console.contains("hello: file ./motd.txt (42 bytes)"),
+        console.contains("hello: file motd.txt (42 bytes)") || console.contains("hello: file ./motd.txt (42 bytes)"),
         "{console}"
     );
     assert!(console.contains("hello: files: 3 entries"), "{console}");
-    assert!(
-        backend
-            .inspect(&launch, &handle)
-            .await
-            .expect("inspect")
-            .running
-    );
+    assert!(backend.inspect(&launch, &handle).await.expect("inspect").running);
 
     // Recover, as a restarted agent would: with the persisted handle, and without one.
     let fresh = (subject.reconstruct)();
-    assert_eq!(
-        fresh
-            .recover(&launch, Some(&handle))
-            .await
-            .expect("recover"),
-        Recovered::Running(handle.clone())
-    );
-    assert!(matches!(
-        fresh.recover(&launch, None).await.expect("recover"),
-        Recovered::Running(_)
-    ));
+    assert_eq!(fresh.recover(&launch, Some(&handle)).await.expect("recover"), Recovered::Running(handle.clone()));
+    assert!(matches!(fresh.recover(&launch, None).await.expect("recover"), Recovered::Running(_)));
 
     // Graceful stop.
-    let outcome = fresh
-        .stop(&launch, &handle, Duration::from_secs(30))
-        .await
-        .expect("stop");
+    let outcome = fresh.stop(&launch, &handle, Duration::from_secs(30)).await.expect("stop");
     assert_eq!(outcome, StopOutcome::Graceful);
+    assert_eq!(fresh.wait(&launch).await, Ended::Exited(ExitStatus::Code(0)));
     assert_eq!(
-        fresh.wait(&launch).await,
-        Ended::Exited(ExitStatus::Code(0))
-    );
-    assert_eq!(
-        fresh
-            .recover(&launch, Some(&handle))
-            .await
-            .expect("recover"),
+        fresh.recover(&launch, Some(&handle)).await.expect("recover"),
         Recovered::Ended(Ended::Exited(ExitStatus::Code(0)))
     );
     // The console of an ended run still holds what it printed last.
@@ -220,26 +172,16 @@ async fn suite(subject: Subject) {
     // A failing guest reports its exit status.
     let failing = subject.launch(&scratch.path().join("b"), &["exit-after=1"]);
     backend.start(&failing).await.expect("start");
-    assert_eq!(
-        backend.wait(&failing).await,
-        Ended::Exited(ExitStatus::Code(3))
-    );
+    assert_eq!(backend.wait(&failing).await, Ended::Exited(ExitStatus::Code(3)));
 
     // A guest that ignores the stop request is forced off after the timeout.
     let stubborn = subject.launch(&scratch.path().join("c"), &["ignore-stop"]);
     let handle = backend.start(&stubborn).await.expect("start");
     console_until(backend, &stubborn, "hello: heartbeat 1").await;
-    let outcome = backend
-        .stop(&stubborn, &handle, Duration::from_secs(1))
-        .await
-        .expect("stop");
+    let outcome = backend.stop(&stubborn, &handle, Duration::from_secs(1)).await.expect("stop");
     assert_eq!(outcome, StopOutcome::Forced);
     assert!(matches!(backend.wait(&stubborn).await, Ended::Exited(_)));
-    assert!(
-        console_until(backend, &stubborn, "hello: ignoring stop request")
-            .await
-            .contains("ignoring")
-    );
+    assert!(console_until(backend, &stubborn, "hello: ignoring stop request").await.contains("ignoring"));
 }
 
 #[tokio::test]
@@ -255,53 +197,30 @@ async fn unix_backend_conforms() {
 
 #[tokio::test]
 async fn kvm_backend_conforms_under_tcg() {
-    suite(Subject {
-        backend: kvm(),
-        reconstruct: kvm,
-        artifact: example().1.clone(),
-        accelerator: Accelerator::Tcg,
-    })
-    .await;
+    suite(Subject { backend: kvm(), reconstruct: kvm, artifact: example().1.clone(), accelerator: Accelerator::Tcg })
+        .await;
 }
 
 /// `auto` picks KVM where `/dev/kvm` works; the example boots under it on these hosts.
 #[tokio::test]
 async fn kvm_backend_boots_with_auto_accelerator() {
-    let subject = Subject {
-        backend: kvm(),
-        reconstruct: kvm,
-        artifact: example().1.clone(),
-        accelerator: Accelerator::Auto,
-    };
+    let subject =
+        Subject { backend: kvm(), reconstruct: kvm, artifact: example().1.clone(), accelerator: Accelerator::Auto };
     let scratch = tempfile::tempdir().unwrap();
     let launch = subject.launch(&scratch.path().join("auto"), &["mode=auto"]);
     let handle = subject.backend.start(&launch).await.expect("start");
-    let detail = subject
-        .backend
-        .inspect(&launch, &handle)
-        .await
-        .expect("inspect")
-        .detail;
-    let kvm_works = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
+    let detail = subject.backend.inspect(&launch, &handle).await.expect("inspect").detail;
+    let kvm_works = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
     let expected = if kvm_works { "accel kvm" } else { "accel tcg" };
     assert!(detail.contains(expected), "{detail}");
     console_until(subject.backend.as_ref(), &launch, "hello: heartbeat 1").await;
-    subject
-        .backend
-        .stop(&launch, &handle, Duration::from_secs(30))
-        .await
-        .expect("stop");
+    subject.backend.stop(&launch, &handle, Duration::from_secs(30)).await.expect("stop");
 }
 
 /// Asking for KVM where it does not work is refused with the reason, not silently emulated.
 #[tokio::test]
 async fn kvm_backend_refuses_kvm_where_it_is_missing() {
-    let backend: Arc<dyn Backend> =
-        Arc::new(KvmBackend::new(launcher()).with_kvm_device("/nonexistent/kvm"));
+    let backend: Arc<dyn Backend> = Arc::new(KvmBackend::new(launcher()).with_kvm_device("/nonexistent/kvm"));
     let subject = Subject {
         backend: backend.clone(),
         reconstruct: kvm,
@@ -309,21 +228,8 @@ async fn kvm_backend_refuses_kvm_where_it_is_missing() {
         accelerator: Accelerator::Kvm,
     };
     let scratch = tempfile::tempdir().unwrap();
-    let error = backend
-        .start(&subject.launch(scratch.path(), &[]))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("/nonexistent/kvm cannot be opened"),
-        "{error}"
-    );
+    let error = backend.start(&subject.launch(scratch.path(), &[])).await.unwrap_err().to_string();
+    assert!(error.contains("/nonexistent/kvm cannot be opened"), "{error}");
     let fingerprint = backend.fingerprint().await;
-    assert_eq!(
-        fingerprint
-            .attributes
-            .get("accelerators")
-            .map(String::as_str),
-        Some("tcg")
-    );
+    assert_eq!(fingerprint.attributes.get("accelerators").map(String::as_str), Some("tcg"));
 }

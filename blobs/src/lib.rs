@@ -28,11 +28,7 @@ pub enum BlobError {
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BlobError + use<> {
     let path = path.to_owned();
-    move |source| BlobError::Io {
-        action,
-        path,
-        source,
-    }
+    move |source| BlobError::Io { action, path, source }
 }
 
 #[derive(Debug, Clone)]
@@ -58,15 +54,8 @@ impl BlobStore {
 
     /// Starts writing a blob; `expected` (if known) is checked when it is finished.
     pub fn writer(&self, expected: Option<Digest>) -> Result<BlobWriter<'_>, BlobError> {
-        let file =
-            NamedTempFile::new_in(&self.dir).map_err(io_error("create a file in", &self.dir))?;
-        Ok(BlobWriter {
-            store: self,
-            file,
-            hasher: Hasher::default(),
-            size: 0,
-            expected,
-        })
+        let file = NamedTempFile::new_in(&self.dir).map_err(io_error("create a file in", &self.dir))?;
+        Ok(BlobWriter { store: self, file, hasher: Hasher::default(), size: 0, expected })
     }
 
     pub fn put_bytes(&self, data: &[u8]) -> Result<Digest, BlobError> {
@@ -103,9 +92,7 @@ pub struct BlobWriter<'a> {
 
 impl BlobWriter<'_> {
     pub fn write(&mut self, data: &[u8]) -> Result<(), BlobError> {
-        self.file
-            .write_all(data)
-            .map_err(io_error("write", self.file.path()))?;
+        self.file.write_all(data).map_err(io_error("write", self.file.path()))?;
         self.hasher.update(data);
         self.size += data.len() as u64;
         Ok(())
@@ -125,17 +112,14 @@ impl BlobWriter<'_> {
         }
         let temp_path = self.file.path().to_owned();
         let file = self.file.as_file();
-        file.set_permissions(fs::Permissions::from_mode(0o555))
-            .map_err(io_error("chmod", &temp_path))?;
+        file.set_permissions(fs::Permissions::from_mode(0o555)).map_err(io_error("chmod", &temp_path))?;
         file.sync_all().map_err(io_error("sync", &temp_path))?;
         self.file.persist(&target).map_err(|e| BlobError::Io {
             action: "publish",
             path: target.clone(),
             source: e.error,
         })?;
-        File::open(&self.store.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_error("sync", &self.store.dir))?;
+        File::open(&self.store.dir).and_then(|dir| dir.sync_all()).map_err(io_error("sync", &self.store.dir))?;
         Ok((actual, self.size))
     }
 }

@@ -45,12 +45,7 @@ pub fn unpack(archive: impl Read, dir: &Path) -> io::Result<()> {
     archive.unpack(dir)
 }
 
-fn collect(
-    root: &Path,
-    relative: &Path,
-    skip: &dyn Fn(&Path) -> bool,
-    out: &mut Vec<PathBuf>,
-) -> io::Result<()> {
+fn collect(root: &Path, relative: &Path, skip: &dyn Fn(&Path) -> bool, out: &mut Vec<PathBuf>) -> io::Result<()> {
     let mut entries: Vec<_> = fs::read_dir(root.join(relative))?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
@@ -67,10 +62,7 @@ fn collect(
         } else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "{} is neither a file nor a directory (symlinks are not archived)",
-                    path.display()
-                ),
+                format!("{} is neither a file nor a directory (symlinks are not archived)", path.display()),
             ));
         }
     }
@@ -87,11 +79,7 @@ mod tests {
         fs::create_dir_all(source.path().join("sub")).unwrap();
         fs::write(source.path().join("sub/a.txt"), "ay").unwrap();
         fs::write(source.path().join("run.sh"), "#!/bin/sh\n").unwrap();
-        fs::set_permissions(
-            source.path().join("run.sh"),
-            fs::Permissions::from_mode(0o700),
-        )
-        .unwrap();
+        fs::set_permissions(source.path().join("run.sh"), fs::Permissions::from_mode(0o700)).unwrap();
         fs::create_dir_all(source.path().join("_build")).unwrap();
         fs::write(source.path().join("_build/junk"), "x").unwrap();
         let skip = |p: &Path| p == Path::new("_build");
@@ -103,15 +91,9 @@ mod tests {
 
         let target = tempfile::tempdir().unwrap();
         unpack(first.as_slice(), target.path()).unwrap();
-        assert_eq!(
-            fs::read_to_string(target.path().join("sub/a.txt")).unwrap(),
-            "ay"
-        );
+        assert_eq!(fs::read_to_string(target.path().join("sub/a.txt")).unwrap(), "ay");
         assert!(!target.path().join("_build").exists());
-        let mode = fs::metadata(target.path().join("run.sh"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = fs::metadata(target.path().join("run.sh")).unwrap().permissions().mode();
         assert_eq!(mode & 0o111, 0o111, "the executable bit survives");
     }
 }

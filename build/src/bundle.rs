@@ -28,10 +28,7 @@ pub enum BundleError {
 
 /// Bundles the project's directory into `_mirari/bundle.tar` and stores it.
 pub fn create(project: &Project, store: &BlobStore) -> Result<Digest, BundleError> {
-    let write_error = |source| BundleError::Write {
-        dir: project.dir.clone(),
-        source,
-    };
+    let write_error = |source| BundleError::Write { dir: project.dir.clone(), source };
     let out_dir = project.output_dir();
     std::fs::create_dir_all(&out_dir).map_err(write_error)?;
     let path = out_dir.join("bundle.tar");

@@ -24,11 +24,7 @@ pub enum BuildError {
         source: std::io::Error,
     },
     #[error("{target}: `{command}` failed with {status}")]
-    Failed {
-        target: Target,
-        command: String,
-        status: std::process::ExitStatus,
-    },
+    Failed { target: Target, command: String, status: std::process::ExitStatus },
     #[error("{target}: the build did not produce the artifact {}", path.display())]
     NoArtifact { target: Target, path: PathBuf },
     #[error("{target}: cannot store the artifact")]
@@ -49,14 +45,9 @@ pub struct BuiltArtifact {
 /// The shell commands a target's build runs, in order.
 pub fn commands(build: &TargetBuild) -> Vec<String> {
     match build {
-        TargetBuild::Command {
-            configure, build, ..
-        } => configure.iter().cloned().chain([build.clone()]).collect(),
+        TargetBuild::Command { configure, build, .. } => configure.iter().cloned().chain([build.clone()]).collect(),
         TargetBuild::Mirage { mirage_target, .. } => {
-            vec![
-                format!("mirage configure -t {mirage_target}"),
-                "make".to_owned(),
-            ]
+            vec![format!("mirage configure -t {mirage_target}"), "make".to_owned()]
         }
     }
 }
@@ -68,18 +59,10 @@ pub fn build_target(
     store: &BlobStore,
     progress: &mut dyn FnMut(BuildEvent),
 ) -> Result<BuiltArtifact, BuildError> {
-    let build = project
-        .config
-        .builds
-        .get(&target)
-        .ok_or(BuildError::UnknownTarget(target))?;
+    let build = project.config.builds.get(&target).ok_or(BuildError::UnknownTarget(target))?;
     let commands = commands(build);
     for (index, command) in commands.iter().enumerate() {
-        progress(BuildEvent::Step {
-            index: index + 1,
-            total: commands.len(),
-            what: command.clone(),
-        });
+        progress(BuildEvent::Step { index: index + 1, total: commands.len(), what: command.clone() });
         run_shell(project, target, command, progress)?;
     }
     let artifact = match build {
@@ -89,14 +72,8 @@ pub fn build_target(
     if !path.is_file() {
         return Err(BuildError::NoArtifact { target, path });
     }
-    let digest = store
-        .put_file(&path)
-        .map_err(|source| BuildError::Store { target, source })?;
-    Ok(BuiltArtifact {
-        target,
-        digest,
-        path,
-    })
+    let digest = store.put_file(&path).map_err(|source| BuildError::Store { target, source })?;
+    Ok(BuiltArtifact { target, digest, path })
 }
 
 /// Runs one command with `sh`, its stderr merged into stdout, each line sent as progress.
@@ -106,11 +83,7 @@ fn run_shell(
     command: &str,
     progress: &mut dyn FnMut(BuildEvent),
 ) -> Result<(), BuildError> {
-    let spawn_error = |source| BuildError::Spawn {
-        target,
-        command: command.to_owned(),
-        source,
-    };
+    let spawn_error = |source| BuildError::Spawn { target, command: command.to_owned(), source };
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(format!("exec 2>&1\n{command}"))
@@ -124,18 +97,12 @@ fn run_shell(
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).split(b'\n') {
             let line = line.map_err(spawn_error)?;
-            progress(BuildEvent::Output(
-                String::from_utf8_lossy(&line).into_owned(),
-            ));
+            progress(BuildEvent::Output(String::from_utf8_lossy(&line).into_owned()));
         }
     }
     let status = child.wait().map_err(spawn_error)?;
     if !status.success() {
-        return Err(BuildError::Failed {
-            target,
-            command: command.to_owned(),
-            status,
-        });
+        return Err(BuildError::Failed { target, command: command.to_owned(), status });
     }
     Ok(())
 }
@@ -162,22 +129,12 @@ mod tests {
     fn runs_the_commands_and_stores_the_artifact() {
         let app = tempfile::tempdir().unwrap();
         let store = BlobStore::open(&app.path().join("store")).unwrap();
-        let project = project(
-            app.path(),
-            "mkdir -p out && printf binary > out/app && echo built >&2",
-        );
+        let project = project(app.path(), "mkdir -p out && printf binary > out/app && echo built >&2");
         let mut events = Vec::new();
         let built = build_target(&project, Target::Unix, &store, &mut |e| events.push(e)).unwrap();
         assert_eq!(built.digest, Digest::of(b"binary"));
         assert!(store.contains(&built.digest));
-        assert_eq!(
-            events[0],
-            BuildEvent::Step {
-                index: 1,
-                total: 2,
-                what: "echo configuring $MIRARI_TARGET".into()
-            }
-        );
+        assert_eq!(events[0], BuildEvent::Step { index: 1, total: 2, what: "echo configuring $MIRARI_TARGET".into() });
         assert_eq!(events[1], BuildEvent::Output("configuring unix".into()));
         assert_eq!(events[3], BuildEvent::Output("built".into()));
     }
@@ -188,10 +145,7 @@ mod tests {
         let store = BlobStore::open(&app.path().join("store")).unwrap();
         let failing = project(app.path(), "exit 7");
         let error = build_target(&failing, Target::Unix, &store, &mut |_| {}).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "unix: `exit 7` failed with exit status: 7"
-        );
+        assert_eq!(error.to_string(), "unix: `exit 7` failed with exit status: 7");
         let lazy = project(app.path(), "true");
         let error = build_target(&lazy, Target::Unix, &store, &mut |_| {}).unwrap_err();
         assert!(matches!(error, BuildError::NoArtifact { .. }), "{error}");
@@ -199,10 +153,7 @@ mod tests {
 
     #[test]
     fn mirage_runs_configure_then_make() {
-        let build = TargetBuild::Mirage {
-            mirage_target: "virtio".into(),
-            artifact: "dist/a.virtio".into(),
-        };
+        let build = TargetBuild::Mirage { mirage_target: "virtio".into(), artifact: "dist/a.virtio".into() };
         assert_eq!(commands(&build), ["mirage configure -t virtio", "make"]);
     }
 }

@@ -43,37 +43,22 @@ pub fn bake_all(project: &Project, store: &BlobStore) -> Result<Vec<FileImageRef
         .iter()
         .map(|directive| {
             let image = bake(project, directive, &out_dir)?;
-            let digest = store.put_file(&image).map_err(|source| ImageError::Store {
-                name: directive.name.clone(),
-                source,
-            })?;
-            Ok(FileImageRef {
-                name: directive.name.clone(),
-                digest,
-            })
+            let digest =
+                store.put_file(&image).map_err(|source| ImageError::Store { name: directive.name.clone(), source })?;
+            Ok(FileImageRef { name: directive.name.clone(), digest })
         })
         .collect()
 }
 
-fn bake(
-    project: &Project,
-    directive: &FileDirective,
-    out_dir: &Path,
-) -> Result<PathBuf, ImageError> {
+fn bake(project: &Project, directive: &FileDirective, out_dir: &Path) -> Result<PathBuf, ImageError> {
     let source = project.dir.join(&directive.source);
     if !source.is_dir() {
         let error = ConfigError::new(
             &project.config_path.display().to_string(),
             directive.source_location.clone(),
-            format!(
-                "file image source `{}` is not a directory",
-                directive.source
-            ),
+            format!("file image source `{}` is not a directory", directive.source),
         )
-        .with_help(format!(
-            "create {} or point `source` at an existing directory",
-            source.display()
-        ));
+        .with_help(format!("create {} or point `source` at an existing directory", source.display()));
         return Err(ImageError::Source(Box::new(error)));
     }
     let image = out_dir.join(format!("{}.tar", directive.name));
@@ -98,11 +83,7 @@ mod tests {
                     [[files]]\nname = \"data\"\nsource = \"data\"\n";
         let config_path = dir.join("mirari.toml");
         fs::write(&config_path, text).unwrap();
-        Project {
-            dir: dir.to_owned(),
-            config: AppConfig::parse("mirari.toml", text).unwrap(),
-            config_path,
-        }
+        Project { dir: dir.to_owned(), config: AppConfig::parse("mirari.toml", text).unwrap(), config_path }
     }
 
     #[test]
@@ -123,11 +104,8 @@ mod tests {
         // Guests read the image in 512-byte sectors; tar pads every block to that already.
         assert_eq!(image.len() % 512, 0);
         let mut archive = tar::Archive::new(image.as_slice());
-        let names: Vec<String> = archive
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().display().to_string())
-            .collect();
+        let names: Vec<String> =
+            archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
         assert_eq!(names, ["b.txt", "sub", "sub/a.txt"]);
 
         fs::write(app.path().join("data/b.txt"), "changed").unwrap();
@@ -138,12 +116,7 @@ mod tests {
     fn a_missing_source_points_at_the_config() {
         let app = tempfile::tempdir().unwrap();
         let store = BlobStore::open(&app.path().join("store")).unwrap();
-        let error = bake_all(&project(app.path()), &store)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains("/mirari.toml:10:10: file image source `data` is not a directory"),
-            "{error}"
-        );
+        let error = bake_all(&project(app.path()), &store).unwrap_err().to_string();
+        assert!(error.contains("/mirari.toml:10:10: file image source `data` is not a directory"), "{error}");
     }
 }

@@ -23,11 +23,7 @@ pub mod requirements;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuildEvent {
     /// Step `index` of `total` begins.
-    Step {
-        index: usize,
-        total: usize,
-        what: String,
-    },
+    Step { index: usize, total: usize, what: String },
     /// A line printed by a command the build runs.
     Output(String),
 }

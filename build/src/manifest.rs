@@ -46,41 +46,23 @@ impl Manifest {
     pub fn load(project: &Project) -> Result<Self, ManifestError> {
         let path = Self::path(project);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| ManifestError::Damaged { path, source }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| ManifestError::Damaged { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(ManifestError::Io {
-                action: "read",
-                path,
-                source,
-            }),
+            Err(source) => Err(ManifestError::Io { action: "read", path, source }),
         }
     }
 
     pub fn save(&self, project: &Project) -> Result<(), ManifestError> {
         let path = Self::path(project);
-        let io = |action| {
-            move |source| ManifestError::Io {
-                action,
-                path: Self::path(project),
-                source,
-            }
-        };
+        let io = |action| move |source| ManifestError::Io { action, path: Self::path(project), source };
         fs::create_dir_all(project.output_dir()).map_err(io("create the directory of"))?;
         let json = serde_json::to_vec_pretty(self).expect("a manifest always serializes");
         write_atomically(&path, &json).map_err(io("write"))
     }
 
     /// The spec of an instance of `target`, from the project's run policy and this build.
-    pub fn instance_spec(
-        &self,
-        project: &Project,
-        target: Target,
-    ) -> Result<InstanceSpec, ManifestError> {
-        let artifact = *self
-            .artifacts
-            .get(&target)
-            .ok_or(ManifestError::NotBuilt(target))?;
+    pub fn instance_spec(&self, project: &Project, target: Target) -> Result<InstanceSpec, ManifestError> {
+        let artifact = *self.artifacts.get(&target).ok_or(ManifestError::NotBuilt(target))?;
         Ok(InstanceSpec {
             app: project.config.name.clone(),
             version: project.config.version.clone(),

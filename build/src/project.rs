@@ -27,21 +27,14 @@ pub struct Project {
 
 impl Project {
     pub fn load(config_path: &Path) -> Result<Self, ProjectError> {
-        let text = fs::read_to_string(config_path).map_err(|source| ProjectError::Read {
-            path: config_path.to_owned(),
-            source,
-        })?;
-        let config =
-            AppConfig::parse(&config_path.display().to_string(), &text).map_err(Box::new)?;
+        let text = fs::read_to_string(config_path)
+            .map_err(|source| ProjectError::Read { path: config_path.to_owned(), source })?;
+        let config = AppConfig::parse(&config_path.display().to_string(), &text).map_err(Box::new)?;
         let dir = match config_path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
             _ => PathBuf::from("."),
         };
-        Ok(Self {
-            dir,
-            config_path: config_path.to_owned(),
-            config,
-        })
+        Ok(Self { dir, config_path: config_path.to_owned(), config })
     }
 
     /// Where configure and build put their outputs.

@@ -45,14 +45,9 @@ impl fmt::Display for Missing {
             Missing::Command(name) => write!(f, "command `{name}` is not on PATH"),
             Missing::Apt(name) => write!(f, "apt package `{name}` is not installed"),
             Missing::Opam(name) => write!(f, "opam package `{name}` is not installed"),
-            Missing::Installer {
-                installer,
-                for_packages,
-            } => write!(
-                f,
-                "`{installer}` is not available to install {}",
-                for_packages.join(", ")
-            ),
+            Missing::Installer { installer, for_packages } => {
+                write!(f, "`{installer}` is not available to install {}", for_packages.join(", "))
+            }
         }
     }
 }
@@ -66,20 +61,13 @@ pub enum InstallError {
         source: std::io::Error,
     },
     #[error("`{command}` failed with {status}")]
-    Failed {
-        command: String,
-        status: std::process::ExitStatus,
-    },
+    Failed { command: String, status: std::process::ExitStatus },
 }
 
 /// Every requirement of the project, including the commands its build driver runs.
 pub fn requirements_of(project: &Project) -> Requirements {
     let mut requires = project.config.requires.clone();
-    let uses_mirage = project
-        .config
-        .builds
-        .values()
-        .any(|b| matches!(b, TargetBuild::Mirage { .. }));
+    let uses_mirage = project.config.builds.values().any(|b| matches!(b, TargetBuild::Mirage { .. }));
     if uses_mirage {
         for implied in ["mirage", "make"] {
             if !requires.commands.iter().any(|c| c == implied) {
@@ -92,42 +80,20 @@ pub fn requirements_of(project: &Project) -> Requirements {
 
 /// What of `requires` this machine lacks, in declaration order.
 pub fn check(requires: &Requirements) -> Vec<Missing> {
-    let mut missing: Vec<Missing> = requires
-        .commands
-        .iter()
-        .filter(|c| !on_path(c))
-        .map(|c| Missing::Command(c.clone()))
-        .collect();
+    let mut missing: Vec<Missing> =
+        requires.commands.iter().filter(|c| !on_path(c)).map(|c| Missing::Command(c.clone())).collect();
     if !requires.apt.is_empty() {
         if on_path("dpkg-query") {
-            missing.extend(
-                requires
-                    .apt
-                    .iter()
-                    .filter(|p| !apt_installed(p))
-                    .map(|p| Missing::Apt(p.clone())),
-            );
+            missing.extend(requires.apt.iter().filter(|p| !apt_installed(p)).map(|p| Missing::Apt(p.clone())));
         } else {
-            missing.push(Missing::Installer {
-                installer: "apt-get",
-                for_packages: requires.apt.clone(),
-            });
+            missing.push(Missing::Installer { installer: "apt-get", for_packages: requires.apt.clone() });
         }
     }
     if !requires.opam.is_empty() {
         if on_path("opam") {
-            missing.extend(
-                requires
-                    .opam
-                    .iter()
-                    .filter(|p| !opam_installed(p))
-                    .map(|p| Missing::Opam(p.clone())),
-            );
+            missing.extend(requires.opam.iter().filter(|p| !opam_installed(p)).map(|p| Missing::Opam(p.clone())));
         } else {
-            missing.push(Missing::Installer {
-                installer: "opam",
-                for_packages: requires.opam.clone(),
-            });
+            missing.push(Missing::Installer { installer: "opam", for_packages: requires.opam.clone() });
         }
     }
     missing
@@ -135,58 +101,28 @@ pub fn check(requires: &Requirements) -> Vec<Missing> {
 
 /// Installs the missing packages with their installers. Commands cannot be installed by name:
 /// the app should list the package that provides them.
-pub fn install(
-    missing: &[Missing],
-    progress: &mut dyn FnMut(BuildEvent),
-) -> Result<(), InstallError> {
-    let apt: Vec<String> = missing
-        .iter()
-        .filter_map(Missing::apt_package)
-        .cloned()
-        .collect();
-    let opam: Vec<String> = missing
-        .iter()
-        .filter_map(Missing::opam_package)
-        .cloned()
-        .collect();
+pub fn install(missing: &[Missing], progress: &mut dyn FnMut(BuildEvent)) -> Result<(), InstallError> {
+    let apt: Vec<String> = missing.iter().filter_map(Missing::apt_package).cloned().collect();
+    let opam: Vec<String> = missing.iter().filter_map(Missing::opam_package).cloned().collect();
     let mut steps: Vec<Vec<String>> = Vec::new();
     if !apt.is_empty() {
         let sudo: &[&str] = if is_root() { &[] } else { &["sudo", "-n"] };
         let apt_get = ["apt-get", "install", "-y", "--no-install-recommends"];
-        steps.push(
-            sudo.iter()
-                .chain(&apt_get)
-                .map(|s| s.to_string())
-                .chain(apt)
-                .collect(),
-        );
+        steps.push(sudo.iter().chain(&apt_get).map(|s| s.to_string()).chain(apt).collect());
     }
     if !opam.is_empty() {
-        steps.push(
-            ["opam", "install", "-y"]
-                .map(String::from)
-                .into_iter()
-                .chain(opam)
-                .collect(),
-        );
+        steps.push(["opam", "install", "-y"].map(String::from).into_iter().chain(opam).collect());
     }
     let total = steps.len();
     for (index, argv) in steps.iter().enumerate() {
         let command = argv.join(" ");
-        progress(BuildEvent::Step {
-            index: index + 1,
-            total,
-            what: command.clone(),
-        });
+        progress(BuildEvent::Step { index: index + 1, total, what: command.clone() });
         let status = Command::new(&argv[0])
             .args(&argv[1..])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(Stdio::null())
             .status()
-            .map_err(|source| InstallError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
+            .map_err(|source| InstallError::Spawn { command: command.clone(), source })?;
         if !status.success() {
             return Err(InstallError::Failed { command, status });
         }
@@ -203,8 +139,7 @@ fn on_path(command: &str) -> bool {
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 fn apt_installed(package: &str) -> bool {
@@ -225,11 +160,8 @@ fn opam_installed(package: &str) -> bool {
 
 fn is_root() -> bool {
     // The effective uid is only exposed through libc or /proc; /proc needs no unsafe code.
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-    })
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|status| status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
 }
 
 #[cfg(test)]
@@ -238,13 +170,8 @@ mod tests {
 
     #[test]
     fn finds_present_and_missing_commands() {
-        let requires = Requirements {
-            commands: vec!["sh".into(), "mirari-no-such-command".into()],
-            ..Requirements::default()
-        };
-        assert_eq!(
-            check(&requires),
-            [Missing::Command("mirari-no-such-command".into())]
-        );
+        let requires =
+            Requirements { commands: vec!["sh".into(), "mirari-no-such-command".into()], ..Requirements::default() };
+        assert_eq!(check(&requires), [Missing::Command("mirari-no-such-command".into())]);
     }
 }

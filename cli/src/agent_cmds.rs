@@ -39,21 +39,14 @@ impl TryFrom<&pb::Instance> for InstanceView {
     type Error = anyhow::Error;
 
     fn try_from(instance: &pb::Instance) -> anyhow::Result<Self> {
-        let spec = instance
-            .spec
-            .as_ref()
-            .context("the agent sent an instance without a spec")?;
+        let spec = instance.spec.as_ref().context("the agent sent an instance without a spec")?;
         Ok(Self {
             id: instance.id.clone(),
             app: spec.app.clone(),
             version: spec.version.clone(),
             target: spec.target.clone(),
             phase: Phase::try_from(instance.phase())?,
-            desired: if instance.desired_running {
-                "running"
-            } else {
-                "stopped"
-            },
+            desired: if instance.desired_running { "running" } else { "stopped" },
             restarts: instance.restarts,
             last_exit: instance.last_exit.as_ref().and_then(Option::from),
             message: instance.message.clone(),
@@ -70,14 +63,9 @@ fn now_ms() -> u64 {
 
 fn instance_table(instances: &[InstanceView]) -> Table {
     let now = now_ms();
-    let mut table = Table::new(&[
-        "ID", "APP", "TARGET", "PHASE", "RESTARTS", "UPTIME", "DETAIL",
-    ]);
+    let mut table = Table::new(&["ID", "APP", "TARGET", "PHASE", "RESTARTS", "UPTIME", "DETAIL"]);
     for i in instances {
-        let uptime = i
-            .started_at_ms
-            .filter(|_| i.phase.is_live())
-            .map_or("-".into(), |t| age(t, now));
+        let uptime = i.started_at_ms.filter(|_| i.phase.is_live()).map_or("-".into(), |t| age(t, now));
         let mut detail = i.detail.clone();
         if !i.message.is_empty() {
             detail = format!("{} ({detail})", i.message);
@@ -108,17 +96,12 @@ pub async fn run(
     let target = target.unwrap_or(project.config.targets[0]);
     let spec: InstanceSpec = Manifest::load(&project)?.instance_spec(&project, target)?;
     let mut client = connect(agent).await?;
-    let digests: Vec<_> = std::iter::once(spec.artifact)
-        .chain(spec.files.iter().map(|f| f.digest))
-        .collect();
+    let digests: Vec<_> = std::iter::once(spec.artifact).chain(spec.files.iter().map(|f| f.digest)).collect();
     let uploaded = upload_missing(&mut client, &store, &digests).await?;
     if uploaded > 0 {
         eprintln!("uploaded {uploaded} blob(s) to the agent");
     }
-    let request = pb::RunInstancesRequest {
-        spec: Some(pb::InstanceSpec::from(&spec)),
-        count,
-    };
+    let request = pb::RunInstancesRequest { spec: Some(pb::InstanceSpec::from(&spec)), count };
     let ids = client.run_instances(request).await?.into_inner().ids;
     #[derive(Serialize)]
     struct Started<'a> {
@@ -128,11 +111,7 @@ pub async fn run(
     output::print(format, &Started { target, ids: &ids }, |started| {
         let mut table = Table::new(&["ID", "APP", "TARGET"]);
         for id in started.ids {
-            table.row(vec![
-                id.clone(),
-                format!("{}@{}", spec.app, spec.version),
-                target.to_string(),
-            ]);
+            table.row(vec![id.clone(), format!("{}@{}", spec.app, spec.version), target.to_string()]);
         }
         table
     });
@@ -141,15 +120,8 @@ pub async fn run(
 
 pub async fn ps(agent: &Endpoint, format: Format) -> anyhow::Result<ExitCode> {
     let mut client = connect(agent).await?;
-    let instances = client
-        .list_instances(pb::ListInstancesRequest {})
-        .await?
-        .into_inner()
-        .instances;
-    let views = instances
-        .iter()
-        .map(InstanceView::try_from)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let instances = client.list_instances(pb::ListInstancesRequest {}).await?.into_inner().instances;
+    let views = instances.iter().map(InstanceView::try_from).collect::<anyhow::Result<Vec<_>>>()?;
     output::print(format, &views, |views| instance_table(views));
     Ok(ExitCode::SUCCESS)
 }
@@ -164,9 +136,7 @@ enum Source {
 /// that runs it).
 async fn source_of(agent: &Endpoint, coordinators: &[Endpoint], id: &str) -> Source {
     if let Ok(mut client) = connect(agent).await {
-        let known = client
-            .get_events(pb::EventsRequest { id: id.to_owned() })
-            .await;
+        let known = client.get_events(pb::EventsRequest { id: id.to_owned() }).await;
         if known.is_ok() || known.is_err_and(|status| status.code() != tonic::Code::NotFound) {
             return Source::Agent(client);
         }
@@ -174,16 +144,8 @@ async fn source_of(agent: &Endpoint, coordinators: &[Endpoint], id: &str) -> Sou
     Source::Cluster(crate::coordinators::Coordinators::new(coordinators))
 }
 
-pub async fn console(
-    agent: &Endpoint,
-    coordinators: &[Endpoint],
-    id: &str,
-    follow: bool,
-) -> anyhow::Result<ExitCode> {
-    let request = pb::ConsoleRequest {
-        id: id.to_owned(),
-        follow,
-    };
+pub async fn console(agent: &Endpoint, coordinators: &[Endpoint], id: &str, follow: bool) -> anyhow::Result<ExitCode> {
+    let request = pb::ConsoleRequest { id: id.to_owned(), follow };
     let mut chunks = match source_of(agent, coordinators, id).await {
         Source::Agent(mut client) => client.stream_console(request).await?.into_inner(),
         Source::Cluster(mut cluster) => {
@@ -198,10 +160,7 @@ pub async fn console(
     while let Some(chunk) = chunks.message().await? {
         if chunk.dropped > 0 {
             stdout.flush()?;
-            eprintln!(
-                "[mirari: {} bytes of console output were dropped before this point]",
-                chunk.dropped
-            );
+            eprintln!("[mirari: {} bytes of console output were dropped before this point]", chunk.dropped);
         }
         stdout.write_all(&chunk.data)?;
         stdout.flush()?;
@@ -209,23 +168,14 @@ pub async fn console(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn logs(
-    agent: &Endpoint,
-    coordinators: &[Endpoint],
-    id: &str,
-    format: Format,
-) -> anyhow::Result<ExitCode> {
+pub async fn logs(agent: &Endpoint, coordinators: &[Endpoint], id: &str, format: Format) -> anyhow::Result<ExitCode> {
     let request = pb::EventsRequest { id: id.to_owned() };
     let events = match source_of(agent, coordinators, id).await {
         Source::Agent(mut client) => client.get_events(request).await?.into_inner().events,
         Source::Cluster(mut cluster) => {
             cluster
                 .call("reading the log", async |mut client| {
-                    Ok(client
-                        .get_events(request.clone())
-                        .await?
-                        .into_inner()
-                        .events)
+                    Ok(client.get_events(request.clone()).await?.into_inner().events)
                 })
                 .await?
         }
@@ -235,21 +185,12 @@ pub async fn logs(
         at_ms: u64,
         message: String,
     }
-    let views: Vec<EventView> = events
-        .into_iter()
-        .map(|e| EventView {
-            at_ms: e.at_ms,
-            message: e.message,
-        })
-        .collect();
+    let views: Vec<EventView> = events.into_iter().map(|e| EventView { at_ms: e.at_ms, message: e.message }).collect();
     output::print(format, &views, |views| {
         let mut table = Table::new(&["TIME", "EVENT"]);
         for event in views {
             let at = UNIX_EPOCH + Duration::from_millis(event.at_ms);
-            table.row(vec![
-                humantime::format_rfc3339_millis(at).to_string(),
-                event.message.clone(),
-            ]);
+            table.row(vec![humantime::format_rfc3339_millis(at).to_string(), event.message.clone()]);
         }
         table
     });
@@ -258,23 +199,14 @@ pub async fn logs(
 
 pub async fn stop(agent: &Endpoint, id: &str, format: Format) -> anyhow::Result<ExitCode> {
     let mut client = connect(agent).await?;
-    let response = client
-        .stop_instance(pb::StopInstanceRequest { id: id.to_owned() })
-        .await?
-        .into_inner();
-    let instance = response
-        .instance
-        .as_ref()
-        .context("the agent sent no instance")?;
+    let response = client.stop_instance(pb::StopInstanceRequest { id: id.to_owned() }).await?.into_inner();
+    let instance = response.instance.as_ref().context("the agent sent no instance")?;
     #[derive(Serialize)]
     struct Stopped {
         instance: InstanceView,
         forced: bool,
     }
-    let stopped = Stopped {
-        instance: InstanceView::try_from(instance)?,
-        forced: response.forced,
-    };
+    let stopped = Stopped { instance: InstanceView::try_from(instance)?, forced: response.forced };
     output::print(format, &stopped, |stopped| {
         let mut table = instance_table(std::slice::from_ref(&stopped.instance));
         if stopped.forced {
@@ -287,10 +219,7 @@ pub async fn stop(agent: &Endpoint, id: &str, format: Format) -> anyhow::Result<
 
 pub async fn host(agent: &Endpoint, format: Format) -> anyhow::Result<ExitCode> {
     let mut client = connect(agent).await?;
-    let info = client
-        .get_host_info(pb::GetHostInfoRequest {})
-        .await?
-        .into_inner();
+    let info = client.get_host_info(pb::GetHostInfoRequest {}).await?.into_inner();
     #[derive(Serialize)]
     struct Backend {
         target: String,
@@ -321,17 +250,9 @@ pub async fn host(agent: &Endpoint, format: Format) -> anyhow::Result<ExitCode> 
     output::print(format, &view, |view| {
         let mut table = Table::new(&["BACKEND", "AVAILABLE", "DETAILS"]);
         for b in &view.backends {
-            let facts: Vec<String> = b
-                .attributes
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            let facts: Vec<String> = b.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let details = b.reason.clone().unwrap_or_else(|| facts.join(" "));
-            table.row(vec![
-                b.target.clone(),
-                if b.available { "yes" } else { "no" }.into(),
-                details,
-            ]);
+            table.row(vec![b.target.clone(), if b.available { "yes" } else { "no" }.into(), details]);
         }
         table
     });

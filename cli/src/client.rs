@@ -25,31 +25,20 @@ pub async fn upload_missing(
     store: &BlobStore,
     digests: &[Digest],
 ) -> anyhow::Result<usize> {
-    let request = MissingBlobsRequest {
-        sha256: digests.iter().map(ToString::to_string).collect(),
-    };
+    let request = MissingBlobsRequest { sha256: digests.iter().map(ToString::to_string).collect() };
     let missing = client.missing_blobs(request).await?.into_inner().sha256;
     for text in &missing {
         let digest: Digest = text.parse()?;
         let path = store.path(&digest);
-        let file = tokio::fs::File::open(&path).await.with_context(|| {
-            format!(
-                "blob {digest} is not in the local store {}; build again",
-                path.display()
-            )
-        })?;
-        let header = BlobChunk {
-            sha256: text.clone(),
-            data: Vec::new(),
-        };
+        let file = tokio::fs::File::open(&path)
+            .await
+            .with_context(|| format!("blob {digest} is not in the local store {}; build again", path.display()))?;
+        let header = BlobChunk { sha256: text.clone(), data: Vec::new() };
         // A read error ends the stream early; the agent then rejects the upload by its digest.
         let body = ReaderStream::with_capacity(file, CHUNK_BYTES)
             .take_while(|read| std::future::ready(read.is_ok()))
             .filter_map(|read| std::future::ready(read.ok()))
-            .map(|data| BlobChunk {
-                sha256: String::new(),
-                data: data.to_vec(),
-            });
+            .map(|data| BlobChunk { sha256: String::new(), data: data.to_vec() });
         client
             .put_blob(futures::stream::once(std::future::ready(header)).chain(body))
             .await

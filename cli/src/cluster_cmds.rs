@@ -22,12 +22,8 @@ pub async fn connect(addresses: &[Endpoint]) -> anyhow::Result<CoordinatorClient
         }
     }
     let listed: Vec<String> = addresses.iter().map(ToString::to_string).collect();
-    Err(
-        anyhow::Error::new(last_error.context("no coordinator address given")?).context(format!(
-            "no coordinator answered at {}; set --coordinator or MIRARI_ADDR",
-            listed.join(", ")
-        )),
-    )
+    Err(anyhow::Error::new(last_error.context("no coordinator address given")?)
+        .context(format!("no coordinator answered at {}; set --coordinator or MIRARI_ADDR", listed.join(", "))))
 }
 
 #[derive(Debug, Serialize)]
@@ -63,11 +59,7 @@ impl From<pb::ClusterInfo> for InfoView {
             members: info
                 .members
                 .into_iter()
-                .map(|m| MemberView {
-                    leader: Some(m.id) == leader,
-                    id: m.id,
-                    address: m.address,
-                })
+                .map(|m| MemberView { leader: Some(m.id) == leader, id: m.id, address: m.address })
                 .collect(),
         }
     }
@@ -77,22 +69,14 @@ fn members_table(info: &InfoView) -> Table {
     let mut table = Table::new(&["ID", "ADDRESS", "ROLE"]);
     for member in &info.members {
         let role = if member.leader { "leader" } else { "voter" };
-        table.row(vec![
-            member.id.to_string(),
-            member.address.clone(),
-            role.into(),
-        ]);
+        table.row(vec![member.id.to_string(), member.address.clone(), role.into()]);
     }
     table
 }
 
 pub async fn info(coordinators: &[Endpoint], format: Format) -> anyhow::Result<ExitCode> {
-    let info: InfoView = connect(coordinators)
-        .await?
-        .get_cluster_info(pb::ClusterInfoRequest {})
-        .await?
-        .into_inner()
-        .into();
+    let info: InfoView =
+        connect(coordinators).await?.get_cluster_info(pb::ClusterInfoRequest {}).await?.into_inner().into();
     output::print(format, &info, |info| {
         let mut table = Table::new(&["NODE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED"]);
         table.row(vec![
@@ -109,42 +93,21 @@ pub async fn info(coordinators: &[Endpoint], format: Format) -> anyhow::Result<E
 }
 
 pub async fn members(coordinators: &[Endpoint], format: Format) -> anyhow::Result<ExitCode> {
-    let info: InfoView = connect(coordinators)
-        .await?
-        .get_cluster_info(pb::ClusterInfoRequest {})
-        .await?
-        .into_inner()
-        .into();
+    let info: InfoView =
+        connect(coordinators).await?.get_cluster_info(pb::ClusterInfoRequest {}).await?.into_inner().into();
     output::print(format, &info.members, |_| members_table(&info));
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn add_member(
-    coordinators: &[Endpoint],
-    id: u64,
-    address: &str,
-    format: Format,
-) -> anyhow::Result<ExitCode> {
-    let request = pb::AddMemberRequest {
-        id,
-        address: address.to_owned(),
-    };
-    let info: InfoView = connect(coordinators)
-        .await?
-        .add_member(request)
-        .await
-        .context("adding the member failed")?
-        .into_inner()
-        .into();
+pub async fn add_member(coordinators: &[Endpoint], id: u64, address: &str, format: Format) -> anyhow::Result<ExitCode> {
+    let request = pb::AddMemberRequest { id, address: address.to_owned() };
+    let info: InfoView =
+        connect(coordinators).await?.add_member(request).await.context("adding the member failed")?.into_inner().into();
     output::print(format, &info.members, |_| members_table(&info));
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn remove_member(
-    coordinators: &[Endpoint],
-    id: u64,
-    format: Format,
-) -> anyhow::Result<ExitCode> {
+pub async fn remove_member(coordinators: &[Endpoint], id: u64, format: Format) -> anyhow::Result<ExitCode> {
     let info: InfoView = connect(coordinators)
         .await?
         .remove_member(pb::RemoveMemberRequest { id })
@@ -176,16 +139,8 @@ struct HostView {
     labels: std::collections::BTreeMap<String, String>,
 }
 
-pub async fn hosts(
-    coordinators: &[Endpoint],
-    stale: bool,
-    format: Format,
-) -> anyhow::Result<ExitCode> {
-    let response = connect(coordinators)
-        .await?
-        .list_hosts(pb::ReadRequest { stale })
-        .await?
-        .into_inner();
+pub async fn hosts(coordinators: &[Endpoint], stale: bool, format: Format) -> anyhow::Result<ExitCode> {
+    let response = connect(coordinators).await?.list_hosts(pb::ReadRequest { stale }).await?.into_inner();
     let read = response.read.unwrap_or_default();
     let hosts = response
         .hosts
@@ -204,16 +159,9 @@ pub async fn hosts(
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let view = HostsView {
-        hosts,
-        served_by: read.served_by,
-        stale: read.stale,
-        applied_index: read.applied_index,
-    };
+    let view = HostsView { hosts, served_by: read.served_by, stale: read.stale, applied_index: read.applied_index };
     output::print(format, &view, |view| {
-        let mut table = Table::new(&[
-            "HOST", "STATUS", "ADDRESS", "BACKENDS", "MEMORY", "VCPUS", "SLOTS",
-        ]);
+        let mut table = Table::new(&["HOST", "STATUS", "ADDRESS", "BACKENDS", "MEMORY", "VCPUS", "SLOTS"]);
         for h in &view.hosts {
             table.row(vec![
                 h.id.clone(),
@@ -226,10 +174,7 @@ pub async fn hosts(
             ]);
         }
         if view.stale {
-            table.row(vec![format!(
-                "(stale read from node {} at index {})",
-                view.served_by, view.applied_index
-            )]);
+            table.row(vec![format!("(stale read from node {} at index {})", view.served_by, view.applied_index)]);
         }
         table
     });

@@ -24,27 +24,16 @@ pub struct Coordinators {
 
 /// Failures that another attempt (perhaps on another coordinator) may not meet.
 fn is_passing(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
-    )
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown)
 }
 
 impl Coordinators {
     pub fn new(endpoints: &[Endpoint]) -> Self {
-        Self {
-            endpoints: endpoints.to_vec(),
-            current: 0,
-            client: None,
-        }
+        Self { endpoints: endpoints.to_vec(), current: 0, client: None }
     }
 
     fn listed(&self) -> String {
-        self.endpoints
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
     }
 
     /// A connected client, trying each coordinator once.
@@ -52,10 +41,7 @@ impl Coordinators {
         if let Some(client) = &self.client {
             return Ok(client.clone());
         }
-        anyhow::ensure!(
-            !self.endpoints.is_empty(),
-            "no coordinator address given; set --coordinator or MIRARI_ADDR"
-        );
+        anyhow::ensure!(!self.endpoints.is_empty(), "no coordinator address given; set --coordinator or MIRARI_ADDR");
         let mut last_error = None;
         for _ in 0..self.endpoints.len() {
             let endpoint = &self.endpoints[self.current % self.endpoints.len()];
@@ -68,18 +54,13 @@ impl Coordinators {
                     return Ok(client);
                 }
                 Ok(Err(error)) => last_error = Some(anyhow::Error::new(error)),
-                Err(_) => {
-                    last_error = Some(anyhow::anyhow!(
-                        "{endpoint} did not answer within {CONNECT_TIMEOUT:?}"
-                    ))
-                }
+                Err(_) => last_error = Some(anyhow::anyhow!("{endpoint} did not answer within {CONNECT_TIMEOUT:?}")),
             }
             self.current += 1;
         }
-        Err(last_error.expect("at least one attempt").context(format!(
-            "no coordinator answered at {}; set --coordinator or MIRARI_ADDR",
-            self.listed()
-        )))
+        Err(last_error
+            .expect("at least one attempt")
+            .context(format!("no coordinator answered at {}; set --coordinator or MIRARI_ADDR", self.listed())))
     }
 
     fn next(&mut self) {

@@ -25,27 +25,14 @@ use crate::project_cmds;
 const POLL: Duration = Duration::from_millis(500);
 
 /// Commits a registry command; a refusal is an error that says why.
-async fn propose(
-    coordinators: &mut Coordinators,
-    what: &str,
-    request: Request,
-) -> anyhow::Result<pb::ProposeResponse> {
+async fn propose(coordinators: &mut Coordinators, what: &str, request: Request) -> anyhow::Result<pb::ProposeResponse> {
     let entry = log_codec::encode(&request);
     let response = coordinators
         .call(what, async |mut client| {
-            Ok(client
-                .propose(pb::ProposeRequest {
-                    entry: entry.clone(),
-                })
-                .await?
-                .into_inner())
+            Ok(client.propose(pb::ProposeRequest { entry: entry.clone() }).await?.into_inner())
         })
         .await?;
-    anyhow::ensure!(
-        response.rejected.is_empty(),
-        "{what} was refused: {}",
-        response.rejected
-    );
+    anyhow::ensure!(response.rejected.is_empty(), "{what} was refused: {}", response.rejected);
     Ok(response)
 }
 
@@ -53,18 +40,12 @@ fn request_id(what: &str) -> String {
     format!("{what}-{:016x}", rand::random::<u64>())
 }
 
-async fn upload(
-    coordinators: &mut Coordinators,
-    store: &BlobStore,
-    digests: &[Digest],
-) -> anyhow::Result<()> {
+async fn upload(coordinators: &mut Coordinators, store: &BlobStore, digests: &[Digest]) -> anyhow::Result<()> {
     let wanted: Vec<String> = digests.iter().map(ToString::to_string).collect();
     let missing = coordinators
         .call("checking blobs", async |mut client| {
             Ok(client
-                .missing_blobs(wire_agent::MissingBlobsRequest {
-                    sha256: wanted.clone(),
-                })
+                .missing_blobs(wire_agent::MissingBlobsRequest { sha256: wanted.clone() })
                 .await?
                 .into_inner()
                 .sha256)
@@ -72,13 +53,9 @@ async fn upload(
         .await?;
     for text in missing {
         let digest: Digest = text.parse()?;
-        let data = std::fs::read(store.path(&digest))
-            .with_context(|| format!("blob {digest} is not in the local store"))?;
-        eprintln!(
-            "uploading {} ({} bytes) to the coordinators",
-            digest.short(),
-            data.len()
-        );
+        let data =
+            std::fs::read(store.path(&digest)).with_context(|| format!("blob {digest} is not in the local store"))?;
+        eprintln!("uploading {} ({} bytes) to the coordinators", digest.short(), data.len());
         coordinators
             .call("uploading a blob", async |mut client| {
                 let chunks: Vec<wire_agent::BlobChunk> = data
@@ -90,17 +67,11 @@ async fn upload(
                     })
                     .collect();
                 let chunks = if chunks.is_empty() {
-                    vec![wire_agent::BlobChunk {
-                        sha256: text.clone(),
-                        data: Vec::new(),
-                    }]
+                    vec![wire_agent::BlobChunk { sha256: text.clone(), data: Vec::new() }]
                 } else {
                     chunks
                 };
-                client
-                    .put_blob(tokio_stream::iter(chunks))
-                    .await
-                    .map(|_| ())
+                client.put_blob(tokio_stream::iter(chunks)).await.map(|_| ())
             })
             .await?;
     }
@@ -137,10 +108,7 @@ async fn build(
             Err(tonic::Status::unavailable("the build stream ended early"))
         })
         .await?;
-    eprintln!(
-        "built {target} on host {}: sha256 {}",
-        done.host, done.artifact_sha256
-    );
+    eprintln!("built {target} on host {}: sha256 {}", done.host, done.artifact_sha256);
     Ok(done.artifact_sha256.parse()?)
 }
 
@@ -182,12 +150,7 @@ pub async fn deploy(
         constraints: BTreeMap::new(),
     };
     let register = Request {
-        request_id: format!(
-            "app-{}-{}-{}",
-            config.name,
-            config.version,
-            artifact.short()
-        ),
+        request_id: format!("app-{}-{}-{}", config.name, config.version, artifact.short()),
         command: Command::RegisterApp { version },
     };
     propose(coordinators, "registering the app", register).await?;
@@ -201,13 +164,7 @@ pub async fn deploy(
     propose(
         coordinators,
         "deploying",
-        Request {
-            request_id: request_id("deploy"),
-            command: Command::Deploy {
-                spec,
-                at_ms: now_ms(),
-            },
-        },
+        Request { request_id: request_id("deploy"), command: Command::Deploy { spec, at_ms: now_ms() } },
     )
     .await?;
     eprintln!(
@@ -224,19 +181,8 @@ pub async fn scale(
     timeout: Duration,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    let command = Command::Scale {
-        app: app.to_owned(),
-        count,
-    };
-    propose(
-        coordinators,
-        "scaling",
-        Request {
-            request_id: request_id("scale"),
-            command,
-        },
-    )
-    .await?;
+    let command = Command::Scale { app: app.to_owned(), count };
+    propose(coordinators, "scaling", Request { request_id: request_id("scale"), command }).await?;
     eprintln!("==> scaled {app} to {count}");
     await_running(coordinators, app, timeout, format).await
 }
@@ -250,31 +196,19 @@ pub async fn stop(
     propose(
         coordinators,
         "stopping",
-        Request {
-            request_id: request_id("stop"),
-            command: Command::StopDeployment {
-                app: app.to_owned(),
-            },
-        },
+        Request { request_id: request_id("stop"), command: Command::StopDeployment { app: app.to_owned() } },
     )
     .await?;
     eprintln!("==> stopping {app}");
     let deadline = Instant::now() + timeout;
     loop {
         let status = fetch_status(coordinators, false).await?;
-        let live = status
-            .instances
-            .iter()
-            .filter(|i| i.app == app && i.observed.is_live())
-            .count();
+        let live = status.instances.iter().filter(|i| i.app == app && i.observed.is_live()).count();
         if live == 0 {
             output::print(format, &status, status_tables);
             return Ok(ExitCode::SUCCESS);
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{live} instance(s) of {app} still run after {timeout:?}"
-        );
+        anyhow::ensure!(Instant::now() < deadline, "{live} instance(s) of {app} still run after {timeout:?}");
         tokio::time::sleep(POLL).await;
     }
 }
@@ -290,23 +224,14 @@ async fn await_running(
     let mut last_line = String::new();
     loop {
         let status = fetch_status(coordinators, false).await?;
-        let deployment = status
-            .deployments
-            .iter()
-            .find(|d| d.app == app)
-            .with_context(|| format!("{app} is not deployed"))?;
+        let deployment =
+            status.deployments.iter().find(|d| d.app == app).with_context(|| format!("{app} is not deployed"))?;
         let mut line = format!(
             "{app}: placed {}/{}, running {}/{}",
-            deployment.placed,
-            deployment.desired_count,
-            deployment.running,
-            deployment.desired_count
+            deployment.placed, deployment.desired_count, deployment.running, deployment.desired_count
         );
         if !deployment.unplaced_reason.is_empty() {
-            line.push_str(&format!(
-                "; {} unplaced: {}",
-                deployment.unplaced, deployment.unplaced_reason
-            ));
+            line.push_str(&format!("; {} unplaced: {}", deployment.unplaced, deployment.unplaced_reason));
         }
         if line != last_line {
             eprintln!("    {line}");
@@ -319,17 +244,12 @@ async fn await_running(
             .collect();
         if !failed.is_empty() {
             for instance in &failed {
-                eprintln!(
-                    "error: instance {} on {} failed: {}",
-                    instance.id, instance.host, instance.message
-                );
+                eprintln!("error: instance {} on {} failed: {}", instance.id, instance.host, instance.message);
             }
             output::print(format, &status, status_tables);
             return Ok(ExitCode::FAILURE);
         }
-        if deployment.running == deployment.desired_count
-            && deployment.placed == deployment.desired_count
-        {
+        if deployment.running == deployment.desired_count && deployment.placed == deployment.desired_count {
             output::print(format, &status, status_tables);
             return Ok(ExitCode::SUCCESS);
         }
@@ -396,10 +316,7 @@ struct InstanceView {
 async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::Result<StatusView> {
     let status = coordinators
         .call("reading the cluster status", async |mut client| {
-            Ok(client
-                .get_status(pb::StatusRequest { stale })
-                .await?
-                .into_inner())
+            Ok(client.get_status(pb::StatusRequest { stale }).await?.into_inner())
         })
         .await?;
     let read = status.read.unwrap_or_default();
@@ -414,11 +331,7 @@ async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::R
                 target: i.target.clone(),
                 slot: i.slot,
                 host: i.host.clone(),
-                desired: if i.desired_running {
-                    "running"
-                } else {
-                    "stopped"
-                },
+                desired: if i.desired_running { "running" } else { "stopped" },
                 observed: Phase::try_from(i.observed())?,
                 restarts: i.restarts,
                 last_exit: i.last_exit.as_ref().and_then(Option::from),
@@ -431,10 +344,7 @@ async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::R
         .iter()
         .map(|h| {
             let host = log_codec::host_from_pb(h)?;
-            let running = instances
-                .iter()
-                .filter(|i| i.host == host.id.0 && i.observed == Phase::Running)
-                .count();
+            let running = instances.iter().filter(|i| i.host == host.id.0 && i.observed == Phase::Running).count();
             Ok(HostView {
                 id: host.id.0,
                 status: format!("{:?}", host.status).to_lowercase(),
@@ -448,9 +358,7 @@ async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::R
         .deployments
         .iter()
         .map(|d| {
-            let spec = log_codec::deployment_from_pb(
-                d.spec.as_ref().context("a deployment without a spec")?,
-            )?;
+            let spec = log_codec::deployment_from_pb(d.spec.as_ref().context("a deployment without a spec")?)?;
             Ok(DeploymentView {
                 app: spec.app,
                 version: spec.version,
@@ -477,15 +385,9 @@ async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::R
 }
 
 fn status_tables(status: &StatusView) -> Table {
-    let mut table = Table::new(&[
-        "APP", "VERSION", "TARGET", "DESIRED", "PLACED", "RUNNING", "FAILED", "UNPLACED",
-    ]);
+    let mut table = Table::new(&["APP", "VERSION", "TARGET", "DESIRED", "PLACED", "RUNNING", "FAILED", "UNPLACED"]);
     for d in &status.deployments {
-        let desired = if d.stopped {
-            "stopped".to_owned()
-        } else {
-            d.desired_count.to_string()
-        };
+        let desired = if d.stopped { "stopped".to_owned() } else { d.desired_count.to_string() };
         let unplaced = if d.unplaced_reason.is_empty() {
             d.unplaced.to_string()
         } else {
@@ -503,35 +405,15 @@ fn status_tables(status: &StatusView) -> Table {
         ]);
     }
     table.row(vec![String::new()]);
-    table.row(
-        ["HOST", "STATUS", "ADDRESS", "BACKENDS", "RUNNING"]
-            .map(String::from)
-            .to_vec(),
-    );
+    table.row(["HOST", "STATUS", "ADDRESS", "BACKENDS", "RUNNING"].map(String::from).to_vec());
     for h in &status.hosts {
         let backends: Vec<&str> = h.backends.iter().map(|b| b.name()).collect();
-        table.row(vec![
-            h.id.clone(),
-            h.status.clone(),
-            h.address.clone(),
-            backends.join(","),
-            h.running.to_string(),
-        ]);
+        table.row(vec![h.id.clone(), h.status.clone(), h.address.clone(), backends.join(","), h.running.to_string()]);
     }
     table.row(vec![String::new()]);
-    table.row(
-        [
-            "INSTANCE", "APP", "SLOT", "HOST", "STATE", "RESTARTS", "DETAIL",
-        ]
-        .map(String::from)
-        .to_vec(),
-    );
+    table.row(["INSTANCE", "APP", "SLOT", "HOST", "STATE", "RESTARTS", "DETAIL"].map(String::from).to_vec());
     for i in &status.instances {
-        let state = if i.desired == "running" {
-            i.observed.to_string()
-        } else {
-            format!("{} (stopping)", i.observed)
-        };
+        let state = if i.desired == "running" { i.observed.to_string() } else { format!("{} (stopping)", i.observed) };
         let detail = match (&i.last_exit, i.message.is_empty()) {
             (_, false) => i.message.clone(),
             (Some(exit), true) => exit.to_string(),
@@ -550,22 +432,12 @@ fn status_tables(status: &StatusView) -> Table {
     table
 }
 
-pub async fn status(
-    coordinators: &mut Coordinators,
-    stale: bool,
-    format: Format,
-) -> anyhow::Result<ExitCode> {
+pub async fn status(coordinators: &mut Coordinators, stale: bool, format: Format) -> anyhow::Result<ExitCode> {
     let status = fetch_status(coordinators, stale).await?;
     output::print(format, &status, status_tables);
     Ok(ExitCode::SUCCESS)
 }
 
 fn now_ms() -> u64 {
-    u64::try_from(
-        std::time::UNIX_EPOCH
-            .elapsed()
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
+    u64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
 }

@@ -17,26 +17,20 @@ pub const AGENT: &str = "127.0.0.1:7401";
 
 /// `/var/lib/mirari/dev` for root, else `$XDG_STATE_HOME/mirari/dev`.
 fn default_dir() -> PathBuf {
-    mirari_agent::paths::default_state_dir()
-        .parent()
-        .map_or_else(|| PathBuf::from("mirari-dev"), |p| p.join("dev"))
+    mirari_agent::paths::default_state_dir().parent().map_or_else(|| PathBuf::from("mirari-dev"), |p| p.join("dev"))
 }
 
 pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,raft=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,raft=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let dir = dir.unwrap_or_else(default_dir);
-    let coordinator_listener = Listener::bind(&COORDINATOR.parse()?)
-        .await
-        .with_context(|| format!("cannot listen on {COORDINATOR}"))?;
-    let agent_listener = Listener::bind(&AGENT.parse()?)
-        .await
-        .with_context(|| format!("cannot listen on {AGENT}"))?;
+    let coordinator_listener =
+        Listener::bind(&COORDINATOR.parse()?).await.with_context(|| format!("cannot listen on {COORDINATOR}"))?;
+    let agent_listener = Listener::bind(&AGENT.parse()?).await.with_context(|| format!("cannot listen on {AGENT}"))?;
     let coordinator = CoordinatorConfig {
         id: 1,
         data_dir: dir.join("coordinator"),
@@ -57,11 +51,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         name: daemon::hostname(),
         advertise: AGENT.into(),
         labels: Default::default(),
-        capacity: Resources {
-            memory_mib: daemon::default_memory_mib(),
-            vcpus: daemon::default_vcpus(),
-            instances: 64,
-        },
+        capacity: Resources { memory_mib: daemon::default_memory_mib(), vcpus: daemon::default_vcpus(), instances: 64 },
         timing: Default::default(),
     };
     eprintln!(
@@ -74,17 +64,8 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
-    let coordinator_task = tokio::spawn(server::run(
-        coordinator,
-        coordinator_listener,
-        wait(stopped.clone()),
-    ));
-    let agent_task = tokio::spawn(daemon::run(
-        agent,
-        Some(join),
-        agent_listener,
-        wait(stopped),
-    ));
+    let coordinator_task = tokio::spawn(server::run(coordinator, coordinator_listener, wait(stopped.clone())));
+    let agent_task = tokio::spawn(daemon::run(agent, Some(join), agent_listener, wait(stopped)));
     tokio::signal::ctrl_c().await?;
     let _ = stop.send(true);
     agent_task.await??;

@@ -30,13 +30,7 @@ struct Cli {
     #[arg(long, global = true, env = "MIRARI_AGENT")]
     agent: Option<Endpoint>,
     /// Coordinators to talk to for `cluster` commands: host:port, comma separated
-    #[arg(
-        long,
-        global = true,
-        env = "MIRARI_ADDR",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:7400"
-    )]
+    #[arg(long, global = true, env = "MIRARI_ADDR", value_delimiter = ',', default_value = "127.0.0.1:7400")]
     coordinator: Vec<Endpoint>,
     /// Output format for results
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
@@ -232,20 +226,14 @@ fn chain(error: &anyhow::Error) -> String {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let agent = cli
-        .agent
-        .unwrap_or_else(mirari_agent::paths::default_agent_endpoint);
+    let agent = cli.agent.unwrap_or_else(mirari_agent::paths::default_agent_endpoint);
     let format = cli.output;
     match cli.command {
         Command::Configure { app, install } => project_cmds::configure(&app, install, format),
         Command::Build { app, target } => project_cmds::build(&app, &target, format),
-        Command::Run { app, target, count } => {
-            agent_cmds::run(&agent, &app, target, count, format).await
-        }
+        Command::Run { app, target, count } => agent_cmds::run(&agent, &app, target, count, format).await,
         Command::Ps => agent_cmds::ps(&agent, format).await,
-        Command::Console { id, follow } => {
-            agent_cmds::console(&agent, &cli.coordinator, &id, follow).await
-        }
+        Command::Console { id, follow } => agent_cmds::console(&agent, &cli.coordinator, &id, follow).await,
         Command::Logs { id } => agent_cmds::logs(&agent, &cli.coordinator, &id, format).await,
         Command::Dev { dir } => dev::run(dir).await,
         Command::Shim(_) => unreachable!("handled before the runtime starts"),
@@ -255,49 +243,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let coordinators = &cli.coordinator;
             let mut connection = coordinators::Coordinators::new(coordinators);
             match command {
-                ClusterCommand::Deploy {
-                    app,
-                    target,
-                    count,
-                    placement,
-                    timeout,
-                } => {
+                ClusterCommand::Deploy { app, target, count, placement, timeout } => {
                     let placement = match placement {
                         PlacementArg::Binpack => mirari_core::registry::Placement::Binpack,
                         PlacementArg::Spread => mirari_core::registry::Placement::Spread,
                     };
-                    let options = deploy::DeployOptions {
-                        target,
-                        count,
-                        placement,
-                        timeout,
-                    };
+                    let options = deploy::DeployOptions { target, count, placement, timeout };
                     deploy::deploy(&mut connection, &app, options, format).await
                 }
-                ClusterCommand::Scale {
-                    app,
-                    count,
-                    timeout,
-                } => deploy::scale(&mut connection, &app, count, timeout, format).await,
-                ClusterCommand::Stop { app, timeout } => {
-                    deploy::stop(&mut connection, &app, timeout, format).await
+                ClusterCommand::Scale { app, count, timeout } => {
+                    deploy::scale(&mut connection, &app, count, timeout, format).await
                 }
-                ClusterCommand::Status { stale } => {
-                    deploy::status(&mut connection, stale, format).await
-                }
+                ClusterCommand::Stop { app, timeout } => deploy::stop(&mut connection, &app, timeout, format).await,
+                ClusterCommand::Status { stale } => deploy::status(&mut connection, stale, format).await,
                 ClusterCommand::Info => cluster_cmds::info(coordinators, format).await,
-                ClusterCommand::Members {
-                    action: None | Some(MembersAction::List),
-                } => cluster_cmds::members(coordinators, format).await,
-                ClusterCommand::Members {
-                    action: Some(MembersAction::Add { id, address }),
-                } => cluster_cmds::add_member(coordinators, id, &address, format).await,
-                ClusterCommand::Members {
-                    action: Some(MembersAction::Remove { id }),
-                } => cluster_cmds::remove_member(coordinators, id, format).await,
-                ClusterCommand::Hosts { stale } => {
-                    cluster_cmds::hosts(coordinators, stale, format).await
+                ClusterCommand::Members { action: None | Some(MembersAction::List) } => {
+                    cluster_cmds::members(coordinators, format).await
                 }
+                ClusterCommand::Members { action: Some(MembersAction::Add { id, address }) } => {
+                    cluster_cmds::add_member(coordinators, id, &address, format).await
+                }
+                ClusterCommand::Members { action: Some(MembersAction::Remove { id }) } => {
+                    cluster_cmds::remove_member(coordinators, id, format).await
+                }
+                ClusterCommand::Hosts { stale } => cluster_cmds::hosts(coordinators, stale, format).await,
             }
         }
     }

@@ -17,9 +17,7 @@ pub struct Table {
 
 impl Table {
     pub fn new(headers: &[&str]) -> Self {
-        Self {
-            rows: vec![headers.iter().map(|h| h.to_string()).collect()],
-        }
+        Self { rows: vec![headers.iter().map(|h| h.to_string()).collect()] }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -29,26 +27,18 @@ impl Table {
     pub fn render(&self) -> String {
         let columns = self.rows[0].len();
         let widths: Vec<usize> = (0..columns)
-            .map(|c| {
-                self.rows
-                    .iter()
-                    .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
-                    .max()
-                    .unwrap_or(0)
-            })
+            .map(|c| self.rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0))
             .collect();
         let mut out = String::new();
         for row in &self.rows {
             let cells: Vec<String> = row
                 .iter()
                 .enumerate()
-                .map(|(c, cell)| {
-                    if c + 1 == columns {
-                        cell.clone()
-                    } else {
-                        format!("{cell:<width$}", width = widths[c])
-                    }
-                })
+                .map(
+                    |(c, cell)| {
+                        if c + 1 == columns { cell.clone() } else { format!("{cell:<width$}", width = widths[c]) }
+                    },
+                )
                 .collect();
             out.push_str(cells.join("  ").trim_end());
             out.push('\n');
@@ -60,10 +50,7 @@ impl Table {
 /// Prints `value` as JSON, or the table `table_of` makes of it.
 pub fn print<T: Serialize>(format: Format, value: &T, table_of: impl FnOnce(&T) -> Table) {
     match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).expect("output serializes")
-        ),
+        Format::Json => println!("{}", serde_json::to_string_pretty(value).expect("output serializes")),
         Format::Table => print!("{}", table_of(value).render()),
     }
 }
@@ -87,10 +74,7 @@ mod tests {
     fn pads_columns_but_not_the_last() {
         let mut table = Table::new(&["ID", "PHASE", "DETAIL"]);
         table.row(vec!["abc".into(), "running".into(), "pid 1".into()]);
-        assert_eq!(
-            table.render(),
-            "ID   PHASE    DETAIL\nabc  running  pid 1\n"
-        );
+        assert_eq!(table.render(), "ID   PHASE    DETAIL\nabc  running  pid 1\n");
         assert_eq!(age(0, 61_000), "1m");
     }
 }

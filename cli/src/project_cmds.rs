@@ -17,12 +17,9 @@ use crate::output::{self, Format, Table};
 
 pub fn store_dir(app: &AppArgs) -> PathBuf {
     app.store.clone().unwrap_or_else(|| {
-        let data = std::env::var_os("XDG_DATA_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
-                    .join(".local/share")
-            });
+        let data = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".local/share")
+        });
         data.join("mirari/store")
     })
 }
@@ -81,10 +78,7 @@ pub fn configure(app: &AppArgs, install: bool, format: Format) -> anyhow::Result
             table.row(vec![missing.clone(), "missing".into()]);
         }
         for file in &report.files {
-            table.row(vec![
-                format!("file image {}", file.name),
-                format!("baked sha256:{}", file.digest),
-            ]);
+            table.row(vec![format!("file image {}", file.name), format!("baked sha256:{}", file.digest)]);
         }
         if report.missing.is_empty() {
             table.row(vec!["all requirements".into(), "present".into()]);
@@ -111,11 +105,7 @@ struct BuiltReport {
 
 pub fn build(app: &AppArgs, targets: &[Target], format: Format) -> anyhow::Result<ExitCode> {
     let (project, store) = open(app)?;
-    let targets: Vec<Target> = if targets.is_empty() {
-        project.config.targets.clone()
-    } else {
-        targets.to_vec()
-    };
+    let targets: Vec<Target> = if targets.is_empty() { project.config.targets.clone() } else { targets.to_vec() };
     let mut manifest = Manifest::load(&project)?;
     // Builds read the file images only through their digests; re-baking is cheap and keeps
     // them current when files changed since configure.
@@ -126,20 +116,12 @@ pub fn build(app: &AppArgs, targets: &[Target], format: Format) -> anyhow::Resul
         let artifact = driver::build_target(&project, target, &store, &mut show_progress)?;
         manifest.artifacts.insert(target, artifact.digest);
         manifest.save(&project)?;
-        built.push(BuiltReport {
-            target,
-            sha256: artifact.digest.to_string(),
-            artifact: artifact.path,
-        });
+        built.push(BuiltReport { target, sha256: artifact.digest.to_string(), artifact: artifact.path });
     }
     output::print(format, &built, |built| {
         let mut table = Table::new(&["TARGET", "SHA256", "ARTIFACT"]);
         for b in built {
-            table.row(vec![
-                b.target.to_string(),
-                b.sha256.clone(),
-                b.artifact.display().to_string(),
-            ]);
+            table.row(vec![b.target.to_string(), b.sha256.clone(), b.artifact.display().to_string()]);
         }
         table
     });

@@ -27,53 +27,33 @@ pub struct AgentClients {
 
 impl AgentClients {
     pub async fn get(&self, host: &HostId, address: &str) -> Result<AgentClient<Channel>, Status> {
-        if let Some(client) = self
-            .clients
-            .lock()
-            .expect("agent clients lock")
-            .get(address)
-        {
+        if let Some(client) = self.clients.lock().expect("agent clients lock").get(address) {
             return Ok(client.clone());
         }
-        let endpoint: Endpoint = address
-            .parse()
-            .map_err(|e| Status::internal(format!("host {host} has a bad address: {e}")))?;
-        let channel = endpoint.connect().await.map_err(|e| {
-            Status::unavailable(format!(
-                "cannot reach the agent of host {host} at {address}: {e}"
-            ))
-        })?;
+        let endpoint: Endpoint =
+            address.parse().map_err(|e| Status::internal(format!("host {host} has a bad address: {e}")))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot reach the agent of host {host} at {address}: {e}")))?;
         let client = AgentClient::new(channel);
-        self.clients
-            .lock()
-            .expect("agent clients lock")
-            .insert(address.to_owned(), client.clone());
+        self.clients.lock().expect("agent clients lock").insert(address.to_owned(), client.clone());
         Ok(client)
     }
 
     fn forget(&self, address: &str) {
-        self.clients
-            .lock()
-            .expect("agent clients lock")
-            .remove(address);
+        self.clients.lock().expect("agent clients lock").remove(address);
     }
 
     /// The agent that runs (or ran) the instance a person means by `prefix`.
-    async fn agent_of(
-        &self,
-        raft: &RaftHandle,
-        prefix: &str,
-    ) -> Result<(InstanceId, AgentClient<Channel>), Status> {
+    async fn agent_of(&self, raft: &RaftHandle, prefix: &str) -> Result<(InstanceId, AgentClient<Channel>), Status> {
         let (id, host, address) = {
             let machine = raft.machine();
             let registry = &machine.registry;
             let id = ids::resolve_prefix(prefix, registry.instances().map(|i| i.id))
                 .map_err(|e| Status::not_found(e.to_string()))?;
             let host = registry.instance(id).expect("resolved").host.clone();
-            let address = registry
-                .host(&host)
-                .map(|h| h.address.clone())
-                .unwrap_or_default();
+            let address = registry.host(&host).map(|h| h.address.clone()).unwrap_or_default();
             (id, host, address)
         };
         Ok((id, self.get(&host, &address).await?))
@@ -85,26 +65,14 @@ impl AgentClients {
         request: pb::ConsoleRequest,
     ) -> Result<BoxStream<'static, Result<pb::ConsoleChunk, Status>>, Status> {
         let (id, mut agent) = self.agent_of(raft, &request.id).await?;
-        let stream = agent
-            .stream_console(pb::ConsoleRequest {
-                id: id.to_string(),
-                follow: request.follow,
-            })
-            .await?
-            .into_inner();
+        let stream =
+            agent.stream_console(pb::ConsoleRequest { id: id.to_string(), follow: request.follow }).await?.into_inner();
         Ok(stream.boxed())
     }
 
-    pub async fn events(
-        &self,
-        raft: &RaftHandle,
-        request: pb::EventsRequest,
-    ) -> Result<pb::EventsResponse, Status> {
+    pub async fn events(&self, raft: &RaftHandle, request: pb::EventsRequest) -> Result<pb::EventsResponse, Status> {
         let (id, mut agent) = self.agent_of(raft, &request.id).await?;
-        Ok(agent
-            .get_events(pb::EventsRequest { id: id.to_string() })
-            .await?
-            .into_inner())
+        Ok(agent.get_events(pb::EventsRequest { id: id.to_string() }).await?.into_inner())
     }
 
     /// Runs a build on an agent that has the target's backend, relaying its progress; stores
@@ -115,12 +83,8 @@ impl AgentClients {
         blobs: &ReplicatedBlobs,
         job: pb::BuildJob,
     ) -> Result<BoxStream<'static, Result<pb::BuildEvent, Status>>, Status> {
-        let target: Target = job
-            .target
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("{e}")))?;
-        AppConfig::parse(&job.config_path, &job.config_toml)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let target: Target = job.target.parse().map_err(|e| Status::invalid_argument(format!("{e}")))?;
+        AppConfig::parse(&job.config_path, &job.config_toml).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let builders = self.builders(raft, target);
         if builders.is_empty() {
             return Err(Status::failed_precondition(format!(
@@ -158,18 +122,12 @@ impl AgentClients {
             .hosts()
             .filter(|h| h.status == HostStatus::Up && h.backends.contains(&target))
             .map(|h| {
-                let busy = registry
-                    .placed_on(&h.id)
-                    .filter(|i| i.desired == Desired::Running)
-                    .count();
+                let busy = registry.placed_on(&h.id).filter(|i| i.desired == Desired::Running).count();
                 (busy, h.id.clone(), h.address.clone())
             })
             .collect();
         hosts.sort();
-        hosts
-            .into_iter()
-            .map(|(_, host, address)| (host, address))
-            .collect()
+        hosts.into_iter().map(|(_, host, address)| (host, address)).collect()
     }
 }
 
@@ -188,32 +146,22 @@ fn relay_build(
                 let event = match events.message().await {
                     Ok(Some(event)) => event,
                     Ok(None) => {
-                        let error = Status::aborted(format!(
-                            "the build on host {host} ended without an artifact"
-                        ));
+                        let error = Status::aborted(format!("the build on host {host} ended without an artifact"));
                         return Some((Err(error), (events, blobs, None, host)));
                     }
                     Err(status) => return Some((Err(status), (events, blobs, None, host))),
                 };
                 match event.event {
-                    Some(build_event::Event::ArtifactChunk(chunk)) => {
-                        artifact.extend_from_slice(&chunk)
-                    }
+                    Some(build_event::Event::ArtifactChunk(chunk)) => artifact.extend_from_slice(&chunk),
                     Some(build_event::Event::Done(done)) => {
                         let stored = store_artifact(&blobs, &artifact, &done.artifact_sha256).await;
                         let event = stored.map(|()| pb::BuildEvent {
-                            event: Some(build_event::Event::Done(pb::BuildDone {
-                                host: host.0.clone(),
-                                ..done
-                            })),
+                            event: Some(build_event::Event::Done(pb::BuildDone { host: host.0.clone(), ..done })),
                         });
                         return Some((event, (events, blobs, None, host)));
                     }
                     other => {
-                        return Some((
-                            Ok(pb::BuildEvent { event: other }),
-                            (events, blobs, Some(artifact), host),
-                        ));
+                        return Some((Ok(pb::BuildEvent { event: other }), (events, blobs, Some(artifact), host)));
                     }
                 }
             }
@@ -221,14 +169,8 @@ fn relay_build(
     )
 }
 
-async fn store_artifact(
-    blobs: &ReplicatedBlobs,
-    artifact: &[u8],
-    claimed: &str,
-) -> Result<(), Status> {
-    let expected = claimed
-        .parse()
-        .map_err(|e| Status::data_loss(format!("the builder sent a bad digest: {e}")))?;
+async fn store_artifact(blobs: &ReplicatedBlobs, artifact: &[u8], claimed: &str) -> Result<(), Status> {
+    let expected = claimed.parse().map_err(|e| Status::data_loss(format!("the builder sent a bad digest: {e}")))?;
     let mut writer = blobs.store().writer(Some(expected)).map_err(blob_status)?;
     writer.write(artifact).map_err(blob_status)?;
     let (digest, _) = writer.finish().map_err(blob_status)?;

@@ -29,9 +29,7 @@ pub fn blob_status(error: BlobError) -> Status {
         BlobError::Mismatch { .. } => Status::data_loss(error.to_string()),
         BlobError::Io { .. } => Status::internal(format!(
             "{error}: {}",
-            std::error::Error::source(&error)
-                .map(ToString::to_string)
-                .unwrap_or_default()
+            std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default()
         )),
     }
 }
@@ -50,19 +48,11 @@ impl ReplicatedBlobs {
         &self,
         mut chunks: impl futures::Stream<Item = Result<BlobChunk, Status>> + Unpin,
     ) -> Result<(Digest, u64), Status> {
-        let first = chunks
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("empty upload"))??;
-        let expected: Digest = first
-            .sha256
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("{e}")))?;
+        let first = chunks.next().await.ok_or_else(|| Status::invalid_argument("empty upload"))??;
+        let expected: Digest = first.sha256.parse().map_err(|e| Status::invalid_argument(format!("{e}")))?;
         if self.store.contains(&expected) {
             while chunks.next().await.is_some() {}
-            let size = std::fs::metadata(self.store.path(&expected))
-                .map(|m| m.len())
-                .unwrap_or_default();
+            let size = std::fs::metadata(self.store.path(&expected)).map(|m| m.len()).unwrap_or_default();
             return Ok((expected, size));
         }
         let mut writer = self.store.writer(Some(expected)).map_err(blob_status)?;
@@ -77,14 +67,8 @@ impl ReplicatedBlobs {
     /// copying to the rest in the background.
     pub async fn replicate(&self, digest: Digest) -> Result<(), Status> {
         let self_id = self.raft.status().id;
-        let peers: Vec<String> = self
-            .raft
-            .machine()
-            .members
-            .iter()
-            .filter(|(id, _)| **id != self_id)
-            .map(|(_, a)| a.clone())
-            .collect();
+        let peers: Vec<String> =
+            self.raft.machine().members.iter().filter(|(id, _)| **id != self_id).map(|(_, a)| a.clone()).collect();
         let needed = (peers.len() + 1) / 2;
         if needed == 0 {
             return Ok(());
@@ -133,35 +117,24 @@ impl ReplicatedBlobs {
     }
 }
 
-fn read_chunks(
-    file: tokio::fs::File,
-    digest: Digest,
-) -> impl futures::Stream<Item = Result<BlobChunk, Status>> {
+fn read_chunks(file: tokio::fs::File, digest: Digest) -> impl futures::Stream<Item = Result<BlobChunk, Status>> {
     futures::stream::unfold((file, true), move |(mut file, first)| async move {
         let mut data = vec![0u8; CHUNK_BYTES];
         match file.read(&mut data).await {
             Ok(0) if !first => None,
             Ok(n) => {
                 data.truncate(n);
-                let sha256 = if first {
-                    digest.to_string()
-                } else {
-                    String::new()
-                };
+                let sha256 = if first { digest.to_string() } else { String::new() };
                 Some((Ok(BlobChunk { sha256, data }), (file, false)))
             }
-            Err(e) => Some((
-                Err(Status::internal(format!("reading blob {digest}: {e}"))),
-                (file, false),
-            )),
+            Err(e) => Some((Err(Status::internal(format!("reading blob {digest}: {e}"))), (file, false))),
         }
     })
 }
 
 async fn push(store: &BlobStore, digest: Digest, address: &str) -> anyhow::Result<()> {
     let endpoint: Endpoint = address.parse()?;
-    let mut peer = PeerClient::new(endpoint.connect().await?)
-        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+    let mut peer = PeerClient::new(endpoint.connect().await?).max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
     let file = tokio::fs::File::open(store.path(&digest)).await?;
     let chunks = read_chunks(file, digest).filter_map(|c| std::future::ready(c.ok()));
     peer.push_blob(chunks).await?;

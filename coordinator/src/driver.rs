@@ -39,9 +39,7 @@ pub struct RaftStatus {
 pub enum ProposeError {
     #[error("this coordinator is not the leader")]
     NotLeader { leader: Option<u64> },
-    #[error(
-        "leadership changed before the write was applied; it may still apply: retry with the same request ID"
-    )]
+    #[error("leadership changed before the write was applied; it may still apply: retry with the same request ID")]
     LeadershipLost,
     #[error("the raft driver has stopped")]
     Stopped,
@@ -103,41 +101,20 @@ impl RaftHandle {
         self.machine.read().expect("state machine lock")
     }
 
-    pub async fn step(
-        &self,
-        from: u64,
-        address: String,
-        messages: Vec<RaftMessage>,
-    ) -> Result<(), ProposeError> {
-        self.inputs
-            .send(Input::Step {
-                from,
-                address,
-                messages,
-            })
-            .await
-            .map_err(|_| ProposeError::Stopped)
+    pub async fn step(&self, from: u64, address: String, messages: Vec<RaftMessage>) -> Result<(), ProposeError> {
+        self.inputs.send(Input::Step { from, address, messages }).await.map_err(|_| ProposeError::Stopped)
     }
 
     /// Commits `request` through raft; resolves once this node has applied it.
     pub async fn propose(&self, request: Request) -> Result<ApplyResult, ProposeError> {
         let (reply, answer) = oneshot::channel();
-        self.inputs
-            .send(Input::Propose(request, reply))
-            .await
-            .map_err(|_| ProposeError::Stopped)?;
+        self.inputs.send(Input::Propose(request, reply)).await.map_err(|_| ProposeError::Stopped)?;
         Ok(answer.await.map_err(|_| ProposeError::Stopped)??.result)
     }
 
-    pub async fn change_membership(
-        &self,
-        change: MembershipChange,
-    ) -> Result<ApplyResult, ProposeError> {
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<ApplyResult, ProposeError> {
         let (reply, answer) = oneshot::channel();
-        self.inputs
-            .send(Input::ChangeMembership(change, reply))
-            .await
-            .map_err(|_| ProposeError::Stopped)?;
+        self.inputs.send(Input::ChangeMembership(change, reply)).await.map_err(|_| ProposeError::Stopped)?;
         Ok(answer.await.map_err(|_| ProposeError::Stopped)??.result)
     }
 
@@ -145,17 +122,12 @@ impl RaftHandle {
     /// call (raft's ReadIndex), so a read that follows is linearizable.
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
         let (reply, answer) = oneshot::channel();
-        self.inputs
-            .send(Input::ReadIndex(reply))
-            .await
-            .map_err(|_| ProposeError::Stopped)?;
+        self.inputs.send(Input::ReadIndex(reply)).await.map_err(|_| ProposeError::Stopped)?;
         answer.await.map_err(|_| ProposeError::Stopped)?
     }
 
     pub(crate) fn delivery_reporter(&self) -> DeliveryReporter {
-        DeliveryReporter {
-            inputs: self.inputs.clone(),
-        }
+        DeliveryReporter { inputs: self.inputs.clone() }
     }
 }
 
@@ -167,11 +139,7 @@ pub struct DeliveryReporter {
 
 impl DeliveryReporter {
     pub fn report(&self, peer: u64, delivered: bool, snapshot: bool) {
-        let _ = self.inputs.try_send(Input::Delivery {
-            peer,
-            delivered,
-            snapshot,
-        });
+        let _ = self.inputs.try_send(Input::Delivery { peer, delivered, snapshot });
     }
 }
 
@@ -184,11 +152,7 @@ pub fn spawn<B: Backing>(
 ) -> (RaftHandle, tokio::task::JoinHandle<Result<(), NodeError>>) {
     let (inputs, receiver) = mpsc::channel(INPUT_QUEUE);
     let status = watch::channel(RaftStatus::default()).0;
-    let handle = RaftHandle {
-        inputs,
-        status: status.subscribe(),
-        machine: node.shared_machine(),
-    };
+    let handle = RaftHandle { inputs, status: status.subscribe(), machine: node.shared_machine() };
     transport.attach(handle.delivery_reporter());
     let driver = Driver {
         node,
@@ -223,11 +187,7 @@ struct Driver<B: Backing> {
 }
 
 impl<B: Backing> Driver<B> {
-    async fn run(
-        mut self,
-        mut inputs: mpsc::Receiver<Input>,
-        tick: Duration,
-    ) -> Result<(), NodeError> {
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>, tick: Duration) -> Result<(), NodeError> {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if self.node.voters() == [self.node.id()] {
@@ -251,11 +211,7 @@ impl<B: Backing> Driver<B> {
 
     fn handle(&mut self, input: Input) {
         match input {
-            Input::Step {
-                from,
-                address,
-                messages,
-            } => {
+            Input::Step { from, address, messages } => {
                 self.learned_addresses.insert(from, address);
                 for message in messages {
                     if let Err(error) = self.node.step(message) {
@@ -264,15 +220,9 @@ impl<B: Backing> Driver<B> {
                 }
             }
             Input::Propose(request, reply) => match self.node.propose(&request) {
-                Ok(()) => self
-                    .pending
-                    .entry(request.request_id)
-                    .or_default()
-                    .push(reply),
+                Ok(()) => self.pending.entry(request.request_id).or_default().push(reply),
                 Err(not_leader) => {
-                    let _ = reply.send(Err(ProposeError::NotLeader {
-                        leader: not_leader.leader,
-                    }));
+                    let _ = reply.send(Err(ProposeError::NotLeader { leader: not_leader.leader }));
                 }
             },
             Input::ChangeMembership(change, reply) => {
@@ -281,9 +231,7 @@ impl<B: Backing> Driver<B> {
                 match self.node.propose_membership(&request_id, &change) {
                     Ok(()) => self.pending.entry(request_id).or_default().push(reply),
                     Err(not_leader) => {
-                        let _ = reply.send(Err(ProposeError::NotLeader {
-                            leader: not_leader.leader,
-                        }));
+                        let _ = reply.send(Err(ProposeError::NotLeader { leader: not_leader.leader }));
                     }
                 }
             }
@@ -292,11 +240,7 @@ impl<B: Backing> Driver<B> {
                 self.node.read_index(self.next_read.to_be_bytes().to_vec());
                 self.awaiting_read_state.insert(self.next_read, reply);
             }
-            Input::Delivery {
-                peer,
-                delivered,
-                snapshot,
-            } => {
+            Input::Delivery { peer, delivered, snapshot } => {
                 if snapshot {
                     self.node.report_snapshot(peer, delivered);
                 }
@@ -313,11 +257,8 @@ impl<B: Backing> Driver<B> {
             {
                 let machine = self.node.machine();
                 for message in output.messages {
-                    let address = machine
-                        .members
-                        .get(&message.to)
-                        .or_else(|| self.learned_addresses.get(&message.to))
-                        .cloned();
+                    let address =
+                        machine.members.get(&message.to).or_else(|| self.learned_addresses.get(&message.to)).cloned();
                     self.transport.send(message, address);
                 }
             }
@@ -327,26 +268,17 @@ impl<B: Backing> Driver<B> {
                 }
             }
             for read in output.read_states {
-                let context = read
-                    .request_ctx
-                    .as_slice()
-                    .try_into()
-                    .map(u64::from_be_bytes);
-                if let Some(reply) = context
-                    .ok()
-                    .and_then(|c| self.awaiting_read_state.remove(&c))
-                {
+                let context = read.request_ctx.as_slice().try_into().map(u64::from_be_bytes);
+                if let Some(reply) = context.ok().and_then(|c| self.awaiting_read_state.remove(&c)) {
                     self.awaiting_apply.push((read.index, reply));
                 }
             }
         }
         // Callers that gave up (their deadline passed) no longer wait.
-        self.awaiting_read_state
-            .retain(|_, reply| !reply.is_closed());
+        self.awaiting_read_state.retain(|_, reply| !reply.is_closed());
         let applied = self.node.applied_index();
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting_apply)
-            .into_iter()
-            .partition(|(index, _)| *index <= applied);
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.awaiting_apply).into_iter().partition(|(index, _)| *index <= applied);
         self.awaiting_apply = waiting;
         for (_, reply) in ready {
             let _ = reply.send(Ok(()));

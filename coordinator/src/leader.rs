@@ -25,10 +25,7 @@ pub struct Leases {
 
 impl Leases {
     pub fn renew(&self, host: &HostId) {
-        self.last_heard
-            .lock()
-            .expect("leases lock")
-            .insert(host.clone(), Instant::now());
+        self.last_heard.lock().expect("leases lock").insert(host.clone(), Instant::now());
     }
 
     fn forget_all(&self) {
@@ -40,8 +37,7 @@ impl Leases {
     fn expired(&self, up: impl Iterator<Item = HostId>, limit: Duration) -> Vec<HostId> {
         let now = Instant::now();
         let mut last_heard = self.last_heard.lock().expect("leases lock");
-        up.filter(|host| now.duration_since(*last_heard.entry(host.clone()).or_insert(now)) > limit)
-            .collect()
+        up.filter(|host| now.duration_since(*last_heard.entry(host.clone()).or_insert(now)) > limit).collect()
     }
 }
 
@@ -53,13 +49,7 @@ const DUTY_INTERVAL: Duration = Duration::from_millis(200);
 const RESCHEDULE_INTERVAL: Duration = Duration::from_secs(2);
 
 pub fn now_ms() -> u64 {
-    u64::try_from(
-        std::time::UNIX_EPOCH
-            .elapsed()
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
+    u64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A request ID for a command the leader makes on its own.
@@ -85,9 +75,7 @@ pub async fn run(raft: RaftHandle, leases: Arc<Leases>, timing: LeaseTiming) {
             leading = true;
         }
         expire_leases(&raft, &leases, timing).await;
-        if status.applied_index != scheduled_at_index
-            || scheduled_at.elapsed() > RESCHEDULE_INTERVAL
-        {
+        if status.applied_index != scheduled_at_index || scheduled_at.elapsed() > RESCHEDULE_INTERVAL {
             scheduled_at_index = status.applied_index;
             scheduled_at = Instant::now();
             schedule(&raft).await;
@@ -98,27 +86,13 @@ pub async fn run(raft: RaftHandle, leases: Arc<Leases>, timing: LeaseTiming) {
 async fn expire_leases(raft: &RaftHandle, leases: &Leases, timing: LeaseTiming) {
     let expired = {
         let machine = raft.machine();
-        let up = machine
-            .registry
-            .hosts()
-            .filter(|h| h.status == HostStatus::Up)
-            .map(|h| h.id.clone());
+        let up = machine.registry.hosts().filter(|h| h.status == HostStatus::Up).map(|h| h.id.clone());
         leases.expired(up, timing.down_after())
     };
     for host in expired {
         tracing::warn!(%host, "lease expired: declaring the host down; its instances will be replaced");
-        let command = Command::SetHostStatus {
-            host: host.clone(),
-            status: HostStatus::Down,
-            at_ms: now_ms(),
-        };
-        if let Err(error) = raft
-            .propose(Request {
-                request_id: fresh_request_id("down"),
-                command,
-            })
-            .await
-        {
+        let command = Command::SetHostStatus { host: host.clone(), status: HostStatus::Down, at_ms: now_ms() };
+        if let Err(error) = raft.propose(Request { request_id: fresh_request_id("down"), command }).await {
             tracing::debug!(%host, %error, "could not declare the host down yet");
         }
     }
@@ -136,11 +110,8 @@ async fn schedule(raft: &RaftHandle) {
                 return InstanceId::from_u64(id);
             }
         };
-        let apps: Vec<String> = registry
-            .deployments()
-            .filter(|d| d.desired == Desired::Running)
-            .map(|d| d.spec.app.clone())
-            .collect();
+        let apps: Vec<String> =
+            registry.deployments().filter(|d| d.desired == Desired::Running).map(|d| d.spec.app.clone()).collect();
         apps.iter()
             .filter_map(|app| scheduler::plan(registry, app, PLACEMENTS_PER_ENTRY, &mut mint))
             .filter(|plan| !plan.placements.is_empty())
@@ -154,13 +125,7 @@ async fn schedule(raft: &RaftHandle) {
             placements: plan.placements,
             at_ms: now_ms(),
         };
-        match raft
-            .propose(Request {
-                request_id: fresh_request_id("place"),
-                command,
-            })
-            .await
-        {
+        match raft.propose(Request { request_id: fresh_request_id("place"), command }).await {
             Ok(Ok(_)) => tracing::info!(app = %plan.app, placed, "placed instances"),
             Ok(Err(rejection)) => {
                 tracing::debug!(app = %plan.app, %rejection, "plan refused; planning again")

@@ -50,22 +50,14 @@ fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let endpoint: Endpoint = cli.listen.parse().context("--listen")?;
-    let listener = Listener::bind(&endpoint)
-        .await
-        .with_context(|| format!("cannot listen on {endpoint}"))?;
-    let advertise = cli.advertise.unwrap_or_else(|| {
-        listener
-            .local_endpoint()
-            .map(|e| e.to_string())
-            .unwrap_or(cli.listen.clone())
-    });
+    let listener = Listener::bind(&endpoint).await.with_context(|| format!("cannot listen on {endpoint}"))?;
+    let advertise =
+        cli.advertise.unwrap_or_else(|| listener.local_endpoint().map(|e| e.to_string()).unwrap_or(cli.listen.clone()));
     let config = CoordinatorConfig {
         id: cli.id,
         data_dir: cli.data_dir,
@@ -76,9 +68,7 @@ async fn run() -> anyhow::Result<()> {
         leases: Default::default(),
     };
     tracing::info!(id = config.id, %advertise, data_dir = %config.data_dir.display(), "mirari-coordinator starting");
-    server::run(config, listener, shutdown_signal())
-        .await
-        .context("the coordinator stopped")
+    server::run(config, listener, shutdown_signal()).await.context("the coordinator stopped")
 }
 
 async fn shutdown_signal() {

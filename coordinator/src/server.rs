@@ -60,10 +60,8 @@ pub async fn run(
     listener: Listener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
     let (backing, state) = RedbBacking::open(&config.data_dir.join("raft.redb"))?;
     let log = RaftLog::new(state, backing);
     let empty = log.read().conf_state.voters.is_empty() && log.read().last_index() == 0;
@@ -81,10 +79,7 @@ pub async fn run(
             config.advertise
         );
     }
-    let node_config = NodeConfig {
-        snapshot_every: config.snapshot_every,
-        ..NodeConfig::new(config.id)
-    };
+    let node_config = NodeConfig { snapshot_every: config.snapshot_every, ..NodeConfig::new(config.id) };
     let node = Node::new(node_config, log, &logger::raft_logger())?;
     let transport = Transport::new(config.id, config.advertise.clone());
     let (raft, driver_task) = driver::spawn(node, transport, config.tick);

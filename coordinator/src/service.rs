@@ -58,10 +58,7 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl peer_server::Peer for PeerService {
-    async fn send(
-        &self,
-        request: RpcRequest<pb::RaftBatch>,
-    ) -> Result<Response<pb::RaftAck>, Status> {
+    async fn send(&self, request: RpcRequest<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
         let batch = request.into_inner();
         let messages = batch
             .messages
@@ -81,10 +78,7 @@ impl peer_server::Peer for PeerService {
         request: RpcRequest<tonic::Streaming<wire_agent::BlobChunk>>,
     ) -> Result<Response<wire_agent::PutBlobResponse>, Status> {
         let (digest, size) = self.blobs.receive(request.into_inner()).await?;
-        Ok(Response::new(wire_agent::PutBlobResponse {
-            sha256: digest.to_string(),
-            size,
-        }))
+        Ok(Response::new(wire_agent::PutBlobResponse { sha256: digest.to_string(), size }))
     }
 }
 
@@ -101,9 +95,7 @@ pub struct CoordinatorService {
 fn status_of(error: ProposeError, leader_address: Option<String>) -> Status {
     match error {
         ProposeError::NotLeader { .. } => match leader_address {
-            Some(address) => {
-                Status::unavailable(format!("not the leader; the leader is at {address}"))
-            }
+            Some(address) => Status::unavailable(format!("not the leader; the leader is at {address}")),
             None => Status::unavailable("no leader is elected right now; retry shortly"),
         },
         ProposeError::LeadershipLost => Status::unavailable(error.to_string()),
@@ -114,32 +106,16 @@ fn status_of(error: ProposeError, leader_address: Option<String>) -> Status {
 fn applied_response(result: mirari_core::registry::ApplyResult) -> pb::ProposeResponse {
     match result {
         Ok(Outcome::Done) => pb::ProposeResponse::default(),
-        Ok(Outcome::Placed(ids)) => pb::ProposeResponse {
-            placed: ids.iter().map(|id| id.as_u64()).collect(),
-            ..Default::default()
-        },
-        Err(rejection) => pb::ProposeResponse {
-            rejected: rejection.to_string(),
-            ..Default::default()
-        },
+        Ok(Outcome::Placed(ids)) => {
+            pb::ProposeResponse { placed: ids.iter().map(|id| id.as_u64()).collect(), ..Default::default() }
+        }
+        Err(rejection) => pb::ProposeResponse { rejected: rejection.to_string(), ..Default::default() },
     }
 }
 
 impl CoordinatorService {
-    pub fn new(
-        raft: RaftHandle,
-        leases: Arc<Leases>,
-        timing: LeaseTiming,
-        blobs: ReplicatedBlobs,
-    ) -> Self {
-        Self {
-            raft,
-            leaders: Mutex::new(HashMap::new()),
-            leases,
-            timing,
-            blobs,
-            agents: AgentClients::default(),
-        }
+    pub fn new(raft: RaftHandle, leases: Arc<Leases>, timing: LeaseTiming, blobs: ReplicatedBlobs) -> Self {
+        Self { raft, leaders: Mutex::new(HashMap::new()), leases, timing, blobs, agents: AgentClients::default() }
     }
 
     pub fn into_server(self) -> coordinator_server::CoordinatorServer<Self> {
@@ -149,10 +125,7 @@ impl CoordinatorService {
     }
 
     fn lease(&self, register_again: bool) -> pb::Lease {
-        pb::Lease {
-            ttl_ms: u64::try_from(self.timing.ttl.as_millis()).unwrap_or(u64::MAX),
-            register_again,
-        }
+        pb::Lease { ttl_ms: u64::try_from(self.timing.ttl.as_millis()).unwrap_or(u64::MAX), register_again }
     }
 
     /// The heartbeat, on the leader: renew the lease; commit the reports if the host is up.
@@ -162,29 +135,17 @@ impl CoordinatorService {
         reports: Vec<InstanceReport>,
     ) -> Result<Result<pb::Lease, Status>, ProposeError> {
         if !self.raft.status().role.eq("leader") {
-            return Err(ProposeError::NotLeader {
-                leader: self.raft.status().leader,
-            });
+            return Err(ProposeError::NotLeader { leader: self.raft.status().leader });
         }
-        let up = self
-            .raft
-            .machine()
-            .registry
-            .host(&host)
-            .is_some_and(|h| h.status == HostStatus::Up);
+        let up = self.raft.machine().registry.host(&host).is_some_and(|h| h.status == HostStatus::Up);
         if !up {
             return Ok(Ok(self.lease(true)));
         }
         self.leases.renew(&host);
         if !reports.is_empty() {
             let command = Command::ReportInstances { host, reports };
-            if let Err(rejection) = self
-                .raft
-                .propose(Request {
-                    request_id: fresh_request_id("report"),
-                    command,
-                })
-                .await?
+            if let Err(rejection) =
+                self.raft.propose(Request { request_id: fresh_request_id("report"), command }).await?
             {
                 return Ok(Err(Status::failed_precondition(rejection.to_string())));
             }
@@ -210,39 +171,28 @@ impl CoordinatorService {
         if let Some(client) = self.leaders.lock().expect("leaders lock").get(&address) {
             return Ok(client.clone());
         }
-        let endpoint: Endpoint = address
-            .parse()
-            .map_err(|e| Status::internal(format!("leader address: {e}")))?;
-        let channel = endpoint.connect().await.map_err(|e| {
-            Status::unavailable(format!("cannot reach the leader at {address}: {e}"))
-        })?;
+        let endpoint: Endpoint = address.parse().map_err(|e| Status::internal(format!("leader address: {e}")))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot reach the leader at {address}: {e}")))?;
         let client = CoordinatorClient::new(channel);
-        self.leaders
-            .lock()
-            .expect("leaders lock")
-            .insert(address, client.clone());
+        self.leaders.lock().expect("leaders lock").insert(address, client.clone());
         Ok(client)
     }
 
     /// Runs `local` here if this node leads; otherwise forwards with `remote`, once.
-    async fn on_leader<T, L, R>(
-        &self,
-        forwarded: bool,
-        local: L,
-        remote: R,
-    ) -> Result<Response<T>, Status>
+    async fn on_leader<T, L, R>(&self, forwarded: bool, local: L, remote: R) -> Result<Response<T>, Status>
     where
         L: Future<Output = Result<Result<T, Status>, ProposeError>>,
         R: AsyncFnOnce(CoordinatorClient<Channel>) -> Result<Response<T>, Status>,
     {
         match tokio::time::timeout(RAFT_DEADLINE, local).await {
-            Err(_) => Err(Status::deadline_exceeded(
-                "raft did not apply the write in time; retry with the same request ID",
-            )),
-            Ok(Ok(answer)) => answer.map(Response::new),
-            Ok(Err(ProposeError::NotLeader { .. })) if !forwarded => {
-                remote(self.leader_client().await?).await
+            Err(_) => {
+                Err(Status::deadline_exceeded("raft did not apply the write in time; retry with the same request ID"))
             }
+            Ok(Ok(answer)) => answer.map(Response::new),
+            Ok(Err(ProposeError::NotLeader { .. })) if !forwarded => remote(self.leader_client().await?).await,
             Ok(Err(error)) => Err(status_of(error, self.leader_address())),
         }
     }
@@ -260,11 +210,7 @@ impl CoordinatorService {
             }
         }
         let status = self.raft.status();
-        Ok(pb::ReadInfo {
-            served_by: status.id,
-            stale,
-            applied_index: status.applied_index,
-        })
+        Ok(pb::ReadInfo { served_by: status.id, stale, applied_index: status.applied_index })
     }
 
     fn cluster_info(&self) -> pb::ClusterInfo {
@@ -275,20 +221,10 @@ impl CoordinatorService {
             role: status.role.to_owned(),
             term: status.term,
             leader_id: status.leader.unwrap_or_default(),
-            leader_address: status
-                .leader
-                .and_then(|l| machine.members.get(&l).cloned())
-                .unwrap_or_default(),
+            leader_address: status.leader.and_then(|l| machine.members.get(&l).cloned()).unwrap_or_default(),
             commit_index: status.commit_index,
             applied_index: status.applied_index,
-            members: machine
-                .members
-                .iter()
-                .map(|(&id, address)| pb::Member {
-                    id,
-                    address: address.clone(),
-                })
-                .collect(),
+            members: machine.members.iter().map(|(&id, address)| pb::Member { id, address: address.clone() }).collect(),
         }
     }
 
@@ -305,18 +241,9 @@ impl CoordinatorService {
         };
         self.on_leader(forwarded, local, async |mut leader| match &change {
             MembershipChange::Add { id, address } => {
-                leader
-                    .add_member(forward(pb::AddMemberRequest {
-                        id: *id,
-                        address: address.clone(),
-                    }))
-                    .await
+                leader.add_member(forward(pb::AddMemberRequest { id: *id, address: address.clone() })).await
             }
-            MembershipChange::Remove { id } => {
-                leader
-                    .remove_member(forward(pb::RemoveMemberRequest { id: *id }))
-                    .await
-            }
+            MembershipChange::Remove { id } => leader.remove_member(forward(pb::RemoveMemberRequest { id: *id })).await,
         })
         .await
     }
@@ -325,9 +252,7 @@ impl CoordinatorService {
 /// A request to the leader on behalf of a client, marked so the leader does not forward it.
 fn forward<T>(body: T) -> RpcRequest<T> {
     let mut request = RpcRequest::new(body);
-    request
-        .metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     request
 }
 
@@ -344,25 +269,13 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(self.cluster_info()))
     }
 
-    async fn add_member(
-        &self,
-        request: RpcRequest<pb::AddMemberRequest>,
-    ) -> Result<Response<pb::ClusterInfo>, Status> {
+    async fn add_member(&self, request: RpcRequest<pb::AddMemberRequest>) -> Result<Response<pb::ClusterInfo>, Status> {
         let forwarded = is_forwarded(&request);
         let body = request.into_inner();
         if body.id == 0 || body.address.parse::<Endpoint>().is_err() {
-            return Err(Status::invalid_argument(
-                "a member needs a non-zero --id and an --address host:port",
-            ));
+            return Err(Status::invalid_argument("a member needs a non-zero --id and an --address host:port"));
         }
-        self.change_membership(
-            forwarded,
-            MembershipChange::Add {
-                id: body.id,
-                address: body.address,
-            },
-        )
-        .await
+        self.change_membership(forwarded, MembershipChange::Add { id: body.id, address: body.address }).await
     }
 
     async fn remove_member(
@@ -371,23 +284,16 @@ impl coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::ClusterInfo>, Status> {
         let forwarded = is_forwarded(&request);
         let id = request.into_inner().id;
-        self.change_membership(forwarded, MembershipChange::Remove { id })
-            .await
+        self.change_membership(forwarded, MembershipChange::Remove { id }).await
     }
 
-    async fn propose(
-        &self,
-        request: RpcRequest<pb::ProposeRequest>,
-    ) -> Result<Response<pb::ProposeResponse>, Status> {
+    async fn propose(&self, request: RpcRequest<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let entry = request.into_inner().entry;
-        let decoded: Request =
-            log_codec::decode(&entry).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let decoded: Request = log_codec::decode(&entry).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let local = async { Ok(Ok(applied_response(self.raft.propose(decoded).await?))) };
-        self.on_leader(forwarded, local, async |mut leader| {
-            leader.propose(forward(pb::ProposeRequest { entry })).await
-        })
-        .await
+        self.on_leader(forwarded, local, async |mut leader| leader.propose(forward(pb::ProposeRequest { entry })).await)
+            .await
     }
 
     async fn list_hosts(
@@ -395,29 +301,14 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: RpcRequest<pb::ReadRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
         let read = self.read_barrier(request.into_inner().stale).await?;
-        let hosts = self
-            .raft
-            .machine()
-            .registry
-            .hosts()
-            .map(log_codec::host_to_pb)
-            .collect();
-        Ok(Response::new(pb::ListHostsResponse {
-            hosts,
-            read: Some(read),
-        }))
+        let hosts = self.raft.machine().registry.hosts().map(log_codec::host_to_pb).collect();
+        Ok(Response::new(pb::ListHostsResponse { hosts, read: Some(read) }))
     }
 
-    async fn register_host(
-        &self,
-        request: RpcRequest<pb::RegisterHostRequest>,
-    ) -> Result<Response<pb::Lease>, Status> {
+    async fn register_host(&self, request: RpcRequest<pb::RegisterHostRequest>) -> Result<Response<pb::Lease>, Status> {
         let forwarded = is_forwarded(&request);
         let body = request.into_inner();
-        let wire_host = body
-            .host
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("host is missing"))?;
+        let wire_host = body.host.clone().ok_or_else(|| Status::invalid_argument("host is missing"))?;
         let mut host = log_codec::host_from_pb(&wire_host)?;
         host.status = HostStatus::Up;
         host.registered_at_ms = now_ms();
@@ -425,13 +316,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let id = host.id.clone();
         let local = async {
             let command = Command::RegisterHost { host };
-            let applied = self
-                .raft
-                .propose(Request {
-                    request_id: fresh_request_id("register"),
-                    command,
-                })
-                .await?;
+            let applied = self.raft.propose(Request { request_id: fresh_request_id("register"), command }).await?;
             Ok(applied
                 .map(|_| {
                     self.leases.renew(&id);
@@ -440,16 +325,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 })
                 .map_err(|rejection| Status::invalid_argument(rejection.to_string())))
         };
-        self.on_leader(forwarded, local, async |mut leader| {
-            leader.register_host(forward(body)).await
-        })
-        .await
+        self.on_leader(forwarded, local, async |mut leader| leader.register_host(forward(body)).await).await
     }
 
-    async fn heartbeat(
-        &self,
-        request: RpcRequest<pb::HeartbeatRequest>,
-    ) -> Result<Response<pb::Lease>, Status> {
+    async fn heartbeat(&self, request: RpcRequest<pb::HeartbeatRequest>) -> Result<Response<pb::Lease>, Status> {
         let forwarded = is_forwarded(&request);
         let body = request.into_inner();
         let reports = body
@@ -466,10 +345,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
             })
             .collect::<Result<Vec<_>, mirari_proto::convert::WireError>>()?;
         let local = self.heartbeat_here(HostId(body.host.clone()), reports);
-        self.on_leader(forwarded, local, async |mut leader| {
-            leader.heartbeat(forward(body)).await
-        })
-        .await
+        self.on_leader(forwarded, local, async |mut leader| leader.heartbeat(forward(body)).await).await
     }
 
     type WatchAssignmentsStream = BoxStream<'static, Result<pb::Assignments, Status>>;
@@ -498,10 +374,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 }
                 // Linearizable, so a lagging follower never hands out assignments the leader
                 // already took back.
-                if tokio::time::timeout(RAFT_DEADLINE, raft.read_barrier())
-                    .await
-                    .map_or(true, |r| r.is_err())
-                {
+                if tokio::time::timeout(RAFT_DEADLINE, raft.read_barrier()).await.map_or(true, |r| r.is_err()) {
                     continue;
                 }
                 let next = assignments_of(&raft, &host);
@@ -513,9 +386,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 }
             }
         });
-        Ok(Response::new(
-            tokio_stream::wrappers::ReceiverStream::new(receiver).boxed(),
-        ))
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(receiver).boxed()))
     }
 
     async fn put_blob(
@@ -524,10 +395,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<wire_agent::PutBlobResponse>, Status> {
         let (digest, size) = self.blobs.receive(request.into_inner()).await?;
         self.blobs.replicate(digest).await?;
-        Ok(Response::new(wire_agent::PutBlobResponse {
-            sha256: digest.to_string(),
-            size,
-        }))
+        Ok(Response::new(wire_agent::PutBlobResponse { sha256: digest.to_string(), size }))
     }
 
     async fn missing_blobs(
@@ -541,9 +409,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 missing.push(text);
             }
         }
-        Ok(Response::new(wire_agent::MissingBlobsResponse {
-            sha256: missing,
-        }))
+        Ok(Response::new(wire_agent::MissingBlobsResponse { sha256: missing }))
     }
 
     type FetchBlobStream = BoxStream<'static, Result<wire_agent::BlobChunk, Status>>;
@@ -558,26 +424,13 @@ impl coordinator_server::Coordinator for CoordinatorService {
 
     type BuildStream = BoxStream<'static, Result<wire_agent::BuildEvent, Status>>;
 
-    async fn build(
-        &self,
-        request: RpcRequest<wire_agent::BuildJob>,
-    ) -> Result<Response<Self::BuildStream>, Status> {
-        Ok(Response::new(
-            self.agents
-                .build(&self.raft, &self.blobs, request.into_inner())
-                .await?,
-        ))
+    async fn build(&self, request: RpcRequest<wire_agent::BuildJob>) -> Result<Response<Self::BuildStream>, Status> {
+        Ok(Response::new(self.agents.build(&self.raft, &self.blobs, request.into_inner()).await?))
     }
 
-    async fn get_status(
-        &self,
-        request: RpcRequest<pb::StatusRequest>,
-    ) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn get_status(&self, request: RpcRequest<pb::StatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
         let read = self.read_barrier(request.into_inner().stale).await?;
-        Ok(Response::new(cluster_status(
-            &self.raft.machine().registry,
-            read,
-        )))
+        Ok(Response::new(cluster_status(&self.raft.machine().registry, read)))
     }
 
     type StreamConsoleStream = BoxStream<'static, Result<wire_agent::ConsoleChunk, Status>>;
@@ -586,20 +439,14 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: RpcRequest<wire_agent::ConsoleRequest>,
     ) -> Result<Response<Self::StreamConsoleStream>, Status> {
-        Ok(Response::new(
-            self.agents
-                .console(&self.raft, request.into_inner())
-                .await?,
-        ))
+        Ok(Response::new(self.agents.console(&self.raft, request.into_inner()).await?))
     }
 
     async fn get_events(
         &self,
         request: RpcRequest<wire_agent::EventsRequest>,
     ) -> Result<Response<wire_agent::EventsResponse>, Status> {
-        Ok(Response::new(
-            self.agents.events(&self.raft, request.into_inner()).await?,
-        ))
+        Ok(Response::new(self.agents.events(&self.raft, request.into_inner()).await?))
     }
 }
 
@@ -609,17 +456,9 @@ fn assignments_of(raft: &RaftHandle, host: &HostId) -> pb::Assignments {
     let instances = registry
         .placed_on(host)
         .filter_map(|instance| {
-            let spec = registry
-                .app_version(&instance.app, &instance.version)?
-                .instance_spec(instance.target)?;
-            Some(pb::Assignment {
-                id: instance.id.as_u64(),
-                spec: Some(wire_agent::InstanceSpec::from(&spec)),
-            })
+            let spec = registry.app_version(&instance.app, &instance.version)?.instance_spec(instance.target)?;
+            Some(pb::Assignment { id: instance.id.as_u64(), spec: Some(wire_agent::InstanceSpec::from(&spec)) })
         })
         .collect();
-    pb::Assignments {
-        index: registry.applied_index(),
-        instances,
-    }
+    pb::Assignments { index: registry.applied_index(), instances }
 }

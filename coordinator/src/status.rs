@@ -14,11 +14,7 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterSta
         .deployments()
         .map(|deployment| {
             let app = &deployment.spec.app;
-            let live = || {
-                registry
-                    .instances()
-                    .filter(move |i| &i.app == app && i.desired == Desired::Running)
-            };
+            let live = || registry.instances().filter(move |i| &i.app == app && i.desired == Desired::Running);
             let placed = live().count() as u32;
             let running = live().filter(|i| i.observed == Phase::Running).count() as u32;
             let failed = live().filter(|i| i.observed == Phase::Failed).count() as u32;
@@ -35,11 +31,7 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterSta
                 placed,
                 running,
                 failed,
-                unplaced: if stopped {
-                    0
-                } else {
-                    deployment.spec.count.saturating_sub(placed)
-                },
+                unplaced: if stopped { 0 } else { deployment.spec.count.saturating_sub(placed) },
                 unplaced_reason: dry_run
                     .filter(|plan| plan.unplaced > 0)
                     .map(|plan| plan.explain())

@@ -99,18 +99,14 @@ impl Transport {
                     Err(_) => break,
                 }
             }
-            let snapshots = batch
-                .iter()
-                .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+            let snapshots = batch.iter().any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
             let request = RaftBatch {
                 from: self.inner.self_id,
                 from_address: self.inner.self_address.clone(),
                 messages: batch.iter().map(encode_message).collect(),
             };
             let delivered = match self.connect(&mut client, &address).await {
-                Some(peer) => tokio::time::timeout(SEND_TIMEOUT, peer.send(request))
-                    .await
-                    .is_ok_and(|r| r.is_ok()),
+                Some(peer) => tokio::time::timeout(SEND_TIMEOUT, peer.send(request)).await.is_ok_and(|r| r.is_ok()),
                 None => false,
             };
             if !delivered {
@@ -128,10 +124,7 @@ impl Transport {
     ) -> Option<&'a mut PeerClient<Channel>> {
         if client.is_none() {
             let endpoint: Endpoint = address.parse().ok()?;
-            let channel = tokio::time::timeout(SEND_TIMEOUT, endpoint.connect())
-                .await
-                .ok()?
-                .ok()?;
+            let channel = tokio::time::timeout(SEND_TIMEOUT, endpoint.connect()).await.ok()?.ok()?;
             *client = Some(
                 PeerClient::new(channel)
                     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)

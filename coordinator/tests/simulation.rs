@@ -20,8 +20,8 @@ use mirari_coordinator::consensus::storage::{InMemory, LogState, RaftLog};
 use mirari_core::digest::Digest;
 use mirari_core::ids::InstanceId;
 use mirari_core::registry::{
-    AppVersion, Command, DeploymentSpec, Host, HostId, HostStatus, Outcome, PlacedInstance,
-    Placement, Rejection, Request, Resources,
+    AppVersion, Command, DeploymentSpec, Host, HostId, HostStatus, Outcome, PlacedInstance, Placement, Rejection,
+    Request, Resources,
 };
 use mirari_core::spec::RunPolicy;
 use mirari_core::target::Target;
@@ -88,8 +88,7 @@ impl Sim {
     fn new(seed: u64) -> Self {
         let size = if seed.is_multiple_of(2) { 3 } else { 5 };
         let ids: Vec<u64> = (1..=size).collect();
-        let members: BTreeMap<u64, String> =
-            ids.iter().map(|&id| (id, format!("node-{id}"))).collect();
+        let members: BTreeMap<u64, String> = ids.iter().map(|&id| (id, format!("node-{id}"))).collect();
         let mut sim = Self {
             seed,
             rng: Rng(seed),
@@ -116,10 +115,7 @@ impl Sim {
     }
 
     fn fail(&self, what: String) -> ! {
-        panic!(
-            "simulation seed {} failed at step {}: {what}",
-            self.seed, self.step
-        )
+        panic!("simulation seed {} failed at step {}: {what}", self.seed, self.step)
     }
 
     fn start(&mut self, id: u64) {
@@ -137,18 +133,11 @@ impl Sim {
     }
 
     fn live(&self) -> Vec<u64> {
-        self.nodes
-            .iter()
-            .filter(|(_, n)| n.is_some())
-            .map(|(&id, _)| id)
-            .collect()
+        self.nodes.iter().filter(|(_, n)| n.is_some()).map(|(&id, _)| id).collect()
     }
 
     fn leader(&self) -> Option<u64> {
-        self.nodes
-            .iter()
-            .find(|(_, n)| n.as_ref().is_some_and(Node::is_leader))
-            .map(|(&id, _)| id)
+        self.nodes.iter().find(|(_, n)| n.as_ref().is_some_and(Node::is_leader)).map(|(&id, _)| id)
     }
 
     fn connected(&self, a: u64, b: u64) -> bool {
@@ -188,9 +177,8 @@ impl Sim {
             };
             self.nodes.insert(victim, None);
             // Messages to the dead node are lost; a transport reports a lost snapshot.
-            let (lost, kept): (Vec<InFlight>, Vec<InFlight>) = std::mem::take(&mut self.network)
-                .into_iter()
-                .partition(|m| m.message.to == victim);
+            let (lost, kept): (Vec<InFlight>, Vec<InFlight>) =
+                std::mem::take(&mut self.network).into_iter().partition(|m| m.message.to == victim);
             self.network = kept;
             for InFlight { message, .. } in lost {
                 if message.get_msg_type() == MessageType::MsgSnapshot
@@ -228,9 +216,7 @@ impl Sim {
                 },
                 at_ms: 0,
             },
-            _ if self.rng.chance(50) => Command::RegisterHost {
-                host: host(&format!("h-{n}")),
-            },
+            _ if self.rng.chance(50) => Command::RegisterHost { host: host(&format!("h-{n}")) },
             _ => {
                 // Sometimes try to reuse an ID minted before: it must be refused.
                 let id = if !self.minted.is_empty() && self.rng.chance(10) {
@@ -242,11 +228,7 @@ impl Sim {
                 Command::Place {
                     app: "app".into(),
                     generation: 1,
-                    placements: vec![PlacedInstance {
-                        id: InstanceId::from_u64(id),
-                        slot,
-                        host: HostId("big".into()),
-                    }],
+                    placements: vec![PlacedInstance { id: InstanceId::from_u64(id), slot, host: HostId("big".into()) }],
                     at_ms: n,
                 }
             }
@@ -256,32 +238,18 @@ impl Sim {
             .writes
             .iter()
             .filter(|(_, w)| {
-                w.acked.is_none()
-                    && matches!(
-                        w.command,
-                        Command::RegisterApp { .. } | Command::Deploy { .. }
-                    )
+                w.acked.is_none() && matches!(w.command, Command::RegisterApp { .. } | Command::Deploy { .. })
             })
             .map(|(id, _)| id.clone())
             .collect();
         let target = self.leader().or_else(|| self.live().first().copied());
         let Some(target) = target else { return };
         let request_id = format!("w-{n}");
-        self.writes.insert(
-            request_id.clone(),
-            Write {
-                command,
-                proposed_to: target,
-                acked: None,
-            },
-        );
+        self.writes.insert(request_id.clone(), Write { command, proposed_to: target, acked: None });
         for request_id in std::iter::once(request_id).chain(retries) {
             let write = self.writes.get_mut(&request_id).expect("known write");
             write.proposed_to = target;
-            let request = Request {
-                request_id,
-                command: write.command.clone(),
-            };
+            let request = Request { request_id, command: write.command.clone() };
             if let Some(node) = self.nodes.get_mut(&target).and_then(Option::as_mut) {
                 let _ = node.propose(&request);
             }
@@ -290,9 +258,8 @@ impl Sim {
 
     fn deliver(&mut self, faults: bool) {
         let step = self.step;
-        let (due, later): (Vec<InFlight>, Vec<InFlight>) = std::mem::take(&mut self.network)
-            .into_iter()
-            .partition(|m| m.deliver_at <= step);
+        let (due, later): (Vec<InFlight>, Vec<InFlight>) =
+            std::mem::take(&mut self.network).into_iter().partition(|m| m.deliver_at <= step);
         self.network = later;
         for InFlight { message, .. } in due {
             let (from, to) = (message.from, message.to);
@@ -318,10 +285,7 @@ impl Sim {
         let was_leader = node.is_leader();
         for message in output.messages {
             let delay = 1 + self.rng.below(3);
-            self.network.push(InFlight {
-                deliver_at: self.step + delay,
-                message,
-            });
+            self.network.push(InFlight { deliver_at: self.step + delay, message });
         }
         for applied in output.applied {
             let Some(write) = self.writes.get_mut(&applied.request_id) else {
@@ -356,25 +320,19 @@ impl Sim {
             }
             let log = node.log().read();
             let commit = node.commit_index().min(log.last_index());
-            let from = self
-                .checked
-                .get(&id)
-                .map_or(0, |c| c + 1)
-                .max(log.first_index());
+            let from = self.checked.get(&id).map_or(0, |c| c + 1).max(log.first_index());
             let first = log.first_index();
             let new = log
                 .entries
                 .get((from - first) as usize..(commit + 1).saturating_sub(first) as usize)
                 .unwrap_or_default();
-            self.checked
-                .insert(id, commit.max(self.checked.get(&id).copied().unwrap_or(0)));
+            self.checked.insert(id, commit.max(self.checked.get(&id).copied().unwrap_or(0)));
             for entry in new {
                 let seen = (entry.term, Digest::of(&entry.data));
                 match self.committed.get(&entry.index) {
-                    Some(known) if *known != seen => self.fail(format!(
-                        "node {id} committed a different entry at index {}",
-                        entry.index
-                    )),
+                    Some(known) if *known != seen => {
+                        self.fail(format!("node {id} committed a different entry at index {}", entry.index))
+                    }
                     Some(_) => {}
                     None => {
                         self.committed.insert(entry.index, seen);
@@ -399,11 +357,8 @@ impl Sim {
             }
         }
         if !self.converged() {
-            let applied: Vec<(u64, u64)> = self
-                .nodes
-                .iter()
-                .map(|(&id, n)| (id, n.as_ref().map_or(0, Node::applied_index)))
-                .collect();
+            let applied: Vec<(u64, u64)> =
+                self.nodes.iter().map(|(&id, n)| (id, n.as_ref().map_or(0, Node::applied_index))).collect();
             let detail: Vec<String> = self
                 .nodes
                 .iter()
@@ -428,40 +383,22 @@ impl Sim {
                 detail.join("\n")
             ));
         }
-        let reference = self.nodes[&self.ids[0]]
-            .as_ref()
-            .expect("all started")
-            .machine()
-            .registry
-            .clone();
+        let reference = self.nodes[&self.ids[0]].as_ref().expect("all started").machine().registry.clone();
         for id in &self.ids {
-            let registry = &self.nodes[id]
-                .as_ref()
-                .expect("all started")
-                .machine()
-                .registry;
+            let registry = &self.nodes[id].as_ref().expect("all started").machine().registry;
             if *registry != reference {
-                self.fail(format!(
-                    "node {id}'s registry differs from node {}'s",
-                    self.ids[0]
-                ));
+                self.fail(format!("node {id}'s registry differs from node {}'s", self.ids[0]));
             }
         }
         for (request_id, write) in &self.writes {
             let Some(result) = &write.acked else { continue };
             match (&write.command, result) {
                 (Command::RegisterHost { host }, Ok(_)) if reference.host(&host.id).is_none() => {
-                    self.fail(format!(
-                        "acknowledged {request_id} (host {}) was lost",
-                        host.id
-                    ));
+                    self.fail(format!("acknowledged {request_id} (host {}) was lost", host.id));
                 }
                 (Command::Place { placements, .. }, Ok(_)) => {
                     for placed in placements {
-                        if reference
-                            .instance(placed.id)
-                            .is_none_or(|i| i.slot != placed.slot)
-                        {
+                        if reference.instance(placed.id).is_none_or(|i| i.slot != placed.slot) {
                             self.fail(format!("acknowledged placement {} was lost", placed.id));
                         }
                     }
@@ -476,18 +413,8 @@ impl Sim {
     }
 
     fn converged(&self) -> bool {
-        let applied: BTreeSet<u64> = self
-            .nodes
-            .values()
-            .map(|n| n.as_ref().map_or(0, Node::applied_index))
-            .collect();
-        let commit = self
-            .nodes
-            .values()
-            .flatten()
-            .map(Node::commit_index)
-            .max()
-            .unwrap_or(0);
+        let applied: BTreeSet<u64> = self.nodes.values().map(|n| n.as_ref().map_or(0, Node::applied_index)).collect();
+        let commit = self.nodes.values().flatten().map(Node::commit_index).max().unwrap_or(0);
         self.leader().is_some() && applied.len() == 1 && applied.first() == Some(&commit)
     }
 }
@@ -497,11 +424,7 @@ fn host(name: &str) -> Host {
         id: HostId(name.into()),
         address: format!("{name}:1"),
         backends: [Target::Unix].into(),
-        capacity: Resources {
-            memory_mib: u64::MAX / 4,
-            vcpus: u32::MAX / 4,
-            instances: u32::MAX / 4,
-        },
+        capacity: Resources { memory_mib: u64::MAX / 4, vcpus: u32::MAX / 4, instances: u32::MAX / 4 },
         labels: BTreeMap::new(),
         status: HostStatus::Up,
         registered_at_ms: 0,
@@ -515,10 +438,7 @@ fn app() -> AppVersion {
         version: "1".into(),
         artifacts: [(Target::Unix, Digest::of(b"app"))].into(),
         files: vec![],
-        run: RunPolicy {
-            memory_mib: 1,
-            ..RunPolicy::default()
-        },
+        run: RunPolicy { memory_mib: 1, ..RunPolicy::default() },
         constraints: BTreeMap::new(),
     }
 }
@@ -536,10 +456,7 @@ fn run_seed(seed: u64) {
 }
 
 fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name} must be a number"))
-    })
+    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number")))
 }
 
 #[test]

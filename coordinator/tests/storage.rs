@@ -9,12 +9,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, Storage, StorageError};
 
 fn entry(index: u64, term: u64) -> Entry {
-    Entry {
-        index,
-        term,
-        data: format!("entry {index} of term {term}").into_bytes().into(),
-        ..Entry::default()
-    }
+    Entry { index, term, data: format!("entry {index} of term {term}").into_bytes().into(), ..Entry::default() }
 }
 
 fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
@@ -31,11 +26,7 @@ fn snapshot(index: u64, term: u64, voters: Vec<u64>, data: &[u8]) -> Snapshot {
 }
 
 fn indexes<B: Backing>(log: &RaftLog<B>, low: u64, high: u64) -> Vec<u64> {
-    log.entries(low, high, None, GetEntriesContext::empty(false))
-        .unwrap()
-        .iter()
-        .map(|e| e.index)
-        .collect()
+    log.entries(low, high, None, GetEntriesContext::empty(false)).unwrap().iter().map(|e| e.index).collect()
 }
 
 fn compare(a: &LogState, b: &LogState) {
@@ -55,27 +46,14 @@ fn suite<B: Backing>(mut log: RaftLog<B>, mut reopen: impl FnMut(RaftLog<B>) -> 
         reopened
     };
 
-    assert_eq!(
-        (log.first_index().unwrap(), log.last_index().unwrap()),
-        (1, 0)
-    );
-    assert_eq!(
-        log.initial_state().unwrap().hard_state,
-        HardState::default()
-    );
+    assert_eq!((log.first_index().unwrap(), log.last_index().unwrap()), (1, 0));
+    assert_eq!(log.initial_state().unwrap().hard_state, HardState::default());
 
-    let hard_state = HardState {
-        term: 1,
-        vote: 2,
-        ..HardState::default()
-    };
+    let hard_state = HardState { term: 1, vote: 2, ..HardState::default() };
     log.persist(&entries(1..=10, 1), Some(&hard_state)).unwrap();
     assert_eq!(indexes(&log, 3, 6), [3, 4, 5]);
     assert_eq!(log.term(5).unwrap(), 1);
-    assert!(matches!(
-        log.term(11),
-        Err(raft::Error::Store(StorageError::Unavailable))
-    ));
+    assert!(matches!(log.term(11), Err(raft::Error::Store(StorageError::Unavailable))));
     log = check_durable(log);
 
     // A new leader overwrites a conflicting suffix.
@@ -86,19 +64,13 @@ fn suite<B: Backing>(mut log: RaftLog<B>, mut reopen: impl FnMut(RaftLog<B>) -> 
     log = check_durable(log);
 
     // max_size limits the batch, but never below one entry.
-    let one = log
-        .entries(1, 9, Some(1), GetEntriesContext::empty(false))
-        .unwrap();
+    let one = log.entries(1, 9, Some(1), GetEntriesContext::empty(false)).unwrap();
     assert_eq!(one.len(), 1);
 
-    let conf = ConfState {
-        voters: vec![1, 2, 3],
-        ..ConfState::default()
-    };
+    let conf = ConfState { voters: vec![1, 2, 3], ..ConfState::default() };
     log.set_conf_state(&conf).unwrap();
     log.set_commit(7);
-    log.save_snapshot(&snapshot(7, 2, vec![1, 2, 3], b"state at 7"), 5)
-        .unwrap();
+    log.save_snapshot(&snapshot(7, 2, vec![1, 2, 3], b"state at 7"), 5).unwrap();
     assert_eq!(log.first_index().unwrap(), 5);
     assert!(matches!(
         log.entries(3, 6, None, GetEntriesContext::empty(false)),
@@ -106,22 +78,13 @@ fn suite<B: Backing>(mut log: RaftLog<B>, mut reopen: impl FnMut(RaftLog<B>) -> 
     ));
     assert_eq!(log.term(7).unwrap(), 2);
     assert_eq!(&log.snapshot(0, 0).unwrap().data[..], b"state at 7");
-    assert!(matches!(
-        log.snapshot(8, 0),
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable
-        ))
-    ));
+    assert!(matches!(log.snapshot(8, 0), Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))));
     log = check_durable(log);
     assert_eq!(log.initial_state().unwrap().hard_state.commit, 7);
 
     // A snapshot from the leader replaces the whole log.
-    log.apply_snapshot(&snapshot(20, 3, vec![1, 2, 3, 4], b"state at 20"))
-        .unwrap();
-    assert_eq!(
-        (log.first_index().unwrap(), log.last_index().unwrap()),
-        (21, 20)
-    );
+    log.apply_snapshot(&snapshot(20, 3, vec![1, 2, 3, 4], b"state at 20")).unwrap();
+    assert_eq!((log.first_index().unwrap(), log.last_index().unwrap()), (21, 20));
     assert_eq!(log.term(20).unwrap(), 3);
     let state = log.initial_state().unwrap();
     assert_eq!((state.hard_state.commit, state.hard_state.term), (20, 3));
@@ -160,21 +123,14 @@ fn redb_log_refuses_a_flipped_bit() {
         let log = open(&path).unwrap();
         let mut special = entry(2, 1);
         special.data = marker.to_vec().into();
-        log.persist(&[entry(1, 1), special, entry(3, 1)], None)
-            .unwrap();
+        log.persist(&[entry(1, 1), special, entry(3, 1)], None).unwrap();
     }
     let mut bytes = std::fs::read(&path).unwrap();
-    let at = bytes
-        .windows(marker.len())
-        .position(|w| w == marker)
-        .expect("entry bytes are in the file");
+    let at = bytes.windows(marker.len()).position(|w| w == marker).expect("entry bytes are in the file");
     bytes[at + 7] ^= 0x04;
     std::fs::write(&path, &bytes).unwrap();
     let error = open(&path).unwrap_err().to_string();
-    assert!(
-        error.contains("is corrupt: log entry 2 fails its checksum"),
-        "{error}"
-    );
+    assert!(error.contains("is corrupt: log entry 2 fails its checksum"), "{error}");
     assert!(error.contains("restore the data directory"), "{error}");
 }
 
@@ -190,8 +146,5 @@ fn redb_log_refuses_a_truncated_file() {
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.set_len(length / 2).unwrap();
     let error = open(&path).unwrap_err().to_string();
-    assert!(
-        error.contains("is corrupt: redb: File truncated"),
-        "{error}"
-    );
+    assert!(error.contains("is corrupt: redb: File truncated"), "{error}");
 }

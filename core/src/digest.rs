@@ -65,8 +65,7 @@ impl FromStr for Digest {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let text_hex = text.strip_prefix("sha256:").unwrap_or(text);
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text_hex, &mut bytes)
-            .map_err(|_| ParseDigestError(text.to_owned()))?;
+        hex::decode_to_slice(text_hex, &mut bytes).map_err(|_| ParseDigestError(text.to_owned()))?;
         Ok(Self(bytes))
     }
 }
@@ -91,10 +90,7 @@ mod tests {
     #[test]
     fn matches_the_known_sha256_of_abc() {
         let digest = Digest::of(b"abc");
-        assert_eq!(
-            digest.to_string(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(digest.to_string(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         let mut hasher = Hasher::default();
         hasher.update(b"a");
         hasher.update(b"bc");

@@ -46,9 +46,7 @@ impl FromStr for InstanceId {
     type Err = ParseInstanceIdError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = || ParseInstanceIdError {
-            text: text.to_owned(),
-        };
+        let error = || ParseInstanceIdError { text: text.to_owned() };
         if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(error());
         }
@@ -79,22 +77,13 @@ pub enum ResolveIdError {
 }
 
 /// Resolves what a person typed (a full ID or a unique prefix) against known IDs.
-pub fn resolve_prefix(
-    prefix: &str,
-    known: impl IntoIterator<Item = InstanceId>,
-) -> Result<InstanceId, ResolveIdError> {
+pub fn resolve_prefix(prefix: &str, known: impl IntoIterator<Item = InstanceId>) -> Result<InstanceId, ResolveIdError> {
     let wanted = prefix.to_ascii_lowercase();
-    let matches: Vec<InstanceId> = known
-        .into_iter()
-        .filter(|id| id.to_string().starts_with(&wanted))
-        .collect();
+    let matches: Vec<InstanceId> = known.into_iter().filter(|id| id.to_string().starts_with(&wanted)).collect();
     match matches.as_slice() {
         [one] => Ok(*one),
         [] => Err(ResolveIdError::NotFound(prefix.to_owned())),
-        many => Err(ResolveIdError::Ambiguous {
-            prefix: prefix.to_owned(),
-            count: many.len(),
-        }),
+        many => Err(ResolveIdError::Ambiguous { prefix: prefix.to_owned(), count: many.len() }),
     }
 }
 
@@ -112,13 +101,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_text() {
-        for bad in [
-            "",
-            "xyz",
-            "3f9a2c1d0b7e6a5",
-            "3f9a2c1d0b7e6a54f",
-            "+f9a2c1d0b7e6a54",
-        ] {
+        for bad in ["", "xyz", "3f9a2c1d0b7e6a5", "3f9a2c1d0b7e6a54f", "+f9a2c1d0b7e6a54"] {
             assert!(bad.parse::<InstanceId>().is_err(), "{bad} parsed");
         }
     }
@@ -129,16 +112,7 @@ mod tests {
         let b = InstanceId::from_u64(0xaaab_0000_0000_0002);
         assert_eq!(resolve_prefix("aaaa", [a, b]), Ok(a));
         assert_eq!(resolve_prefix("AAAB", [a, b]), Ok(b));
-        assert_eq!(
-            resolve_prefix("aaa", [a, b]),
-            Err(ResolveIdError::Ambiguous {
-                prefix: "aaa".into(),
-                count: 2
-            })
-        );
-        assert_eq!(
-            resolve_prefix("b", [a, b]),
-            Err(ResolveIdError::NotFound("b".into()))
-        );
+        assert_eq!(resolve_prefix("aaa", [a, b]), Err(ResolveIdError::Ambiguous { prefix: "aaa".into(), count: 2 }));
+        assert_eq!(resolve_prefix("b", [a, b]), Err(ResolveIdError::NotFound("b".into())));
     }
 }

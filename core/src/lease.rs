@@ -44,9 +44,6 @@ mod tests {
     fn a_fenced_host_stops_well_before_it_is_declared_down() {
         let timing = LeaseTiming::default();
         assert!(timing.fence_after + timing.heartbeat < timing.down_after());
-        assert_eq!(
-            timing.down_after() - timing.fence_after,
-            Duration::from_secs(4)
-        );
+        assert_eq!(timing.down_after() - timing.fence_after, Duration::from_secs(4));
     }
 }

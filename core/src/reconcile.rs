@@ -88,12 +88,7 @@ impl Lifecycle {
     /// The backend could not start it.
     pub fn on_start_failed(&mut self, error: String, policy: RestartPolicy, now_ms: u64) {
         // A start failure counts as a failed run; `never` still must not retry.
-        self.end_run(
-            policy,
-            now_ms,
-            ExitStatus::Code(-1),
-            Some(format!("could not start: {error}")),
-        );
+        self.end_run(policy, now_ms, ExitStatus::Code(-1), Some(format!("could not start: {error}")));
     }
 
     /// The instance vanished without an exit status (its supervisor died with it).
@@ -109,16 +104,8 @@ impl Lifecycle {
         }
     }
 
-    fn end_run(
-        &mut self,
-        policy: RestartPolicy,
-        now_ms: u64,
-        exit: ExitStatus,
-        message: Option<String>,
-    ) {
-        let ran_ms = self
-            .started_at_ms
-            .map_or(0, |started| now_ms.saturating_sub(started));
+    fn end_run(&mut self, policy: RestartPolicy, now_ms: u64, exit: ExitStatus, message: Option<String>) {
+        let ran_ms = self.started_at_ms.map_or(0, |started| now_ms.saturating_sub(started));
         self.started_at_ms = None;
         self.message = message;
         if self.desired == Desired::Stopped {
@@ -169,10 +156,7 @@ pub struct Plan {
 }
 
 /// What to do now, given every instance's lifecycle.
-pub fn plan<'a>(
-    instances: impl IntoIterator<Item = (InstanceId, &'a Lifecycle)>,
-    now_ms: u64,
-) -> Plan {
+pub fn plan<'a>(instances: impl IntoIterator<Item = (InstanceId, &'a Lifecycle)>, now_ms: u64) -> Plan {
     let mut plan = Plan::default();
     for (id, life) in instances {
         match (life.desired, life.phase) {
@@ -182,9 +166,7 @@ pub fn plan<'a>(
                 Some(due) => plan.wake_at_ms = Some(plan.wake_at_ms.map_or(due, |w| w.min(due))),
                 None => {}
             },
-            (Desired::Stopped, Phase::Starting | Phase::Running) => {
-                plan.actions.push(Action::Stop(id))
-            }
+            (Desired::Stopped, Phase::Starting | Phase::Running) => plan.actions.push(Action::Stop(id)),
             _ => {}
         }
     }
@@ -225,10 +207,7 @@ mod tests {
             let due = life.restart_due_ms.expect("restart scheduled");
             assert_eq!(due, now + restart::backoff_ms(attempt));
             let early = plan([(id(7), &life)], now);
-            assert_eq!(
-                (early.actions.as_slice(), early.wake_at_ms),
-                (&[][..], Some(due))
-            );
+            assert_eq!((early.actions.as_slice(), early.wake_at_ms), (&[][..], Some(due)));
             now = due;
             assert_eq!(plan([(id(7), &life)], now).actions, [Action::Start(id(7))]);
         }
@@ -237,10 +216,7 @@ mod tests {
         life.on_exit(ExitStatus::Code(3), POLICY, now + 3_000);
         assert_eq!(life.phase, Phase::Failed);
         assert_eq!(life.restarts, 2);
-        assert_eq!(
-            life.message.as_deref(),
-            Some("exit code 3; restart limit of 2 reached")
-        );
+        assert_eq!(life.message.as_deref(), Some("exit code 3; restart limit of 2 reached"));
         assert_eq!(plan([(id(7), &life)], u64::MAX), Plan::default());
     }
 
@@ -276,10 +252,7 @@ mod tests {
         life.on_stopping();
         life.on_exit(ExitStatus::Signal(9), POLICY, 10);
         life.on_run_requested();
-        assert_eq!(
-            (life.desired, life.phase),
-            (Desired::Running, Phase::Pending)
-        );
+        assert_eq!((life.desired, life.phase), (Desired::Running, Phase::Pending));
         assert_eq!(plan([(id(1), &life)], 20).actions, [Action::Start(id(1))]);
     }
 
@@ -298,10 +271,7 @@ mod tests {
         life.on_starting();
         life.on_start_failed("qemu not found".into(), RestartPolicy::Never, 0);
         assert_eq!(life.phase, Phase::Exited);
-        assert_eq!(
-            life.message.as_deref(),
-            Some("could not start: qemu not found")
-        );
+        assert_eq!(life.message.as_deref(), Some("could not start: qemu not found"));
 
         let mut life = Lifecycle::new();
         life.on_starting();

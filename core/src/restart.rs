@@ -21,25 +21,21 @@ pub enum RestartDecision {
 /// Decides what follows an exit the operator did not ask for. `failures_in_a_row` counts the
 /// failed runs before this one that were too short to count as healthy.
 pub fn decide(policy: RestartPolicy, exit: ExitStatus, failures_in_a_row: u32) -> RestartDecision {
-    let backoff = || RestartDecision::Restart {
-        after_ms: backoff_ms(failures_in_a_row),
-    };
+    let backoff = || RestartDecision::Restart { after_ms: backoff_ms(failures_in_a_row) };
     match policy {
         RestartPolicy::Never => RestartDecision::Rest,
         RestartPolicy::Always => backoff(),
         RestartPolicy::OnFailure { .. } if exit.success() => RestartDecision::Rest,
         RestartPolicy::OnFailure { limit } if failures_in_a_row < limit => backoff(),
-        RestartPolicy::OnFailure { limit } => RestartDecision::GiveUp {
-            reason: format!("{exit}; restart limit of {limit} reached"),
-        },
+        RestartPolicy::OnFailure { limit } => {
+            RestartDecision::GiveUp { reason: format!("{exit}; restart limit of {limit} reached") }
+        }
     }
 }
 
 /// Exponential back-off: 0.5 s, 1 s, 2 s, ... capped at a minute.
 pub fn backoff_ms(failures_in_a_row: u32) -> u64 {
-    FIRST_BACKOFF_MS
-        .saturating_mul(1u64 << failures_in_a_row.min(16))
-        .min(MAX_BACKOFF_MS)
+    FIRST_BACKOFF_MS.saturating_mul(1u64 << failures_in_a_row.min(16)).min(MAX_BACKOFF_MS)
 }
 
 #[cfg(test)]
@@ -52,19 +48,11 @@ mod tests {
     #[test]
     fn on_failure_restarts_up_to_the_limit() {
         let policy = RestartPolicy::OnFailure { limit: 2 };
-        assert_eq!(
-            decide(policy, FAIL, 0),
-            RestartDecision::Restart { after_ms: 500 }
-        );
-        assert_eq!(
-            decide(policy, ExitStatus::Signal(9), 1),
-            RestartDecision::Restart { after_ms: 1000 }
-        );
+        assert_eq!(decide(policy, FAIL, 0), RestartDecision::Restart { after_ms: 500 });
+        assert_eq!(decide(policy, ExitStatus::Signal(9), 1), RestartDecision::Restart { after_ms: 1000 });
         assert_eq!(
             decide(policy, FAIL, 2),
-            RestartDecision::GiveUp {
-                reason: "exit code 3; restart limit of 2 reached".into()
-            }
+            RestartDecision::GiveUp { reason: "exit code 3; restart limit of 2 reached".into() }
         );
         assert_eq!(decide(policy, CLEAN, 0), RestartDecision::Rest);
     }
@@ -72,13 +60,7 @@ mod tests {
     #[test]
     fn never_and_always() {
         assert_eq!(decide(RestartPolicy::Never, FAIL, 0), RestartDecision::Rest);
-        assert_eq!(
-            decide(RestartPolicy::Always, CLEAN, 0),
-            RestartDecision::Restart { after_ms: 500 }
-        );
-        assert_eq!(
-            decide(RestartPolicy::Always, FAIL, 40),
-            RestartDecision::Restart { after_ms: 60_000 }
-        );
+        assert_eq!(decide(RestartPolicy::Always, CLEAN, 0), RestartDecision::Restart { after_ms: 500 });
+        assert_eq!(decide(RestartPolicy::Always, FAIL, 40), RestartDecision::Restart { after_ms: 60_000 });
     }
 }

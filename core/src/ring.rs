@@ -25,11 +25,7 @@ pub struct RingRead {
 
 impl ByteRing {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            bytes: VecDeque::with_capacity(capacity.min(64 * 1024)),
-            capacity,
-            start: 0,
-        }
+        Self { bytes: VecDeque::with_capacity(capacity.min(64 * 1024)), capacity, start: 0 }
     }
 
     pub fn capacity(&self) -> usize {
@@ -53,15 +49,9 @@ impl ByteRing {
     /// Everything kept from `offset` on (at most `max` bytes).
     pub fn read_from(&self, offset: u64, max: usize) -> RingRead {
         let from = offset.max(self.start);
-        let skip = usize::try_from(from - self.start)
-            .unwrap_or(usize::MAX)
-            .min(self.bytes.len());
+        let skip = usize::try_from(from - self.start).unwrap_or(usize::MAX).min(self.bytes.len());
         let bytes: Vec<u8> = self.bytes.iter().skip(skip).take(max).copied().collect();
-        RingRead {
-            dropped: from - offset.min(from),
-            next: from + bytes.len() as u64,
-            bytes,
-        }
+        RingRead { dropped: from - offset.min(from), next: from + bytes.len() as u64, bytes }
     }
 
     /// Everything kept, oldest first.
@@ -91,21 +81,12 @@ mod tests {
         let mut ring = ByteRing::new(4);
         ring.push(b"ab");
         let first = ring.read_from(0, usize::MAX);
-        assert_eq!(
-            (first.dropped, first.bytes.as_slice(), first.next),
-            (0, &b"ab"[..], 2)
-        );
+        assert_eq!((first.dropped, first.bytes.as_slice(), first.next), (0, &b"ab"[..], 2));
         ring.push(b"cdefgh");
         let second = ring.read_from(first.next, 2);
-        assert_eq!(
-            (second.dropped, second.bytes.as_slice(), second.next),
-            (2, &b"ef"[..], 6)
-        );
+        assert_eq!((second.dropped, second.bytes.as_slice(), second.next), (2, &b"ef"[..], 6));
         let third = ring.read_from(second.next, usize::MAX);
-        assert_eq!(
-            (third.dropped, third.bytes.as_slice(), third.next),
-            (0, &b"gh"[..], 8)
-        );
+        assert_eq!((third.dropped, third.bytes.as_slice(), third.next), (0, &b"gh"[..], 8));
         assert_eq!(ring.read_from(8, 10).bytes, b"");
     }
 

@@ -13,9 +13,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use crate::ids::InstanceId;
 use crate::instance::Desired;
-use crate::registry::{
-    HostId, Infeasible, PlacedInstance, Placement, Registry, Resources, feasible,
-};
+use crate::registry::{HostId, Infeasible, PlacedInstance, Placement, Registry, Resources, feasible};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -35,11 +33,7 @@ impl Plan {
         if self.reasons.is_empty() {
             return "no hosts are registered".into();
         }
-        let parts: Vec<String> = self
-            .reasons
-            .iter()
-            .map(|(reason, hosts)| reason.describe(*hosts))
-            .collect();
+        let parts: Vec<String> = self.reasons.iter().map(|(reason, hosts)| reason.describe(*hosts)).collect();
         parts.join(", ")
     }
 }
@@ -54,25 +48,12 @@ struct Candidate {
 
 /// Plans up to `limit` placements for the empty slots of `app`'s deployment. `mint` supplies
 /// fresh instance IDs. `None` if the app is not deployed or its deployment is stopped.
-pub fn plan(
-    registry: &Registry,
-    app: &str,
-    limit: usize,
-    mint: &mut dyn FnMut() -> InstanceId,
-) -> Option<Plan> {
-    let deployment = registry
-        .deployment(app)
-        .filter(|d| d.desired == Desired::Running)?;
+pub fn plan(registry: &Registry, app: &str, limit: usize, mint: &mut dyn FnMut() -> InstanceId) -> Option<Plan> {
+    let deployment = registry.deployment(app).filter(|d| d.desired == Desired::Running)?;
     let spec = &deployment.spec;
     let version = registry.app_version(&spec.app, &spec.version)?;
-    let need = Resources {
-        memory_mib: u64::from(version.run.memory_mib),
-        vcpus: version.run.vcpus,
-        instances: 1,
-    };
-    let empty: Vec<u32> = (0..spec.count)
-        .filter(|&slot| registry.slot_holder(app, slot).is_none())
-        .collect();
+    let need = Resources { memory_mib: u64::from(version.run.memory_mib), vcpus: version.run.vcpus, instances: 1 };
+    let empty: Vec<u32> = (0..spec.count).filter(|&slot| registry.slot_holder(app, slot).is_none()).collect();
     let mut plan = Plan {
         app: app.to_owned(),
         generation: deployment.generation,
@@ -98,10 +79,7 @@ pub fn plan(
         let used = registry.used(&host.id).plus(need);
         match feasible(host, used, spec.target, &version.constraints) {
             Ok(()) => {
-                let siblings = registry
-                    .placed_on(&host.id)
-                    .filter(|i| i.app == app)
-                    .count() as u32;
+                let siblings = registry.placed_on(&host.id).filter(|i| i.app == app).count() as u32;
                 heap.push(Candidate {
                     siblings: Reverse(siblings),
                     fit: fit(host, used),
@@ -118,41 +96,22 @@ pub fn plan(
         if plan.placements.len() == limit {
             break;
         }
-        let Some(Candidate {
-            siblings,
-            host: Reverse(host_id),
-            ..
-        }) = heap.pop()
-        else {
+        let Some(Candidate { siblings, host: Reverse(host_id), .. }) = heap.pop() else {
             plan.unplaced = 1 + slots.count() as u32;
             break;
         };
-        let host = registry
-            .host(&host_id)
-            .expect("candidates are registered hosts");
-        let extra = planned
-            .get(&host_id)
-            .copied()
-            .unwrap_or_default()
-            .plus(need);
+        let host = registry.host(&host_id).expect("candidates are registered hosts");
+        let extra = planned.get(&host_id).copied().unwrap_or_default().plus(need);
         let used = registry.used(&host_id).plus(extra);
         if let Err(reason) = feasible(host, used, spec.target, &version.constraints) {
             // Full now, with this plan's earlier placements on it: drop it, try the slot again.
             *plan.reasons.entry(reason).or_default() += 1;
             continue;
         }
-        plan.placements.push(PlacedInstance {
-            id: mint(),
-            slot,
-            host: host_id.clone(),
-        });
+        plan.placements.push(PlacedInstance { id: mint(), slot, host: host_id.clone() });
         planned.insert(host_id.clone(), extra);
         let next_used = used.plus(need);
-        heap.push(Candidate {
-            siblings: Reverse(siblings.0 + 1),
-            fit: fit(host, next_used),
-            host: Reverse(host_id),
-        });
+        heap.push(Candidate { siblings: Reverse(siblings.0 + 1), fit: fit(host, next_used), host: Reverse(host_id) });
         pending = slots.next();
     }
     Some(plan)
@@ -171,11 +130,7 @@ mod tests {
             id: HostId(name.into()),
             address: format!("{name}:1"),
             backends: backends.iter().copied().collect(),
-            capacity: Resources {
-                memory_mib,
-                vcpus: 64,
-                instances: 64,
-            },
+            capacity: Resources { memory_mib, vcpus: 64, instances: 64 },
             labels: BTreeMap::new(),
             status: HostStatus::Up,
             registered_at_ms: 0,
@@ -191,11 +146,7 @@ mod tests {
 
     impl World {
         fn new(hosts: &[Host]) -> Self {
-            let mut world = Self {
-                registry: Registry::default(),
-                index: 0,
-                next_id: 1,
-            };
+            let mut world = Self { registry: Registry::default(), index: 0, next_id: 1 };
             for host in hosts {
                 world.apply(Command::RegisterHost { host: host.clone() });
             }
@@ -203,16 +154,9 @@ mod tests {
                 version: AppVersion {
                     app: "hello".into(),
                     version: "1".into(),
-                    artifacts: [
-                        (Target::Unix, Digest::of(b"u")),
-                        (Target::Xen, Digest::of(b"x")),
-                    ]
-                    .into(),
+                    artifacts: [(Target::Unix, Digest::of(b"u")), (Target::Xen, Digest::of(b"x"))].into(),
                     files: vec![],
-                    run: RunPolicy {
-                        memory_mib: 100,
-                        ..RunPolicy::default()
-                    },
+                    run: RunPolicy { memory_mib: 100, ..RunPolicy::default() },
                     constraints: BTreeMap::new(),
                 },
             });
@@ -221,21 +165,12 @@ mod tests {
 
         fn apply(&mut self, command: Command) {
             self.index += 1;
-            let request = Request {
-                request_id: format!("r{}", self.index),
-                command,
-            };
+            let request = Request { request_id: format!("r{}", self.index), command };
             self.registry.apply(self.index, &request).expect("applies");
         }
 
         fn deploy(&mut self, target: Target, count: u32, placement: Placement) {
-            let spec = DeploymentSpec {
-                app: "hello".into(),
-                version: "1".into(),
-                target,
-                count,
-                placement,
-            };
+            let spec = DeploymentSpec { app: "hello".into(), version: "1".into(), target, count, placement };
             self.apply(Command::Deploy { spec, at_ms: 0 });
         }
 
@@ -262,71 +197,38 @@ mod tests {
         }
 
         fn per_host(&self) -> BTreeMap<String, usize> {
-            self.registry
-                .hosts()
-                .map(|h| (h.id.0.clone(), self.registry.placed_on(&h.id).count()))
-                .collect()
+            self.registry.hosts().map(|h| (h.id.0.clone(), self.registry.placed_on(&h.id).count())).collect()
         }
     }
 
     #[test]
     fn one_deployment_spreads_evenly_over_equal_hosts() {
-        let hosts: Vec<Host> = ["a", "b", "c"]
-            .iter()
-            .map(|n| host(n, 10_000, &[Target::Unix]))
-            .collect();
+        let hosts: Vec<Host> = ["a", "b", "c"].iter().map(|n| host(n, 10_000, &[Target::Unix])).collect();
         let mut world = World::new(&hosts);
         world.deploy(Target::Unix, 6, Placement::Binpack);
         let last = world.schedule();
         assert_eq!(last.unplaced, 0);
-        assert_eq!(
-            world.per_host(),
-            [("a".into(), 2), ("b".into(), 2), ("c".into(), 2)].into()
-        );
+        assert_eq!(world.per_host(), [("a".into(), 2), ("b".into(), 2), ("c".into(), 2)].into());
     }
 
     #[test]
     fn binpack_fills_the_fuller_host_and_spread_the_emptier() {
         // b already holds a big instance of another deployment; equal sibling counts then decide
         // by fill.
-        let hosts = [
-            host("a", 1_000, &[Target::Unix]),
-            host("b", 1_000, &[Target::Unix]),
-        ];
+        let hosts = [host("a", 1_000, &[Target::Unix]), host("b", 1_000, &[Target::Unix])];
         for (placement, expected) in [(Placement::Binpack, "b"), (Placement::Spread, "a")] {
             let mut world = World::new(&hosts);
             let mut other = world.registry.app_version("hello", "1").unwrap().clone();
             other.app = "other".into();
             world.apply(Command::RegisterApp { version: other });
-            let spec = DeploymentSpec {
-                app: "other".into(),
-                version: "1".into(),
-                target: Target::Unix,
-                count: 1,
-                placement,
-            };
+            let spec =
+                DeploymentSpec { app: "other".into(), version: "1".into(), target: Target::Unix, count: 1, placement };
             world.apply(Command::Deploy { spec, at_ms: 0 });
-            let place = PlacedInstance {
-                id: InstanceId::from_u64(999),
-                slot: 0,
-                host: HostId("b".into()),
-            };
-            world.apply(Command::Place {
-                app: "other".into(),
-                generation: 1,
-                placements: vec![place],
-                at_ms: 0,
-            });
+            let place = PlacedInstance { id: InstanceId::from_u64(999), slot: 0, host: HostId("b".into()) };
+            world.apply(Command::Place { app: "other".into(), generation: 1, placements: vec![place], at_ms: 0 });
             world.deploy(Target::Unix, 1, placement);
             world.schedule();
-            let chosen = world
-                .registry
-                .instances()
-                .find(|i| i.app == "hello")
-                .unwrap()
-                .host
-                .0
-                .clone();
+            let chosen = world.registry.instances().find(|i| i.app == "hello").unwrap().host.0.clone();
             assert_eq!(chosen, expected, "{placement:?}");
         }
     }
@@ -344,17 +246,12 @@ mod tests {
         let last = world.schedule();
         assert_eq!(world.per_host()["a"], 2, "a fits two 100 MiB instances");
         assert_eq!(last.unplaced, 2);
-        assert_eq!(
-            last.explain(),
-            "3 hosts lack backend xen, 1 host lacks memory"
-        );
+        assert_eq!(last.explain(), "3 hosts lack backend xen, 1 host lacks memory");
     }
 
     #[test]
     fn plans_are_deterministic_and_respect_the_limit() {
-        let hosts: Vec<Host> = (0..5)
-            .map(|i| host(&format!("h{i}"), 10_000, &[Target::Unix]))
-            .collect();
+        let hosts: Vec<Host> = (0..5).map(|i| host(&format!("h{i}"), 10_000, &[Target::Unix])).collect();
         let mut world = World::new(&hosts);
         world.deploy(Target::Unix, 50, Placement::Spread);
         let ids = || {
@@ -374,21 +271,9 @@ mod tests {
     #[test]
     fn stopped_or_unknown_deployments_plan_nothing() {
         let mut world = World::new(&[host("a", 1_000, &[Target::Unix])]);
-        assert!(
-            plan(&world.registry, "hello", 10, &mut || InstanceId::from_u64(
-                1
-            ))
-            .is_none()
-        );
+        assert!(plan(&world.registry, "hello", 10, &mut || InstanceId::from_u64(1)).is_none());
         world.deploy(Target::Unix, 1, Placement::Binpack);
-        world.apply(Command::StopDeployment {
-            app: "hello".into(),
-        });
-        assert!(
-            plan(&world.registry, "hello", 10, &mut || InstanceId::from_u64(
-                1
-            ))
-            .is_none()
-        );
+        world.apply(Command::StopDeployment { app: "hello".into() });
+        assert!(plan(&world.registry, "hello", 10, &mut || InstanceId::from_u64(1)).is_none());
     }
 }

@@ -50,9 +50,7 @@ impl RestartPolicy {
 
 impl Default for RestartPolicy {
     fn default() -> Self {
-        RestartPolicy::OnFailure {
-            limit: Self::DEFAULT_FAILURE_LIMIT,
-        }
+        RestartPolicy::OnFailure { limit: Self::DEFAULT_FAILURE_LIMIT }
     }
 }
 

@@ -33,11 +33,7 @@ impl Target {
 
     /// The known names, comma separated, for error messages.
     pub fn known_names() -> String {
-        Self::ALL
-            .iter()
-            .map(|t| t.name())
-            .collect::<Vec<_>>()
-            .join(", ")
+        Self::ALL.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -55,10 +51,7 @@ impl FromStr for Target {
     type Err = UnknownTarget;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.name() == text)
-            .ok_or_else(|| UnknownTarget(text.to_owned()))
+        Self::ALL.into_iter().find(|t| t.name() == text).ok_or_else(|| UnknownTarget(text.to_owned()))
     }
 }
 
@@ -70,9 +63,6 @@ mod tests {
     fn parses_known_names_and_lists_them_otherwise() {
         assert_eq!("kvm".parse(), Ok(Target::Kvm));
         let err = "hvt".parse::<Target>().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "unknown target `hvt`; known targets: unix, kvm, xen, freebsd"
-        );
+        assert_eq!(err.to_string(), "unknown target `hvt`; known targets: unix, kvm, xen, freebsd");
     }
 }

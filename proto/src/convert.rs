@@ -19,10 +19,7 @@ pub struct WireError {
 
 impl WireError {
     fn new(field: &'static str, reason: impl ToString) -> Self {
-        Self {
-            field,
-            reason: reason.to_string(),
-        }
+        Self { field, reason: reason.to_string() }
     }
 }
 
@@ -50,10 +47,7 @@ impl From<&InstanceSpec> for pb::InstanceSpec {
             files: spec
                 .files
                 .iter()
-                .map(|f| pb::FileImage {
-                    name: f.name.clone(),
-                    sha256: f.digest.to_string(),
-                })
+                .map(|f| pb::FileImage { name: f.name.clone(), sha256: f.digest.to_string() })
                 .collect(),
             run: Some(pb::RunPolicy::from(&spec.run)),
         }
@@ -64,26 +58,17 @@ impl TryFrom<&pb::InstanceSpec> for InstanceSpec {
     type Error = WireError;
 
     fn try_from(spec: &pb::InstanceSpec) -> Result<Self, WireError> {
-        let run = spec
-            .run
-            .as_ref()
-            .ok_or_else(|| WireError::new("spec.run", "missing"))?;
+        let run = spec.run.as_ref().ok_or_else(|| WireError::new("spec.run", "missing"))?;
         Ok(Self {
             app: spec.app.clone(),
             version: spec.version.clone(),
-            target: spec
-                .target
-                .parse()
-                .map_err(|e| WireError::new("spec.target", e))?,
+            target: spec.target.parse().map_err(|e| WireError::new("spec.target", e))?,
             artifact: parse_digest("spec.artifact_sha256", &spec.artifact_sha256)?,
             files: spec
                 .files
                 .iter()
                 .map(|f| {
-                    Ok(FileImageRef {
-                        name: f.name.clone(),
-                        digest: parse_digest("spec.files.sha256", &f.sha256)?,
-                    })
+                    Ok(FileImageRef { name: f.name.clone(), digest: parse_digest("spec.files.sha256", &f.sha256)? })
                 })
                 .collect::<Result<_, WireError>>()?,
             run: RunPolicy::try_from(run)?,
@@ -102,10 +87,7 @@ impl From<&RunPolicy> for pb::RunPolicy {
             memory_mib: run.memory_mib,
             vcpus: run.vcpus,
             boot_args: run.boot_args.clone(),
-            restart: Some(pb::RestartPolicy {
-                policy: policy.to_owned(),
-                limit,
-            }),
+            restart: Some(pb::RestartPolicy { policy: policy.to_owned(), limit }),
             accelerator: run.accelerator.name().to_owned(),
             stop_timeout_secs: run.stop_timeout_secs,
         }
@@ -116,21 +98,13 @@ impl TryFrom<&pb::RunPolicy> for RunPolicy {
     type Error = WireError;
 
     fn try_from(run: &pb::RunPolicy) -> Result<Self, WireError> {
-        let restart = run
-            .restart
-            .as_ref()
-            .ok_or_else(|| WireError::new("run.restart", "missing"))?;
+        let restart = run.restart.as_ref().ok_or_else(|| WireError::new("run.restart", "missing"))?;
         let restart = match restart.policy.as_str() {
             "never" => RestartPolicy::Never,
-            "on-failure" => RestartPolicy::OnFailure {
-                limit: restart.limit,
-            },
+            "on-failure" => RestartPolicy::OnFailure { limit: restart.limit },
             "always" => RestartPolicy::Always,
             other => {
-                return Err(WireError::new(
-                    "run.restart.policy",
-                    format!("unknown `{other}`"),
-                ));
+                return Err(WireError::new("run.restart.policy", format!("unknown `{other}`")));
             }
         };
         let accelerator = match run.accelerator.as_str() {
@@ -138,17 +112,11 @@ impl TryFrom<&pb::RunPolicy> for RunPolicy {
             "tcg" => Accelerator::Tcg,
             "auto" => Accelerator::Auto,
             other => {
-                return Err(WireError::new(
-                    "run.accelerator",
-                    format!("unknown `{other}`"),
-                ));
+                return Err(WireError::new("run.accelerator", format!("unknown `{other}`")));
             }
         };
         if run.memory_mib == 0 || run.vcpus == 0 {
-            return Err(WireError::new(
-                "run",
-                "memory_mib and vcpus must be at least 1",
-            ));
+            return Err(WireError::new("run", "memory_mib and vcpus must be at least 1"));
         }
         Ok(Self {
             memory_mib: run.memory_mib,
@@ -229,10 +197,7 @@ mod tests {
             version: "1".into(),
             target: Target::Kvm,
             artifact: Digest::of(b"kernel"),
-            files: vec![FileImageRef {
-                name: "data".into(),
-                digest: Digest::of(b"tar"),
-            }],
+            files: vec![FileImageRef { name: "data".into(), digest: Digest::of(b"tar") }],
             run: RunPolicy {
                 boot_args: vec!["--ip=10.0.0.2".into()],
                 restart: RestartPolicy::OnFailure { limit: 2 },

@@ -70,10 +70,7 @@ pub enum ConnectError {
 impl Endpoint {
     /// Connects a gRPC channel. The connection is made now, so a wrong address fails here.
     pub async fn connect(&self) -> Result<Channel, ConnectError> {
-        let wrap = |source| ConnectError::Unreachable {
-            endpoint: self.clone(),
-            source,
-        };
+        let wrap = |source| ConnectError::Unreachable { endpoint: self.clone(), source };
         match self {
             Endpoint::Tcp(host_port) => Channel::from_shared(format!("http://{host_port}"))
                 .map_err(|_| ConnectError::InvalidAddress(self.clone()))?
@@ -86,9 +83,7 @@ impl Endpoint {
                 Channel::from_static("http://localhost")
                     .connect_with_connector(tower::service_fn(move |_: Uri| {
                         let path = path.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                        }
+                        async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
                     }))
                     .await
                     .map_err(wrap)
@@ -145,14 +140,10 @@ impl Listener {
     ) -> Result<(), tonic::transport::Error> {
         match self {
             Listener::Tcp(listener) => {
-                router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-                    .await
+                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await
             }
             Listener::Unix(listener, path) => {
-                let result = router
-                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-                    .await;
+                let result = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await;
                 let _ = std::fs::remove_file(path);
                 result
             }
@@ -166,22 +157,10 @@ mod tests {
 
     #[test]
     fn parses_unix_and_tcp_forms() {
-        assert_eq!(
-            "unix:/run/a.sock".parse(),
-            Ok(Endpoint::Unix("/run/a.sock".into()))
-        );
-        assert_eq!(
-            "/run/a.sock".parse(),
-            Ok(Endpoint::Unix("/run/a.sock".into()))
-        );
-        assert_eq!(
-            "127.0.0.1:7070".parse(),
-            Ok(Endpoint::Tcp("127.0.0.1:7070".into()))
-        );
-        assert_eq!(
-            "http://[::1]:7070".parse(),
-            Ok(Endpoint::Tcp("[::1]:7070".into()))
-        );
+        assert_eq!("unix:/run/a.sock".parse(), Ok(Endpoint::Unix("/run/a.sock".into())));
+        assert_eq!("/run/a.sock".parse(), Ok(Endpoint::Unix("/run/a.sock".into())));
+        assert_eq!("127.0.0.1:7070".parse(), Ok(Endpoint::Tcp("127.0.0.1:7070".into())));
+        assert_eq!("http://[::1]:7070".parse(), Ok(Endpoint::Tcp("[::1]:7070".into())));
         assert!("localhost".parse::<Endpoint>().is_err());
         assert!("unix:".parse::<Endpoint>().is_err());
     }

@@ -3,8 +3,8 @@
 use mirari_core::ids::InstanceId;
 use mirari_core::instance::Phase;
 use mirari_core::registry::{
-    AppVersion, Command, DeploymentSpec, Host, HostId, HostStatus, InstanceReport, PlacedInstance,
-    Placement, Request, Resources,
+    AppVersion, Command, DeploymentSpec, Host, HostId, HostStatus, InstanceReport, PlacedInstance, Placement, Request,
+    Resources,
 };
 use mirari_core::spec::{FileImageRef, RunPolicy};
 use prost::Message;
@@ -15,75 +15,42 @@ use crate::registry as pb;
 use crate::registry::log_entry::Command as PbCommand;
 
 pub fn encode(request: &Request) -> Vec<u8> {
-    pb::LogEntry {
-        request_id: request.request_id.clone(),
-        command: Some(command_to_pb(&request.command)),
-    }
-    .encode_to_vec()
+    pb::LogEntry { request_id: request.request_id.clone(), command: Some(command_to_pb(&request.command)) }
+        .encode_to_vec()
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Request, WireError> {
     let entry = pb::LogEntry::decode(bytes).map_err(|e| invalid("log entry", e))?;
-    let command = entry
-        .command
-        .as_ref()
-        .ok_or_else(|| invalid("log entry", "no command"))?;
-    Ok(Request {
-        request_id: entry.request_id,
-        command: command_from_pb(command)?,
-    })
+    let command = entry.command.as_ref().ok_or_else(|| invalid("log entry", "no command"))?;
+    Ok(Request { request_id: entry.request_id, command: command_from_pb(command)? })
 }
 
 fn invalid(field: &'static str, reason: impl ToString) -> WireError {
-    WireError {
-        field,
-        reason: reason.to_string(),
-    }
+    WireError { field, reason: reason.to_string() }
 }
 
 fn command_to_pb(command: &Command) -> PbCommand {
     match command {
-        Command::RegisterHost { host } => PbCommand::RegisterHost(pb::RegisterHost {
-            host: Some(host_to_pb(host)),
-        }),
-        Command::SetHostStatus {
-            host,
-            status,
-            at_ms,
-        } => PbCommand::SetHostStatus(pb::SetHostStatus {
+        Command::RegisterHost { host } => PbCommand::RegisterHost(pb::RegisterHost { host: Some(host_to_pb(host)) }),
+        Command::SetHostStatus { host, status, at_ms } => PbCommand::SetHostStatus(pb::SetHostStatus {
             host: host.0.clone(),
             status: status_to_pb(*status).into(),
             at_ms: *at_ms,
         }),
-        Command::RegisterApp { version } => PbCommand::RegisterApp(pb::RegisterApp {
-            version: Some(app_to_pb(version)),
-        }),
-        Command::Deploy { spec, at_ms } => PbCommand::Deploy(pb::Deploy {
-            spec: Some(deployment_to_pb(spec)),
-            at_ms: *at_ms,
-        }),
-        Command::Scale { app, count } => PbCommand::Scale(pb::Scale {
-            app: app.clone(),
-            count: *count,
-        }),
-        Command::StopDeployment { app } => {
-            PbCommand::StopDeployment(pb::StopDeployment { app: app.clone() })
+        Command::RegisterApp { version } => {
+            PbCommand::RegisterApp(pb::RegisterApp { version: Some(app_to_pb(version)) })
         }
-        Command::Place {
-            app,
-            generation,
-            placements,
-            at_ms,
-        } => PbCommand::Place(pb::Place {
+        Command::Deploy { spec, at_ms } => {
+            PbCommand::Deploy(pb::Deploy { spec: Some(deployment_to_pb(spec)), at_ms: *at_ms })
+        }
+        Command::Scale { app, count } => PbCommand::Scale(pb::Scale { app: app.clone(), count: *count }),
+        Command::StopDeployment { app } => PbCommand::StopDeployment(pb::StopDeployment { app: app.clone() }),
+        Command::Place { app, generation, placements, at_ms } => PbCommand::Place(pb::Place {
             app: app.clone(),
             generation: *generation,
             placements: placements
                 .iter()
-                .map(|p| pb::PlacedInstance {
-                    id: p.id.as_u64(),
-                    slot: p.slot,
-                    host: p.host.0.clone(),
-                })
+                .map(|p| pb::PlacedInstance { id: p.id.as_u64(), slot: p.slot, host: p.host.0.clone() })
                 .collect(),
             at_ms: *at_ms,
         }),
@@ -91,57 +58,38 @@ fn command_to_pb(command: &Command) -> PbCommand {
             ids: ids.iter().map(|id| id.as_u64()).collect(),
             reason: reason.clone(),
         }),
-        Command::ReportInstances { host, reports } => {
-            PbCommand::ReportInstances(pb::ReportInstances {
-                host: host.0.clone(),
-                reports: reports
-                    .iter()
-                    .map(|r| pb::InstanceReport {
-                        id: r.id.as_u64(),
-                        phase: wire_agent::Phase::from(r.phase).into(),
-                        restarts: r.restarts,
-                        last_exit: r.last_exit.map(wire_agent::ExitStatus::from),
-                        message: r.message.clone(),
-                    })
-                    .collect(),
-            })
-        }
+        Command::ReportInstances { host, reports } => PbCommand::ReportInstances(pb::ReportInstances {
+            host: host.0.clone(),
+            reports: reports
+                .iter()
+                .map(|r| pb::InstanceReport {
+                    id: r.id.as_u64(),
+                    phase: wire_agent::Phase::from(r.phase).into(),
+                    restarts: r.restarts,
+                    last_exit: r.last_exit.map(wire_agent::ExitStatus::from),
+                    message: r.message.clone(),
+                })
+                .collect(),
+        }),
     }
 }
 
 fn command_from_pb(command: &PbCommand) -> Result<Command, WireError> {
     Ok(match command {
         PbCommand::RegisterHost(c) => Command::RegisterHost {
-            host: host_from_pb(
-                c.host
-                    .as_ref()
-                    .ok_or_else(|| invalid("register_host.host", "missing"))?,
-            )?,
+            host: host_from_pb(c.host.as_ref().ok_or_else(|| invalid("register_host.host", "missing"))?)?,
         },
-        PbCommand::SetHostStatus(c) => Command::SetHostStatus {
-            host: HostId(c.host.clone()),
-            status: status_from_pb(c.status())?,
-            at_ms: c.at_ms,
-        },
+        PbCommand::SetHostStatus(c) => {
+            Command::SetHostStatus { host: HostId(c.host.clone()), status: status_from_pb(c.status())?, at_ms: c.at_ms }
+        }
         PbCommand::RegisterApp(c) => Command::RegisterApp {
-            version: app_from_pb(
-                c.version
-                    .as_ref()
-                    .ok_or_else(|| invalid("register_app.version", "missing"))?,
-            )?,
+            version: app_from_pb(c.version.as_ref().ok_or_else(|| invalid("register_app.version", "missing"))?)?,
         },
         PbCommand::Deploy(c) => Command::Deploy {
-            spec: deployment_from_pb(
-                c.spec
-                    .as_ref()
-                    .ok_or_else(|| invalid("deploy.spec", "missing"))?,
-            )?,
+            spec: deployment_from_pb(c.spec.as_ref().ok_or_else(|| invalid("deploy.spec", "missing"))?)?,
             at_ms: c.at_ms,
         },
-        PbCommand::Scale(c) => Command::Scale {
-            app: c.app.clone(),
-            count: c.count,
-        },
+        PbCommand::Scale(c) => Command::Scale { app: c.app.clone(), count: c.count },
         PbCommand::StopDeployment(c) => Command::StopDeployment { app: c.app.clone() },
         PbCommand::Place(c) => Command::Place {
             app: c.app.clone(),
@@ -149,11 +97,7 @@ fn command_from_pb(command: &PbCommand) -> Result<Command, WireError> {
             placements: c
                 .placements
                 .iter()
-                .map(|p| PlacedInstance {
-                    id: InstanceId::from_u64(p.id),
-                    slot: p.slot,
-                    host: HostId(p.host.clone()),
-                })
+                .map(|p| PlacedInstance { id: InstanceId::from_u64(p.id), slot: p.slot, host: HostId(p.host.clone()) })
                 .collect(),
             at_ms: c.at_ms,
         },
@@ -217,16 +161,8 @@ pub fn host_from_pb(host: &pb::Host) -> Result<Host, WireError> {
     Ok(Host {
         id: HostId(host.id.clone()),
         address: host.address.clone(),
-        backends: host
-            .backends
-            .iter()
-            .map(|b| parse_target("host.backends", b))
-            .collect::<Result<_, _>>()?,
-        capacity: Resources {
-            memory_mib: capacity.memory_mib,
-            vcpus: capacity.vcpus,
-            instances: capacity.instances,
-        },
+        backends: host.backends.iter().map(|b| parse_target("host.backends", b)).collect::<Result<_, _>>()?,
+        capacity: Resources { memory_mib: capacity.memory_mib, vcpus: capacity.vcpus, instances: capacity.instances },
         labels: host.labels.clone().into_iter().collect(),
         status: status_from_pb(host.status())?,
         registered_at_ms: host.registered_at_ms,
@@ -238,18 +174,11 @@ pub fn app_to_pb(app: &AppVersion) -> pb::AppVersion {
     pb::AppVersion {
         app: app.app.clone(),
         version: app.version.clone(),
-        artifacts: app
-            .artifacts
-            .iter()
-            .map(|(t, d)| (t.name().to_owned(), d.to_string()))
-            .collect(),
+        artifacts: app.artifacts.iter().map(|(t, d)| (t.name().to_owned(), d.to_string())).collect(),
         files: app
             .files
             .iter()
-            .map(|f| wire_agent::FileImage {
-                name: f.name.clone(),
-                sha256: f.digest.to_string(),
-            })
+            .map(|f| wire_agent::FileImage { name: f.name.clone(), sha256: f.digest.to_string() })
             .collect(),
         run: Some(wire_agent::RunPolicy::from(&app.run)),
         constraints: app.constraints.clone().into_iter().collect(),
@@ -257,32 +186,19 @@ pub fn app_to_pb(app: &AppVersion) -> pb::AppVersion {
 }
 
 pub fn app_from_pb(app: &pb::AppVersion) -> Result<AppVersion, WireError> {
-    let run = app
-        .run
-        .as_ref()
-        .ok_or_else(|| invalid("app.run", "missing"))?;
+    let run = app.run.as_ref().ok_or_else(|| invalid("app.run", "missing"))?;
     Ok(AppVersion {
         app: app.app.clone(),
         version: app.version.clone(),
         artifacts: app
             .artifacts
             .iter()
-            .map(|(t, d)| {
-                Ok((
-                    parse_target("app.artifacts", t)?,
-                    parse_digest("app.artifacts", d)?,
-                ))
-            })
+            .map(|(t, d)| Ok((parse_target("app.artifacts", t)?, parse_digest("app.artifacts", d)?)))
             .collect::<Result<_, WireError>>()?,
         files: app
             .files
             .iter()
-            .map(|f| {
-                Ok(FileImageRef {
-                    name: f.name.clone(),
-                    digest: parse_digest("app.files", &f.sha256)?,
-                })
-            })
+            .map(|f| Ok(FileImageRef { name: f.name.clone(), digest: parse_digest("app.files", &f.sha256)? }))
             .collect::<Result<_, WireError>>()?,
         run: RunPolicy::try_from(run)?,
         constraints: app.constraints.clone().into_iter().collect(),
@@ -329,11 +245,7 @@ mod tests {
             id: HostId("a".into()),
             address: "10.0.0.1:7070".into(),
             backends: [Target::Unix, Target::Kvm].into(),
-            capacity: Resources {
-                memory_mib: 1024,
-                vcpus: 4,
-                instances: 20,
-            },
+            capacity: Resources { memory_mib: 1024, vcpus: 4, instances: 20 },
             labels: [("rack".to_owned(), "r1".to_owned())].into(),
             status: HostStatus::Up,
             registered_at_ms: 3,
@@ -343,10 +255,7 @@ mod tests {
             app: "hello".into(),
             version: "1".into(),
             artifacts: [(Target::Kvm, Digest::of(b"k"))].into(),
-            files: vec![FileImageRef {
-                name: "data".into(),
-                digest: Digest::of(b"t"),
-            }],
+            files: vec![FileImageRef { name: "data".into(), digest: Digest::of(b"t") }],
             run: RunPolicy::default(),
             constraints: [("rack".to_owned(), "r1".to_owned())].into(),
         };
@@ -359,20 +268,11 @@ mod tests {
         };
         let commands = [
             Command::RegisterHost { host },
-            Command::SetHostStatus {
-                host: HostId("a".into()),
-                status: HostStatus::Down,
-                at_ms: 9,
-            },
+            Command::SetHostStatus { host: HostId("a".into()), status: HostStatus::Down, at_ms: 9 },
             Command::RegisterApp { version: app },
             Command::Deploy { spec, at_ms: 5 },
-            Command::Scale {
-                app: "hello".into(),
-                count: 7,
-            },
-            Command::StopDeployment {
-                app: "hello".into(),
-            },
+            Command::Scale { app: "hello".into(), count: 7 },
+            Command::StopDeployment { app: "hello".into() },
             Command::Place {
                 app: "hello".into(),
                 generation: 2,
@@ -383,10 +283,7 @@ mod tests {
                 }],
                 at_ms: 6,
             },
-            Command::StopInstances {
-                ids: vec![InstanceId::from_u64(1)],
-                reason: "scaled down".into(),
-            },
+            Command::StopInstances { ids: vec![InstanceId::from_u64(1)], reason: "scaled down".into() },
             Command::ReportInstances {
                 host: HostId("a".into()),
                 reports: vec![InstanceReport {
@@ -399,10 +296,7 @@ mod tests {
             },
         ];
         for command in commands {
-            let request = Request {
-                request_id: "r-1".into(),
-                command,
-            };
+            let request = Request { request_id: "r-1".into(), command };
             assert_eq!(decode(&encode(&request)), Ok(request));
         }
         assert!(decode(b"\xff\xff").is_err());

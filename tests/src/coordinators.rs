@@ -12,10 +12,7 @@ use crate::{bin, eventually};
 
 /// A free TCP port on this machine (loopback hosts share the port space).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 #[derive(Debug)]
@@ -45,11 +42,7 @@ impl Coordinator {
     }
 
     fn spawn(&mut self, bootstrap: bool) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("coordinator log");
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("coordinator log");
         let mut command = self.host.command(&bin("mirari-coordinator"));
         command
             .arg("--id")
@@ -93,10 +86,7 @@ impl Coordinator {
     pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
         let child = self.child.as_mut().expect("running");
         let status = eventually(deadline, "the coordinator to exit", || {
-            child
-                .try_wait()
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "running".to_owned())
+            child.try_wait().map_err(|e| e.to_string())?.ok_or_else(|| "running".to_owned())
         });
         self.child = None;
         status

@@ -21,10 +21,7 @@ pub mod netns;
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test binary>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory layout");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target directory layout");
     let path = profile_dir.join(name);
     assert!(
         path.is_file(),
@@ -36,11 +33,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Polls `probe` every 100 ms until it returns `Some`, or panics after `deadline` describing
 /// what was awaited and the last thing seen.
-pub fn eventually<T>(
-    deadline: Duration,
-    what: &str,
-    mut probe: impl FnMut() -> Result<T, String>,
-) -> T {
+pub fn eventually<T>(deadline: Duration, what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
     let until = Instant::now() + deadline;
     loop {
         match probe() {
@@ -62,15 +55,9 @@ pub struct World {
 
 impl World {
     pub fn new() -> Self {
-        let root = tempfile::Builder::new()
-            .prefix("mirari-e2e-")
-            .tempdir()
-            .expect("scratch dir");
+        let root = tempfile::Builder::new().prefix("mirari-e2e-").tempdir().expect("scratch dir");
         let world = Self { root, agent: None };
-        copy_dir(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello"),
-            &world.app_dir(),
-        );
+        copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello"), &world.app_dir());
         // A copy starts clean: no build outputs from the source tree.
         let _ = fs::remove_dir_all(world.app_dir().join("_build"));
         let _ = fs::remove_dir_all(world.app_dir().join("_mirari"));
@@ -118,11 +105,7 @@ impl World {
         self.agent = Some(child);
         eventually(Duration::from_secs(30), "the agent to answer", || {
             let out = self.mirari(&["host"]);
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(stderr(&out))
-            }
+            if out.status.success() { Ok(()) } else { Err(stderr(&out)) }
         });
     }
 
@@ -154,83 +137,47 @@ impl World {
         let mut args = args.to_vec();
         args.extend(["--output", "json"]);
         let out = self.mirari(&args);
-        assert!(
-            out.status.success(),
-            "mirari {args:?} failed: {}",
-            stderr(&out)
-        );
+        assert!(out.status.success(), "mirari {args:?} failed: {}", stderr(&out));
         serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("mirari {args:?} printed no JSON ({e}): {}", stdout(&out)))
     }
 
     /// `mirari ps` as JSON, one object per instance.
     pub fn instances(&self) -> Vec<Value> {
-        self.mirari_json(&["ps"])
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        self.mirari_json(&["ps"]).as_array().cloned().unwrap_or_default()
     }
 
     pub fn instance(&self, id: &str) -> Value {
-        self.instances()
-            .into_iter()
-            .find(|i| i["id"] == id)
-            .unwrap_or_else(|| panic!("no instance {id}"))
+        self.instances().into_iter().find(|i| i["id"] == id).unwrap_or_else(|| panic!("no instance {id}"))
     }
 
     /// configure + build, returning the built artifacts by target.
     pub fn build(&self) -> Value {
         let out = self.mirari(&["configure"]);
-        assert!(
-            out.status.success(),
-            "configure failed: {}{}",
-            stdout(&out),
-            stderr(&out)
-        );
+        assert!(out.status.success(), "configure failed: {}{}", stdout(&out), stderr(&out));
         self.mirari_json(&["build"])
     }
 
     /// Starts `count` instances of `target`; returns their IDs.
     pub fn run(&self, target: &str, count: u32) -> Vec<String> {
         let started = self.mirari_json(&["run", "-t", target, "--count", &count.to_string()]);
-        started["ids"]
-            .as_array()
-            .expect("ids")
-            .iter()
-            .map(|v| v.as_str().expect("id").to_owned())
-            .collect()
+        started["ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("id").to_owned()).collect()
     }
 
     /// Waits until the instance's console contains `needle`; returns the console.
     pub fn console_until(&self, id: &str, needle: &str) -> String {
-        eventually(
-            Duration::from_secs(60),
-            &format!("{needle:?} on the console of {id}"),
-            || {
-                let text = stdout(&self.mirari(&["console", id]));
-                if text.contains(needle) {
-                    Ok(text)
-                } else {
-                    Err(text)
-                }
-            },
-        )
+        eventually(Duration::from_secs(60), &format!("{needle:?} on the console of {id}"), || {
+            let text = stdout(&self.mirari(&["console", id]));
+            if text.contains(needle) { Ok(text) } else { Err(text) }
+        })
     }
 
     /// Waits until the instance reaches `phase`; returns it.
     pub fn wait_phase(&self, id: &str, phase: &str) -> Value {
-        eventually(
-            Duration::from_secs(60),
-            &format!("{id} to be {phase}"),
-            || {
-                let instance = self.instance(id);
-                if instance["phase"] == phase {
-                    Ok(instance)
-                } else {
-                    Err(instance.to_string())
-                }
-            },
-        )
+        eventually(Duration::from_secs(60), &format!("{id} to be {phase}"), || {
+            let instance = self.instance(id);
+            if instance["phase"] == phase { Ok(instance) } else { Err(instance.to_string()) }
+        })
     }
 
     /// The live shims of this world's instances (each owns one instance's process).
@@ -241,11 +188,9 @@ impl World {
         entries
             .flatten()
             .filter_map(|entry| {
-                let info: Value =
-                    serde_json::from_slice(&fs::read(entry.path().join("shim.json")).ok()?).ok()?;
+                let info: Value = serde_json::from_slice(&fs::read(entry.path().join("shim.json")).ok()?).ok()?;
                 let pid = u32::try_from(info["payload"]["pid"].as_u64()?).ok()?;
-                let alive = fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| !s.contains(") Z "));
+                let alive = fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
                 alive.then(|| (entry.file_name().to_string_lossy().into_owned(), pid))
             })
             .collect()
@@ -263,11 +208,8 @@ impl World {
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
             .filter(|pid| {
-                fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
-                    String::from_utf8_lossy(&cmd)
-                        .replace('\0', " ")
-                        .contains(&needle)
-                })
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).replace('\0', " ").contains(&needle))
             })
             .collect()
     }

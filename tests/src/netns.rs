@@ -34,10 +34,8 @@ fn run(args: &[&str]) -> bool {
 }
 
 fn can_use_namespaces() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    });
+    let root = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
     root && run(&["ip", "netns", "list"])
 }
 
@@ -50,25 +48,13 @@ impl Network {
         let tag = format!("{:x}{serial:x}", pid % 0xffff);
         if !can_use_namespaces() {
             let hosts = (0..count)
-                .map(|i| TestHost {
-                    name: format!("host{i}"),
-                    netns: None,
-                    ip: "127.0.0.1".into(),
-                })
+                .map(|i| TestHost { name: format!("host{i}"), netns: None, ip: "127.0.0.1".into() })
                 .collect();
-            return Self {
-                tag,
-                bridge: None,
-                hosts,
-            };
+            return Self { tag, bridge: None, hosts };
         }
         let (second, third) = (100 + serial % 100, pid % 250);
         let bridge = format!("mb{tag}");
-        let mut network = Self {
-            tag: tag.clone(),
-            bridge: Some(bridge.clone()),
-            hosts: Vec::new(),
-        };
+        let mut network = Self { tag: tag.clone(), bridge: Some(bridge.clone()), hosts: Vec::new() };
         let gateway = format!("10.{second}.{third}.1/24");
         assert!(
             run(&["ip", "link", "add", &bridge, "type", "bridge"])
@@ -81,38 +67,13 @@ impl Network {
             let veth = format!("mv{tag}{i}");
             let ip = format!("10.{second}.{third}.{}", 10 + i);
             let ok = run(&["ip", "netns", "add", &netns])
-                && run(&[
-                    "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
-                    &netns,
-                ])
+                && run(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns])
                 && run(&["ip", "link", "set", &veth, "master", &bridge, "up"])
-                && run(&[
-                    "ip",
-                    "-n",
-                    &netns,
-                    "addr",
-                    "add",
-                    &format!("{ip}/24"),
-                    "dev",
-                    "eth0",
-                ])
+                && run(&["ip", "-n", &netns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])
                 && run(&["ip", "-n", &netns, "link", "set", "eth0", "up"])
                 && run(&["ip", "-n", &netns, "link", "set", "lo", "up"])
-                && run(&[
-                    "ip",
-                    "-n",
-                    &netns,
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("10.{second}.{third}.1"),
-                ]);
-            network.hosts.push(TestHost {
-                name: format!("host{i}"),
-                netns: Some(netns.clone()),
-                ip,
-            });
+                && run(&["ip", "-n", &netns, "route", "add", "default", "via", &format!("10.{second}.{third}.1")]);
+            network.hosts.push(TestHost { name: format!("host{i}"), netns: Some(netns.clone()), ip });
             assert!(ok, "cannot set up test host namespace {netns}");
         }
         network
@@ -160,16 +121,10 @@ impl TestHost {
 
     /// Drops all traffic between this host and `other` (needs namespaces).
     pub fn cut_from(&self, other: &TestHost) {
-        let netns = self
-            .netns
-            .as_ref()
-            .expect("links can only be cut between namespaces");
+        let netns = self.netns.as_ref().expect("links can only be cut between namespaces");
         for (chain, flag) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
             assert!(
-                run(&[
-                    "ip", "netns", "exec", netns, "iptables", "-A", chain, flag, &other.ip, "-j",
-                    "DROP"
-                ]),
+                run(&["ip", "netns", "exec", netns, "iptables", "-A", chain, flag, &other.ip, "-j", "DROP"]),
                 "iptables failed in {netns} (is iptables installed?)"
             );
         }

@@ -16,25 +16,13 @@ const DEADLINE: Duration = Duration::from_secs(60);
 fn cluster(network: &Network, dir: &Path, size: usize) -> Vec<Coordinator> {
     let hosts = network.hosts();
     let mut nodes = vec![Coordinator::start(1, &hosts[0], dir, true)];
-    eventually(DEADLINE, "node 1 to lead", || {
-        leader_of(&nodes)
-            .filter(|&l| l == 1)
-            .ok_or("no leader".to_owned())
-    });
+    eventually(DEADLINE, "node 1 to lead", || leader_of(&nodes).filter(|&l| l == 1).ok_or("no leader".to_owned()));
     for (i, host) in hosts.iter().enumerate().take(size).skip(1) {
         let node = Coordinator::start(i as u64 + 1, host, dir, false);
         let address = node.address.clone();
         eventually(DEADLINE, &format!("adding member {}", node.id), || {
             nodes[0]
-                .cli_json(&[
-                    "cluster",
-                    "members",
-                    "add",
-                    "--id",
-                    &node.id.to_string(),
-                    "--address",
-                    &address,
-                ])
+                .cli_json(&["cluster", "members", "add", "--id", &node.id.to_string(), "--address", &address])
                 .map(|_| ())
         });
         nodes.push(node);
@@ -45,11 +33,8 @@ fn cluster(network: &Network, dir: &Path, size: usize) -> Vec<Coordinator> {
 
 /// The leader as the running nodes see it, if they agree on one.
 fn leader_of(nodes: &[Coordinator]) -> Option<u64> {
-    let leaders: BTreeSet<u64> = nodes
-        .iter()
-        .filter(|n| n.is_running())
-        .filter_map(|n| n.info().ok()?["leader_id"].as_u64())
-        .collect();
+    let leaders: BTreeSet<u64> =
+        nodes.iter().filter(|n| n.is_running()).filter_map(|n| n.info().ok()?["leader_id"].as_u64()).collect();
     (leaders.len() == 1).then(|| *leaders.first().expect("one"))
 }
 
@@ -62,11 +47,7 @@ fn wait_converged(nodes: &[Coordinator]) {
             .map(|n| n.info().ok().and_then(|i| i["applied_index"].as_u64()))
             .collect();
         let first = applied.first().copied().flatten();
-        if first.is_some() && applied.iter().all(|a| *a == first) {
-            Ok(())
-        } else {
-            Err(format!("{applied:?}"))
-        }
+        if first.is_some() && applied.iter().all(|a| *a == first) { Ok(()) } else { Err(format!("{applied:?}")) }
     });
 }
 
@@ -95,21 +76,13 @@ impl Writer {
     }
 
     fn acked(&self) -> BTreeSet<String> {
-        std::fs::read_to_string(&self.acked)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        std::fs::read_to_string(&self.acked).unwrap_or_default().lines().map(str::to_owned).collect()
     }
 
     fn wait_acked_at_least(&self, count: usize) {
         eventually(DEADLINE, &format!("{count} acknowledged writes"), || {
             let acked = self.acked().len();
-            if acked >= count {
-                Ok(())
-            } else {
-                Err(format!("{acked} acknowledged"))
-            }
+            if acked >= count { Ok(()) } else { Err(format!("{acked} acknowledged")) }
         });
     }
 
@@ -129,23 +102,11 @@ impl Drop for Writer {
 
 /// Every acknowledged write must be on `node`, read from its own state.
 fn assert_has_all(node: &Coordinator, acked: &BTreeSet<String>) {
-    let hosts = node
-        .cli_json(&["cluster", "hosts", "--stale"])
-        .expect("hosts");
-    let present: BTreeSet<String> = hosts["hosts"]
-        .as_array()
-        .expect("hosts")
-        .iter()
-        .map(|h| h["id"].as_str().expect("id").to_owned())
-        .collect();
+    let hosts = node.cli_json(&["cluster", "hosts", "--stale"]).expect("hosts");
+    let present: BTreeSet<String> =
+        hosts["hosts"].as_array().expect("hosts").iter().map(|h| h["id"].as_str().expect("id").to_owned()).collect();
     let lost: Vec<&String> = acked.difference(&present).collect();
-    assert!(
-        lost.is_empty(),
-        "node {} lost {} acknowledged writes, e.g. {:?}",
-        node.id,
-        lost.len(),
-        lost.first()
-    );
+    assert!(lost.is_empty(), "node {} lost {} acknowledged writes, e.g. {:?}", node.id, lost.len(), lost.first());
 }
 
 #[test]
@@ -173,10 +134,7 @@ fn killing_the_leader_loses_no_acknowledged_write() {
     for node in &nodes {
         assert_has_all(node, &acked);
     }
-    eprintln!(
-        "leader {old_leader} killed, {new_leader} took over; {} writes acknowledged, none lost",
-        acked.len()
-    );
+    eprintln!("leader {old_leader} killed, {new_leader} took over; {} writes acknowledged, none lost", acked.len());
 }
 
 #[test]
@@ -190,25 +148,13 @@ fn members_are_added_and_removed_while_writes_continue() {
     let fourth = Coordinator::start(4, &network.hosts()[3], dir.path(), false);
     let address = fourth.address.clone();
     eventually(DEADLINE, "adding member 4", || {
-        nodes[0]
-            .cli_json(&[
-                "cluster",
-                "members",
-                "add",
-                "--id",
-                "4",
-                "--address",
-                &address,
-            ])
-            .map(|_| ())
+        nodes[0].cli_json(&["cluster", "members", "add", "--id", "4", "--address", &address]).map(|_| ())
     });
     nodes.push(fourth);
     writer.wait_acked_at_least(writer.acked().len() + 20);
 
     eventually(DEADLINE, "removing member 2", || {
-        nodes[2]
-            .cli_json(&["cluster", "members", "remove", "--id", "2"])
-            .map(|_| ())
+        nodes[2].cli_json(&["cluster", "members", "remove", "--id", "2"]).map(|_| ())
     });
     nodes.retain_mut(|n| {
         if n.id == 2 {
@@ -221,12 +167,7 @@ fn members_are_added_and_removed_while_writes_continue() {
     let acked = writer.finish();
     wait_converged(&nodes);
     let members = nodes[0].cli_json(&["cluster", "members"]).unwrap();
-    let ids: Vec<u64> = members
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_u64().unwrap())
-        .collect();
+    let ids: Vec<u64> = members.as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
     assert_eq!(ids, [1, 3, 4]);
     for node in &nodes {
         assert_has_all(node, &acked);
@@ -238,22 +179,14 @@ fn a_corrupt_data_directory_is_refused() {
     let network = Network::new(1);
     let dir = tempfile::tempdir().unwrap();
     let mut node = Coordinator::start(1, &network.hosts()[0], dir.path(), true);
-    let writer = Writer::start(
-        std::slice::from_ref(&node),
-        dir.path(),
-        "MARKERMARKERMARKER",
-        2,
-    );
+    let writer = Writer::start(std::slice::from_ref(&node), dir.path(), "MARKERMARKERMARKER", 2);
     writer.finish();
     node.kill();
 
     let path = node.data_dir.join("raft.redb");
     let mut bytes = std::fs::read(&path).unwrap();
     let marker = b"MARKERMARKERMARKER";
-    let at = bytes
-        .windows(marker.len())
-        .position(|w| w == marker)
-        .expect("written entries are in the file");
+    let at = bytes.windows(marker.len()).position(|w| w == marker).expect("written entries are in the file");
     bytes[at + 3] ^= 0x20;
     std::fs::write(&path, &bytes).unwrap();
 
@@ -261,8 +194,5 @@ fn a_corrupt_data_directory_is_refused() {
     let status = node.wait_exit(DEADLINE);
     assert!(!status.success());
     let log = node.log();
-    assert!(
-        log.contains("is corrupt") && log.contains("restore the data directory"),
-        "{log}"
-    );
+    assert!(log.contains("is corrupt") && log.contains("restore the data directory"), "{log}");
 }

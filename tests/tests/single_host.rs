@@ -9,22 +9,11 @@ use mirari_tests::{World, eventually, stderr, stdout};
 #[test]
 fn configure_lists_missing_requirements() {
     let world = World::new();
-    world.edit_config(
-        r#"commands = ["gcc", "make"]"#,
-        r#"commands = ["gcc", "mirari-no-such-tool"]"#,
-    );
+    world.edit_config(r#"commands = ["gcc", "make"]"#, r#"commands = ["gcc", "mirari-no-such-tool"]"#);
     let out = world.mirari(&["configure"]);
     assert!(!out.status.success());
-    assert!(
-        stdout(&out).contains("command `mirari-no-such-tool` is not on PATH"),
-        "{}",
-        stdout(&out)
-    );
-    assert!(
-        stderr(&out).contains("1 requirement(s) missing"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stdout(&out).contains("command `mirari-no-such-tool` is not on PATH"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("1 requirement(s) missing"), "{}", stderr(&out));
 }
 
 #[test]
@@ -34,26 +23,14 @@ fn bad_config_is_reported_with_line_and_column() {
     let out = world.mirari(&["configure"]);
     assert!(!out.status.success());
     let text = stderr(&out);
-    assert!(
-        text.contains("mirari.toml:26:1: unknown field `memory_mb`"),
-        "{text}"
-    );
+    assert!(text.contains("mirari.toml:26:1: unknown field `memory_mb`"), "{text}");
     assert!(text.contains("26 | memory_mb = 32"), "{text}");
 
     world.edit_config("memory_mb = 32", "memory_mib = 32");
-    world.edit_config(
-        r#"targets = ["unix", "kvm"]"#,
-        r#"targets = ["unix", "hvt"]"#,
-    );
+    world.edit_config(r#"targets = ["unix", "kvm"]"#, r#"targets = ["unix", "hvt"]"#);
     let text = stderr(&world.mirari(&["build"]));
-    assert!(
-        text.contains("mirari.toml:7:20: unknown target `hvt`"),
-        "{text}"
-    );
-    assert!(
-        text.contains("known targets: unix, kvm, xen, freebsd"),
-        "{text}"
-    );
+    assert!(text.contains("mirari.toml:7:20: unknown target `hvt`"), "{text}");
+    assert!(text.contains("known targets: unix, kvm, xen, freebsd"), "{text}");
 }
 
 #[test]
@@ -63,18 +40,9 @@ fn builds_are_reproducible() {
     std::fs::remove_dir_all(world.app_dir().join("_build")).unwrap();
     let second = world.mirari_json(&["build"]);
     assert_eq!(first.as_array().unwrap().len(), 2);
-    for (a, b) in first
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(second.as_array().unwrap())
-    {
+    for (a, b) in first.as_array().unwrap().iter().zip(second.as_array().unwrap()) {
         assert_eq!(a["target"], b["target"]);
-        assert_eq!(
-            a["sha256"], b["sha256"],
-            "rebuilding {} changed its hash",
-            a["target"]
-        );
+        assert_eq!(a["sha256"], b["sha256"], "rebuilding {} changed its hash", a["target"]);
     }
 }
 
@@ -92,22 +60,16 @@ fn runs_on_unix_and_kvm_with_console_and_unique_ids() {
 
     for id in unix.iter().chain(&kvm) {
         let console = world.console_until(id, "hello: heartbeat 2");
-        assert!(console.contains("hello: boot args: --ipv4=10.0.0.2/24 --ipv4-gateway=10.0.0.1 greeting=hello-from-mirari"), "{console}");
         assert!(
-            console.contains("hello: file conf/app.conf (68 bytes)"),
+            console.contains("hello: boot args: --ipv4=10.0.0.2/24 --ipv4-gateway=10.0.0.1 greeting=hello-from-mirari"),
             "{console}"
         );
+        assert!(console.contains("hello: file conf/app.conf (68 bytes)"), "{console}");
         assert!(console.contains("hello: files: 3 entries"), "{console}");
     }
     let kvm_instance = world.instance(&kvm[0]);
     assert_eq!(kvm_instance["phase"], "running");
-    assert!(
-        kvm_instance["detail"]
-            .as_str()
-            .unwrap()
-            .contains("qemu pid"),
-        "{kvm_instance}"
-    );
+    assert!(kvm_instance["detail"].as_str().unwrap().contains("qemu pid"), "{kvm_instance}");
 
     // A person types a prefix; the table output is for people.
     let table = stdout(&world.mirari(&["ps"]));
@@ -133,18 +95,11 @@ fn stop_is_graceful_then_forced_after_the_timeout() {
         assert_eq!(stopped["instance"]["phase"], "stopped");
         assert_eq!(stopped["instance"]["last_exit"]["code"], 0);
         let console = world.console_until(&id, "hello: stopping");
-        let why = if target == "unix" {
-            "(control)"
-        } else {
-            "(power button)"
-        };
+        let why = if target == "unix" { "(control)" } else { "(power button)" };
         assert!(console.contains(why), "{target}: {console}");
     }
 
-    world.edit_config(
-        "greeting=hello-from-mirari\"",
-        "greeting=hello-from-mirari\", \"ignore-stop\"",
-    );
+    world.edit_config("greeting=hello-from-mirari\"", "greeting=hello-from-mirari\", \"ignore-stop\"");
     world.mirari_json(&["build"]);
     for target in ["unix", "kvm"] {
         let id = world.run(target, 1).remove(0);
@@ -154,20 +109,14 @@ fn stop_is_graceful_then_forced_after_the_timeout() {
         assert_eq!(stopped["instance"]["phase"], "stopped");
         world.console_until(&id, "hello: ignoring stop request");
         let logs = stdout(&world.mirari(&["logs", &id]));
-        assert!(
-            logs.contains("forced off after the 2s stop timeout"),
-            "{logs}"
-        );
+        assert!(logs.contains("forced off after the 2s stop timeout"), "{logs}");
     }
 }
 
 #[test]
 fn restart_policy_restarts_failures_up_to_the_limit() {
     let mut world = World::new();
-    world.edit_config(
-        "greeting=hello-from-mirari\"",
-        "greeting=hello-from-mirari\", \"exit-after=1\"",
-    );
+    world.edit_config("greeting=hello-from-mirari\"", "greeting=hello-from-mirari\", \"exit-after=1\"");
     world.edit_config("restart_limit = 3", "restart_limit = 2");
     world.edit_config("accelerator = \"auto\"", "accelerator = \"tcg\"");
     world.build();
@@ -177,28 +126,15 @@ fn restart_policy_restarts_failures_up_to_the_limit() {
         let failed = world.wait_phase(&id, "failed");
         assert_eq!(failed["restarts"], 2, "{target}: {failed}");
         assert_eq!(failed["last_exit"]["code"], 3);
-        assert!(
-            failed["message"]
-                .as_str()
-                .unwrap()
-                .contains("restart limit of 2 reached"),
-            "{failed}"
-        );
+        assert!(failed["message"].as_str().unwrap().contains("restart limit of 2 reached"), "{failed}");
         let logs = stdout(&world.mirari(&["logs", &id]));
         assert_eq!(logs.matches("exited with exit code 3").count(), 3, "{logs}");
         // The console keeps every run's output, after the end.
         let console = stdout(&world.mirari(&["console", &id]));
-        assert_eq!(
-            console.matches("hello: exiting with failure").count(),
-            3,
-            "{console}"
-        );
+        assert_eq!(console.matches("hello: exiting with failure").count(), 3, "{console}");
     }
 
-    world.edit_config(
-        "restart = \"on-failure\"\nrestart_limit = 2",
-        "restart = \"never\"",
-    );
+    world.edit_config("restart = \"on-failure\"\nrestart_limit = 2", "restart = \"never\"");
     world.mirari_json(&["build"]);
     let id = world.run("unix", 1).remove(0);
     let exited = world.wait_phase(&id, "exited");
@@ -221,21 +157,10 @@ fn a_killed_agent_readopts_its_instances_without_duplicates() {
 
     world.kill_agent();
     // While the agent is down, one instance dies.
-    let (victim, victim_pid) = before
-        .iter()
-        .find(|(id, _)| *id == unix[1])
-        .cloned()
-        .unwrap();
-    std::process::Command::new("kill")
-        .args(["-9", &victim_pid.to_string()])
-        .status()
-        .unwrap();
+    let (victim, victim_pid) = before.iter().find(|(id, _)| *id == unix[1]).cloned().unwrap();
+    std::process::Command::new("kill").args(["-9", &victim_pid.to_string()]).status().unwrap();
     eventually(Duration::from_secs(10), "the victim to be gone", || {
-        if world.live_shims().iter().any(|(id, _)| *id == victim) {
-            Err("alive".into())
-        } else {
-            Ok(())
-        }
+        if world.live_shims().iter().any(|(id, _)| *id == victim) { Err("alive".into()) } else { Ok(()) }
     });
 
     world.start_agent();
@@ -244,42 +169,22 @@ fn a_killed_agent_readopts_its_instances_without_duplicates() {
         let instance = world.wait_phase(id, "running");
         assert_eq!(instance["restarts"], 0, "{instance}");
         let pid = before.iter().find(|(i, _)| i == id).unwrap().1;
-        assert!(
-            world.live_shims().contains(&(id.clone(), pid)),
-            "{id} was not re-adopted with pid {pid}"
-        );
+        assert!(world.live_shims().contains(&(id.clone(), pid)), "{id} was not re-adopted with pid {pid}");
         let logs = stdout(&world.mirari(&["logs", id]));
         assert!(logs.contains("re-adopted after an agent restart"), "{logs}");
     }
     // The one that died meanwhile is marked and restarted per its policy.
     let logs = eventually(Duration::from_secs(30), "the victim's restart", || {
         let logs = stdout(&world.mirari(&["logs", &victim]));
-        if logs.contains("restarting (restart 1)") {
-            Ok(logs)
-        } else {
-            Err(logs)
-        }
+        if logs.contains("restarting (restart 1)") { Ok(logs) } else { Err(logs) }
     });
-    assert!(
-        logs.contains("exited with signal 9 while the agent was down"),
-        "{logs}"
-    );
+    assert!(logs.contains("exited with signal 9 while the agent was down"), "{logs}");
     world.wait_phase(&victim, "running");
 
     // Exactly one shim per instance (and one QEMU for the kvm one): no duplicates.
     for id in &unix {
-        assert_eq!(
-            world.processes_of(id).len(),
-            1,
-            "{id}: {:?}",
-            world.processes_of(id)
-        );
+        assert_eq!(world.processes_of(id).len(), 1, "{id}: {:?}", world.processes_of(id));
     }
-    assert_eq!(
-        world.processes_of(&kvm[0]).len(),
-        2,
-        "shim and qemu: {:?}",
-        world.processes_of(&kvm[0])
-    );
+    assert_eq!(world.processes_of(&kvm[0]).len(), 2, "shim and qemu: {:?}", world.processes_of(&kvm[0]));
     assert_eq!(world.instances().len(), 3, "{}", world.agent_log());
 }

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::qmp::Qmp;
 use super::{
-    Backend, BackendError, Capabilities, ConsoleStream, Ended, Fingerprint, Handle, Inspection,
-    Launch, Recovered, StopOutcome, shimmed,
+    Backend, BackendError, Capabilities, ConsoleStream, Ended, Fingerprint, Handle, Inspection, Launch, Recovered,
+    StopOutcome, shimmed,
 };
 use crate::supervisor::client::{Payload, ShimLauncher};
 use crate::supervisor::protocol::{ShimInfo, ShimPaths};
@@ -50,11 +50,7 @@ struct KvmHandle {
 
 impl KvmBackend {
     pub fn new(launcher: ShimLauncher) -> Self {
-        Self {
-            launcher,
-            qemu: "qemu-system-x86_64".into(),
-            kvm_device: "/dev/kvm".into(),
-        }
+        Self { launcher, qemu: "qemu-system-x86_64".into(), kvm_device: "/dev/kvm".into() }
     }
 
     /// Uses another `/dev/kvm` path (tests point it at a missing file to see the TCG fallback).
@@ -73,9 +69,7 @@ impl KvmBackend {
             (Accelerator::Kvm | Accelerator::Auto, None) => Ok("kvm"),
             (Accelerator::Kvm, Some(reason)) => Err(BackendError::Unavailable {
                 target: TARGET,
-                reason: format!(
-                    "accelerator = \"kvm\" was asked for, but {reason}; use \"auto\" or \"tcg\""
-                ),
+                reason: format!("accelerator = \"kvm\" was asked for, but {reason}; use \"auto\" or \"tcg\""),
             }),
         }
     }
@@ -116,24 +110,14 @@ impl KvmBackend {
             "-device".into(),
             "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
             "-qmp".into(),
-            format!(
-                "unix:{},server=on,wait=off",
-                Self::qmp_socket(launch).display()
-            )
-            .into(),
+            format!("unix:{},server=on,wait=off", Self::qmp_socket(launch).display()).into(),
         ]
         .into();
         for (index, file) in launch.files.iter().enumerate() {
             // snapshot=on: guest writes go to a throwaway overlay, the image is never changed
             // (QEMU's IDE disks refuse readonly=on).
             argv.push("-drive".into());
-            argv.push(
-                format!(
-                    "file={},format=raw,if=ide,index={index},snapshot=on",
-                    escape_drive_path(file)
-                )
-                .into(),
-            );
+            argv.push(format!("file={},format=raw,if=ide,index={index},snapshot=on", escape_drive_path(file)).into());
         }
         Ok(argv)
     }
@@ -141,10 +125,7 @@ impl KvmBackend {
     async fn qmp(launch: &Launch) -> Result<Qmp, BackendError> {
         Qmp::connect(&Self::qmp_socket(launch))
             .await
-            .map_err(|e| BackendError::Failed {
-                target: TARGET,
-                message: format!("QMP: {e}"),
-            })
+            .map_err(|e| BackendError::Failed { target: TARGET, message: format!("QMP: {e}") })
     }
 
     /// Waits for QEMU to open QMP; if it dies instead, its stderr says why.
@@ -159,17 +140,9 @@ impl KvmBackend {
                 crate::supervisor::client::RunState::Running(_)
             );
             if exited || tokio::time::Instant::now() >= deadline {
-                let stderr = std::fs::read_to_string(ShimPaths::new(&launch.dir).stderr_log())
-                    .unwrap_or_default();
-                let why = if exited {
-                    "QEMU exited"
-                } else {
-                    "QEMU did not open QMP in time"
-                };
-                return Err(BackendError::Failed {
-                    target: TARGET,
-                    message: format!("{why}: {}", stderr.trim()),
-                });
+                let stderr = std::fs::read_to_string(ShimPaths::new(&launch.dir).stderr_log()).unwrap_or_default();
+                let why = if exited { "QEMU exited" } else { "QEMU did not open QMP in time" };
+                return Err(BackendError::Failed { target: TARGET, message: format!("{why}: {}", stderr.trim()) });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -183,24 +156,14 @@ fn escape_drive_path(path: &Path) -> String {
 
 /// Why KVM cannot be used here, or `None` if it can.
 fn kvm_unusable_reason(device: &Path) -> Option<String> {
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(device)
-    {
+    let file = match std::fs::OpenOptions::new().read(true).write(true).open(device) {
         Ok(file) => file,
         Err(e) => return Some(format!("{} cannot be opened ({e})", device.display())),
     };
     match kvm_api_version(&file) {
         Ok(12) => None,
-        Ok(version) => Some(format!(
-            "{} speaks KVM API {version}, not 12",
-            device.display()
-        )),
-        Err(e) => Some(format!(
-            "{} does not answer KVM_GET_API_VERSION ({e})",
-            device.display()
-        )),
+        Ok(version) => Some(format!("{} speaks KVM API {version}, not 12", device.display())),
+        Err(e) => Some(format!("{} does not answer KVM_GET_API_VERSION ({e})", device.display())),
     }
 }
 
@@ -215,17 +178,10 @@ fn kvm_api_version(file: &std::fs::File) -> nix::Result<i32> {
 }
 
 async fn qemu_version(qemu: &Path) -> Option<String> {
-    let output = tokio::process::Command::new(qemu)
-        .arg("--version")
-        .output()
-        .await
-        .ok()?;
+    let output = tokio::process::Command::new(qemu).arg("--version").output().await.ok()?;
     let text = String::from_utf8_lossy(&output.stdout);
     // "QEMU emulator version 7.2.22 (Debian ...)"
-    text.split_whitespace()
-        .skip_while(|w| *w != "version")
-        .nth(1)
-        .map(str::to_owned)
+    text.split_whitespace().skip_while(|w| *w != "version").nth(1).map(str::to_owned)
 }
 
 #[async_trait]
@@ -239,10 +195,7 @@ impl Backend for KvmBackend {
         let Some(version) = qemu_version(&self.qemu).await else {
             return Fingerprint {
                 target: TARGET,
-                unavailable: Some(format!(
-                    "{} was not found; install qemu-system-x86",
-                    self.qemu.display()
-                )),
+                unavailable: Some(format!("{} was not found; install qemu-system-x86", self.qemu.display())),
                 attributes,
             };
         };
@@ -256,36 +209,20 @@ impl Backend for KvmBackend {
                 attributes.insert("kvm".into(), reason);
             }
         }
-        Fingerprint {
-            target: TARGET,
-            unavailable: None,
-            attributes,
-        }
+        Fingerprint { target: TARGET, unavailable: None, attributes }
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            graceful_stop: true,
-            recover: true,
-            enforces_resources: true,
-        }
+        Capabilities { graceful_stop: true, recover: true, enforces_resources: true }
     }
 
     async fn start(&self, launch: &Launch) -> Result<Handle, BackendError> {
         let accelerator = self.accelerator(launch.spec.run.accelerator)?;
         let argv = self.qemu_argv(launch, accelerator)?;
         let _ = std::fs::remove_file(Self::qmp_socket(launch));
-        let payload = Payload {
-            dir: launch.dir.clone(),
-            argv,
-            env: Vec::new(),
-            stderr: StderrTo::Log,
-        };
+        let payload = Payload { dir: launch.dir.clone(), argv, env: Vec::new(), stderr: StderrTo::Log };
         let shim = self.launcher.spawn(&payload).await?;
-        let handle = Handle::encode(&KvmHandle {
-            shim,
-            accelerator: accelerator.to_owned(),
-        });
+        let handle = Handle::encode(&KvmHandle { shim, accelerator: accelerator.to_owned() });
         if let Err(error) = self.wait_until_ready(launch).await {
             let _ = shimmed::kill(TARGET, &shim, Signal::SIGKILL);
             return Err(error);
@@ -293,18 +230,12 @@ impl Backend for KvmBackend {
         Ok(handle)
     }
 
-    async fn recover(
-        &self,
-        launch: &Launch,
-        handle: Option<&Handle>,
-    ) -> Result<Recovered, BackendError> {
+    async fn recover(&self, launch: &Launch, handle: Option<&Handle>) -> Result<Recovered, BackendError> {
         let accelerator = match handle {
             Some(handle) => handle.decode::<KvmHandle>(TARGET)?.accelerator,
             None => "unknown".to_owned(),
         };
-        Ok(shimmed::recover(launch, |shim| {
-            Handle::encode(&KvmHandle { shim, accelerator })
-        }))
+        Ok(shimmed::recover(launch, |shim| Handle::encode(&KvmHandle { shim, accelerator })))
     }
 
     async fn console(&self, launch: &Launch, from: u64) -> Result<ConsoleStream, BackendError> {
@@ -315,12 +246,7 @@ impl Backend for KvmBackend {
         shimmed::wait(launch).await
     }
 
-    async fn stop(
-        &self,
-        launch: &Launch,
-        handle: &Handle,
-        timeout: Duration,
-    ) -> Result<StopOutcome, BackendError> {
+    async fn stop(&self, launch: &Launch, handle: &Handle, timeout: Duration) -> Result<StopOutcome, BackendError> {
         let KvmHandle { shim, .. } = handle.decode(TARGET)?;
         if let Ok(mut qmp) = Self::qmp(launch).await {
             let _ = qmp.execute("system_powerdown").await;
@@ -351,10 +277,7 @@ impl Backend for KvmBackend {
         };
         Ok(Inspection {
             running: shim.payload.is_alive() && status == "running",
-            detail: format!(
-                "qemu pid {}, accel {accelerator}, status {status}",
-                shim.payload.pid
-            ),
+            detail: format!("qemu pid {}, accel {accelerator}, status {status}", shim.payload.pid),
         })
     }
 

@@ -70,10 +70,7 @@ impl Handle {
     }
 
     fn decode<T: serde::de::DeserializeOwned>(&self, target: Target) -> Result<T, BackendError> {
-        serde_json::from_value(self.0.clone()).map_err(|e| BackendError::BadHandle {
-            target,
-            reason: e.to_string(),
-        })
+        serde_json::from_value(self.0.clone()).map_err(|e| BackendError::BadHandle { target, reason: e.to_string() })
     }
 }
 
@@ -114,10 +111,7 @@ pub enum BackendError {
     #[error("the {target} backend is not available on this host: {reason}")]
     Unavailable { target: Target, reason: String },
     #[error("the {target} backend does not support {operation}")]
-    Unsupported {
-        target: Target,
-        operation: &'static str,
-    },
+    Unsupported { target: Target, operation: &'static str },
     #[error("{target}: the instance's handle is unreadable: {reason}")]
     BadHandle { target: Target, reason: String },
     #[error("{target}: {message}")]
@@ -146,11 +140,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Finds the instance again after an agent restart. `handle` is what `start` returned, or
     /// `None` if the agent died before it could persist it.
-    async fn recover(
-        &self,
-        launch: &Launch,
-        handle: Option<&Handle>,
-    ) -> Result<Recovered, BackendError>;
+    async fn recover(&self, launch: &Launch, handle: Option<&Handle>) -> Result<Recovered, BackendError>;
 
     /// Console output of the current run from stream offset `from` on (or the oldest kept);
     /// the stream ends when the run ends. For a run that already ended, what it last printed.
@@ -160,12 +150,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     async fn wait(&self, launch: &Launch) -> Ended;
 
     /// Asks the instance to shut down; forces it off after `timeout`. Returns once it ended.
-    async fn stop(
-        &self,
-        launch: &Launch,
-        handle: &Handle,
-        timeout: Duration,
-    ) -> Result<StopOutcome, BackendError>;
+    async fn stop(&self, launch: &Launch, handle: &Handle, timeout: Duration) -> Result<StopOutcome, BackendError>;
 
     async fn inspect(&self, launch: &Launch, handle: &Handle) -> Result<Inspection, BackendError>;
 

@@ -22,10 +22,7 @@ pub enum QmpError {
     #[error("QMP sent something that is not JSON")]
     Malformed(#[from] serde_json::Error),
     #[error("QMP refused `{command}`: {description}")]
-    Refused {
-        command: String,
-        description: String,
-    },
+    Refused { command: String, description: String },
 }
 
 #[derive(Debug)]
@@ -39,10 +36,7 @@ impl Qmp {
     pub async fn connect(socket: &Path) -> Result<Self, QmpError> {
         let stream = UnixStream::connect(socket).await?;
         let (read, writer) = stream.into_split();
-        let mut qmp = Self {
-            reader: BufReader::new(read),
-            writer,
-        };
+        let mut qmp = Self { reader: BufReader::new(read), writer };
         let greeting = qmp.read_message().await?;
         if greeting.get("QMP").is_none() {
             return Err(QmpError::Closed);
@@ -63,14 +57,8 @@ impl Qmp {
                     return Ok(value.clone());
                 }
                 if let Some(error) = message.get("error") {
-                    let description = error
-                        .get("desc")
-                        .and_then(Value::as_str)
-                        .unwrap_or("unknown error");
-                    return Err(QmpError::Refused {
-                        command: command.to_owned(),
-                        description: description.to_owned(),
-                    });
+                    let description = error.get("desc").and_then(Value::as_str).unwrap_or("unknown error");
+                    return Err(QmpError::Refused { command: command.to_owned(), description: description.to_owned() });
                 }
                 // Anything else is an asynchronous event; skip it.
             }

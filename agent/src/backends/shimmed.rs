@@ -33,10 +33,7 @@ pub async fn console(launch: &Launch, from: u64) -> ConsoleStream {
         // The shim is gone: what the run printed last is in its console tail.
         let paths = ShimPaths::new(&launch.dir);
         let tail = std::fs::read(paths.console_tail()).unwrap_or_default();
-        let frames = (!tail.is_empty()).then_some(ConsoleFrame {
-            offset: 0,
-            data: tail,
-        });
+        let frames = (!tail.is_empty()).then_some(ConsoleFrame { offset: 0, data: tail });
         return futures::stream::iter(frames).boxed();
     };
     futures::stream::unfold(reader, |mut reader| async move {
@@ -52,16 +49,10 @@ pub async fn wait(launch: &Launch) -> Ended {
 
 /// Waits up to `timeout` for the payload to end; true if it did.
 pub async fn ended_within(launch: &Launch, timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, client::wait(&launch.dir))
-        .await
-        .is_ok()
+    tokio::time::timeout(timeout, client::wait(&launch.dir)).await.is_ok()
 }
 
-pub fn kill(
-    target: Target,
-    info: &ShimInfo,
-    signal: nix::sys::signal::Signal,
-) -> Result<(), BackendError> {
+pub fn kill(target: Target, info: &ShimInfo, signal: nix::sys::signal::Signal) -> Result<(), BackendError> {
     if !info.payload.is_alive() {
         return Ok(());
     }
@@ -80,11 +71,7 @@ pub fn destroy(target: Target, launch: &Launch) -> Result<(), BackendError> {
     for path in [paths.console_socket(), paths.info()] {
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(BackendError::Io {
-                    target,
-                    action: format!("remove {}", path.display()),
-                    source: e,
-                });
+                return Err(BackendError::Io { target, action: format!("remove {}", path.display()), source: e });
             }
             _ => {}
         }

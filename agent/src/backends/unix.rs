@@ -18,8 +18,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use super::{
-    Backend, BackendError, Capabilities, ConsoleStream, Ended, Fingerprint, Handle, Inspection,
-    Launch, Recovered, StopOutcome, shimmed,
+    Backend, BackendError, Capabilities, ConsoleStream, Ended, Fingerprint, Handle, Inspection, Launch, Recovered,
+    StopOutcome, shimmed,
 };
 use crate::supervisor::client::{Payload, ShimLauncher};
 use crate::supervisor::protocol::ShimInfo;
@@ -70,55 +70,30 @@ impl Backend for UnixBackend {
             attributes.insert("kernel".into(), release.trim().to_owned());
         }
         attributes.insert("arch".into(), std::env::consts::ARCH.into());
-        Fingerprint {
-            target: TARGET,
-            unavailable: None,
-            attributes,
-        }
+        Fingerprint { target: TARGET, unavailable: None, attributes }
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            graceful_stop: true,
-            recover: true,
-            enforces_resources: false,
-        }
+        Capabilities { graceful_stop: true, recover: true, enforces_resources: false }
     }
 
     async fn start(&self, launch: &Launch) -> Result<Handle, BackendError> {
         let mut argv: Vec<OsString> = vec![launch.artifact.clone().into()];
         argv.extend(launch.spec.run.boot_args.iter().map(OsString::from));
         let mut env = vec![
-            (
-                "MIRARI_INSTANCE_ID".to_owned(),
-                launch.id.to_string().into(),
-            ),
-            (
-                "MIRARI_CONTROL".to_owned(),
-                Self::control_socket(launch).into(),
-            ),
+            ("MIRARI_INSTANCE_ID".to_owned(), launch.id.to_string().into()),
+            ("MIRARI_CONTROL".to_owned(), Self::control_socket(launch).into()),
         ];
         for (index, file) in launch.files.iter().enumerate() {
             env.push((format!("MIRARI_BLOCK_{index}"), file.clone().into()));
         }
-        let payload = Payload {
-            dir: launch.dir.clone(),
-            argv,
-            env,
-            stderr: StderrTo::Console,
-        };
+        let payload = Payload { dir: launch.dir.clone(), argv, env, stderr: StderrTo::Console };
         let shim = self.launcher.spawn(&payload).await?;
         Ok(Handle::encode(&UnixHandle { shim }))
     }
 
-    async fn recover(
-        &self,
-        launch: &Launch,
-        _handle: Option<&Handle>,
-    ) -> Result<Recovered, BackendError> {
-        Ok(shimmed::recover(launch, |shim| {
-            Handle::encode(&UnixHandle { shim })
-        }))
+    async fn recover(&self, launch: &Launch, _handle: Option<&Handle>) -> Result<Recovered, BackendError> {
+        Ok(shimmed::recover(launch, |shim| Handle::encode(&UnixHandle { shim })))
     }
 
     async fn console(&self, launch: &Launch, from: u64) -> Result<ConsoleStream, BackendError> {
@@ -129,12 +104,7 @@ impl Backend for UnixBackend {
         shimmed::wait(launch).await
     }
 
-    async fn stop(
-        &self,
-        launch: &Launch,
-        handle: &Handle,
-        timeout: Duration,
-    ) -> Result<StopOutcome, BackendError> {
+    async fn stop(&self, launch: &Launch, handle: &Handle, timeout: Duration) -> Result<StopOutcome, BackendError> {
         let UnixHandle { shim } = handle.decode(TARGET)?;
         if !Self::ask_over_control_socket(launch).await {
             shimmed::kill(TARGET, &shim, Signal::SIGTERM)?;
@@ -149,10 +119,7 @@ impl Backend for UnixBackend {
 
     async fn inspect(&self, _launch: &Launch, handle: &Handle) -> Result<Inspection, BackendError> {
         let UnixHandle { shim } = handle.decode(TARGET)?;
-        Ok(Inspection {
-            running: shim.payload.is_alive(),
-            detail: format!("pid {}", shim.payload.pid),
-        })
+        Ok(Inspection { running: shim.payload.is_alive(), detail: format!("pid {}", shim.payload.pid) })
     }
 
     async fn destroy(&self, launch: &Launch) -> Result<(), BackendError> {

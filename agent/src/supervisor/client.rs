@@ -58,10 +58,7 @@ impl ShimLauncher {
     /// Starts a shim for `payload` and returns once the payload runs.
     pub async fn spawn(&self, payload: &Payload) -> Result<ShimInfo, SupervisorError> {
         let paths = ShimPaths::new(&payload.dir);
-        let dir_error = |source| SupervisorError::Dir {
-            dir: payload.dir.clone(),
-            source,
-        };
+        let dir_error = |source| SupervisorError::Dir { dir: payload.dir.clone(), source };
         std::fs::create_dir_all(&payload.dir).map_err(dir_error)?;
         paths.clear_run_files().map_err(dir_error)?;
         let shim_log_path = payload.dir.join("shim.log");
@@ -87,10 +84,7 @@ impl ShimLauncher {
             // Its own process group: signals meant for the agent's group do not reach it.
             .process_group(0)
             .spawn()
-            .map_err(|source| SupervisorError::Spawn {
-                program: self.program.clone(),
-                source,
-            })?;
+            .map_err(|source| SupervisorError::Spawn { program: self.program.clone(), source })?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut line = String::new();
         let read = timeout(SPAWN_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
@@ -98,10 +92,7 @@ impl ShimLauncher {
         tokio::spawn(async move { child.wait().await });
         match (read, serde_json::from_str::<ShimInfo>(line.trim())) {
             (Ok(Ok(_)), Ok(info)) => Ok(info),
-            (Err(_), _) => Err(SupervisorError::ShimFailed(format!(
-                "no report within {}s",
-                SPAWN_TIMEOUT.as_secs()
-            ))),
+            (Err(_), _) => Err(SupervisorError::ShimFailed(format!("no report within {}s", SPAWN_TIMEOUT.as_secs()))),
             _ => {
                 let log = std::fs::read_to_string(&shim_log_path).unwrap_or_default();
                 Err(SupervisorError::ShimFailed(chain_text(&log)))
@@ -112,12 +103,7 @@ impl ShimLauncher {
 
 /// The last line a failed shim logged, which holds its error chain.
 fn chain_text(log: &str) -> String {
-    log.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("it exited without a word")
-        .trim()
-        .to_owned()
+    log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("it exited without a word").trim().to_owned()
 }
 
 /// Where a supervised payload is now.
@@ -169,13 +155,8 @@ pub struct ConsoleReader {
 impl ConsoleReader {
     /// Connects and asks for output from `offset` on. `None` if the shim is gone.
     pub async fn connect(dir: &Path, offset: u64) -> Option<Self> {
-        let mut stream = UnixStream::connect(ShimPaths::new(dir).console_socket())
-            .await
-            .ok()?;
-        stream
-            .write_all(format!("console {offset}\n").as_bytes())
-            .await
-            .ok()?;
+        let mut stream = UnixStream::connect(ShimPaths::new(dir).console_socket()).await.ok()?;
+        stream.write_all(format!("console {offset}\n").as_bytes()).await.ok()?;
         Some(Self { stream })
     }
 
@@ -191,10 +172,7 @@ impl ConsoleReader {
         let offset = u64::from_le_bytes(offset.try_into().expect("8 bytes"));
         let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
         if len > MAX_FRAME {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("frame of {len} bytes"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
         }
         let mut data = vec![0u8; len];
         self.stream.read_exact(&mut data).await?;

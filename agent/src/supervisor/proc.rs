@@ -49,14 +49,8 @@ mod tests {
     fn identifies_this_process_and_not_dead_ones() {
         let me = ProcessId::of(std::process::id()).expect("own stat readable");
         assert!(me.is_alive());
-        let impostor = ProcessId {
-            start_ticks: me.start_ticks + 1,
-            ..me
-        };
-        assert!(
-            !impostor.is_alive(),
-            "a different start time is a different process"
-        );
+        let impostor = ProcessId { start_ticks: me.start_ticks + 1, ..me };
+        assert!(!impostor.is_alive(), "a different start time is a different process");
 
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();

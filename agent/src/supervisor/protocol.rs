@@ -43,9 +43,7 @@ pub struct ShimPaths {
 
 impl ShimPaths {
     pub fn new(dir: &Path) -> Self {
-        Self {
-            dir: dir.to_owned(),
-        }
+        Self { dir: dir.to_owned() }
     }
     pub fn info(&self) -> PathBuf {
         self.dir.join("shim.json")
@@ -65,13 +63,7 @@ impl ShimPaths {
 
     /// Removes what a previous run left, before a new run starts in the same directory.
     pub fn clear_run_files(&self) -> io::Result<()> {
-        for path in [
-            self.info(),
-            self.exit(),
-            self.console_tail(),
-            self.stderr_log(),
-            self.console_socket(),
-        ] {
+        for path in [self.info(), self.exit(), self.console_tail(), self.stderr_log(), self.console_socket()] {
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}

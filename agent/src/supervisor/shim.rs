@@ -72,10 +72,8 @@ fn failed(action: impl Into<String>) -> impl FnOnce(io::Error) -> ShimError {
 
 /// Runs the shim until the payload has ended and its exit is recorded.
 pub fn run(args: ShimArgs) -> Result<(), ShimError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(failed("start the runtime"))?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(failed("start the runtime"))?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, supervise(args))
 }
@@ -84,8 +82,7 @@ async fn supervise(args: ShimArgs) -> Result<(), ShimError> {
     let paths = ShimPaths::new(&args.dir);
     let socket = paths.console_socket();
     let _ = fs::remove_file(&socket);
-    let listener =
-        UnixListener::bind(&socket).map_err(failed(format!("listen on {}", socket.display())))?;
+    let listener = UnixListener::bind(&socket).map_err(failed(format!("listen on {}", socket.display())))?;
 
     let (program, program_args) = args.command.split_first().expect("clap requires a command");
     let mut command = Command::new(program);
@@ -96,18 +93,12 @@ async fn supervise(args: ShimArgs) -> Result<(), ShimError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     die_with_this_thread(&mut command);
-    let mut child = command
-        .spawn()
-        .map_err(failed(format!("start {}", program.to_string_lossy())))?;
+    let mut child = command.spawn().map_err(failed(format!("start {}", program.to_string_lossy())))?;
 
     let identify = |pid: Option<u32>| {
-        pid.and_then(ProcessId::of)
-            .ok_or_else(|| failed("identify the processes")(io::ErrorKind::NotFound.into()))
+        pid.and_then(ProcessId::of).ok_or_else(|| failed("identify the processes")(io::ErrorKind::NotFound.into()))
     };
-    let info = ShimInfo {
-        shim: identify(Some(std::process::id()))?,
-        payload: identify(child.id())?,
-    };
+    let info = ShimInfo { shim: identify(Some(std::process::id()))?, payload: identify(child.id())? };
     let json = serde_json::to_vec(&info).expect("shim info serializes");
     write_atomically(&paths.info(), &json).map_err(failed("write shim.json"))?;
     // The agent waits for this line, then stops reading our stdout.
@@ -136,10 +127,7 @@ async fn supervise(args: ShimArgs) -> Result<(), ShimError> {
     };
     let tail = console.borrow().contents();
     write_atomically(&paths.console_tail(), &tail).map_err(failed("write console.tail"))?;
-    let record = ExitRecord {
-        status,
-        at_ms: now_ms(),
-    };
+    let record = ExitRecord { status, at_ms: now_ms() };
     let json = serde_json::to_vec(&record).expect("exit record serializes");
     write_atomically(&paths.exit(), &json).map_err(failed("write exit.json"))?;
 
@@ -156,18 +144,11 @@ fn die_with_this_thread(command: &mut Command) {
     // SAFETY: the closure runs in the forked child before exec; it only calls prctl(2), which
     // is async-signal-safe, and allocates nothing.
     unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(io::Error::from)
-        });
+        command.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from));
     }
 }
 
-async fn pump_console(
-    mut pipe: impl AsyncRead + Unpin,
-    console: Rc<RefCell<ByteRing>>,
-    end: watch::Sender<u64>,
-) {
+async fn pump_console(mut pipe: impl AsyncRead + Unpin, console: Rc<RefCell<ByteRing>>, end: watch::Sender<u64>) {
     let mut buffer = vec![0u8; 16 * 1024];
     while let Ok(n @ 1..) = pipe.read(&mut buffer).await {
         let mut ring = console.borrow_mut();
@@ -222,12 +203,9 @@ async fn serve_client(
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut request = String::new();
-    timeout(
-        Duration::from_secs(5),
-        BufReader::new(read).read_line(&mut request),
-    )
-    .await
-    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    timeout(Duration::from_secs(5), BufReader::new(read).read_line(&mut request))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
     let mut next: u64 = request
         .strip_prefix("console ")
         .and_then(|offset| offset.trim().parse().ok())

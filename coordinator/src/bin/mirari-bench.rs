@@ -54,14 +54,9 @@ enum BenchCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        BenchCommand::Raft {
-            coordinators,
-            clients,
-            duration,
-            acked_file,
-            prefix,
-            json,
-        } => raft(coordinators, clients, duration, acked_file, prefix, json).await,
+        BenchCommand::Raft { coordinators, clients, duration, acked_file, prefix, json } => {
+            raft(coordinators, clients, duration, acked_file, prefix, json).await
+        }
     }
 }
 
@@ -88,12 +83,7 @@ impl Client {
                     .map(CoordinatorClient::new);
             }
             if let Some(connection) = self.connection.as_mut() {
-                match connection
-                    .propose(ProposeRequest {
-                        entry: entry.clone(),
-                    })
-                    .await
-                {
+                match connection.propose(ProposeRequest { entry: entry.clone() }).await {
                     Ok(response) if response.get_ref().rejected.is_empty() => return Some(retries),
                     Ok(_) | Err(_) => {}
                 }
@@ -130,11 +120,7 @@ async fn raft(
     let stop_at = started + duration;
     let mut tasks = Vec::new();
     for client_index in 0..clients {
-        let mut client = Client {
-            coordinators: coordinators.clone(),
-            current: client_index,
-            connection: None,
-        };
+        let mut client = Client { coordinators: coordinators.clone(), current: client_index, connection: None };
         let acked = acked.clone();
         let prefix = prefix.clone();
         tasks.push(tokio::spawn(async move {
@@ -144,16 +130,11 @@ async fn raft(
             while Instant::now() < stop_at {
                 seq += 1;
                 let name = format!("{prefix}-{client_index}-{seq}");
-                let request = Request {
-                    request_id: name.clone(),
-                    command: Command::RegisterHost { host: host(&name) },
-                };
+                let request =
+                    Request { request_id: name.clone(), command: Command::RegisterHost { host: host(&name) } };
                 let sent = Instant::now();
                 // A write in flight when time is up may still finish: give it a grace period.
-                match client
-                    .write(&request, stop_at + Duration::from_secs(30))
-                    .await
-                {
+                match client.write(&request, stop_at + Duration::from_secs(30)).await {
                     Some(attempts) => {
                         latencies.push(sent.elapsed());
                         retries += u64::from(attempts);
@@ -187,10 +168,7 @@ async fn raft(
         ("clients", clients as f64),
         ("writes", latencies.len() as f64),
         ("seconds", elapsed.as_secs_f64()),
-        (
-            "writes_per_second",
-            latencies.len() as f64 / elapsed.as_secs_f64(),
-        ),
+        ("writes_per_second", latencies.len() as f64 / elapsed.as_secs_f64()),
         ("p50_ms", percentile(0.50)),
         ("p99_ms", percentile(0.99)),
         ("retries", retries as f64),
@@ -200,12 +178,7 @@ async fn raft(
     } else {
         println!(
             "clients {:>4}  writes {:>7}  {:>8.0} writes/s  p50 {:>7.2} ms  p99 {:>7.2} ms  retries {}",
-            clients,
-            report["writes"],
-            report["writes_per_second"],
-            report["p50_ms"],
-            report["p99_ms"],
-            retries
+            clients, report["writes"], report["writes_per_second"], report["p50_ms"], report["p99_ms"], retries
         );
     }
     Ok(())
@@ -216,11 +189,7 @@ fn host(name: &str) -> Host {
         id: HostId(name.to_owned()),
         address: format!("{name}.bench.invalid:7070"),
         backends: [Target::Unix].into(),
-        capacity: Resources {
-            memory_mib: 1024,
-            vcpus: 2,
-            instances: 8,
-        },
+        capacity: Resources { memory_mib: 1024, vcpus: 2, instances: 8 },
         labels: BTreeMap::new(),
         status: HostStatus::Up,
         registered_at_ms: 0,

@@ -11,9 +11,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use mirari_core::registry::{ApplyResult, Outcome, Rejection, Request};
 use protobuf::Message as _;
-use raft::eraftpb::{
-    ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
-};
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, ReadState, StateRole};
 
 use super::machine::Machine;
@@ -118,20 +116,14 @@ impl<B: Backing> Node<B> {
     /// Makes `log` the start of a new cluster of `members` (ID -> address), if it is empty.
     /// Returns whether it did. Bootstrapping is explicit: a node never starts a cluster by
     /// accident; others join through membership changes.
-    pub fn bootstrap(
-        log: &RaftLog<B>,
-        members: &BTreeMap<u64, String>,
-    ) -> Result<bool, StoreError> {
+    pub fn bootstrap(log: &RaftLog<B>, members: &BTreeMap<u64, String>) -> Result<bool, StoreError> {
         {
             let state = log.read();
             if state.last_index() > 0 || !state.conf_state.voters.is_empty() {
                 return Ok(false);
             }
         }
-        let machine = Machine {
-            members: members.clone(),
-            ..Machine::default()
-        };
+        let machine = Machine { members: members.clone(), ..Machine::default() };
         let mut snapshot = Snapshot::default();
         let meta = snapshot.mut_metadata();
         meta.index = 1;
@@ -143,11 +135,7 @@ impl<B: Backing> Node<B> {
     }
 
     /// Starts the node from whatever the log holds (its latest snapshot, then its entries).
-    pub fn new(
-        config: NodeConfig,
-        log: RaftLog<B>,
-        logger: &slog::Logger,
-    ) -> Result<Self, NodeError> {
+    pub fn new(config: NodeConfig, log: RaftLog<B>, logger: &slog::Logger) -> Result<Self, NodeError> {
         let snapshot = log.read().snapshot.clone();
         let machine = if snapshot.data.is_empty() {
             Machine::default()
@@ -168,13 +156,7 @@ impl<B: Backing> Node<B> {
             ..raft::Config::default()
         };
         let raw = RawNode::new(&raft_config, log.clone(), logger)?;
-        Ok(Self {
-            raw,
-            log,
-            machine: Arc::new(RwLock::new(machine)),
-            config,
-            snapshot_due: false,
-        })
+        Ok(Self { raw, log, machine: Arc::new(RwLock::new(machine)), config, snapshot_due: false })
     }
 
     pub fn id(&self) -> u64 {
@@ -261,9 +243,7 @@ impl<B: Backing> Node<B> {
     }
 
     fn not_leader(&self) -> NotLeader {
-        NotLeader {
-            leader: self.leader(),
-        }
+        NotLeader { leader: self.leader() }
     }
 
     pub fn propose(&mut self, request: &Request) -> Result<(), NotLeader> {
@@ -271,25 +251,17 @@ impl<B: Backing> Node<B> {
             return Err(self.not_leader());
         }
         let data = mirari_proto::log_codec::encode(request);
-        self.raw
-            .propose(Vec::new(), data)
-            .map_err(|_| self.not_leader())
+        self.raw.propose(Vec::new(), data).map_err(|_| self.not_leader())
     }
 
     /// Proposes a membership change; it takes effect when applied. `request_id` comes back in
     /// [`Output::applied`].
-    pub fn propose_membership(
-        &mut self,
-        request_id: &str,
-        change: &MembershipChange,
-    ) -> Result<(), NotLeader> {
+    pub fn propose_membership(&mut self, request_id: &str, change: &MembershipChange) -> Result<(), NotLeader> {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
         let (change_type, node_id, address) = match change {
-            MembershipChange::Add { id, address } => {
-                (ConfChangeType::AddNode, *id, address.as_str())
-            }
+            MembershipChange::Add { id, address } => (ConfChangeType::AddNode, *id, address.as_str()),
             MembershipChange::Remove { id } => (ConfChangeType::RemoveNode, *id, ""),
         };
         let mut single = ConfChangeSingle::default();
@@ -298,9 +270,7 @@ impl<B: Backing> Node<B> {
         let mut cc = ConfChangeV2::default();
         cc.mut_changes().push(single);
         cc.context = address.as_bytes().to_vec().into();
-        self.raw
-            .propose_conf_change(request_id.as_bytes().to_vec(), cc)
-            .map_err(|_| self.not_leader())
+        self.raw.propose_conf_change(request_id.as_bytes().to_vec(), cc).map_err(|_| self.not_leader())
     }
 
     /// Starts a linearizable read; its [`ReadState`] comes back in a later [`Output`].
@@ -315,11 +285,7 @@ impl<B: Backing> Node<B> {
 
     /// Tells raft whether a snapshot sent to `peer` arrived.
     pub fn report_snapshot(&mut self, peer: u64, delivered: bool) {
-        let status = if delivered {
-            raft::SnapshotStatus::Finish
-        } else {
-            raft::SnapshotStatus::Failure
-        };
+        let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
         self.raw.report_snapshot(peer, status);
     }
 
@@ -359,32 +325,18 @@ impl<B: Backing> Node<B> {
         for entry in entries {
             let index = entry.index;
             match entry.get_entry_type() {
-                EntryType::EntryNormal if entry.data.is_empty() => {
-                    self.machine_mut().registry.skip(index)
-                }
+                EntryType::EntryNormal if entry.data.is_empty() => self.machine_mut().registry.skip(index),
                 EntryType::EntryNormal => {
-                    let request = mirari_proto::log_codec::decode(&entry.data).map_err(|e| {
-                        NodeError::Entry {
-                            index,
-                            reason: e.to_string(),
-                        }
-                    })?;
+                    let request = mirari_proto::log_codec::decode(&entry.data)
+                        .map_err(|e| NodeError::Entry { index, reason: e.to_string() })?;
                     let result = self.machine_mut().registry.apply(index, &request);
-                    output.applied.push(Applied {
-                        index,
-                        request_id: request.request_id,
-                        result,
-                    });
+                    output.applied.push(Applied { index, request_id: request.request_id, result });
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     let result = self.apply_membership(&entry);
                     self.machine_mut().registry.skip(index);
                     let request_id = String::from_utf8_lossy(&entry.context).into_owned();
-                    output.applied.push(Applied {
-                        index,
-                        request_id,
-                        result,
-                    });
+                    output.applied.push(Applied { index, request_id, result });
                 }
             }
         }
@@ -393,19 +345,11 @@ impl<B: Backing> Node<B> {
 
     fn apply_membership(&mut self, entry: &Entry) -> ApplyResult {
         if entry.get_entry_type() != EntryType::EntryConfChangeV2 {
-            return Err(Rejection::Invalid(
-                "membership changes are proposed as ConfChangeV2 only".into(),
-            ));
+            return Err(Rejection::Invalid("membership changes are proposed as ConfChangeV2 only".into()));
         }
-        let cc = ConfChangeV2::parse_from_bytes(&entry.data)
-            .map_err(|e| Rejection::Invalid(e.to_string()))?;
-        let conf_state = self
-            .raw
-            .apply_conf_change(&cc)
-            .map_err(|e| Rejection::Invalid(e.to_string()))?;
-        self.log
-            .set_conf_state(&conf_state)
-            .map_err(|e| Rejection::Invalid(e.to_string()))?;
+        let cc = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| Rejection::Invalid(e.to_string()))?;
+        let conf_state = self.raw.apply_conf_change(&cc).map_err(|e| Rejection::Invalid(e.to_string()))?;
+        self.log.set_conf_state(&conf_state).map_err(|e| Rejection::Invalid(e.to_string()))?;
         self.snapshot_due = true;
         let address = String::from_utf8_lossy(&cc.context).into_owned();
         let mut machine = self.machine_mut();
@@ -439,9 +383,7 @@ impl<B: Backing> Node<B> {
         meta.term = term;
         meta.set_conf_state(self.log.read().conf_state.clone());
         snapshot.data = self.machine().encode().into();
-        let compact_to = applied
-            .saturating_sub(self.config.keep_entries)
-            .max(first_index);
+        let compact_to = applied.saturating_sub(self.config.keep_entries).max(first_index);
         self.log.save_snapshot(&snapshot, compact_to)?;
         Ok(())
     }

@@ -41,15 +41,9 @@ impl RedbBacking {
         let display = path.display().to_string();
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)) => {
-                StoreError::Corrupt {
-                    path: display.clone(),
-                    what: format!("redb: {what}"),
-                }
+                StoreError::Corrupt { path: display.clone(), what: format!("redb: {what}") }
             }
-            other => StoreError::Open {
-                path: display.clone(),
-                source: other.into(),
-            },
+            other => StoreError::Open { path: display.clone(), source: other.into() },
         })?;
         let backing = Self { db, path: display };
         let txn = backing.db.begin_write().map_err(db_error)?;
@@ -61,10 +55,7 @@ impl RedbBacking {
     }
 
     fn corrupt(&self, what: String) -> StoreError {
-        StoreError::Corrupt {
-            path: self.path.clone(),
-            what,
-        }
+        StoreError::Corrupt { path: self.path.clone(), what }
     }
 
     fn unseal<'a>(&self, what: &str, sealed: &'a [u8]) -> Result<&'a [u8], StoreError> {
@@ -107,10 +98,7 @@ impl RedbBacking {
             if let Some(last) = state.entries.last()
                 && last.index + 1 != entry.index
             {
-                return Err(self.corrupt(format!(
-                    "the log jumps from entry {} to {}",
-                    last.index, entry.index
-                )));
+                return Err(self.corrupt(format!("the log jumps from entry {} to {}", last.index, entry.index)));
             }
             state.entries.push(entry);
         }
@@ -118,11 +106,7 @@ impl RedbBacking {
         if let Some(first) = state.entries.first()
             && first.index > snapshot_index + 1
         {
-            return Err(self.corrupt(format!(
-                "entries {}..{} are missing",
-                snapshot_index + 1,
-                first.index
-            )));
+            return Err(self.corrupt(format!("entries {}..{} are missing", snapshot_index + 1, first.index)));
         }
         Ok(state)
     }
@@ -134,26 +118,19 @@ impl Backing for RedbBacking {
         {
             let mut entries = txn.open_table(ENTRIES).map_err(db_error)?;
             if let Some(first) = batch.entries.first() {
-                entries
-                    .retain_in(first.index.., |_, _| false)
-                    .map_err(db_error)?;
+                entries.retain_in(first.index.., |_, _| false).map_err(db_error)?;
                 for entry in batch.entries {
                     let bytes = entry.write_to_bytes().expect("raft entries encode");
-                    entries
-                        .insert(entry.index, seal(&bytes).as_slice())
-                        .map_err(db_error)?;
+                    entries.insert(entry.index, seal(&bytes).as_slice()).map_err(db_error)?;
                 }
             }
             if let Some(compact_to) = batch.compact_to {
-                entries
-                    .retain_in(..compact_to, |_, _| false)
-                    .map_err(db_error)?;
+                entries.retain_in(..compact_to, |_, _| false).map_err(db_error)?;
             }
             let mut meta = txn.open_table(META).map_err(db_error)?;
             let mut put = |key: &str, message: &dyn protobuf::Message| -> Result<(), StoreError> {
                 let bytes = message.write_to_bytes().expect("raft state encodes");
-                meta.insert(key, seal(&bytes).as_slice())
-                    .map_err(db_error)?;
+                meta.insert(key, seal(&bytes).as_slice()).map_err(db_error)?;
                 Ok(())
             };
             if let Some(hard_state) = batch.hard_state {

@@ -41,15 +41,11 @@ pub struct LogState {
 
 impl LogState {
     pub fn first_index(&self) -> u64 {
-        self.entries
-            .first()
-            .map_or(self.snapshot.get_metadata().index + 1, |e| e.index)
+        self.entries.first().map_or(self.snapshot.get_metadata().index + 1, |e| e.index)
     }
 
     pub fn last_index(&self) -> u64 {
-        self.entries
-            .last()
-            .map_or(self.snapshot.get_metadata().index, |e| e.index)
+        self.entries.last().map_or(self.snapshot.get_metadata().index, |e| e.index)
     }
 
     fn term(&self, index: u64) -> raft::Result<u64> {
@@ -104,19 +100,13 @@ pub struct RaftLog<B> {
 
 impl<B> Clone for RaftLog<B> {
     fn clone(&self) -> Self {
-        Self {
-            state: self.state.clone(),
-            backing: self.backing.clone(),
-        }
+        Self { state: self.state.clone(), backing: self.backing.clone() }
     }
 }
 
 impl<B: Backing> RaftLog<B> {
     pub fn new(state: LogState, backing: B) -> Self {
-        Self {
-            state: Arc::new(RwLock::new(state)),
-            backing: Arc::new(backing),
-        }
+        Self { state: Arc::new(RwLock::new(state)), backing: Arc::new(backing) }
     }
 
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, LogState> {
@@ -128,19 +118,11 @@ impl<B: Backing> RaftLog<B> {
     }
 
     /// Appends entries (replacing a conflicting suffix) and records the hard state.
-    pub fn persist(
-        &self,
-        entries: &[Entry],
-        hard_state: Option<&HardState>,
-    ) -> Result<(), StoreError> {
+    pub fn persist(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StoreError> {
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
-        self.backing.write(&WriteBatch {
-            entries,
-            hard_state,
-            ..WriteBatch::default()
-        })?;
+        self.backing.write(&WriteBatch { entries, hard_state, ..WriteBatch::default() })?;
         let mut state = self.write_lock();
         if let Some(first) = entries.first() {
             let keep = first.index.saturating_sub(state.first_index()) as usize;
@@ -160,10 +142,7 @@ impl<B: Backing> RaftLog<B> {
     }
 
     pub fn set_conf_state(&self, conf_state: &ConfState) -> Result<(), StoreError> {
-        self.backing.write(&WriteBatch {
-            conf_state: Some(conf_state),
-            ..WriteBatch::default()
-        })?;
+        self.backing.write(&WriteBatch { conf_state: Some(conf_state), ..WriteBatch::default() })?;
         self.write_lock().conf_state = conf_state.clone();
         Ok(())
     }
@@ -208,10 +187,7 @@ impl<B: Backing> RaftLog<B> {
 impl<B: Backing> raft::Storage for RaftLog<B> {
     fn initial_state(&self) -> raft::Result<RaftState> {
         let state = self.read();
-        Ok(RaftState::new(
-            state.hard_state.clone(),
-            state.conf_state.clone(),
-        ))
+        Ok(RaftState::new(state.hard_state.clone(), state.conf_state.clone()))
     }
 
     fn entries(
@@ -260,9 +236,7 @@ impl<B: Backing> raft::Storage for RaftLog<B> {
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let state = self.read();
         if state.snapshot.get_metadata().index < request_index {
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
         Ok(state.snapshot.clone())
     }

@@ -19,21 +19,12 @@ impl Location {
         let start = floor_char_boundary(source, span.start.min(source.len()));
         let end = floor_char_boundary(source, span.end.clamp(start, source.len()));
         let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = source[start..]
-            .find('\n')
-            .map_or(source.len(), |i| start + i);
+        let line_end = source[start..].find('\n').map_or(source.len(), |i| start + i);
         let line = source[..start].matches('\n').count() + 1;
         let column = source[line_start..start].chars().count() + 1;
         let width = source[start..end.min(line_end)].chars().count().max(1);
-        let line_text = source[line_start..line_end]
-            .trim_end_matches('\r')
-            .to_owned();
-        Self {
-            line,
-            column,
-            line_text,
-            width,
-        }
+        let line_text = source[line_start..line_end].trim_end_matches('\r').to_owned();
+        Self { line, column, line_text, width }
     }
 }
 
@@ -55,12 +46,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: &str, location: Location, message: impl Into<String>) -> Self {
-        Self {
-            path: path.to_owned(),
-            location,
-            message: message.into(),
-            help: None,
-        }
+        Self { path: path.to_owned(), location, message: message.into(), help: None }
     }
 
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
@@ -71,22 +57,12 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Location {
-            line,
-            column,
-            line_text,
-            width,
-        } = &self.location;
+        let Location { line, column, line_text, width } = &self.location;
         let gutter = " ".repeat(line.to_string().len());
         writeln!(f, "{}:{line}:{column}: {}", self.path, self.message)?;
         writeln!(f, "{gutter} |")?;
         writeln!(f, "{line} | {line_text}")?;
-        write!(
-            f,
-            "{gutter} | {}{}",
-            " ".repeat(column - 1),
-            "^".repeat(*width)
-        )?;
+        write!(f, "{gutter} | {}{}", " ".repeat(column - 1), "^".repeat(*width))?;
         if let Some(help) = &self.help {
             write!(f, "\n{gutter} = help: {help}")?;
         }
@@ -104,8 +80,8 @@ mod tests {
         let start = source.find("\"hvt\"").unwrap();
         let location = Location::of(source, start..start + 5);
         assert_eq!((location.line, location.column), (3, 12));
-        let error = ConfigError::new("mirari.toml", location, "unknown target `hvt`")
-            .with_help("known targets: unix, kvm");
+        let error =
+            ConfigError::new("mirari.toml", location, "unknown target `hvt`").with_help("known targets: unix, kvm");
         assert_eq!(
             error.to_string(),
             "mirari.toml:3:12: unknown target `hvt`\n  |\n3 | targets = [\"hvt\"]\n  |            ^^^^^\n  = help: known targets: unix, kvm"

@@ -72,16 +72,9 @@ pub struct Requirements {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetBuild {
     /// Shell commands run in the app directory, and the file they produce.
-    Command {
-        configure: Option<String>,
-        build: String,
-        artifact: String,
-    },
+    Command { configure: Option<String>, build: String, artifact: String },
     /// `mirage configure -t <mirage_target>`, then `make`; the artifact lands in `dist/`.
-    Mirage {
-        mirage_target: String,
-        artifact: String,
-    },
+    Mirage { mirage_target: String, artifact: String },
 }
 
 /// A directory of the app baked into a read-only tar image.
@@ -106,15 +99,7 @@ impl AppConfig {
         let builds = cx.builds(&raw.build, &name, &targets, &raw.app.targets)?;
         let files = cx.files(&raw.files)?;
         let run = cx.run(&raw.run)?;
-        Ok(Self {
-            name,
-            version,
-            targets,
-            requires,
-            builds,
-            files,
-            run,
-        })
+        Ok(Self { name, version, targets, requires, builds, files, run })
     }
 }
 
@@ -155,13 +140,11 @@ impl Cx<'_> {
         let valid = !name.is_empty()
             && name.len() <= 63
             && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !valid {
-            return Err(self.error(value.span(), format!("invalid {what} `{name}`")).with_help(
-                "use 1 to 63 lowercase letters, digits and `-`, starting with a letter or digit",
-            ));
+            return Err(self
+                .error(value.span(), format!("invalid {what} `{name}`"))
+                .with_help("use 1 to 63 lowercase letters, digits and `-`, starting with a letter or digit"));
         }
         Ok(name.clone())
     }
@@ -194,18 +177,14 @@ impl Cx<'_> {
                     let word = item.get_ref();
                     let plain = !word.is_empty()
                         && !word.starts_with('-')
-                        && word
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "._+-:=".contains(c));
+                        && word.chars().all(|c| c.is_ascii_alphanumeric() || "._+-:=".contains(c));
                     if plain {
                         Ok(word.clone())
                     } else {
-                        Err(self
-                            .error(item.span(), format!("invalid {what} `{word}`"))
-                            .with_help(
-                                "use a plain name of letters, digits and . _ + - : =, \
+                        Err(self.error(item.span(), format!("invalid {what} `{word}`")).with_help(
+                            "use a plain name of letters, digits and . _ + - : =, \
                              not starting with `-`",
-                            ))
+                        ))
                     }
                 })
                 .collect()
@@ -244,13 +223,8 @@ impl Cx<'_> {
             })?;
             if !targets.contains(&target) {
                 return Err(self
-                    .error(
-                        key.span(),
-                        format!("build section for `{target}`, which [app] targets does not list"),
-                    )
-                    .with_help(format!(
-                        "add \"{target}\" to [app] targets or remove this section"
-                    )));
+                    .error(key.span(), format!("build section for `{target}`, which [app] targets does not list"))
+                    .with_help(format!("add \"{target}\" to [app] targets or remove this section")));
             }
             sections.insert(target, section);
         }
@@ -276,40 +250,21 @@ impl Cx<'_> {
     ) -> Result<TargetBuild, ConfigError> {
         let Some(section) = section else {
             return Err(self
-                .error(
-                    targets_span.span(),
-                    format!("target `{target}` has no build commands"),
-                )
-                .with_help(format!(
-                    "add a [build.targets.{target}] table with `build` and `artifact`"
-                )));
+                .error(targets_span.span(), format!("target `{target}` has no build commands"))
+                .with_help(format!("add a [build.targets.{target}] table with `build` and `artifact`")));
         };
         let inner = section.get_ref();
         if let Some(mirage_target) = &inner.mirage_target {
-            return Err(self.error(
-                mirage_target.span(),
-                "`mirage_target` only applies to driver = \"mirage\"",
-            ));
+            return Err(self.error(mirage_target.span(), "`mirage_target` only applies to driver = \"mirage\""));
         }
         let required = |value: &Option<Spanned<String>>, key: &str| {
-            value
-                .as_ref()
-                .map(|v| self.non_empty(v, key))
-                .transpose()?
-                .ok_or_else(|| {
-                    self.error(
-                        section.span(),
-                        format!("[build.targets.{target}] has no `{key}`"),
-                    )
+            value.as_ref().map(|v| self.non_empty(v, key)).transpose()?.ok_or_else(|| {
+                self.error(section.span(), format!("[build.targets.{target}] has no `{key}`"))
                     .with_help(format!("add `{key} = \"...\"` to this table"))
-                })
+            })
         };
         Ok(TargetBuild::Command {
-            configure: inner
-                .configure
-                .as_ref()
-                .map(|v| self.non_empty(v, "configure"))
-                .transpose()?,
+            configure: inner.configure.as_ref().map(|v| self.non_empty(v, "configure")).transpose()?,
             build: required(&inner.build, "build")?,
             artifact: required(&inner.artifact, "artifact")?,
         })
@@ -323,16 +278,10 @@ impl Cx<'_> {
         targets_span: &Spanned<Vec<Spanned<String>>>,
     ) -> Result<TargetBuild, ConfigError> {
         let inner = section.map(Spanned::get_ref);
-        let commands = inner
-            .into_iter()
-            .flat_map(|s| [&s.configure, &s.build])
-            .flatten();
+        let commands = inner.into_iter().flat_map(|s| [&s.configure, &s.build]).flatten();
         if let Some(command) = commands.into_iter().next() {
             return Err(self
-                .error(
-                    command.span(),
-                    "commands only apply to driver = \"command\"",
-                )
+                .error(command.span(), "commands only apply to driver = \"command\"")
                 .with_help("the mirage driver runs `mirage configure -t TARGET` and `make`"));
         }
         let overridden = inner.and_then(|s| s.mirage_target.as_ref());
@@ -343,10 +292,7 @@ impl Cx<'_> {
             (None, Target::Xen) => "xen".to_owned(),
             (None, Target::Freebsd) => {
                 return Err(self
-                    .error(
-                        targets_span.span(),
-                        "the mirage driver has no default for `freebsd`",
-                    )
+                    .error(targets_span.span(), "the mirage driver has no default for `freebsd`")
                     .with_help("set `mirage_target` in [build.targets.freebsd]"));
             }
         };
@@ -355,10 +301,7 @@ impl Cx<'_> {
             None if mirage_target == "unix" => format!("dist/{app_name}"),
             None => format!("dist/{app_name}.{mirage_target}"),
         };
-        Ok(TargetBuild::Mirage {
-            mirage_target,
-            artifact,
-        })
+        Ok(TargetBuild::Mirage { mirage_target, artifact })
     }
 
     fn files(&self, raw: &[RawFiles]) -> Result<Vec<FileDirective>, ConfigError> {
@@ -366,25 +309,15 @@ impl Cx<'_> {
         for entry in raw {
             let name = self.check_name(&entry.name, "file image name")?;
             if files.iter().any(|f| f.name == name) {
-                return Err(self.error(
-                    entry.name.span(),
-                    format!("file image `{name}` is declared twice"),
-                ));
+                return Err(self.error(entry.name.span(), format!("file image `{name}` is declared twice")));
             }
             let source = self.non_empty(&entry.source, "source directory")?;
             if source.starts_with('/') || source.split('/').any(|part| part == "..") {
                 return Err(self
-                    .error(
-                        entry.source.span(),
-                        format!("source `{source}` leaves the app directory"),
-                    )
+                    .error(entry.source.span(), format!("source `{source}` leaves the app directory"))
                     .with_help("use a path relative to the directory of mirari.toml"));
             }
-            files.push(FileDirective {
-                name,
-                source,
-                source_location: Location::of(self.text, entry.source.span()),
-            });
+            files.push(FileDirective { name, source, source_location: Location::of(self.text, entry.source.span()) });
         }
         Ok(files)
     }
@@ -399,13 +332,11 @@ impl Cx<'_> {
             if range.contains(&n) {
                 Ok(u32::try_from(n).unwrap_or(default))
             } else {
-                Err(self
-                    .error(value.span(), format!("`{key}` = {n} is out of range"))
-                    .with_help(format!(
-                        "use a value from {} to {}",
-                        range.start,
-                        range.end - 1
-                    )))
+                Err(self.error(value.span(), format!("`{key}` = {n} is out of range")).with_help(format!(
+                    "use a value from {} to {}",
+                    range.start,
+                    range.end - 1
+                )))
             }
         };
         let mut boot_args = Vec::new();
@@ -418,12 +349,7 @@ impl Cx<'_> {
             boot_args.push(arg.get_ref().clone());
         }
         Ok(RunPolicy {
-            memory_mib: ranged(
-                &raw.memory_mib,
-                "memory_mib",
-                1..1_048_577,
-                defaults.memory_mib,
-            )?,
+            memory_mib: ranged(&raw.memory_mib, "memory_mib", 1..1_048_577, defaults.memory_mib)?,
             vcpus: ranged(&raw.vcpus, "vcpus", 1..257, defaults.vcpus)?,
             boot_args,
             restart: self.restart(raw)?,
@@ -450,26 +376,17 @@ impl Cx<'_> {
     }
 
     fn restart(&self, raw: &RawRun) -> Result<RestartPolicy, ConfigError> {
-        let policy = raw
-            .restart
-            .as_ref()
-            .map_or("on-failure", |p| p.get_ref().as_str());
+        let policy = raw.restart.as_ref().map_or("on-failure", |p| p.get_ref().as_str());
         match (policy, &raw.restart_limit) {
             ("on-failure", None) => Ok(RestartPolicy::default()),
             ("on-failure", Some(limit)) => match u32::try_from(*limit.get_ref()) {
                 Ok(limit) if limit <= 1000 => Ok(RestartPolicy::OnFailure { limit }),
                 _ => Err(self
-                    .error(
-                        limit.span(),
-                        format!("`restart_limit` = {} is out of range", limit.get_ref()),
-                    )
+                    .error(limit.span(), format!("`restart_limit` = {} is out of range", limit.get_ref()))
                     .with_help("use a value from 0 to 1000")),
             },
             ("never" | "always", Some(limit)) => Err(self
-                .error(
-                    limit.span(),
-                    format!("`restart_limit` does not apply to restart = \"{policy}\""),
-                )
+                .error(limit.span(), format!("`restart_limit` does not apply to restart = \"{policy}\""))
                 .with_help("remove it, or use restart = \"on-failure\"")),
             ("never", None) => Ok(RestartPolicy::Never),
             ("always", None) => Ok(RestartPolicy::Always),

@@ -38,12 +38,7 @@ fn parse(text: &str) -> Result<AppConfig, ConfigError> {
 /// Parses `text`, expects an error, and returns (line, column, message, help).
 fn error_of(text: &str) -> (usize, usize, String, Option<String>) {
     let error = parse(text).expect_err("config should be rejected");
-    (
-        error.location.line,
-        error.location.column,
-        error.message,
-        error.help,
-    )
+    (error.location.line, error.location.column, error.message, error.help)
 }
 
 #[test]
@@ -71,17 +66,11 @@ fn parses_the_example() {
 
 #[test]
 fn unknown_target_lists_the_known_ones() {
-    let text = EXAMPLE.replace(
-        r#"targets = ["unix", "kvm"]"#,
-        r#"targets = ["unix", "hvt"]"#,
-    );
+    let text = EXAMPLE.replace(r#"targets = ["unix", "kvm"]"#, r#"targets = ["unix", "hvt"]"#);
     let (line, column, message, help) = error_of(&text);
     assert_eq!((line, column), (5, 20));
     assert_eq!(message, "unknown target `hvt`");
-    assert_eq!(
-        help.as_deref(),
-        Some("known targets: unix, kvm, xen, freebsd")
-    );
+    assert_eq!(help.as_deref(), Some("known targets: unix, kvm, xen, freebsd"));
 }
 
 #[test]
@@ -89,17 +78,12 @@ fn unknown_keys_are_errors_with_their_place() {
     let text = EXAMPLE.replace("memory_mib = 32", "memory_mb = 32");
     let (line, column, message, _) = error_of(&text);
     assert_eq!((line, column), (25, 1));
-    assert!(
-        message.starts_with("unknown field `memory_mb`"),
-        "{message}"
-    );
+    assert!(message.starts_with("unknown field `memory_mb`"), "{message}");
 }
 
 #[test]
 fn syntax_errors_are_located() {
-    let text = EXAMPLE
-        .replace("vcpus", "x")
-        .replace("memory_mib = 32", "memory_mib = = 32");
+    let text = EXAMPLE.replace("vcpus", "x").replace("memory_mib = 32", "memory_mib = = 32");
     let (line, column, _, _) = error_of(&text);
     assert_eq!((line, column), (25, 14));
 }
@@ -117,10 +101,7 @@ fn command_driver_needs_a_section_per_target() {
     let text = EXAMPLE.replace("[build.targets.kvm]", "[build.targets.xen]");
     let (line, _, message, help) = error_of(&text);
     assert_eq!(line, 15);
-    assert_eq!(
-        message,
-        "build section for `xen`, which [app] targets does not list"
-    );
+    assert_eq!(message, "build section for `xen`, which [app] targets does not list");
     assert!(help.unwrap().contains("add \"xen\""));
 
     let text = EXAMPLE.replace("build = \"make unix\"\n", "");
@@ -144,24 +125,15 @@ artifact = "dist/www.xen.gz"
     let config = parse(text).expect("mirage config parses");
     assert_eq!(
         config.builds[&Target::Kvm],
-        TargetBuild::Mirage {
-            mirage_target: "virtio".into(),
-            artifact: "dist/www.virtio".into()
-        }
+        TargetBuild::Mirage { mirage_target: "virtio".into(), artifact: "dist/www.virtio".into() }
     );
     assert_eq!(
         config.builds[&Target::Unix],
-        TargetBuild::Mirage {
-            mirage_target: "unix".into(),
-            artifact: "dist/www".into()
-        }
+        TargetBuild::Mirage { mirage_target: "unix".into(), artifact: "dist/www".into() }
     );
     assert_eq!(
         config.builds[&Target::Xen],
-        TargetBuild::Mirage {
-            mirage_target: "xen".into(),
-            artifact: "dist/www.xen.gz".into()
-        }
+        TargetBuild::Mirage { mirage_target: "xen".into(), artifact: "dist/www.xen.gz".into() }
     );
     let with_command = text.replace("artifact = \"dist/www.xen.gz\"", "build = \"make\"");
     let (_, _, message, _) = error_of(&with_command);
@@ -170,25 +142,12 @@ artifact = "dist/www.xen.gz"
 
 #[test]
 fn restart_policy_variants() {
-    let with =
-        |policy: &str| EXAMPLE.replace("restart = \"on-failure\"\nrestart_limit = 3", policy);
-    assert_eq!(
-        parse(&with("restart = \"never\"")).unwrap().run.restart,
-        RestartPolicy::Never
-    );
-    assert_eq!(
-        parse(&with("restart = \"always\"")).unwrap().run.restart,
-        RestartPolicy::Always
-    );
-    assert_eq!(
-        parse(&with("")).unwrap().run.restart,
-        RestartPolicy::default()
-    );
+    let with = |policy: &str| EXAMPLE.replace("restart = \"on-failure\"\nrestart_limit = 3", policy);
+    assert_eq!(parse(&with("restart = \"never\"")).unwrap().run.restart, RestartPolicy::Never);
+    assert_eq!(parse(&with("restart = \"always\"")).unwrap().run.restart, RestartPolicy::Always);
+    assert_eq!(parse(&with("")).unwrap().run.restart, RestartPolicy::default());
     let (_, _, message, _) = error_of(&with("restart = \"never\"\nrestart_limit = 2"));
-    assert_eq!(
-        message,
-        "`restart_limit` does not apply to restart = \"never\""
-    );
+    assert_eq!(message, "`restart_limit` does not apply to restart = \"never\"");
     let (line, column, message, _) = error_of(&with("restart = \"sometimes\""));
     assert_eq!((line, column), (27, 11));
     assert_eq!(message, "unknown restart policy `sometimes`");
@@ -197,46 +156,14 @@ fn restart_policy_variants() {
 #[test]
 fn rejects_bad_values_where_they_are() {
     let cases = [
-        (
-            "name = \"hello\"",
-            "name = \"Hello World\"",
-            "invalid app name `Hello World`",
-        ),
-        (
-            "memory_mib = 32",
-            "memory_mib = 0",
-            "`memory_mib` = 0 is out of range",
-        ),
-        (
-            "\"mode=demo\"",
-            "\"mode demo\"",
-            "boot argument is empty or contains whitespace",
-        ),
-        (
-            "\"gcc\"",
-            "\"gcc; rm -rf /\"",
-            "invalid command name `gcc; rm -rf /`",
-        ),
-        (
-            "source = \"data\"",
-            "source = \"../etc\"",
-            "source `../etc` leaves the app directory",
-        ),
-        (
-            "accelerator = \"tcg\"",
-            "accelerator = \"hvf\"",
-            "unknown accelerator `hvf`",
-        ),
-        (
-            "targets = [\"unix\", \"kvm\"]",
-            "targets = []",
-            "no targets listed",
-        ),
-        (
-            "targets = [\"unix\", \"kvm\"]",
-            "targets = [\"kvm\", \"kvm\"]",
-            "target `kvm` is listed twice",
-        ),
+        ("name = \"hello\"", "name = \"Hello World\"", "invalid app name `Hello World`"),
+        ("memory_mib = 32", "memory_mib = 0", "`memory_mib` = 0 is out of range"),
+        ("\"mode=demo\"", "\"mode demo\"", "boot argument is empty or contains whitespace"),
+        ("\"gcc\"", "\"gcc; rm -rf /\"", "invalid command name `gcc; rm -rf /`"),
+        ("source = \"data\"", "source = \"../etc\"", "source `../etc` leaves the app directory"),
+        ("accelerator = \"tcg\"", "accelerator = \"hvf\"", "unknown accelerator `hvf`"),
+        ("targets = [\"unix\", \"kvm\"]", "targets = []", "no targets listed"),
+        ("targets = [\"unix\", \"kvm\"]", "targets = [\"kvm\", \"kvm\"]", "target `kvm` is listed twice"),
     ];
     for (from, to, expected) in cases {
         let (_, _, message, _) = error_of(&EXAMPLE.replace(from, to));

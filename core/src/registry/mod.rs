@@ -108,12 +108,8 @@ impl Registry {
     /// Rebuilds derived indexes; call after deserializing a snapshot.
     pub fn rebuild_derived(&mut self) {
         self.derived = Derived::default();
-        let running: Vec<InstanceEntry> = self
-            .instances
-            .values()
-            .filter(|i| i.desired == Desired::Running)
-            .cloned()
-            .collect();
+        let running: Vec<InstanceEntry> =
+            self.instances.values().filter(|i| i.desired == Desired::Running).cloned().collect();
         for instance in &running {
             self.occupy(instance);
         }
@@ -126,10 +122,8 @@ impl Registry {
         }
         let result = self.apply_command(&request.command);
         self.applied_index = index;
-        self.recent_requests
-            .insert(request.request_id.clone(), (index, result.clone()));
-        self.request_order
-            .push_back((index, request.request_id.clone()));
+        self.recent_requests.insert(request.request_id.clone(), (index, result.clone()));
+        self.request_order.push_back((index, request.request_id.clone()));
         while let Some((oldest, _)) = self.request_order.front() {
             if index.saturating_sub(*oldest) < DEDUP_WINDOW {
                 break;
@@ -150,21 +144,12 @@ impl Registry {
     fn apply_command(&mut self, command: &Command) -> ApplyResult {
         match command {
             Command::RegisterHost { host } => self.register_host(host),
-            Command::SetHostStatus {
-                host,
-                status,
-                at_ms,
-            } => self.set_host_status(host, *status, *at_ms),
+            Command::SetHostStatus { host, status, at_ms } => self.set_host_status(host, *status, *at_ms),
             Command::RegisterApp { version } => self.register_app(version),
             Command::Deploy { spec, at_ms } => self.deploy(spec, *at_ms),
             Command::Scale { app, count } => self.scale(app, *count),
             Command::StopDeployment { app } => self.stop_deployment(app),
-            Command::Place {
-                app,
-                generation,
-                placements,
-                at_ms,
-            } => self.place(app, *generation, placements, *at_ms),
+            Command::Place { app, generation, placements, at_ms } => self.place(app, *generation, placements, *at_ms),
             Command::StopInstances { ids, reason } => {
                 self.stop_instances(ids.iter().copied(), reason);
                 Ok(Outcome::Done)
@@ -186,10 +171,7 @@ impl Registry {
     }
 
     fn set_host_status(&mut self, id: &HostId, status: HostStatus, at_ms: u64) -> ApplyResult {
-        let host = self
-            .hosts
-            .get_mut(id)
-            .ok_or_else(|| Rejection::UnknownHost(id.clone()))?;
+        let host = self.hosts.get_mut(id).ok_or_else(|| Rejection::UnknownHost(id.clone()))?;
         if host.status == status {
             return Ok(Outcome::Done);
         }
@@ -216,28 +198,18 @@ impl Registry {
 
     fn register_app(&mut self, version: &AppVersion) -> ApplyResult {
         if version.artifacts.is_empty() {
-            return Err(Rejection::Invalid(format!(
-                "app `{}` has no artifacts",
-                version.app
-            )));
+            return Err(Rejection::Invalid(format!("app `{}` has no artifacts", version.app)));
         }
-        self.apps
-            .entry(version.app.clone())
-            .or_default()
-            .insert(version.version.clone(), version.clone());
+        self.apps.entry(version.app.clone()).or_default().insert(version.version.clone(), version.clone());
         Ok(Outcome::Done)
     }
 
     fn deploy(&mut self, spec: &DeploymentSpec, at_ms: u64) -> ApplyResult {
-        let version = self.app_version(&spec.app, &spec.version).ok_or_else(|| {
-            match self.apps.contains_key(&spec.app) {
-                true => Rejection::UnknownVersion {
-                    app: spec.app.clone(),
-                    version: spec.version.clone(),
-                },
+        let version =
+            self.app_version(&spec.app, &spec.version).ok_or_else(|| match self.apps.contains_key(&spec.app) {
+                true => Rejection::UnknownVersion { app: spec.app.clone(), version: spec.version.clone() },
                 false => Rejection::UnknownApp(spec.app.clone()),
-            }
-        })?;
+            })?;
         if !version.artifacts.contains_key(&spec.target) {
             return Err(Rejection::NotBuiltFor {
                 app: spec.app.clone(),
@@ -248,34 +220,22 @@ impl Registry {
         let previous = self.deployments.get(&spec.app).cloned();
         let generation = previous.as_ref().map_or(1, |d| d.generation + 1);
         let created_at_ms = previous.as_ref().map_or(at_ms, |d| d.created_at_ms);
-        let replaced = previous
-            .as_ref()
-            .is_some_and(|d| d.spec.version != spec.version || d.spec.target != spec.target);
+        let replaced =
+            previous.as_ref().is_some_and(|d| d.spec.version != spec.version || d.spec.target != spec.target);
         if replaced {
             let old = self.live_instances_of(&spec.app);
-            self.stop_instances(
-                old,
-                &format!("replaced by version {} for {}", spec.version, spec.target),
-            );
+            self.stop_instances(old, &format!("replaced by version {} for {}", spec.version, spec.target));
         }
         self.deployments.insert(
             spec.app.clone(),
-            Deployment {
-                spec: spec.clone(),
-                desired: Desired::Running,
-                generation,
-                created_at_ms,
-            },
+            Deployment { spec: spec.clone(), desired: Desired::Running, generation, created_at_ms },
         );
         self.trim_slots(&spec.app, spec.count);
         Ok(Outcome::Done)
     }
 
     fn scale(&mut self, app: &str, count: u32) -> ApplyResult {
-        let deployment = self
-            .deployments
-            .get_mut(app)
-            .ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
+        let deployment = self.deployments.get_mut(app).ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
         deployment.spec.count = count;
         deployment.desired = Desired::Running;
         deployment.generation += 1;
@@ -284,10 +244,7 @@ impl Registry {
     }
 
     fn stop_deployment(&mut self, app: &str) -> ApplyResult {
-        let deployment = self
-            .deployments
-            .get_mut(app)
-            .ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
+        let deployment = self.deployments.get_mut(app).ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
         deployment.desired = Desired::Stopped;
         deployment.generation += 1;
         let live = self.live_instances_of(app);
@@ -307,24 +264,11 @@ impl Registry {
     }
 
     fn live_instances_of(&self, app: &str) -> Vec<InstanceId> {
-        self.instances
-            .values()
-            .filter(|i| i.app == app && i.desired == Desired::Running)
-            .map(|i| i.id)
-            .collect()
+        self.instances.values().filter(|i| i.app == app && i.desired == Desired::Running).map(|i| i.id).collect()
     }
 
-    fn place(
-        &mut self,
-        app: &str,
-        generation: u64,
-        placements: &[PlacedInstance],
-        at_ms: u64,
-    ) -> ApplyResult {
-        let deployment = self
-            .deployments
-            .get(app)
-            .ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
+    fn place(&mut self, app: &str, generation: u64, placements: &[PlacedInstance], at_ms: u64) -> ApplyResult {
+        let deployment = self.deployments.get(app).ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
         if deployment.generation != generation {
             return Err(Rejection::StalePlan {
                 app: app.to_owned(),
@@ -336,17 +280,10 @@ impl Registry {
             return Err(Rejection::NotDeployed(app.to_owned()));
         }
         let spec = deployment.spec.clone();
-        let version = self.app_version(&spec.app, &spec.version).ok_or_else(|| {
-            Rejection::UnknownVersion {
-                app: spec.app.clone(),
-                version: spec.version.clone(),
-            }
-        })?;
-        let need = Resources {
-            memory_mib: u64::from(version.run.memory_mib),
-            vcpus: version.run.vcpus,
-            instances: 1,
-        };
+        let version = self
+            .app_version(&spec.app, &spec.version)
+            .ok_or_else(|| Rejection::UnknownVersion { app: spec.app.clone(), version: spec.version.clone() })?;
+        let need = Resources { memory_mib: u64::from(version.run.memory_mib), vcpus: version.run.vcpus, instances: 1 };
         let constraints = version.constraints.clone();
 
         // Check the whole plan before changing anything, accumulating what it adds per host.
@@ -358,34 +295,16 @@ impl Registry {
                 return Err(Rejection::IdReused(placed.id));
             }
             if placed.slot >= spec.count {
-                return Err(Rejection::NoSuchSlot {
-                    app: app.to_owned(),
-                    slot: placed.slot,
-                    count: spec.count,
-                });
+                return Err(Rejection::NoSuchSlot { app: app.to_owned(), slot: placed.slot, count: spec.count });
             }
             if self.slot_holder(app, placed.slot).is_some() || !slots.insert(placed.slot) {
-                return Err(Rejection::SlotTaken {
-                    app: app.to_owned(),
-                    slot: placed.slot,
-                });
+                return Err(Rejection::SlotTaken { app: app.to_owned(), slot: placed.slot });
             }
-            let host = self
-                .hosts
-                .get(&placed.host)
-                .ok_or_else(|| Rejection::UnknownHost(placed.host.clone()))?;
+            let host = self.hosts.get(&placed.host).ok_or_else(|| Rejection::UnknownHost(placed.host.clone()))?;
             let extra = adding.entry(&placed.host).or_default();
             *extra = extra.plus(need);
-            if let Err(reason) = feasible(
-                host,
-                self.used(&host.id).plus(*extra),
-                spec.target,
-                &constraints,
-            ) {
-                return Err(Rejection::Infeasible {
-                    host: host.id.clone(),
-                    reason: reason.describe(1),
-                });
+            if let Err(reason) = feasible(host, self.used(&host.id).plus(*extra), spec.target, &constraints) {
+                return Err(Rejection::Infeasible { host: host.id.clone(), reason: reason.describe(1) });
             }
         }
         for placed in placements {
@@ -431,17 +350,10 @@ impl Registry {
         }
         for report in reports {
             // Reports about instances placed elsewhere (a stale agent) change nothing.
-            let Some(instance) = self
-                .instances
-                .get_mut(&report.id)
-                .filter(|i| &i.host == host)
-            else {
+            let Some(instance) = self.instances.get_mut(&report.id).filter(|i| &i.host == host) else {
                 continue;
             };
-            if instance.observed == Phase::Lost
-                && instance.desired == Desired::Stopped
-                && report.phase.is_live()
-            {
+            if instance.observed == Phase::Lost && instance.desired == Desired::Stopped && report.phase.is_live() {
                 // Fenced: the host was declared down; the agent is told to stop it.
                 continue;
             }
@@ -459,14 +371,8 @@ impl Registry {
         let need = self.need_of(instance);
         let used = self.derived.used.entry(instance.host.clone()).or_default();
         *used = used.plus(need);
-        self.derived
-            .slots
-            .insert((instance.app.clone(), instance.slot), instance.id);
-        self.derived
-            .placed
-            .entry(instance.host.clone())
-            .or_default()
-            .insert(instance.id);
+        self.derived.slots.insert((instance.app.clone(), instance.slot), instance.id);
+        self.derived.placed.entry(instance.host.clone()).or_default().insert(instance.id);
     }
 
     fn vacate(&mut self, instance: &InstanceEntry) {
@@ -484,15 +390,9 @@ impl Registry {
     }
 
     fn need_of(&self, instance: &InstanceEntry) -> Resources {
-        let run = self
-            .app_version(&instance.app, &instance.version)
-            .map(|v| (v.run.memory_mib, v.run.vcpus));
+        let run = self.app_version(&instance.app, &instance.version).map(|v| (v.run.memory_mib, v.run.vcpus));
         let (memory_mib, vcpus) = run.unwrap_or((0, 0));
-        Resources {
-            memory_mib: u64::from(memory_mib),
-            vcpus,
-            instances: 1,
-        }
+        Resources { memory_mib: u64::from(memory_mib), vcpus, instances: 1 }
     }
 }
 
@@ -529,15 +429,9 @@ impl Infeasible {
     /// "1 host lacks memory", "3 hosts lack backend xen".
     pub fn describe(&self, hosts: u32) -> String {
         let one = hosts == 1;
-        let (subject, verb) = (
-            if one { "host" } else { "hosts" },
-            if one { "lacks" } else { "lack" },
-        );
+        let (subject, verb) = (if one { "host" } else { "hosts" }, if one { "lacks" } else { "lack" });
         match self {
-            Infeasible::Down => format!(
-                "{hosts} {subject} {}",
-                if one { "is down" } else { "are down" }
-            ),
+            Infeasible::Down => format!("{hosts} {subject} {}", if one { "is down" } else { "are down" }),
             Infeasible::LacksBackend(target) => {
                 format!("{hosts} {subject} {verb} backend {target}")
             }
@@ -546,10 +440,7 @@ impl Infeasible {
             }
             Infeasible::LacksMemory => format!("{hosts} {subject} {verb} memory"),
             Infeasible::LacksVcpus => format!("{hosts} {subject} {verb} vcpus"),
-            Infeasible::Full => format!(
-                "{hosts} {subject} {}",
-                if one { "is full" } else { "are full" }
-            ),
+            Infeasible::Full => format!("{hosts} {subject} {}", if one { "is full" } else { "are full" }),
         }
     }
 }
@@ -567,10 +458,7 @@ pub fn feasible(
     if !host.backends.contains(&target) {
         return Err(Infeasible::LacksBackend(target));
     }
-    if let Some((key, value)) = constraints
-        .iter()
-        .find(|(k, v)| host.labels.get(*k) != Some(*v))
-    {
+    if let Some((key, value)) = constraints.iter().find(|(k, v)| host.labels.get(*k) != Some(*v)) {
         return Err(Infeasible::LacksLabel(key.clone(), value.clone()));
     }
     if used.memory_mib > host.capacity.memory_mib {

@@ -8,11 +8,7 @@ fn host(name: &str, memory_mib: u64, backends: &[Target]) -> Host {
         id: HostId(name.into()),
         address: format!("{name}:7070"),
         backends: backends.iter().copied().collect(),
-        capacity: Resources {
-            memory_mib,
-            vcpus: 8,
-            instances: 10,
-        },
+        capacity: Resources { memory_mib, vcpus: 8, instances: 10 },
         labels: BTreeMap::new(),
         status: HostStatus::Up,
         registered_at_ms: 1,
@@ -24,16 +20,9 @@ fn app(version: &str) -> AppVersion {
     AppVersion {
         app: "hello".into(),
         version: version.into(),
-        artifacts: [
-            (Target::Unix, Digest::of(b"unix")),
-            (Target::Kvm, Digest::of(b"kvm")),
-        ]
-        .into(),
+        artifacts: [(Target::Unix, Digest::of(b"unix")), (Target::Kvm, Digest::of(b"kvm"))].into(),
         files: vec![],
-        run: RunPolicy {
-            memory_mib: 64,
-            ..RunPolicy::default()
-        },
+        run: RunPolicy { memory_mib: 64, ..RunPolicy::default() },
         constraints: BTreeMap::new(),
     }
 }
@@ -42,24 +31,15 @@ fn app(version: &str) -> AppVersion {
 fn deployed(count: u32) -> (Registry, u64) {
     let mut registry = Registry::default();
     let commands = [
-        Command::RegisterHost {
-            host: host("a", 256, &[Target::Unix, Target::Kvm]),
-        },
-        Command::RegisterHost {
-            host: host("b", 128, &[Target::Unix]),
-        },
+        Command::RegisterHost { host: host("a", 256, &[Target::Unix, Target::Kvm]) },
+        Command::RegisterHost { host: host("b", 128, &[Target::Unix]) },
         Command::RegisterApp { version: app("1") },
-        Command::Deploy {
-            spec: spec("1", count),
-            at_ms: 5,
-        },
+        Command::Deploy { spec: spec("1", count), at_ms: 5 },
     ];
     let mut index = 0;
     for command in commands {
         index += 1;
-        registry
-            .apply(index, &request(index, command))
-            .expect("setup applies");
+        registry.apply(index, &request(index, command)).expect("setup applies");
     }
     (registry, index)
 }
@@ -75,64 +55,28 @@ fn spec(version: &str, count: u32) -> DeploymentSpec {
 }
 
 fn request(n: u64, command: Command) -> Request {
-    Request {
-        request_id: format!("req-{n}"),
-        command,
-    }
+    Request { request_id: format!("req-{n}"), command }
 }
 
 fn placed(id: u64, slot: u32, host: &str) -> PlacedInstance {
-    PlacedInstance {
-        id: InstanceId::from_u64(id),
-        slot,
-        host: HostId(host.into()),
-    }
+    PlacedInstance { id: InstanceId::from_u64(id), slot, host: HostId(host.into()) }
 }
 
 fn place(registry: &mut Registry, index: u64, placements: Vec<PlacedInstance>) -> ApplyResult {
     let generation = registry.deployment("hello").unwrap().generation;
-    registry.apply(
-        index,
-        &request(
-            index,
-            Command::Place {
-                app: "hello".into(),
-                generation,
-                placements,
-                at_ms: 9,
-            },
-        ),
-    )
+    registry.apply(index, &request(index, Command::Place { app: "hello".into(), generation, placements, at_ms: 9 }))
 }
 
 #[test]
 fn places_instances_and_accounts_for_them() {
     let (mut registry, index) = deployed(3);
-    let outcome = place(
-        &mut registry,
-        index + 1,
-        vec![placed(1, 0, "a"), placed(2, 1, "a"), placed(3, 2, "b")],
-    );
+    let outcome = place(&mut registry, index + 1, vec![placed(1, 0, "a"), placed(2, 1, "a"), placed(3, 2, "b")]);
     assert_eq!(
         outcome,
-        Ok(Outcome::Placed(vec![
-            InstanceId::from_u64(1),
-            InstanceId::from_u64(2),
-            InstanceId::from_u64(3)
-        ]))
+        Ok(Outcome::Placed(vec![InstanceId::from_u64(1), InstanceId::from_u64(2), InstanceId::from_u64(3)]))
     );
-    assert_eq!(
-        registry.used(&HostId("a".into())),
-        Resources {
-            memory_mib: 128,
-            vcpus: 2,
-            instances: 2
-        }
-    );
-    assert_eq!(
-        registry.slot_holder("hello", 2),
-        Some(InstanceId::from_u64(3))
-    );
+    assert_eq!(registry.used(&HostId("a".into())), Resources { memory_mib: 128, vcpus: 2, instances: 2 });
+    assert_eq!(registry.slot_holder("hello", 2), Some(InstanceId::from_u64(3)));
     assert_eq!(registry.instances().count(), 3);
 }
 
@@ -148,30 +92,13 @@ fn refuses_reused_ids_taken_slots_and_overcommitted_hosts_atomically() {
     );
     assert_eq!(
         place(&mut registry, index + 3, vec![placed(5, 0, "a")]),
-        Err(Rejection::SlotTaken {
-            app: "hello".into(),
-            slot: 0
-        })
+        Err(Rejection::SlotTaken { app: "hello".into(), slot: 0 })
     );
     // Host b has 128 MiB: one more 64 MiB instance fits, a second does not; nothing is placed.
-    let error = place(
-        &mut registry,
-        index + 4,
-        vec![placed(6, 1, "b"), placed(7, 2, "b")],
-    )
-    .unwrap_err();
-    assert_eq!(
-        error,
-        Rejection::Infeasible {
-            host: HostId("b".into()),
-            reason: "1 host lacks memory".into()
-        }
-    );
+    let error = place(&mut registry, index + 4, vec![placed(6, 1, "b"), placed(7, 2, "b")]).unwrap_err();
+    assert_eq!(error, Rejection::Infeasible { host: HostId("b".into()), reason: "1 host lacks memory".into() });
     assert_eq!(registry.instances().count(), before.instances().count());
-    assert_eq!(
-        registry.used(&HostId("b".into())),
-        before.used(&HostId("b".into()))
-    );
+    assert_eq!(registry.used(&HostId("b".into())), before.used(&HostId("b".into())));
 }
 
 #[test]
@@ -181,67 +108,26 @@ fn two_plans_racing_for_the_last_slot_never_both_win() {
     let first = place(&mut registry, index + 2, vec![placed(2, 1, "a")]);
     let second = place(&mut registry, index + 3, vec![placed(3, 1, "b")]);
     assert!(first.is_ok());
-    assert_eq!(
-        second,
-        Err(Rejection::SlotTaken {
-            app: "hello".into(),
-            slot: 1
-        })
-    );
+    assert_eq!(second, Err(Rejection::SlotTaken { app: "hello".into(), slot: 1 }));
 }
 
 #[test]
 fn a_plan_for_an_older_generation_is_refused() {
     let (mut registry, index) = deployed(2);
     let old = registry.deployment("hello").unwrap().generation;
-    registry
-        .apply(
-            index + 1,
-            &request(
-                index + 1,
-                Command::Scale {
-                    app: "hello".into(),
-                    count: 3,
-                },
-            ),
-        )
-        .unwrap();
-    let command = Command::Place {
-        app: "hello".into(),
-        generation: old,
-        placements: vec![placed(1, 0, "a")],
-        at_ms: 1,
-    };
-    assert!(matches!(
-        registry.apply(index + 2, &request(index + 2, command)),
-        Err(Rejection::StalePlan { .. })
-    ));
+    registry.apply(index + 1, &request(index + 1, Command::Scale { app: "hello".into(), count: 3 })).unwrap();
+    let command =
+        Command::Place { app: "hello".into(), generation: old, placements: vec![placed(1, 0, "a")], at_ms: 1 };
+    assert!(matches!(registry.apply(index + 2, &request(index + 2, command)), Err(Rejection::StalePlan { .. })));
 }
 
 #[test]
 fn retried_requests_apply_once() {
     let (mut registry, index) = deployed(3);
     let generation = registry.deployment("hello").unwrap().generation;
-    let command = Command::Place {
-        app: "hello".into(),
-        generation,
-        placements: vec![placed(1, 0, "a")],
-        at_ms: 1,
-    };
-    let first = registry.apply(
-        index + 1,
-        &Request {
-            request_id: "once".into(),
-            command: command.clone(),
-        },
-    );
-    let retry = registry.apply(
-        index + 2,
-        &Request {
-            request_id: "once".into(),
-            command,
-        },
-    );
+    let command = Command::Place { app: "hello".into(), generation, placements: vec![placed(1, 0, "a")], at_ms: 1 };
+    let first = registry.apply(index + 1, &Request { request_id: "once".into(), command: command.clone() });
+    let retry = registry.apply(index + 2, &Request { request_id: "once".into(), command });
     assert_eq!(first, retry);
     assert_eq!(registry.instances().count(), 1);
 }
@@ -249,27 +135,9 @@ fn retried_requests_apply_once() {
 #[test]
 fn request_ids_are_forgotten_after_the_window() {
     let mut registry = Registry::default();
-    let command = Command::RegisterHost {
-        host: host("a", 1, &[]),
-    };
-    registry
-        .apply(
-            1,
-            &Request {
-                request_id: "r".into(),
-                command: command.clone(),
-            },
-        )
-        .unwrap();
-    registry
-        .apply(
-            2 + DEDUP_WINDOW,
-            &Request {
-                request_id: "other".into(),
-                command,
-            },
-        )
-        .unwrap();
+    let command = Command::RegisterHost { host: host("a", 1, &[]) };
+    registry.apply(1, &Request { request_id: "r".into(), command: command.clone() }).unwrap();
+    registry.apply(2 + DEDUP_WINDOW, &Request { request_id: "other".into(), command }).unwrap();
     assert!(!registry.recent_requests.contains_key("r"));
     assert_eq!(registry.request_order.len(), 1);
 }
@@ -277,29 +145,10 @@ fn request_ids_are_forgotten_after_the_window() {
 #[test]
 fn scaling_down_stops_the_highest_slots() {
     let (mut registry, index) = deployed(3);
-    place(
-        &mut registry,
-        index + 1,
-        vec![placed(1, 0, "a"), placed(2, 1, "a"), placed(3, 2, "a")],
-    )
-    .unwrap();
-    registry
-        .apply(
-            index + 2,
-            &request(
-                index + 2,
-                Command::Scale {
-                    app: "hello".into(),
-                    count: 1,
-                },
-            ),
-        )
-        .unwrap();
-    let running: Vec<u64> = registry
-        .instances()
-        .filter(|i| i.desired == Desired::Running)
-        .map(|i| i.id.as_u64())
-        .collect();
+    place(&mut registry, index + 1, vec![placed(1, 0, "a"), placed(2, 1, "a"), placed(3, 2, "a")]).unwrap();
+    registry.apply(index + 2, &request(index + 2, Command::Scale { app: "hello".into(), count: 1 })).unwrap();
+    let running: Vec<u64> =
+        registry.instances().filter(|i| i.desired == Desired::Running).map(|i| i.id.as_u64()).collect();
     assert_eq!(running, [1]);
     assert_eq!(registry.used(&HostId("a".into())).instances, 1);
 }
@@ -307,61 +156,28 @@ fn scaling_down_stops_the_highest_slots() {
 #[test]
 fn a_host_going_down_loses_its_instances_and_frees_their_slots() {
     let (mut registry, index) = deployed(2);
-    place(
-        &mut registry,
-        index + 1,
-        vec![placed(1, 0, "a"), placed(2, 1, "b")],
-    )
-    .unwrap();
-    let down = Command::SetHostStatus {
-        host: HostId("b".into()),
-        status: HostStatus::Down,
-        at_ms: 50,
-    };
-    registry
-        .apply(index + 2, &request(index + 2, down))
-        .unwrap();
+    place(&mut registry, index + 1, vec![placed(1, 0, "a"), placed(2, 1, "b")]).unwrap();
+    let down = Command::SetHostStatus { host: HostId("b".into()), status: HostStatus::Down, at_ms: 50 };
+    registry.apply(index + 2, &request(index + 2, down)).unwrap();
     let lost = registry.instance(InstanceId::from_u64(2)).unwrap();
-    assert_eq!(
-        (lost.observed, lost.desired),
-        (Phase::Lost, Desired::Stopped)
-    );
+    assert_eq!((lost.observed, lost.desired), (Phase::Lost, Desired::Stopped));
     assert_eq!(registry.slot_holder("hello", 1), None);
     // A stale report from the returning host does not revive it.
-    let report = InstanceReport {
-        id: lost.id,
-        phase: Phase::Running,
-        restarts: 0,
-        last_exit: None,
-        message: String::new(),
-    };
+    let report =
+        InstanceReport { id: lost.id, phase: Phase::Running, restarts: 0, last_exit: None, message: String::new() };
     registry
         .apply(
             index + 3,
-            &request(
-                index + 3,
-                Command::ReportInstances {
-                    host: HostId("b".into()),
-                    reports: vec![report],
-                },
-            ),
+            &request(index + 3, Command::ReportInstances { host: HostId("b".into()), reports: vec![report] }),
         )
         .unwrap();
-    assert_eq!(
-        registry.instance(InstanceId::from_u64(2)).unwrap().observed,
-        Phase::Lost
-    );
+    assert_eq!(registry.instance(InstanceId::from_u64(2)).unwrap().observed, Phase::Lost);
 }
 
 #[test]
 fn derived_indexes_survive_a_snapshot_round_trip() {
     let (mut registry, index) = deployed(3);
-    place(
-        &mut registry,
-        index + 1,
-        vec![placed(1, 0, "a"), placed(2, 1, "b")],
-    )
-    .unwrap();
+    place(&mut registry, index + 1, vec![placed(1, 0, "a"), placed(2, 1, "b")]).unwrap();
     let json = serde_json::to_vec(&registry).unwrap();
     let mut restored: Registry = serde_json::from_slice(&json).unwrap();
     restored.rebuild_derived();
@@ -372,38 +188,13 @@ fn derived_indexes_survive_a_snapshot_round_trip() {
 fn deploying_a_new_version_replaces_the_old_instances() {
     let (mut registry, index) = deployed(1);
     place(&mut registry, index + 1, vec![placed(1, 0, "a")]).unwrap();
-    registry
-        .apply(
-            index + 2,
-            &request(index + 2, Command::RegisterApp { version: app("2") }),
-        )
-        .unwrap();
-    registry
-        .apply(
-            index + 3,
-            &request(
-                index + 3,
-                Command::Deploy {
-                    spec: spec("2", 1),
-                    at_ms: 7,
-                },
-            ),
-        )
-        .unwrap();
-    assert_eq!(
-        registry.instance(InstanceId::from_u64(1)).unwrap().desired,
-        Desired::Stopped
-    );
+    registry.apply(index + 2, &request(index + 2, Command::RegisterApp { version: app("2") })).unwrap();
+    registry.apply(index + 3, &request(index + 3, Command::Deploy { spec: spec("2", 1), at_ms: 7 })).unwrap();
+    assert_eq!(registry.instance(InstanceId::from_u64(1)).unwrap().desired, Desired::Stopped);
     assert_eq!(registry.slot_holder("hello", 0), None);
-    let missing = Command::Deploy {
-        spec: spec("9", 1),
-        at_ms: 7,
-    };
+    let missing = Command::Deploy { spec: spec("9", 1), at_ms: 7 };
     assert_eq!(
         registry.apply(index + 4, &request(index + 4, missing)),
-        Err(Rejection::UnknownVersion {
-            app: "hello".into(),
-            version: "9".into()
-        })
+        Err(Rejection::UnknownVersion { app: "hello".into(), version: "9".into() })
     );
 }

@@ -214,19 +214,11 @@ pub enum Rejection {
     #[error("app `{app}` has no version `{version}`")]
     UnknownVersion { app: String, version: String },
     #[error("app `{app}` version `{version}` was not built for target `{target}`")]
-    NotBuiltFor {
-        app: String,
-        version: String,
-        target: Target,
-    },
+    NotBuiltFor { app: String, version: String, target: Target },
     #[error("app `{0}` is not deployed")]
     NotDeployed(String),
     #[error("the plan was made for generation {planned} of `{app}`, which is now at {current}")]
-    StalePlan {
-        app: String,
-        planned: u64,
-        current: u64,
-    },
+    StalePlan { app: String, planned: u64, current: u64 },
     #[error("instance ID {0} was minted before")]
     IdReused(InstanceId),
     #[error("slot {slot} of `{app}` is already filled")]
