@@ -13,17 +13,8 @@ use tonic::transport::Channel;
 use crate::output::{self, Format, Table};
 
 /// Connects to the first coordinator of the list that answers.
-pub async fn connect(addresses: &[Endpoint]) -> anyhow::Result<CoordinatorClient<Channel>> {
-    let mut last_error = None;
-    for endpoint in addresses {
-        match endpoint.connect().await {
-            Ok(channel) => return Ok(CoordinatorClient::new(channel)),
-            Err(error) => last_error = Some(error),
-        }
-    }
-    let listed: Vec<String> = addresses.iter().map(ToString::to_string).collect();
-    Err(anyhow::Error::new(last_error.context("no coordinator address given")?)
-        .context(format!("no coordinator answered at {}; set --coordinator or MIRARI_ADDR", listed.join(", "))))
+async fn connect(addresses: &[Endpoint]) -> anyhow::Result<CoordinatorClient<Channel>> {
+    crate::coordinators::Coordinators::new(addresses).client().await
 }
 
 #[derive(Debug, Serialize)]

@@ -205,7 +205,7 @@ pub async fn stop(
         let status = fetch_status(coordinators, false).await?;
         let live = status.instances.iter().filter(|i| i.app == app && i.observed.is_live()).count();
         if live == 0 {
-            output::print(format, &status, status_tables);
+            output::print_tables(format, &status, status_tables);
             return Ok(ExitCode::SUCCESS);
         }
         anyhow::ensure!(Instant::now() < deadline, "{live} instance(s) of {app} still run after {timeout:?}");
@@ -246,15 +246,15 @@ async fn await_running(
             for instance in &failed {
                 eprintln!("error: instance {} on {} failed: {}", instance.id, instance.host, instance.message);
             }
-            output::print(format, &status, status_tables);
+            output::print_tables(format, &status, status_tables);
             return Ok(ExitCode::FAILURE);
         }
         if deployment.running == deployment.desired_count && deployment.placed == deployment.desired_count {
-            output::print(format, &status, status_tables);
+            output::print_tables(format, &status, status_tables);
             return Ok(ExitCode::SUCCESS);
         }
         if Instant::now() >= deadline {
-            output::print(format, &status, status_tables);
+            output::print_tables(format, &status, status_tables);
             anyhow::bail!(
                 "{app} did not reach {} running instance(s) within {timeout:?}: {last_line}",
                 deployment.desired_count
@@ -384,8 +384,8 @@ async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::R
     })
 }
 
-fn status_tables(status: &StatusView) -> Table {
-    let mut table = Table::new(&["APP", "VERSION", "TARGET", "DESIRED", "PLACED", "RUNNING", "FAILED", "UNPLACED"]);
+fn status_tables(status: &StatusView) -> Vec<Table> {
+    let mut deployments = Table::new(&["APP", "VERSION", "TARGET", "DESIRED", "PLACED", "RUNNING", "FAILED", "UNPLACED"]);
     for d in &status.deployments {
         let desired = if d.stopped { "stopped".to_owned() } else { d.desired_count.to_string() };
         let unplaced = if d.unplaced_reason.is_empty() {
@@ -393,7 +393,7 @@ fn status_tables(status: &StatusView) -> Table {
         } else {
             format!("{} ({})", d.unplaced, d.unplaced_reason)
         };
-        table.row(vec![
+        deployments.row(vec![
             d.app.clone(),
             d.version.clone(),
             d.target.to_string(),
@@ -404,14 +404,12 @@ fn status_tables(status: &StatusView) -> Table {
             unplaced,
         ]);
     }
-    table.row(vec![String::new()]);
-    table.row(["HOST", "STATUS", "ADDRESS", "BACKENDS", "RUNNING"].map(String::from).to_vec());
+    let mut hosts = Table::new(&["HOST", "STATUS", "ADDRESS", "BACKENDS", "RUNNING"]);
     for h in &status.hosts {
         let backends: Vec<&str> = h.backends.iter().map(|b| b.name()).collect();
-        table.row(vec![h.id.clone(), h.status.clone(), h.address.clone(), backends.join(","), h.running.to_string()]);
+        hosts.row(vec![h.id.clone(), h.status.clone(), h.address.clone(), backends.join(","), h.running.to_string()]);
     }
-    table.row(vec![String::new()]);
-    table.row(["INSTANCE", "APP", "SLOT", "HOST", "STATE", "RESTARTS", "DETAIL"].map(String::from).to_vec());
+    let mut instances = Table::new(&["INSTANCE", "APP", "SLOT", "HOST", "STATE", "RESTARTS", "DETAIL"]);
     for i in &status.instances {
         let state = if i.desired == "running" { i.observed.to_string() } else { format!("{} (stopping)", i.observed) };
         let detail = match (&i.last_exit, i.message.is_empty()) {
@@ -419,7 +417,7 @@ fn status_tables(status: &StatusView) -> Table {
             (Some(exit), true) => exit.to_string(),
             (None, true) => String::new(),
         };
-        table.row(vec![
+        instances.row(vec![
             i.id.clone(),
             format!("{}@{}", i.app, i.version),
             i.slot.to_string(),
@@ -429,12 +427,12 @@ fn status_tables(status: &StatusView) -> Table {
             detail,
         ]);
     }
-    table
+    vec![deployments, hosts, instances]
 }
 
 pub async fn status(coordinators: &mut Coordinators, stale: bool, format: Format) -> anyhow::Result<ExitCode> {
     let status = fetch_status(coordinators, stale).await?;
-    output::print(format, &status, status_tables);
+    output::print_tables(format, &status, status_tables);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -49,9 +49,17 @@ impl Table {
 
 /// Prints `value` as JSON, or the table `table_of` makes of it.
 pub fn print<T: Serialize>(format: Format, value: &T, table_of: impl FnOnce(&T) -> Table) {
+    print_tables(format, value, |value| vec![table_of(value)]);
+}
+
+/// Like [`print`], for output made of several tables, separated by blank lines.
+pub fn print_tables<T: Serialize>(format: Format, value: &T, tables_of: impl FnOnce(&T) -> Vec<Table>) {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(value).expect("output serializes")),
-        Format::Table => print!("{}", table_of(value).render()),
+        Format::Table => {
+            let rendered: Vec<String> = tables_of(value).iter().map(Table::render).collect();
+            print!("{}", rendered.join("\n"));
+        }
     }
 }
 

@@ -69,7 +69,8 @@ impl ReplicatedBlobs {
         let self_id = self.raft.status().id;
         let peers: Vec<String> =
             self.raft.machine().members.iter().filter(|(id, _)| **id != self_id).map(|(_, a)| a.clone()).collect();
-        let needed = (peers.len() + 1) / 2;
+        // A majority of peers + 1, less this node.
+        let needed = peers.len().div_ceil(2);
         if needed == 0 {
             return Ok(());
         }
