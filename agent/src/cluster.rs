@@ -134,21 +134,29 @@ pub struct ClusterConfig {
 
 /// Runs the cluster link until the process ends.
 pub async fn run(agent: Agent, config: ClusterConfig) {
-    let (lease_valid, lease_watch) = watch::channel(false);
-    let (assignments, assignments_watch) = watch::channel(None::<Vec<(InstanceId, InstanceSpec)>>);
-    tokio::spawn(watch_assignments(config.clone(), assignments));
+    let (lease, lease_watch) = watch::channel(None);
+    let (assignments, assignments_watch) = watch::channel(None);
+    tokio::spawn(watch_assignments(config.clone(), lease_watch.clone(), assignments));
     tokio::spawn(apply_assignments(agent.clone(), config.coordinators.clone(), lease_watch, assignments_watch));
-    keep_lease(agent, config, lease_valid).await;
+    keep_lease(agent, config, lease).await;
 }
+
+/// `Some(epoch)` while the lease is valid. The epoch changes every time the lease is regained,
+/// so assignments heard before a lapse are never acted on after it.
+type LeaseState = Option<u64>;
+
+/// The latest assignment set, and the lease epoch of the stream it came on.
+type Latest = Option<(u64, Vec<(InstanceId, InstanceSpec)>)>;
 
 /// What was last reported of an instance, to send only changes.
 type Reported = (Phase, u32, Option<ExitStatus>);
 
-async fn keep_lease(agent: Agent, config: ClusterConfig, lease_valid: watch::Sender<bool>) {
+async fn keep_lease(agent: Agent, config: ClusterConfig, lease: watch::Sender<LeaseState>) {
     let host_id = config.host.id.clone();
     let mut registered = false;
     let mut valid_until: Option<Instant> = None;
     let mut reported: HashMap<InstanceId, Reported> = HashMap::new();
+    let mut epoch = 0;
     let mut ticker = tokio::time::interval(config.timing.heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -182,15 +190,19 @@ async fn keep_lease(agent: Agent, config: ClusterConfig, lease_valid: watch::Sen
             valid_until = Some(sent_at + config.timing.fence_after);
         }
         let valid = valid_until.is_some_and(|until| Instant::now() < until);
-        if *lease_valid.borrow() && !valid {
+        let was_valid = lease.borrow().is_some();
+        if was_valid && !valid {
             match agent.fence() {
                 Ok(count) => {
                     tracing::warn!(host = %host_id, instances = count, "lease lost: fenced this host's cluster instances")
                 }
                 Err(error) => tracing::error!(%error, "could not fence the cluster instances"),
             }
+            lease.send_replace(None);
+        } else if !was_valid && valid {
+            epoch += 1;
+            lease.send_replace(Some(epoch));
         }
-        lease_valid.send_if_modified(|current| std::mem::replace(current, valid) != valid);
     }
 }
 
@@ -252,26 +264,41 @@ fn changed_reports(agent: &Agent, reported: &HashMap<InstanceId, Reported>) -> V
         .collect()
 }
 
-async fn watch_assignments(config: ClusterConfig, latest: watch::Sender<Option<Vec<(InstanceId, InstanceSpec)>>>) {
+/// Follows the assignment stream while the lease is valid, opening a fresh stream (whose first
+/// message is the whole current set) for every lease epoch.
+async fn watch_assignments(
+    config: ClusterConfig,
+    mut lease: watch::Receiver<LeaseState>,
+    latest: watch::Sender<Latest>,
+) {
     loop {
-        if let Ok(mut client) = config.coordinators.client().await {
+        let Some(epoch) = *lease.borrow_and_update() else {
+            if lease.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let follow = async {
+            let mut client = config.coordinators.client().await.ok()?;
             let request = pb::WatchAssignmentsRequest { host: config.host.id.0.clone() };
-            if let Ok(response) = client.watch_assignments(request).await {
-                let mut stream = response.into_inner();
-                while let Ok(Some(assignments)) = stream.message().await {
-                    match decode_assignments(&assignments) {
-                        Ok(set) => {
-                            latest.send_replace(Some(set));
-                        }
-                        Err(error) => {
-                            tracing::error!(%error, "the coordinators sent an unreadable assignment")
-                        }
+            let mut stream = client.watch_assignments(request).await.ok()?.into_inner();
+            while let Ok(Some(assignments)) = stream.message().await {
+                match decode_assignments(&assignments) {
+                    Ok(set) => {
+                        latest.send_replace(Some((epoch, set)));
                     }
+                    Err(error) => tracing::error!(%error, "the coordinators sent an unreadable assignment"),
                 }
             }
-            config.coordinators.rotate();
+            None::<()>
+        };
+        tokio::select! {
+            _ = follow => {
+                config.coordinators.rotate();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            changed = lease.changed() => if changed.is_err() { return },
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -291,23 +318,23 @@ fn decode_assignments(
         .collect()
 }
 
+/// Makes the local instances match the latest assignments heard in the current lease epoch.
 async fn apply_assignments(
     agent: Agent,
     coordinators: Coordinators,
-    mut lease_valid: watch::Receiver<bool>,
-    mut assignments: watch::Receiver<Option<Vec<(InstanceId, InstanceSpec)>>>,
+    mut lease: watch::Receiver<LeaseState>,
+    mut assignments: watch::Receiver<Latest>,
 ) {
     loop {
         tokio::select! {
-            changed = lease_valid.changed() => if changed.is_err() { return },
+            changed = lease.changed() => if changed.is_err() { return },
             changed = assignments.changed() => if changed.is_err() { return },
         }
-        if !*lease_valid.borrow_and_update() {
+        let current = *lease.borrow_and_update();
+        let Some((epoch, set)) = assignments.borrow_and_update().clone() else { continue };
+        if current != Some(epoch) {
             continue;
         }
-        let Some(set) = assignments.borrow_and_update().clone() else {
-            continue;
-        };
         let needed: Vec<Digest> = set
             .iter()
             .flat_map(|(_, spec)| std::iter::once(spec.artifact).chain(spec.files.iter().map(|f| f.digest)))
@@ -325,8 +352,12 @@ async fn apply_assignments(
             assignments.mark_changed();
             continue;
         }
-        if let Err(error) = agent.apply_assignments(&set) {
-            tracing::error!(%error, "cannot apply the cluster's assignments");
+        if *lease.borrow() != Some(epoch) {
+            continue; // The lease lapsed while fetching.
+        }
+        match agent.apply_assignments(&set) {
+            Ok(()) => tracing::info!(instances = set.len(), "applied the cluster's assignments"),
+            Err(error) => tracing::error!(%error, "cannot apply the cluster's assignments"),
         }
     }
 }

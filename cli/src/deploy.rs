@@ -385,7 +385,8 @@ async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::R
 }
 
 fn status_tables(status: &StatusView) -> Vec<Table> {
-    let mut deployments = Table::new(&["APP", "VERSION", "TARGET", "DESIRED", "PLACED", "RUNNING", "FAILED", "UNPLACED"]);
+    let mut deployments =
+        Table::new(&["APP", "VERSION", "TARGET", "DESIRED", "PLACED", "RUNNING", "FAILED", "UNPLACED"]);
     for d in &status.deployments {
         let desired = if d.stopped { "stopped".to_owned() } else { d.desired_count.to_string() };
         let unplaced = if d.unplaced_reason.is_empty() {

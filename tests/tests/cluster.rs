@@ -1,0 +1,148 @@
+//! The cluster end to end: 3 coordinators and 3 agents, each on its own host (a network
+//! namespace with its own address; these tests need root). Deploy, scale, lose a host,
+//! partition a host, and lose the coordinator leader mid-deploy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::Duration;
+
+use mirari_tests::cluster::{Cluster, DEADLINE};
+use mirari_tests::{eventually, stderr};
+
+fn cluster() -> Cluster {
+    let cluster = Cluster::start(3, 3);
+    assert!(cluster.network.isolated(), "the cluster tests need network namespaces: run them as root");
+    cluster
+}
+
+fn deploy(cluster: &Cluster, count: u32) {
+    let out =
+        cluster.mirari(&["cluster", "deploy", "-t", "unix", "--count", &count.to_string(), "--placement", "binpack"]);
+    assert!(out.status.success(), "deploy failed: {}", stderr(&out));
+}
+
+fn scale(cluster: &Cluster, count: u32) {
+    let out = cluster.mirari(&["cluster", "scale", "hello", &count.to_string()]);
+    assert!(out.status.success(), "scale failed: {}", stderr(&out));
+}
+
+fn spread(per_host: &BTreeMap<String, usize>) -> Vec<usize> {
+    per_host.values().copied().collect()
+}
+
+#[test]
+fn deploys_scales_and_replaces_a_lost_host() {
+    let mut cluster = cluster();
+    deploy(&cluster, 6);
+    assert_eq!(spread(&cluster.wait_running("hello", 6)), [2, 2, 2]);
+
+    // Every instance prints through the coordinator's console proxy.
+    let status = cluster.status().unwrap();
+    let id = status["instances"][0]["id"].as_str().unwrap().to_owned();
+    let console = eventually(DEADLINE, "a heartbeat on the proxied console", || {
+        let text = String::from_utf8_lossy(&cluster.mirari(&["console", &id]).stdout).into_owned();
+        if text.contains("hello: heartbeat 1") { Ok(text) } else { Err(text) }
+    });
+    assert!(console.contains("hello: boot args: --ipv4=10.0.0.2/24"), "{console}");
+    let logs = String::from_utf8_lossy(&cluster.mirari(&["logs", &id]).stdout).into_owned();
+    assert!(logs.contains("assigned to this host by the cluster"), "{logs}");
+
+    scale(&cluster, 9);
+    assert_eq!(spread(&cluster.wait_running("hello", 9)), [3, 3, 3]);
+    scale(&cluster, 2);
+    assert_eq!(cluster.wait_running("hello", 2).values().sum::<usize>(), 2);
+    scale(&cluster, 6);
+    cluster.wait_running("hello", 6);
+
+    // An agent restarts (kill -9): it re-adopts its instances; nothing is lost or doubled.
+    let before = cluster.agents[1].live_instances();
+    let applied = cluster.agents[1].assignments_applied();
+    cluster.agents[1].kill_agent();
+    cluster.agents[1].restart();
+    cluster.agents[1].wait_assignments_after(applied);
+    assert_eq!(spread(&cluster.wait_running("hello", 6)), [2, 2, 2]);
+    let mut after = cluster.agents[1].live_instances();
+    after.sort();
+    let mut before = before;
+    before.sort();
+    assert_eq!(after, before, "the restarted agent runs the same instances");
+
+    // A host dies with all its instances: the others take over its slots.
+    let lost = cluster.agents[0].name.clone();
+    cluster.agents[0].kill_host();
+    let per_host = cluster.wait_running_avoiding("hello", 6, Some(&lost));
+    assert!(!per_host.contains_key(&lost), "{per_host:?}");
+    assert_eq!(spread(&per_host), [3, 3]);
+    let status = cluster.status().unwrap();
+    let host = status["hosts"].as_array().unwrap().iter().find(|h| h["id"] == lost.as_str()).unwrap();
+    assert_eq!(host["status"], "down");
+}
+
+#[test]
+fn a_partitioned_host_fences_and_no_slot_runs_twice() {
+    let mut cluster = cluster();
+    deploy(&cluster, 6);
+    cluster.wait_running("hello", 6);
+    let coordinators: Vec<_> = cluster.coordinators.iter().map(|c| c.host.clone()).collect();
+    let victim = &cluster.agents[0];
+    let before = victim.live_instances();
+    assert_eq!(before.len(), 2);
+    for coordinator in &coordinators {
+        victim.host.cut_from(coordinator);
+    }
+    // Fencing: the cut-off host stops its own instances before it is declared down.
+    eventually(Duration::from_secs(15), "the partitioned host to fence its instances", || {
+        let live = victim.live_instances();
+        if live.is_empty() { Ok(()) } else { Err(format!("{live:?}")) }
+    });
+    assert!(victim.log().contains("lease lost: fenced"), "{}", victim.log());
+    let per_host = cluster.wait_running_avoiding("hello", 6, Some(&victim.name));
+    assert!(!per_host.contains_key(&victim.name), "{per_host:?}");
+
+    let applied = victim.assignments_applied();
+    victim.host.heal();
+    cluster.wait_hosts_up(3);
+    // After healing: every slot runs exactly once, and the fenced instances stay stopped.
+    victim.wait_assignments_after(applied);
+    let per_host = cluster.wait_running("hello", 6);
+    assert_eq!(per_host.values().sum::<usize>(), 6);
+    let live: Vec<String> = cluster.agents.iter_mut().flat_map(|a| a.live_instances()).collect();
+    let unique: BTreeSet<&String> = live.iter().collect();
+    assert_eq!(live.len(), 6, "exactly six instance processes in the cluster: {live:?}");
+    assert_eq!(unique.len(), 6);
+    assert!(before.iter().all(|id| !live.contains(id)), "a fenced instance came back: {before:?} in {live:?}");
+    let status = cluster.status().unwrap();
+    let slots: BTreeSet<u64> = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["desired"] == "running")
+        .map(|i| i["slot"].as_u64().unwrap())
+        .collect();
+    assert_eq!(slots, (0..6).collect());
+}
+
+#[test]
+fn a_deploy_completes_when_the_coordinator_leader_dies_during_it() {
+    let mut cluster = cluster();
+    let mut deploying = cluster
+        .mirari_command(&["cluster", "deploy", "-t", "unix", "--count", "6"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the deploy");
+    // Kill the leader once the deploy has reached the coordinators (the build has started).
+    let store = cluster.dir.path().join("store");
+    eventually(DEADLINE, "the deploy to upload its sources", || {
+        if store.join("sha256").read_dir().map(|d| d.count()).unwrap_or(0) >= 2 {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    let leader = cluster.leader().expect("a leader");
+    cluster.coordinators[leader].kill();
+    let output = deploying.wait_with_output().expect("the deploy ends");
+    assert!(output.status.success(), "the deploy failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(cluster.wait_running("hello", 6).values().sum::<usize>(), 6);
+}
