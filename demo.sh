@@ -1,48 +1,47 @@
 #!/usr/bin/env bash
-# The main job on one machine: build Mirari, start a local agent, then configure, build and run
-# the example app on both backends (unix and kvm), show the live instances and their consoles,
-# and stop them. Everything it creates lives in a scratch directory it prints.
+# The main job on one machine: build Mirari, start `mirari dev` (a single-node coordinator and a
+# local agent in one process), deploy the example app with 3 instances across the cluster, show
+# the status and a console, scale it, run a kvm instance on the agent directly, and stop
+# everything. Everything it creates lives in a scratch directory it prints.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 cargo build --workspace --bins --locked --quiet
 bin="$PWD/target/debug"
 work="$(mktemp -d /tmp/mirari-demo.XXXXXX)"
-export MIRARI_AGENT="unix:$work/agent.sock" MIRARI_STORE="$work/store"
+export MIRARI_STORE="$work/store" MIRARI_ADDR="127.0.0.1:7400" MIRARI_AGENT="127.0.0.1:7401"
 mirari() { "$bin/mirari" "$@"; }
 
-"$bin/mirari-agent" --state-dir "$work/agent" --listen "$MIRARI_AGENT" >"$work/agent.log" 2>&1 &
-agent_pid=$!
+"$bin/mirari" dev --dir "$work/dev" >"$work/dev.log" 2>&1 &
+dev_pid=$!
 cleanup() {
+  mirari cluster stop hello >/dev/null 2>&1 || true
   for id in $(mirari ps -o json 2>/dev/null | sed -n 's/.*"id": "\([0-9a-f]*\)".*/\1/p'); do
     mirari stop "$id" >/dev/null 2>&1 || true
   done
-  kill "$agent_pid" 2>/dev/null || true
-  echo "agent log and state: $work"
+  kill -INT "$dev_pid" 2>/dev/null || true
+  wait "$dev_pid" 2>/dev/null || true
+  echo "logs and state: $work"
 }
 trap cleanup EXIT
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-until mirari host >/dev/null 2>&1; do
-  kill -0 "$agent_pid" 2>/dev/null || { cat "$work/agent.log"; exit 1; }
+until mirari cluster hosts 2>/dev/null | grep -q " up "; do
+  kill -0 "$dev_pid" 2>/dev/null || { cat "$work/dev.log"; exit 1; }
   sleep 0.2
 done
 
-cd examples/hello
-step "the agent's host and backends"; mirari host
-step "mirari configure (requirements, file images)"; mirari configure
-step "mirari build (each target; artifacts by sha256)"; mirari build
-step "mirari run: 2 instances on unix, 1 on kvm"
-mirari run -t unix --count 2
-mirari run -t kvm
-ids=$(mirari ps -o json | sed -n 's/.*"id": "\([0-9a-f]*\)".*/\1/p')
-for id in $ids; do
-  until mirari console "$id" | grep -q "heartbeat 3"; do sleep 0.5; done
-done
-step "mirari ps: live instances"; mirari ps
-for id in $ids; do
-  step "mirari console $id"; mirari console "$id"
-done
-step "mirari stop (graceful: the unix control socket, the kvm ACPI power button)"
-for id in $ids; do mirari stop "$id"; done
-step "mirari logs $(echo "$ids" | head -1)"; mirari logs "$(echo "$ids" | head -1)"
+step "mirari cluster hosts"; mirari cluster hosts
+step "mirari cluster deploy -f examples/hello/mirari.toml --count 3 (built on a cluster host)"
+mirari cluster deploy -f examples/hello/mirari.toml --count 3
+first=$(mirari cluster status -o json | sed -n 's/.*"id": "\([0-9a-f]\{16\}\)".*/\1/p' | head -1)
+until mirari console "$first" | grep -q "heartbeat 3"; do sleep 0.5; done
+step "mirari console $first (through the coordinator)"; mirari console "$first"
+step "mirari cluster scale hello 5"; mirari cluster scale hello 5
+step "the single-host cycle on the same agent: configure, build, run -t kvm"
+(cd examples/hello && mirari configure >/dev/null && mirari build -t kvm && mirari run -t kvm)
+kvm=$(mirari ps -o json | sed -n 's/.*"id": "\([0-9a-f]*\)".*/\1/p' | tail -1)
+until mirari console "$kvm" | grep -q "heartbeat 3"; do sleep 0.5; done
+step "mirari console $kvm (a QEMU guest)"; mirari console "$kvm"
+step "mirari cluster stop hello"; mirari cluster stop hello
+step "mirari stop $kvm"; mirari stop "$kvm"
