@@ -20,6 +20,8 @@ use crate::consensus::node::{Applied, MembershipChange, Node, NodeError};
 use crate::consensus::storage::Backing;
 use crate::transport::Transport;
 
+/// How long a read barrier waits for raft's answer before asking again.
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 /// How many inputs may queue for the driver before callers wait.
 const INPUT_QUEUE: usize = 4096;
 
@@ -119,11 +121,17 @@ impl RaftHandle {
     }
 
     /// Resolves when this node's state machine reflects every write committed before the
-    /// call (raft's ReadIndex), so a read that follows is linearizable.
+    /// call (raft's ReadIndex), so a read that follows is linearizable. raft drops a read
+    /// request it cannot serve yet (no leader known, a lost message) without a word, so an
+    /// unanswered request is asked again; callers bound the whole wait.
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
-        let (reply, answer) = oneshot::channel();
-        self.inputs.send(Input::ReadIndex(reply)).await.map_err(|_| ProposeError::Stopped)?;
-        answer.await.map_err(|_| ProposeError::Stopped)?
+        loop {
+            let (reply, answer) = oneshot::channel();
+            self.inputs.send(Input::ReadIndex(reply)).await.map_err(|_| ProposeError::Stopped)?;
+            if let Ok(answer) = tokio::time::timeout(READ_INDEX_RETRY, answer).await {
+                return answer.map_err(|_| ProposeError::Stopped)?;
+            }
+        }
     }
 
     pub(crate) fn delivery_reporter(&self) -> DeliveryReporter {

@@ -42,7 +42,9 @@ impl Leases {
 }
 
 /// Most placements one raft entry carries.
-const PLACEMENTS_PER_ENTRY: usize = 1000;
+const PLACEMENTS_PER_ENTRY: usize = 5000;
+/// Most plans committed in one duty round, so lease checks are never starved.
+const PLANS_PER_ROUND: usize = 20;
 /// The leader looks at leases and empty slots this often.
 const DUTY_INTERVAL: Duration = Duration::from_millis(200);
 /// Without registry changes, it still re-plans this often (a host may have freed up).
@@ -98,39 +100,46 @@ async fn expire_leases(raft: &RaftHandle, leases: &Leases, timing: LeaseTiming) 
     }
 }
 
-/// Plans every deployment with empty slots and commits the plans.
+/// Plans every deployment with empty slots and commits the plans, again while they place
+/// something (up to a bound per round).
 async fn schedule(raft: &RaftHandle) {
-    let plans = {
-        let machine = raft.machine();
-        let registry = &machine.registry;
-        let mut minted: std::collections::HashSet<u64> = std::collections::HashSet::new();
-        let mut mint = || loop {
-            let id = rand::random::<u64>();
-            if !registry.was_minted(InstanceId::from_u64(id)) && minted.insert(id) {
-                return InstanceId::from_u64(id);
-            }
+    for _ in 0..PLANS_PER_ROUND {
+        let plans = {
+            let machine = raft.machine();
+            let registry = &machine.registry;
+            let mut minted: std::collections::HashSet<u64> = std::collections::HashSet::new();
+            let mut mint = || loop {
+                let id = rand::random::<u64>();
+                if !registry.was_minted(InstanceId::from_u64(id)) && minted.insert(id) {
+                    return InstanceId::from_u64(id);
+                }
+            };
+            let apps: Vec<String> =
+                registry.deployments().filter(|d| d.desired == Desired::Running).map(|d| d.spec.app.clone()).collect();
+            apps.iter()
+                .filter_map(|app| scheduler::plan(registry, app, PLACEMENTS_PER_ENTRY, &mut mint))
+                .filter(|plan| !plan.placements.is_empty())
+                .collect::<Vec<_>>()
         };
-        let apps: Vec<String> =
-            registry.deployments().filter(|d| d.desired == Desired::Running).map(|d| d.spec.app.clone()).collect();
-        apps.iter()
-            .filter_map(|app| scheduler::plan(registry, app, PLACEMENTS_PER_ENTRY, &mut mint))
-            .filter(|plan| !plan.placements.is_empty())
-            .collect::<Vec<_>>()
-    };
-    for plan in plans {
-        let placed = plan.placements.len();
-        let command = Command::Place {
-            app: plan.app.clone(),
-            generation: plan.generation,
-            placements: plan.placements,
-            at_ms: now_ms(),
-        };
-        match raft.propose(Request { request_id: fresh_request_id("place"), command }).await {
-            Ok(Ok(_)) => tracing::info!(app = %plan.app, placed, "placed instances"),
-            Ok(Err(rejection)) => {
-                tracing::debug!(app = %plan.app, %rejection, "plan refused; planning again")
+        if plans.is_empty() {
+            return;
+        }
+        for plan in plans {
+            let placed = plan.placements.len();
+            let command = Command::Place {
+                app: plan.app.clone(),
+                generation: plan.generation,
+                placements: plan.placements,
+                at_ms: now_ms(),
+            };
+            match raft.propose(Request { request_id: fresh_request_id("place"), command }).await {
+                Ok(Ok(_)) => tracing::info!(app = %plan.app, placed, "placed instances"),
+                Ok(Err(rejection)) => tracing::debug!(app = %plan.app, %rejection, "plan refused; planning again"),
+                Err(error) => {
+                    tracing::debug!(app = %plan.app, %error, "plan not committed");
+                    return;
+                }
             }
-            Err(error) => tracing::debug!(app = %plan.app, %error, "plan not committed"),
         }
     }
 }

@@ -366,17 +366,27 @@ impl coordinator_server::Coordinator for CoordinatorService {
             if sender.send(Ok(first)).await.is_err() {
                 return;
             }
+            let mut seen_version = raft.machine().registry.host_version(&host);
+            let mut looked_at = tokio::time::Instant::now();
             loop {
                 let _ = tokio::time::timeout(ASSIGNMENT_RECHECK, raft.status_changed()).await;
                 tokio::time::sleep(ASSIGNMENT_MIN_INTERVAL).await;
                 if sender.is_closed() {
                     return;
                 }
+                // Most registry changes are about other hosts: look again only when this host's
+                // placements changed, or now and then (an app version re-registered).
+                let version = raft.machine().registry.host_version(&host);
+                if version == seen_version && looked_at.elapsed() < ASSIGNMENT_RECHECK {
+                    continue;
+                }
                 // Linearizable, so a lagging follower never hands out assignments the leader
                 // already took back.
                 if tokio::time::timeout(RAFT_DEADLINE, raft.read_barrier()).await.map_or(true, |r| r.is_err()) {
                     continue;
                 }
+                seen_version = raft.machine().registry.host_version(&host);
+                looked_at = tokio::time::Instant::now();
                 let next = assignments_of(&raft, &host);
                 if next.instances != last.instances {
                     last = next.clone();

@@ -49,6 +49,21 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Placements per second with many simulated hosts: registers HOSTS simulated hosts (they
+    /// run nothing; they acknowledge every assignment as running), deploys INSTANCES instances,
+    /// and times placement and acknowledgement
+    Cluster {
+        /// Coordinators, comma separated (host:port)
+        #[arg(long, value_delimiter = ',', required = true)]
+        coordinators: Vec<Endpoint>,
+        #[arg(long, default_value_t = 1000)]
+        hosts: usize,
+        #[arg(long, default_value_t = 100_000)]
+        instances: u32,
+        /// Give up after this long
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[tokio::main]
@@ -56,6 +71,9 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         BenchCommand::Raft { coordinators, clients, duration, acked_file, prefix, json } => {
             raft(coordinators, clients, duration, acked_file, prefix, json).await
+        }
+        BenchCommand::Cluster { coordinators, hosts, instances, timeout } => {
+            simulated::run(coordinators, hosts, instances, timeout).await
         }
     }
 }
@@ -194,5 +212,204 @@ fn host(name: &str) -> Host {
         status: HostStatus::Up,
         registered_at_ms: 0,
         status_changed_at_ms: 0,
+    }
+}
+
+/// Simulated hosts: the protocol of an agent without any instance behind it, so one process can
+/// stand in for a thousand hosts. Only this benchmark uses them.
+mod simulated {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use mirari_core::digest::Digest;
+    use mirari_core::instance::Phase;
+    use mirari_core::registry::{AppVersion, Command, DeploymentSpec, Placement, Request, Resources};
+    use mirari_core::spec::RunPolicy;
+    use mirari_core::target::Target;
+    use mirari_proto::agent as wire_agent;
+    use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
+    use mirari_proto::coordinator::{self as pb};
+    use mirari_proto::endpoint::Endpoint;
+    use mirari_proto::log_codec;
+    use tonic::transport::Channel;
+
+    const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+    #[derive(Default)]
+    struct Counters {
+        registered: AtomicUsize,
+        assigned: AtomicUsize,
+        acknowledged: AtomicUsize,
+    }
+
+    async fn clients(coordinators: &[Endpoint]) -> anyhow::Result<Vec<CoordinatorClient<Channel>>> {
+        let mut clients = Vec::new();
+        for endpoint in coordinators {
+            let client = CoordinatorClient::new(endpoint.connect().await?)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            clients.push(client);
+        }
+        Ok(clients)
+    }
+
+    /// One simulated host: register, watch assignments, acknowledge them as running.
+    async fn host(mut client: CoordinatorClient<Channel>, name: String, counters: Arc<Counters>) -> anyhow::Result<()> {
+        let mut host = super::host(&name);
+        host.capacity = Resources { memory_mib: 1 << 30, vcpus: 1 << 20, instances: 1 << 20 };
+        loop {
+            let request = pb::RegisterHostRequest { host: Some(log_codec::host_to_pb(&host)) };
+            if client.register_host(request).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        counters.registered.fetch_add(1, Ordering::Relaxed);
+        // As a real agent does, heartbeats never wait on the assignment stream.
+        let (assigned, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<Vec<u64>>();
+        let mut watcher = client.clone();
+        let watched = name.clone();
+        tokio::spawn(async move {
+            loop {
+                let request = pb::WatchAssignmentsRequest { host: watched.clone() };
+                if let Ok(response) = watcher.watch_assignments(request).await {
+                    let mut stream = response.into_inner();
+                    while let Ok(Some(set)) = stream.message().await {
+                        let _ = assigned.send(set.instances.iter().map(|a| a.id).collect());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let mut known: HashSet<u64> = HashSet::new();
+        let mut pending: Vec<u64> = Vec::new();
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                set = arrivals.recv() => {
+                    let Some(set) = set else { return Ok(()) };
+                    for id in set {
+                        if known.insert(id) {
+                            pending.push(id);
+                            counters.assigned.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                _ = ticker.tick() => {
+                    let reports = pending
+                        .iter()
+                        .map(|&id| mirari_proto::registry::InstanceReport {
+                            id,
+                            phase: wire_agent::Phase::from(Phase::Running).into(),
+                            ..Default::default()
+                        })
+                        .collect();
+                    let sent = pending.len();
+                    if client.heartbeat(pb::HeartbeatRequest { host: name.clone(), reports }).await.is_ok() && sent > 0 {
+                        pending.drain(..sent);
+                        counters.acknowledged.fetch_add(sent, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn propose(client: &mut CoordinatorClient<Channel>, request: Request) -> anyhow::Result<()> {
+        let response = client.propose(pb::ProposeRequest { entry: log_codec::encode(&request) }).await?.into_inner();
+        anyhow::ensure!(response.rejected.is_empty(), "refused: {}", response.rejected);
+        Ok(())
+    }
+
+    pub async fn run(
+        coordinators: Vec<Endpoint>,
+        hosts: usize,
+        instances: u32,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let clients = clients(&coordinators).await?;
+        let counters = Arc::new(Counters::default());
+        let started = Instant::now();
+        for index in 0..hosts {
+            let client = clients[index % clients.len()].clone();
+            let name = format!("sim-{index:05}");
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                if let Err(error) = host(client, name.clone(), counters).await {
+                    eprintln!("simulated host {name} failed: {error:#}");
+                }
+            });
+        }
+        while counters.registered.load(Ordering::Relaxed) < hosts {
+            anyhow::ensure!(started.elapsed() < timeout, "hosts did not register in time");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let registered_in = started.elapsed();
+        let mut client = clients[0].clone();
+        let version = AppVersion {
+            app: "bench".into(),
+            version: "1".into(),
+            artifacts: [(Target::Unix, Digest::of(b"simulated"))].into(),
+            files: vec![],
+            run: RunPolicy { memory_mib: 16, ..RunPolicy::default() },
+            constraints: Default::default(),
+        };
+        propose(&mut client, Request { request_id: "bench-app".into(), command: Command::RegisterApp { version } })
+            .await?;
+        let spec = DeploymentSpec {
+            app: "bench".into(),
+            version: "1".into(),
+            target: Target::Unix,
+            count: instances,
+            placement: Placement::Spread,
+        };
+        let deployed = Instant::now();
+        propose(
+            &mut client,
+            Request { request_id: "bench-deploy".into(), command: Command::Deploy { spec, at_ms: 0 } },
+        )
+        .await?;
+        let target = instances as usize;
+        let mut placed_in = None;
+        let mut last_report = Instant::now();
+        loop {
+            if std::env::var_os("MIRARI_BENCH_PROGRESS").is_some() && last_report.elapsed() > Duration::from_secs(1) {
+                last_report = Instant::now();
+                eprintln!(
+                    "  {:.1}s: {} assigned, {} acknowledged",
+                    deployed.elapsed().as_secs_f64(),
+                    counters.assigned.load(Ordering::Relaxed),
+                    counters.acknowledged.load(Ordering::Relaxed)
+                );
+            }
+            if placed_in.is_none() && counters.assigned.load(Ordering::Relaxed) >= target {
+                placed_in = Some(deployed.elapsed());
+            }
+            if counters.acknowledged.load(Ordering::Relaxed) >= target {
+                break;
+            }
+            anyhow::ensure!(
+                deployed.elapsed() < timeout,
+                "timed out: {} assigned, {} acknowledged",
+                counters.assigned.load(Ordering::Relaxed),
+                counters.acknowledged.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let running_in = deployed.elapsed();
+        let placed_in = placed_in.unwrap_or(running_in);
+        println!("{hosts} simulated hosts registered in {:.1}s", registered_in.as_secs_f64());
+        println!(
+            "{instances} instances placed (assigned to hosts) in {:.1}s: {:.0} placements/s",
+            placed_in.as_secs_f64(),
+            f64::from(instances) / placed_in.as_secs_f64()
+        );
+        println!(
+            "{instances} instances acknowledged as running in {:.1}s: {:.0} instances/s",
+            running_in.as_secs_f64(),
+            f64::from(instances) / running_in.as_secs_f64()
+        );
+        Ok(())
     }
 }

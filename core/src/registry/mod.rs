@@ -40,12 +40,24 @@ pub struct Registry {
     derived: Derived,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 struct Derived {
     used: BTreeMap<HostId, Resources>,
-    slots: BTreeMap<(String, u32), InstanceId>,
+    /// App -> slot -> the instance filling it.
+    slots: BTreeMap<String, BTreeMap<u32, InstanceId>>,
     /// Instances that should run, by host.
     placed: BTreeMap<HostId, BTreeSet<InstanceId>>,
+    /// Bumped whenever a host's set of instances that should run changes, so watchers can
+    /// tell cheaply whether to look again.
+    host_versions: BTreeMap<HostId, u64>,
+}
+
+/// Host versions are counters local to each replica (they restart when a snapshot is loaded),
+/// so they take no part in comparing registries; everything else is derived from `instances`.
+impl PartialEq for Derived {
+    fn eq(&self, other: &Self) -> bool {
+        self.used == other.used && self.slots == other.slots && self.placed == other.placed
+    }
 }
 
 impl Registry {
@@ -100,9 +112,14 @@ impl Registry {
         ids.filter_map(|id| self.instances.get(id))
     }
 
+    /// Changes whenever the set of instances that should run on `host` changes.
+    pub fn host_version(&self, host: &HostId) -> u64 {
+        self.derived.host_versions.get(host).copied().unwrap_or_default()
+    }
+
     /// The instance that fills a slot of an app's deployment, if any.
     pub fn slot_holder(&self, app: &str, slot: u32) -> Option<InstanceId> {
-        self.derived.slots.get(&(app.to_owned(), slot)).copied()
+        self.derived.slots.get(app)?.get(&slot).copied()
     }
 
     /// Rebuilds derived indexes; call after deserializing a snapshot.
@@ -371,8 +388,9 @@ impl Registry {
         let need = self.need_of(instance);
         let used = self.derived.used.entry(instance.host.clone()).or_default();
         *used = used.plus(need);
-        self.derived.slots.insert((instance.app.clone(), instance.slot), instance.id);
+        self.derived.slots.entry(instance.app.clone()).or_default().insert(instance.slot, instance.id);
         self.derived.placed.entry(instance.host.clone()).or_default().insert(instance.id);
+        *self.derived.host_versions.entry(instance.host.clone()).or_default() += 1;
     }
 
     fn vacate(&mut self, instance: &InstanceEntry) {
@@ -380,13 +398,15 @@ impl Registry {
         if let Some(used) = self.derived.used.get_mut(&instance.host) {
             *used = used.minus(need);
         }
-        let key = (instance.app.clone(), instance.slot);
-        if self.derived.slots.get(&key) == Some(&instance.id) {
-            self.derived.slots.remove(&key);
+        if let Some(slots) = self.derived.slots.get_mut(&instance.app)
+            && slots.get(&instance.slot) == Some(&instance.id)
+        {
+            slots.remove(&instance.slot);
         }
         if let Some(placed) = self.derived.placed.get_mut(&instance.host) {
             placed.remove(&instance.id);
         }
+        *self.derived.host_versions.entry(instance.host.clone()).or_default() += 1;
     }
 
     fn need_of(&self, instance: &InstanceEntry) -> Resources {
