@@ -8,29 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 instances="${1:-100000}"
 hosts="${2:-1000}"
-cargo build --release --locked --quiet -p mirari-coordinator -p mirari --bins
-bin="$PWD/target/release"
-work="$(mktemp -d "${TMPDIR:-/var/tmp}/mirari-bench-cluster.XXXXXX")"
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"; }
-trap cleanup EXIT
-
+source deploy/lib/coordinators.sh
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-base=$((17000 + RANDOM % 20000))
-addresses=()
-for id in 1 2 3; do
-  address="127.0.0.1:$((base + id))"
-  addresses+=("$address")
-  flag=""; [ "$id" = 1 ] && flag="--bootstrap"
-  RUST_LOG="${RUST_LOG:-warn}" "$bin/mirari-coordinator" --id "$id" --data-dir "$work/n$id" --listen "$address" $flag 2>"$work/n$id.log" &
-  pids+=($!)
-done
-export MIRARI_ADDR="${addresses[0]}"
-until "$bin/mirari" cluster info -o json 2>/dev/null | grep -q '"role": "leader"'; do sleep 0.2; done
-for id in 2 3; do
-  until "$bin/mirari" cluster members add --id "$id" --address "${addresses[$((id - 1))]}" >/dev/null 2>&1; do sleep 0.2; done
-done
-all="$(IFS=,; echo "${addresses[*]}")"
 export MIRARI_ADDR="$all"
 before=(); for pid in "${pids[@]}"; do before+=("$(rss_kib "$pid")"); done
 
