@@ -14,7 +14,7 @@ export MIRARI_ADDR="$all"
 before=(); for pid in "${pids[@]}"; do before+=("$(rss_kib "$pid")"); done
 
 echo "3 coordinators on loopback (fsync on), $hosts simulated hosts, $instances instances:"
-"$bin/mirari-bench" cluster --coordinators "$all" --hosts "$hosts" --instances "$instances"
+"$bin/mirari-bench" "${bench_tls[@]}" cluster --coordinators "$all" --hosts "$hosts" --instances "$instances"
 for i in 0 1 2; do
   after="$(rss_kib "${pids[$i]}")"
   awk -v id=$((i + 1)) -v b="${before[$i]}" -v a="$after" -v n="$instances" \

@@ -8,5 +8,5 @@ seconds="${1:-10}"
 source deploy/lib/coordinators.sh
 echo "3 coordinators on loopback, data in $work (fsync on), ${seconds}s per run:"
 for clients in 1 16 256; do
-  "$bin/mirari-bench" raft --coordinators "$all" --clients "$clients" --duration "${seconds}s" --prefix "c$clients"
+  "$bin/mirari-bench" "${bench_tls[@]}" raft --coordinators "$all" --clients "$clients" --duration "${seconds}s" --prefix "c$clients"
 done

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use mirari_core::lease::LeaseTiming;
 use mirari_core::registry::{Host, HostId, HostStatus, Resources};
+use mirari_proto::auth::{self, Guarded};
 use mirari_proto::endpoint::{Endpoint, Listener};
 
 use crate::builder::Builder;
@@ -77,7 +78,8 @@ pub async fn run(
     }
     let endpoint = listener.local_endpoint().map_or_else(|_| "?".into(), |e: Endpoint| e.to_string());
     tracing::info!(%endpoint, state_dir = %config.state_dir.display(), "mirari-agent serving");
-    let router = tonic::transport::Server::builder().add_service(AgentService::new(agent, builder).into_server());
+    let service = Guarded::new(AgentService::new(agent, builder).into_server(), auth::agent_policy);
+    let router = tonic::transport::Server::builder().add_service(service);
     listener.serve(router, shutdown).await?;
     tracing::info!("mirari-agent stopped; instances keep running and are re-adopted at the next start");
     Ok(())

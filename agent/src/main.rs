@@ -11,6 +11,7 @@ use mirari_agent::runtime::AgentConfig;
 use mirari_agent::supervisor::shim::{self, ShimArgs};
 use mirari_core::registry::Resources;
 use mirari_proto::endpoint::{Endpoint, Listener};
+use mirari_proto::tls::{self, ClientTls, ServerTls, TlsArgs};
 
 /// Runs unikernel instances on this host through its backends (unix processes, QEMU/KVM) and
 /// serves the agent API. Instances keep running while the agent restarts; a restarted agent
@@ -55,6 +56,8 @@ struct Cli {
     /// Most instances this host runs
     #[arg(long, default_value_t = 64)]
     max_instances: u32,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -94,6 +97,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
+    tls::install_crypto_provider();
     let config = AgentConfig {
         state_dir: cli.state_dir.unwrap_or_else(paths::default_state_dir),
         console_bytes: cli.console_bytes,
@@ -101,7 +105,24 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         kvm_device: cli.kvm_device,
     };
     let endpoint = cli.listen.unwrap_or_else(paths::default_agent_endpoint);
-    let listener = Listener::bind(&endpoint).await.with_context(|| format!("cannot listen on {endpoint}"))?;
+    let files = cli.tls.files()?;
+    let server_tls = match (&endpoint, &files) {
+        (Endpoint::Unix(_), _) => None,
+        (Endpoint::Tcp(_), Some(files)) => Some(ServerTls::load(files)?),
+        (Endpoint::Tcp(_), None) => anyhow::bail!(
+            "on TCP the agent serves with mutual TLS only: give --tls-ca, --tls-cert and --tls-key (or a [tls] \
+             table in --config); create them with `mirari tls`"
+        ),
+    };
+    if let Some(files) = &files {
+        tls::set_client_identity(ClientTls::load(files)?);
+    } else if !cli.join.is_empty() {
+        anyhow::bail!(
+            "--join needs this agent's TLS identity (--tls-ca, --tls-cert, --tls-key): coordinators accept TLS only"
+        );
+    }
+    let listener =
+        Listener::bind(&endpoint, server_tls).await.with_context(|| format!("cannot listen on {endpoint}"))?;
     let join = if cli.join.is_empty() {
         None
     } else {

@@ -29,8 +29,9 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .init();
     let dir = dir.unwrap_or_else(default_dir);
     let coordinator_listener =
-        Listener::bind(&COORDINATOR.parse()?).await.with_context(|| format!("cannot listen on {COORDINATOR}"))?;
-    let agent_listener = Listener::bind(&AGENT.parse()?).await.with_context(|| format!("cannot listen on {AGENT}"))?;
+        Listener::bind(&COORDINATOR.parse()?, None).await.with_context(|| format!("cannot listen on {COORDINATOR}"))?;
+    let agent_listener =
+        Listener::bind(&AGENT.parse()?, None).await.with_context(|| format!("cannot listen on {AGENT}"))?;
     let coordinator = CoordinatorConfig {
         id: 1,
         data_dir: dir.join("coordinator"),

@@ -9,6 +9,7 @@ mod deploy;
 mod dev;
 mod output;
 mod project_cmds;
+mod tls_cmds;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,8 @@ struct Cli {
     /// Coordinators to talk to for `cluster` commands: host:port, comma separated
     #[arg(long, global = true, env = "MIRARI_ADDR", value_delimiter = ',', default_value = "127.0.0.1:7400")]
     coordinator: Vec<Endpoint>,
+    #[command(flatten)]
+    tls: mirari_proto::tls::TlsArgs,
     /// Output format for results
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -113,6 +116,65 @@ enum Command {
     /// The cluster: coordinators, hosts, deployments
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// A certificate authority for a cluster, and certificates that carry roles
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Create a certificate authority
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+    /// Issue certificates
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaAction {
+    /// Create the CA: ca.pem and ca-key.pem (mode 0600) in --dir
+    Create {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long, default_value = "Mirari CA")]
+        name: String,
+        /// Days the CA is valid
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertAction {
+    /// Issue NAME.pem and NAME-key.pem (mode 0600) signed by the CA in --ca-dir
+    Create {
+        /// coordinator, agent, operator or reader
+        #[arg(long)]
+        role: mirari_proto::tls::Role,
+        /// The holder's name (the certificate's common name and file name)
+        #[arg(long)]
+        name: String,
+        /// A DNS name servers holding this certificate answer to (repeatable)
+        #[arg(long)]
+        dns: Vec<String>,
+        /// An IP address servers holding this certificate answer at (repeatable)
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+        /// Where the CA's ca.pem and ca-key.pem are
+        #[arg(long, default_value = ".")]
+        ca_dir: PathBuf,
+        /// Where to write the certificate and key [default: --ca-dir]
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Days the certificate is valid
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +288,13 @@ fn chain(error: &anyhow::Error) -> String {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    mirari_proto::tls::install_crypto_provider();
+    // `mirari dev` serves without TLS on loopback, and its parts talk to each other without it.
+    if !matches!(cli.command, Command::Dev { .. })
+        && let Some(files) = cli.tls.files()?
+    {
+        mirari_proto::tls::set_client_identity(mirari_proto::tls::ClientTls::load(&files)?);
+    }
     let agent = cli.agent.unwrap_or_else(mirari_agent::paths::default_agent_endpoint);
     let format = cli.output;
     match cli.command {
@@ -236,6 +305,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Console { id, follow } => agent_cmds::console(&agent, &cli.coordinator, &id, follow).await,
         Command::Logs { id } => agent_cmds::logs(&agent, &cli.coordinator, &id, format).await,
         Command::Dev { dir } => dev::run(dir).await,
+        Command::Tls(TlsCommand::Ca { action: CaAction::Create { dir, name, days } }) => {
+            tls_cmds::create_ca(&dir, &name, days)
+        }
+        Command::Tls(TlsCommand::Cert {
+            action: CertAction::Create { role, name, dns, ip, ca_dir, out_dir, days },
+        }) => {
+            let out_dir = out_dir.unwrap_or_else(|| ca_dir.clone());
+            tls_cmds::create_cert(&tls_cmds::CertRequest { ca_dir, out_dir, role, name, dns, ips: ip, days })
+        }
         Command::Shim(_) => unreachable!("handled before the runtime starts"),
         Command::Stop { id } => agent_cmds::stop(&agent, &id, format).await,
         Command::Host => agent_cmds::host(&agent, format).await,

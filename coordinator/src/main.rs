@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use mirari_coordinator::server::{self, CoordinatorConfig};
 use mirari_proto::endpoint::{Endpoint, Listener};
+use mirari_proto::tls::{self, ClientTls, ServerTls, TlsArgs};
 
 /// Holds the authoritative registry of hosts, applications, deployments and instances,
 /// replicated with raft. Start the first node with --bootstrap; start the others without it
@@ -35,6 +36,8 @@ struct Cli {
     /// Take a snapshot and compact the log after this many entries
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,13 +52,21 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
+    tls::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let endpoint: Endpoint = cli.listen.parse().context("--listen")?;
-    let listener = Listener::bind(&endpoint).await.with_context(|| format!("cannot listen on {endpoint}"))?;
+    let files = cli.tls.files()?.context(
+        "a coordinator serves with mutual TLS only: give --tls-ca, --tls-cert and --tls-key (or a [tls] table in \
+         --config); create them with `mirari tls`. Only `mirari dev` runs without TLS, on loopback",
+    )?;
+    tls::set_client_identity(ClientTls::load(&files)?);
+    let server_tls = ServerTls::load(&files)?;
+    let listener =
+        Listener::bind(&endpoint, Some(server_tls)).await.with_context(|| format!("cannot listen on {endpoint}"))?;
     let advertise =
         cli.advertise.unwrap_or_else(|| listener.local_endpoint().map(|e| e.to_string()).unwrap_or(cli.listen.clone()));
     let config = CoordinatorConfig {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use mirari_blobs::{BlobError, BlobStore};
+use mirari_proto::auth::{self, Guarded};
 use mirari_proto::endpoint::Listener;
 
 use crate::blobs::ReplicatedBlobs;
@@ -88,8 +89,11 @@ pub async fn run(
     let leases = Arc::new(Leases::default());
     tokio::spawn(leader::run(raft.clone(), leases.clone(), config.leases));
     let router = tonic::transport::Server::builder()
-        .add_service(PeerService::new(raft.clone(), blobs.clone()).into_server())
-        .add_service(CoordinatorService::new(raft, leases, config.leases, blobs).into_server());
+        .add_service(Guarded::new(PeerService::new(raft.clone(), blobs.clone()).into_server(), auth::peer_policy))
+        .add_service(Guarded::new(
+            CoordinatorService::new(raft, leases, config.leases, blobs).into_server(),
+            auth::coordinator_policy,
+        ));
     tokio::select! {
         served = listener.serve(router, shutdown) => Ok(served?),
         driver = driver_task => match driver {

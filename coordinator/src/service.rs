@@ -289,8 +289,24 @@ impl coordinator_server::Coordinator for CoordinatorService {
 
     async fn propose(&self, request: RpcRequest<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = mirari_proto::auth::caller_role(request.extensions());
         let entry = request.into_inner().entry;
         let decoded: Request = log_codec::decode(&entry).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // People change apps and deployments; hosts, placements and observed states come from
+        // agents and the leader through their own RPCs.
+        let for_people = matches!(
+            decoded.command,
+            Command::RegisterApp { .. }
+                | Command::Deploy { .. }
+                | Command::Scale { .. }
+                | Command::StopDeployment { .. }
+                | Command::StopInstances { .. }
+        );
+        if caller == Some(Some(mirari_proto::tls::Role::Operator)) && !for_people {
+            return Err(Status::permission_denied(
+                "an operator certificate may only propose app and deployment changes",
+            ));
+        }
         let local = async { Ok(Ok(applied_response(self.raft.propose(decoded).await?))) };
         self.on_leader(forwarded, local, async |mut leader| leader.propose(forward(pb::ProposeRequest { entry })).await)
             .await

@@ -1,6 +1,7 @@
 # Sourced by the benchmark scripts: builds the release binaries and starts a 3-coordinator raft
 # group on loopback (fsync on) in a scratch directory that is removed on exit (kept if KEEP is
-# set). Afterwards: $bin, $work, $all (the addresses, comma separated), pids (an array).
+# set). Afterwards: $bin, $work, $all (the addresses, comma separated), pids (an array),
+# bench_tls (the load generator's TLS flags); `mirari` runs as an operator.
 # shellcheck shell=bash
 cargo build --release --locked --quiet -p mirari-coordinator -p mirari --bins
 bin="$PWD/target/release"
@@ -9,13 +10,24 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"; }
 trap cleanup EXIT
 
+# Mutual TLS, as in production: a CA, a certificate per coordinator, an operator certificate
+# for `mirari` (through the environment) and a coordinator certificate for the load generator.
+"$bin/mirari" tls ca create --dir "$work/pki" >/dev/null
+for name in coordinator-1 coordinator-2 coordinator-3 bench operator; do
+  role=coordinator; [ "$name" = operator ] && role=operator
+  "$bin/mirari" tls cert create --ca-dir "$work/pki" --role "$role" --name "$name" --ip 127.0.0.1 >/dev/null
+done
+export MIRARI_CACERT="$work/pki/ca.pem" MIRARI_CERT="$work/pki/operator.pem" MIRARI_KEY="$work/pki/operator-key.pem"
+bench_tls=(--tls-ca "$work/pki/ca.pem" --tls-cert "$work/pki/bench.pem" --tls-key "$work/pki/bench-key.pem")
+
 base=$((17000 + RANDOM % 20000))
 addresses=()
 for id in 1 2 3; do
   address="127.0.0.1:$((base + id))"
   addresses+=("$address")
   flag=""; [ "$id" = 1 ] && flag="--bootstrap"
-  RUST_LOG="${RUST_LOG:-warn}" "$bin/mirari-coordinator" --id "$id" --data-dir "$work/n$id" --listen "$address" $flag 2>"$work/n$id.log" &
+  RUST_LOG="${RUST_LOG:-warn}" "$bin/mirari-coordinator" --id "$id" --data-dir "$work/n$id" --listen "$address" $flag \
+    --tls-cert "$work/pki/coordinator-$id.pem" --tls-key "$work/pki/coordinator-$id-key.pem" 2>"$work/n$id.log" &
   pids+=($!)
 done
 until "$bin/mirari" cluster info --coordinator "${addresses[0]}" -o json 2>/dev/null | grep -q '"role": "leader"'; do sleep 0.2; done

@@ -5,10 +5,14 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, UnixListener, UnixStream};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::server::Router;
 use tonic::transport::{Channel, Uri};
+
+use crate::tls::{ServerTls, client_identity};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -72,11 +76,17 @@ impl Endpoint {
     pub async fn connect(&self) -> Result<Channel, ConnectError> {
         let wrap = |source| ConnectError::Unreachable { endpoint: self.clone(), source };
         match self {
-            Endpoint::Tcp(host_port) => Channel::from_shared(format!("http://{host_port}"))
-                .map_err(|_| ConnectError::InvalidAddress(self.clone()))?
-                .connect()
-                .await
-                .map_err(wrap),
+            Endpoint::Tcp(host_port) => {
+                let invalid = |_| ConnectError::InvalidAddress(self.clone());
+                let endpoint = match client_identity() {
+                    Some(tls) => Channel::from_shared(format!("https://{host_port}"))
+                        .map_err(invalid)?
+                        .tls_config(tls.config.clone())
+                        .map_err(wrap)?,
+                    None => Channel::from_shared(format!("http://{host_port}")).map_err(invalid)?,
+                };
+                endpoint.connect().await.map_err(wrap)
+            }
             Endpoint::Unix(path) => {
                 let path = path.clone();
                 // The URI is unused: the connector below decides where bytes go.
@@ -96,14 +106,26 @@ impl Endpoint {
 #[derive(Debug)]
 pub enum Listener {
     Unix(UnixListener, PathBuf),
+    /// Without TLS: only `mirari dev`, on loopback.
     Tcp(TcpListener),
+    Tls(TcpListener, ServerTls),
 }
 
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Listener {
-    /// Binds the endpoint. A stale Unix socket file from a dead process is replaced.
-    pub async fn bind(endpoint: &Endpoint) -> std::io::Result<Self> {
+    /// Binds the endpoint, with TLS on TCP if `tls` is given. A stale Unix socket file from a
+    /// dead process is replaced.
+    pub async fn bind(endpoint: &Endpoint, tls: Option<ServerTls>) -> std::io::Result<Self> {
         match endpoint {
-            Endpoint::Tcp(host_port) => Ok(Listener::Tcp(TcpListener::bind(host_port).await?)),
+            Endpoint::Tcp(host_port) => {
+                let listener = TcpListener::bind(host_port).await?;
+                Ok(match tls {
+                    Some(tls) => Listener::Tls(listener, tls),
+                    None => Listener::Tcp(listener),
+                })
+            }
             Endpoint::Unix(path) => {
                 if UnixStream::connect(path).await.is_ok() {
                     return Err(std::io::Error::new(
@@ -128,7 +150,9 @@ impl Listener {
     pub fn local_endpoint(&self) -> std::io::Result<Endpoint> {
         match self {
             Listener::Unix(_, path) => Ok(Endpoint::Unix(path.clone())),
-            Listener::Tcp(listener) => Ok(Endpoint::Tcp(listener.local_addr()?.to_string())),
+            Listener::Tcp(listener) | Listener::Tls(listener, _) => {
+                Ok(Endpoint::Tcp(listener.local_addr()?.to_string()))
+            }
         }
     }
 
@@ -142,6 +166,9 @@ impl Listener {
             Listener::Tcp(listener) => {
                 router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await
             }
+            Listener::Tls(listener, tls) => {
+                router.serve_with_incoming_shutdown(accept_tls(listener, tls), shutdown).await
+            }
             Listener::Unix(listener, path) => {
                 let result = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await;
                 let _ = std::fs::remove_file(path);
@@ -149,6 +176,44 @@ impl Listener {
             }
         }
     }
+}
+
+/// Accepted connections after a completed TLS handshake. A refused handshake (no client
+/// certificate, an expired one, one from another CA, plaintext) is logged with the reason and
+/// the connection dropped.
+fn accept_tls(
+    listener: TcpListener,
+    tls: ServerTls,
+) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if sender.is_closed() {
+                return;
+            }
+            let (acceptor, accepted) = (tls.acceptor.clone(), sender.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = accepted.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => tracing::warn!(%peer, %error, "refused a TLS connection"),
+                    Err(_) => {
+                        tracing::warn!(%peer, "refused a TLS connection: no handshake within {HANDSHAKE_TIMEOUT:?}")
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! - [`convert`]: conversions between wire messages and `mirari-core` types, validating what
 //!   arrives.
 //! - [`endpoint`]: addresses (`unix:/path` or `host:port`), connecting and serving on them.
+//! - [`tls`]: mutual TLS, certificates and the roles they carry.
+//! - [`auth`]: which role may call which RPC, checked for every server in one place.
 
 #![allow(missing_debug_implementations)] // generated gRPC clients and servers
 
@@ -34,6 +36,8 @@ pub use generated::mirari::agent::v1 as agent;
 pub use generated::mirari::coordinator::v1 as coordinator;
 pub use generated::mirari::registry::v1 as registry;
 
+pub mod auth;
 pub mod convert;
 pub mod endpoint;
 pub mod log_codec;
+pub mod tls;

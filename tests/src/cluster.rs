@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::coordinators::{Coordinator, free_port};
 use crate::netns::{Network, TestHost};
+use crate::pki::{Identity, Pki};
 use crate::{bin, eventually};
 
 pub const DEADLINE: Duration = Duration::from_secs(90);
@@ -24,11 +25,13 @@ pub struct ClusterAgent {
     join: String,
     log: PathBuf,
     child: Option<Child>,
+    identity: Identity,
 }
 
 impl ClusterAgent {
-    fn start(name: &str, host: &TestHost, dir: &Path, join: &str) -> Self {
+    fn start(name: &str, host: &TestHost, dir: &Path, join: &str, pki: &Pki) -> Self {
         let mut agent = Self {
+            identity: pki.issue("agent", name, &[&host.ip]),
             name: name.to_owned(),
             host: host.clone(),
             state_dir: dir.join(name),
@@ -43,9 +46,9 @@ impl ClusterAgent {
 
     fn spawn(&mut self) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("agent log");
-        let child = self
-            .host
-            .command(&bin("mirari-agent"))
+        let mut command = self.host.command(&bin("mirari-agent"));
+        self.identity.apply(&mut command);
+        let child = command
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(["--listen", &self.address, "--join", &self.join, "--name", &self.name, "--max-instances", "16"])
@@ -148,12 +151,13 @@ impl Cluster {
         let network = Network::new(coordinators + agents);
         let dir = tempfile::Builder::new().prefix("mirari-cluster-").tempdir().expect("scratch dir");
         let hosts = network.hosts().to_vec();
-        let mut nodes = vec![Coordinator::start(1, &hosts[0], dir.path(), true)];
+        let pki = Pki::new(dir.path());
+        let mut nodes = vec![Coordinator::start(1, &hosts[0], dir.path(), true, &pki)];
         eventually(DEADLINE, "coordinator 1 to lead", || {
             nodes[0].info()?["role"].as_str().filter(|r| *r == "leader").map(|_| ()).ok_or_else(|| "not yet".into())
         });
         for (i, host) in hosts.iter().enumerate().take(coordinators).skip(1) {
-            let node = Coordinator::start(i as u64 + 1, host, dir.path(), false);
+            let node = Coordinator::start(i as u64 + 1, host, dir.path(), false, &pki);
             let (id, address) = (node.id.to_string(), node.address.clone());
             eventually(DEADLINE, "adding a coordinator", || {
                 nodes[0].cli_json(&["cluster", "members", "add", "--id", &id, "--address", &address]).map(|_| ())
@@ -163,7 +167,7 @@ impl Cluster {
         let join: Vec<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
         let join = join.join(",");
         let agents = (0..agents)
-            .map(|i| ClusterAgent::start(&format!("agent-{i}"), &hosts[coordinators + i], dir.path(), &join))
+            .map(|i| ClusterAgent::start(&format!("agent-{i}"), &hosts[coordinators + i], dir.path(), &join, &pki))
             .collect();
         let app_dir = dir.path().join("hello");
         crate::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello"), &app_dir);
@@ -190,6 +194,7 @@ impl Cluster {
             .env("MIRARI_STORE", self.dir.path().join("store"))
             .env("MIRARI_AGENT", format!("unix:{}", self.dir.path().join("no-local-agent.sock").display()))
             .stdin(Stdio::null());
+        self.pki().issue("operator", "operator", &[]).apply(&mut command);
         command
     }
 
@@ -237,6 +242,10 @@ impl Cluster {
             }
             Ok(per_host)
         })
+    }
+
+    pub fn pki(&self) -> Pki {
+        Pki::new(self.dir.path())
     }
 
     /// The leader coordinator's index in `coordinators`.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::netns::TestHost;
+use crate::pki::{Identity, Pki};
 use crate::{bin, eventually};
 
 /// A free TCP port on this machine (loopback hosts share the port space).
@@ -23,13 +24,19 @@ pub struct Coordinator {
     pub data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    identity: Identity,
+    /// The identity `cli_json` uses.
+    operator: Identity,
 }
 
 impl Coordinator {
-    /// Starts coordinator `id` on `host`, keeping its data and log under `dir`.
-    pub fn start(id: u64, host: &TestHost, dir: &std::path::Path, bootstrap: bool) -> Self {
+    /// Starts coordinator `id` on `host`, keeping its data and log under `dir`, with a
+    /// certificate from `pki`.
+    pub fn start(id: u64, host: &TestHost, dir: &std::path::Path, bootstrap: bool, pki: &Pki) -> Self {
         let address = format!("{}:{}", host.ip, free_port());
         let mut coordinator = Self {
+            identity: pki.issue("coordinator", &format!("coordinator-{id}"), &[&host.ip]),
+            operator: pki.issue("operator", "operator", &[]),
             id,
             host: host.clone(),
             data_dir: dir.join(format!("coordinator-{id}")),
@@ -54,6 +61,7 @@ impl Coordinator {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
+        self.identity.apply(&mut command);
         if bootstrap {
             command.arg("--bootstrap");
         }
@@ -94,11 +102,10 @@ impl Coordinator {
 
     /// `mirari ARGS --output json` against this coordinator.
     pub fn cli_json(&self, args: &[&str]) -> Result<Value, String> {
-        let out = std::process::Command::new(bin("mirari"))
-            .args(args)
-            .args(["--output", "json", "--coordinator", &self.address])
-            .output()
-            .map_err(|e| e.to_string())?;
+        let mut command = std::process::Command::new(bin("mirari"));
+        command.args(args).args(["--output", "json", "--coordinator", &self.address]);
+        self.operator.apply(&mut command);
+        let out = command.output().map_err(|e| e.to_string())?;
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }

@@ -17,6 +17,7 @@ use serde_json::Value;
 pub mod cluster;
 pub mod coordinators;
 pub mod netns;
+pub mod pki;
 
 /// A real binary of the workspace, built by `cargo build --workspace --bins`.
 pub fn bin(name: &str) -> PathBuf {

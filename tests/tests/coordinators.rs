@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use mirari_tests::coordinators::Coordinator;
 use mirari_tests::netns::Network;
+use mirari_tests::pki::Pki;
 use mirari_tests::{bin, eventually};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -15,10 +16,11 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// Starts coordinator 1 with --bootstrap, the others empty, and adds them as members.
 fn cluster(network: &Network, dir: &Path, size: usize) -> Vec<Coordinator> {
     let hosts = network.hosts();
-    let mut nodes = vec![Coordinator::start(1, &hosts[0], dir, true)];
+    let pki = Pki::new(dir);
+    let mut nodes = vec![Coordinator::start(1, &hosts[0], dir, true, &pki)];
     eventually(DEADLINE, "node 1 to lead", || leader_of(&nodes).filter(|&l| l == 1).ok_or("no leader".to_owned()));
     for (i, host) in hosts.iter().enumerate().take(size).skip(1) {
-        let node = Coordinator::start(i as u64 + 1, host, dir, false);
+        let node = Coordinator::start(i as u64 + 1, host, dir, false, &pki);
         let address = node.address.clone();
         eventually(DEADLINE, &format!("adding member {}", node.id), || {
             nodes[0]
@@ -61,7 +63,11 @@ impl Writer {
     fn start(nodes: &[Coordinator], dir: &Path, prefix: &str, seconds: u64) -> Self {
         let acked = dir.join(format!("{prefix}.acked"));
         let addresses: Vec<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
-        let child = Command::new(bin("mirari-bench"))
+        // The writer registers hosts, as a cluster component does: it holds a coordinator
+        // certificate.
+        let mut command = Command::new(bin("mirari-bench"));
+        Pki::new(dir).issue("coordinator", "writer", &[]).apply(&mut command);
+        let child = command
             .args(["raft", "--clients", "4", "--prefix", prefix])
             .arg("--duration")
             .arg(format!("{seconds}s"))
@@ -145,7 +151,7 @@ fn members_are_added_and_removed_while_writes_continue() {
     let writer = Writer::start(&nodes, dir.path(), "churn", 12);
     writer.wait_acked_at_least(20);
 
-    let fourth = Coordinator::start(4, &network.hosts()[3], dir.path(), false);
+    let fourth = Coordinator::start(4, &network.hosts()[3], dir.path(), false, &Pki::new(dir.path()));
     let address = fourth.address.clone();
     eventually(DEADLINE, "adding member 4", || {
         nodes[0].cli_json(&["cluster", "members", "add", "--id", "4", "--address", &address]).map(|_| ())
@@ -178,7 +184,7 @@ fn members_are_added_and_removed_while_writes_continue() {
 fn a_corrupt_data_directory_is_refused() {
     let network = Network::new(1);
     let dir = tempfile::tempdir().unwrap();
-    let mut node = Coordinator::start(1, &network.hosts()[0], dir.path(), true);
+    let mut node = Coordinator::start(1, &network.hosts()[0], dir.path(), true, &Pki::new(dir.path()));
     let writer = Writer::start(std::slice::from_ref(&node), dir.path(), "MARKERMARKERMARKER", 2);
     writer.finish();
     node.kill();

@@ -19,11 +19,15 @@ use mirari_proto::log_codec;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
+/// Benchmarks against a running cluster. It acts as a cluster component: give it a
+/// coordinator certificate (--tls-*).
 #[derive(Debug, Parser)]
 #[command(name = "mirari-bench", version)]
 struct Cli {
     #[command(subcommand)]
     command: BenchCommand,
+    #[command(flatten)]
+    tls: mirari_proto::tls::TlsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,7 +72,12 @@ enum BenchCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    mirari_proto::tls::install_crypto_provider();
+    let cli = Cli::parse();
+    if let Some(files) = cli.tls.files()? {
+        mirari_proto::tls::set_client_identity(mirari_proto::tls::ClientTls::load(&files)?);
+    }
+    match cli.command {
         BenchCommand::Raft { coordinators, clients, duration, acked_file, prefix, json } => {
             raft(coordinators, clients, duration, acked_file, prefix, json).await
         }
