@@ -141,8 +141,9 @@ enum CaAction {
     Create {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        #[arg(long, default_value = "Mirari CA")]
-        name: String,
+        /// The CA's name [default: "Mirari CA" and a random suffix, so two clusters' CAs never share a name]
+        #[arg(long)]
+        name: Option<String>,
         /// Days the CA is valid
         #[arg(long, default_value_t = 3650)]
         days: i64,
@@ -306,6 +307,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs { id } => agent_cmds::logs(&agent, &cli.coordinator, &id, format).await,
         Command::Dev { dir } => dev::run(dir).await,
         Command::Tls(TlsCommand::Ca { action: CaAction::Create { dir, name, days } }) => {
+            let name = name.unwrap_or_else(|| format!("Mirari CA {:08x}", rand::random::<u32>()));
             tls_cmds::create_ca(&dir, &name, days)
         }
         Command::Tls(TlsCommand::Cert {

@@ -12,7 +12,7 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::server::Router;
 use tonic::transport::{Channel, Uri};
 
-use crate::tls::{ServerTls, client_identity};
+use crate::tls::{PreflightError, ServerTls, client_identity, preflight};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -63,6 +63,10 @@ impl fmt::Display for Endpoint {
 pub enum ConnectError {
     #[error("`{0}` is not a valid address")]
     InvalidAddress(Endpoint),
+    #[error("{endpoint} refused this client's TLS certificate: {reason}")]
+    Refused { endpoint: Endpoint, reason: String },
+    #[error("the TLS certificate of {endpoint} is not trusted: {reason}")]
+    Untrusted { endpoint: Endpoint, reason: String },
     #[error("cannot connect to {endpoint}")]
     Unreachable {
         endpoint: Endpoint,
@@ -79,10 +83,18 @@ impl Endpoint {
             Endpoint::Tcp(host_port) => {
                 let invalid = |_| ConnectError::InvalidAddress(self.clone());
                 let endpoint = match client_identity() {
-                    Some(tls) => Channel::from_shared(format!("https://{host_port}"))
-                        .map_err(invalid)?
-                        .tls_config(tls.config.clone())
-                        .map_err(wrap)?,
+                    Some(tls) => {
+                        preflight(tls, host_port).await.map_err(|error| match error {
+                            PreflightError::Refused(reason) => ConnectError::Refused { endpoint: self.clone(), reason },
+                            PreflightError::Untrusted(reason) => {
+                                ConnectError::Untrusted { endpoint: self.clone(), reason }
+                            }
+                        })?;
+                        Channel::from_shared(format!("https://{host_port}"))
+                            .map_err(invalid)?
+                            .tls_config(tls.config.clone())
+                            .map_err(wrap)?
+                    }
                     None => Channel::from_shared(format!("http://{host_port}")).map_err(invalid)?,
                 };
                 endpoint.connect().await.map_err(wrap)
@@ -204,6 +216,9 @@ fn accept_tls(
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
                         let _ = accepted.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) if error.to_string().contains("InvalidContentType") => {
+                        tracing::warn!(%peer, "refused a TLS connection: the client does not speak TLS (plaintext?)")
                     }
                     Ok(Err(error)) => tracing::warn!(%peer, %error, "refused a TLS connection"),
                     Err(_) => {

@@ -197,6 +197,8 @@ impl ServerTls {
 #[derive(Debug, Clone)]
 pub struct ClientTls {
     pub(crate) config: ClientTlsConfig,
+    /// The same settings for a bare rustls connection (see [`preflight`]).
+    rustls: Arc<rustls::ClientConfig>,
 }
 
 impl ClientTls {
@@ -204,14 +206,70 @@ impl ClientTls {
         install_crypto_provider();
         let ca = TlsFiles::read(&files.ca)?;
         let (cert, key) = (TlsFiles::read(&files.cert)?, TlsFiles::read(&files.key)?);
-        // Parse now, so a bad file is reported at start-up, not at the first connection.
-        TlsFiles::certificates(&files.ca)?;
-        TlsFiles::certificates(&files.cert)?;
-        TlsFiles::private_key(&files.key)?;
         let config =
             ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).identity(Identity::from_pem(cert, key));
-        Ok(Self { config })
+        // Parsed here too, so a bad file is reported at start-up, not at the first connection.
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in TlsFiles::certificates(&files.ca)? {
+            roots.add(ca)?;
+        }
+        let mut rustls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(TlsFiles::certificates(&files.cert)?, TlsFiles::private_key(&files.key)?)?;
+        rustls.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self { config, rustls: Arc::new(rustls) })
     }
+}
+
+/// Why a server would refuse this client's certificate, if it would.
+///
+/// Under TLS 1.3 a server checks the client's certificate after the client considers the
+/// handshake done, so a refusal reaches the client as a closed connection, or as an alert it
+/// may never read. This check does the handshake, starts HTTP/2 and reads the server's first
+/// answer, where the server's alert, if any, is: "received fatal alert: UnknownCA". A server
+/// that cannot be reached at all passes: the real connection reports that.
+pub(crate) async fn preflight(tls: &ClientTls, host_port: &str) -> Result<(), PreflightError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+    let host = host_port.rsplit_once(':').map_or(host_port, |(host, _)| host).trim_matches(['[', ']']);
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| PreflightError::Untrusted(format!("`{host}` is not a server name: {e}")))?;
+    let Ok(Ok(tcp)) = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(host_port)).await else {
+        return Ok(());
+    };
+    let check = async {
+        let mut stream = tokio_rustls::TlsConnector::from(tls.rustls.clone()).connect(name, tcp).await?;
+        stream.write_all(PREFACE).await?;
+        let mut first = [0u8; 9];
+        match stream.read(&mut first).await? {
+            0 => Err(std::io::Error::other("the server closed the connection after the TLS handshake")),
+            _ => Ok(()),
+        }
+    };
+    match tokio::time::timeout(WAIT, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => {
+            let ours = error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()).is_some_and(|e| {
+                matches!(e, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+            });
+            Err(if ours {
+                PreflightError::Untrusted(error.to_string())
+            } else {
+                PreflightError::Refused(error.to_string())
+            })
+        }
+        Err(_) => Err(PreflightError::Refused(format!("no answer to the TLS handshake within {WAIT:?}"))),
+    }
+}
+
+/// What the pre-flight TLS check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PreflightError {
+    /// The server refused this client (its certificate, usually).
+    Refused(String),
+    /// This client does not trust the server's certificate.
+    Untrusted(String),
 }
 
 /// The TLS options every Mirari binary takes.

@@ -81,6 +81,11 @@ impl ClusterAgent {
         }
     }
 
+    /// Where its API listens (TLS, coordinators only).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
     /// IDs of the instances whose process is alive on this host.
     pub fn live_instances(&self) -> Vec<String> {
         let Ok(entries) = fs::read_dir(self.state_dir.join("instances")) else { return Vec::new() };

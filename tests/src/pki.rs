@@ -35,6 +35,15 @@ impl Pki {
     /// Issues a certificate for `name` with `role`, valid at `ips` (or returns the one issued
     /// to `name` before).
     pub fn issue(&self, role: &str, name: &str, ips: &[&str]) -> Identity {
+        self.issue_with(role, name, ips, 365)
+    }
+
+    /// Issues a certificate valid for `days` (0: it expires at once).
+    pub fn issue_for_days(&self, role: &str, name: &str, days: u32) -> Identity {
+        self.issue_with(role, name, &[], days)
+    }
+
+    fn issue_with(&self, role: &str, name: &str, ips: &[&str], days: u32) -> Identity {
         let identity = Identity {
             ca: self.dir.join("ca.pem"),
             cert: self.dir.join(format!("{name}.pem")),
@@ -44,7 +53,9 @@ impl Pki {
             return identity;
         }
         let mut command = Command::new(bin("mirari"));
-        command.args(["tls", "cert", "create", "--role", role, "--name", name, "--ca-dir"]).arg(&self.dir);
+        command
+            .args(["tls", "cert", "create", "--role", role, "--name", name, "--days", &days.to_string(), "--ca-dir"])
+            .arg(&self.dir);
         for ip in ips {
             command.args(["--ip", ip]);
         }

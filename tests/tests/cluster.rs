@@ -125,7 +125,7 @@ fn a_partitioned_host_fences_and_no_slot_runs_twice() {
 #[test]
 fn a_deploy_completes_when_the_coordinator_leader_dies_during_it() {
     let mut cluster = cluster();
-    let mut deploying = cluster
+    let deploying = cluster
         .mirari_command(&["cluster", "deploy", "-t", "unix", "--count", "6"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
