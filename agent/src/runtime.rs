@@ -24,6 +24,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::backends::kvm::KvmBackend;
 use crate::backends::unix::UnixBackend;
+use crate::backends::xen::XenBackend;
 use crate::backends::{Backend, BackendError, Ended, Fingerprint, Launch, Recovered};
 use crate::clock::now_ms;
 use crate::console::ConsoleBuffer;
@@ -109,6 +110,7 @@ impl Agent {
         let all: Vec<Arc<dyn Backend>> = vec![
             Arc::new(UnixBackend::new(launcher.clone())),
             Arc::new(KvmBackend::new(launcher).with_kvm_device(&config.kvm_device)),
+            Arc::new(XenBackend::default()),
         ];
         let mut fingerprints = Vec::new();
         let mut backends = BTreeMap::new();

@@ -10,6 +10,8 @@ pub mod kvm;
 pub mod qmp;
 mod shimmed;
 pub mod unix;
+pub mod xen;
+pub mod xenstore;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,0 +1,418 @@
+//! The `xen` backend: instances are Xen domains, run through the `xl` toolstack from dom0.
+//!
+//! Each instance is a PVH domain named `mirari-<instance ID>`, tagged in xenstore under
+//! `/local/domain/0/mirari/instances/<instance ID>` (dom0's own tree, which guests cannot
+//! change). A restarted agent re-adopts domains by name. The domain config the agent writes:
+//! the artifact as the kernel, boot arguments as the command line, memory and vCPUs from the
+//! run policy, the file images as read-only disks (`xvda`, ...) and the first one also as the
+//! boot module (`ramdisk`) for guests without a block driver, and `preserve` on poweroff,
+//! reboot and crash, so the agent sees how a domain ended before it destroys it.
+//!
+//! Exit detection watches xenstore's `@releaseDomain` (fired when a domain shuts down or dies)
+//! instead of polling; the console is the domain's console pty, whose path xenconsoled puts in
+//! xenstore. A domain that powered off reports exit code 0; one that crashed, code 1.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use mirari_core::instance::ExitStatus;
+use mirari_core::target::Target;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use super::xenstore::Xenstore;
+use super::{
+    Backend, BackendError, Capabilities, ConsoleStream, Ended, Fingerprint, Handle, Inspection, Launch, Recovered,
+    StopOutcome,
+};
+use crate::supervisor::client::ConsoleFrame;
+
+const TARGET: Target = Target::Xen;
+/// How long an `xl` command may take.
+const XL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the state is looked at again when no xenstore event says it changed.
+const STATE_RECHECK: Duration = Duration::from_secs(2);
+/// The xenstore directory (in dom0's tree) where instances are tagged with their domain ID.
+const TAGS: &str = "/local/domain/0/mirari/instances";
+
+#[derive(Debug, Clone)]
+pub struct XenBackend {
+    xl: PathBuf,
+}
+
+impl Default for XenBackend {
+    fn default() -> Self {
+        Self { xl: "xl".into() }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct XenHandle {
+    name: String,
+    domid: u32,
+}
+
+/// A domain's state, from `xl list`'s state column (`r-----`, `--s---`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DomainState {
+    Running,
+    /// Shut down (powered off, rebooted or suspended) and preserved.
+    Shutdown,
+    Crashed,
+    Dying,
+}
+
+fn failed(message: impl Into<String>) -> BackendError {
+    BackendError::Failed { target: TARGET, message: message.into() }
+}
+
+fn domain_name(launch: &Launch) -> String {
+    format!("mirari-{}", launch.id)
+}
+
+impl XenBackend {
+    /// Runs `xl ARGS`; its stdout, or an error with its stderr.
+    async fn xl(&self, args: &[&str]) -> Result<String, BackendError> {
+        let run = tokio::process::Command::new(&self.xl).args(args).stdin(std::process::Stdio::null()).output();
+        let output = tokio::time::timeout(XL_TIMEOUT, run)
+            .await
+            .map_err(|_| failed(format!("`xl {}` did not finish within {XL_TIMEOUT:?}", args.join(" "))))?
+            .map_err(|e| BackendError::Io {
+                target: TARGET,
+                action: format!("run `xl {}`", args.join(" ")),
+                source: e,
+            })?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(failed(format!("`xl {}` failed: {}", args.join(" "), stderr.trim())));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// The domain's ID and state, or `None` if no such domain exists.
+    async fn state(&self, name: &str) -> Result<Option<(u32, DomainState)>, BackendError> {
+        match self.xl(&["list", name]).await {
+            Ok(listing) => Ok(parse_list(&listing, name)),
+            Err(BackendError::Failed { message, .. }) if message.contains("is an invalid domain identifier") => {
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn domain_config(launch: &Launch) -> String {
+        let quote = |text: &str| format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""));
+        let run = &launch.spec.run;
+        let mut config = vec![
+            format!("name = {}", quote(&domain_name(launch))),
+            "type = \"pvh\"".to_owned(),
+            format!("kernel = {}", quote(&launch.artifact.display().to_string())),
+            format!("cmdline = {}", quote(&run.boot_args.join(" "))),
+            format!("memory = {}", run.memory_mib),
+            format!("vcpus = {}", run.vcpus),
+            "on_poweroff = \"preserve\"".to_owned(),
+            "on_reboot = \"preserve\"".to_owned(),
+            "on_crash = \"preserve\"".to_owned(),
+        ];
+        if let Some(first) = launch.files.first() {
+            config.push(format!("ramdisk = {}", quote(&first.display().to_string())));
+        }
+        let disks: Vec<String> = launch
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, file)| {
+                let vdev = format!("xvd{}", char::from(b'a' + u8::try_from(i).unwrap_or(25)));
+                quote(&format!("format=raw,vdev={vdev},access=ro,target={}", file.display()))
+            })
+            .collect();
+        if !disks.is_empty() {
+            config.push(format!("disk = [ {} ]", disks.join(", ")));
+        }
+        config.join("\n") + "\n"
+    }
+
+    /// Waits until the domain is no longer running; how it ended.
+    async fn ended(&self, name: &str) -> Ended {
+        // A watch makes exit detection prompt; the periodic look is a fallback for a lost
+        // xenstore connection.
+        let mut watch = match Xenstore::connect_default().await {
+            Ok(xenstore) => {
+                xenstore.watch("@releaseDomain", &format!("mirari-release-{name}")).await.ok().map(|w| (xenstore, w))
+            }
+            Err(_) => None,
+        };
+        loop {
+            match self.state(name).await {
+                Ok(None) => return Ended::Lost,
+                Ok(Some((_, DomainState::Shutdown))) => return Ended::Exited(ExitStatus::Code(0)),
+                Ok(Some((_, DomainState::Crashed))) => return Ended::Exited(ExitStatus::Code(1)),
+                Ok(Some((_, DomainState::Running | DomainState::Dying))) | Err(_) => {}
+            }
+            match watch.as_mut() {
+                Some((_, events)) => {
+                    let _ = tokio::time::timeout(STATE_RECHECK, events.recv()).await;
+                }
+                None => tokio::time::sleep(STATE_RECHECK).await,
+            }
+        }
+    }
+}
+
+/// Finds `name`'s row in `xl list` output: `Name ID Mem VCPUs State Time(s)`.
+fn parse_list(listing: &str, name: &str) -> Option<(u32, DomainState)> {
+    let row = listing.lines().find(|l| l.split_whitespace().next() == Some(name))?;
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    let domid = fields.get(1)?.parse().ok()?;
+    let flags = fields.get(4)?;
+    let state = if flags.contains('c') {
+        DomainState::Crashed
+    } else if flags.contains('s') {
+        DomainState::Shutdown
+    } else if flags.contains('d') {
+        DomainState::Dying
+    } else {
+        DomainState::Running
+    };
+    Some((domid, state))
+}
+
+/// `xl info`'s `key : value` lines.
+fn parse_info(info: &str) -> BTreeMap<String, String> {
+    info.lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+        .collect()
+}
+
+#[async_trait]
+impl Backend for XenBackend {
+    fn target(&self) -> Target {
+        TARGET
+    }
+
+    async fn fingerprint(&self) -> Fingerprint {
+        let unavailable =
+            |reason: String| Fingerprint { target: TARGET, unavailable: Some(reason), attributes: BTreeMap::new() };
+        let info = match self.xl(&["info"]).await {
+            Ok(info) => parse_info(&info),
+            Err(BackendError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return unavailable("xl was not found: this is not a Xen dom0 (install xen-utils on one)".into());
+            }
+            Err(error) => return unavailable(format!("this is not a usable Xen dom0: {error}")),
+        };
+        let version = format!(
+            "{}.{}{}",
+            info.get("xen_major").map_or("?", String::as_str),
+            info.get("xen_minor").map_or("?", String::as_str),
+            info.get("xen_extra").map_or("", String::as_str)
+        );
+        let caps = info.get("xen_caps").cloned().unwrap_or_default();
+        let mut guests = vec!["pv"];
+        if caps.contains("hvm") {
+            guests.push("pvh");
+        }
+        let mut attributes =
+            BTreeMap::from([("xen".to_owned(), version), ("guest_types".to_owned(), guests.join(","))]);
+        if let Some(free) = info.get("free_memory") {
+            attributes.insert("free_memory_mib".into(), free.clone());
+        }
+        if !caps.contains("hvm") {
+            return Fingerprint {
+                target: TARGET,
+                unavailable: Some("Xen runs without HVM support here, so PVH guests cannot start".into()),
+                attributes,
+            };
+        }
+        Fingerprint { target: TARGET, unavailable: None, attributes }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { graceful_stop: true, recover: true, enforces_resources: true }
+    }
+
+    async fn start(&self, launch: &Launch) -> Result<Handle, BackendError> {
+        let name = domain_name(launch);
+        std::fs::create_dir_all(&launch.dir).map_err(|e| BackendError::Io {
+            target: TARGET,
+            action: "create the instance directory".into(),
+            source: e,
+        })?;
+        let config_path = launch.dir.join("domain.cfg");
+        std::fs::write(&config_path, Self::domain_config(launch)).map_err(|e| BackendError::Io {
+            target: TARGET,
+            action: format!("write {}", config_path.display()),
+            source: e,
+        })?;
+        // A domain of this name left over from a run before (the agent died while it started)
+        // would make `xl create` fail; it is this instance's, so it goes.
+        if self.state(&name).await?.is_some() {
+            self.xl(&["destroy", &name]).await?;
+        }
+        self.xl(&["create", &config_path.display().to_string()]).await?;
+        let (domid, _) = self
+            .state(&name)
+            .await?
+            .ok_or_else(|| failed(format!("domain {name} vanished right after it was created")))?;
+        if let Ok(xenstore) = Xenstore::connect_default().await {
+            let _ = xenstore.write(&format!("{TAGS}/{}", launch.id), domid.to_string().as_bytes()).await;
+        }
+        Ok(Handle::encode(&XenHandle { name, domid }))
+    }
+
+    async fn recover(&self, launch: &Launch, _handle: Option<&Handle>) -> Result<Recovered, BackendError> {
+        let name = domain_name(launch);
+        Ok(match self.state(&name).await? {
+            None => Recovered::Ended(Ended::Lost),
+            Some((_, DomainState::Shutdown)) => Recovered::Ended(Ended::Exited(ExitStatus::Code(0))),
+            Some((_, DomainState::Crashed)) => Recovered::Ended(Ended::Exited(ExitStatus::Code(1))),
+            Some((domid, DomainState::Running | DomainState::Dying)) => {
+                Recovered::Running(Handle::encode(&XenHandle { name, domid }))
+            }
+        })
+    }
+
+    async fn console(&self, launch: &Launch, _from: u64) -> Result<ConsoleStream, BackendError> {
+        let name = domain_name(launch);
+        let Some((domid, _)) = self.state(&name).await? else { return Ok(futures::stream::empty().boxed()) };
+        let xenstore = Xenstore::connect_default().await.map_err(|e| failed(format!("xenstore: {e}")))?;
+        let tty = xenstore
+            .read_string(&format!("/local/domain/{domid}/console/tty"))
+            .await
+            .map_err(|e| failed(format!("xenstore: {e}")))?
+            .ok_or_else(|| failed(format!("domain {name} has no console pty in xenstore yet")))?;
+        let mut pty = tokio::fs::File::open(&tty).await.map_err(|e| BackendError::Io {
+            target: TARGET,
+            action: format!("open the console {tty}"),
+            source: e,
+        })?;
+        // The pty stays open while a preserved domain sits shut down: the stream ends when the
+        // domain stops running, not when the pty closes.
+        let (frames, receiver) = tokio::sync::mpsc::channel(64);
+        let backend = self.clone();
+        tokio::spawn(async move {
+            let mut offset = 0u64;
+            let mut buffer = vec![0u8; 16 * 1024];
+            let ended = backend.ended(&name);
+            tokio::pin!(ended);
+            loop {
+                tokio::select! {
+                    read = pty.read(&mut buffer) => match read {
+                        Ok(n @ 1..) => {
+                            let frame = ConsoleFrame { offset, data: buffer[..n].to_vec() };
+                            offset += n as u64;
+                            if frames.send(frame).await.is_err() {
+                                return;
+                            }
+                        }
+                        _ => return,
+                    },
+                    _ = &mut ended => return,
+                }
+            }
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(receiver).boxed())
+    }
+
+    async fn wait(&self, launch: &Launch) -> Ended {
+        self.ended(&domain_name(launch)).await
+    }
+
+    async fn stop(&self, launch: &Launch, _handle: &Handle, timeout: Duration) -> Result<StopOutcome, BackendError> {
+        let name = domain_name(launch);
+        // The PV protocol: xl writes control/shutdown=poweroff for the guest to act on.
+        let asked = self.xl(&["shutdown", &name]).await;
+        if asked.is_ok() && tokio::time::timeout(timeout, self.ended(&name)).await.is_ok() {
+            return Ok(StopOutcome::Graceful);
+        }
+        if self.state(&name).await?.is_some() {
+            self.xl(&["destroy", &name]).await?;
+        }
+        Ok(StopOutcome::Forced)
+    }
+
+    async fn inspect(&self, launch: &Launch, _handle: &Handle) -> Result<Inspection, BackendError> {
+        let name = domain_name(launch);
+        Ok(match self.state(&name).await? {
+            Some((domid, state)) => Inspection {
+                running: state == DomainState::Running,
+                detail: format!("domain {name} (id {domid}), {state:?}").to_lowercase(),
+            },
+            None => Inspection { running: false, detail: format!("no domain {name}") },
+        })
+    }
+
+    async fn destroy(&self, launch: &Launch) -> Result<(), BackendError> {
+        let name = domain_name(launch);
+        if self.state(&name).await?.is_some() {
+            self.xl(&["destroy", &name]).await?;
+        }
+        if let Ok(xenstore) = Xenstore::connect_default().await {
+            let _ = xenstore.rm(&format!("{TAGS}/{}", launch.id)).await;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_states_from_xl_list() {
+        let listing = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n\
+                       Domain-0                                     0  1024     2     r-----      12.3\n\
+                       mirari-00000000000000aa                      3    32     1     -b----       0.4\n\
+                       mirari-00000000000000bb                      4    32     1     ---s--       0.2\n\
+                       mirari-00000000000000cc                      5    32     1     ----c-       0.1\n";
+        assert_eq!(parse_list(listing, "mirari-00000000000000aa"), Some((3, DomainState::Running)));
+        assert_eq!(parse_list(listing, "mirari-00000000000000bb"), Some((4, DomainState::Shutdown)));
+        assert_eq!(parse_list(listing, "mirari-00000000000000cc"), Some((5, DomainState::Crashed)));
+        assert_eq!(parse_list(listing, "mirari-00000000000000dd"), None);
+    }
+
+    #[test]
+    fn writes_a_pvh_domain_config() {
+        use mirari_core::digest::Digest;
+        use mirari_core::ids::InstanceId;
+        use mirari_core::spec::{InstanceSpec, RunPolicy};
+        let launch = Launch {
+            id: InstanceId::from_u64(0xab),
+            dir: "/var/lib/mirari/agent/instances/00000000000000ab".into(),
+            artifact: "/store/sha256/kernel".into(),
+            files: vec!["/store/sha256/data".into()],
+            spec: InstanceSpec {
+                app: "hello".into(),
+                version: "1".into(),
+                target: TARGET,
+                artifact: Digest::of(b"k"),
+                files: vec![],
+                run: RunPolicy {
+                    memory_mib: 32,
+                    boot_args: vec!["--ip=10.0.0.2".into(), "say=\"hi\"".into()],
+                    ..RunPolicy::default()
+                },
+            },
+        };
+        let config = XenBackend::domain_config(&launch);
+        assert!(config.contains("name = \"mirari-00000000000000ab\"\ntype = \"pvh\"\n"), "{config}");
+        assert!(config.contains("cmdline = \"--ip=10.0.0.2 say=\\\"hi\\\"\"\n"), "{config}");
+        assert!(config.contains("memory = 32\nvcpus = 1\n"), "{config}");
+        assert!(config.contains("on_crash = \"preserve\""), "{config}");
+        assert!(config.contains("ramdisk = \"/store/sha256/data\""), "{config}");
+        assert!(config.contains("disk = [ \"format=raw,vdev=xvda,access=ro,target=/store/sha256/data\" ]"), "{config}");
+    }
+
+    #[test]
+    fn reads_xl_info() {
+        let info = parse_info(
+            "host                   : xen-testhost\nxen_major              : 4\nxen_minor              : 17\nxen_extra              : .3\nxen_caps               : xen-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_64\nfree_memory            : 2979\n",
+        );
+        assert_eq!(info["xen_major"], "4");
+        assert_eq!(info["free_memory"], "2979");
+        assert!(info["xen_caps"].contains("hvm"));
+    }
+}
