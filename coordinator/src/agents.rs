@@ -100,15 +100,26 @@ impl AgentClients {
                     continue;
                 }
             };
-            match agent.build(job.clone()).await {
-                Ok(events) => {
-                    return Ok(relay_build(events.into_inner(), blobs.clone(), host).boxed());
-                }
+            let mut events = match agent.build(job.clone()).await {
+                Ok(events) => events.into_inner(),
                 Err(error) if error.code() == tonic::Code::Unavailable => {
                     self.forget(&address);
                     last_error = error;
+                    continue;
                 }
                 Err(error) => return Err(error),
+            };
+            // A host that lacks the build's requirements says so first: try the next one.
+            match events.message().await {
+                Err(error) if error.code() == tonic::Code::FailedPrecondition => {
+                    tracing::info!(host = %host, %error, "this host cannot build; trying another");
+                    last_error = error;
+                }
+                Err(error) => return Err(error),
+                Ok(first) => {
+                    let events = futures::stream::iter(first.map(Ok)).chain(events);
+                    return Ok(relay_build(events, blobs.clone(), host).boxed());
+                }
             }
         }
         Err(last_error)
@@ -134,7 +145,7 @@ impl AgentClients {
 /// Passes progress through, collects the artifact into the blob store, and replicates it
 /// before passing `done` on.
 fn relay_build(
-    events: tonic::Streaming<pb::BuildEvent>,
+    events: impl futures::Stream<Item = Result<pb::BuildEvent, Status>> + Unpin + Send + 'static,
     blobs: ReplicatedBlobs,
     host: HostId,
 ) -> impl futures::Stream<Item = Result<pb::BuildEvent, Status>> {
@@ -143,13 +154,13 @@ fn relay_build(
         |(mut events, blobs, artifact, host)| async move {
             let mut artifact = artifact?;
             loop {
-                let event = match events.message().await {
-                    Ok(Some(event)) => event,
-                    Ok(None) => {
+                let event = match events.next().await {
+                    Some(Ok(event)) => event,
+                    None => {
                         let error = Status::aborted(format!("the build on host {host} ended without an artifact"));
                         return Some((Err(error), (events, blobs, None, host)));
                     }
-                    Err(status) => return Some((Err(status), (events, blobs, None, host))),
+                    Some(Err(status)) => return Some((Err(status), (events, blobs, None, host))),
                 };
                 match event.event {
                     Some(build_event::Event::ArtifactChunk(chunk)) => artifact.extend_from_slice(&chunk),

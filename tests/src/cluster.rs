@@ -48,6 +48,9 @@ impl ClusterAgent {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("agent log");
         let mut command = self.host.command(&bin("mirari-agent"));
         self.identity.apply(&mut command);
+        fs::create_dir_all(self.tools_dir()).expect("tools dir");
+        let path = std::env::var("PATH").unwrap_or_default();
+        command.env("PATH", format!("{}:{path}", self.tools_dir().display()));
         let child = command
             .arg("--state-dir")
             .arg(&self.state_dir)
@@ -79,6 +82,11 @@ impl ClusterAgent {
         for pid in processes_under(&self.state_dir) {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
+    }
+
+    /// A directory first on this agent's PATH: tools placed here exist on this host only.
+    pub fn tools_dir(&self) -> PathBuf {
+        self.state_dir.with_extension("tools")
     }
 
     /// Where its API listens (TLS, coordinators only).

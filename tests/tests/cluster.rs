@@ -146,3 +146,24 @@ fn a_deploy_completes_when_the_coordinator_leader_dies_during_it() {
     assert!(output.status.success(), "the deploy failed: {}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(cluster.wait_running("hello", 6).values().sum::<usize>(), 6);
 }
+
+#[test]
+fn a_build_goes_to_a_host_that_has_what_it_needs() {
+    let cluster = Cluster::start(1, 2);
+    assert!(cluster.network.isolated(), "the cluster tests need network namespaces: run them as root");
+    // Only agent-1 has the toolchain the app now requires.
+    let tool = cluster.agents[1].tools_dir().join("mirari-e2e-toolchain");
+    std::fs::write(&tool, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = cluster.app_dir.join("mirari.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(r#"commands = ["gcc", "make"]"#, r#"commands = ["gcc", "make", "mirari-e2e-toolchain"]"#),
+    )
+    .unwrap();
+    let out = cluster.mirari(&["cluster", "deploy", "-t", "unix", "--count", "2"]);
+    assert!(out.status.success(), "deploy failed: {}", stderr(&out));
+    assert!(stderr(&out).contains("built unix on host agent-1"), "{}", stderr(&out));
+    assert_eq!(cluster.wait_running("hello", 2).values().sum::<usize>(), 2);
+}
