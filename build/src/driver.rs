@@ -1,8 +1,7 @@
 //! Build drivers: run the build for one target and store the artifact it produces.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use mirari_blobs::{BlobError, BlobStore};
 use mirari_core::config::TargetBuild;
@@ -83,24 +82,19 @@ fn run_shell(
     command: &str,
     progress: &mut dyn FnMut(BuildEvent),
 ) -> Result<(), BuildError> {
-    let spawn_error = |source| BuildError::Spawn { target, command: command.to_owned(), source };
-    let mut child = Command::new("sh")
+    // stderr joins stdout in the shell, so lines keep the order they were printed in.
+    let mut shell = Command::new("sh");
+    shell
         .arg("-c")
         .arg(format!("exec 2>&1\n{command}"))
         .current_dir(&project.dir)
         .env("MIRARI_TARGET", target.name())
-        .env("MIRARI_APP", &project.config.name)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(spawn_error)?;
-    if let Some(stdout) = child.stdout.take() {
-        for line in BufReader::new(stdout).split(b'\n') {
-            let line = line.map_err(spawn_error)?;
-            progress(BuildEvent::Output(String::from_utf8_lossy(&line).into_owned()));
-        }
-    }
-    let status = child.wait().map_err(spawn_error)?;
+        .env("MIRARI_APP", &project.config.name);
+    let status = crate::process::run_streaming(&mut shell, progress).map_err(|source| BuildError::Spawn {
+        target,
+        command: command.to_owned(),
+        source,
+    })?;
     if !status.success() {
         return Err(BuildError::Failed { target, command: command.to_owned(), status });
     }

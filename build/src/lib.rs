@@ -10,12 +10,14 @@
 //! - [`bundle`]: an app's sources as one content-addressed archive, to build elsewhere.
 //! - [`driver`]: running the `command` or `mirage` build for one target.
 //! - [`manifest`]: what configure and build produced (digests per target), read by `run`.
+//! - [`process`]: running a command with its output streamed as progress.
 
 pub mod archive;
 pub mod bundle;
 pub mod driver;
 pub mod images;
 pub mod manifest;
+pub mod process;
 pub mod project;
 pub mod requirements;
 

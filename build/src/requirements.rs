@@ -104,28 +104,43 @@ pub fn check(requires: &Requirements) -> Vec<Missing> {
 pub fn install(missing: &[Missing], progress: &mut dyn FnMut(BuildEvent)) -> Result<(), InstallError> {
     let apt: Vec<String> = missing.iter().filter_map(Missing::apt_package).cloned().collect();
     let opam: Vec<String> = missing.iter().filter_map(Missing::opam_package).cloned().collect();
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo", "-n"] };
+    let apt_get = |args: &[&str], packages: &[String]| -> Vec<String> {
+        sudo.iter().chain(&["apt-get"]).chain(args).map(|s| s.to_string()).chain(packages.iter().cloned()).collect()
+    };
+    let install_apt = apt_get(&["install", "-y", "--no-install-recommends"], &apt);
     let mut steps: Vec<Vec<String>> = Vec::new();
     if !apt.is_empty() {
-        let sudo: &[&str] = if is_root() { &[] } else { &["sudo", "-n"] };
-        let apt_get = ["apt-get", "install", "-y", "--no-install-recommends"];
-        steps.push(sudo.iter().chain(&apt_get).map(|s| s.to_string()).chain(apt).collect());
+        steps.push(install_apt.clone());
     }
     if !opam.is_empty() {
         steps.push(["opam", "install", "-y"].map(String::from).into_iter().chain(opam).collect());
     }
     let total = steps.len();
     for (index, argv) in steps.iter().enumerate() {
-        let command = argv.join(" ");
-        progress(BuildEvent::Step { index: index + 1, total, what: command.clone() });
-        let status = Command::new(&argv[0])
-            .args(&argv[1..])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .status()
-            .map_err(|source| InstallError::Spawn { command: command.clone(), source })?;
-        if !status.success() {
-            return Err(InstallError::Failed { command, status });
+        progress(BuildEvent::Step { index: index + 1, total, what: argv.join(" ") });
+        let ran = run(argv, progress);
+        // A machine that never fetched the package lists finds nothing: fetch them, try again.
+        if ran.is_err() && *argv == install_apt {
+            progress(BuildEvent::Step { index: index + 1, total, what: "apt-get update, then again".into() });
+            run(&apt_get(&["update"], &[]), progress)?;
+            run(argv, progress)?;
+        } else {
+            ran?;
         }
+    }
+    Ok(())
+}
+
+fn run(argv: &[String], progress: &mut dyn FnMut(BuildEvent)) -> Result<(), InstallError> {
+    let command = argv.join(" ");
+    let status = crate::process::run_streaming(
+        Command::new(&argv[0]).args(&argv[1..]).env("DEBIAN_FRONTEND", "noninteractive"),
+        progress,
+    )
+    .map_err(|source| InstallError::Spawn { command: command.clone(), source })?;
+    if !status.success() {
+        return Err(InstallError::Failed { command, status });
     }
     Ok(())
 }

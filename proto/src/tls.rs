@@ -332,6 +332,18 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_tls_table_of_a_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "listen = \"10.0.0.1:7401\"\n[tls]\nca = \"/pki/ca.pem\"\ncert = \"/pki/h1.pem\"\nkey = \"/pki/h1-key.pem\"\n").unwrap();
+        let files = TlsFiles::from_config_file(&path).unwrap().unwrap();
+        assert_eq!(files.cert, PathBuf::from("/pki/h1.pem"));
+        std::fs::write(&path, "[tls]\nca = \"/pki/ca.pem\"\n").unwrap();
+        let error = TlsFiles::from_config_file(&path).unwrap_err().to_string();
+        assert!(error.contains("missing field `cert`"), "{error}");
+    }
+
+    #[test]
     fn all_or_no_paths() {
         assert_eq!(TlsFiles::from_parts(None, None, None), Ok(None));
         assert!(TlsFiles::from_parts(Some("ca".into()), None, None).is_err());

@@ -188,3 +188,44 @@ fn a_killed_agent_readopts_its_instances_without_duplicates() {
     assert_eq!(world.processes_of(&kvm[0]).len(), 2, "shim and qemu: {:?}", world.processes_of(&kvm[0]));
     assert_eq!(world.instances().len(), 3, "{}", world.agent_log());
 }
+
+#[test]
+fn configure_installs_missing_apt_packages() {
+    let world = World::new();
+    world.edit_config(r#"commands = ["gcc", "make"]"#, "commands = [\"gcc\", \"make\"]\napt = [\"hello\"]");
+    let installed = || {
+        std::process::Command::new("dpkg-query")
+            .args(["-W", "-f=${Status}", "hello"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+    };
+    if !installed() {
+        let out = world.mirari(&["configure"]);
+        assert!(!out.status.success());
+        assert!(stdout(&out).contains("apt package `hello` is not installed"), "{}", stdout(&out));
+    }
+    let out = world.mirari(&["configure", "--install"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(installed(), "configure --install did not install GNU hello");
+    assert!(stdout(&out).contains("all requirements  present"), "{}", stdout(&out));
+}
+
+#[test]
+fn console_follows_an_instance_to_its_end_and_the_host_says_what_it_cannot_run() {
+    let mut world = World::new();
+    world.edit_config("greeting=hello-from-mirari\"", "greeting=hello-from-mirari\", \"exit-after=2\"");
+    world.edit_config("restart = \"on-failure\"\nrestart_limit = 3", "restart = \"never\"");
+    world.build();
+    world.start_agent();
+    let id = world.run("unix", 1).remove(0);
+    let followed = world.mirari(&["console", &id, "--follow"]);
+    assert!(followed.status.success(), "{}", stderr(&followed));
+    let text = stdout(&followed);
+    assert!(text.contains("hello: heartbeat 2") && text.ends_with("hello: exiting with failure\n"), "{text}");
+
+    // This machine is no Xen dom0: the agent says so instead of failing.
+    let host = world.mirari_json(&["host"]);
+    let xen = host["backends"].as_array().unwrap().iter().find(|b| b["target"] == "xen").unwrap().clone();
+    assert_eq!(xen["available"], false, "{xen}");
+    assert!(xen["reason"].as_str().unwrap().contains("not a Xen dom0"), "{xen}");
+}
