@@ -76,7 +76,12 @@ fn domain_name(launch: &Launch) -> String {
 impl XenBackend {
     /// Runs `xl ARGS`; its stdout, or an error with its stderr.
     async fn xl(&self, args: &[&str]) -> Result<String, BackendError> {
-        let run = tokio::process::Command::new(&self.xl).args(args).stdin(std::process::Stdio::null()).output();
+        // An abandoned `xl` (a stop that moved on to destroy) must not linger.
+        let run = tokio::process::Command::new(&self.xl)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
         let output = tokio::time::timeout(XL_TIMEOUT, run)
             .await
             .map_err(|_| failed(format!("`xl {}` did not finish within {XL_TIMEOUT:?}", args.join(" "))))?
@@ -323,9 +328,23 @@ impl Backend for XenBackend {
 
     async fn stop(&self, launch: &Launch, _handle: &Handle, timeout: Duration) -> Result<StopOutcome, BackendError> {
         let name = domain_name(launch);
-        // The PV protocol: xl writes control/shutdown=poweroff for the guest to act on.
-        let asked = self.xl(&["shutdown", &name]).await;
-        if asked.is_ok() && tokio::time::timeout(timeout, self.ended(&name)).await.is_ok() {
+        // The PV protocol: xl writes control/shutdown=poweroff for the guest to act on, and
+        // waits (up to a minute) for the guest to acknowledge. The stop timeout is ours, so the
+        // request runs beside the wait and is dropped (killed) when the wait is over.
+        let shutdown = ["shutdown", name.as_str()];
+        let asking = self.xl(&shutdown);
+        let ended = tokio::time::timeout(timeout, async {
+            tokio::pin!(asking);
+            let mut asked = false;
+            loop {
+                tokio::select! {
+                    ended = self.ended(&name) => return ended,
+                    _ = &mut asking, if !asked => asked = true,
+                }
+            }
+        })
+        .await;
+        if ended.is_ok() {
             return Ok(StopOutcome::Graceful);
         }
         if self.state(&name).await?.is_some() {

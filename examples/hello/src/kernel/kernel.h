@@ -1,8 +1,9 @@
-/* Shared declarations for the hello kernel (freestanding, 32-bit, no libc). */
+/* Declarations for the multiboot hello kernel (freestanding, 32-bit, no libc). */
 #ifndef HELLO_KERNEL_H
 #define HELLO_KERNEL_H
 
 #include <stdint.h>
+#include "klib.h"
 
 #define HZ 100 /* timer interrupts per second */
 
@@ -19,9 +20,8 @@ static inline __attribute__((noreturn)) void halt_forever(void)
 		__asm__ volatile("cli; hlt");
 }
 
-/* console.c: COM1 */
+/* console.c: COM1, under kprintf */
 void serial_init(void);
-void kprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* cpu.c: interrupts and the timer */
 extern volatile uint32_t ticks;
@@ -37,10 +37,5 @@ int ata_read(uint32_t lba, void *buf);
 int acpi_init(void);
 int acpi_power_button(void);
 void acpi_poweroff(void);
-
-/* lib.c: what the compiler may call even in freestanding code */
-void *memset(void *d, int c, uint32_t n);
-void *memcpy(void *d, const void *s, uint32_t n);
-int memcmp(const void *a, const void *b, uint32_t n);
 
 #endif

@@ -1,0 +1,171 @@
+/*
+ * hello, Xen build: a PVH guest that behaves like the unix and multiboot
+ * builds, with the start_info command line for argv, the first boot module
+ * (xl "ramdisk") for the file image, Xen's one-shot timer for sleeping and
+ * xenstore's control/shutdown (what `xl shutdown` writes) for SIGTERM.
+ */
+#include "xen.h"
+#include "../ustar.h"
+#include "../kernel/knobs.h"
+
+struct image {
+	const unsigned char *base;
+	uint64_t size;
+};
+
+static int read_block(void *ctx, uint64_t n, unsigned char *buf)
+{
+	const struct image *img = ctx;
+
+	if (n >= img->size / TAR_BLOCK) /* only whole blocks, as unix's pread */
+		return -1;
+	memcpy(buf, img->base + n * TAR_BLOCK, TAR_BLOCK);
+	return 0;
+}
+
+static void print_file(void *ctx, const char *path, uint64_t size)
+{
+	(void)ctx;
+	kprintf("hello: file %s (%llu bytes)\n", path, (unsigned long long)size);
+}
+
+static void list_files(const struct hvm_start_info *si)
+{
+	const struct hvm_modlist_entry *mod = 0;
+	struct image img = { 0, 0 };
+
+	if (si->nr_modules)
+		mod = phys(si->modlist_paddr, sizeof(*mod));
+	if (mod && mod->size < 0x100000000ull)
+		img.base = phys(mod->paddr, (uint32_t)mod->size);
+	if (!img.base) {
+		kprintf("hello: files: none attached\n");
+		return;
+	}
+	img.size = mod->size;
+	kprintf("hello: files: %lu entries\n", (unsigned long)tar_list(read_block, print_file, &img));
+}
+
+static int str_eq(const char *a, const char *b)
+{
+	while (*a && *a == *b)
+		a++, b++;
+	return *a == *b;
+}
+
+/*
+ * Graceful stop, the PV way: `xl shutdown` writes "poweroff" to our
+ * control/shutdown and waits (up to a minute) for the guest to acknowledge
+ * by emptying it; `xl reboot` writes "reboot". We look once per heartbeat.
+ * Acting on a value only when it changes keeps a request that stays set
+ * (say the acknowledgement failed) from being reported every second.
+ */
+static void check_stop(void)
+{
+	static char last[32];
+	char value[32];
+
+	if (xs_read("control/shutdown", value, sizeof(value)) < 0 || str_eq(value, last))
+		return;
+	memcpy(last, value, sizeof(last));
+	if (!str_eq(value, "poweroff") && !str_eq(value, "reboot") && !str_eq(value, "halt"))
+		return; /* "", or something we cannot do (suspend) */
+
+	if (ignore_stop)
+		kprintf("hello: ignoring stop request\n");
+	else
+		kprintf("hello: stopping (xenstore control/shutdown=%s)\n", value);
+	/* Acknowledge, so that xl shutdown returns at once instead of
+	 * failing after its timeout; the next request then reads as a change. */
+	xs_write("control/shutdown", "");
+	if (!ignore_stop)
+		xen_shutdown(SHUTDOWN_poweroff); /* exit 0, also for "reboot" */
+}
+
+static __attribute__((noreturn)) void exit_failure(void)
+{
+	kprintf("hello: exiting with failure\n");
+	xen_shutdown(SHUTDOWN_crash);
+}
+
+/* Sleep until Xen's clock reaches deadline: arm the one-shot timer and
+ * block in SCHEDOP_poll on the VIRQ_TIMER port. The poll's own timeout is
+ * the same deadline, a second way out should the VIRQ ever be lost. */
+static void sleep_until(uint32_t timer_port, uint64_t deadline)
+{
+	xen_set_timer(deadline);
+	for (;;) {
+		evtchn_clear(timer_port);
+		if ((int64_t)(xen_time() - deadline) >= 0)
+			return;
+		evtchn_wait(timer_port, deadline);
+	}
+}
+
+__attribute__((noreturn)) void xen_main(const struct hvm_start_info *si)
+{
+	const char *args = "";
+	uint32_t beat = 0, flood_seq = 0, timer_port;
+	uint64_t next;
+
+	idt_init();
+	if (xen_detect()) {
+		xen_map_shared_info();
+		console_init();
+	}
+
+	if (si->magic != HVM_START_MAGIC) {
+		kprintf("hello: bad PVH start info, halting\n");
+		xen_shutdown(SHUTDOWN_crash);
+	}
+	/* Xen passes the xl cmdline exactly, with no kernel name in front. */
+	if (si->cmdline_paddr && phys(si->cmdline_paddr, 1))
+		args = phys(si->cmdline_paddr, 1);
+	kprintf("hello: boot args: %s\n", args);
+	parse_args(args);
+	list_files(si);
+
+	if (!on_xen) {
+		kprintf("hello: not running on Xen, halting\n");
+		xen_shutdown(SHUTDOWN_crash);
+	}
+	if (xen_bind_virq_timer(&timer_port) < 0) {
+		kprintf("hello: xen: cannot bind VIRQ_TIMER, halting\n");
+		xen_shutdown(SHUTDOWN_crash);
+	}
+	/* Advertise that we act on control/shutdown (advisory: xl writes the
+	 * request either way, so a refused write changes nothing). */
+	if (xs_init() < 0) {
+		kprintf("hello: xenstore: not available, graceful stop disabled\n");
+	} else {
+		xs_write("control/feature-poweroff", "1");
+		xs_write("control/feature-reboot", "1");
+	}
+
+	next = xen_time() + NSEC_PER_SEC;
+	for (;;) {
+		uint64_t now;
+
+		if (flood)
+			kprintf("hello: flood %u %s\n", ++flood_seq,
+				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
+		else
+			sleep_until(timer_port, next);
+
+		now = xen_time();
+		if ((int64_t)(now - next) >= 0) {
+			/* Stay on the one-second grid, but skip beats a stalled
+			 * vCPU missed instead of bursting them out. */
+			next += NSEC_PER_SEC;
+			if ((int64_t)(now - next) >= 0)
+				next = now + NSEC_PER_SEC;
+			kprintf("hello: heartbeat %u\n", ++beat);
+			if (exit_after && beat == exit_after)
+				exit_failure();
+			check_stop();
+		}
+	}
+}
