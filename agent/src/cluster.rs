@@ -21,7 +21,6 @@ use mirari_core::instance::{ExitStatus, Phase};
 use mirari_core::lease::LeaseTiming;
 use mirari_core::registry::{Host, InstanceReport};
 use mirari_core::spec::InstanceSpec;
-use mirari_proto::agent as wire_agent;
 use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
 use mirari_proto::coordinator::{self as pb};
 use mirari_proto::endpoint::Endpoint;
@@ -225,16 +224,7 @@ async fn heartbeat(config: &ClusterConfig, reports: &[InstanceReport]) -> Option
     let mut client = config.coordinators.client().await.ok()?;
     let request = pb::HeartbeatRequest {
         host: config.host.id.0.clone(),
-        reports: reports
-            .iter()
-            .map(|r| mirari_proto::registry::InstanceReport {
-                id: r.id.as_u64(),
-                phase: wire_agent::Phase::from(r.phase).into(),
-                restarts: r.restarts,
-                last_exit: r.last_exit.map(wire_agent::ExitStatus::from),
-                message: r.message.clone(),
-            })
-            .collect(),
+        reports: reports.iter().map(log_codec::report_to_pb).collect(),
     };
     match tokio::time::timeout(RPC_TIMEOUT, client.heartbeat(request)).await {
         Ok(Ok(lease)) => Some(lease.into_inner()),

@@ -34,7 +34,7 @@ impl AgentService {
 }
 
 fn status_of(error: AgentError) -> Status {
-    let message = error_chain(&error);
+    let message = mirari_core::errors::chain(&error);
     match error {
         AgentError::NoSuchInstance(_) => Status::not_found(message),
         AgentError::InvalidRequest(_) => Status::invalid_argument(message),
@@ -44,18 +44,6 @@ fn status_of(error: AgentError) -> Status {
             Status::internal(message)
         }
     }
-}
-
-/// "outer: inner: innermost", so a client sees the whole cause.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 pub fn instance_to_pb(record: &InstanceRecord) -> pb::Instance {

@@ -350,15 +350,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let reports = body
             .reports
             .iter()
-            .map(|r| {
-                Ok(InstanceReport {
-                    id: mirari_core::ids::InstanceId::from_u64(r.id),
-                    phase: mirari_core::instance::Phase::try_from(r.phase())?,
-                    restarts: r.restarts,
-                    last_exit: r.last_exit.as_ref().and_then(Option::from),
-                    message: r.message.clone(),
-                })
-            })
+            .map(log_codec::report_from_pb)
             .collect::<Result<Vec<_>, mirari_proto::convert::WireError>>()?;
         let local = self.heartbeat_here(HostId(body.host.clone()), reports);
         self.on_leader(forwarded, local, async |mut leader| leader.heartbeat(forward(body)).await).await

@@ -5,6 +5,7 @@
 //! coordinator and CLI call into this crate and perform the effects it asks for.
 //!
 //! - [`ids`], [`digest`], [`target`]: the small value types every layer shares.
+//! - [`errors`]: an error and its causes in one line, for people and for wire statuses.
 //! - [`config`]: `mirari.toml`, parsed and validated with file:line:column errors.
 //! - [`spec`]: the desired state of one instance, derived from a config and a build.
 //! - [`instance`]: observed state of an instance (lifecycle, exit status).
@@ -17,6 +18,7 @@
 
 pub mod config;
 pub mod digest;
+pub mod errors;
 pub mod ids;
 pub mod instance;
 pub mod lease;

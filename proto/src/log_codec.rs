@@ -60,16 +60,7 @@ fn command_to_pb(command: &Command) -> PbCommand {
         }),
         Command::ReportInstances { host, reports } => PbCommand::ReportInstances(pb::ReportInstances {
             host: host.0.clone(),
-            reports: reports
-                .iter()
-                .map(|r| pb::InstanceReport {
-                    id: r.id.as_u64(),
-                    phase: wire_agent::Phase::from(r.phase).into(),
-                    restarts: r.restarts,
-                    last_exit: r.last_exit.map(wire_agent::ExitStatus::from),
-                    message: r.message.clone(),
-                })
-                .collect(),
+            reports: reports.iter().map(report_to_pb).collect(),
         }),
     }
 }
@@ -107,20 +98,28 @@ fn command_from_pb(command: &PbCommand) -> Result<Command, WireError> {
         },
         PbCommand::ReportInstances(c) => Command::ReportInstances {
             host: HostId(c.host.clone()),
-            reports: c
-                .reports
-                .iter()
-                .map(|r| {
-                    Ok(InstanceReport {
-                        id: InstanceId::from_u64(r.id),
-                        phase: Phase::try_from(r.phase())?,
-                        restarts: r.restarts,
-                        last_exit: r.last_exit.as_ref().and_then(Option::from),
-                        message: r.message.clone(),
-                    })
-                })
-                .collect::<Result<_, WireError>>()?,
+            reports: c.reports.iter().map(report_from_pb).collect::<Result<_, WireError>>()?,
         },
+    })
+}
+
+pub fn report_to_pb(report: &InstanceReport) -> pb::InstanceReport {
+    pb::InstanceReport {
+        id: report.id.as_u64(),
+        phase: wire_agent::Phase::from(report.phase).into(),
+        restarts: report.restarts,
+        last_exit: report.last_exit.map(wire_agent::ExitStatus::from),
+        message: report.message.clone(),
+    }
+}
+
+pub fn report_from_pb(report: &pb::InstanceReport) -> Result<InstanceReport, WireError> {
+    Ok(InstanceReport {
+        id: InstanceId::from_u64(report.id),
+        phase: Phase::try_from(report.phase())?,
+        restarts: report.restarts,
+        last_exit: report.last_exit.as_ref().and_then(Option::from),
+        message: report.message.clone(),
     })
 }
 

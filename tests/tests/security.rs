@@ -26,18 +26,7 @@ async fn channel(address: &str, ca: &Path, identity: Option<&Identity>) -> Resul
         tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
     }
     let endpoint = Channel::from_shared(format!("https://{address}")).map_err(|e| e.to_string())?;
-    endpoint.tls_config(tls).map_err(|e| e.to_string())?.connect().await.map_err(|e| error_chain(&e))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    endpoint.tls_config(tls).map_err(|e| e.to_string())?.connect().await.map_err(|e| mirari_core::errors::chain(&e))
 }
 
 /// Calls a harmless read on whatever service listens at `address`; the error if refused.
@@ -48,7 +37,7 @@ async fn probe(address: &str, agent: bool, ca: &Path, identity: Option<&Identity
     } else {
         CoordinatorClient::new(channel).get_cluster_info(ClusterInfoRequest {}).await.map(|_| ())
     };
-    outcome.map_err(|status| format!("{}: {}", status.code(), error_chain(&status)))
+    outcome.map_err(|status| format!("{}: {}", status.code(), mirari_core::errors::chain(&status)))
 }
 
 struct Ports {
