@@ -25,7 +25,7 @@ use tokio::sync::{Notify, watch};
 use crate::backends::kvm::KvmBackend;
 use crate::backends::unix::UnixBackend;
 use crate::backends::xen::XenBackend;
-use crate::backends::{Backend, BackendError, Ended, Fingerprint, Launch, Recovered};
+use crate::backends::{Backend, BackendError, Ended, Fingerprint, Handle, Launch, Recovered};
 use crate::clock::now_ms;
 use crate::console::ConsoleBuffer;
 use crate::state::{InstanceRecord, Origin, StateError, StateStore};
@@ -458,6 +458,7 @@ impl Agent {
         let policy = launch.spec.run.restart;
         let recorded = self.update(id, |record, console| {
             let now = now_ms();
+            let ended_run = record.handle.clone();
             match ended {
                 Ended::Exited(status) => {
                     record.lifecycle.on_exit(status, policy, now);
@@ -468,15 +469,29 @@ impl Agent {
                     record.log(now, format!("lost{context}: it is gone and nothing recorded how it ended"));
                 }
             }
-            record.handle = None;
             self.log_outcome(record, console);
+            ended_run
         });
-        if let Err(error) = recorded {
-            tracing::error!(%id, %error, "cannot record the end of an instance");
+        match recorded {
+            Ok(ended_run) => self.release(id, launch, backend, ended_run).await,
+            Err(error) => tracing::error!(%id, %error, "cannot record the end of an instance"),
         }
+    }
+
+    /// Destroys what an ended run held, then forgets its handle. A handle still on an ended
+    /// instance means its clean-up never finished (the agent died first): the next start of
+    /// the agent does it.
+    async fn release(&self, id: InstanceId, launch: &Launch, backend: Option<&dyn Backend>, ended_run: Option<Handle>) {
         if let Some(Err(error)) = futures::future::OptionFuture::from(backend.map(|b| b.destroy(launch))).await {
             tracing::warn!(%id, %error, "cannot clean up after an instance");
+            return;
         }
+        // A restart may already have started a new run with a new handle: keep that one.
+        let _ = self.update(id, |record, _| {
+            if record.handle == ended_run {
+                record.handle = None;
+            }
+        });
     }
 
     /// Logs what follows an end (a restart, a final state) and closes the console if final.
@@ -541,8 +556,16 @@ impl Agent {
         });
     }
 
-    /// Re-adopts instances that were live when the agent last ran.
+    /// Re-adopts instances that were live when the agent last ran, and finishes the clean-up
+    /// of runs that ended without it.
     async fn recover_all(&self) {
+        let unreleased: Vec<InstanceRecord> =
+            self.list().into_iter().filter(|r| !r.lifecycle.phase.is_live() && r.handle.is_some()).collect();
+        for record in unreleased {
+            let launch = self.launch(&record);
+            let backend = self.inner.backends.get(&record.spec.target).cloned();
+            self.release(record.id, &launch, backend.as_deref(), record.handle.clone()).await;
+        }
         let live: Vec<InstanceRecord> = self.list().into_iter().filter(|r| r.lifecycle.phase.is_live()).collect();
         for record in live {
             let id = record.id;

@@ -33,9 +33,22 @@ impl Coordinator {
     /// Starts coordinator `id` on `host`, keeping its data and log under `dir`, with a
     /// certificate from `pki`.
     pub fn start(id: u64, host: &TestHost, dir: &std::path::Path, bootstrap: bool, pki: &Pki) -> Self {
+        let identity = pki.issue("coordinator", &format!("coordinator-{id}"), &[&host.ip]);
+        Self::start_with_identity(id, host, dir, bootstrap, pki, identity)
+    }
+
+    /// Like [`Coordinator::start`], with a certificate made by the caller.
+    pub fn start_with_identity(
+        id: u64,
+        host: &TestHost,
+        dir: &std::path::Path,
+        bootstrap: bool,
+        pki: &Pki,
+        identity: Identity,
+    ) -> Self {
         let address = format!("{}:{}", host.ip, free_port());
         let mut coordinator = Self {
-            identity: pki.issue("coordinator", &format!("coordinator-{id}"), &[&host.ip]),
+            identity,
             operator: pki.issue("operator", "operator", &[]),
             id,
             host: host.clone(),

@@ -192,8 +192,14 @@ fn a_corrupt_data_directory_is_refused() {
     let path = node.data_dir.join("raft.redb");
     let mut bytes = std::fs::read(&path).unwrap();
     let marker = b"MARKERMARKERMARKER";
-    let at = bytes.windows(marker.len()).position(|w| w == marker).expect("written entries are in the file");
-    bytes[at + 3] ^= 0x20;
+    // redb copies pages on write, so stale copies of an entry may linger in free pages: flip a
+    // bit in every copy, so the live one is surely hit.
+    let copies: Vec<usize> =
+        bytes.windows(marker.len()).enumerate().filter(|(_, w)| *w == marker).map(|(at, _)| at).collect();
+    assert!(!copies.is_empty(), "written entries are in the file");
+    for at in copies {
+        bytes[at + 3] ^= 0x20;
+    }
     std::fs::write(&path, &bytes).unwrap();
 
     node.restart();

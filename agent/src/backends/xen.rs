@@ -10,7 +10,7 @@
 //!
 //! Exit detection watches xenstore's `@releaseDomain` (fired when a domain shuts down or dies)
 //! instead of polling; the console is the domain's console pty, whose path xenconsoled puts in
-//! xenstore. A domain that powered off reports exit code 0; one that crashed, code 1.
+//! xenstore. The exit code is Xen's shutdown reason: 0 for a power-off, 3 for a crash.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -55,14 +55,27 @@ struct XenHandle {
     domid: u32,
 }
 
-/// A domain's state, from `xl list`'s state column (`r-----`, `--s---`, ...).
+/// A domain's state, from `xl list -v`: the state column (`r-----`, `--s---`, `---sc-`, ...)
+/// and the shutdown reason code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DomainState {
     Running,
-    /// Shut down (powered off, rebooted or suspended) and preserved.
-    Shutdown,
-    Crashed,
+    /// Being destroyed.
     Dying,
+    /// Shut down and preserved, with Xen's reason (`SHUTDOWN_*`: 0 poweroff, 1 reboot,
+    /// 2 suspend, 3 crash, 4 watchdog), which is the instance's exit code.
+    Ended {
+        reason: i32,
+    },
+}
+
+impl DomainState {
+    fn ended(self) -> Option<Ended> {
+        match self {
+            DomainState::Ended { reason } => Some(Ended::Exited(ExitStatus::Code(reason))),
+            DomainState::Running | DomainState::Dying => None,
+        }
+    }
 }
 
 fn failed(message: impl Into<String>) -> BackendError {
@@ -99,7 +112,7 @@ impl XenBackend {
 
     /// The domain's ID and state, or `None` if no such domain exists.
     async fn state(&self, name: &str) -> Result<Option<(u32, DomainState)>, BackendError> {
-        match self.xl(&["list", name]).await {
+        match self.xl(&["list", "-v", name]).await {
             Ok(listing) => Ok(parse_list(&listing, name)),
             Err(BackendError::Failed { message, .. }) if message.contains("is an invalid domain identifier") => {
                 Ok(None)
@@ -153,9 +166,12 @@ impl XenBackend {
         loop {
             match self.state(name).await {
                 Ok(None) => return Ended::Lost,
-                Ok(Some((_, DomainState::Shutdown))) => return Ended::Exited(ExitStatus::Code(0)),
-                Ok(Some((_, DomainState::Crashed))) => return Ended::Exited(ExitStatus::Code(1)),
-                Ok(Some((_, DomainState::Running | DomainState::Dying))) | Err(_) => {}
+                Ok(Some((_, state))) => {
+                    if let Some(ended) = state.ended() {
+                        return ended;
+                    }
+                }
+                Err(_) => {}
             }
             match watch.as_mut() {
                 Some((_, events)) => {
@@ -167,16 +183,17 @@ impl XenBackend {
     }
 }
 
-/// Finds `name`'s row in `xl list` output: `Name ID Mem VCPUs State Time(s)`.
+/// Finds `name`'s row in `xl list -v` output:
+/// `Name ID Mem VCPUs State Time(s) UUID Reason-Code Security-Label`.
 fn parse_list(listing: &str, name: &str) -> Option<(u32, DomainState)> {
     let row = listing.lines().find(|l| l.split_whitespace().next() == Some(name))?;
     let fields: Vec<&str> = row.split_whitespace().collect();
     let domid = fields.get(1)?.parse().ok()?;
     let flags = fields.get(4)?;
-    let state = if flags.contains('c') {
-        DomainState::Crashed
-    } else if flags.contains('s') {
-        DomainState::Shutdown
+    let reason = fields.get(7).and_then(|r| r.parse().ok());
+    let state = if flags.contains('s') || flags.contains('c') {
+        // A crash leaves `---sc-`; without a reason column, a crash is still a failure.
+        DomainState::Ended { reason: reason.unwrap_or(if flags.contains('c') { 3 } else { 0 }) }
     } else if flags.contains('d') {
         DomainState::Dying
     } else {
@@ -272,11 +289,8 @@ impl Backend for XenBackend {
         let name = domain_name(launch);
         Ok(match self.state(&name).await? {
             None => Recovered::Ended(Ended::Lost),
-            Some((_, DomainState::Shutdown)) => Recovered::Ended(Ended::Exited(ExitStatus::Code(0))),
-            Some((_, DomainState::Crashed)) => Recovered::Ended(Ended::Exited(ExitStatus::Code(1))),
-            Some((domid, DomainState::Running | DomainState::Dying)) => {
-                Recovered::Running(Handle::encode(&XenHandle { name, domid }))
-            }
+            Some((_, state)) if state.ended().is_some() => Recovered::Ended(state.ended().unwrap_or(Ended::Lost)),
+            Some((domid, _)) => Recovered::Running(Handle::encode(&XenHandle { name, domid })),
         })
     }
 
@@ -289,7 +303,11 @@ impl Backend for XenBackend {
             .await
             .map_err(|e| failed(format!("xenstore: {e}")))?
             .ok_or_else(|| failed(format!("domain {name} has no console pty in xenstore yet")))?;
-        let mut pty = tokio::fs::File::open(&tty).await.map_err(|e| BackendError::Io {
+        // O_NOCTTY: the agent must not make a guest's pty its controlling terminal, or the
+        // hang-up when the domain goes would kill it with SIGHUP.
+        let mut options = tokio::fs::OpenOptions::new();
+        options.read(true).custom_flags(nix::fcntl::OFlag::O_NOCTTY.bits());
+        let mut pty = options.open(&tty).await.map_err(|e| BackendError::Io {
             target: TARGET,
             action: format!("open the console {tty}"),
             source: e,
@@ -381,16 +399,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_states_from_xl_list() {
-        let listing = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n\
-                       Domain-0                                     0  1024     2     r-----      12.3\n\
-                       mirari-00000000000000aa                      3    32     1     -b----       0.4\n\
-                       mirari-00000000000000bb                      4    32     1     ---s--       0.2\n\
-                       mirari-00000000000000cc                      5    32     1     ----c-       0.1\n";
+    fn reads_states_and_reasons_from_xl_list() {
+        // As xl list -v prints it in the test host's dom0.
+        let listing = "Name                                        ID   Mem VCPUs\tState\tTime(s)   UUID                            Reason-Code\tSecurity Label\n\
+                       Domain-0                                     0  1024     2     r-----     407.2 00000000-0000-0000-0000-000000000000        -                -\n\
+                       mirari-00000000000000aa                      3    32     1     -b----       0.4 f86cb024-3e0f-41fe-9ec6-ed9cbbff6bb8        -                -\n\
+                       mirari-00000000000000bb                      4    32     1     --ps--       0.2 f86cb024-3e0f-41fe-9ec6-ed9cbbff6bb9        0                -\n\
+                       mirari-00000000000000cc                      5    32     1     ---sc-       0.1 f86cb024-3e0f-41fe-9ec6-ed9cbbff6bba        3                -\n";
         assert_eq!(parse_list(listing, "mirari-00000000000000aa"), Some((3, DomainState::Running)));
-        assert_eq!(parse_list(listing, "mirari-00000000000000bb"), Some((4, DomainState::Shutdown)));
-        assert_eq!(parse_list(listing, "mirari-00000000000000cc"), Some((5, DomainState::Crashed)));
+        assert_eq!(parse_list(listing, "mirari-00000000000000bb"), Some((4, DomainState::Ended { reason: 0 })));
+        assert_eq!(parse_list(listing, "mirari-00000000000000cc"), Some((5, DomainState::Ended { reason: 3 })));
         assert_eq!(parse_list(listing, "mirari-00000000000000dd"), None);
+        assert_eq!(DomainState::Ended { reason: 3 }.ended(), Some(Ended::Exited(ExitStatus::Code(3))));
     }
 
     #[test]
