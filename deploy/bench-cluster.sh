@@ -14,7 +14,15 @@ export MIRARI_ADDR="$all"
 before=(); for pid in "${pids[@]}"; do before+=("$(rss_kib "$pid")"); done
 
 echo "3 coordinators on loopback (fsync on), $hosts simulated hosts, $instances instances:"
-"$bin/mirari-bench" "${bench_tls[@]}" cluster --coordinators "$all" --hosts "$hosts" --instances "$instances"
+# The simulated hosts stay up (--hold) while the cluster is measured at full size.
+"$bin/mirari-bench" "${bench_tls[@]}" cluster --coordinators "$all" --hosts "$hosts" --instances "$instances" \
+  --hold 1h >"$work/bench.out" &
+pids+=($!)
+until grep -q "acknowledged as running" "$work/bench.out"; do
+  kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/bench.out"; exit 1; }
+  sleep 0.5
+done
+cat "$work/bench.out"
 for i in 0 1 2; do
   after="$(rss_kib "${pids[$i]}")"
   awk -v id=$((i + 1)) -v b="${before[$i]}" -v a="$after" -v n="$instances" \

@@ -1,5 +1,7 @@
 //! How results reach people: aligned tables by default, JSON with `--output json`.
 
+use std::io::Write as _;
+
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -55,7 +57,12 @@ pub fn print<T: Serialize>(format: Format, value: &T, table_of: impl FnOnce(&T) 
 /// Like [`print`], for output made of several tables, separated by blank lines.
 pub fn print_tables<T: Serialize>(format: Format, value: &T, tables_of: impl FnOnce(&T) -> Vec<Table>) {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(value).expect("output serializes")),
+        Format::Json => {
+            // Straight to a buffered stdout: a status of 100,000 instances is tens of MB.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            serde_json::to_writer_pretty(&mut out, value).expect("output serializes");
+            let _ = writeln!(out);
+        }
         Format::Table => {
             let rendered: Vec<String> = tables_of(value).iter().map(Table::render).collect();
             print!("{}", rendered.join("\n"));

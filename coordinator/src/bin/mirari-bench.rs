@@ -67,6 +67,10 @@ enum BenchCommand {
         /// Give up after this long
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Keep the simulated hosts alive this long after the results (to measure the cluster
+        /// at that size)
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        hold: Duration,
     },
 }
 
@@ -81,8 +85,10 @@ async fn main() -> anyhow::Result<()> {
         BenchCommand::Raft { coordinators, clients, duration, acked_file, prefix, json } => {
             raft(coordinators, clients, duration, acked_file, prefix, json).await
         }
-        BenchCommand::Cluster { coordinators, hosts, instances, timeout } => {
-            simulated::run(coordinators, hosts, instances, timeout).await
+        BenchCommand::Cluster { coordinators, hosts, instances, timeout, hold } => {
+            simulated::run(coordinators, hosts, instances, timeout).await?;
+            tokio::time::sleep(hold).await;
+            Ok(())
         }
     }
 }
@@ -419,6 +425,9 @@ mod simulated {
             running_in.as_secs_f64(),
             f64::from(instances) / running_in.as_secs_f64()
         );
+        // Scripts wait for this line before measuring the cluster at this size.
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
         Ok(())
     }
 }
