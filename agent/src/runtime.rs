@@ -148,6 +148,10 @@ impl Agent {
         &self.inner.fingerprints
     }
 
+    pub fn capabilities(&self, target: Target) -> Option<crate::backends::Capabilities> {
+        self.inner.backends.get(&target).map(|b| b.capabilities())
+    }
+
     pub fn blobs(&self) -> &BlobStore {
         &self.inner.blobs
     }

@@ -73,6 +73,11 @@ impl agent_server::Agent for AgentService {
                 target: f.target.name().to_owned(),
                 unavailable_reason: f.unavailable.clone().unwrap_or_default(),
                 attributes: f.attributes.clone().into_iter().collect(),
+                capabilities: self
+                    .agent
+                    .capabilities(f.target)
+                    .map(|c| c.names().into_iter().map(String::from).collect())
+                    .unwrap_or_default(),
             })
             .collect();
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();

@@ -226,6 +226,7 @@ pub async fn host(agent: &Endpoint, format: Format) -> anyhow::Result<ExitCode> 
         available: bool,
         reason: Option<String>,
         attributes: std::collections::BTreeMap<String, String>,
+        capabilities: Vec<String>,
     }
     #[derive(Serialize)]
     struct HostView {
@@ -244,15 +245,17 @@ pub async fn host(agent: &Endpoint, format: Format) -> anyhow::Result<ExitCode> 
                 reason: (!b.unavailable_reason.is_empty()).then_some(b.unavailable_reason),
                 target: b.target,
                 attributes: b.attributes.into_iter().collect(),
+                capabilities: b.capabilities,
             })
             .collect(),
     };
     output::print(format, &view, |view| {
-        let mut table = Table::new(&["BACKEND", "AVAILABLE", "DETAILS"]);
+        let mut table = Table::new(&["BACKEND", "AVAILABLE", "CAPABILITIES", "DETAILS"]);
         for b in &view.backends {
             let facts: Vec<String> = b.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let details = b.reason.clone().unwrap_or_else(|| facts.join(" "));
-            table.row(vec![b.target.clone(), if b.available { "yes" } else { "no" }.into(), details]);
+            let available = if b.available { "yes" } else { "no" };
+            table.row(vec![b.target.clone(), available.into(), b.capabilities.join(","), details]);
         }
         table
     });

@@ -14,7 +14,10 @@ const CHUNK_BYTES: usize = 1 << 20;
 
 pub async fn connect(endpoint: &Endpoint) -> anyhow::Result<AgentClient<Channel>> {
     let channel = endpoint.connect().await.with_context(|| {
-        format!("is mirari-agent running? start it with `mirari-agent --listen {endpoint}`, or point --agent / MIRARI_AGENT at it")
+        format!(
+            "cannot reach the agent (is mirari-agent running? start it with `mirari-agent --listen {endpoint}`, \
+             or point --agent / MIRARI_AGENT at it)"
+        )
     })?;
     Ok(AgentClient::new(channel))
 }

@@ -228,4 +228,6 @@ fn console_follows_an_instance_to_its_end_and_the_host_says_what_it_cannot_run()
     let xen = host["backends"].as_array().unwrap().iter().find(|b| b["target"] == "xen").unwrap().clone();
     assert_eq!(xen["available"], false, "{xen}");
     assert!(xen["reason"].as_str().unwrap().contains("not a Xen dom0"), "{xen}");
+    let unix = host["backends"].as_array().unwrap().iter().find(|b| b["target"] == "unix").unwrap().clone();
+    assert_eq!(unix["capabilities"], serde_json::json!(["graceful-stop", "recover"]), "{unix}");
 }

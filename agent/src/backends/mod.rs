@@ -49,6 +49,20 @@ pub struct Capabilities {
     pub enforces_resources: bool,
 }
 
+impl Capabilities {
+    /// The names of what it can do, for people.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.graceful_stop, "graceful-stop"),
+            (self.recover, "recover"),
+            (self.enforces_resources, "enforces-resources"),
+        ]
+        .into_iter()
+        .filter_map(|(has, name)| has.then_some(name))
+        .collect()
+    }
+}
+
 /// Everything a backend needs to know about one instance.
 #[derive(Debug, Clone)]
 pub struct Launch {

@@ -87,25 +87,6 @@ irq0_stub:
 irq_spurious_stub:
 	ret $8
 
-/* CPU exceptions: one 8-byte stub per vector, so C can compute the address
- * as fault_stubs + 8 * n. They report the vector and never return, so the
- * error code some exceptions push does not matter. */
-	.balign 8
-	.globl fault_stubs
-fault_stubs:
-	.set vec, 0
-	.rept 32
-	.balign 8
-	push $vec
-	jmp fault_common
-	.set vec, vec + 1
-	.endr
-
-fault_common:
-	call kernel_fault
-halt:
-	cli
-	hlt
-	jmp halt
+#include "fault_stubs.inc"
 
 	.section .note.GNU-stack, "", @progbits

@@ -87,25 +87,6 @@ _start:
 	call xen_main
 	jmp halt
 
-/* CPU exceptions: one 8-byte stub per vector (fault_stubs + 8 * n). The
- * handler reports the vector and shuts the domain down, never returning,
- * so there is no iret and the error code some vectors push is ignored. */
-	.balign 8
-	.globl fault_stubs
-fault_stubs:
-	.set vec, 0
-	.rept 32
-	.balign 8
-	push $vec
-	jmp fault_common
-	.set vec, vec + 1
-	.endr
-
-fault_common:
-	call kernel_fault
-halt:
-	cli
-	hlt
-	jmp halt
+#include "../kernel/fault_stubs.inc"
 
 	.section .note.GNU-stack, "", @progbits
