@@ -66,7 +66,9 @@ impl Lifecycle {
     }
 
     /// Wants a stopped instance running again (a cluster host that regained its lease before
-    /// its instances were reassigned). A failed instance stays failed.
+    /// its instances were reassigned). Whatever phase it is in, it converges to running: a
+    /// stop still under way ends in a fresh start (see `end_run`). A failed instance stays
+    /// failed.
     pub fn on_run_requested(&mut self) {
         self.desired = Desired::Running;
         if self.phase == Phase::Stopped {
@@ -106,10 +108,17 @@ impl Lifecycle {
 
     fn end_run(&mut self, policy: RestartPolicy, now_ms: u64, exit: ExitStatus, message: Option<String>) {
         let ran_ms = self.started_at_ms.map_or(0, |started| now_ms.saturating_sub(started));
+        let stopped_by_request = self.phase == Phase::Stopping;
         self.started_at_ms = None;
         self.message = message;
         if self.desired == Desired::Stopped {
             self.phase = Phase::Stopped;
+            return;
+        }
+        if stopped_by_request {
+            // Wanted again while the stop we asked for was under way: the exit was ours, not
+            // the app's, so the restart policy has no say. Start it again.
+            self.phase = Phase::Pending;
             return;
         }
         if ran_ms >= STABLE_RUN_MS {
@@ -254,6 +263,23 @@ mod tests {
         life.on_run_requested();
         assert_eq!((life.desired, life.phase), (Desired::Running, Phase::Pending));
         assert_eq!(plan([(id(1), &life)], 20).actions, [Action::Start(id(1))]);
+    }
+
+    #[test]
+    fn an_instance_wanted_again_while_stopping_runs_again() {
+        // A fenced instance whose graceful stop is still under way when its host's assignments
+        // come back: the clean exit the stop causes must not leave it resting.
+        let mut life = Lifecycle::new();
+        life.on_starting();
+        life.on_running(0);
+        life.on_stop_requested();
+        life.on_stopping();
+        life.on_run_requested();
+        assert_eq!(life.phase, Phase::Stopping, "the stop under way finishes first");
+        life.on_exit(ExitStatus::Code(0), POLICY, 10);
+        assert_eq!((life.desired, life.phase), (Desired::Running, Phase::Pending));
+        assert_eq!(plan([(id(1), &life)], 10).actions, [Action::Start(id(1))]);
+        assert_eq!(life.failures_in_a_row, 0, "an exit we caused is not the app's failure");
     }
 
     #[test]

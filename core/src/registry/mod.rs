@@ -132,13 +132,14 @@ impl Registry {
         }
     }
 
-    /// Applies one log entry. A refused command leaves the registry unchanged.
+    /// Applies one log entry. A refused command leaves the registry unchanged. Every entry,
+    /// a retried request too, advances the applied index: read barriers wait for it.
     pub fn apply(&mut self, index: u64, request: &Request) -> ApplyResult {
+        self.applied_index = index;
         if let Some((_, result)) = self.recent_requests.get(&request.request_id) {
             return result.clone();
         }
         let result = self.apply_command(&request.command);
-        self.applied_index = index;
         self.recent_requests.insert(request.request_id.clone(), (index, result.clone()));
         self.request_order.push_back((index, request.request_id.clone()));
         while let Some((oldest, _)) = self.request_order.front() {

@@ -130,6 +130,8 @@ fn retried_requests_apply_once() {
     let retry = registry.apply(index + 2, &Request { request_id: "once".into(), command });
     assert_eq!(first, retry);
     assert_eq!(registry.instances().count(), 1);
+    // The retry's entry is applied all the same: a read barrier waiting for it must not stall.
+    assert_eq!(registry.applied_index(), index + 2);
 }
 
 #[test]
