@@ -21,6 +21,7 @@ use mirari_core::instance::{ExitStatus, Phase};
 use mirari_core::lease::LeaseTiming;
 use mirari_core::registry::{Host, InstanceReport};
 use mirari_core::spec::InstanceSpec;
+use mirari_proto::blob_stream::{self, ReceiveError};
 use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
 use mirari_proto::coordinator::{self as pb};
 use mirari_proto::endpoint::Endpoint;
@@ -40,10 +41,8 @@ const MAX_MESSAGE_BYTES: usize = 256 << 20;
 pub enum ClusterError {
     #[error("no coordinator answered ({0})")]
     NoCoordinator(String),
-    #[error("no coordinator has blob {0}")]
+    #[error("no coordinator could send blob {0}")]
     BlobNotFound(Digest),
-    #[error("blob {digest} could not be stored: {reason}")]
-    Blob { digest: Digest, reason: String },
 }
 
 /// The coordinators this agent talks to; calls move on to the next one when one fails.
@@ -93,28 +92,16 @@ impl Coordinators {
                 continue;
             };
             let request = pb::FetchBlobRequest { sha256: digest.to_string() };
-            let mut chunks = match client.fetch_blob(request).await {
-                Ok(response) => response.into_inner(),
-                Err(_) => {
-                    self.rotate();
-                    continue;
-                }
+            let fetched = match client.fetch_blob(request).await {
+                Ok(chunks) => blob_stream::receive(store, chunks.into_inner()).await,
+                Err(status) => Err(ReceiveError::Stream(status)),
             };
-            let blob_error = |reason: String| ClusterError::Blob { digest, reason };
-            let mut writer = store.writer(Some(digest)).map_err(|e| blob_error(e.to_string()))?;
-            let mut complete = true;
-            loop {
-                match chunks.message().await {
-                    Ok(Some(chunk)) => writer.write(&chunk.data).map_err(|e| blob_error(e.to_string()))?,
-                    Ok(None) => break,
-                    Err(_) => {
-                        complete = false;
-                        break;
-                    }
+            match fetched {
+                Ok((received, _)) if received == digest => return Ok(()),
+                Ok((received, _)) => {
+                    tracing::warn!(%digest, %received, "a coordinator sent another blob than the one asked for")
                 }
-            }
-            if complete && writer.finish().is_ok() {
-                return Ok(());
+                Err(error) => tracing::debug!(%digest, %error, "fetching a blob failed; trying another coordinator"),
             }
             self.rotate();
         }

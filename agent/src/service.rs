@@ -6,15 +6,13 @@ use futures::stream::BoxStream;
 use mirari_blobs::BlobError;
 use mirari_core::spec::InstanceSpec;
 use mirari_proto::agent::{self as pb, agent_server};
+use mirari_proto::blob_stream;
 use mirari_proto::convert::parse_digest;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::builder::Builder;
 use crate::runtime::{Agent, AgentError};
 use crate::state::InstanceRecord;
-
-/// Largest blob the agent accepts, so an upload cannot fill the disk by mistake.
-const MAX_BLOB_BYTES: u64 = 4 << 30;
 
 #[derive(Debug, Clone)]
 pub struct AgentService {
@@ -29,7 +27,7 @@ impl AgentService {
     }
 
     pub fn into_server(self) -> agent_server::AgentServer<Self> {
-        agent_server::AgentServer::new(self)
+        agent_server::AgentServer::new(self).max_decoding_message_size(mirari_core::limits::MAX_REQUEST_BYTES)
     }
 }
 
@@ -88,21 +86,7 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<Streaming<pb::BlobChunk>>,
     ) -> Result<Response<pb::PutBlobResponse>, Status> {
-        let mut chunks = request.into_inner();
-        let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty upload"))?;
-        let expected = parse_digest("sha256", &first.sha256)?;
-        let mut writer = self.agent.blobs().writer(Some(expected)).map_err(|e| status_of(e.into()))?;
-        let mut size = 0u64;
-        let mut next = Some(first);
-        while let Some(chunk) = next {
-            size += chunk.data.len() as u64;
-            if size > MAX_BLOB_BYTES {
-                return Err(Status::resource_exhausted(format!("blobs are limited to {MAX_BLOB_BYTES} bytes")));
-            }
-            writer.write(&chunk.data).map_err(|e| status_of(e.into()))?;
-            next = chunks.message().await?;
-        }
-        let (digest, size) = writer.finish().map_err(|e| status_of(e.into()))?;
+        let (digest, size) = blob_stream::receive(self.agent.blobs(), request.into_inner()).await?;
         Ok(Response::new(pb::PutBlobResponse { sha256: digest.to_string(), size }))
     }
 

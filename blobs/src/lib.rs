@@ -53,9 +53,9 @@ impl BlobStore {
     }
 
     /// Starts writing a blob; `expected` (if known) is checked when it is finished.
-    pub fn writer(&self, expected: Option<Digest>) -> Result<BlobWriter<'_>, BlobError> {
+    pub fn writer(&self, expected: Option<Digest>) -> Result<BlobWriter, BlobError> {
         let file = NamedTempFile::new_in(&self.dir).map_err(io_error("create a file in", &self.dir))?;
-        Ok(BlobWriter { store: self, file, hasher: Hasher::default(), size: 0, expected })
+        Ok(BlobWriter { store: self.clone(), file, hasher: Hasher::default(), size: 0, expected })
     }
 
     pub fn put_bytes(&self, data: &[u8]) -> Result<Digest, BlobError> {
@@ -82,15 +82,20 @@ impl BlobStore {
 
 /// A blob being written. Dropping it without [`BlobWriter::finish`] leaves nothing behind.
 #[derive(Debug)]
-pub struct BlobWriter<'a> {
-    store: &'a BlobStore,
+pub struct BlobWriter {
+    store: BlobStore,
     file: NamedTempFile,
     hasher: Hasher,
     size: u64,
     expected: Option<Digest>,
 }
 
-impl BlobWriter<'_> {
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     pub fn write(&mut self, data: &[u8]) -> Result<(), BlobError> {
         self.file.write_all(data).map_err(io_error("write", self.file.path()))?;
         self.hasher.update(data);

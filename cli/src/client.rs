@@ -4,13 +4,11 @@ use anyhow::Context;
 use futures::StreamExt;
 use mirari_blobs::BlobStore;
 use mirari_core::digest::Digest;
+use mirari_proto::agent::MissingBlobsRequest;
 use mirari_proto::agent::agent_client::AgentClient;
-use mirari_proto::agent::{BlobChunk, MissingBlobsRequest};
+use mirari_proto::blob_stream;
 use mirari_proto::endpoint::Endpoint;
-use tokio_util::io::ReaderStream;
 use tonic::transport::Channel;
-
-const CHUNK_BYTES: usize = 1 << 20;
 
 pub async fn connect(endpoint: &Endpoint) -> anyhow::Result<AgentClient<Channel>> {
     let channel = endpoint.connect().await.with_context(|| {
@@ -32,18 +30,11 @@ pub async fn upload_missing(
     let missing = client.missing_blobs(request).await?.into_inner().sha256;
     for text in &missing {
         let digest: Digest = text.parse()?;
-        let path = store.path(&digest);
-        let file = tokio::fs::File::open(&path)
-            .await
-            .with_context(|| format!("blob {digest} is not in the local store {}; build again", path.display()))?;
-        let header = BlobChunk { sha256: text.clone(), data: Vec::new() };
-        // A read error ends the stream early; the agent then rejects the upload by its digest.
-        let body = ReaderStream::with_capacity(file, CHUNK_BYTES)
-            .take_while(|read| std::future::ready(read.is_ok()))
-            .filter_map(|read| std::future::ready(read.ok()))
-            .map(|data| BlobChunk { sha256: String::new(), data: data.to_vec() });
+        let chunks = blob_stream::send(store, digest).await.with_context(|| {
+            format!("blob {digest} is not in the local store {}; build again", store.path(&digest).display())
+        })?;
         client
-            .put_blob(futures::stream::once(std::future::ready(header)).chain(body))
+            .put_blob(chunks.filter_map(|c| std::future::ready(c.ok())))
             .await
             .with_context(|| format!("uploading blob {digest}"))?;
     }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures::StreamExt;
 use mirari_blobs::BlobStore;
 use mirari_build::project::Project;
 use mirari_build::{bundle, images};
@@ -13,6 +14,7 @@ use mirari_core::instance::{ExitStatus, Phase};
 use mirari_core::registry::{AppVersion, Command, DeploymentSpec, Placement, Request};
 use mirari_core::target::Target;
 use mirari_proto::agent::{self as wire_agent, build_event};
+use mirari_proto::blob_stream;
 use mirari_proto::coordinator::{self as pb};
 use mirari_proto::log_codec;
 use serde::Serialize;
@@ -53,25 +55,16 @@ async fn upload(coordinators: &mut Coordinators, store: &BlobStore, digests: &[D
         .await?;
     for text in missing {
         let digest: Digest = text.parse()?;
-        let data =
-            std::fs::read(store.path(&digest)).with_context(|| format!("blob {digest} is not in the local store"))?;
-        eprintln!("uploading {} ({} bytes) to the coordinators", digest.short(), data.len());
+        let size = std::fs::metadata(store.path(&digest))
+            .with_context(|| format!("blob {digest} is not in the local store"))?
+            .len();
+        eprintln!("uploading {} ({size} bytes) to the coordinators", digest.short());
         coordinators
             .call("uploading a blob", async |mut client| {
-                let chunks: Vec<wire_agent::BlobChunk> = data
-                    .chunks(1 << 20)
-                    .enumerate()
-                    .map(|(i, chunk)| wire_agent::BlobChunk {
-                        sha256: if i == 0 { text.clone() } else { String::new() },
-                        data: chunk.to_vec(),
-                    })
-                    .collect();
-                let chunks = if chunks.is_empty() {
-                    vec![wire_agent::BlobChunk { sha256: text.clone(), data: Vec::new() }]
-                } else {
-                    chunks
-                };
-                client.put_blob(tokio_stream::iter(chunks)).await.map(|_| ())
+                let chunks = blob_stream::send(store, digest)
+                    .await
+                    .ok_or_else(|| tonic::Status::not_found(format!("blob {digest} left the local store")))?;
+                client.put_blob(chunks.filter_map(|c| std::future::ready(c.ok()))).await.map(|_| ())
             })
             .await?;
     }

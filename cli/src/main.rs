@@ -53,6 +53,16 @@ struct AppArgs {
     store: Option<PathBuf>,
 }
 
+/// A deployment's instance count, within the limit the coordinators enforce.
+fn instance_count(text: &str) -> Result<u32, String> {
+    let max = mirari_core::limits::MAX_INSTANCES_PER_DEPLOYMENT;
+    match text.parse::<u64>() {
+        Ok(count) if count <= u64::from(max) => Ok(count as u32),
+        Ok(_) => Err(format!("a deployment has at most {max} instances")),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check what the build needs (and install it with --install); bake the file images
@@ -194,7 +204,8 @@ enum ClusterCommand {
         /// The target to deploy [default: the first listed in the config]
         #[arg(long, short = 't')]
         target: Option<Target>,
-        #[arg(long, short = 'n', default_value_t = 1)]
+        /// How many instances to run across the cluster
+        #[arg(long, short = 'n', default_value_t = 1, value_parser = instance_count)]
         count: u32,
         /// binpack fills hosts one by one; spread prefers the emptiest
         #[arg(long, value_enum, default_value_t = PlacementArg::Binpack)]
@@ -206,6 +217,8 @@ enum ClusterCommand {
     /// Change how many instances of a deployed app run
     Scale {
         app: String,
+        /// How many instances should run
+        #[arg(value_parser = instance_count)]
         count: u32,
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,

@@ -13,11 +13,12 @@ use mirari_core::registry::{HostId, HostStatus};
 use mirari_core::target::Target;
 use mirari_proto::agent::agent_client::AgentClient;
 use mirari_proto::agent::{self as pb, build_event};
+use mirari_proto::blob_stream::BlobSink;
 use mirari_proto::endpoint::Endpoint;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::blobs::{ReplicatedBlobs, blob_status};
+use crate::blobs::ReplicatedBlobs;
 use crate::driver::RaftHandle;
 
 #[derive(Debug, Default)]
@@ -142,48 +143,43 @@ impl AgentClients {
     }
 }
 
-/// Passes progress through, collects the artifact into the blob store, and replicates it
+/// Passes progress through, streams the artifact into the blob store, and replicates it
 /// before passing `done` on.
 fn relay_build(
-    events: impl futures::Stream<Item = Result<pb::BuildEvent, Status>> + Unpin + Send + 'static,
+    mut events: impl futures::Stream<Item = Result<pb::BuildEvent, Status>> + Unpin + Send + 'static,
     blobs: ReplicatedBlobs,
     host: HostId,
 ) -> impl futures::Stream<Item = Result<pb::BuildEvent, Status>> {
-    futures::stream::unfold(
-        (events, blobs, Some(Vec::<u8>::new()), host),
-        |(mut events, blobs, artifact, host)| async move {
-            let mut artifact = artifact?;
-            loop {
-                let event = match events.next().await {
-                    Some(Ok(event)) => event,
-                    None => {
-                        let error = Status::aborted(format!("the build on host {host} ended without an artifact"));
-                        return Some((Err(error), (events, blobs, None, host)));
-                    }
-                    Some(Err(status)) => return Some((Err(status), (events, blobs, None, host))),
-                };
-                match event.event {
-                    Some(build_event::Event::ArtifactChunk(chunk)) => artifact.extend_from_slice(&chunk),
+    let (relay, relayed) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let outcome = async {
+            let mut artifact = BlobSink::new(blobs.store(), None)?;
+            while let Some(event) = events.next().await {
+                match event?.event {
+                    Some(build_event::Event::ArtifactChunk(chunk)) => artifact.write(chunk).await?,
                     Some(build_event::Event::Done(done)) => {
-                        let stored = store_artifact(&blobs, &artifact, &done.artifact_sha256).await;
-                        let event = stored.map(|()| pb::BuildEvent {
-                            event: Some(build_event::Event::Done(pb::BuildDone { host: host.0.clone(), ..done })),
-                        });
-                        return Some((event, (events, blobs, None, host)));
+                        let (digest, _) = artifact.finish().await?;
+                        if digest.to_string() != done.artifact_sha256 {
+                            return Err(Status::data_loss(format!(
+                                "host {host} sent an artifact with sha256 {digest}, not the {} it claimed",
+                                done.artifact_sha256
+                            )));
+                        }
+                        blobs.replicate(digest).await?;
+                        let done = pb::BuildDone { host: host.0.clone(), ..done };
+                        return Ok(pb::BuildEvent { event: Some(build_event::Event::Done(done)) });
                     }
                     other => {
-                        return Some((Ok(pb::BuildEvent { event: other }), (events, blobs, Some(artifact), host)));
+                        if relay.send(Ok(pb::BuildEvent { event: other })).await.is_err() {
+                            return Err(Status::cancelled("the caller went away"));
+                        }
                     }
                 }
             }
-        },
-    )
-}
-
-async fn store_artifact(blobs: &ReplicatedBlobs, artifact: &[u8], claimed: &str) -> Result<(), Status> {
-    let expected = claimed.parse().map_err(|e| Status::data_loss(format!("the builder sent a bad digest: {e}")))?;
-    let mut writer = blobs.store().writer(Some(expected)).map_err(blob_status)?;
-    writer.write(artifact).map_err(blob_status)?;
-    let (digest, _) = writer.finish().map_err(blob_status)?;
-    blobs.replicate(digest).await
+            Err(Status::aborted(format!("the build on host {host} ended without an artifact")))
+        };
+        let last = outcome.await;
+        let _ = relay.send(last).await;
+    });
+    tokio_stream::wrappers::ReceiverStream::new(relayed)
 }

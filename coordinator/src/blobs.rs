@@ -4,34 +4,23 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use mirari_blobs::{BlobError, BlobStore};
+use mirari_blobs::BlobStore;
 use mirari_core::digest::Digest;
 use mirari_proto::agent::BlobChunk;
+use mirari_proto::blob_stream;
 use mirari_proto::coordinator::peer_client::PeerClient;
 use mirari_proto::endpoint::Endpoint;
-use tokio::io::AsyncReadExt;
 use tonic::Status;
 
 use crate::driver::RaftHandle;
 use crate::transport::MAX_RAFT_MESSAGE_BYTES;
 
-const CHUNK_BYTES: usize = 1 << 20;
 const REPLICATION_DEADLINE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct ReplicatedBlobs {
     store: BlobStore,
     raft: RaftHandle,
-}
-
-pub fn blob_status(error: BlobError) -> Status {
-    match error {
-        BlobError::Mismatch { .. } => Status::data_loss(error.to_string()),
-        BlobError::Io { .. } => Status::internal(format!(
-            "{error}: {}",
-            std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default()
-        )),
-    }
 }
 
 impl ReplicatedBlobs {
@@ -46,21 +35,9 @@ impl ReplicatedBlobs {
     /// Stores an upload whose first chunk names its digest; verifies it.
     pub async fn receive(
         &self,
-        mut chunks: impl futures::Stream<Item = Result<BlobChunk, Status>> + Unpin,
+        chunks: impl futures::Stream<Item = Result<BlobChunk, Status>> + Unpin,
     ) -> Result<(Digest, u64), Status> {
-        let first = chunks.next().await.ok_or_else(|| Status::invalid_argument("empty upload"))??;
-        let expected: Digest = first.sha256.parse().map_err(|e| Status::invalid_argument(format!("{e}")))?;
-        if self.store.contains(&expected) {
-            while chunks.next().await.is_some() {}
-            let size = std::fs::metadata(self.store.path(&expected)).map(|m| m.len()).unwrap_or_default();
-            return Ok((expected, size));
-        }
-        let mut writer = self.store.writer(Some(expected)).map_err(blob_status)?;
-        writer.write(&first.data).map_err(blob_status)?;
-        while let Some(chunk) = chunks.next().await {
-            writer.write(&chunk?.data).map_err(blob_status)?;
-        }
-        writer.finish().map_err(blob_status)
+        Ok(blob_stream::receive(&self.store, chunks).await?)
     }
 
     /// Returns once a majority of the coordinators hold `digest` (this one included); keeps
@@ -110,34 +87,16 @@ impl ReplicatedBlobs {
         &self,
         digest: Digest,
     ) -> Result<impl futures::Stream<Item = Result<BlobChunk, Status>> + use<>, Status> {
-        let path = self.store.path(&digest);
-        let file = tokio::fs::File::open(&path)
+        blob_stream::send(&self.store, digest)
             .await
-            .map_err(|_| Status::not_found(format!("this coordinator has no blob {digest}")))?;
-        Ok(read_chunks(file, digest))
+            .ok_or_else(|| Status::not_found(format!("this coordinator has no blob {digest}")))
     }
-}
-
-fn read_chunks(file: tokio::fs::File, digest: Digest) -> impl futures::Stream<Item = Result<BlobChunk, Status>> {
-    futures::stream::unfold((file, true), move |(mut file, first)| async move {
-        let mut data = vec![0u8; CHUNK_BYTES];
-        match file.read(&mut data).await {
-            Ok(0) if !first => None,
-            Ok(n) => {
-                data.truncate(n);
-                let sha256 = if first { digest.to_string() } else { String::new() };
-                Some((Ok(BlobChunk { sha256, data }), (file, false)))
-            }
-            Err(e) => Some((Err(Status::internal(format!("reading blob {digest}: {e}"))), (file, false))),
-        }
-    })
 }
 
 async fn push(store: &BlobStore, digest: Digest, address: &str) -> anyhow::Result<()> {
     let endpoint: Endpoint = address.parse()?;
     let mut peer = PeerClient::new(endpoint.connect().await?).max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
-    let file = tokio::fs::File::open(store.path(&digest)).await?;
-    let chunks = read_chunks(file, digest).filter_map(|c| std::future::ready(c.ok()));
-    peer.push_blob(chunks).await?;
+    let chunks = blob_stream::send(store, digest).await.ok_or_else(|| anyhow::anyhow!("blob {digest} is gone"))?;
+    peer.push_blob(chunks.filter_map(|c| std::future::ready(c.ok()))).await?;
     Ok(())
 }

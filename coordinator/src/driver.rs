@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::consensus::RaftMessage;
 use crate::consensus::machine::Machine;
-use crate::consensus::node::{Applied, MembershipChange, Node, NodeError};
+use crate::consensus::node::{Applied, MembershipChange, Node, NodeError, Refused};
 use crate::consensus::storage::Backing;
 use crate::transport::Transport;
 
@@ -45,6 +45,8 @@ pub enum ProposeError {
     LeadershipLost,
     #[error("the raft driver has stopped")]
     Stopped,
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type ProposeResult = Result<Applied, ProposeError>;
@@ -229,8 +231,11 @@ impl<B: Backing> Driver<B> {
             }
             Input::Propose(request, reply) => match self.node.propose(&request) {
                 Ok(()) => self.pending.entry(request.request_id).or_default().push(reply),
-                Err(not_leader) => {
+                Err(Refused::NotLeader(not_leader)) => {
                     let _ = reply.send(Err(ProposeError::NotLeader { leader: not_leader.leader }));
+                }
+                Err(Refused::Invalid(error)) => {
+                    let _ = reply.send(Err(ProposeError::Invalid(error.to_string())));
                 }
             },
             Input::ChangeMembership(change, reply) => {

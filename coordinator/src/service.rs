@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use mirari_core::limits;
 use mirari_core::registry::{Command, HostId, HostStatus, InstanceReport, Outcome, Request};
 use mirari_proto::agent as wire_agent;
 use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
@@ -100,6 +101,7 @@ fn status_of(error: ProposeError, leader_address: Option<String>) -> Status {
         },
         ProposeError::LeadershipLost => Status::unavailable(error.to_string()),
         ProposeError::Stopped => Status::internal(error.to_string()),
+        ProposeError::Invalid(_) => Status::invalid_argument(error.to_string()),
     }
 }
 
@@ -118,9 +120,11 @@ impl CoordinatorService {
         Self { raft, leaders: Mutex::new(HashMap::new()), leases, timing, blobs, agents: AgentClients::default() }
     }
 
+    /// Requests are small (a registry entry, a heartbeat, a blob chunk); answers may be large
+    /// (the status of 100,000 instances).
     pub fn into_server(self) -> coordinator_server::CoordinatorServer<Self> {
         coordinator_server::CoordinatorServer::new(self)
-            .max_decoding_message_size(MAX_STATUS_BYTES)
+            .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_STATUS_BYTES)
     }
 

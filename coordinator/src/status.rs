@@ -19,11 +19,11 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterSta
             let running = live().filter(|i| i.observed == Phase::Running).count() as u32;
             let failed = live().filter(|i| i.observed == Phase::Failed).count() as u32;
             let stopped = deployment.desired == Desired::Stopped;
-            let dry_run = if stopped {
-                None
-            } else {
-                scheduler::plan(registry, app, usize::MAX, &mut || InstanceId::from_u64(0))
-            };
+            let unplaced = if stopped { 0 } else { registry.empty_slot_count(app, deployment.spec.count) };
+            // A dry run to say why slots are empty; it plans at most what is empty.
+            let dry_run = (unplaced > 0)
+                .then(|| scheduler::plan(registry, app, unplaced as usize, &mut || InstanceId::from_u64(0)))
+                .flatten();
             pb::DeploymentStatus {
                 spec: Some(log_codec::deployment_to_pb(&deployment.spec)),
                 stopped,
@@ -31,7 +31,7 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterSta
                 placed,
                 running,
                 failed,
-                unplaced: if stopped { 0 } else { deployment.spec.count.saturating_sub(placed) },
+                unplaced,
                 unplaced_reason: dry_run
                     .filter(|plan| plan.unplaced > 0)
                     .map(|plan| plan.explain())

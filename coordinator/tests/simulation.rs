@@ -29,7 +29,7 @@ use raft::eraftpb::MessageType;
 
 const STEPS: u64 = 500;
 const SETTLE_STEPS: u64 = 3_000;
-const SLOTS: u32 = 1_000_000;
+const SLOTS: u32 = mirari_core::limits::MAX_INSTANCES_PER_DEPLOYMENT;
 
 /// SplitMix64: tiny, seedable, and the same on every platform and crate version.
 struct Rng(u64);

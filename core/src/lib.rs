@@ -10,6 +10,7 @@
 //! - [`spec`]: the desired state of one instance, derived from a config and a build.
 //! - [`instance`]: observed state of an instance (lifecycle, exit status).
 //! - [`lease`]: lease timing between agents and the coordinator leader (fencing margin).
+//! - [`limits`]: the largest sizes and counts accepted from the wire and from config files.
 //! - [`restart`]: what the restart policy says after an exit.
 //! - [`reconcile`]: desired + observed instances -> the actions an agent must take.
 //! - [`registry`]: the cluster registry, the state machine the coordinators replicate.
@@ -22,6 +23,7 @@ pub mod errors;
 pub mod ids;
 pub mod instance;
 pub mod lease;
+pub mod limits;
 pub mod reconcile;
 pub mod registry;
 pub mod restart;

@@ -53,7 +53,7 @@ pub fn plan(registry: &Registry, app: &str, limit: usize, mint: &mut dyn FnMut()
     let spec = &deployment.spec;
     let version = registry.app_version(&spec.app, &spec.version)?;
     let need = Resources { memory_mib: u64::from(version.run.memory_mib), vcpus: version.run.vcpus, instances: 1 };
-    let empty: Vec<u32> = (0..spec.count).filter(|&slot| registry.slot_holder(app, slot).is_none()).collect();
+    let empty_count = registry.empty_slot_count(app, spec.count);
     let mut plan = Plan {
         app: app.to_owned(),
         generation: deployment.generation,
@@ -61,7 +61,7 @@ pub fn plan(registry: &Registry, app: &str, limit: usize, mint: &mut dyn FnMut()
         unplaced: 0,
         reasons: BTreeMap::new(),
     };
-    if empty.is_empty() {
+    if empty_count == 0 {
         return Some(plan);
     }
 
@@ -90,14 +90,14 @@ pub fn plan(registry: &Registry, app: &str, limit: usize, mint: &mut dyn FnMut()
         }
     }
 
-    let mut slots = empty.into_iter();
+    let mut slots = registry.empty_slots(app, spec.count);
     let mut pending = slots.next();
     while let Some(slot) = pending {
         if plan.placements.len() == limit {
             break;
         }
         let Some(Candidate { siblings, host: Reverse(host_id), .. }) = heap.pop() else {
-            plan.unplaced = 1 + slots.count() as u32;
+            plan.unplaced = empty_count - plan.placements.len() as u32;
             break;
         };
         let host = registry.host(&host_id).expect("candidates are registered hosts");
@@ -266,6 +266,32 @@ mod tests {
         assert_eq!(first, second);
         assert_eq!(first.placements.len(), 10);
         assert_eq!(first.unplaced, 0);
+    }
+
+    #[test]
+    fn a_huge_count_costs_only_what_is_placed() {
+        // Billions of slots, one tiny host: the plan places what fits and counts the rest
+        // without walking or collecting every slot.
+        let mut world = World::new(&[host("a", 250, &[Target::Unix])]);
+        world.deploy(Target::Unix, u32::MAX, Placement::Binpack);
+        let plan = plan(&world.registry, "hello", 10, &mut || InstanceId::from_u64(7)).unwrap();
+        assert_eq!(plan.placements.iter().map(|p| p.slot).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(plan.unplaced, u32::MAX - 2);
+    }
+
+    #[test]
+    fn empty_slots_skip_the_filled_ones() {
+        let mut world = World::new(&[host("a", 10_000, &[Target::Unix])]);
+        world.deploy(Target::Unix, 6, Placement::Binpack);
+        let placements = [1, 2, 4].map(|slot| PlacedInstance {
+            id: InstanceId::from_u64(100 + u64::from(slot)),
+            slot,
+            host: HostId("a".into()),
+        });
+        world.apply(Command::Place { app: "hello".into(), generation: 1, placements: placements.into(), at_ms: 0 });
+        assert_eq!(world.registry.empty_slots("hello", 6).collect::<Vec<_>>(), [0, 3, 5]);
+        assert_eq!(world.registry.empty_slots("hello", 3).collect::<Vec<_>>(), [0]);
+        assert_eq!(world.registry.empty_slot_count("hello", 6), 3);
     }
 
     #[test]

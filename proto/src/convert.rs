@@ -4,6 +4,7 @@
 use mirari_core::digest::Digest;
 use mirari_core::ids::InstanceId;
 use mirari_core::instance::{ExitStatus, Phase};
+use mirari_core::limits;
 use mirari_core::spec::{Accelerator, FileImageRef, InstanceSpec, RestartPolicy, RunPolicy};
 use mirari_core::target::Target;
 
@@ -27,6 +28,36 @@ impl From<WireError> for tonic::Status {
     fn from(error: WireError) -> Self {
         tonic::Status::invalid_argument(error.to_string())
     }
+}
+
+/// Refuses a number above its limit (see `mirari_core::limits`).
+pub fn bounded<T: PartialOrd + std::fmt::Display>(field: &'static str, value: T, max: T) -> Result<T, WireError> {
+    match limits::exceeds(field, &value, &max) {
+        Some(reason) => Err(WireError::new(field, reason)),
+        None => Ok(value),
+    }
+}
+
+/// Refuses an empty or overlong name.
+pub fn name(field: &'static str, text: &str) -> Result<String, WireError> {
+    if text.is_empty() {
+        return Err(WireError::new(field, "is empty"));
+    }
+    bounded(field, text.len(), limits::MAX_NAME_BYTES).map(|_| text.to_owned())
+}
+
+/// Labels or constraints: bounded in number and size.
+pub fn labels(
+    field: &'static str,
+    labels: &std::collections::HashMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, String>, WireError> {
+    bounded(field, labels.len(), limits::MAX_LABELS)?;
+    labels
+        .iter()
+        .map(|(key, value)| {
+            Ok((name(field, key)?, bounded(field, value.len(), limits::MAX_NAME_BYTES).map(|_| value.clone())?))
+        })
+        .collect()
 }
 
 pub fn parse_id(field: &'static str, text: &str) -> Result<InstanceId, WireError> {
@@ -59,9 +90,10 @@ impl TryFrom<&pb::InstanceSpec> for InstanceSpec {
 
     fn try_from(spec: &pb::InstanceSpec) -> Result<Self, WireError> {
         let run = spec.run.as_ref().ok_or_else(|| WireError::new("spec.run", "missing"))?;
+        bounded("spec.files", spec.files.len(), limits::MAX_FILE_IMAGES)?;
         Ok(Self {
-            app: spec.app.clone(),
-            version: spec.version.clone(),
+            app: name("spec.app", &spec.app)?,
+            version: name("spec.version", &spec.version)?,
             target: spec.target.parse().map_err(|e| WireError::new("spec.target", e))?,
             artifact: parse_digest("spec.artifact_sha256", &spec.artifact_sha256)?,
             files: spec
@@ -101,7 +133,9 @@ impl TryFrom<&pb::RunPolicy> for RunPolicy {
         let restart = run.restart.as_ref().ok_or_else(|| WireError::new("run.restart", "missing"))?;
         let restart = match restart.policy.as_str() {
             "never" => RestartPolicy::Never,
-            "on-failure" => RestartPolicy::OnFailure { limit: restart.limit },
+            "on-failure" => RestartPolicy::OnFailure {
+                limit: bounded("run.restart.limit", restart.limit, limits::MAX_RESTART_LIMIT)?,
+            },
             "always" => RestartPolicy::Always,
             other => {
                 return Err(WireError::new("run.restart.policy", format!("unknown `{other}`")));
@@ -118,13 +152,16 @@ impl TryFrom<&pb::RunPolicy> for RunPolicy {
         if run.memory_mib == 0 || run.vcpus == 0 {
             return Err(WireError::new("run", "memory_mib and vcpus must be at least 1"));
         }
+        bounded("run.boot_args", run.boot_args.len(), limits::MAX_BOOT_ARGS)?;
+        let length: usize = run.boot_args.iter().map(|arg| arg.len() + 1).sum();
+        bounded("run.boot_args bytes", length, limits::MAX_BOOT_ARGS_BYTES)?;
         Ok(Self {
-            memory_mib: run.memory_mib,
-            vcpus: run.vcpus,
+            memory_mib: bounded("run.memory_mib", run.memory_mib, limits::MAX_MEMORY_MIB)?,
+            vcpus: bounded("run.vcpus", run.vcpus, limits::MAX_VCPUS)?,
             boot_args: run.boot_args.clone(),
             restart,
             accelerator,
-            stop_timeout_secs: run.stop_timeout_secs,
+            stop_timeout_secs: bounded("run.stop_timeout_secs", run.stop_timeout_secs, limits::MAX_STOP_TIMEOUT_SECS)?,
         })
     }
 }
@@ -222,5 +259,24 @@ mod tests {
         wire.target = "hvt".into();
         let error = InstanceSpec::try_from(&wire).unwrap_err();
         assert_eq!(error.field, "spec.target");
+    }
+
+    #[test]
+    fn refuses_numbers_above_their_limits() {
+        let good = pb::RunPolicy::from(&RunPolicy::default());
+        type Spoil = fn(&mut pb::RunPolicy);
+        let cases: [(Spoil, &str); 4] = [
+            (|run| run.stop_timeout_secs = u32::MAX, "run.stop_timeout_secs"),
+            (|run| run.memory_mib = u32::MAX, "run.memory_mib"),
+            (|run| run.boot_args = vec!["x".into(); limits::MAX_BOOT_ARGS + 1], "run.boot_args"),
+            (|run| run.boot_args = vec!["x".repeat(limits::MAX_BOOT_ARGS_BYTES)], "run.boot_args bytes"),
+        ];
+        for (spoil, field) in cases {
+            let mut run = good.clone();
+            spoil(&mut run);
+            let error = RunPolicy::try_from(&run).unwrap_err();
+            assert_eq!(error.field, field);
+            assert!(error.reason.contains("above the limit"), "{error}");
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`endpoint`]: addresses (`unix:/path` or `host:port`), connecting and serving on them.
 //! - [`tls`]: mutual TLS, certificates and the roles they carry.
 //! - [`auth`]: which role may call which RPC, checked for every server in one place.
+//! - [`blob_stream`]: blobs as chunk streams, sent from and received into a blob store.
 
 #![allow(missing_debug_implementations)] // generated gRPC clients and servers
 
@@ -37,6 +38,7 @@ pub use generated::mirari::coordinator::v1 as coordinator;
 pub use generated::mirari::registry::v1 as registry;
 
 pub mod auth;
+pub mod blob_stream;
 pub mod convert;
 pub mod endpoint;
 pub mod log_codec;

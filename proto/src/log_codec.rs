@@ -10,9 +10,10 @@ use mirari_core::spec::{FileImageRef, RunPolicy};
 use prost::Message;
 
 use crate::agent as wire_agent;
-use crate::convert::{WireError, parse_digest, parse_target};
+use crate::convert::{WireError, bounded, labels, name, parse_digest, parse_target};
 use crate::registry as pb;
 use crate::registry::log_entry::Command as PbCommand;
+use mirari_core::limits;
 
 pub fn encode(request: &Request) -> Vec<u8> {
     pb::LogEntry { request_id: request.request_id.clone(), command: Some(command_to_pb(&request.command)) }
@@ -80,7 +81,10 @@ fn command_from_pb(command: &PbCommand) -> Result<Command, WireError> {
             spec: deployment_from_pb(c.spec.as_ref().ok_or_else(|| invalid("deploy.spec", "missing"))?)?,
             at_ms: c.at_ms,
         },
-        PbCommand::Scale(c) => Command::Scale { app: c.app.clone(), count: c.count },
+        PbCommand::Scale(c) => Command::Scale {
+            app: name("scale.app", &c.app)?,
+            count: bounded("scale.count", c.count, limits::MAX_INSTANCES_PER_DEPLOYMENT)?,
+        },
         PbCommand::StopDeployment(c) => Command::StopDeployment { app: c.app.clone() },
         PbCommand::Place(c) => Command::Place {
             app: c.app.clone(),
@@ -157,12 +161,17 @@ pub fn host_to_pb(host: &Host) -> pb::Host {
 
 pub fn host_from_pb(host: &pb::Host) -> Result<Host, WireError> {
     let capacity = host.capacity.unwrap_or_default();
+    bounded("host.backends", host.backends.len(), mirari_core::target::Target::ALL.len())?;
     Ok(Host {
-        id: HostId(host.id.clone()),
-        address: host.address.clone(),
+        id: HostId(name("host.id", &host.id)?),
+        address: name("host.address", &host.address)?,
         backends: host.backends.iter().map(|b| parse_target("host.backends", b)).collect::<Result<_, _>>()?,
-        capacity: Resources { memory_mib: capacity.memory_mib, vcpus: capacity.vcpus, instances: capacity.instances },
-        labels: host.labels.clone().into_iter().collect(),
+        capacity: Resources {
+            memory_mib: capacity.memory_mib,
+            vcpus: capacity.vcpus,
+            instances: bounded("host.capacity.instances", capacity.instances, limits::MAX_INSTANCES_PER_HOST)?,
+        },
+        labels: labels("host.labels", &host.labels)?,
         status: status_from_pb(host.status())?,
         registered_at_ms: host.registered_at_ms,
         status_changed_at_ms: host.status_changed_at_ms,
@@ -186,9 +195,11 @@ pub fn app_to_pb(app: &AppVersion) -> pb::AppVersion {
 
 pub fn app_from_pb(app: &pb::AppVersion) -> Result<AppVersion, WireError> {
     let run = app.run.as_ref().ok_or_else(|| invalid("app.run", "missing"))?;
+    bounded("app.artifacts", app.artifacts.len(), mirari_core::target::Target::ALL.len())?;
+    bounded("app.files", app.files.len(), limits::MAX_FILE_IMAGES)?;
     Ok(AppVersion {
-        app: app.app.clone(),
-        version: app.version.clone(),
+        app: name("app.app", &app.app)?,
+        version: name("app.version", &app.version)?,
         artifacts: app
             .artifacts
             .iter()
@@ -200,7 +211,7 @@ pub fn app_from_pb(app: &pb::AppVersion) -> Result<AppVersion, WireError> {
             .map(|f| Ok(FileImageRef { name: f.name.clone(), digest: parse_digest("app.files", &f.sha256)? }))
             .collect::<Result<_, WireError>>()?,
         run: RunPolicy::try_from(run)?,
-        constraints: app.constraints.clone().into_iter().collect(),
+        constraints: labels("app.constraints", &app.constraints)?,
     })
 }
 
@@ -220,10 +231,10 @@ pub fn deployment_to_pb(spec: &DeploymentSpec) -> pb::DeploymentSpec {
 
 pub fn deployment_from_pb(spec: &pb::DeploymentSpec) -> Result<DeploymentSpec, WireError> {
     Ok(DeploymentSpec {
-        app: spec.app.clone(),
-        version: spec.version.clone(),
+        app: name("deployment.app", &spec.app)?,
+        version: name("deployment.version", &spec.version)?,
         target: parse_target("deployment.target", &spec.target)?,
-        count: spec.count,
+        count: bounded("deployment.count", spec.count, limits::MAX_INSTANCES_PER_DEPLOYMENT)?,
         placement: match spec.placement() {
             pb::Placement::Spread => Placement::Spread,
             pb::Placement::Binpack | pb::Placement::Unspecified => Placement::Binpack,
@@ -299,5 +310,12 @@ mod tests {
             assert_eq!(decode(&encode(&request)), Ok(request));
         }
         assert!(decode(b"\xff\xff").is_err());
+    }
+
+    #[test]
+    fn a_count_above_the_limit_is_refused_where_it_is_decoded() {
+        let scale = Command::Scale { app: "hello".into(), count: 4_000_000_000 };
+        let error = decode(&encode(&Request { request_id: "r".into(), command: scale })).unwrap_err();
+        assert_eq!(error.to_string(), "invalid `scale.count`: scale.count is 4000000000, above the limit of 100000");
     }
 }

@@ -54,8 +54,6 @@ pub enum NodeError {
     Raft(#[from] raft::Error),
     #[error("the snapshot data is unreadable")]
     Snapshot(#[source] serde_json::Error),
-    #[error("log entry {index} is unreadable: {reason}")]
-    Entry { index: u64, reason: String },
 }
 
 /// Proposals go to the leader.
@@ -63,6 +61,17 @@ pub enum NodeError {
 #[error("not the leader (the leader is {})", leader.map_or("unknown".to_owned(), |l| l.to_string()))]
 pub struct NotLeader {
     pub leader: Option<u64>,
+}
+
+/// Why a proposal was not taken into the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+    /// The entry would not decode where it is applied (a value above a limit): refused here,
+    /// so it never reaches the log.
+    #[error("the request is invalid: {0}")]
+    Invalid(#[from] mirari_proto::convert::WireError),
 }
 
 /// A committed entry that carried a client request, and what applying it did.
@@ -246,12 +255,13 @@ impl<B: Backing> Node<B> {
         NotLeader { leader: self.leader() }
     }
 
-    pub fn propose(&mut self, request: &Request) -> Result<(), NotLeader> {
+    pub fn propose(&mut self, request: &Request) -> Result<(), Refused> {
         if !self.is_leader() {
-            return Err(self.not_leader());
+            return Err(self.not_leader().into());
         }
         let data = mirari_proto::log_codec::encode(request);
-        self.raw.propose(Vec::new(), data).map_err(|_| self.not_leader())
+        mirari_proto::log_codec::decode(&data)?;
+        self.raw.propose(Vec::new(), data).map_err(|_| self.not_leader().into())
     }
 
     /// Proposes a membership change; it takes effect when applied. `request_id` comes back in
@@ -326,14 +336,22 @@ impl<B: Backing> Node<B> {
             let index = entry.index;
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => self.machine_mut().registry.skip(index),
-                EntryType::EntryNormal => {
-                    let request = mirari_proto::log_codec::decode(&entry.data)
-                        .map_err(|e| NodeError::Entry { index, reason: e.to_string() })?;
-                    let result = self.machine_mut().registry.apply(index, &request);
-                    output.applied.push(Applied { index, request_id: request.request_id, result });
-                }
+                EntryType::EntryNormal => match mirari_proto::log_codec::decode(&entry.data) {
+                    Ok(request) => {
+                        let result = self.machine_mut().registry.apply(index, &request);
+                        output.applied.push(Applied { index, request_id: request.request_id, result });
+                    }
+                    Err(error) => {
+                        // Proposals are checked before they enter the log, so this is a bug or
+                        // an entry from a version with larger limits. Every replica decodes the
+                        // same bytes the same way, so skipping it keeps them in step, and one
+                        // bad entry cannot stop every node in turn.
+                        tracing::error!(index, %error, "skipped a log entry that does not decode");
+                        self.machine_mut().registry.skip(index);
+                    }
+                },
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let result = self.apply_membership(&entry);
+                    let result = self.apply_membership(&entry)?;
                     self.machine_mut().registry.skip(index);
                     let request_id = String::from_utf8_lossy(&entry.context).into_owned();
                     output.applied.push(Applied { index, request_id, result });
@@ -343,13 +361,21 @@ impl<B: Backing> Node<B> {
         Ok(())
     }
 
-    fn apply_membership(&mut self, entry: &Entry) -> ApplyResult {
+    /// Applies a membership change. A change raft refuses is a rejection (every replica
+    /// refuses it alike); a storage failure stops the node like every other.
+    fn apply_membership(&mut self, entry: &Entry) -> Result<ApplyResult, NodeError> {
         if entry.get_entry_type() != EntryType::EntryConfChangeV2 {
-            return Err(Rejection::Invalid("membership changes are proposed as ConfChangeV2 only".into()));
+            return Ok(Err(Rejection::Invalid("membership changes are proposed as ConfChangeV2 only".into())));
         }
-        let cc = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| Rejection::Invalid(e.to_string()))?;
-        let conf_state = self.raw.apply_conf_change(&cc).map_err(|e| Rejection::Invalid(e.to_string()))?;
-        self.log.set_conf_state(&conf_state).map_err(|e| Rejection::Invalid(e.to_string()))?;
+        let cc = match ConfChangeV2::parse_from_bytes(&entry.data) {
+            Ok(cc) => cc,
+            Err(error) => return Ok(Err(Rejection::Invalid(error.to_string()))),
+        };
+        let conf_state = match self.raw.apply_conf_change(&cc) {
+            Ok(conf_state) => conf_state,
+            Err(error) => return Ok(Err(Rejection::Invalid(error.to_string()))),
+        };
+        self.log.set_conf_state(&conf_state)?;
         self.snapshot_due = true;
         let address = String::from_utf8_lossy(&cc.context).into_owned();
         let mut machine = self.machine_mut();
@@ -363,7 +389,7 @@ impl<B: Backing> Node<B> {
                 }
             }
         }
-        Ok(Outcome::Done)
+        Ok(Ok(Outcome::Done))
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
@@ -386,5 +412,69 @@ impl<B: Backing> Node<B> {
         let compact_to = applied.saturating_sub(self.config.keep_entries).max(first_index);
         self.log.save_snapshot(&snapshot, compact_to)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::logger;
+    use crate::consensus::storage::{InMemory, LogState};
+    use mirari_core::registry::Command;
+
+    /// A bootstrapped single node, elected.
+    fn leader() -> Node<InMemory> {
+        let log = RaftLog::new(LogState::default(), InMemory);
+        Node::bootstrap(&log, &BTreeMap::from([(1, "node-1".to_owned())])).unwrap();
+        let mut node = Node::new(NodeConfig::new(1), log, &logger::silent()).unwrap();
+        node.campaign().unwrap();
+        while node.has_ready() {
+            node.handle_ready().unwrap();
+        }
+        assert!(node.is_leader());
+        node
+    }
+
+    #[test]
+    fn a_request_that_would_not_decode_never_enters_the_log() {
+        let mut node = leader();
+        let last = node.log().read().last_index();
+        let huge = Request { request_id: "r".into(), command: Command::Scale { app: "a".into(), count: u32::MAX } };
+        assert!(matches!(node.propose(&huge), Err(Refused::Invalid(_))));
+        assert!(!node.has_ready() || node.handle_ready().unwrap().applied.is_empty());
+        assert_eq!(node.log().read().last_index(), last);
+    }
+
+    /// A disk whose writes of a new membership (outside a snapshot) fail once it is armed.
+    #[derive(Debug, Default)]
+    struct FailingDisk(std::sync::atomic::AtomicBool);
+
+    impl Backing for FailingDisk {
+        fn write(&self, batch: &crate::consensus::storage::WriteBatch<'_>) -> Result<(), StoreError> {
+            let membership = batch.conf_state.is_some() && batch.snapshot.is_none();
+            match membership && self.0.load(std::sync::atomic::Ordering::SeqCst) {
+                true => Err(StoreError::Corrupt { path: "disk".into(), what: "the disk failed".into() }),
+                false => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_storage_failure_during_a_membership_change_stops_the_node() {
+        let log = RaftLog::new(LogState::default(), FailingDisk::default());
+        Node::bootstrap(&log, &BTreeMap::from([(1, "node-1".to_owned())])).unwrap();
+        let disk = log.backing();
+        let mut node = Node::new(NodeConfig::new(1), log, &logger::silent()).unwrap();
+        node.campaign().unwrap();
+        while node.has_ready() {
+            node.handle_ready().unwrap();
+        }
+        disk.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        node.propose_membership("add-2", &MembershipChange::Add { id: 2, address: "node-2".into() }).unwrap();
+        let mut outcome = Ok(());
+        while node.has_ready() && outcome.is_ok() {
+            outcome = node.handle_ready().map(|_| ());
+        }
+        assert!(matches!(outcome, Err(NodeError::Store(_))), "{outcome:?}");
     }
 }

@@ -109,6 +109,11 @@ impl<B: Backing> RaftLog<B> {
         Self { state: Arc::new(RwLock::new(state)), backing: Arc::new(backing) }
     }
 
+    /// The durable backing the log writes through.
+    pub fn backing(&self) -> Arc<B> {
+        self.backing.clone()
+    }
+
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, LogState> {
         self.state.read().expect("raft log lock")
     }

@@ -45,6 +45,7 @@ use toml::Spanned;
 
 pub use self::error::{ConfigError, Location};
 use self::raw::{RawBuild, RawConfig, RawFiles, RawRequires, RawRun, RawTargetBuild};
+use crate::limits;
 use crate::spec::{Accelerator, RestartPolicy, RunPolicy};
 use crate::target::Target;
 
@@ -94,6 +95,11 @@ impl AppConfig {
         let raw: RawConfig = toml::from_str(text).map_err(|e| cx.toml_error(&e))?;
         let name = cx.check_name(&raw.app.name, "app name")?;
         let version = cx.non_empty(&raw.app.version, "app version")?;
+        if version.len() > limits::MAX_NAME_BYTES || version.contains(char::is_whitespace) {
+            return Err(cx
+                .error(raw.app.version.span(), "invalid app version")
+                .with_help(format!("use up to {} characters without whitespace", limits::MAX_NAME_BYTES)));
+        }
         let targets = cx.targets(&raw.app.targets)?;
         let requires = cx.requirements(&raw.requires)?;
         let builds = cx.builds(&raw.build, &name, &targets, &raw.app.targets)?;
@@ -306,6 +312,9 @@ impl Cx<'_> {
 
     fn files(&self, raw: &[RawFiles]) -> Result<Vec<FileDirective>, ConfigError> {
         let mut files: Vec<FileDirective> = Vec::new();
+        if let Some(extra) = raw.get(limits::MAX_FILE_IMAGES) {
+            return Err(self.error(extra.name.span(), format!("more than {} file images", limits::MAX_FILE_IMAGES)));
+        }
         for entry in raw {
             let name = self.check_name(&entry.name, "file image name")?;
             if files.iter().any(|f| f.name == name) {
@@ -340,7 +349,22 @@ impl Cx<'_> {
             }
         };
         let mut boot_args = Vec::new();
+        if let Some(extra) = raw.args.get(limits::MAX_BOOT_ARGS) {
+            return Err(self
+                .error(extra.span(), format!("more than {} boot arguments", limits::MAX_BOOT_ARGS))
+                .with_help("put long settings in a file image instead"));
+        }
+        let mut length = 0;
         for arg in &raw.args {
+            length += arg.get_ref().len() + 1;
+            if length > limits::MAX_BOOT_ARGS_BYTES {
+                return Err(self
+                    .error(
+                        arg.span(),
+                        format!("the boot arguments are longer than {} bytes", limits::MAX_BOOT_ARGS_BYTES),
+                    )
+                    .with_help("put long settings in a file image instead"));
+            }
             if arg.get_ref().is_empty() || arg.get_ref().contains(char::is_whitespace) {
                 return Err(self
                     .error(arg.span(), "boot argument is empty or contains whitespace")
@@ -349,8 +373,13 @@ impl Cx<'_> {
             boot_args.push(arg.get_ref().clone());
         }
         Ok(RunPolicy {
-            memory_mib: ranged(&raw.memory_mib, "memory_mib", 1..1_048_577, defaults.memory_mib)?,
-            vcpus: ranged(&raw.vcpus, "vcpus", 1..257, defaults.vcpus)?,
+            memory_mib: ranged(
+                &raw.memory_mib,
+                "memory_mib",
+                1..i64::from(limits::MAX_MEMORY_MIB) + 1,
+                defaults.memory_mib,
+            )?,
+            vcpus: ranged(&raw.vcpus, "vcpus", 1..i64::from(limits::MAX_VCPUS) + 1, defaults.vcpus)?,
             boot_args,
             restart: self.restart(raw)?,
             accelerator: match &raw.accelerator {
@@ -369,7 +398,7 @@ impl Cx<'_> {
             stop_timeout_secs: ranged(
                 &raw.stop_timeout_secs,
                 "stop_timeout_secs",
-                0..3601,
+                0..i64::from(limits::MAX_STOP_TIMEOUT_SECS) + 1,
                 defaults.stop_timeout_secs,
             )?,
         })
@@ -380,10 +409,10 @@ impl Cx<'_> {
         match (policy, &raw.restart_limit) {
             ("on-failure", None) => Ok(RestartPolicy::default()),
             ("on-failure", Some(limit)) => match u32::try_from(*limit.get_ref()) {
-                Ok(limit) if limit <= 1000 => Ok(RestartPolicy::OnFailure { limit }),
+                Ok(limit) if limit <= limits::MAX_RESTART_LIMIT => Ok(RestartPolicy::OnFailure { limit }),
                 _ => Err(self
                     .error(limit.span(), format!("`restart_limit` = {} is out of range", limit.get_ref()))
-                    .with_help("use a value from 0 to 1000")),
+                    .with_help(format!("use a value from 0 to {}", limits::MAX_RESTART_LIMIT))),
             },
             ("never" | "always", Some(limit)) => Err(self
                 .error(limit.span(), format!("`restart_limit` does not apply to restart = \"{policy}\""))

@@ -164,9 +164,23 @@ fn rejects_bad_values_where_they_are() {
         ("accelerator = \"tcg\"", "accelerator = \"hvf\"", "unknown accelerator `hvf`"),
         ("targets = [\"unix\", \"kvm\"]", "targets = []", "no targets listed"),
         ("targets = [\"unix\", \"kvm\"]", "targets = [\"kvm\", \"kvm\"]", "target `kvm` is listed twice"),
+        ("version = \"0.1.0\"", "version = \"0.1 beta\"", "invalid app version"),
+        ("restart_limit = 3", "restart_limit = 1001", "`restart_limit` = 1001 is out of range"),
     ];
     for (from, to, expected) in cases {
         let (_, _, message, _) = error_of(&EXAMPLE.replace(from, to));
         assert_eq!(message, expected, "replacing {from} with {to}");
     }
+}
+
+#[test]
+fn boot_arguments_are_bounded() {
+    let many: Vec<String> = (0..=limits::MAX_BOOT_ARGS).map(|i| format!("\"a{i}\"")).collect();
+    let text = EXAMPLE.replace("\"mode=demo\"", &many.join(", "));
+    let (_, _, message, _) = error_of(&text);
+    assert_eq!(message, format!("more than {} boot arguments", limits::MAX_BOOT_ARGS));
+    let long = "x".repeat(limits::MAX_BOOT_ARGS_BYTES);
+    let (line, _, message, help) = error_of(&EXAMPLE.replace("mode=demo", &long));
+    assert_eq!(message, format!("the boot arguments are longer than {} bytes", limits::MAX_BOOT_ARGS_BYTES));
+    assert_eq!((line, help.as_deref()), (26, Some("put long settings in a file image instead")));
 }

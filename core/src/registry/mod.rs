@@ -122,6 +122,29 @@ impl Registry {
         self.derived.slots.get(app)?.get(&slot).copied()
     }
 
+    /// The slots below `count` of an app's deployment that no instance fills, in order. Lazy:
+    /// the work is in proportion to the filled slots and the empty ones taken, never `count`.
+    pub fn empty_slots(&self, app: &str, count: u32) -> impl Iterator<Item = u32> + '_ {
+        let mut filled = self.derived.slots.get(app).into_iter().flat_map(move |slots| slots.range(..count)).peekable();
+        let mut next = 0u32;
+        std::iter::from_fn(move || {
+            while filled.peek().is_some_and(|(slot, _)| **slot == next) {
+                filled.next();
+                next += 1;
+            }
+            (next < count).then(|| {
+                next += 1;
+                next - 1
+            })
+        })
+    }
+
+    /// How many slots below `count` of an app's deployment no instance fills.
+    pub fn empty_slot_count(&self, app: &str, count: u32) -> u32 {
+        let filled = self.derived.slots.get(app).map_or(0, |slots| slots.range(..count).count());
+        count - u32::try_from(filled).unwrap_or(count)
+    }
+
     /// Rebuilds derived indexes; call after deserializing a snapshot.
     pub fn rebuild_derived(&mut self) {
         self.derived = Derived::default();
