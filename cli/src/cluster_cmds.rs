@@ -26,6 +26,7 @@ struct MemberView {
 
 #[derive(Debug, Serialize)]
 struct InfoView {
+    cluster_id: Option<String>,
     id: u64,
     role: String,
     term: u64,
@@ -40,6 +41,7 @@ impl From<pb::ClusterInfo> for InfoView {
     fn from(info: pb::ClusterInfo) -> Self {
         let leader = (info.leader_id != 0).then_some(info.leader_id);
         Self {
+            cluster_id: (!info.cluster_id.is_empty()).then_some(info.cluster_id),
             id: info.id,
             role: info.role,
             term: info.term,
@@ -69,8 +71,9 @@ pub async fn info(coordinators: &[Endpoint], format: Format) -> anyhow::Result<E
     let info: InfoView =
         connect(coordinators).await?.get_cluster_info(pb::ClusterInfoRequest {}).await?.into_inner().into();
     output::print(format, &info, |info| {
-        let mut table = Table::new(&["NODE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED"]);
+        let mut table = Table::new(&["CLUSTER", "NODE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED"]);
         table.row(vec![
+            info.cluster_id.clone().unwrap_or_else(|| "none yet".into()),
             info.id.to_string(),
             info.role.clone(),
             info.term.to_string(),

@@ -269,6 +269,9 @@ impl<B: Backing> Driver<B> {
             let output = self.node.handle_ready()?;
             {
                 let machine = self.node.machine();
+                if let Some(cluster_id) = &machine.cluster_id {
+                    self.transport.learn_cluster_id(cluster_id);
+                }
                 for message in output.messages {
                     let address =
                         machine.members.get(&message.to).or_else(|| self.learned_addresses.get(&message.to)).cloned();

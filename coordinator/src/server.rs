@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use mirari_blobs::{BlobError, BlobStore};
 use mirari_proto::auth::{self, Guarded};
-use mirari_proto::endpoint::Listener;
+use mirari_proto::coordinator::{self as pb, coordinator_client::CoordinatorClient};
+use mirari_proto::endpoint::{Endpoint, Listener};
 
 use crate::blobs::ReplicatedBlobs;
 use crate::leader::{self, LeaseTiming, Leases};
@@ -53,6 +54,41 @@ pub enum ServerError {
     Serve(#[from] tonic::transport::Error),
     #[error("the raft driver stopped unexpectedly")]
     DriverGone,
+    #[error(
+        "the data directory {} holds cluster {ours}, but the coordinator at {peer}, a member of it, belongs to \
+         cluster {theirs}: this node was started on another cluster's data directory (give it its own, or remove it \
+         from the cluster and add it back with an empty one)", data_dir.display()
+    )]
+    WrongCluster { data_dir: PathBuf, ours: String, peer: String, theirs: String },
+}
+
+/// How long the start-up check waits for each peer.
+const PEER_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Refuses to start when a reachable member of this node's cluster says it belongs to another
+/// one: the data directory is then not this node's. Members that do not answer are passed
+/// over (they refuse mismatched messages themselves).
+async fn check_peers_agree(ours: &str, peers: &[String], data_dir: &std::path::Path) -> Result<(), ServerError> {
+    for peer in peers {
+        let Ok(endpoint) = peer.parse::<Endpoint>() else { continue };
+        let asked = tokio::time::timeout(PEER_CHECK_TIMEOUT, async {
+            let channel = endpoint.connect().await.ok()?;
+            let info = CoordinatorClient::new(channel).get_cluster_info(pb::ClusterInfoRequest {}).await.ok()?;
+            Some(info.into_inner().cluster_id)
+        });
+        if let Ok(Some(theirs)) = asked.await
+            && !theirs.is_empty()
+            && theirs != ours
+        {
+            return Err(ServerError::WrongCluster {
+                data_dir: data_dir.to_owned(),
+                ours: ours.to_owned(),
+                peer: peer.clone(),
+                theirs,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Runs a coordinator on `listener` until `shutdown` resolves or raft fails.
@@ -64,12 +100,14 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
     let (backing, state) = RedbBacking::open(&config.data_dir.join("raft.redb"))?;
+    backing.claim_node_id(config.id)?;
     let log = RaftLog::new(state, backing);
     let empty = log.read().conf_state.voters.is_empty() && log.read().last_index() == 0;
     if config.bootstrap {
         let members = BTreeMap::from([(config.id, config.advertise.clone())]);
-        if Node::bootstrap(&log, &members)? {
-            tracing::info!(id = config.id, address = %config.advertise, "bootstrapped a new cluster with this node as its only member");
+        let cluster_id = format!("{:032x}", rand::random::<u128>());
+        if Node::bootstrap(&log, &cluster_id, &members)? {
+            tracing::info!(id = config.id, address = %config.advertise, %cluster_id, "bootstrapped a new cluster with this node as its only member");
         } else {
             tracing::warn!("--bootstrap ignored: the data directory already holds a cluster");
         }
@@ -82,6 +120,15 @@ pub async fn run(
     }
     let node_config = NodeConfig { snapshot_every: config.snapshot_every, ..NodeConfig::new(config.id) };
     let node = Node::new(node_config, log, &logger::raft_logger())?;
+    let (cluster_id, peers) = {
+        let machine = node.machine();
+        let peers: Vec<String> =
+            machine.members.iter().filter(|(id, _)| **id != config.id).map(|(_, address)| address.clone()).collect();
+        (machine.cluster_id.clone(), peers)
+    };
+    if let Some(cluster_id) = &cluster_id {
+        check_peers_agree(cluster_id, &peers, &config.data_dir).await?;
+    }
     let transport = Transport::new(config.id, config.advertise.clone());
     let (raft, driver_task) = driver::spawn(node, transport, config.tick);
     let blob_store = BlobStore::open(&config.data_dir.join("blobs")).map_err(ServerError::Blobs)?;

@@ -45,11 +45,13 @@ const FORWARDED: &str = "x-mirari-forwarded";
 pub struct PeerService {
     raft: RaftHandle,
     blobs: ReplicatedBlobs,
+    /// Peers of another cluster already refused (logged once each).
+    refused_peers: Arc<Mutex<std::collections::HashSet<u64>>>,
 }
 
 impl PeerService {
     pub fn new(raft: RaftHandle, blobs: ReplicatedBlobs) -> Self {
-        Self { raft, blobs }
+        Self { raft, blobs, refused_peers: Arc::default() }
     }
 
     pub fn into_server(self) -> peer_server::PeerServer<Self> {
@@ -61,6 +63,24 @@ impl PeerService {
 impl peer_server::Peer for PeerService {
     async fn send(&self, request: RpcRequest<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
         let batch = request.into_inner();
+        let ours = self.raft.machine().cluster_id.clone();
+        if let Some(ours) = ours
+            && !batch.cluster_id.is_empty()
+            && batch.cluster_id != ours
+        {
+            let reason = format!(
+                "coordinator {} belongs to cluster {ours}, but coordinator {} at {} sent messages of cluster {}: is \
+                 one of them running on another cluster's data directory?",
+                self.raft.status().id,
+                batch.from,
+                batch.from_address,
+                batch.cluster_id
+            );
+            if self.refused_peers.lock().expect("refused peers lock").insert(batch.from) {
+                tracing::error!(%reason, "refused raft messages from another cluster");
+            }
+            return Err(Status::failed_precondition(reason));
+        }
         let messages = batch
             .messages
             .iter()
@@ -229,6 +249,7 @@ impl CoordinatorService {
             commit_index: status.commit_index,
             applied_index: status.applied_index,
             members: machine.members.iter().map(|(&id, address)| pb::Member { id, address: address.clone() }).collect(),
+            cluster_id: machine.cluster_id.clone().unwrap_or_default(),
         }
     }
 

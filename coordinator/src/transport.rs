@@ -35,6 +35,8 @@ struct Inner {
     self_address: String,
     peers: Mutex<HashMap<u64, Peer>>,
     reporter: OnceLock<DeliveryReporter>,
+    /// This node's cluster, once it knows it (from its bootstrap or first snapshot).
+    cluster_id: OnceLock<String>,
 }
 
 #[derive(Debug)]
@@ -51,12 +53,21 @@ impl Transport {
                 self_address,
                 peers: Mutex::new(HashMap::new()),
                 reporter: OnceLock::new(),
+                cluster_id: OnceLock::new(),
             }),
         }
     }
 
     pub(crate) fn attach(&self, reporter: DeliveryReporter) {
         let _ = self.inner.reporter.set(reporter);
+    }
+
+    /// Stamps every batch from now on with this cluster ID. A node belongs to one cluster for
+    /// its whole life, so only the first call counts.
+    pub fn learn_cluster_id(&self, cluster_id: &str) {
+        if self.inner.cluster_id.get().is_none() {
+            let _ = self.inner.cluster_id.set(cluster_id.to_owned());
+        }
     }
 
     fn report(&self, peer: u64, delivered: bool, snapshot: bool) {
@@ -91,6 +102,8 @@ impl Transport {
 
     async fn send_loop(self, to: u64, address: String, mut queue: mpsc::Receiver<RaftMessage>) {
         let mut client: Option<PeerClient<Channel>> = None;
+        // Whether the peer's last answer was a refusal (logged once, not per batch).
+        let mut refused = false;
         while let Some(first) = queue.recv().await {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -104,14 +117,25 @@ impl Transport {
                 from: self.inner.self_id,
                 from_address: self.inner.self_address.clone(),
                 messages: batch.iter().map(encode_message).collect(),
+                cluster_id: self.inner.cluster_id.get().cloned().unwrap_or_default(),
             };
-            let delivered = match self.connect(&mut client, &address).await {
-                Some(peer) => tokio::time::timeout(SEND_TIMEOUT, peer.send(request)).await.is_ok_and(|r| r.is_ok()),
-                None => false,
+            let outcome = match self.connect(&mut client, &address).await {
+                Some(peer) => tokio::time::timeout(SEND_TIMEOUT, peer.send(request)).await.ok(),
+                None => None,
             };
+            let delivered = matches!(outcome, Some(Ok(_)));
+            match outcome {
+                Some(Err(refusal)) if refusal.code() == tonic::Code::FailedPrecondition => {
+                    if !refused {
+                        tracing::error!(peer = to, %address, reason = refusal.message(), "a peer refuses this node's raft messages");
+                    }
+                    refused = true;
+                }
+                _ if !delivered => tracing::debug!(peer = to, %address, "raft messages not delivered"),
+                _ => refused = false,
+            }
             if !delivered {
                 client = None;
-                tracing::debug!(peer = to, %address, "raft messages not delivered");
             }
             self.report(to, delivered, snapshots);
         }

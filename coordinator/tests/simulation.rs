@@ -107,7 +107,7 @@ impl Sim {
         };
         for &id in &ids {
             let log = RaftLog::new(LogState::default(), InMemory);
-            Node::bootstrap(&log, &members).expect("bootstrap");
+            Node::bootstrap(&log, "simulation", &members).expect("bootstrap");
             sim.logs.insert(id, log);
             sim.start(id);
         }

@@ -46,7 +46,20 @@ impl Coordinator {
         pki: &Pki,
         identity: Identity,
     ) -> Self {
-        let address = format!("{}:{}", host.ip, free_port());
+        Self::start_at(id, host, free_port(), dir, bootstrap, pki, identity)
+    }
+
+    /// Like [`Coordinator::start_with_identity`], listening on `port`.
+    pub fn start_at(
+        id: u64,
+        host: &TestHost,
+        port: u16,
+        dir: &std::path::Path,
+        bootstrap: bool,
+        pki: &Pki,
+        identity: Identity,
+    ) -> Self {
+        let address = format!("{}:{port}", host.ip);
         let mut coordinator = Self {
             identity,
             operator: pki.issue("operator", "operator", &[]),

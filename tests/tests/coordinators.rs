@@ -208,3 +208,83 @@ fn a_corrupt_data_directory_is_refused() {
     let log = node.log();
     assert!(log.contains("is corrupt") && log.contains("restore the data directory"), "{log}");
 }
+
+#[test]
+fn a_node_started_on_another_clusters_data_directory_is_refused() {
+    // Cluster A, then a new cluster B at the very same addresses (fixed ports, as in most
+    // deployments); node 2 of B is started on the data directory node 2 of A left behind.
+    let network = Network::new(3);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = cluster(&network, dir_a.path(), 3);
+    let writer = Writer::start(&a, dir_a.path(), "cluster-a", 2);
+    writer.finish();
+    let ports: Vec<u16> = a.iter().map(|n| n.address.rsplit_once(':').unwrap().1.parse().unwrap()).collect();
+    for node in &mut a {
+        node.kill();
+    }
+    let pki = Pki::new(dir_b.path());
+    let start = |id: u64, bootstrap: bool| {
+        let host = &network.hosts()[id as usize - 1];
+        let identity = pki.issue("coordinator", &format!("coordinator-{id}"), &[&host.ip]);
+        Coordinator::start_at(id, host, ports[id as usize - 1], dir_b.path(), bootstrap, &pki, identity)
+    };
+    let mut b = vec![start(1, true)];
+    eventually(DEADLINE, "B's node 1 to lead", || leader_of(&b).filter(|&l| l == 1).ok_or("no leader".to_owned()));
+    let third = start(3, false);
+    eventually(DEADLINE, "adding member 3 to B", || {
+        b[0].cli_json(&["cluster", "members", "add", "--id", "3", "--address", &third.address]).map(|_| ())
+    });
+    b.push(third);
+    wait_converged(&b);
+
+    let stray = dir_b.path().join("coordinator-2");
+    mirari_tests::copy_dir(&a[1].data_dir, &stray);
+    let mut node = start(2, false);
+    let status = node.wait_exit(DEADLINE);
+    assert!(!status.success());
+    let log = node.log();
+    assert!(log.contains("was started on another cluster's data directory"), "{log}");
+
+    // The refusal names both clusters; B keeps its two members and its leader.
+    let b_id = b[0].info().unwrap()["cluster_id"].as_str().unwrap().to_owned();
+    assert!(log.contains(&b_id), "{log}");
+    assert_eq!(leader_of(&b), Some(1));
+
+    // With B's nodes down, the stray node cannot be checked at start; once they are back, its
+    // raft messages are refused: B's term and membership stay B's own.
+    for node in &mut b {
+        node.kill();
+    }
+    node.restart();
+    eventually(DEADLINE, "the stray node to serve", || node.info().map(|_| ()));
+    for node in &mut b {
+        node.restart();
+    }
+    eventually(DEADLINE, "B's nodes to refuse the stray node's messages", || {
+        let refused = b.iter().any(|n| n.log().contains("refused raft messages from another cluster"));
+        if refused { Ok(()) } else { Err("not yet".into()) }
+    });
+    eventually(DEADLINE, "the stray node to hear that it is refused", || {
+        if node.log().contains("a peer refuses this node's raft messages") { Ok(()) } else { Err("not yet".into()) }
+    });
+    eventually(DEADLINE, "B to elect a leader of its own", || leader_of(&b).ok_or("no leader".to_owned()));
+    let members = b[0].cli_json(&["cluster", "members"]).unwrap();
+    let ids: Vec<u64> = members.as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [1, 3]);
+    assert_eq!(b[0].info().unwrap()["cluster_id"], b_id.as_str());
+}
+
+#[test]
+fn a_data_directory_is_refused_to_another_node_id() {
+    let network = Network::new(1);
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let mut node = Coordinator::start(1, &network.hosts()[0], dir.path(), true, &pki);
+    eventually(DEADLINE, "node 1 to lead", || node.info().map(|_| ()));
+    node.kill();
+    std::fs::rename(&node.data_dir, dir.path().join("coordinator-7")).unwrap();
+    let mut other = Coordinator::start(7, &network.hosts()[0], dir.path(), false, &pki);
+    assert!(!other.wait_exit(DEADLINE).success());
+    let log = other.log();
+    assert!(log.contains("belongs to coordinator 1, not 7: start it with --id 1"), "{log}");
+}

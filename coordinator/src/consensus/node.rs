@@ -14,7 +14,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, ReadState, StateRole};
 
-use super::machine::Machine;
+use super::machine::{Machine, SnapshotError};
 use super::storage::{Backing, RaftLog, StoreError};
 
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ pub enum NodeError {
     #[error("raft refused: {0}")]
     Raft(#[from] raft::Error),
     #[error("the snapshot data is unreadable")]
-    Snapshot(#[source] serde_json::Error),
+    Snapshot(#[from] SnapshotError),
 }
 
 /// Proposals go to the leader.
@@ -122,17 +122,18 @@ impl<B: Backing> std::fmt::Debug for Node<B> {
 }
 
 impl<B: Backing> Node<B> {
-    /// Makes `log` the start of a new cluster of `members` (ID -> address), if it is empty.
-    /// Returns whether it did. Bootstrapping is explicit: a node never starts a cluster by
-    /// accident; others join through membership changes.
-    pub fn bootstrap(log: &RaftLog<B>, members: &BTreeMap<u64, String>) -> Result<bool, StoreError> {
+    /// Makes `log` the start of a new cluster `cluster_id` of `members` (ID -> address), if it
+    /// is empty. Returns whether it did. Bootstrapping is explicit: a node never starts a
+    /// cluster by accident; others join through membership changes.
+    pub fn bootstrap(log: &RaftLog<B>, cluster_id: &str, members: &BTreeMap<u64, String>) -> Result<bool, StoreError> {
         {
             let state = log.read();
             if state.last_index() > 0 || !state.conf_state.voters.is_empty() {
                 return Ok(false);
             }
         }
-        let machine = Machine { members: members.clone(), ..Machine::default() };
+        let machine =
+            Machine { members: members.clone(), cluster_id: Some(cluster_id.to_owned()), ..Machine::default() };
         let mut snapshot = Snapshot::default();
         let meta = snapshot.mut_metadata();
         meta.index = 1;
@@ -146,11 +147,7 @@ impl<B: Backing> Node<B> {
     /// Starts the node from whatever the log holds (its latest snapshot, then its entries).
     pub fn new(config: NodeConfig, log: RaftLog<B>, logger: &slog::Logger) -> Result<Self, NodeError> {
         let snapshot = log.read().snapshot.clone();
-        let machine = if snapshot.data.is_empty() {
-            Machine::default()
-        } else {
-            Machine::decode(&snapshot.data).map_err(NodeError::Snapshot)?
-        };
+        let machine = if snapshot.data.is_empty() { Machine::default() } else { Machine::decode(&snapshot.data)? };
         let raft_config = raft::Config {
             id: config.id,
             election_tick: config.election_tick,
@@ -314,7 +311,7 @@ impl<B: Backing> Node<B> {
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
             self.log.apply_snapshot(&snapshot)?;
-            *self.machine_mut() = Machine::decode(&snapshot.data).map_err(NodeError::Snapshot)?;
+            *self.machine_mut() = Machine::decode(&snapshot.data)?;
         }
         self.apply(ready.take_committed_entries(), &mut output)?;
         self.log.persist(ready.entries(), ready.hs())?;
@@ -425,7 +422,7 @@ mod tests {
     /// A bootstrapped single node, elected.
     fn leader() -> Node<InMemory> {
         let log = RaftLog::new(LogState::default(), InMemory);
-        Node::bootstrap(&log, &BTreeMap::from([(1, "node-1".to_owned())])).unwrap();
+        Node::bootstrap(&log, "test", &BTreeMap::from([(1, "node-1".to_owned())])).unwrap();
         let mut node = Node::new(NodeConfig::new(1), log, &logger::silent()).unwrap();
         node.campaign().unwrap();
         while node.has_ready() {
@@ -462,7 +459,7 @@ mod tests {
     #[test]
     fn a_storage_failure_during_a_membership_change_stops_the_node() {
         let log = RaftLog::new(LogState::default(), FailingDisk::default());
-        Node::bootstrap(&log, &BTreeMap::from([(1, "node-1".to_owned())])).unwrap();
+        Node::bootstrap(&log, "test", &BTreeMap::from([(1, "node-1".to_owned())])).unwrap();
         let disk = log.backing();
         let mut node = Node::new(NodeConfig::new(1), log, &logger::silent()).unwrap();
         node.campaign().unwrap();

@@ -18,6 +18,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const HARD_STATE: &str = "hard_state";
 const CONF_STATE: &str = "conf_state";
 const SNAPSHOT: &str = "snapshot";
+const NODE_ID: &str = "node_id";
 
 #[derive(Debug)]
 pub struct RedbBacking {
@@ -52,6 +53,34 @@ impl RedbBacking {
         txn.commit().map_err(db_error)?;
         let state = backing.load()?;
         Ok((backing, state))
+    }
+
+    /// Records that this data directory is raft node `id`'s, or refuses if it is another's:
+    /// a node started with another's data would vote and append as someone it is not.
+    pub fn claim_node_id(&self, id: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_error)?;
+            let stored = match meta.get(NODE_ID).map_err(db_error)? {
+                Some(value) => {
+                    let bytes = self.unseal("the node ID", value.value())?;
+                    Some(u64::from_le_bytes(
+                        bytes.try_into().map_err(|_| self.corrupt("the node ID is truncated".into()))?,
+                    ))
+                }
+                None => None,
+            };
+            match stored {
+                Some(owner) if owner != id => {
+                    return Err(StoreError::WrongNode { path: self.path.clone(), owner, id });
+                }
+                Some(_) => return Ok(()),
+                None => {
+                    meta.insert(NODE_ID, seal(&id.to_le_bytes()).as_slice()).map_err(db_error)?;
+                }
+            }
+        }
+        txn.commit().map_err(db_error)
     }
 
     fn corrupt(&self, what: String) -> StoreError {

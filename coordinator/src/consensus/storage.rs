@@ -20,6 +20,10 @@ pub enum StoreError {
         "the raft data in {path} is corrupt: {what}; restore the data directory from a backup, or remove this node from the cluster and add it back with an empty one"
     )]
     Corrupt { path: String, what: String },
+    #[error(
+        "the raft data in {path} belongs to coordinator {owner}, not {id}: start it with --id {owner}, or give coordinator {id} a data directory of its own"
+    )]
+    WrongNode { path: String, owner: u64, id: u64 },
     #[error("cannot open the raft data in {path}")]
     Open {
         path: String,
