@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 cargo build --workspace --bins --locked --quiet
 bin="$PWD/target/debug"
 work="$(mktemp -d /tmp/mirari-demo.XXXXXX)"
-export MIRARI_STORE="$work/store" MIRARI_ADDR="127.0.0.1:7400" MIRARI_AGENT="127.0.0.1:7401"
+export MIRARI_STORE="$work/store" MIRARI_ADDR="unix:$work/dev/coordinator.sock" MIRARI_AGENT="unix:$work/dev/agent.sock"
 mirari() { "$bin/mirari" "$@"; }
 
 "$bin/mirari" dev --dir "$work/dev" >"$work/dev.log" 2>&1 &

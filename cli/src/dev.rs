@@ -1,7 +1,8 @@
 //! `mirari dev`: a single-node coordinator and a local agent in one process, for trying Mirari
-//! on one machine. Both listen on loopback only.
+//! on one machine. Both listen on Unix sockets in the dev directory that only their owner may
+//! open (0600): with no TLS, a socket's permissions are the whole access control.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,12 +13,19 @@ use mirari_coordinator::server::{self, CoordinatorConfig};
 use mirari_core::registry::Resources;
 use mirari_proto::endpoint::{Endpoint, Listener};
 
-pub const COORDINATOR: &str = "127.0.0.1:7400";
-pub const AGENT: &str = "127.0.0.1:7401";
-
 /// `/var/lib/mirari/dev` for root, else `$XDG_STATE_HOME/mirari/dev`.
-fn default_dir() -> PathBuf {
+pub fn default_dir() -> PathBuf {
     mirari_agent::paths::default_state_dir().parent().map_or_else(|| PathBuf::from("mirari-dev"), |p| p.join("dev"))
+}
+
+/// The coordinator socket of the dev cluster in `dir`.
+pub fn coordinator_socket(dir: &Path) -> Endpoint {
+    Endpoint::Unix(dir.join("coordinator.sock"))
+}
+
+/// The agent socket of the dev cluster in `dir`.
+pub fn agent_socket(dir: &Path) -> Endpoint {
+    Endpoint::Unix(dir.join("agent.sock"))
 }
 
 pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -28,14 +36,19 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     let dir = dir.unwrap_or_else(default_dir);
-    let coordinator_listener =
-        Listener::bind(&COORDINATOR.parse()?, None).await.with_context(|| format!("cannot listen on {COORDINATOR}"))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", dir.display()))?;
+    let (coordinator_endpoint, agent_endpoint) = (coordinator_socket(&dir), agent_socket(&dir));
+    let coordinator_listener = Listener::bind(&coordinator_endpoint, None)
+        .await
+        .with_context(|| format!("cannot listen on {coordinator_endpoint}"))?;
     let agent_listener =
-        Listener::bind(&AGENT.parse()?, None).await.with_context(|| format!("cannot listen on {AGENT}"))?;
+        Listener::bind(&agent_endpoint, None).await.with_context(|| format!("cannot listen on {agent_endpoint}"))?;
     let coordinator = CoordinatorConfig {
         id: 1,
         data_dir: dir.join("coordinator"),
-        advertise: COORDINATOR.into(),
+        advertise: coordinator_endpoint.to_string(),
         bootstrap: true,
         tick: Duration::from_millis(100),
         snapshot_every: 10_000,
@@ -48,16 +61,21 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         kvm_device: "/dev/kvm".into(),
     };
     let join = JoinConfig {
-        coordinators: vec![Endpoint::Tcp(COORDINATOR.into())],
+        coordinators: vec![coordinator_endpoint.clone()],
         name: daemon::hostname(),
-        advertise: AGENT.into(),
+        advertise: agent_endpoint.to_string(),
         labels: Default::default(),
         capacity: Resources { memory_mib: daemon::default_memory_mib(), vcpus: daemon::default_vcpus(), instances: 64 },
         timing: Default::default(),
     };
+    let env = if dir == default_dir() {
+        String::new()
+    } else {
+        format!("\n  in another shell: export MIRARI_ADDR={coordinator_endpoint} MIRARI_AGENT={agent_endpoint}")
+    };
     eprintln!(
-        "mirari dev: a single-node coordinator on {COORDINATOR} and a local agent on {AGENT}, loopback only and \
-         without TLS; state in {}\n  try: mirari cluster deploy -f examples/hello/mirari.toml --count 3\n       mirari cluster status\n  \
+        "mirari dev: a single-node coordinator on {coordinator_endpoint} and a local agent on {agent_endpoint}, \
+         sockets only you may open, no TLS; state in {}{env}\n  try: mirari cluster deploy -f examples/hello/mirari.toml --count 3\n       mirari cluster status\n  \
          stop with Ctrl-C (instances keep running; the next `mirari dev` re-adopts them)",
         dir.display()
     );

@@ -30,8 +30,10 @@ struct Cli {
     /// [default: unix:/run/mirari/agent.sock for root, else $XDG_RUNTIME_DIR/mirari/agent.sock]
     #[arg(long, global = true, env = "MIRARI_AGENT")]
     agent: Option<Endpoint>,
-    /// Coordinators to talk to for `cluster` commands: host:port, comma separated
-    #[arg(long, global = true, env = "MIRARI_ADDR", value_delimiter = ',', default_value = "127.0.0.1:7400")]
+    /// Coordinators to talk to for `cluster` commands: host:port or unix:/path, comma separated
+    /// [default: the socket of `mirari dev`, unix:/var/lib/mirari/dev/coordinator.sock for root,
+    /// else in $XDG_STATE_HOME/mirari/dev]
+    #[arg(long, global = true, env = "MIRARI_ADDR", value_delimiter = ',')]
     coordinator: Vec<Endpoint>,
     #[command(flatten)]
     tls: mirari_proto::tls::TlsArgs,
@@ -303,21 +305,23 @@ fn chain(error: &anyhow::Error) -> String {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     mirari_proto::tls::install_crypto_provider();
-    // `mirari dev` serves without TLS on loopback, and its parts talk to each other without it.
+    // `mirari dev` serves without TLS on owner-only sockets; its parts talk to each other there.
     if !matches!(cli.command, Command::Dev { .. })
         && let Some(files) = cli.tls.files()?
     {
         mirari_proto::tls::set_client_identity(mirari_proto::tls::ClientTls::load(&files)?);
     }
     let agent = cli.agent.unwrap_or_else(mirari_agent::paths::default_agent_endpoint);
+    let coordinators =
+        if cli.coordinator.is_empty() { vec![dev::coordinator_socket(&dev::default_dir())] } else { cli.coordinator };
     let format = cli.output;
     match cli.command {
         Command::Configure { app, install } => project_cmds::configure(&app, install, format),
         Command::Build { app, target } => project_cmds::build(&app, &target, format),
         Command::Run { app, target, count } => agent_cmds::run(&agent, &app, target, count, format).await,
         Command::Ps => agent_cmds::ps(&agent, format).await,
-        Command::Console { id, follow } => agent_cmds::console(&agent, &cli.coordinator, &id, follow).await,
-        Command::Logs { id } => agent_cmds::logs(&agent, &cli.coordinator, &id, format).await,
+        Command::Console { id, follow } => agent_cmds::console(&agent, &coordinators, &id, follow).await,
+        Command::Logs { id } => agent_cmds::logs(&agent, &coordinators, &id, format).await,
         Command::Dev { dir } => dev::run(dir).await,
         Command::Tls(TlsCommand::Ca { action: CaAction::Create { dir, name, days } }) => {
             let name = name.unwrap_or_else(|| format!("Mirari CA {:08x}", rand::random::<u32>()));
@@ -333,8 +337,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop { id } => agent_cmds::stop(&agent, &id, format).await,
         Command::Host => agent_cmds::host(&agent, format).await,
         Command::Cluster(command) => {
-            let coordinators = &cli.coordinator;
-            let mut connection = coordinators::Coordinators::new(coordinators);
+            let mut connection = coordinators::Coordinators::new(&coordinators);
+            let coordinators = &coordinators;
             match command {
                 ClusterCommand::Deploy { app, target, count, placement, timeout } => {
                     let placement = match placement {

@@ -14,6 +14,7 @@ use futures::stream::BoxStream;
 use mirari_core::limits;
 use mirari_core::registry::{Command, HostId, HostStatus, InstanceReport, Outcome, Request};
 use mirari_proto::agent as wire_agent;
+use mirari_proto::auth;
 use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
 use mirari_proto::coordinator::{self as pb, coordinator_server, peer_server};
 use mirari_proto::endpoint::Endpoint;
@@ -314,7 +315,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
 
     async fn propose(&self, request: RpcRequest<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
         let forwarded = is_forwarded(&request);
-        let caller = mirari_proto::auth::caller_role(request.extensions());
+        let caller = auth::caller_role(request.extensions());
         let entry = request.into_inner().entry;
         let decoded: Request = log_codec::decode(&entry).map_err(|e| Status::invalid_argument(e.to_string()))?;
         // People change apps and deployments; hosts, placements and observed states come from
@@ -348,9 +349,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
 
     async fn register_host(&self, request: RpcRequest<pb::RegisterHostRequest>) -> Result<Response<pb::Lease>, Status> {
         let forwarded = is_forwarded(&request);
+        let extensions = request.extensions().clone();
         let body = request.into_inner();
         let wire_host = body.host.clone().ok_or_else(|| Status::invalid_argument("host is missing"))?;
         let mut host = log_codec::host_from_pb(&wire_host)?;
+        auth::may_act_for_host(&extensions, &host.id.0)?;
         host.status = HostStatus::Up;
         host.registered_at_ms = now_ms();
         host.status_changed_at_ms = host.registered_at_ms;
@@ -371,6 +374,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
 
     async fn heartbeat(&self, request: RpcRequest<pb::HeartbeatRequest>) -> Result<Response<pb::Lease>, Status> {
         let forwarded = is_forwarded(&request);
+        auth::may_act_for_host(request.extensions(), &request.get_ref().host)?;
         let body = request.into_inner();
         let reports = body
             .reports
@@ -387,6 +391,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: RpcRequest<pb::WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        auth::may_act_for_host(request.extensions(), &request.get_ref().host)?;
         let host = HostId(request.into_inner().host);
         let first = {
             self.read_barrier(false).await?;

@@ -1,18 +1,30 @@
 //! Who may call what. Every server wraps its services in [`Guarded`], which checks the role in
 //! the caller's certificate against the RPC's policy, in this one place, before the call runs.
 //!
+//! The caller's certificate is read once per connection, when its TLS handshake completes
+//! ([`crate::endpoint`] serves [`Caller`] as the connection's info), not once per request.
 //! Connections without TLS are local: the agent's Unix socket (guarded by file permissions)
-//! and `mirari dev`, which listens on loopback only. Every TCP listener outside `mirari dev`
-//! requires TLS.
+//! and `mirari dev`'s Unix socket (0600). Every TCP listener requires TLS.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use tonic::Status;
 use tonic::server::NamedService;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use crate::tls::{Role, role_of};
+use crate::tls::{CertificateIdentity, Role};
+
+/// Who is on the other end of a TLS connection, as its certificate says.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: CertificateIdentity,
+    pub remote: Option<SocketAddr>,
+}
+
+/// The connection info a TLS server attaches to every request.
+pub type CallerInfo = Arc<Caller>;
 
 /// The roles that may call an RPC, by its gRPC path (`/package.Service/Method`).
 pub type Policy = fn(&str) -> &'static [Role];
@@ -47,22 +59,45 @@ pub fn coordinator_policy(path: &str) -> &'static [Role] {
     }
 }
 
+/// The caller of a request: `None` on a connection without TLS (a local one).
+pub fn caller(extensions: &http::Extensions) -> Option<&Caller> {
+    extensions.get::<CallerInfo>().map(Arc::as_ref)
+}
+
 /// The caller's role: `None` on a connection without TLS (a local one), `Some(None)` for a
 /// certificate that names no role.
 pub fn caller_role(extensions: &http::Extensions) -> Option<Option<Role>> {
-    let tls = extensions.get::<TlsConnectInfo<TcpConnectInfo>>()?;
-    let certificates = tls.peer_certs();
-    Some(certificates.as_ref().and_then(|c| c.first()).and_then(|c| role_of(c)))
+    caller(extensions).map(|caller| caller.identity.role)
+}
+
+/// Whether the caller may act for cluster host `host`: an agent only for itself (its
+/// certificate's name is its host name), a coordinator for any (it forwards for agents it has
+/// checked), a local caller for any.
+pub fn may_act_for_host(extensions: &http::Extensions, host: &str) -> Result<(), Status> {
+    let Some(caller) = caller(extensions) else { return Ok(()) };
+    match (&caller.identity.role, &caller.identity.name) {
+        (Some(Role::Coordinator), _) => Ok(()),
+        (Some(Role::Agent), Some(name)) if name == host => Ok(()),
+        (Some(Role::Agent), name) => {
+            let name = name.as_deref().unwrap_or("(no name)");
+            tracing::warn!(peer = ?caller.remote, certificate = name, host, "refused an agent speaking for another host");
+            Err(Status::permission_denied(format!(
+                "the agent certificate of `{name}` may act only for host `{name}`, not `{host}`: issue each agent a \
+                 certificate whose --name is its host name"
+            )))
+        }
+        (role, _) => Err(Status::permission_denied(format!(
+            "a {} certificate may not act for host `{host}`",
+            role.map_or("role-less", Role::name)
+        ))),
+    }
 }
 
 fn check(extensions: &http::Extensions, path: &str, policy: Policy) -> Result<(), Status> {
-    let Some(role) = caller_role(extensions) else { return Ok(()) };
+    let Some(caller) = caller(extensions) else { return Ok(()) };
     let allowed = policy(path);
-    let peer = extensions
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .and_then(|tls| tls.get_ref().remote_addr())
-        .map_or_else(|| "?".to_owned(), |a| a.to_string());
-    match role {
+    let peer = caller.remote.map_or_else(|| "?".to_owned(), |a| a.to_string());
+    match caller.identity.role {
         Some(role) if allowed.contains(&role) => Ok(()),
         Some(role) => {
             let needed: Vec<&str> = allowed.iter().map(|r| r.name()).collect();
@@ -143,5 +178,23 @@ mod tests {
     #[test]
     fn local_connections_pass() {
         assert!(check(&http::Extensions::new(), "/x/Propose", coordinator_policy).is_ok());
+        assert!(may_act_for_host(&http::Extensions::new(), "any").is_ok());
+    }
+
+    fn from(role: Role, name: &str) -> http::Extensions {
+        let mut extensions = http::Extensions::new();
+        let identity = CertificateIdentity { role: Some(role), name: Some(name.to_owned()) };
+        extensions.insert::<CallerInfo>(Arc::new(Caller { identity, remote: None }));
+        extensions
+    }
+
+    #[test]
+    fn an_agent_acts_only_for_its_own_host() {
+        assert!(may_act_for_host(&from(Role::Agent, "h1"), "h1").is_ok());
+        let refused = may_act_for_host(&from(Role::Agent, "h1"), "h2").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(refused.message().contains("may act only for host `h1`, not `h2`"), "{}", refused.message());
+        assert!(may_act_for_host(&from(Role::Coordinator, "c1"), "h2").is_ok(), "coordinators forward for agents");
+        assert!(may_act_for_host(&from(Role::Operator, "alice"), "h2").is_err());
     }
 }

@@ -12,7 +12,15 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::server::Router;
 use tonic::transport::{Channel, Uri};
 
-use crate::tls::{PreflightError, ServerTls, client_identity, preflight};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::server::Connected;
+
+use crate::auth::{Caller, CallerInfo};
+use crate::tls::{PreflightError, ServerTls, client_identity, identity_of, preflight};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -127,8 +135,8 @@ pub enum Listener {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Listener {
-    /// Binds the endpoint, with TLS on TCP if `tls` is given. A stale Unix socket file from a
-    /// dead process is replaced.
+    /// Binds the endpoint, with TLS on TCP if `tls` is given. A Unix socket is its owner's
+    /// only (0600); a stale socket file from a dead process is replaced.
     pub async fn bind(endpoint: &Endpoint, tls: Option<ServerTls>) -> std::io::Result<Self> {
         match endpoint {
             Endpoint::Tcp(host_port) => {
@@ -153,7 +161,11 @@ impl Listener {
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent)?;
                 }
-                Ok(Listener::Unix(UnixListener::bind(path)?, path.clone()))
+                // Only the owner may connect: whoever reaches a local socket acts with the
+                // server's rights (starts processes as its user), with no certificate asked.
+                let listener = UnixListener::bind(path)?;
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                Ok(Listener::Unix(listener, path.clone()))
             }
         }
     }
@@ -190,13 +202,70 @@ impl Listener {
     }
 }
 
+/// A server's TLS connection with its caller read from the client certificate once, at the
+/// handshake; every request on it carries that [`CallerInfo`] in its extensions.
+#[derive(Debug)]
+pub struct AuthenticatedStream {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    caller: CallerInfo,
+}
+
+impl AuthenticatedStream {
+    fn new(stream: tokio_rustls::server::TlsStream<TcpStream>) -> Self {
+        let (tcp, session) = stream.get_ref();
+        let identity = session.peer_certificates().and_then(|c| c.first()).map(|c| identity_of(c)).unwrap_or_default();
+        let caller = Arc::new(Caller { identity, remote: tcp.peer_addr().ok() });
+        Self { stream, caller }
+    }
+}
+
+impl Connected for AuthenticatedStream {
+    type ConnectInfo = CallerInfo;
+
+    fn connect_info(&self) -> CallerInfo {
+        self.caller.clone()
+    }
+}
+
+impl AsyncRead for AuthenticatedStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AuthenticatedStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
 /// Accepted connections after a completed TLS handshake. A refused handshake (no client
 /// certificate, an expired one, one from another CA, plaintext) is logged with the reason and
 /// the connection dropped.
 fn accept_tls(
     listener: TcpListener,
     tls: ServerTls,
-) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
+) -> impl futures::Stream<Item = std::io::Result<AuthenticatedStream>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -215,7 +284,7 @@ fn accept_tls(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
-                        let _ = accepted.send(Ok(stream)).await;
+                        let _ = accepted.send(Ok(AuthenticatedStream::new(stream))).await;
                     }
                     Ok(Err(error)) if error.to_string().contains("InvalidContentType") => {
                         tracing::warn!(%peer, "refused a TLS connection: the client does not speak TLS (plaintext?)")

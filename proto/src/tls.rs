@@ -70,16 +70,29 @@ impl FromStr for Role {
     }
 }
 
-/// The role in a DER certificate's URI SANs, if it has exactly one.
-pub fn role_of(certificate: &[u8]) -> Option<Role> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
-    let names = parsed.subject_alternative_name().ok()??;
-    let mut roles = names.value.general_names.iter().filter_map(|name| match name {
-        x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(ROLE_URI_PREFIX)?.parse().ok(),
-        _ => None,
+/// Who a certificate names: its role (the one URI SAN with [`ROLE_URI_PREFIX`], if exactly
+/// one) and its holder's name (the subject's common name: a host's name for an agent).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateIdentity {
+    pub role: Option<Role>,
+    pub name: Option<String>,
+}
+
+/// Reads the identity of a DER certificate (an unparsable one names nobody).
+pub fn identity_of(certificate: &[u8]) -> CertificateIdentity {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(certificate) else {
+        return CertificateIdentity::default();
+    };
+    let name = parsed.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+    let role = parsed.subject_alternative_name().ok().flatten().and_then(|names| {
+        let mut roles = names.value.general_names.iter().filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(ROLE_URI_PREFIX)?.parse().ok(),
+            _ => None,
+        });
+        let role = roles.next()?;
+        roles.next().is_none().then_some(role)
     });
-    let role = roles.next()?;
-    roles.next().is_none().then_some(role)
+    CertificateIdentity { role, name }
 }
 
 /// Installs ring as rustls' crypto provider for the process (once; later calls do nothing).

@@ -6,11 +6,16 @@
 use std::path::Path;
 use std::time::Duration;
 
+use mirari_core::registry::{Command, Request};
 use mirari_proto::agent::GetHostInfoRequest;
 use mirari_proto::agent::agent_client::AgentClient;
 use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
 use mirari_proto::coordinator::peer_client::PeerClient;
-use mirari_proto::coordinator::{ClusterInfoRequest, RaftBatch};
+use mirari_proto::coordinator::{
+    ClusterInfoRequest, HeartbeatRequest, ProposeRequest, RaftBatch, RegisterHostRequest, WatchAssignmentsRequest,
+};
+use mirari_proto::log_codec;
+use mirari_proto::registry::Host as RegistryHost;
 use mirari_tests::cluster::Cluster;
 use mirari_tests::pki::{Identity, Pki};
 use mirari_tests::{eventually, stderr};
@@ -137,6 +142,31 @@ async fn every_port_refuses_what_it_must_and_serves_what_it_may() {
             );
         }
     }
+    // An agent certificate speaks only for its own host (its name): this one is not a host's.
+    for address in &ports.coordinators {
+        let mut client = CoordinatorClient::new(channel(address, &ca, Some(&agent)).await.unwrap());
+        let victim = cluster.agents[0].name.clone();
+        let heartbeat = client.heartbeat(HeartbeatRequest { host: victim.clone(), reports: vec![] }).await;
+        let watch = client.watch_assignments(WatchAssignmentsRequest { host: victim.clone() }).await.map(|_| ());
+        let host = RegistryHost { id: victim.clone(), address: "10.9.9.9:1".into(), status: 1, ..Default::default() };
+        let register = client.register_host(RegisterHostRequest { host: Some(host) }).await.map(|_| ());
+        for (what, outcome) in [("heartbeat", heartbeat.map(|_| ())), ("watch", watch), ("register", register)] {
+            let error = outcome.expect_err("another host's certificate");
+            assert_eq!(error.code(), tonic::Code::PermissionDenied, "{what}: {error}");
+            let expected =
+                format!("the agent certificate of `rogue-agent` may act only for host `rogue-agent`, not `{victim}`");
+            assert!(error.message().contains(&expected), "{what}: {}", error.message());
+        }
+    }
+    // A count far above the limit is refused where it is decoded; the leader lives on.
+    let huge =
+        Request { request_id: "huge".into(), command: Command::Scale { app: "hello".into(), count: 4_000_000_000 } };
+    let mut client = CoordinatorClient::new(channel(&ports.coordinators[0], &ca, Some(&operator)).await.unwrap());
+    let error = client.propose(ProposeRequest { entry: log_codec::encode(&huge) }).await.expect_err("refused");
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(error.message().contains("scale.count is 4000000000, above the limit of 100000"), "{}", error.message());
+    probe(&ports.coordinators[0], false, &ca, Some(&reader)).await.expect("the coordinator still serves");
+
     for address in &ports.agents {
         for identity in [&operator, &agent, &reader] {
             let error = probe(address, true, &ca, Some(identity)).await.expect_err("only coordinators instruct agents");
