@@ -4,6 +4,9 @@
 //! that is hashed as it is written, fsync'd, checked against the digest the writer expected,
 //! and renamed into place. A blob that is present is therefore complete and verified. Blobs are
 //! read-only and executable (a `unix` artifact is run straight from the store).
+//!
+//! [`write_atomically`] is the one way Mirari replaces a small file durably (shim records,
+//! build manifests).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -29,6 +32,18 @@ pub enum BlobError {
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BlobError + use<> {
     let path = path.to_owned();
     move |source| BlobError::Io { action, path, source }
+}
+
+/// Replaces the file at `path` with `bytes` so that a crash leaves either the old content or
+/// the new, never a torn file: written to a temporary file beside it, fsync'd, renamed over
+/// it, and the directory fsync'd so the rename itself survives a power loss.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut file = NamedTempFile::new_in(dir)?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +147,16 @@ impl BlobWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_writes_replace_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("record.json");
+        write_atomically(&path, b"first").unwrap();
+        write_atomically(&path, b"second").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left");
+    }
 
     #[test]
     fn stores_by_content_and_verifies() {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use mirari_core::digest::Digest;
 use mirari_core::spec::{FileImageRef, InstanceSpec};
@@ -57,7 +57,7 @@ impl Manifest {
         let io = |action| move |source| ManifestError::Io { action, path: Self::path(project), source };
         fs::create_dir_all(project.output_dir()).map_err(io("create the directory of"))?;
         let json = serde_json::to_vec_pretty(self).expect("a manifest always serializes");
-        write_atomically(&path, &json).map_err(io("write"))
+        mirari_blobs::write_atomically(&path, &json).map_err(io("write"))
     }
 
     /// The spec of an instance of `target`, from the project's run policy and this build.
@@ -72,10 +72,4 @@ impl Manifest {
             run: project.config.run.clone(),
         })
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temp = path.with_extension("json.tmp");
-    fs::write(&temp, bytes)?;
-    fs::rename(&temp, path)
 }

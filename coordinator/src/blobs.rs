@@ -1,21 +1,33 @@
 //! Blobs on the coordinators: stored locally, replicated to a majority before a write is
-//! acknowledged, so a hash committed to the registry names content a majority holds.
+//! acknowledged, so a hash committed to the registry names content a majority holds. When
+//! members change, the leader copies every blob the registry names to the members that lack
+//! it ([`ReplicatedBlobs::repair`]), so replacing coordinators one by one never leaves a blob
+//! on a minority.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::StreamExt;
 use mirari_blobs::BlobStore;
 use mirari_core::digest::Digest;
-use mirari_proto::agent::BlobChunk;
+use mirari_proto::agent::{BlobChunk, MissingBlobsRequest};
 use mirari_proto::blob_stream;
+use mirari_proto::coordinator::FetchBlobRequest;
+use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
 use mirari_proto::coordinator::peer_client::PeerClient;
 use mirari_proto::endpoint::Endpoint;
 use tonic::Status;
+use tonic::transport::Channel;
 
 use crate::driver::RaftHandle;
 use crate::transport::MAX_RAFT_MESSAGE_BYTES;
 
 const REPLICATION_DEADLINE: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the leader looks whether the members changed.
+const REPAIR_CHECK: Duration = Duration::from_secs(2);
+/// How often it repairs even when they did not.
+const REPAIR_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct ReplicatedBlobs {
@@ -82,6 +94,71 @@ impl ReplicatedBlobs {
         }
     }
 
+    /// Copies every blob the registry names to each member that lacks it, fetching it first
+    /// if this node lacks it too. Returns how many copies it made.
+    pub async fn repair(&self) -> usize {
+        let (self_id, peers, wanted) = {
+            let machine = self.raft.machine();
+            let wanted: BTreeSet<Digest> = machine
+                .registry
+                .apps()
+                .flat_map(|app| app.artifacts.values().copied().chain(app.files.iter().map(|f| f.digest)))
+                .collect();
+            (self.raft.status().id, machine.members.clone(), wanted)
+        };
+        let peers: Vec<&String> = peers.iter().filter(|(id, _)| **id != self_id).map(|(_, a)| a).collect();
+        for digest in wanted.iter().filter(|d| !self.store.contains(d)) {
+            for peer in &peers {
+                if fetch(&self.store, *digest, peer).await.is_ok() {
+                    break;
+                }
+            }
+        }
+        let mut copied = 0;
+        let text: Vec<String> = wanted.iter().map(ToString::to_string).collect();
+        for peer in peers {
+            let missing = match missing_on(peer, &text).await {
+                Ok(missing) => missing,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "cannot ask a coordinator which blobs it lacks");
+                    continue;
+                }
+            };
+            for digest in missing.iter().filter(|d| self.store.contains(d)) {
+                match push(&self.store, *digest, peer).await {
+                    Ok(()) => copied += 1,
+                    Err(error) => tracing::warn!(%peer, %digest, %error, "could not copy a blob to a coordinator"),
+                }
+            }
+        }
+        copied
+    }
+
+    /// Runs [`ReplicatedBlobs::repair`] on the leader soon after the members change, and now
+    /// and then besides (a member that was down may have missed a copy). Never ends.
+    pub async fn keep_replicated(self) {
+        let mut repaired_for = None;
+        let mut repaired_at = tokio::time::Instant::now();
+        let mut interval = tokio::time::interval(REPAIR_CHECK);
+        loop {
+            interval.tick().await;
+            if self.raft.status().role != "leader" {
+                repaired_for = None;
+                continue;
+            }
+            let members = self.raft.machine().members.clone();
+            if repaired_for.as_ref() == Some(&members) && repaired_at.elapsed() < REPAIR_EVERY {
+                continue;
+            }
+            let copied = self.repair().await;
+            if copied > 0 {
+                tracing::info!(copied, "copied blobs to coordinators that lacked them");
+            }
+            repaired_for = Some(members);
+            repaired_at = tokio::time::Instant::now();
+        }
+    }
+
     /// The blob's content in chunks.
     pub async fn chunks(
         &self,
@@ -98,5 +175,24 @@ async fn push(store: &BlobStore, digest: Digest, address: &str) -> anyhow::Resul
     let mut peer = PeerClient::new(endpoint.connect().await?).max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
     let chunks = blob_stream::send(store, digest).await.ok_or_else(|| anyhow::anyhow!("blob {digest} is gone"))?;
     peer.push_blob(chunks.filter_map(|c| std::future::ready(c.ok()))).await?;
+    Ok(())
+}
+
+async fn client(address: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
+    let endpoint: Endpoint = address.parse()?;
+    Ok(CoordinatorClient::new(tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await??))
+}
+
+/// Which of `wanted` the coordinator at `address` lacks.
+async fn missing_on(address: &str, wanted: &[String]) -> anyhow::Result<Vec<Digest>> {
+    let request = MissingBlobsRequest { sha256: wanted.to_vec() };
+    let missing = client(address).await?.missing_blobs(request).await?.into_inner().sha256;
+    Ok(missing.iter().filter_map(|d| d.parse().ok()).collect())
+}
+
+async fn fetch(store: &BlobStore, digest: Digest, address: &str) -> anyhow::Result<()> {
+    let chunks = client(address).await?.fetch_blob(FetchBlobRequest { sha256: digest.to_string() }).await?;
+    let (received, _) = blob_stream::receive(store, chunks.into_inner()).await?;
+    anyhow::ensure!(received == digest, "{address} sent blob {received} for {digest}");
     Ok(())
 }

@@ -133,6 +133,7 @@ pub async fn run(
     let (raft, driver_task) = driver::spawn(node, transport, config.tick);
     let blob_store = BlobStore::open(&config.data_dir.join("blobs")).map_err(ServerError::Blobs)?;
     let blobs = ReplicatedBlobs::new(blob_store, raft.clone());
+    tokio::spawn(blobs.clone().keep_replicated());
     let leases = Arc::new(Leases::default());
     tokio::spawn(leader::run(raft.clone(), leases.clone(), config.leases));
     let router = tonic::transport::Server::builder()

@@ -70,9 +70,32 @@ impl Pki {
 }
 
 impl Identity {
+    /// A gRPC channel to `address` presenting this identity, trusting its CA.
+    pub async fn channel(&self, address: &str) -> Result<tonic::transport::Channel, String> {
+        connect(address, &self.ca, Some(self)).await
+    }
+
     /// Presents this identity in `command` (`mirari`'s environment variables, which every
     /// Mirari binary reads).
     pub fn apply(&self, command: &mut Command) {
         command.env("MIRARI_CACERT", &self.ca).env("MIRARI_CERT", &self.cert).env("MIRARI_KEY", &self.key);
     }
+}
+
+/// A channel to `address`, presenting `identity` (or no certificate), trusting `ca`.
+pub async fn connect(
+    address: &str,
+    ca: &Path,
+    identity: Option<&Identity>,
+) -> Result<tonic::transport::Channel, String> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    mirari_proto::tls::install_crypto_provider();
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca).map_err(|e| e.to_string())?));
+    if let Some(identity) = identity {
+        let (cert, key) = (std::fs::read(&identity.cert).unwrap(), std::fs::read(&identity.key).unwrap());
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    let endpoint = Channel::from_shared(format!("https://{address}")).map_err(|e| e.to_string())?;
+    endpoint.tls_config(tls).map_err(|e| e.to_string())?.connect().await.map_err(|e| mirari_core::errors::chain(&e))
 }

@@ -288,3 +288,68 @@ fn a_data_directory_is_refused_to_another_node_id() {
     let log = other.log();
     assert!(log.contains("belongs to coordinator 1, not 7: start it with --id 1"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blobs_follow_the_members_when_coordinators_are_replaced() {
+    use mirari_core::digest::Digest;
+    use mirari_core::registry::{AppVersion, Command, Request};
+    use mirari_proto::agent::BlobChunk;
+    use mirari_proto::coordinator::ProposeRequest;
+    use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
+
+    let network = Network::new(5);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = tokio::task::block_in_place(|| cluster(&network, dir.path(), 3));
+    let pki = Pki::new(dir.path());
+    let channel = pki.issue("operator", "operator", &[]).channel(&nodes[0].address).await.unwrap();
+    let mut client = CoordinatorClient::new(channel);
+    // An artifact the registry names, stored on a majority.
+    let data = b"an artifact that must outlive the coordinators it was uploaded to".to_vec();
+    let digest = Digest::of(&data);
+    let upload = BlobChunk { sha256: digest.to_string(), data };
+    client.put_blob(futures::stream::iter([upload])).await.expect("upload");
+    let mut app = AppVersion {
+        app: "hello".into(),
+        version: "1".into(),
+        artifacts: [(mirari_core::target::Target::Unix, digest)].into(),
+        files: vec![],
+        run: Default::default(),
+        constraints: Default::default(),
+    };
+    app.run.memory_mib = 16;
+    let entry = mirari_proto::log_codec::encode(&Request {
+        request_id: "app".into(),
+        command: Command::RegisterApp { version: app },
+    });
+    let answer = client.propose(ProposeRequest { entry }).await.expect("register").into_inner();
+    assert!(answer.rejected.is_empty(), "{}", answer.rejected);
+
+    // Replace coordinators 2 and 3 with 4 and 5, one at a time.
+    tokio::task::block_in_place(|| {
+        for (new, old) in [(4u64, 2u64), (5, 3)] {
+            let node = Coordinator::start(new, &network.hosts()[new as usize - 1], dir.path(), false, &pki);
+            let address = node.address.clone();
+            eventually(DEADLINE, &format!("adding member {new}"), || {
+                nodes[0]
+                    .cli_json(&["cluster", "members", "add", "--id", &new.to_string(), "--address", &address])
+                    .map(|_| ())
+            });
+            nodes.push(node);
+            eventually(DEADLINE, &format!("removing member {old}"), || {
+                nodes[0].cli_json(&["cluster", "members", "remove", "--id", &old.to_string()]).map(|_| ())
+            });
+            nodes.retain_mut(|n| {
+                if n.id == old {
+                    n.kill();
+                }
+                n.id != old
+            });
+        }
+        for node in &nodes {
+            let path = node.data_dir.join("blobs/sha256").join(digest.to_string());
+            eventually(DEADLINE, &format!("coordinator {} to hold the artifact", node.id), || {
+                if path.is_file() { Ok(()) } else { Err("not yet".into()) }
+            });
+        }
+    });
+}

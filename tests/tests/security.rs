@@ -19,20 +19,9 @@ use mirari_proto::registry::Host as RegistryHost;
 use mirari_tests::cluster::Cluster;
 use mirari_tests::pki::{Identity, Pki};
 use mirari_tests::{eventually, stderr};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 
-/// A channel to `address`, presenting `identity` (or no certificate), trusting `ca`.
-async fn channel(address: &str, ca: &Path, identity: Option<&Identity>) -> Result<Channel, String> {
-    mirari_proto::tls::install_crypto_provider();
-    let mut tls =
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca).map_err(|e| e.to_string())?));
-    if let Some(identity) = identity {
-        let (cert, key) = (std::fs::read(&identity.cert).unwrap(), std::fs::read(&identity.key).unwrap());
-        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
-    }
-    let endpoint = Channel::from_shared(format!("https://{address}")).map_err(|e| e.to_string())?;
-    endpoint.tls_config(tls).map_err(|e| e.to_string())?.connect().await.map_err(|e| mirari_core::errors::chain(&e))
-}
+use mirari_tests::pki::connect as channel;
 
 /// Calls a harmless read on whatever service listens at `address`; the error if refused.
 async fn probe(address: &str, agent: bool, ca: &Path, identity: Option<&Identity>) -> Result<(), String> {

@@ -12,7 +12,7 @@
 //! and closes the socket once the payload has ended and everything was sent.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use mirari_core::instance::ExitStatus;
@@ -82,14 +82,6 @@ impl ShimPaths {
 }
 
 /// Writes a file so that readers see either the old content or all of the new.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let temp = path.with_extension("tmp");
-    let mut file = fs::File::create(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&temp, path)
-}
-
 pub fn encode_frame(offset: u64, data: &[u8]) -> Vec<u8> {
     let len = u32::try_from(data.len()).expect("frames are at most MAX_FRAME bytes");
     let mut frame = Vec::with_capacity(12 + data.len());

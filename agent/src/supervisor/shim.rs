@@ -24,7 +24,9 @@ use tokio::task::{JoinHandle, spawn_local};
 use tokio::time::timeout;
 
 use super::proc::ProcessId;
-use super::protocol::{ExitRecord, MAX_FRAME, ShimInfo, ShimPaths, encode_frame, write_atomically};
+use mirari_blobs::write_atomically;
+
+use super::protocol::{ExitRecord, MAX_FRAME, ShimInfo, ShimPaths, encode_frame};
 use crate::clock::now_ms;
 
 /// How long the shim waits, after the payload exits, for its last output and for clients to
