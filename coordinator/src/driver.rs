@@ -4,7 +4,11 @@
 //! The task ticks the node, steps in peer messages, proposes, and after every batch of inputs
 //! runs `handle_ready` until nothing is left, sending messages through the [`Transport`] and
 //! answering the callers whose entries were applied. Inputs that arrive together are handled
-//! together, so many proposals under load become one ready and one durable write.
+//! together, so many proposals under load become one ready and one durable write, and many
+//! read barriers one ReadIndex round.
+//!
+//! The task runs on a thread of its own: its fsyncs (and snapshots) block that thread only,
+//! never the async workers that serve heartbeats and reads.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -50,6 +54,7 @@ pub enum ProposeError {
 }
 
 pub type ProposeResult = Result<Applied, ProposeError>;
+type ReadReply = oneshot::Sender<Result<(), ProposeError>>;
 
 enum Input {
     /// Messages from peer `from`, which said it is reachable at `address`.
@@ -153,13 +158,13 @@ impl DeliveryReporter {
     }
 }
 
-/// Starts the driver task for `node`. The returned future ends (with the error) if the node
-/// can no longer make progress safely, e.g. when its disk fails.
+/// Starts the driver for `node` on a thread of its own. The returned receiver gets the
+/// driver's end: an error if the node can no longer make progress safely (its disk failed).
 pub fn spawn<B: Backing>(
     node: Node<B>,
     transport: Transport,
     tick: Duration,
-) -> (RaftHandle, tokio::task::JoinHandle<Result<(), NodeError>>) {
+) -> (RaftHandle, oneshot::Receiver<Result<(), NodeError>>) {
     let (inputs, receiver) = mpsc::channel(INPUT_QUEUE);
     let status = watch::channel(RaftStatus::default()).0;
     let handle = RaftHandle { inputs, status: status.subscribe(), machine: node.shared_machine() };
@@ -169,14 +174,22 @@ pub fn spawn<B: Backing>(
         transport,
         status,
         pending: HashMap::new(),
+        reads_to_ask: Vec::new(),
         awaiting_read_state: BTreeMap::new(),
         awaiting_apply: Vec::new(),
         next_read: 0,
         next_membership: 0,
         learned_addresses: HashMap::new(),
     };
-    let task = tokio::spawn(driver.run(receiver, tick));
-    (handle, task)
+    let (ended, end) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("the raft driver's runtime");
+    std::thread::Builder::new()
+        .name("raft-driver".into())
+        .spawn(move || {
+            let _ = ended.send(runtime.block_on(driver.run(receiver, tick)));
+        })
+        .expect("the raft driver's thread");
+    (handle, end)
 }
 
 struct Driver<B: Backing> {
@@ -185,10 +198,12 @@ struct Driver<B: Backing> {
     status: watch::Sender<RaftStatus>,
     /// Callers waiting for their entry to be applied, by request ID.
     pending: HashMap<String, Vec<oneshot::Sender<ProposeResult>>>,
+    /// Read barriers that arrived in the current batch of inputs: one ReadIndex asks for all.
+    reads_to_ask: Vec<ReadReply>,
     /// Read barriers waiting for raft to confirm an index, by read context.
-    awaiting_read_state: BTreeMap<u64, oneshot::Sender<Result<(), ProposeError>>>,
+    awaiting_read_state: BTreeMap<u64, Vec<ReadReply>>,
     /// Read barriers waiting for the state machine to reach an index.
-    awaiting_apply: Vec<(u64, oneshot::Sender<Result<(), ProposeError>>)>,
+    awaiting_apply: Vec<(u64, ReadReply)>,
     next_read: u64,
     next_membership: u64,
     /// Addresses peers gave in their messages, for peers this node has not yet applied the
@@ -215,6 +230,7 @@ impl<B: Backing> Driver<B> {
                     }
                 }
             }
+            self.ask_read_index();
             self.drain_ready()?;
         }
     }
@@ -248,11 +264,7 @@ impl<B: Backing> Driver<B> {
                     }
                 }
             }
-            Input::ReadIndex(reply) => {
-                self.next_read += 1;
-                self.node.read_index(self.next_read.to_be_bytes().to_vec());
-                self.awaiting_read_state.insert(self.next_read, reply);
-            }
+            Input::ReadIndex(reply) => self.reads_to_ask.push(reply),
             Input::Delivery { peer, delivered, snapshot } => {
                 if snapshot {
                     self.node.report_snapshot(peer, delivered);
@@ -262,6 +274,16 @@ impl<B: Backing> Driver<B> {
                 }
             }
         }
+    }
+
+    /// One ReadIndex round for every read barrier of the batch.
+    fn ask_read_index(&mut self) {
+        if self.reads_to_ask.is_empty() {
+            return;
+        }
+        self.next_read += 1;
+        self.node.read_index(self.next_read.to_be_bytes().to_vec());
+        self.awaiting_read_state.insert(self.next_read, std::mem::take(&mut self.reads_to_ask));
     }
 
     fn drain_ready(&mut self) -> Result<(), NodeError> {
@@ -285,13 +307,16 @@ impl<B: Backing> Driver<B> {
             }
             for read in output.read_states {
                 let context = read.request_ctx.as_slice().try_into().map(u64::from_be_bytes);
-                if let Some(reply) = context.ok().and_then(|c| self.awaiting_read_state.remove(&c)) {
-                    self.awaiting_apply.push((read.index, reply));
+                if let Some(replies) = context.ok().and_then(|c| self.awaiting_read_state.remove(&c)) {
+                    self.awaiting_apply.extend(replies.into_iter().map(|reply| (read.index, reply)));
                 }
             }
         }
         // Callers that gave up (their deadline passed) no longer wait.
-        self.awaiting_read_state.retain(|_, reply| !reply.is_closed());
+        self.awaiting_read_state.retain(|_, replies| {
+            replies.retain(|reply| !reply.is_closed());
+            !replies.is_empty()
+        });
         let applied = self.node.applied_index();
         let (ready, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.awaiting_apply).into_iter().partition(|(index, _)| *index <= applied);

@@ -130,7 +130,7 @@ pub async fn run(
         check_peers_agree(cluster_id, &peers, &config.data_dir).await?;
     }
     let transport = Transport::new(config.id, config.advertise.clone());
-    let (raft, driver_task) = driver::spawn(node, transport, config.tick);
+    let (raft, driver_end) = driver::spawn(node, transport, config.tick);
     let blob_store = BlobStore::open(&config.data_dir.join("blobs")).map_err(ServerError::Blobs)?;
     let blobs = ReplicatedBlobs::new(blob_store, raft.clone());
     tokio::spawn(blobs.clone().keep_replicated());
@@ -144,7 +144,7 @@ pub async fn run(
         ));
     tokio::select! {
         served = listener.serve(router, shutdown) => Ok(served?),
-        driver = driver_task => match driver {
+        driver = driver_end => match driver {
             Ok(Ok(())) | Err(_) => Err(ServerError::DriverGone),
             Ok(Err(error)) => Err(error.into()),
         },

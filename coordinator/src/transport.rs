@@ -35,6 +35,9 @@ struct Inner {
     self_address: String,
     peers: Mutex<HashMap<u64, Peer>>,
     reporter: OnceLock<DeliveryReporter>,
+    /// The runtime the senders run on (not the raft driver's thread, whose disk writes must
+    /// not hold up sending).
+    runtime: tokio::runtime::Handle,
     /// This node's cluster, once it knows it (from its bootstrap or first snapshot).
     cluster_id: OnceLock<String>,
 }
@@ -46,6 +49,7 @@ struct Peer {
 }
 
 impl Transport {
+    /// A transport whose senders run on the current tokio runtime.
     pub fn new(self_id: u64, self_address: String) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -53,6 +57,7 @@ impl Transport {
                 self_address,
                 peers: Mutex::new(HashMap::new()),
                 reporter: OnceLock::new(),
+                runtime: tokio::runtime::Handle::current(),
                 cluster_id: OnceLock::new(),
             }),
         }
@@ -89,7 +94,7 @@ impl Transport {
             Some(peer) if peer.address == address && !peer.queue.is_closed() => peer,
             _ => {
                 let (queue, receiver) = mpsc::channel(PEER_QUEUE);
-                tokio::spawn(self.clone().send_loop(to, address.clone(), receiver));
+                self.inner.runtime.spawn(self.clone().send_loop(to, address.clone(), receiver));
                 peers.insert(to, Peer { address, queue });
                 &peers[&to]
             }
