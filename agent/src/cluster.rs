@@ -1,41 +1,40 @@
-//! The agent in a cluster: join the coordinators, keep the lease, run what is assigned, report
-//! what is observed, and fence when the lease is lost.
+//! The agent's calls to the coordinators: one client with failover, and the calls the cluster
+//! link's effects make (register, renew, report, follow assignments, fetch blobs), each
+//! bounded in time and answered as a `machine::Input`.
 //!
-//! Three tasks share this host's view of the cluster:
-//! - the lease loop registers the host, sends a heartbeat every second carrying the instance
-//!   states that changed, and fences (stops every cluster instance) when no heartbeat was
-//!   acknowledged for `fence_after` (see `mirari_core::lease`);
-//! - the watcher follows the coordinators' assignment stream for this host;
-//! - the applier fetches the blobs new assignments need and makes the local instances match,
-//!   but only while the lease is valid.
+//! Decisions about the lease (when to renew, when it runs out, what to do then) are the
+//! machine's (`machine.rs`); nothing here waits on anything but its own call.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use mirari_blobs::BlobStore;
 use mirari_core::digest::Digest;
 use mirari_core::ids::InstanceId;
-use mirari_core::instance::{ExitStatus, Phase};
 use mirari_core::lease::LeaseTiming;
-use mirari_core::registry::{Host, InstanceReport};
+use mirari_core::registry::{self, InstanceReport};
 use mirari_core::spec::InstanceSpec;
 use mirari_proto::blob_stream::{self, ReceiveError};
+use mirari_proto::convert::WireError;
 use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
 use mirari_proto::coordinator::{self as pb};
 use mirari_proto::endpoint::Endpoint;
 use mirari_proto::log_codec;
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::runtime::Agent;
-use crate::state::Origin;
+use crate::machine::{Input, Lease};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const RPC_TIMEOUT: Duration = Duration::from_secs(5);
-/// Status responses about many instances are large.
+/// How long one renewal may take, connecting included, before the next coordinator is tried:
+/// well within the lease's time to live, so a dead coordinator costs one attempt, not the
+/// lease.
+const RENEW_DEADLINE: Duration = Duration::from_secs(1);
+/// The same for the other calls.
+const CALL_DEADLINE: Duration = Duration::from_secs(5);
+/// Assignment sets about many instances are large.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
+/// Before opening the assignment stream again after it broke.
+const REWATCH_DELAY: Duration = Duration::from_millis(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -45,41 +44,83 @@ pub enum ClusterError {
     BlobNotFound(Digest),
 }
 
-/// The coordinators this agent talks to; calls move on to the next one when one fails.
+/// The coordinators this agent talks to. One connection is kept and reused; a call that fails
+/// moves on to the next coordinator.
 #[derive(Debug, Clone)]
 pub struct Coordinators {
     endpoints: Arc<Vec<Endpoint>>,
-    next: Arc<AtomicUsize>,
+    current: Arc<Mutex<Current>>,
+}
+
+#[derive(Debug, Default)]
+struct Current {
+    index: usize,
+    client: Option<CoordinatorClient<Channel>>,
 }
 
 impl Coordinators {
     pub fn new(endpoints: Vec<Endpoint>) -> Self {
-        Self { endpoints: Arc::new(endpoints), next: Arc::new(AtomicUsize::new(0)) }
+        Self { endpoints: Arc::new(endpoints), current: Arc::default() }
     }
 
-    /// A client of the first coordinator that answers, starting from the current one.
-    pub async fn client(&self) -> Result<CoordinatorClient<Channel>, ClusterError> {
-        let mut last = String::from("none configured");
-        for _ in 0..self.endpoints.len() {
-            let index = self.next.load(Ordering::Relaxed) % self.endpoints.len();
-            let endpoint = &self.endpoints[index];
-            match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
-                Ok(Ok(channel)) => {
-                    return Ok(CoordinatorClient::new(channel)
-                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(MAX_MESSAGE_BYTES));
-                }
-                Ok(Err(error)) => last = error.to_string(),
-                Err(_) => last = format!("{endpoint} did not answer in time"),
+    /// A client of the current coordinator, connected within `deadline`.
+    async fn client(&self, deadline: Duration) -> Result<CoordinatorClient<Channel>, ClusterError> {
+        let index = {
+            let current = self.current.lock().expect("coordinators lock");
+            if let Some(client) = &current.client {
+                return Ok(client.clone());
             }
-            self.rotate();
+            current.index
+        };
+        let endpoint = self
+            .endpoints
+            .get(index % self.endpoints.len().max(1))
+            .ok_or_else(|| ClusterError::NoCoordinator("none configured".into()))?;
+        let channel = match tokio::time::timeout(deadline, endpoint.connect()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(error)) => {
+                self.rotate();
+                return Err(ClusterError::NoCoordinator(mirari_core::errors::chain(&error)));
+            }
+            Err(_) => {
+                self.rotate();
+                return Err(ClusterError::NoCoordinator(format!("{endpoint} did not answer in time")));
+            }
+        };
+        let client = CoordinatorClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(mirari_core::limits::MAX_REQUEST_BYTES);
+        let mut current = self.current.lock().expect("coordinators lock");
+        if current.index == index {
+            current.client = Some(client.clone());
         }
-        Err(ClusterError::NoCoordinator(last))
+        Ok(client)
     }
 
-    /// Moves on to the next coordinator.
+    /// Moves on to the next coordinator (the current one failed a call).
     pub fn rotate(&self) {
-        self.next.fetch_add(1, Ordering::Relaxed);
+        let mut current = self.current.lock().expect("coordinators lock");
+        current.index += 1;
+        current.client = None;
+    }
+
+    /// Calls `rpc` on the current coordinator within `deadline`; on failure, moves on.
+    async fn call<T, F>(&self, deadline: Duration, rpc: impl FnOnce(CoordinatorClient<Channel>) -> F) -> Option<T>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let outcome = tokio::time::timeout(deadline, async {
+            let client = self.client(deadline).await.ok()?;
+            rpc(client).await.ok()
+        })
+        .await;
+        match outcome {
+            Ok(Some(response)) => Some(response.into_inner()),
+            _ => {
+                self.rotate();
+                None
+            }
+        }
     }
 
     /// Fetches a blob into `store`, verifying its digest, from whichever coordinator has it.
@@ -88,7 +129,7 @@ impl Coordinators {
             return Ok(());
         }
         for _ in 0..self.endpoints.len() {
-            let Ok(mut client) = self.client().await else {
+            let Ok(mut client) = self.client(CALL_DEADLINE).await else {
                 continue;
             };
             let request = pb::FetchBlobRequest { sha256: digest.to_string() };
@@ -114,227 +155,90 @@ impl Coordinators {
 pub struct ClusterConfig {
     pub coordinators: Coordinators,
     /// What the host offers (its status and times are set by the coordinators).
-    pub host: Host,
+    pub host: registry::Host,
     pub timing: LeaseTiming,
 }
 
-/// Runs the cluster link until the process ends.
-pub async fn run(agent: Agent, config: ClusterConfig) {
-    let (lease, lease_watch) = watch::channel(None);
-    let (assignments, assignments_watch) = watch::channel(None);
-    tokio::spawn(watch_assignments(config.clone(), lease_watch.clone(), assignments));
-    tokio::spawn(apply_assignments(agent.clone(), config.coordinators.clone(), lease_watch, assignments_watch));
-    keep_lease(agent, config, lease).await;
+fn lease_of(answer: pb::Lease) -> Lease {
+    Lease { ttl_ms: answer.ttl_ms, register_again: answer.register_again }
 }
 
-/// `Some(epoch)` while the lease is valid. The epoch changes every time the lease is regained,
-/// so assignments heard before a lapse are never acted on after it.
-type LeaseState = Option<u64>;
-
-/// The latest assignment set, and the lease epoch of the stream it came on.
-type Latest = Option<(u64, Vec<(InstanceId, InstanceSpec)>)>;
-
-/// What was last reported of an instance, to send only changes.
-type Reported = (Phase, u32, Option<ExitStatus>);
-
-async fn keep_lease(agent: Agent, config: ClusterConfig, lease: watch::Sender<LeaseState>) {
-    let host_id = config.host.id.clone();
-    let mut registered = false;
-    let mut valid_until: Option<Instant> = None;
-    let mut reported: HashMap<InstanceId, Reported> = HashMap::new();
-    let mut epoch = 0;
-    let mut ticker = tokio::time::interval(config.timing.heartbeat);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let sent_at = Instant::now();
-        let renewed = if registered {
-            let reports = changed_reports(&agent, &reported);
-            match heartbeat(&config, &reports).await {
-                Some(lease) if lease.register_again => {
-                    tracing::warn!(host = %host_id, "the cluster does not hold this host as up; registering again");
-                    registered = false;
-                    false
-                }
-                Some(_) => {
-                    for report in reports {
-                        reported.insert(report.id, (report.phase, report.restarts, report.last_exit));
-                    }
-                    true
-                }
-                None => false,
-            }
-        } else if register(&config).await {
-            tracing::info!(host = %host_id, "joined the cluster");
-            registered = true;
-            reported.clear();
-            true
-        } else {
-            false
-        };
-        if renewed {
-            valid_until = Some(sent_at + config.timing.fence_after);
-        }
-        let valid = valid_until.is_some_and(|until| Instant::now() < until);
-        let was_valid = lease.borrow().is_some();
-        if was_valid && !valid {
-            match agent.fence() {
-                Ok(count) => {
-                    tracing::warn!(host = %host_id, instances = count, "lease lost: fenced this host's cluster instances")
-                }
-                Err(error) => tracing::error!(%error, "could not fence the cluster instances"),
-            }
-            lease.send_replace(None);
-        } else if !was_valid && valid {
-            epoch += 1;
-            lease.send_replace(Some(epoch));
-        }
-    }
+/// Registers the host; answered with the boot time it was sent at.
+pub async fn register(coordinators: &Coordinators, host: registry::Host, sent_ms: u64) -> Input {
+    let request = pb::RegisterHostRequest { host: Some(log_codec::host_to_pb(&host)) };
+    let answer = coordinators.call(CALL_DEADLINE, |mut c| async move { c.register_host(request).await }).await;
+    Input::Registered { sent_ms, outcome: answer.map(lease_of).ok_or(()) }
 }
 
-async fn register(config: &ClusterConfig) -> bool {
-    let Ok(mut client) = config.coordinators.client().await else {
-        return false;
-    };
-    let request = pb::RegisterHostRequest { host: Some(log_codec::host_to_pb(&config.host)) };
-    match tokio::time::timeout(RPC_TIMEOUT, client.register_host(request)).await {
-        Ok(Ok(_)) => true,
-        outcome => {
-            tracing::debug!(?outcome, "registration failed; trying the next coordinator");
-            config.coordinators.rotate();
-            false
-        }
-    }
+/// Renews the lease of `host`.
+pub async fn renew(coordinators: &Coordinators, host: &str, sent_ms: u64) -> Input {
+    let request = pb::HeartbeatRequest { host: host.to_owned() };
+    let answer = coordinators.call(RENEW_DEADLINE, |mut c| async move { c.heartbeat(request).await }).await;
+    Input::Renewed { sent_ms, outcome: answer.map(lease_of).ok_or(()) }
 }
 
-async fn heartbeat(config: &ClusterConfig, reports: &[InstanceReport]) -> Option<pb::Lease> {
-    let mut client = config.coordinators.client().await.ok()?;
-    let request = pb::HeartbeatRequest {
-        host: config.host.id.0.clone(),
+pub async fn report(coordinators: &Coordinators, host: &str, reports: Vec<InstanceReport>) -> Input {
+    let request = pb::ReportInstancesRequest {
+        host: host.to_owned(),
         reports: reports.iter().map(log_codec::report_to_pb).collect(),
     };
-    match tokio::time::timeout(RPC_TIMEOUT, client.heartbeat(request)).await {
-        Ok(Ok(lease)) => Some(lease.into_inner()),
-        _ => {
-            config.coordinators.rotate();
-            None
+    let ok = coordinators.call(CALL_DEADLINE, |mut c| async move { c.report_instances(request).await }).await.is_some();
+    Input::Reported { reports, ok }
+}
+
+/// Fetches what assignment set `generation` needs.
+pub async fn fetch_blobs(
+    coordinators: &Coordinators,
+    store: &BlobStore,
+    generation: u64,
+    digests: Vec<Digest>,
+) -> Input {
+    let mut ok = true;
+    for digest in digests {
+        if let Err(error) = coordinators.fetch_blob(store, digest).await {
+            tracing::error!(%error, "cannot fetch what an assigned instance needs");
+            ok = false;
         }
     }
+    Input::BlobsFetched { generation, ok }
 }
 
-fn changed_reports(agent: &Agent, reported: &HashMap<InstanceId, Reported>) -> Vec<InstanceReport> {
-    agent
-        .list()
-        .into_iter()
-        .filter(|r| r.origin == Origin::Cluster)
-        .filter(|r| {
-            let life = &r.lifecycle;
-            reported.get(&r.id) != Some(&(life.phase, life.restarts, life.last_exit))
-        })
-        .map(|r| InstanceReport {
-            id: r.id,
-            phase: r.lifecycle.phase,
-            restarts: r.lifecycle.restarts,
-            last_exit: r.lifecycle.last_exit,
-            message: r.lifecycle.message.clone().unwrap_or_default(),
-        })
-        .collect()
-}
-
-/// Follows the assignment stream while the lease is valid, opening a fresh stream (whose first
-/// message is the whole current set) for every lease epoch.
-async fn watch_assignments(
-    config: ClusterConfig,
-    mut lease: watch::Receiver<LeaseState>,
-    latest: watch::Sender<Latest>,
+/// Follows the assignment stream of lease epoch `epoch`, sending every set it hears, until
+/// the task is aborted (the lease ran out, or a new epoch began). A stream that breaks is
+/// opened again, on the next coordinator; its first message is always the whole current set.
+pub async fn watch_assignments(
+    coordinators: Coordinators,
+    host: String,
+    epoch: u64,
+    inputs: mpsc::UnboundedSender<Input>,
 ) {
     loop {
-        let Some(epoch) = *lease.borrow_and_update() else {
-            if lease.changed().await.is_err() {
-                return;
-            }
-            continue;
-        };
-        let follow = async {
-            let mut client = config.coordinators.client().await.ok()?;
-            let request = pb::WatchAssignmentsRequest { host: config.host.id.0.clone() };
-            let mut stream = client.watch_assignments(request).await.ok()?.into_inner();
+        let request = pb::WatchAssignmentsRequest { host: host.clone() };
+        let opened = coordinators.call(CALL_DEADLINE, |mut c| async move { c.watch_assignments(request).await }).await;
+        if let Some(mut stream) = opened {
             while let Ok(Some(assignments)) = stream.message().await {
                 match decode_assignments(&assignments) {
-                    Ok(set) => {
-                        latest.send_replace(Some((epoch, set)));
+                    Ok(instances) => {
+                        if inputs.send(Input::Assigned { epoch, instances }).is_err() {
+                            return;
+                        }
                     }
                     Err(error) => tracing::error!(%error, "the coordinators sent an unreadable assignment"),
                 }
             }
-            None::<()>
-        };
-        tokio::select! {
-            _ = follow => {
-                config.coordinators.rotate();
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            changed = lease.changed() => if changed.is_err() { return },
+            coordinators.rotate();
         }
+        tokio::time::sleep(REWATCH_DELAY).await;
     }
 }
 
-fn decode_assignments(
-    assignments: &pb::Assignments,
-) -> Result<Vec<(InstanceId, InstanceSpec)>, mirari_proto::convert::WireError> {
+fn decode_assignments(assignments: &pb::Assignments) -> Result<Vec<(InstanceId, InstanceSpec)>, WireError> {
     assignments
         .instances
         .iter()
         .map(|a| {
-            let spec = a
-                .spec
-                .as_ref()
-                .ok_or(mirari_proto::convert::WireError { field: "assignment.spec", reason: "missing".into() })?;
+            let spec = a.spec.as_ref().ok_or(WireError { field: "assignment.spec", reason: "missing".into() })?;
             Ok((InstanceId::from_u64(a.id), InstanceSpec::try_from(spec)?))
         })
         .collect()
-}
-
-/// Makes the local instances match the latest assignments heard in the current lease epoch.
-async fn apply_assignments(
-    agent: Agent,
-    coordinators: Coordinators,
-    mut lease: watch::Receiver<LeaseState>,
-    mut assignments: watch::Receiver<Latest>,
-) {
-    loop {
-        tokio::select! {
-            changed = lease.changed() => if changed.is_err() { return },
-            changed = assignments.changed() => if changed.is_err() { return },
-        }
-        let current = *lease.borrow_and_update();
-        let Some((epoch, set)) = assignments.borrow_and_update().clone() else { continue };
-        if current != Some(epoch) {
-            continue;
-        }
-        let needed: Vec<Digest> = set
-            .iter()
-            .flat_map(|(_, spec)| std::iter::once(spec.artifact).chain(spec.files.iter().map(|f| f.digest)))
-            .collect();
-        let mut fetched = true;
-        for digest in needed {
-            if let Err(error) = coordinators.fetch_blob(agent.blobs(), digest).await {
-                tracing::error!(%error, "cannot fetch what an assigned instance needs");
-                fetched = false;
-            }
-        }
-        if !fetched {
-            // Try again soon: mark the assignment as unseen.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            assignments.mark_changed();
-            continue;
-        }
-        if *lease.borrow() != Some(epoch) {
-            continue; // The lease lapsed while fetching.
-        }
-        match agent.apply_assignments(&set) {
-            Ok(()) => tracing::info!(instances = set.len(), "applied the cluster's assignments"),
-            Err(error) => tracing::error!(%error, "cannot apply the cluster's assignments"),
-        }
-    }
 }

@@ -9,8 +9,8 @@ use mirari_proto::auth::{self, Guarded};
 use mirari_proto::endpoint::{Endpoint, Listener};
 
 use crate::builder::Builder;
-use crate::cluster::{self, ClusterConfig, Coordinators};
-use crate::runtime::{Agent, AgentConfig, AgentError};
+use crate::cluster::{ClusterConfig, Coordinators};
+use crate::runtime::{self, Agent, AgentConfig, AgentError};
 use crate::service::AgentService;
 
 /// How the agent joins a cluster.
@@ -34,15 +34,16 @@ pub enum DaemonError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// Runs the agent until `shutdown` resolves. Instances keep running afterwards.
+/// Runs the agent until `shutdown` resolves (or its driver has to stop). Instances keep
+/// running afterwards.
 pub async fn run(
     config: AgentConfig,
     join: Option<JoinConfig>,
     listener: Listener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
-    let agent = Agent::open(config.clone()).await?;
-    for fingerprint in agent.fingerprints() {
+    let fingerprints = runtime::fingerprint(&config).await;
+    for fingerprint in &fingerprints {
         let facts: Vec<String> = fingerprint.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
         match &fingerprint.unavailable {
             None => {
@@ -53,15 +54,8 @@ pub async fn run(
             }
         }
     }
-    let builder = join.as_ref().map(|join| Builder {
-        coordinators: Coordinators::new(join.coordinators.clone()),
-        blobs: agent.blobs().clone(),
-        scratch: config.state_dir.join("builds"),
-        host: join.name.clone(),
-    });
-    if let Some(join) = join {
-        let backends: BTreeSet<_> =
-            agent.fingerprints().iter().filter(|f| f.unavailable.is_none()).map(|f| f.target).collect();
+    let cluster = join.as_ref().map(|join| {
+        let backends: BTreeSet<_> = fingerprints.iter().filter(|f| f.unavailable.is_none()).map(|f| f.target).collect();
         let host = Host {
             id: HostId(join.name.clone()),
             address: join.advertise.clone(),
@@ -73,14 +67,26 @@ pub async fn run(
             status_changed_at_ms: 0,
         };
         tracing::info!(host = %join.name, advertise = %join.advertise, "joining the cluster");
-        let link = ClusterConfig { coordinators: Coordinators::new(join.coordinators), host, timing: join.timing };
-        tokio::spawn(cluster::run(agent.clone(), link));
-    }
+        ClusterConfig { coordinators: Coordinators::new(join.coordinators.clone()), host, timing: join.timing }
+    });
+    let (agent, driver) = Agent::open(config.clone(), fingerprints, cluster.clone()).await?;
+    let builder = join.as_ref().zip(cluster.as_ref()).map(|(join, cluster)| Builder {
+        coordinators: cluster.coordinators.clone(),
+        blobs: agent.blobs().clone(),
+        scratch: config.state_dir.join("builds"),
+        host: join.name.clone(),
+    });
     let endpoint = listener.local_endpoint().map_or_else(|_| "?".into(), |e: Endpoint| e.to_string());
     tracing::info!(%endpoint, state_dir = %config.state_dir.display(), "mirari-agent serving");
     let service = Guarded::new(AgentService::new(agent, builder).into_server(), auth::agent_policy);
-    let router = tonic::transport::Server::builder().add_service(service);
-    listener.serve(router, shutdown).await?;
+    let router = mirari_proto::endpoint::server().add_service(service);
+    tokio::select! {
+        served = listener.serve(router, shutdown) => served?,
+        ended = driver => return Err(match ended {
+            Ok(Err(error)) => DaemonError::Agent(error),
+            _ => DaemonError::Agent(AgentError::Stopped),
+        }),
+    }
     tracing::info!("mirari-agent stopped; instances keep running and are re-adopted at the next start");
     Ok(())
 }

@@ -13,10 +13,10 @@
 
 pub mod backends;
 pub mod builder;
-pub mod clock;
 pub mod cluster;
 pub mod console;
 pub mod daemon;
+pub mod machine;
 pub mod paths;
 pub mod runtime;
 pub mod service;

@@ -41,6 +41,7 @@ fn status_of(error: AgentError) -> Status {
         AgentError::State(_) | AgentError::Blob(_) | AgentError::Backend(_) | AgentError::StateDir { .. } => {
             Status::internal(message)
         }
+        AgentError::Stopped => Status::unavailable(message),
     }
 }
 
@@ -110,7 +111,7 @@ impl agent_server::Agent for AgentService {
         let request = request.into_inner();
         let spec = request.spec.as_ref().ok_or_else(|| Status::invalid_argument("spec is missing"))?;
         let spec = InstanceSpec::try_from(spec)?;
-        let ids = self.agent.run(spec, request.count).map_err(status_of)?;
+        let ids = self.agent.run(spec, request.count).await.map_err(status_of)?;
         Ok(Response::new(pb::RunInstancesResponse { ids: ids.iter().map(ToString::to_string).collect() }))
     }
 

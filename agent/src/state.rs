@@ -50,13 +50,6 @@ pub struct InstanceRecord {
     pub created_at_ms: u64,
     /// Whether the last stop had to force the instance off.
     pub stop_forced: Option<bool>,
-    /// A backend stop is under way (not persisted: an agent restart abandons it, and the
-    /// reconcile loop issues it again).
-    #[serde(skip)]
-    pub stop_in_flight: bool,
-    /// Stop without waiting out the graceful timeout (fencing: the host lost its lease).
-    #[serde(skip)]
-    pub quick_stop: bool,
     pub events: VecDeque<Event>,
 }
 
@@ -71,8 +64,6 @@ impl InstanceRecord {
             detail: String::new(),
             created_at_ms: now_ms,
             stop_forced: None,
-            stop_in_flight: false,
-            quick_stop: false,
             events: VecDeque::new(),
         };
         record.log(now_ms, "created");
@@ -142,28 +133,22 @@ impl StateStore {
         Ok(table.get(id.as_u64()).map_err(db_err)?.is_some())
     }
 
-    /// Stores new records and marks their IDs minted, all or nothing.
-    pub fn create(&self, records: &[InstanceRecord]) -> Result<(), StateError> {
+    /// Stores new records (marking their IDs minted) and changed ones, all or nothing, in one
+    /// fsync'd transaction.
+    pub fn write(&self, new: &[InstanceRecord], changed: &[InstanceRecord]) -> Result<(), StateError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut minted = txn.open_table(MINTED_IDS).map_err(db_err)?;
             let mut instances = txn.open_table(INSTANCES).map_err(db_err)?;
-            for record in records {
+            for record in new {
                 if minted.insert(record.id.as_u64(), ()).map_err(db_err)?.is_some() {
                     return Err(StateError::IdReused(record.id));
                 }
+            }
+            for record in new.iter().chain(changed) {
                 instances.insert(record.id.as_u64(), encode(record).as_slice()).map_err(db_err)?;
             }
         }
-        txn.commit().map_err(db_err)
-    }
-
-    pub fn save(&self, record: &InstanceRecord) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        txn.open_table(INSTANCES)
-            .map_err(db_err)?
-            .insert(record.id.as_u64(), encode(record).as_slice())
-            .map_err(db_err)?;
         txn.commit().map_err(db_err)
     }
 }
@@ -201,17 +186,17 @@ mod tests {
         let path = dir.path().join("agent.redb");
         {
             let store = StateStore::open(&path).unwrap();
-            store.create(&[record(1), record(2)]).unwrap();
+            store.write(&[record(1), record(2)], &[]).unwrap();
             let mut changed = record(2);
             changed.detail = "pid 7".into();
-            store.save(&changed).unwrap();
+            store.write(&[], &[changed]).unwrap();
         }
         let store = StateStore::open(&path).unwrap();
         let records = store.load_all().unwrap();
         assert_eq!(records.len(), 2);
         assert_eq!(records[1].detail, "pid 7");
         assert!(store.was_minted(InstanceId::from_u64(1)).unwrap());
-        assert!(matches!(store.create(&[record(3), record(1)]), Err(StateError::IdReused(_))));
+        assert!(matches!(store.write(&[record(3), record(1)], &[]), Err(StateError::IdReused(_))));
         assert_eq!(store.load_all().unwrap().len(), 2, "a failed create stores nothing");
     }
 }

@@ -86,6 +86,7 @@ impl Subject {
             dir: dir.to_owned(),
             artifact: self.artifact.clone(),
             files: vec![image.clone()],
+            fence: None,
             spec: InstanceSpec {
                 app: "hello".into(),
                 version: "1".into(),

@@ -57,12 +57,8 @@ impl TryFrom<&pb::Instance> for InstanceView {
     }
 }
 
-fn now_ms() -> u64 {
-    u64::try_from(UNIX_EPOCH.elapsed().unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
-}
-
 fn instance_table(instances: &[InstanceView]) -> Table {
-    let now = now_ms();
+    let now = mirari_core::clock::wall_ms();
     let mut table = Table::new(&["ID", "APP", "TARGET", "PHASE", "RESTARTS", "UPTIME", "DETAIL"]);
     for i in instances {
         let uptime = i.started_at_ms.filter(|_| i.phase.is_live()).map_or("-".into(), |t| age(t, now));

@@ -157,7 +157,10 @@ pub async fn deploy(
     propose(
         coordinators,
         "deploying",
-        Request { request_id: request_id("deploy"), command: Command::Deploy { spec, at_ms: now_ms() } },
+        Request {
+            request_id: request_id("deploy"),
+            command: Command::Deploy { spec, at_ms: mirari_core::clock::wall_ms() },
+        },
     )
     .await?;
     eprintln!(
@@ -428,8 +431,4 @@ pub async fn status(coordinators: &mut Coordinators, stale: bool, format: Format
     let status = fetch_status(coordinators, stale).await?;
     output::print_tables(format, &status, status_tables);
     Ok(ExitCode::SUCCESS)
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
 }

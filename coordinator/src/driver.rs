@@ -182,7 +182,8 @@ pub fn spawn<B: Backing>(
         learned_addresses: HashMap::new(),
     };
     let (ended, end) = oneshot::channel();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("the raft driver's runtime");
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("the raft driver's runtime");
     std::thread::Builder::new()
         .name("raft-driver".into())
         .spawn(move || {

@@ -1,43 +1,34 @@
 //! What only the leader does: keep agents' leases, declare hosts down when a lease runs out,
 //! and schedule empty slots.
 //!
-//! Leases live in the leader's memory, not in raft: a heartbeat a second from every host would
-//! otherwise be a log entry a second per host. A new leader gives every host a fresh lease when
-//! it takes over. Only changes (a host down, a placement) go through raft.
+//! The decisions are `mirari_core`'s: the lease table ([`LeaseTable`]) and the scheduler's
+//! rounds. This task only reads the clock, asks them, and proposes what they return. Leases
+//! live in the leader's memory, not in raft (a heartbeat a second per host would otherwise be
+//! a log entry a second per host); a new leader gives every host a fresh lease when it takes
+//! over. Only changes (a host down, a placement) go through raft.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mirari_core::clock;
 use mirari_core::ids::InstanceId;
-use mirari_core::instance::Desired;
-pub use mirari_core::lease::LeaseTiming;
+pub use mirari_core::lease::{LeaseTable, LeaseTiming};
 use mirari_core::registry::{Command, HostId, HostStatus, Request};
 use mirari_core::scheduler;
 
 use crate::driver::RaftHandle;
 
-/// When the leader last heard from each host.
+/// The leader's lease table, shared by the heartbeat handler and the duties task.
 #[derive(Debug, Default)]
 pub struct Leases {
-    last_heard: Mutex<HashMap<HostId, Instant>>,
+    table: Mutex<LeaseTable>,
 }
 
 impl Leases {
-    pub fn renew(&self, host: &HostId) {
-        self.last_heard.lock().expect("leases lock").insert(host.clone(), Instant::now());
-    }
-
-    fn forget_all(&self) {
-        self.last_heard.lock().expect("leases lock").clear();
-    }
-
-    /// Of `up`, the hosts not heard from for `limit`. A host never heard from by this leader
-    /// starts its lease now.
-    fn expired(&self, up: impl Iterator<Item = HostId>, limit: Duration) -> Vec<HostId> {
-        let now = Instant::now();
-        let mut last_heard = self.last_heard.lock().expect("leases lock");
-        up.filter(|host| now.duration_since(*last_heard.entry(host.clone()).or_insert(now)) > limit).collect()
+    /// A renewal from `host`, received at `received_ms` (boot clock).
+    pub fn renew(&self, host: &HostId, received_ms: u64) {
+        self.table.lock().expect("leases lock").renew(host, received_ms);
     }
 }
 
@@ -49,10 +40,6 @@ const PLANS_PER_ROUND: usize = 20;
 const DUTY_INTERVAL: Duration = Duration::from_millis(200);
 /// Without registry changes, it still re-plans this often (a host may have freed up).
 const RESCHEDULE_INTERVAL: Duration = Duration::from_secs(2);
-
-pub fn now_ms() -> u64 {
-    u64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
-}
 
 /// A request ID for a command the leader makes on its own.
 pub fn fresh_request_id(what: &str) -> String {
@@ -73,7 +60,7 @@ pub async fn run(raft: RaftHandle, leases: Arc<Leases>, timing: LeaseTiming) {
             continue;
         }
         if !leading {
-            leases.forget_all();
+            leases.table.lock().expect("leases lock").start_leading(&raft.machine().registry, clock::boot_ms());
             leading = true;
         }
         expire_leases(&raft, &leases, timing).await;
@@ -88,12 +75,11 @@ pub async fn run(raft: RaftHandle, leases: Arc<Leases>, timing: LeaseTiming) {
 async fn expire_leases(raft: &RaftHandle, leases: &Leases, timing: LeaseTiming) {
     let expired = {
         let machine = raft.machine();
-        let up = machine.registry.hosts().filter(|h| h.status == HostStatus::Up).map(|h| h.id.clone());
-        leases.expired(up, timing.down_after())
+        leases.table.lock().expect("leases lock").expired(&machine.registry, clock::boot_ms(), timing.down_after())
     };
     for host in expired {
         tracing::warn!(%host, "lease expired: declaring the host down; its instances will be replaced");
-        let command = Command::SetHostStatus { host: host.clone(), status: HostStatus::Down, at_ms: now_ms() };
+        let command = Command::SetHostStatus { host: host.clone(), status: HostStatus::Down, at_ms: clock::wall_ms() };
         if let Err(error) = raft.propose(Request { request_id: fresh_request_id("down"), command }).await {
             tracing::debug!(%host, %error, "could not declare the host down yet");
         }
@@ -107,19 +93,14 @@ async fn schedule(raft: &RaftHandle) {
         let plans = {
             let machine = raft.machine();
             let registry = &machine.registry;
-            let mut minted: std::collections::HashSet<u64> = std::collections::HashSet::new();
+            let mut minted = HashSet::new();
             let mut mint = || loop {
-                let id = rand::random::<u64>();
-                if !registry.was_minted(InstanceId::from_u64(id)) && minted.insert(id) {
-                    return InstanceId::from_u64(id);
+                let id = InstanceId::from_u64(rand::random::<u64>());
+                if !registry.was_minted(id) && minted.insert(id) {
+                    return id;
                 }
             };
-            let apps: Vec<String> =
-                registry.deployments().filter(|d| d.desired == Desired::Running).map(|d| d.spec.app.clone()).collect();
-            apps.iter()
-                .filter_map(|app| scheduler::plan(registry, app, PLACEMENTS_PER_ENTRY, &mut mint))
-                .filter(|plan| !plan.placements.is_empty())
-                .collect::<Vec<_>>()
+            scheduler::plan_round(registry, PLACEMENTS_PER_ENTRY, &mut mint)
         };
         if plans.is_empty() {
             return;
@@ -130,7 +111,7 @@ async fn schedule(raft: &RaftHandle) {
                 app: plan.app.clone(),
                 generation: plan.generation,
                 placements: plan.placements,
-                at_ms: now_ms(),
+                at_ms: clock::wall_ms(),
             };
             match raft.propose(Request { request_id: fresh_request_id("place"), command }).await {
                 Ok(Ok(_)) => tracing::info!(app = %plan.app, placed, "placed instances"),

@@ -136,7 +136,7 @@ pub async fn run(
     tokio::spawn(blobs.clone().keep_replicated());
     let leases = Arc::new(Leases::default());
     tokio::spawn(leader::run(raft.clone(), leases.clone(), config.leases));
-    let router = tonic::transport::Server::builder()
+    let router = mirari_proto::endpoint::server()
         .add_service(Guarded::new(PeerService::new(raft.clone(), blobs.clone()).into_server(), auth::peer_policy))
         .add_service(Guarded::new(
             CoordinatorService::new(raft, leases, config.leases, blobs).into_server(),

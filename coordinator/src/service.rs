@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use mirari_core::clock;
 use mirari_core::limits;
 use mirari_core::registry::{Command, HostId, HostStatus, InstanceReport, Outcome, Request};
 use mirari_proto::agent as wire_agent;
@@ -27,7 +28,7 @@ use crate::blobs::ReplicatedBlobs;
 use crate::consensus::decode_message;
 use crate::consensus::node::MembershipChange;
 use crate::driver::{ProposeError, RaftHandle};
-use crate::leader::{LeaseTiming, Leases, fresh_request_id, now_ms};
+use crate::leader::{LeaseTiming, Leases, fresh_request_id};
 use crate::status::cluster_status;
 use crate::transport::MAX_RAFT_MESSAGE_BYTES;
 
@@ -39,6 +40,11 @@ const ASSIGNMENT_MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long a write or read barrier may wait for raft before the caller is told to retry.
 const RAFT_DEADLINE: Duration = Duration::from_secs(10);
+/// A heartbeat is answered within this, forwarded or not, or the agent tries another
+/// coordinator: shorter than the agent's own per-attempt deadline.
+const HEARTBEAT_DEADLINE: Duration = Duration::from_millis(800);
+const REGISTER_DEADLINE: Duration = Duration::from_secs(5);
+const REPORT_DEADLINE: Duration = Duration::from_secs(5);
 /// Marks a request a follower forwarded, so it is not forwarded again.
 const FORWARDED: &str = "x-mirari-forwarded";
 
@@ -153,28 +159,26 @@ impl CoordinatorService {
         pb::Lease { ttl_ms: u64::try_from(self.timing.ttl.as_millis()).unwrap_or(u64::MAX), register_again }
     }
 
-    /// The heartbeat, on the leader: renew the lease; commit the reports if the host is up.
-    async fn heartbeat_here(
-        &self,
-        host: HostId,
-        reports: Vec<InstanceReport>,
-    ) -> Result<Result<pb::Lease, Status>, ProposeError> {
-        if !self.raft.status().role.eq("leader") {
-            return Err(ProposeError::NotLeader { leader: self.raft.status().leader });
+    /// The heartbeat, on the leader: renews the lease of a host that is up, once this node has
+    /// confirmed it still leads (a ReadIndex round, no log entry): a deposed leader that has
+    /// not noticed yet must not extend anyone's lease. The renewal counts from when the
+    /// request arrived, the earliest moment it can count from.
+    async fn heartbeat_here(&self, host: HostId) -> Result<Result<pb::Lease, Status>, ProposeError> {
+        let received_ms = clock::boot_ms();
+        let before = self.raft.status();
+        if before.role != "leader" {
+            return Err(ProposeError::NotLeader { leader: before.leader });
+        }
+        self.raft.read_barrier().await?;
+        let after = self.raft.status();
+        if after.role != "leader" || after.term != before.term {
+            return Err(ProposeError::NotLeader { leader: after.leader });
         }
         let up = self.raft.machine().registry.host(&host).is_some_and(|h| h.status == HostStatus::Up);
         if !up {
             return Ok(Ok(self.lease(true)));
         }
-        self.leases.renew(&host);
-        if !reports.is_empty() {
-            let command = Command::ReportInstances { host, reports };
-            if let Err(rejection) =
-                self.raft.propose(Request { request_id: fresh_request_id("report"), command }).await?
-            {
-                return Ok(Err(Status::failed_precondition(rejection.to_string())));
-            }
-        }
+        self.leases.renew(&host, received_ms);
         Ok(Ok(self.lease(false)))
     }
 
@@ -188,12 +192,9 @@ impl CoordinatorService {
         self.raft.machine().members.get(&leader).cloned()
     }
 
-    /// A client for the leader's API, if this node knows where the leader is.
-    async fn leader_client(&self) -> Result<CoordinatorClient<Channel>, Status> {
-        let address = self
-            .leader_address()
-            .ok_or_else(|| Status::unavailable("no leader is elected right now; retry shortly"))?;
-        if let Some(client) = self.leaders.lock().expect("leaders lock").get(&address) {
+    /// A client for the leader's API at `address`, connected once and kept.
+    async fn leader_client(&self, address: &str) -> Result<CoordinatorClient<Channel>, Status> {
+        if let Some(client) = self.leaders.lock().expect("leaders lock").get(address) {
             return Ok(client.clone());
         }
         let endpoint: Endpoint = address.parse().map_err(|e| Status::internal(format!("leader address: {e}")))?;
@@ -201,24 +202,78 @@ impl CoordinatorService {
             .connect()
             .await
             .map_err(|e| Status::unavailable(format!("cannot reach the leader at {address}: {e}")))?;
-        let client = CoordinatorClient::new(channel);
-        self.leaders.lock().expect("leaders lock").insert(address, client.clone());
+        let client = CoordinatorClient::new(channel)
+            .max_decoding_message_size(MAX_STATUS_BYTES)
+            .max_encoding_message_size(limits::MAX_REQUEST_BYTES);
+        self.leaders.lock().expect("leaders lock").insert(address.to_owned(), client.clone());
         Ok(client)
     }
 
-    /// Runs `local` here if this node leads; otherwise forwards with `remote`, once.
-    async fn on_leader<T, L, R>(&self, forwarded: bool, local: L, remote: R) -> Result<Response<T>, Status>
+    /// Runs `local` here if this node leads; otherwise forwards to the leader with `remote`.
+    /// Everything happens within `deadline`: a caller is never held longer, whatever the
+    /// network does.
+    async fn on_leader<T, L, R, F>(
+        &self,
+        forwarded: bool,
+        deadline: Duration,
+        local: L,
+        remote: R,
+    ) -> Result<Response<T>, Status>
     where
         L: Future<Output = Result<Result<T, Status>, ProposeError>>,
-        R: AsyncFnOnce(CoordinatorClient<Channel>) -> Result<Response<T>, Status>,
+        R: Fn(CoordinatorClient<Channel>) -> F,
+        F: Future<Output = Result<Response<T>, Status>>,
     {
-        match tokio::time::timeout(RAFT_DEADLINE, local).await {
-            Err(_) => {
-                Err(Status::deadline_exceeded("raft did not apply the write in time; retry with the same request ID"))
-            }
+        let give_up = tokio::time::Instant::now() + deadline;
+        match tokio::time::timeout(deadline, local).await {
+            Err(_) => Err(Status::deadline_exceeded(
+                "raft did not answer in time (an election, or a slow disk); retry with the same request ID",
+            )),
             Ok(Ok(answer)) => answer.map(Response::new),
-            Ok(Err(ProposeError::NotLeader { .. })) if !forwarded => remote(self.leader_client().await?).await,
+            Ok(Err(ProposeError::NotLeader { .. })) if !forwarded => self.forward_to_leader(give_up, remote).await,
             Ok(Err(error)) => Err(status_of(error, self.leader_address())),
+        }
+    }
+
+    /// Forwards to the leader this node knows. A leader that does not answer is forgotten; if
+    /// another is elected before `give_up`, the call goes there instead.
+    async fn forward_to_leader<T, R, F>(&self, give_up: tokio::time::Instant, remote: R) -> Result<Response<T>, Status>
+    where
+        R: Fn(CoordinatorClient<Channel>) -> F,
+        F: Future<Output = Result<Response<T>, Status>>,
+    {
+        let mut tried: Option<String> = None;
+        let mut last = Status::unavailable("no leader is elected right now; retry shortly");
+        loop {
+            let known = self.leader_address().filter(|address| tried.as_ref() != Some(address));
+            let Some(address) = known else {
+                // No leader known, or only the one that just failed: wait for the next election.
+                let mut raft = self.raft.clone();
+                if tokio::time::timeout_at(give_up, raft.status_changed()).await.is_err() {
+                    return Err(last);
+                }
+                tried = None;
+                continue;
+            };
+            let attempt = tokio::time::timeout_at(give_up, async {
+                let client = self.leader_client(&address).await?;
+                remote(client).await
+            });
+            match attempt.await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(status)) if !is_unreachable(&status) => return Err(status),
+                outcome => {
+                    self.leaders.lock().expect("leaders lock").remove(&address);
+                    last = match outcome {
+                        Ok(Err(status)) => status,
+                        _ => Status::unavailable(format!("the leader at {address} did not answer in time; retry")),
+                    };
+                    if tokio::time::Instant::now() >= give_up {
+                        return Err(last);
+                    }
+                    tried = Some(address);
+                }
+            }
         }
     }
 
@@ -265,14 +320,27 @@ impl CoordinatorService {
                 .map(|_| self.cluster_info())
                 .map_err(|rejection| Status::failed_precondition(rejection.to_string())))
         };
-        self.on_leader(forwarded, local, async |mut leader| match &change {
-            MembershipChange::Add { id, address } => {
-                leader.add_member(forward(pb::AddMemberRequest { id: *id, address: address.clone() })).await
+        self.on_leader(forwarded, RAFT_DEADLINE, local, |mut leader| {
+            let change = change.clone();
+            async move {
+                match change {
+                    MembershipChange::Add { id, address } => {
+                        leader.add_member(forward(pb::AddMemberRequest { id, address })).await
+                    }
+                    MembershipChange::Remove { id } => {
+                        leader.remove_member(forward(pb::RemoveMemberRequest { id })).await
+                    }
+                }
             }
-            MembershipChange::Remove { id } => leader.remove_member(forward(pb::RemoveMemberRequest { id: *id })).await,
         })
         .await
     }
+}
+
+/// Whether a forwarded call failed because the leader is gone or no longer leads (so another
+/// leader may take it), rather than because the leader refused it.
+fn is_unreachable(status: &Status) -> bool {
+    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
 }
 
 /// A request to the leader on behalf of a client, marked so the leader does not forward it.
@@ -334,8 +402,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
             ));
         }
         let local = async { Ok(Ok(applied_response(self.raft.propose(decoded).await?))) };
-        self.on_leader(forwarded, local, async |mut leader| leader.propose(forward(pb::ProposeRequest { entry })).await)
-            .await
+        self.on_leader(forwarded, RAFT_DEADLINE, local, |mut leader| {
+            let entry = entry.clone();
+            async move { leader.propose(forward(pb::ProposeRequest { entry })).await }
+        })
+        .await
     }
 
     async fn list_hosts(
@@ -355,24 +426,44 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let mut host = log_codec::host_from_pb(&wire_host)?;
         auth::may_act_for_host(&extensions, &host.id.0)?;
         host.status = HostStatus::Up;
-        host.registered_at_ms = now_ms();
+        host.registered_at_ms = clock::wall_ms();
         host.status_changed_at_ms = host.registered_at_ms;
         let id = host.id.clone();
+        let received_ms = clock::boot_ms();
         let local = async {
             let command = Command::RegisterHost { host };
             let applied = self.raft.propose(Request { request_id: fresh_request_id("register"), command }).await?;
             Ok(applied
                 .map(|_| {
-                    self.leases.renew(&id);
+                    self.leases.renew(&id, received_ms);
                     tracing::info!(host = %id, "host registered");
                     self.lease(false)
                 })
                 .map_err(|rejection| Status::invalid_argument(rejection.to_string())))
         };
-        self.on_leader(forwarded, local, async |mut leader| leader.register_host(forward(body)).await).await
+        self.on_leader(forwarded, REGISTER_DEADLINE, local, |mut leader| {
+            let body = body.clone();
+            async move { leader.register_host(forward(body)).await }
+        })
+        .await
     }
 
     async fn heartbeat(&self, request: RpcRequest<pb::HeartbeatRequest>) -> Result<Response<pb::Lease>, Status> {
+        let forwarded = is_forwarded(&request);
+        auth::may_act_for_host(request.extensions(), &request.get_ref().host)?;
+        let body = request.into_inner();
+        let local = self.heartbeat_here(HostId(body.host.clone()));
+        self.on_leader(forwarded, HEARTBEAT_DEADLINE, local, |mut leader| {
+            let body = body.clone();
+            async move { leader.heartbeat(forward(body)).await }
+        })
+        .await
+    }
+
+    async fn report_instances(
+        &self,
+        request: RpcRequest<pb::ReportInstancesRequest>,
+    ) -> Result<Response<pb::ReportInstancesResponse>, Status> {
         let forwarded = is_forwarded(&request);
         auth::may_act_for_host(request.extensions(), &request.get_ref().host)?;
         let body = request.into_inner();
@@ -380,9 +471,19 @@ impl coordinator_server::Coordinator for CoordinatorService {
             .reports
             .iter()
             .map(log_codec::report_from_pb)
-            .collect::<Result<Vec<_>, mirari_proto::convert::WireError>>()?;
-        let local = self.heartbeat_here(HostId(body.host.clone()), reports);
-        self.on_leader(forwarded, local, async |mut leader| leader.heartbeat(forward(body)).await).await
+            .collect::<Result<Vec<InstanceReport>, mirari_proto::convert::WireError>>()?;
+        let local = async {
+            let command = Command::ReportInstances { host: HostId(body.host.clone()), reports };
+            let applied = self.raft.propose(Request { request_id: fresh_request_id("report"), command }).await?;
+            Ok(applied
+                .map(|_| pb::ReportInstancesResponse {})
+                .map_err(|rejection| Status::failed_precondition(rejection.to_string())))
+        };
+        self.on_leader(forwarded, REPORT_DEADLINE, local, |mut leader| {
+            let body = body.clone();
+            async move { leader.report_instances(forward(body)).await }
+        })
+        .await
     }
 
     type WatchAssignmentsStream = BoxStream<'static, Result<pb::Assignments, Status>>;

@@ -1,15 +1,18 @@
 //! Mirari's pure core: everything that decides, nothing that does.
 //!
 //! No tokio, no sockets, no files opened here (the config parser takes the text and the path
-//! it came from). Time comes in as a value, collections iterate in a defined order. The agent,
+//! it came from). Time comes in as a value (the drivers read it from [`clock`]), collections
+//! iterate in a defined order. The agent,
 //! coordinator and CLI call into this crate and perform the effects it asks for.
 //!
 //! - [`ids`], [`digest`], [`target`]: the small value types every layer shares.
+//! - [`clock`]: the one place clocks are read, by the drivers at the edge.
 //! - [`errors`]: an error and its causes in one line, for people and for wire statuses.
 //! - [`config`]: `mirari.toml`, parsed and validated with file:line:column errors.
 //! - [`spec`]: the desired state of one instance, derived from a config and a build.
 //! - [`instance`]: observed state of an instance (lifecycle, exit status).
-//! - [`lease`]: lease timing between agents and the coordinator leader (fencing margin).
+//! - [`lease`]: leases between agents and the coordinator leader: timing (the fencing margin)
+//!   and the leader's table of renewals.
 //! - [`limits`]: the largest sizes and counts accepted from the wire and from config files.
 //! - [`restart`]: what the restart policy says after an exit.
 //! - [`reconcile`]: desired + observed instances -> the actions an agent must take.
@@ -17,6 +20,7 @@
 //! - [`scheduler`]: registry + deployment -> a placement plan.
 //! - [`ring`]: the bounded byte ring that holds console output.
 
+pub mod clock;
 pub mod config;
 pub mod digest;
 pub mod errors;

@@ -117,6 +117,17 @@ pub fn plan(registry: &Registry, app: &str, limit: usize, mint: &mut dyn FnMut()
     Some(plan)
 }
 
+/// Plans every running deployment that has empty slots, up to `limit` placements each; only
+/// plans that place something.
+pub fn plan_round(registry: &Registry, limit: usize, mint: &mut dyn FnMut() -> InstanceId) -> Vec<Plan> {
+    let apps: Vec<&str> =
+        registry.deployments().filter(|d| d.desired == Desired::Running).map(|d| d.spec.app.as_str()).collect();
+    apps.into_iter()
+        .filter_map(|app| plan(registry, app, limit, mint))
+        .filter(|plan| !plan.placements.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

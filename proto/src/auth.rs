@@ -53,7 +53,7 @@ pub fn agent_policy(_: &str) -> &'static [Role] {
 pub fn coordinator_policy(path: &str) -> &'static [Role] {
     match method(path) {
         "GetClusterInfo" | "ListHosts" | "GetStatus" | "GetEvents" => READERS,
-        "RegisterHost" | "Heartbeat" | "WatchAssignments" | "FetchBlob" => AGENTS,
+        "RegisterHost" | "Heartbeat" | "ReportInstances" | "WatchAssignments" | "FetchBlob" => AGENTS,
         "AddMember" | "RemoveMember" | "Propose" | "PutBlob" | "MissingBlobs" | "Build" | "StreamConsole" => OPERATORS,
         _ => COORDINATORS,
     }

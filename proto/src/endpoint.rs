@@ -66,6 +66,20 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// Every connection pings its peer this often when idle, and gives up on it when a ping goes
+/// unanswered for [`KEEPALIVE_TIMEOUT`]: a peer cut off the network (whose packets are dropped,
+/// so no error ever arrives) is noticed in seconds, by clients and servers alike.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A gRPC server with the keepalives every Mirari server uses.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+}
+
 /// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -105,7 +119,14 @@ impl Endpoint {
                     }
                     None => Channel::from_shared(format!("http://{host_port}")).map_err(invalid)?,
                 };
-                endpoint.connect().await.map_err(wrap)
+                endpoint
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                    .keep_alive_while_idle(true)
+                    .connect()
+                    .await
+                    .map_err(wrap)
             }
             Endpoint::Unix(path) => {
                 let path = path.clone();

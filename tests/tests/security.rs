@@ -12,7 +12,8 @@ use mirari_proto::agent::agent_client::AgentClient;
 use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
 use mirari_proto::coordinator::peer_client::PeerClient;
 use mirari_proto::coordinator::{
-    ClusterInfoRequest, HeartbeatRequest, ProposeRequest, RaftBatch, RegisterHostRequest, WatchAssignmentsRequest,
+    ClusterInfoRequest, HeartbeatRequest, ProposeRequest, RaftBatch, RegisterHostRequest, ReportInstancesRequest,
+    WatchAssignmentsRequest,
 };
 use mirari_proto::log_codec;
 use mirari_proto::registry::Host as RegistryHost;
@@ -135,11 +136,18 @@ async fn every_port_refuses_what_it_must_and_serves_what_it_may() {
     for address in &ports.coordinators {
         let mut client = CoordinatorClient::new(channel(address, &ca, Some(&agent)).await.unwrap());
         let victim = cluster.agents[0].name.clone();
-        let heartbeat = client.heartbeat(HeartbeatRequest { host: victim.clone(), reports: vec![] }).await;
+        let heartbeat = client.heartbeat(HeartbeatRequest { host: victim.clone() }).await;
+        let report = client.report_instances(ReportInstancesRequest { host: victim.clone(), reports: vec![] }).await;
         let watch = client.watch_assignments(WatchAssignmentsRequest { host: victim.clone() }).await.map(|_| ());
         let host = RegistryHost { id: victim.clone(), address: "10.9.9.9:1".into(), status: 1, ..Default::default() };
         let register = client.register_host(RegisterHostRequest { host: Some(host) }).await.map(|_| ());
-        for (what, outcome) in [("heartbeat", heartbeat.map(|_| ())), ("watch", watch), ("register", register)] {
+        let outcomes = [
+            ("heartbeat", heartbeat.map(|_| ())),
+            ("report", report.map(|_| ())),
+            ("watch", watch),
+            ("register", register),
+        ];
+        for (what, outcome) in outcomes {
             let error = outcome.expect_err("another host's certificate");
             assert_eq!(error.code(), tonic::Code::PermissionDenied, "{what}: {error}");
             let expected =

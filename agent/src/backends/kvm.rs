@@ -220,7 +220,13 @@ impl Backend for KvmBackend {
         let accelerator = self.accelerator(launch.spec.run.accelerator)?;
         let argv = self.qemu_argv(launch, accelerator)?;
         let _ = std::fs::remove_file(Self::qmp_socket(launch));
-        let payload = Payload { dir: launch.dir.clone(), argv, env: Vec::new(), stderr: StderrTo::Log };
+        let payload = Payload {
+            dir: launch.dir.clone(),
+            fence: launch.fence.clone(),
+            argv,
+            env: Vec::new(),
+            stderr: StderrTo::Log,
+        };
         let shim = self.launcher.spawn(&payload).await?;
         let handle = Handle::encode(&KvmHandle { shim, accelerator: accelerator.to_owned() });
         if let Err(error) = self.wait_until_ready(launch).await {

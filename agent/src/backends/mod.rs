@@ -74,6 +74,10 @@ pub struct Launch {
     /// The verified file images, in declaration order.
     pub files: Vec<PathBuf>,
     pub spec: InstanceSpec,
+    /// For a cluster instance, the file holding its fencing deadline (see
+    /// `crate::supervisor::fence`): its supervisor kills it once that passes. `None` for a
+    /// local instance, which no lease governs.
+    pub fence: Option<PathBuf>,
 }
 
 /// A backend's own record of a started instance, opaque to the agent, persisted with it.

@@ -87,7 +87,8 @@ impl Backend for UnixBackend {
         for (index, file) in launch.files.iter().enumerate() {
             env.push((format!("MIRARI_BLOCK_{index}"), file.clone().into()));
         }
-        let payload = Payload { dir: launch.dir.clone(), argv, env, stderr: StderrTo::Console };
+        let payload =
+            Payload { dir: launch.dir.clone(), fence: launch.fence.clone(), argv, env, stderr: StderrTo::Console };
         let shim = self.launcher.spawn(&payload).await?;
         Ok(Handle::encode(&UnixHandle { shim }))
     }

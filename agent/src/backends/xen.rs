@@ -423,6 +423,7 @@ mod tests {
             dir: "/var/lib/mirari/agent/instances/00000000000000ab".into(),
             artifact: "/store/sha256/kernel".into(),
             files: vec!["/store/sha256/data".into()],
+            fence: None,
             spec: InstanceSpec {
                 app: "hello".into(),
                 version: "1".into(),

@@ -49,6 +49,8 @@ pub struct ShimLauncher {
 #[derive(Debug, Clone)]
 pub struct Payload {
     pub dir: PathBuf,
+    /// The fencing deadline file the shim watches (cluster instances only).
+    pub fence: Option<PathBuf>,
     pub argv: Vec<OsString>,
     pub env: Vec<(String, OsString)>,
     pub stderr: StderrTo,
@@ -75,6 +77,7 @@ impl ShimLauncher {
             .arg(self.console_bytes.to_string())
             .arg("--stderr")
             .arg(stderr_to)
+            .args(payload.fence.iter().flat_map(|fence| [OsString::from("--fence-file"), fence.into()]))
             .arg("--")
             .args(&payload.argv)
             .envs(payload.env.iter().map(|(k, v)| (k, v)))

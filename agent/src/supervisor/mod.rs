@@ -12,8 +12,10 @@
 //! - [`proc`]: process identity (pid plus start time), so a reused pid is never mistaken.
 //! - [`shim`]: the shim process itself.
 //! - [`client`]: the agent side: start a shim, stream its console, learn how it ended.
+//! - [`fence`]: the fencing deadline file cluster shims enforce even when the agent is dead.
 
 pub mod client;
+pub mod fence;
 pub mod proc;
 pub mod protocol;
 pub mod shim;

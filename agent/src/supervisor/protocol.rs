@@ -81,7 +81,6 @@ impl ShimPaths {
     }
 }
 
-/// Writes a file so that readers see either the old content or all of the new.
 pub fn encode_frame(offset: u64, data: &[u8]) -> Vec<u8> {
     let len = u32::try_from(data.len()).expect("frames are at most MAX_FRAME bytes");
     let mut frame = Vec::with_capacity(12 + data.len());

@@ -26,8 +26,9 @@ use tokio::time::timeout;
 use super::proc::ProcessId;
 use mirari_blobs::write_atomically;
 
+use super::fence;
 use super::protocol::{ExitRecord, MAX_FRAME, ShimInfo, ShimPaths, encode_frame};
-use crate::clock::now_ms;
+use mirari_core::clock::wall_ms as now_ms;
 
 /// How long the shim waits, after the payload exits, for its last output and for clients to
 /// read it. Grandchildren may keep the pipes open; they must not keep the shim alive.
@@ -54,6 +55,9 @@ pub struct ShimArgs {
     pub console_bytes: usize,
     #[arg(long, value_enum, default_value = "console")]
     pub stderr: StderrTo,
+    /// A cluster instance's fencing deadline file: the payload is killed once it has passed.
+    #[arg(long)]
+    pub fence_file: Option<PathBuf>,
     /// The payload command and its arguments.
     #[arg(required = true, last = true)]
     pub command: Vec<OsString>,
@@ -119,8 +123,16 @@ async fn supervise(args: ShimArgs) -> Result<(), ShimError> {
         },
     ];
     let clients = spawn_local(serve_clients(listener, console.clone(), end_rx, done_rx));
+    let fencing = args
+        .fence_file
+        .clone()
+        .zip(child.id())
+        .map(|(file, pid)| spawn_local(enforce_fence(file, pid, console.clone())));
 
     let status = child.wait().await.map_err(failed("wait for the payload"))?;
+    if let Some(fencing) = fencing {
+        fencing.abort();
+    }
     let _ = timeout(DRAIN_TIMEOUT, futures::future::join_all(pumps)).await;
     let status = match (status.code(), status.signal()) {
         (Some(code), _) => ExitStatus::Code(code),
@@ -137,6 +149,26 @@ async fn supervise(args: ShimArgs) -> Result<(), ShimError> {
     let _ = timeout(DRAIN_TIMEOUT, clients).await;
     let _ = fs::remove_file(&socket);
     Ok(())
+}
+
+/// Kills the payload once the fencing deadline in `file` has passed (the agent could not
+/// renew the host's lease, or could not stop the instance itself). A deadline that cannot be
+/// read keeps the last one read; with none ever read, the payload is fenced at once.
+async fn enforce_fence(file: PathBuf, pid: u32, console: Rc<RefCell<ByteRing>>) {
+    let mut deadline = 0;
+    loop {
+        deadline = fence::read(&file).unwrap_or(deadline);
+        let now = mirari_core::clock::boot_ms();
+        if now >= deadline {
+            let note =
+                format!("\n[mirari: fenced: the host's cluster lease ran out {} ms ago; killed]\n", now - deadline);
+            console.borrow_mut().push(note.as_bytes());
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            return;
+        }
+        tokio::time::sleep(fence::POLL).await;
+    }
 }
 
 /// Has the kernel kill the payload if the shim dies, so no instance outlives its supervisor

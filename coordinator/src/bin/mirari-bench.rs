@@ -322,7 +322,13 @@ mod simulated {
                         })
                         .collect();
                     let sent = pending.len();
-                    if client.heartbeat(pb::HeartbeatRequest { host: name.clone(), reports }).await.is_ok() && sent > 0 {
+                    let _ = client.heartbeat(pb::HeartbeatRequest { host: name.clone() }).await;
+                    if sent > 0
+                        && client
+                            .report_instances(pb::ReportInstancesRequest { host: name.clone(), reports })
+                            .await
+                            .is_ok()
+                    {
                         pending.drain(..sent);
                         counters.acknowledged.fetch_add(sent, Ordering::Relaxed);
                     }

@@ -1,0 +1,321 @@
+//! Scenarios of the agent's decisions: inputs in, effects out, time passed by hand.
+
+use std::collections::BTreeSet;
+
+use mirari_core::digest::Digest;
+use mirari_core::registry::{HostId, HostStatus, Resources};
+use mirari_core::spec::RunPolicy;
+use mirari_core::target::Target;
+
+use super::*;
+
+fn spec() -> InstanceSpec {
+    InstanceSpec {
+        app: "hello".into(),
+        version: "1".into(),
+        target: Target::Unix,
+        artifact: Digest::of(b"hello"),
+        files: vec![],
+        run: RunPolicy { stop_timeout_secs: 10, ..RunPolicy::default() },
+    }
+}
+
+fn id(n: u64) -> InstanceId {
+    InstanceId::from_u64(n)
+}
+
+fn handle(n: u64) -> Handle {
+    Handle(serde_json::json!({ "run": n }))
+}
+
+fn host() -> registry::Host {
+    registry::Host {
+        id: HostId("h1".into()),
+        address: "10.0.0.1:7401".into(),
+        backends: [Target::Unix].into(),
+        capacity: Resources { memory_mib: 1024, vcpus: 8, instances: 16 },
+        labels: Default::default(),
+        status: HostStatus::Up,
+        registered_at_ms: 0,
+        status_changed_at_ms: 0,
+    }
+}
+
+const LEASE: Lease = Lease { ttl_ms: 3_000, register_again: false };
+
+/// A host and a clock that moves only when told.
+struct Agent {
+    host: Host,
+    now: Now,
+}
+
+impl Agent {
+    fn local() -> Self {
+        Self { host: Host::open(vec![], None).0, now: Now { wall_ms: 1_000_000, boot_ms: 10_000 } }
+    }
+
+    fn joined() -> Self {
+        let mut agent = Self {
+            host: Host::open(vec![], Some((host(), LeaseTiming::default()))).0,
+            now: Now { wall_ms: 1_000_000, boot_ms: 10_000 },
+        };
+        let effects = agent.tick();
+        assert!(matches!(effects.as_slice(), [Effect::Register(h)] if h.id.0 == "h1"), "{effects:?}");
+        let sent = agent.now.boot_ms;
+        let effects = agent.input(Input::Registered { sent_ms: sent, outcome: Ok(LEASE) });
+        assert_eq!(
+            effects,
+            [Effect::FenceDeadline { boot_ms: sent + 3_000 + 1_000 }, Effect::WatchAssignments { epoch: 1 }]
+        );
+        agent
+    }
+
+    fn at(&mut self, boot_ms: u64) {
+        assert!(boot_ms >= self.now.boot_ms);
+        self.now.wall_ms += boot_ms - self.now.boot_ms;
+        self.now.boot_ms = boot_ms;
+    }
+
+    fn input(&mut self, input: Input) -> Vec<Effect> {
+        self.host.handle(self.now, input)
+    }
+
+    fn tick(&mut self) -> Vec<Effect> {
+        self.input(Input::Tick)
+    }
+
+    fn phase(&self, n: u64) -> Phase {
+        self.host.record(id(n)).expect("known").lifecycle.phase
+    }
+
+    /// Assigns `ids` in the current epoch and has their blobs arrive; returns the effects.
+    fn assign(&mut self, ids: &[u64]) -> Vec<Effect> {
+        let epoch = self.host.lease_epoch();
+        let instances = ids.iter().map(|&n| (id(n), spec())).collect();
+        let effects = self.input(Input::Assigned { epoch, instances });
+        let Some(Effect::FetchBlobs { generation, digests }) = effects.last().cloned() else {
+            panic!("no fetch in {effects:?}");
+        };
+        assert_eq!(digests, [Digest::of(b"hello")]);
+        self.input(Input::BlobsFetched { generation, ok: true })
+    }
+
+    /// Has instance `n`'s start succeed with run handle `n`.
+    fn started(&mut self, n: u64) -> Vec<Effect> {
+        self.input(Input::Started { id: id(n), outcome: Ok((handle(n), format!("pid {n}"))) })
+    }
+}
+
+fn kinds(effects: &[Effect]) -> Vec<&'static str> {
+    effects
+        .iter()
+        .map(|e| match e {
+            Effect::Persist { .. } => "persist",
+            Effect::Start(_) => "start",
+            Effect::Watch(_) => "watch",
+            Effect::Stop { .. } => "stop",
+            Effect::Release { .. } => "release",
+            Effect::Recover(_) => "recover",
+            Effect::Register(_) => "register",
+            Effect::Renew => "renew",
+            Effect::Report(_) => "report",
+            Effect::WatchAssignments { .. } => "watch-assignments",
+            Effect::StopWatchingAssignments => "stop-watching-assignments",
+            Effect::FetchBlobs { .. } => "fetch-blobs",
+            Effect::FenceDeadline { .. } => "fence-deadline",
+        })
+        .collect()
+}
+
+#[test]
+fn a_local_run_is_persisted_before_it_starts_and_cleaned_up_after_it_ends() {
+    let mut agent = Agent::local();
+    let effects = agent.input(Input::Run { spec: spec(), ids: vec![id(1)] });
+    assert_eq!(kinds(&effects), ["persist", "start"]);
+    let Effect::Persist { new, changed } = &effects[0] else { unreachable!() };
+    assert_eq!((new.len(), changed.len()), (1, 0));
+    assert_eq!(new[0].lifecycle.phase, Phase::Starting, "persisted as starting, before the start");
+
+    assert_eq!(kinds(&agent.started(1)), ["persist", "watch"]);
+    assert_eq!(agent.phase(1), Phase::Running);
+    let ended =
+        agent.input(Input::Ended { id: id(1), ended: Ended::Exited(ExitStatus::Code(0)), context: String::new() });
+    assert_eq!(kinds(&ended), ["persist", "release"]);
+    assert!(agent.host.is_busy(id(1)), "no new run before the old one is cleaned up");
+    agent.input(Input::Released { id: id(1), handle: Some(handle(1)), ok: true });
+    assert_eq!(agent.host.record(id(1)).unwrap().handle, None);
+    assert!(!agent.host.is_busy(id(1)));
+}
+
+#[test]
+fn a_stop_uses_the_stop_timeout_and_the_run_ends_stopped() {
+    let mut agent = Agent::local();
+    agent.input(Input::Run { spec: spec(), ids: vec![id(1)] });
+    agent.started(1);
+    let effects = agent.input(Input::Stop { id: id(1) });
+    assert_eq!(kinds(&effects), ["persist", "stop"]);
+    assert!(matches!(&effects[1], Effect::Stop { timeout_secs: 10, handle: h, .. } if *h == handle(1)));
+    agent.input(Input::StopReturned { id: id(1), outcome: Ok(false), timeout_secs: 10 });
+    agent.input(Input::Ended { id: id(1), ended: Ended::Exited(ExitStatus::Signal(15)), context: String::new() });
+    assert_eq!(agent.phase(1), Phase::Stopped);
+    assert_eq!(agent.host.record(id(1)).unwrap().stop_forced, Some(false));
+}
+
+#[test]
+fn records_found_at_start_are_recovered_or_cleaned_up_first() {
+    let mut live = InstanceRecord::new(id(1), Origin::Local, spec(), 0);
+    live.lifecycle.on_starting();
+    live.lifecycle.on_running(0);
+    live.handle = Some(handle(1));
+    let mut ended = InstanceRecord::new(id(2), Origin::Local, spec(), 0);
+    ended.lifecycle.phase = Phase::Exited;
+    ended.handle = Some(handle(2));
+    let (mut host, effects) = Host::open(vec![live, ended], None);
+    assert_eq!(kinds(&effects), ["recover", "release"]);
+    let now = Now { wall_ms: 5_000, boot_ms: 5_000 };
+    // Nothing else happens to them until recovery answers.
+    assert!(host.handle(now, Input::Tick).is_empty());
+    let adopted = host.handle(now, Input::Adopted { id: id(1), handle: handle(1) });
+    assert_eq!(kinds(&adopted), ["persist", "watch"]);
+}
+
+#[test]
+fn assignments_run_only_within_the_lease_they_were_heard_in() {
+    let mut agent = Agent::joined();
+    let effects = agent.assign(&[1, 2]);
+    assert_eq!(kinds(&effects), ["persist", "report", "start", "start"]);
+    let Effect::Persist { new, .. } = &effects[0] else { unreachable!() };
+    assert!(new.iter().all(|r| r.origin == Origin::Cluster));
+    // A set heard in an older epoch is ignored.
+    let stale = agent.input(Input::Assigned { epoch: 0, instances: vec![(id(9), spec())] });
+    assert!(stale.is_empty(), "{stale:?}");
+    assert!(agent.host.record(id(9)).is_none());
+}
+
+#[test]
+fn the_lease_runs_out_on_its_own_timer_and_fences_with_the_short_stop() {
+    let mut agent = Agent::joined();
+    let registered_at = agent.now.boot_ms;
+    agent.assign(&[1]);
+    agent.started(1);
+    // Renewals stop being answered (the coordinators are cut off): nothing is acknowledged.
+    agent.at(registered_at + 1_000);
+    assert_eq!(kinds(&agent.tick()), ["renew"]);
+    agent.at(registered_at + 1_800);
+    assert!(kinds(&agent.input(Input::Renewed { sent_ms: registered_at + 1_000, outcome: Err(()) })).is_empty());
+    // The machine asks to be woken exactly when the lease ends, whatever the RPCs do.
+    assert_eq!(agent.host.wake_at(agent.now), registered_at + 2_000, "the retry comes first");
+    assert_eq!(kinds(&agent.tick()), [] as [&str; 0], "still before the retry");
+    agent.at(registered_at + 2_999);
+    agent.tick();
+    assert!(agent.host.has_lease(agent.now));
+    assert_eq!(agent.phase(1), Phase::Running);
+    agent.at(registered_at + 3_000);
+    let fenced = agent.tick();
+    assert_eq!(kinds(&fenced), ["persist", "stop-watching-assignments", "stop"], "{fenced:?}");
+    assert!(matches!(&fenced[2], Effect::Stop { timeout_secs: 1, .. }), "fencing waits fence_stop, not 10 s");
+    assert!(!agent.host.has_lease(agent.now));
+}
+
+#[test]
+fn a_renewal_acknowledged_too_late_does_not_revive_the_lease() {
+    let mut agent = Agent::joined();
+    let sent = agent.now.boot_ms;
+    agent.at(sent + 3_500);
+    agent.tick();
+    assert!(!agent.host.has_lease(agent.now));
+    let late = agent.input(Input::Renewed { sent_ms: sent, outcome: Ok(LEASE) });
+    assert!(!kinds(&late).contains(&"watch-assignments"));
+    assert!(!agent.host.has_lease(agent.now));
+}
+
+#[test]
+fn a_fenced_instance_still_stopping_runs_again_when_reassigned() {
+    let mut agent = Agent::joined();
+    let start = agent.now.boot_ms;
+    agent.assign(&[1]);
+    agent.started(1);
+    agent.at(start + 3_000);
+    agent.tick();
+    assert_eq!(agent.phase(1), Phase::Stopping);
+    // The lease comes back (a new epoch) while the graceful stop is under way.
+    agent.at(start + 3_400);
+    let regained = agent.input(Input::Renewed { sent_ms: start + 3_300, outcome: Ok(LEASE) });
+    assert!(regained.contains(&Effect::WatchAssignments { epoch: 2 }), "{regained:?}");
+    agent.assign(&[1]);
+    agent.input(Input::StopReturned { id: id(1), outcome: Ok(false), timeout_secs: 1 });
+    let ended =
+        agent.input(Input::Ended { id: id(1), ended: Ended::Exited(ExitStatus::Code(0)), context: String::new() });
+    assert_eq!(kinds(&ended), ["persist", "release"]);
+    agent.input(Input::Released { id: id(1), handle: Some(handle(1)), ok: true });
+    assert_eq!(agent.phase(1), Phase::Starting, "wanted running, it converges to running");
+}
+
+#[test]
+fn cluster_instances_do_not_restart_without_a_lease() {
+    let mut agent = Agent::joined();
+    let start = agent.now.boot_ms;
+    agent.assign(&[1]);
+    agent.started(1);
+    agent.input(Input::Ended { id: id(1), ended: Ended::Exited(ExitStatus::Code(3)), context: String::new() });
+    agent.input(Input::Released { id: id(1), handle: Some(handle(1)), ok: true });
+    let due = agent.host.record(id(1)).unwrap().lifecycle.restart_due_ms.expect("a restart is due");
+    assert!(due > agent.now.wall_ms);
+    agent.at(start + 3_000);
+    agent.tick();
+    agent.at(start + 60_000);
+    let effects = agent.tick();
+    assert!(!kinds(&effects).contains(&"start"), "{effects:?}");
+}
+
+#[test]
+fn a_report_is_sent_for_what_changed_and_resent_after_a_failure() {
+    let mut agent = Agent::joined();
+    let effects = agent.assign(&[1]);
+    let report = |effects: &[Effect]| {
+        effects.iter().find_map(|e| match e {
+            Effect::Report(reports) => Some(reports.clone()),
+            _ => None,
+        })
+    };
+    let first = report(&effects).expect("the new instance is reported");
+    assert_eq!((first.len(), first[0].phase), (1, Phase::Starting));
+    // One report at a time: the start is reported after the first is answered.
+    assert!(report(&agent.started(1)).is_none());
+    let next = report(&agent.input(Input::Reported { reports: first, ok: true })).expect("the start is reported");
+    assert_eq!(next[0].phase, Phase::Running);
+    assert!(report(&agent.input(Input::Reported { reports: next.clone(), ok: false })).is_none());
+    let retry_at = agent.host.wake_at(agent.now);
+    agent.at(retry_at);
+    assert_eq!(report(&agent.tick()), Some(next.clone()));
+    assert!(report(&agent.input(Input::Reported { reports: next, ok: true })).is_none(), "nothing left to say");
+}
+
+#[test]
+fn an_assignment_that_drops_an_instance_stops_it_and_keeps_the_others() {
+    let mut agent = Agent::joined();
+    agent.assign(&[1, 2]);
+    agent.started(1);
+    agent.started(2);
+    let effects = agent.assign(&[2]);
+    let stopped: BTreeSet<InstanceId> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Stop { record, .. } => Some(record.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stopped, [id(1)].into());
+    assert_eq!(agent.phase(2), Phase::Running);
+}
+
+#[test]
+fn register_again_when_the_cluster_lost_this_host() {
+    let mut agent = Agent::joined();
+    let sent = agent.now.boot_ms;
+    agent.at(sent + 1_000);
+    assert_eq!(kinds(&agent.tick()), ["renew"]);
+    let again = agent
+        .input(Input::Renewed { sent_ms: sent + 1_000, outcome: Ok(Lease { ttl_ms: 3_000, register_again: true }) });
+    assert_eq!(kinds(&again), ["register"]);
+}
