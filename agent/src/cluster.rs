@@ -35,6 +35,8 @@ const CALL_DEADLINE: Duration = Duration::from_secs(5);
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// Before opening the assignment stream again after it broke.
 const REWATCH_DELAY: Duration = Duration::from_millis(300);
+/// An assignment stream silent this long is given up for another coordinator's.
+const QUIET_STREAM: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -216,7 +218,12 @@ pub async fn watch_assignments(
         let request = pb::WatchAssignmentsRequest { host: host.clone() };
         let opened = coordinators.call(CALL_DEADLINE, |mut c| async move { c.watch_assignments(request).await }).await;
         if let Some(mut stream) = opened {
-            while let Ok(Some(assignments)) = stream.message().await {
+            // A stream that goes quiet is as good as broken: its coordinator says "unchanged"
+            // every second while it can confirm it is current.
+            while let Ok(Ok(Some(assignments))) = tokio::time::timeout(QUIET_STREAM, stream.message()).await {
+                if assignments.unchanged {
+                    continue;
+                }
                 match decode_assignments(&assignments) {
                     Ok(instances) => {
                         if inputs.send(Input::Assigned { epoch, instances }).is_err() {

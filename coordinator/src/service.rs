@@ -34,8 +34,9 @@ use crate::transport::MAX_RAFT_MESSAGE_BYTES;
 
 /// A status of 100,000 instances is a large message.
 const MAX_STATUS_BYTES: usize = 256 << 20;
-/// Assignment streams look again at least this often, and at most this often.
-const ASSIGNMENT_RECHECK: Duration = Duration::from_secs(2);
+/// Assignment streams look again (and say the set is unchanged) at least this often, and at
+/// most every `ASSIGNMENT_MIN_INTERVAL`.
+const ASSIGNMENT_RECHECK: Duration = Duration::from_secs(1);
 const ASSIGNMENT_MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long a write or read barrier may wait for raft before the caller is told to retry.
@@ -235,8 +236,9 @@ impl CoordinatorService {
         }
     }
 
-    /// Forwards to the leader this node knows. A leader that does not answer is forgotten; if
-    /// another is elected before `give_up`, the call goes there instead.
+    /// Forwards to the leader this node knows. When another is elected meanwhile, or the one
+    /// asked does not answer, the call goes to the new one (a retried write applies once: it
+    /// keeps its request ID), until `give_up`.
     async fn forward_to_leader<T, R, F>(&self, give_up: tokio::time::Instant, remote: R) -> Result<Response<T>, Status>
     where
         R: Fn(CoordinatorClient<Channel>) -> F,
@@ -245,6 +247,7 @@ impl CoordinatorService {
         let mut tried: Option<String> = None;
         let mut last = Status::unavailable("no leader is elected right now; retry shortly");
         loop {
+            let leader = self.raft.status().leader;
             let known = self.leader_address().filter(|address| tried.as_ref() != Some(address));
             let Some(address) = known else {
                 // No leader known, or only the one that just failed: wait for the next election.
@@ -256,8 +259,10 @@ impl CoordinatorService {
                 continue;
             };
             let attempt = tokio::time::timeout_at(give_up, async {
-                let client = self.leader_client(&address).await?;
-                remote(client).await
+                tokio::select! {
+                    answer = async { remote(self.leader_client(&address).await?).await } => answer,
+                    () = self.leader_moves_from(leader) => Err(Status::unavailable("the leader changed")),
+                }
             });
             match attempt.await {
                 Ok(Ok(answer)) => return Ok(answer),
@@ -274,6 +279,14 @@ impl CoordinatorService {
                     tried = Some(address);
                 }
             }
+        }
+    }
+
+    /// Resolves once this node knows of a leader other than `leader`.
+    async fn leader_moves_from(&self, leader: Option<u64>) {
+        let mut raft = self.raft.clone();
+        while raft.status().leader == leader {
+            raft.status_changed().await;
         }
     }
 
@@ -527,11 +540,14 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 seen_version = raft.machine().registry.host_version(&host);
                 looked_at = tokio::time::Instant::now();
                 let next = assignments_of(&raft, &host);
-                if next.instances != last.instances {
+                let message = if next.instances == last.instances {
+                    pb::Assignments { index: next.index, instances: Vec::new(), unchanged: true }
+                } else {
                     last = next.clone();
-                    if sender.send(Ok(next)).await.is_err() {
-                        return;
-                    }
+                    next
+                };
+                if sender.send(Ok(message)).await.is_err() {
+                    return;
                 }
             }
         });
@@ -609,5 +625,5 @@ fn assignments_of(raft: &RaftHandle, host: &HostId) -> pb::Assignments {
             Some(pb::Assignment { id: instance.id.as_u64(), spec: Some(wire_agent::InstanceSpec::from(&spec)) })
         })
         .collect();
-    pb::Assignments { index: registry.applied_index(), instances }
+    pb::Assignments { index: registry.applied_index(), instances, unchanged: false }
 }

@@ -90,6 +90,12 @@ pub enum ConnectError {
     #[error("the TLS certificate of {endpoint} is not trusted: {reason}")]
     Untrusted { endpoint: Endpoint, reason: String },
     #[error("cannot connect to {endpoint}")]
+    NoConnection {
+        endpoint: Endpoint,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {endpoint}")]
     Unreachable {
         endpoint: Endpoint,
         #[source]
@@ -107,6 +113,9 @@ impl Endpoint {
                 let endpoint = match client_identity() {
                     Some(tls) => {
                         preflight(tls, host_port).await.map_err(|error| match error {
+                            PreflightError::Unreachable(source) => {
+                                ConnectError::NoConnection { endpoint: self.clone(), source }
+                            }
                             PreflightError::Refused(reason) => ConnectError::Refused { endpoint: self.clone(), reason },
                             PreflightError::Untrusted(reason) => {
                                 ConnectError::Untrusted { endpoint: self.clone(), reason }

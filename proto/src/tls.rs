@@ -240,7 +240,8 @@ impl ClientTls {
 /// handshake done, so a refusal reaches the client as a closed connection, or as an alert it
 /// may never read. This check does the handshake, starts HTTP/2 and reads the server's first
 /// answer, where the server's alert, if any, is: "received fatal alert: UnknownCA". A server
-/// that cannot be reached at all passes: the real connection reports that.
+/// that cannot be reached at all is reported as such at once, so the caller does not try
+/// again.
 pub(crate) async fn preflight(tls: &ClientTls, host_port: &str) -> Result<(), PreflightError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
@@ -248,8 +249,10 @@ pub(crate) async fn preflight(tls: &ClientTls, host_port: &str) -> Result<(), Pr
     let host = host_port.rsplit_once(':').map_or(host_port, |(host, _)| host).trim_matches(['[', ']']);
     let name = rustls::pki_types::ServerName::try_from(host.to_owned())
         .map_err(|e| PreflightError::Untrusted(format!("`{host}` is not a server name: {e}")))?;
-    let Ok(Ok(tcp)) = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(host_port)).await else {
-        return Ok(());
+    let tcp = match tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(host_port)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(error)) => return Err(PreflightError::Unreachable(error)),
+        Err(_) => return Err(PreflightError::Unreachable(std::io::ErrorKind::TimedOut.into())),
     };
     let check = async {
         let mut stream = tokio_rustls::TlsConnector::from(tls.rustls.clone()).connect(name, tcp).await?;
@@ -277,8 +280,10 @@ pub(crate) async fn preflight(tls: &ClientTls, host_port: &str) -> Result<(), Pr
 }
 
 /// What the pre-flight TLS check found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum PreflightError {
+    /// No TCP connection could be made.
+    Unreachable(std::io::Error),
     /// The server refused this client (its certificate, usually).
     Refused(String),
     /// This client does not trust the server's certificate.

@@ -71,6 +71,13 @@ impl ClusterAgent {
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the agent process: alive, but doing nothing.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        assert!(Command::new("kill").args([signal, &pid]).status().is_ok_and(|s| s.success()));
+    }
+
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "still running");
         self.spawn();
@@ -96,17 +103,7 @@ impl ClusterAgent {
 
     /// IDs of the instances whose process is alive on this host.
     pub fn live_instances(&self) -> Vec<String> {
-        let Ok(entries) = fs::read_dir(self.state_dir.join("instances")) else { return Vec::new() };
-        entries
-            .flatten()
-            .filter(|entry| {
-                let Ok(info) = fs::read(entry.path().join("shim.json")) else { return false };
-                let Ok(info) = serde_json::from_slice::<Value>(&info) else { return false };
-                let pid = info["payload"]["pid"].as_u64().unwrap_or(0);
-                fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
-            })
-            .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .collect()
+        crate::sampler::live_processes(&self.state_dir).into_keys().collect()
     }
 
     pub fn log(&self) -> String {
@@ -255,6 +252,22 @@ impl Cluster {
             }
             Ok(per_host)
         })
+    }
+
+    /// Starts sampling the instance processes of every agent host.
+    pub fn sampler(&self) -> crate::sampler::Sampler {
+        crate::sampler::Sampler::start(self.agents.iter().map(|a| (a.name.clone(), a.state_dir.clone())).collect())
+    }
+
+    /// Instance ID -> slot, for every instance the status lists.
+    pub fn slots(&self) -> BTreeMap<String, u64> {
+        let status = self.status().expect("status");
+        status["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| Some((i["id"].as_str()?.to_owned(), i["slot"].as_u64()?)))
+            .collect()
     }
 
     pub fn pki(&self) -> Pki {

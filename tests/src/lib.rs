@@ -2,7 +2,7 @@
 //! directory and artifact store per test, and the example app copied so tests can change it.
 //!
 //! [`netns`] makes test hosts out of network namespaces; [`coordinators`] runs coordinator
-//! processes on them.
+//! processes on them; [`sampler`] watches the real instance processes on every host.
 //!
 //! The binaries come from the cargo target directory; `./test.sh` builds them before the tests.
 //! Waiting is always a poll with a deadline ([`eventually`]), never a fixed sleep.
@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod coordinators;
 pub mod netns;
 pub mod pki;
+pub mod sampler;
 
 /// A real binary of the workspace, built by `cargo build --workspace --bins`.
 pub fn bin(name: &str) -> PathBuf {

@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::Instant;
 
 use mirari_tests::cluster::{Cluster, DEADLINE};
-use mirari_tests::{eventually, stderr};
+use mirari_tests::{eventually, stderr, stdout};
 
 fn cluster() -> Cluster {
     let cluster = Cluster::start(3, 3);
@@ -24,6 +24,13 @@ fn deploy(cluster: &Cluster, count: u32) {
 fn scale(cluster: &Cluster, count: u32) {
     let out = cluster.mirari(&["cluster", "scale", "hello", &count.to_string()]);
     assert!(out.status.success(), "scale failed: {}", stderr(&out));
+}
+
+fn edit_config(cluster: &Cluster, from: &str, to: &str) {
+    let path = cluster.app_dir.join("mirari.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "mirari.toml has no {from:?}");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
 }
 
 fn spread(per_host: &BTreeMap<String, usize>) -> Vec<usize> {
@@ -79,25 +86,46 @@ fn deploys_scales_and_replaces_a_lost_host() {
 }
 
 #[test]
-fn a_partitioned_host_fences_and_no_slot_runs_twice() {
+fn a_partitioned_host_is_fenced_before_its_replacements_start_and_no_slot_runs_twice() {
     let mut cluster = cluster();
+    // Instances that ignore a graceful stop, so fencing must wait out its whole stop timeout.
+    edit_config(&cluster, r#""greeting=hello-from-mirari"]"#, r#""greeting=hello-from-mirari", "ignore-stop"]"#);
     deploy(&cluster, 6);
     cluster.wait_running("hello", 6);
+    let slots = cluster.slots();
     let coordinators: Vec<_> = cluster.coordinators.iter().map(|c| c.host.clone()).collect();
     let victim = &cluster.agents[0];
-    let before = victim.live_instances();
-    assert_eq!(before.len(), 2);
+    let fenced = victim.live_instances();
+    assert_eq!(fenced.len(), 2);
+
+    let sampler = cluster.sampler();
+    let cut = Instant::now();
     for coordinator in &coordinators {
         victim.host.cut_from(coordinator);
     }
-    // Fencing: the cut-off host stops its own instances before it is declared down.
-    eventually(Duration::from_secs(15), "the partitioned host to fence its instances", || {
-        let live = victim.live_instances();
-        if live.is_empty() { Ok(()) } else { Err(format!("{live:?}")) }
-    });
-    assert!(victim.log().contains("lease lost: fenced"), "{}", victim.log());
     let per_host = cluster.wait_running_avoiding("hello", 6, Some(&victim.name));
     assert!(!per_host.contains_key(&victim.name), "{per_host:?}");
+    let replaced = cluster.slots();
+    let timeline = sampler.finish();
+
+    // Order, from the processes themselves: every fenced instance was gone before the
+    // replacement of its slot was first seen.
+    for id in &fenced {
+        let slot = slots[id];
+        let gone = timeline.last_seen(id).expect("seen before the cut");
+        let (replacement, _) = replaced.iter().find(|(other, s)| **s == slot && *other != id).expect("replaced");
+        let started = timeline.first_seen(replacement).expect("the replacement ran");
+        assert!(gone < started, "slot {slot}: {id} was last seen after its replacement {replacement} started");
+        eprintln!(
+            "slot {slot}: fenced instance last seen {:?} after the cut, replacement first seen {:?} after it",
+            gone - cut,
+            started - cut
+        );
+    }
+    let all_slots: BTreeMap<String, u64> = slots.into_iter().chain(replaced).collect();
+    let doubles = timeline.slots_running_twice(&all_slots);
+    assert!(doubles.is_empty(), "slots ran twice: {doubles:?}");
+    assert!(victim.log().contains("lease lost: fenced"), "{}", victim.log());
 
     let applied = victim.assignments_applied();
     victim.host.heal();
@@ -110,16 +138,99 @@ fn a_partitioned_host_fences_and_no_slot_runs_twice() {
     let unique: BTreeSet<&String> = live.iter().collect();
     assert_eq!(live.len(), 6, "exactly six instance processes in the cluster: {live:?}");
     assert_eq!(unique.len(), 6);
-    assert!(before.iter().all(|id| !live.contains(id)), "a fenced instance came back: {before:?} in {live:?}");
+    assert!(fenced.iter().all(|id| !live.contains(id)), "a fenced instance came back: {fenced:?} in {live:?}");
     let status = cluster.status().unwrap();
-    let slots: BTreeSet<u64> = status["instances"]
+    let running_slots: BTreeSet<u64> = status["instances"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|i| i["desired"] == "running")
         .map(|i| i["slot"].as_u64().unwrap())
         .collect();
-    assert_eq!(slots, (0..6).collect());
+    assert_eq!(running_slots, (0..6).collect());
+}
+
+#[test]
+fn a_frozen_agents_instances_are_fenced_by_their_shims_before_they_are_replaced() {
+    let mut cluster = cluster();
+    deploy(&cluster, 6);
+    cluster.wait_running("hello", 6);
+    let slots = cluster.slots();
+    let victim = &cluster.agents[1];
+    let fenced = victim.live_instances();
+    assert_eq!(fenced.len(), 2);
+    let sampler = cluster.sampler();
+    // The agent can neither renew its lease nor stop anything: only its shims can fence.
+    victim.freeze(true);
+    cluster.wait_running_avoiding("hello", 6, Some(&victim.name));
+    let replaced = cluster.slots();
+    let timeline = sampler.finish();
+    for id in &fenced {
+        let gone = timeline.last_seen(id).expect("seen before the freeze");
+        let (replacement, _) =
+            replaced.iter().find(|(other, slot)| **slot == slots[id] && *other != id).expect("replaced");
+        let started = timeline.first_seen(replacement).expect("the replacement ran");
+        assert!(gone < started, "slot {}: {id} outlived the start of its replacement {replacement}", slots[id]);
+    }
+    let all_slots: BTreeMap<String, u64> = slots.into_iter().chain(replaced).collect();
+    let doubles = timeline.slots_running_twice(&all_slots);
+    assert!(doubles.is_empty(), "slots ran twice: {doubles:?}");
+    // Thawed, the agent finds its instances fenced and the host rejoins; every slot runs once.
+    victim.freeze(false);
+    cluster.wait_hosts_up(3);
+    cluster.wait_running("hello", 6);
+    let live: Vec<String> = cluster.agents.iter().flat_map(|a| a.live_instances()).collect();
+    assert_eq!(live.len(), 6, "{live:?}");
+    let consoles: String = fenced.iter().map(|id| stdout(&cluster.mirari(&["console", id]))).collect();
+    assert!(consoles.contains("fenced: the host's cluster lease ran out"), "{consoles}");
+}
+
+#[test]
+fn cutting_off_the_leaders_host_blocks_no_write_and_disturbs_no_instance() {
+    let mut cluster = cluster();
+    deploy(&cluster, 6);
+    cluster.wait_running("hello", 6);
+    let leader = cluster.leader().expect("a leader");
+    let sampler = cluster.sampler();
+    let cut_off = cluster.coordinators[leader].host.clone();
+    let others: Vec<_> = cluster
+        .coordinators
+        .iter()
+        .map(|c| c.host.clone())
+        .chain(cluster.agents.iter().map(|a| a.host.clone()))
+        .filter(|h| h.ip != cut_off.ip)
+        .collect();
+    for host in &others {
+        cut_off.cut_from(host);
+    }
+    // Writes go through the two coordinators left, as soon as they have elected a leader.
+    let survivors: Vec<&str> = cluster
+        .coordinators
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, c)| c.address.as_str())
+        .collect();
+    let started = Instant::now();
+    let out = cluster
+        .mirari_command(&["cluster", "scale", "hello", "7"])
+        .env("MIRARI_ADDR", survivors.join(","))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scale through the majority failed: {}", stderr(&out));
+    eprintln!("scaled, and the new instance ran, {:?} after the leader's host was cut off", started.elapsed());
+    cluster.coordinators[leader].kill();
+    let per_host = cluster.wait_running("hello", 7);
+    assert_eq!(per_host.values().sum::<usize>(), 7);
+    // No instance was fenced or restarted: every process seen before the cut lived on with
+    // the same pid throughout.
+    let timeline = sampler.finish();
+    assert_eq!(timeline.samples.first().map(|s| s.live.len()), Some(6));
+    let disturbed = timeline.disturbed();
+    assert!(disturbed.is_empty(), "instances stopped or restarted by a coordinator's failure: {disturbed:?}");
+    for agent in &cluster.agents {
+        assert!(!agent.log().contains("lease lost"), "{} lost its lease:\n{}", agent.name, agent.log());
+    }
 }
 
 #[test]
