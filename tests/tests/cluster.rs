@@ -152,7 +152,7 @@ fn a_partitioned_host_is_fenced_before_its_replacements_start_and_no_slot_runs_t
 
 #[test]
 fn a_frozen_agents_instances_are_fenced_by_their_shims_before_they_are_replaced() {
-    let mut cluster = cluster();
+    let cluster = cluster();
     deploy(&cluster, 6);
     cluster.wait_running("hello", 6);
     let slots = cluster.slots();
