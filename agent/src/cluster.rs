@@ -226,7 +226,8 @@ pub async fn watch_assignments(
                 }
                 match decode_assignments(&assignments) {
                     Ok(instances) => {
-                        if inputs.send(Input::Assigned { epoch, instances }).is_err() {
+                        let stopping = assignments.stopping.iter().copied().map(InstanceId::from_u64).collect();
+                        if inputs.send(Input::Assigned { epoch, instances, stopping }).is_err() {
                             return;
                         }
                     }

@@ -112,10 +112,11 @@ pub enum Input {
         ok: bool,
     },
     /// The assignment stream of lease epoch `epoch` sent the full set of instances this host
-    /// must run.
+    /// must run, and those it must stop that the cluster has not seen ended.
     Assigned {
         epoch: u64,
         instances: Vec<(InstanceId, InstanceSpec)>,
+        stopping: Vec<InstanceId>,
     },
     /// The blobs of assignment set `generation` are in the store (or could not be fetched).
     BlobsFetched {
@@ -210,6 +211,9 @@ struct Link {
     calling: bool,
     next_call_ms: u64,
     reported: HashMap<InstanceId, Reported>,
+    /// Instances the cluster asked this host to stop that it has no record of: it never ran
+    /// them (a record is made before anything starts), and says so.
+    never_ran: BTreeSet<InstanceId>,
     reporting: bool,
     /// A report failed: send again at `next_report_ms`.
     report_retry: bool,
@@ -223,6 +227,7 @@ struct Link {
 struct Assigned {
     generation: u64,
     instances: Vec<(InstanceId, InstanceSpec)>,
+    stopping: Vec<InstanceId>,
     /// When to fetch its blobs again, after a failure.
     retry_fetch_ms: Option<u64>,
 }
@@ -261,6 +266,7 @@ impl Host {
             calling: false,
             next_call_ms: 0,
             reported: HashMap::new(),
+            never_ran: BTreeSet::new(),
             reporting: false,
             report_retry: false,
             next_report_ms: 0,
@@ -485,6 +491,7 @@ impl Host {
                 link.reporting = false;
                 if ok {
                     for report in reports {
+                        link.never_ran.remove(&report.id);
                         link.reported.insert(report.id, (report.phase, report.restarts, report.last_exit));
                     }
                 } else {
@@ -492,7 +499,7 @@ impl Host {
                     link.next_report_ms = now.boot_ms + RETRY_MS;
                 }
             }
-            Input::Assigned { epoch, instances } => {
+            Input::Assigned { epoch, instances, stopping } => {
                 let valid = self.has_lease(now);
                 let Some(link) = self.link.as_mut() else { return };
                 if !valid || epoch != link.epoch {
@@ -500,7 +507,8 @@ impl Host {
                 }
                 link.generation += 1;
                 let digests = blobs_of(&instances);
-                link.assigned = Some(Assigned { generation: link.generation, instances, retry_fetch_ms: None });
+                link.assigned =
+                    Some(Assigned { generation: link.generation, instances, stopping, retry_fetch_ms: None });
                 step.effects.push(Effect::FetchBlobs { generation: link.generation, digests });
             }
             Input::BlobsFetched { generation, ok } => {
@@ -515,8 +523,9 @@ impl Host {
                 if !valid {
                     return; // The lease lapsed while fetching.
                 }
-                let instances = link.assigned.take().map(|a| a.instances).unwrap_or_default();
-                self.apply_assignments(now, &instances, step);
+                if let Some(assigned) = link.assigned.take() {
+                    self.apply_assignments(now, &assigned.instances, &assigned.stopping, step);
+                }
             }
         }
     }
@@ -588,8 +597,19 @@ impl Host {
     }
 
     /// Makes this host's cluster instances exactly `assigned`: creates the missing ones with
-    /// the coordinators' IDs, wants stopped ones running again, stops the rest.
-    fn apply_assignments(&mut self, now: Now, assigned: &[(InstanceId, InstanceSpec)], step: &mut Step) {
+    /// the coordinators' IDs, wants stopped ones running again, stops the rest. Of `stopping`,
+    /// those it has no record of are reported as never run.
+    fn apply_assignments(
+        &mut self,
+        now: Now,
+        assigned: &[(InstanceId, InstanceSpec)],
+        stopping: &[InstanceId],
+        step: &mut Step,
+    ) {
+        let unknown = stopping.iter().filter(|id| !self.instances.contains_key(id));
+        if let Some(link) = self.link.as_mut() {
+            link.never_ran.extend(unknown);
+        }
         let wanted: BTreeMap<InstanceId, &InstanceSpec> = assigned.iter().map(|(id, spec)| (*id, spec)).collect();
         for (id, spec) in &wanted {
             if !self.instances.contains_key(id) {
@@ -675,6 +695,13 @@ impl Host {
         if !link.registered || !valid || link.reporting || now.boot_ms < link.next_report_ms {
             return;
         }
+        let never_ran = link.never_ran.iter().map(|id| InstanceReport {
+            id: *id,
+            phase: Phase::Stopped,
+            restarts: 0,
+            last_exit: None,
+            message: "never ran on this host".into(),
+        });
         let reports: Vec<InstanceReport> = self
             .instances
             .values()
@@ -690,6 +717,7 @@ impl Host {
                 last_exit: r.lifecycle.last_exit,
                 message: r.lifecycle.message.clone().unwrap_or_default(),
             })
+            .chain(never_ran)
             .collect();
         if !reports.is_empty() {
             link.reporting = true;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use mirari_core::clock;
+use mirari_core::instance::Desired;
 use mirari_core::limits;
 use mirari_core::registry::{Command, HostId, HostStatus, InstanceReport, Outcome, Request};
 use mirari_proto::agent as wire_agent;
@@ -540,8 +541,8 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 seen_version = raft.machine().registry.host_version(&host);
                 looked_at = tokio::time::Instant::now();
                 let next = assignments_of(&raft, &host);
-                let message = if next.instances == last.instances {
-                    pb::Assignments { index: next.index, instances: Vec::new(), unchanged: true }
+                let message = if next.instances == last.instances && next.stopping == last.stopping {
+                    pb::Assignments { index: next.index, unchanged: true, ..Default::default() }
                 } else {
                     last = next.clone();
                     next
@@ -618,12 +619,18 @@ impl coordinator_server::Coordinator for CoordinatorService {
 fn assignments_of(raft: &RaftHandle, host: &HostId) -> pb::Assignments {
     let machine = raft.machine();
     let registry = &machine.registry;
-    let instances = registry
-        .placed_on(host)
-        .filter_map(|instance| {
-            let spec = registry.app_version(&instance.app, &instance.version)?.instance_spec(instance.target)?;
-            Some(pb::Assignment { id: instance.id.as_u64(), spec: Some(wire_agent::InstanceSpec::from(&spec)) })
-        })
-        .collect();
-    pb::Assignments { index: registry.applied_index(), instances, unchanged: false }
+    let (mut instances, mut stopping) = (Vec::new(), Vec::new());
+    for instance in registry.placed_on(host) {
+        if instance.desired == Desired::Stopped {
+            stopping.push(instance.id.as_u64());
+            continue;
+        }
+        let Some(spec) =
+            registry.app_version(&instance.app, &instance.version).and_then(|v| v.instance_spec(instance.target))
+        else {
+            continue;
+        };
+        instances.push(pb::Assignment { id: instance.id.as_u64(), spec: Some(wire_agent::InstanceSpec::from(&spec)) });
+    }
+    pb::Assignments { index: registry.applied_index(), instances, unchanged: false, stopping }
 }

@@ -1,9 +1,9 @@
 //! The cluster status: deployments with their counts and why slots are unplaced, hosts, and
-//! every instance that should run or recently ran.
+//! every instance that should run or still holds its slot while it stops.
 
 use mirari_core::ids::InstanceId;
 use mirari_core::instance::{Desired, Phase};
-use mirari_core::registry::Registry;
+use mirari_core::registry::{self, Registry};
 use mirari_core::scheduler;
 use mirari_proto::agent as wire_agent;
 use mirari_proto::coordinator as pb;
@@ -41,7 +41,7 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterSta
         .collect();
     let instances = registry
         .instances()
-        .filter(|i| i.desired == Desired::Running || i.observed.is_live())
+        .filter(|i| registry::holds_slot(i) || i.observed.is_live())
         .map(|i| pb::InstanceStatus {
             id: i.id.as_u64(),
             app: i.app.clone(),

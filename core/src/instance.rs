@@ -76,6 +76,12 @@ impl Phase {
     pub const fn is_live(self) -> bool {
         matches!(self, Phase::Starting | Phase::Running | Phase::Stopping)
     }
+
+    /// True once a run has surely ended and nothing of it runs (a pending instance may still
+    /// start: it has not ended).
+    pub const fn has_ended(self) -> bool {
+        matches!(self, Phase::Exited | Phase::Stopped | Phase::Failed | Phase::Lost)
+    }
 }
 
 impl fmt::Display for Phase {

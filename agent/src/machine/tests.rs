@@ -92,7 +92,7 @@ impl Agent {
     fn assign(&mut self, ids: &[u64]) -> Vec<Effect> {
         let epoch = self.host.lease_epoch();
         let instances = ids.iter().map(|&n| (id(n), spec())).collect();
-        let effects = self.input(Input::Assigned { epoch, instances });
+        let effects = self.input(Input::Assigned { epoch, instances, stopping: vec![] });
         let Some(Effect::FetchBlobs { generation, digests }) = effects.last().cloned() else {
             panic!("no fetch in {effects:?}");
         };
@@ -187,7 +187,7 @@ fn assignments_run_only_within_the_lease_they_were_heard_in() {
     let Effect::Persist { new, .. } = &effects[0] else { unreachable!() };
     assert!(new.iter().all(|r| r.origin == Origin::Cluster));
     // A set heard in an older epoch is ignored.
-    let stale = agent.input(Input::Assigned { epoch: 0, instances: vec![(id(9), spec())] });
+    let stale = agent.input(Input::Assigned { epoch: 0, instances: vec![(id(9), spec())], stopping: vec![] });
     assert!(stale.is_empty(), "{stale:?}");
     assert!(agent.host.record(id(9)).is_none());
 }
@@ -318,4 +318,20 @@ fn register_again_when_the_cluster_lost_this_host() {
     let again = agent
         .input(Input::Renewed { sent_ms: sent + 1_000, outcome: Ok(Lease { ttl_ms: 3_000, register_again: true }) });
     assert_eq!(kinds(&again), ["register"]);
+}
+
+#[test]
+fn an_instance_to_stop_that_never_ran_here_is_reported_as_such() {
+    let mut agent = Agent::joined();
+    let epoch = agent.host.lease_epoch();
+    let effects = agent.input(Input::Assigned { epoch, instances: vec![], stopping: vec![id(7)] });
+    let Some(Effect::FetchBlobs { generation, .. }) = effects.last().cloned() else { panic!("{effects:?}") };
+    let effects = agent.input(Input::BlobsFetched { generation, ok: true });
+    let Some(Effect::Report(reports)) = effects.into_iter().find(|e| matches!(e, Effect::Report(_))) else {
+        panic!("no report");
+    };
+    assert_eq!((reports[0].id, reports[0].phase), (id(7), Phase::Stopped));
+    assert!(agent.host.record(id(7)).is_none(), "no record is made for it");
+    let effects = agent.input(Input::Reported { reports, ok: true });
+    assert!(!kinds(&effects).contains(&"report"), "said once");
 }

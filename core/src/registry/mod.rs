@@ -35,20 +35,29 @@ pub struct Registry {
     request_order: VecDeque<(u64, String)>,
     applied_index: u64,
     /// Derived from `instances` (rebuilt after a snapshot is loaded): what each host has
-    /// committed to instances that should run, and which instance fills each slot.
+    /// committed to the instances it holds, and which instance holds each slot.
     #[serde(skip)]
     derived: Derived,
+}
+
+/// Whether an instance holds its slot and its host's resources: while it should run, and
+/// after it was asked to stop until it is known to have ended (its host reported it ended, or
+/// the host was declared down, which is only after its lease surely ran out). So a slot is
+/// never filled again while an earlier instance of it may still run.
+pub fn holds_slot(instance: &InstanceEntry) -> bool {
+    instance.desired == Desired::Running || !instance.observed.has_ended()
 }
 
 #[derive(Debug, Clone, Default)]
 struct Derived {
     used: BTreeMap<HostId, Resources>,
-    /// App -> slot -> the instance filling it.
+    /// App -> slot -> the instance holding it.
     slots: BTreeMap<String, BTreeMap<u32, InstanceId>>,
-    /// Instances that should run, by host.
+    /// Instances each host holds: those it must run, and those it must stop that have not
+    /// ended yet.
     placed: BTreeMap<HostId, BTreeSet<InstanceId>>,
-    /// Bumped whenever a host's set of instances that should run changes, so watchers can
-    /// tell cheaply whether to look again.
+    /// Bumped whenever what a host must run or stop changes, so watchers can tell cheaply
+    /// whether to look again.
     host_versions: BTreeMap<HostId, u64>,
 }
 
@@ -106,18 +115,19 @@ impl Registry {
         self.derived.used.get(host).copied().unwrap_or_default()
     }
 
-    /// The instances that should run on `host`.
+    /// The instances `host` holds: those it must run (`desired` running) and those it must
+    /// stop that have not ended yet.
     pub fn placed_on(&self, host: &HostId) -> impl Iterator<Item = &InstanceEntry> {
         let ids = self.derived.placed.get(host).into_iter().flatten();
         ids.filter_map(|id| self.instances.get(id))
     }
 
-    /// Changes whenever the set of instances that should run on `host` changes.
+    /// Changes whenever what `host` must run or stop changes.
     pub fn host_version(&self, host: &HostId) -> u64 {
         self.derived.host_versions.get(host).copied().unwrap_or_default()
     }
 
-    /// The instance that fills a slot of an app's deployment, if any.
+    /// The instance that holds a slot of an app's deployment, if any.
     pub fn slot_holder(&self, app: &str, slot: u32) -> Option<InstanceId> {
         self.derived.slots.get(app)?.get(&slot).copied()
     }
@@ -148,9 +158,8 @@ impl Registry {
     /// Rebuilds derived indexes; call after deserializing a snapshot.
     pub fn rebuild_derived(&mut self) {
         self.derived = Derived::default();
-        let running: Vec<InstanceEntry> =
-            self.instances.values().filter(|i| i.desired == Desired::Running).cloned().collect();
-        for instance in &running {
+        let holding: Vec<InstanceEntry> = self.instances.values().filter(|i| holds_slot(i)).cloned().collect();
+        for instance in &holding {
             self.occupy(instance);
         }
     }
@@ -221,17 +230,16 @@ impl Registry {
         if status == HostStatus::Down {
             // Its instances are lost; their slots free up for replacements elsewhere. If the
             // host comes back, it is told these instances are obsolete.
-            let lost: Vec<InstanceId> = self
-                .instances
-                .values()
-                .filter(|i| &i.host == id && i.desired == Desired::Running)
-                .map(|i| i.id)
-                .collect();
-            self.stop_instances(lost.iter().copied(), &format!("host {id} is down"));
-            for id in lost {
-                if let Some(instance) = self.instances.get_mut(&id) {
+            let lost: Vec<InstanceId> = self.placed_on(id).map(|i| i.id).collect();
+            let reason = format!("host {id} is down");
+            for lost in lost {
+                self.update(lost, |instance| {
+                    if instance.desired == Desired::Running {
+                        instance.desired = Desired::Stopped;
+                        instance.message = reason.clone();
+                    }
                     instance.observed = Phase::Lost;
-                }
+                });
             }
         }
         Ok(Outcome::Done)
@@ -372,16 +380,26 @@ impl Registry {
 
     fn stop_instances(&mut self, ids: impl IntoIterator<Item = InstanceId>, reason: &str) {
         for id in ids {
-            let Some(instance) = self.instances.get_mut(&id) else {
-                continue;
-            };
-            if instance.desired == Desired::Stopped {
-                continue;
-            }
-            instance.desired = Desired::Stopped;
-            instance.message = reason.to_owned();
-            let instance = instance.clone();
+            self.update(id, |instance| {
+                if instance.desired == Desired::Running {
+                    instance.desired = Desired::Stopped;
+                    instance.message = reason.to_owned();
+                }
+            });
+        }
+    }
+
+    /// Changes one instance, keeping the derived indexes in step: it releases its slot once it
+    /// no longer holds it, and its host's assignments change when what it must do does.
+    fn update(&mut self, id: InstanceId, change: impl FnOnce(&mut InstanceEntry)) {
+        let Some(instance) = self.instances.get_mut(&id) else { return };
+        let (held, desired) = (holds_slot(instance), instance.desired);
+        change(instance);
+        let instance = instance.clone();
+        if held && !holds_slot(&instance) {
             self.vacate(&instance);
+        } else if held && desired != instance.desired {
+            *self.derived.host_versions.entry(instance.host.clone()).or_default() += 1;
         }
     }
 
@@ -391,19 +409,22 @@ impl Registry {
         }
         for report in reports {
             // Reports about instances placed elsewhere (a stale agent) change nothing.
-            let Some(instance) = self.instances.get_mut(&report.id).filter(|i| &i.host == host) else {
+            let Some(instance) = self.instances.get(&report.id).filter(|i| &i.host == host) else {
                 continue;
             };
-            if instance.observed == Phase::Lost && instance.desired == Desired::Stopped && report.phase.is_live() {
-                // Fenced: the host was declared down; the agent is told to stop it.
+            if instance.observed == Phase::Lost && instance.desired == Desired::Stopped {
+                // The host was declared down: whatever it says of its old instances now, they
+                // were replaced (a returning host is told to stop them).
                 continue;
             }
-            instance.observed = report.phase;
-            instance.restarts = report.restarts;
-            instance.last_exit = report.last_exit;
-            if !report.message.is_empty() {
-                instance.message = report.message.clone();
-            }
+            self.update(report.id, |instance| {
+                instance.observed = report.phase;
+                instance.restarts = report.restarts;
+                instance.last_exit = report.last_exit;
+                if !report.message.is_empty() {
+                    instance.message = report.message.clone();
+                }
+            });
         }
         Ok(Outcome::Done)
     }

@@ -144,6 +144,15 @@ fn request_ids_are_forgotten_after_the_window() {
     assert_eq!(registry.request_order.len(), 1);
 }
 
+fn report(id: u64, phase: Phase) -> InstanceReport {
+    InstanceReport { id: InstanceId::from_u64(id), phase, restarts: 0, last_exit: None, message: String::new() }
+}
+
+fn reported(registry: &mut Registry, index: u64, host: &str, reports: Vec<InstanceReport>) {
+    let command = Command::ReportInstances { host: HostId(host.into()), reports };
+    registry.apply(index, &request(index, command)).unwrap();
+}
+
 #[test]
 fn scaling_down_stops_the_highest_slots() {
     let (mut registry, index) = deployed(3);
@@ -152,7 +161,43 @@ fn scaling_down_stops_the_highest_slots() {
     let running: Vec<u64> =
         registry.instances().filter(|i| i.desired == Desired::Running).map(|i| i.id.as_u64()).collect();
     assert_eq!(running, [1]);
+    // The stopped ones hold their host's resources until they have ended.
+    assert_eq!(registry.used(&HostId("a".into())).instances, 3);
+    reported(&mut registry, index + 3, "a", vec![report(2, Phase::Stopped), report(3, Phase::Stopped)]);
     assert_eq!(registry.used(&HostId("a".into())).instances, 1);
+}
+
+#[test]
+fn a_slot_is_not_filled_again_until_its_stopped_instance_has_ended() {
+    // Scale 2 -> 1 -> 2: slot 1's old instance is still stopping when the slot is wanted again.
+    let (mut registry, index) = deployed(2);
+    place(&mut registry, index + 1, vec![placed(1, 0, "a"), placed(2, 1, "b")]).unwrap();
+    reported(&mut registry, index + 2, "b", vec![report(2, Phase::Running)]);
+    registry.apply(index + 3, &request(index + 3, Command::Scale { app: "hello".into(), count: 1 })).unwrap();
+    registry.apply(index + 4, &request(index + 4, Command::Scale { app: "hello".into(), count: 2 })).unwrap();
+    assert_eq!(registry.slot_holder("hello", 1), Some(InstanceId::from_u64(2)), "held while it may run");
+    assert_eq!(registry.empty_slots("hello", 2).count(), 0);
+    assert!(matches!(place(&mut registry, index + 5, vec![placed(3, 1, "a")]), Err(Rejection::SlotTaken { .. })));
+    // The host says what it must stop is still stopping; then that it has stopped.
+    assert!(registry.placed_on(&HostId("b".into())).any(|i| i.id == InstanceId::from_u64(2)));
+    reported(&mut registry, index + 6, "b", vec![report(2, Phase::Stopping)]);
+    assert_eq!(registry.slot_holder("hello", 1), Some(InstanceId::from_u64(2)));
+    reported(&mut registry, index + 7, "b", vec![report(2, Phase::Stopped)]);
+    assert_eq!(registry.slot_holder("hello", 1), None);
+    assert!(registry.placed_on(&HostId("b".into())).next().is_none());
+    place(&mut registry, index + 8, vec![placed(3, 1, "a")]).expect("the slot is free once its instance ended");
+}
+
+#[test]
+fn a_stop_is_part_of_the_hosts_assignments_until_it_has_ended() {
+    let (mut registry, index) = deployed(1);
+    place(&mut registry, index + 1, vec![placed(1, 0, "a")]).unwrap();
+    let host = HostId("a".into());
+    let before = registry.host_version(&host);
+    registry.apply(index + 2, &request(index + 2, Command::StopDeployment { app: "hello".into() })).unwrap();
+    assert!(registry.host_version(&host) > before, "watchers look again: the host must stop it");
+    let held: Vec<(u64, Desired)> = registry.placed_on(&host).map(|i| (i.id.as_u64(), i.desired)).collect();
+    assert_eq!(held, [(1, Desired::Stopped)]);
 }
 
 #[test]
@@ -193,10 +238,11 @@ fn deploying_a_new_version_replaces_the_old_instances() {
     registry.apply(index + 2, &request(index + 2, Command::RegisterApp { version: app("2") })).unwrap();
     registry.apply(index + 3, &request(index + 3, Command::Deploy { spec: spec("2", 1), at_ms: 7 })).unwrap();
     assert_eq!(registry.instance(InstanceId::from_u64(1)).unwrap().desired, Desired::Stopped);
+    reported(&mut registry, index + 4, "a", vec![report(1, Phase::Stopped)]);
     assert_eq!(registry.slot_holder("hello", 0), None);
     let missing = Command::Deploy { spec: spec("9", 1), at_ms: 7 };
     assert_eq!(
-        registry.apply(index + 4, &request(index + 4, missing)),
+        registry.apply(index + 5, &request(index + 5, missing)),
         Err(Rejection::UnknownVersion { app: "hello".into(), version: "9".into() })
     );
 }
