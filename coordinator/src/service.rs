@@ -12,7 +12,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use mirari_core::clock;
-use mirari_core::instance::Desired;
 use mirari_core::limits;
 use mirari_core::registry::{Command, HostId, HostStatus, InstanceReport, Outcome, Request};
 use mirari_proto::agent as wire_agent;
@@ -618,19 +617,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
 
 fn assignments_of(raft: &RaftHandle, host: &HostId) -> pb::Assignments {
     let machine = raft.machine();
-    let registry = &machine.registry;
-    let (mut instances, mut stopping) = (Vec::new(), Vec::new());
-    for instance in registry.placed_on(host) {
-        if instance.desired == Desired::Stopped {
-            stopping.push(instance.id.as_u64());
-            continue;
-        }
-        let Some(spec) =
-            registry.app_version(&instance.app, &instance.version).and_then(|v| v.instance_spec(instance.target))
-        else {
-            continue;
-        };
-        instances.push(pb::Assignment { id: instance.id.as_u64(), spec: Some(wire_agent::InstanceSpec::from(&spec)) });
-    }
-    pb::Assignments { index: registry.applied_index(), instances, unchanged: false, stopping }
+    let (run, stop) = machine.registry.assignments(host);
+    let instances = run
+        .iter()
+        .map(|(id, spec)| pb::Assignment { id: id.as_u64(), spec: Some(wire_agent::InstanceSpec::from(spec)) })
+        .collect();
+    let stopping = stop.iter().map(|id| id.as_u64()).collect();
+    pb::Assignments { index: machine.registry.applied_index(), instances, unchanged: false, stopping }
 }

@@ -2,7 +2,9 @@
 //!
 //! Real `Node`s (raft-rs plus the registry) on an in-memory network, driven by logical steps
 //! and a seeded RNG: messages are lost, delayed and reordered, nodes are partitioned off, and
-//! nodes (leaders most of all) crash and restart from their durable log. After every step the
+//! nodes (leaders most of all) crash and restart from their durable log: a `SimulatedDisk`
+//! keeps only what was written through it, and some crashes happen in the middle of a write,
+//! which then lands nothing. After every step the
 //! invariants are checked: at most one leader per term, committed entries agree on every node.
 //! At the end, with the faults healed: every acknowledged write is present on every node, all
 //! nodes hold the same registry, and no instance ID was ever minted twice.
@@ -12,11 +14,12 @@
 //! or one seed with `MIRARI_SIM_SEED=1234`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use mirari_coordinator::consensus::RaftMessage;
 use mirari_coordinator::consensus::logger;
 use mirari_coordinator::consensus::node::{Node, NodeConfig};
-use mirari_coordinator::consensus::storage::{InMemory, LogState, RaftLog};
+use mirari_coordinator::consensus::storage::{RaftLog, SimulatedDisk};
 use mirari_core::digest::Digest;
 use mirari_core::ids::InstanceId;
 use mirari_core::registry::{
@@ -70,8 +73,8 @@ struct Sim {
     rng: Rng,
     step: u64,
     ids: Vec<u64>,
-    nodes: BTreeMap<u64, Option<Node<InMemory>>>,
-    logs: BTreeMap<u64, RaftLog<InMemory>>,
+    nodes: BTreeMap<u64, Option<Node<Arc<SimulatedDisk>>>>,
+    disks: BTreeMap<u64, Arc<SimulatedDisk>>,
     network: Vec<InFlight>,
     /// Nodes cut off from everyone, until the given step.
     isolated: BTreeMap<u64, u64>,
@@ -95,7 +98,7 @@ impl Sim {
             step: 0,
             ids: ids.clone(),
             nodes: BTreeMap::new(),
-            logs: BTreeMap::new(),
+            disks: BTreeMap::new(),
             network: Vec::new(),
             isolated: BTreeMap::new(),
             writes: BTreeMap::new(),
@@ -106,9 +109,9 @@ impl Sim {
             checked: BTreeMap::new(),
         };
         for &id in &ids {
-            let log = RaftLog::new(LogState::default(), InMemory);
-            Node::bootstrap(&log, "simulation", &members).expect("bootstrap");
-            sim.logs.insert(id, log);
+            let disk = Arc::new(SimulatedDisk::default());
+            Node::bootstrap(&RaftLog::new(disk.durable(), disk.clone()), "simulation", &members).expect("bootstrap");
+            sim.disks.insert(id, disk);
             sim.start(id);
         }
         sim
@@ -127,7 +130,10 @@ impl Sim {
             election_range: Some((min, min + 1)),
             ..NodeConfig::new(id)
         };
-        let node = Node::new(config, self.logs[&id].clone(), &logger::silent())
+        // A restarted node has exactly what reached its disk.
+        let disk = self.disks[&id].clone();
+        disk.fail_writes(false);
+        let node = Node::new(config, RaftLog::new(disk.durable(), disk), &logger::silent())
             .unwrap_or_else(|e| self.fail(format!("node {id} cannot restart: {e}")));
         self.nodes.insert(id, Some(node));
     }
@@ -175,6 +181,15 @@ impl Sim {
                 Some(leader) if self.rng.chance(60) => leader,
                 _ => live[self.rng.below(live.len() as u64) as usize],
             };
+            if self.rng.chance(40) {
+                // Crash in the middle of its next write: the write lands nothing.
+                self.disks[&victim].fail_writes(true);
+                if let Some(node) = self.nodes.get_mut(&victim).and_then(Option::as_mut)
+                    && node.has_ready()
+                {
+                    let _ = node.handle_ready();
+                }
+            }
             self.nodes.insert(victim, None);
             // Messages to the dead node are lost; a transport reports a lost snapshot.
             let (lost, kept): (Vec<InFlight>, Vec<InFlight>) =

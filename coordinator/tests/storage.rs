@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use mirari_coordinator::consensus::redb_store::RedbBacking;
-use mirari_coordinator::consensus::storage::{Backing, InMemory, LogState, RaftLog, StoreError};
+use std::sync::Arc;
+
+use mirari_coordinator::consensus::storage::{Backing, InMemory, LogState, RaftLog, SimulatedDisk, StoreError};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, Storage, StorageError};
 
@@ -97,6 +99,19 @@ fn suite<B: Backing>(mut log: RaftLog<B>, mut reopen: impl FnMut(RaftLog<B>) -> 
 #[test]
 fn in_memory_log_conforms() {
     suite(RaftLog::new(LogState::default(), InMemory), |log| log);
+}
+
+#[test]
+fn the_simulated_disk_conforms_and_keeps_only_what_was_written() {
+    let disk = Arc::new(SimulatedDisk::default());
+    suite(RaftLog::new(LogState::default(), disk.clone()), |_| RaftLog::new(disk.durable(), disk.clone()));
+    // A failed write (a crash during its fsync) lands nothing.
+    let log = RaftLog::new(disk.durable(), disk.clone());
+    let before = disk.durable();
+    disk.fail_writes(true);
+    let next = log.read().last_index() + 1;
+    assert!(log.persist(&entries(next..=next + 2, 9), None).is_err());
+    compare(&disk.durable(), &before);
 }
 
 fn open(path: &Path) -> Result<RaftLog<RedbBacking>, StoreError> {

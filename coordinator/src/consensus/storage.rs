@@ -3,8 +3,9 @@
 //! [`RaftLog`] implements `raft::Storage` once, over a [`LogState`] held in memory (entries
 //! since the last snapshot, hard state, conf state, the latest snapshot). Every change goes
 //! through [`Backing::write`] first, in one batch, and only then into memory: what raft reads
-//! is always what is durable. The backing is redb on disk ([`super::redb_store`]) or nothing
-//! for the deterministic simulation, where memory itself plays the disk.
+//! is always what is durable. The backing is redb on disk ([`super::redb_store`]); a
+//! [`SimulatedDisk`] that loses what was not written when a simulated node crashes; or
+//! nothing ([`InMemory`]) where nothing crashes.
 
 use std::sync::{Arc, RwLock};
 
@@ -24,6 +25,8 @@ pub enum StoreError {
         "the raft data in {path} belongs to coordinator {owner}, not {id}: start it with --id {owner}, or give coordinator {id} a data directory of its own"
     )]
     WrongNode { path: String, owner: u64, id: u64 },
+    #[error("{0}")]
+    Failed(String),
     #[error("cannot open the raft data in {path}")]
     Open {
         path: String,
@@ -86,12 +89,61 @@ pub trait Backing: Send + Sync + 'static {
     fn write(&self, batch: &WriteBatch<'_>) -> Result<(), StoreError>;
 }
 
-/// No disk: the simulation's memory is its disk.
+/// No disk: memory is the disk (tests of raft itself, where nothing crashes).
 #[derive(Debug, Default)]
 pub struct InMemory;
 
 impl Backing for InMemory {
     fn write(&self, _: &WriteBatch<'_>) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// A disk for simulations that crash nodes: it keeps its own copy of the log, updated only by
+/// writes, so a node restarted from [`SimulatedDisk::durable`] has exactly what was written
+/// through the backing and loses the rest (what a missed or misordered write would lose on
+/// a real disk). Writes can be made to fail, as a crash in the middle of an fsync: nothing of
+/// the batch lands.
+#[derive(Debug, Default)]
+pub struct SimulatedDisk {
+    durable: std::sync::Mutex<LogState>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl SimulatedDisk {
+    /// What survives a crash.
+    pub fn durable(&self) -> LogState {
+        self.durable.lock().expect("disk lock").clone()
+    }
+
+    /// From now on every write fails (or, with `false`, succeeds again).
+    pub fn fail_writes(&self, failing: bool) {
+        self.failing.store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Backing for Arc<SimulatedDisk> {
+    fn write(&self, batch: &WriteBatch<'_>) -> Result<(), StoreError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Failed("the simulated disk failed the write".into()));
+        }
+        let mut state = self.durable.lock().expect("disk lock");
+        if let Some(first) = batch.entries.first() {
+            state.entries.retain(|e| e.index < first.index);
+            state.entries.extend_from_slice(batch.entries);
+        }
+        if let Some(compact_to) = batch.compact_to {
+            state.entries.retain(|e| e.index >= compact_to);
+        }
+        if let Some(hard_state) = batch.hard_state {
+            state.hard_state = hard_state.clone();
+        }
+        if let Some(conf_state) = batch.conf_state {
+            state.conf_state = conf_state.clone();
+        }
+        if let Some(snapshot) = batch.snapshot {
+            state.snapshot = snapshot.clone();
+        }
         Ok(())
     }
 }

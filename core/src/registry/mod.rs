@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use self::types::*;
 use crate::ids::InstanceId;
 use crate::instance::{Desired, Phase};
+use crate::spec::InstanceSpec;
 
 /// How many log entries a request ID is remembered for.
 pub const DEDUP_WINDOW: u64 = 100_000;
@@ -120,6 +121,27 @@ impl Registry {
     pub fn placed_on(&self, host: &HostId) -> impl Iterator<Item = &InstanceEntry> {
         let ids = self.derived.placed.get(host).into_iter().flatten();
         ids.filter_map(|id| self.instances.get(id))
+    }
+
+    /// What `host` must do: the instances it must run, with their specs, and those it must
+    /// stop that have not ended yet.
+    pub fn assignments(&self, host: &HostId) -> (Vec<(InstanceId, InstanceSpec)>, Vec<InstanceId>) {
+        let (mut run, mut stop) = (Vec::new(), Vec::new());
+        for instance in self.placed_on(host) {
+            if instance.desired == Desired::Stopped {
+                stop.push(instance.id);
+            } else if let Some(spec) =
+                self.app_version(&instance.app, &instance.version).and_then(|v| v.instance_spec(instance.target))
+            {
+                run.push((instance.id, spec));
+            }
+        }
+        (run, stop)
+    }
+
+    /// Whether a request with this ID was applied within the dedup window.
+    pub fn remembers(&self, request_id: &str) -> bool {
+        self.recent_requests.contains_key(request_id)
     }
 
     /// Changes whenever what `host` must run or stop changes.
