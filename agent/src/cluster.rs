@@ -227,7 +227,8 @@ pub async fn watch_assignments(
                 match decode_assignments(&assignments) {
                     Ok(instances) => {
                         let stopping = assignments.stopping.iter().copied().map(InstanceId::from_u64).collect();
-                        if inputs.send(Input::Assigned { epoch, instances, stopping }).is_err() {
+                        let index = assignments.index;
+                        if inputs.send(Input::Assigned { epoch, index, instances, stopping }).is_err() {
                             return;
                         }
                     }

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mirari_core::digest::Digest;
 use mirari_core::ids::InstanceId;
-use mirari_core::instance::{Desired, ExitStatus, Phase};
+use mirari_core::instance::{Desired, Phase};
 use mirari_core::lease::LeaseTiming;
 use mirari_core::reconcile::{self, Action};
 use mirari_core::registry::{self, InstanceReport};
@@ -115,6 +115,8 @@ pub enum Input {
     /// must run, and those it must stop that the cluster has not seen ended.
     Assigned {
         epoch: u64,
+        /// The registry index the set is as of.
+        index: u64,
         instances: Vec<(InstanceId, InstanceSpec)>,
         stopping: Vec<InstanceId>,
     },
@@ -193,9 +195,6 @@ impl Tracked {
     }
 }
 
-/// What was last reported of an instance, to send only changes.
-type Reported = (Phase, u32, Option<ExitStatus>);
-
 /// The cluster link: this host's standing with the coordinators.
 #[derive(Debug)]
 struct Link {
@@ -207,13 +206,22 @@ struct Link {
     /// Bumped every time the lease is regained: assignments heard in an earlier epoch are
     /// never acted on.
     epoch: u64,
+    /// The epoch whose assignments were last applied.
+    applied_epoch: Option<u64>,
+    /// The registry index of the last assignment set applied: reports carry it, so the
+    /// cluster knows which stops the host had heard of.
+    assignments_index: u64,
     /// A registration or renewal under way.
     calling: bool,
     next_call_ms: u64,
-    reported: HashMap<InstanceId, Reported>,
+    /// The revision of each instance's record last reported, to send only changes.
+    reported: HashMap<InstanceId, u64>,
     /// Instances the cluster asked this host to stop that it has no record of: it never ran
     /// them (a record is made before anything starts), and says so.
     never_ran: BTreeSet<InstanceId>,
+    /// Ended instances the cluster asked this host to stop, to report again with at least
+    /// this assignments index: that report confirms the stop.
+    confirm_stop: BTreeMap<InstanceId, u64>,
     reporting: bool,
     /// A report failed: send again at `next_report_ms`.
     report_retry: bool,
@@ -226,6 +234,7 @@ struct Link {
 #[derive(Debug)]
 struct Assigned {
     generation: u64,
+    index: u64,
     instances: Vec<(InstanceId, InstanceSpec)>,
     stopping: Vec<InstanceId>,
     /// When to fetch its blobs again, after a failure.
@@ -263,10 +272,13 @@ impl Host {
             registered: false,
             valid_until: None,
             epoch: 0,
+            applied_epoch: None,
+            assignments_index: 0,
             calling: false,
             next_call_ms: 0,
             reported: HashMap::new(),
             never_ran: BTreeSet::new(),
+            confirm_stop: BTreeMap::new(),
             reporting: false,
             report_retry: false,
             next_report_ms: 0,
@@ -292,6 +304,11 @@ impl Host {
     /// Whether this host holds a cluster lease at `now`.
     pub fn has_lease(&self, now: Now) -> bool {
         self.link.as_ref().and_then(|l| l.valid_until).is_some_and(|until| now.boot_ms < until)
+    }
+
+    /// Whether this host holds a lease and has applied the assignments heard under it.
+    fn assignments_current(&self, now: Now) -> bool {
+        self.has_lease(now) && self.link.as_ref().is_some_and(|l| l.applied_epoch == Some(l.epoch))
     }
 
     /// The current lease epoch (0 before the first lease).
@@ -332,6 +349,7 @@ impl Host {
         let mut step = Step::default();
         self.apply(now, input, &mut step);
         self.expire_lease(now, &mut step);
+        self.retry_fetch(now, &mut step);
         self.call_coordinators(now, &mut step);
         self.reconcile(now, &mut step);
         self.report(now, &mut step);
@@ -492,23 +510,26 @@ impl Host {
                 if ok {
                     for report in reports {
                         link.never_ran.remove(&report.id);
-                        link.reported.insert(report.id, (report.phase, report.restarts, report.last_exit));
+                        link.reported.insert(report.id, report.revision);
+                        if link.confirm_stop.get(&report.id).is_some_and(|needed| *needed <= report.assignments_index) {
+                            link.confirm_stop.remove(&report.id);
+                        }
                     }
                 } else {
                     link.report_retry = true;
                     link.next_report_ms = now.boot_ms + RETRY_MS;
                 }
             }
-            Input::Assigned { epoch, instances, stopping } => {
+            Input::Assigned { epoch, index, instances, stopping } => {
                 let valid = self.has_lease(now);
                 let Some(link) = self.link.as_mut() else { return };
-                if !valid || epoch != link.epoch {
-                    return; // Heard before a lapse: never acted on.
+                if !valid || epoch != link.epoch || index < link.assignments_index {
+                    return; // Heard before a lapse, or older than what was applied: never acted on.
                 }
                 link.generation += 1;
                 let digests = blobs_of(&instances);
                 link.assigned =
-                    Some(Assigned { generation: link.generation, instances, stopping, retry_fetch_ms: None });
+                    Some(Assigned { generation: link.generation, index, instances, stopping, retry_fetch_ms: None });
                 step.effects.push(Effect::FetchBlobs { generation: link.generation, digests });
             }
             Input::BlobsFetched { generation, ok } => {
@@ -524,6 +545,8 @@ impl Host {
                     return; // The lease lapsed while fetching.
                 }
                 if let Some(assigned) = link.assigned.take() {
+                    link.applied_epoch = Some(link.epoch);
+                    link.assignments_index = link.assignments_index.max(assigned.index);
                     self.apply_assignments(now, &assigned.instances, &assigned.stopping, step);
                 }
             }
@@ -537,6 +560,7 @@ impl Host {
         let before = tracked.record.clone();
         let result = change(tracked);
         if tracked.record != before {
+            tracked.record.revision = before.revision + 1;
             step.changed.push(id);
         }
         Some(result)
@@ -587,6 +611,16 @@ impl Host {
         }
     }
 
+    /// Fetches the blobs of the latest assignment set again, once its retry is due.
+    fn retry_fetch(&mut self, now: Now, step: &mut Step) {
+        let Some(assigned) = self.link.as_mut().and_then(|l| l.assigned.as_mut()) else { return };
+        if assigned.retry_fetch_ms.is_some_and(|due| due <= now.boot_ms) {
+            assigned.retry_fetch_ms = None;
+            let digests = blobs_of(&assigned.instances);
+            step.effects.push(Effect::FetchBlobs { generation: assigned.generation, digests });
+        }
+    }
+
     fn call_coordinators(&mut self, now: Now, step: &mut Step) {
         let Some(link) = self.link.as_mut() else { return };
         if link.calling || now.boot_ms < link.next_call_ms {
@@ -606,9 +640,18 @@ impl Host {
         stopping: &[InstanceId],
         step: &mut Step,
     ) {
+        // Of those to stop: unknown ones never ran here; ones already ended are reported
+        // again, now that the host has heard of their stop (which is what frees their slots).
+        let ended: Vec<InstanceId> = stopping
+            .iter()
+            .filter(|id| self.instances.get(id).is_some_and(|t| t.record.lifecycle.phase.has_ended()))
+            .copied()
+            .collect();
         let unknown = stopping.iter().filter(|id| !self.instances.contains_key(id));
         if let Some(link) = self.link.as_mut() {
             link.never_ran.extend(unknown);
+            let index = link.assignments_index;
+            link.confirm_stop.extend(ended.into_iter().map(|id| (id, index)));
         }
         let wanted: BTreeMap<InstanceId, &InstanceSpec> = assigned.iter().map(|(id, spec)| (*id, spec)).collect();
         for (id, spec) in &wanted {
@@ -646,9 +689,11 @@ impl Host {
         for action in plan.actions {
             match action {
                 Action::Start(id) => {
-                    // A cluster instance starts only under a lease (a restart too).
+                    // A cluster instance starts (or restarts) only once the cluster's
+                    // assignments of the current lease were applied: only they say it is
+                    // still this host's (after a lapse it may run elsewhere by now).
                     let origin = self.instances.get(&id).map(|t| t.record.origin);
-                    if origin == Some(Origin::Cluster) && !self.has_lease(now) {
+                    if origin == Some(Origin::Cluster) && !self.assignments_current(now) {
                         continue;
                     }
                     self.change(id, step, |t| {
@@ -695,27 +740,32 @@ impl Host {
         if !link.registered || !valid || link.reporting || now.boot_ms < link.next_report_ms {
             return;
         }
+        // Final: no record will ever follow, so no later report can be newer.
         let never_ran = link.never_ran.iter().map(|id| InstanceReport {
             id: *id,
             phase: Phase::Stopped,
             restarts: 0,
             last_exit: None,
             message: "never ran on this host".into(),
+            revision: u64::MAX,
+            assignments_index: link.assignments_index,
         });
         let reports: Vec<InstanceReport> = self
             .instances
             .values()
             .map(|t| &t.record)
             .filter(|r| r.origin == Origin::Cluster)
-            .filter(|r| {
-                link.reported.get(&r.id) != Some(&(r.lifecycle.phase, r.lifecycle.restarts, r.lifecycle.last_exit))
-            })
+            .filter(|r| link.reported.get(&r.id) != Some(&r.revision) || link.confirm_stop.contains_key(&r.id))
             .map(|r| InstanceReport {
                 id: r.id,
-                phase: r.lifecycle.phase,
+                // Lost here means it vanished without an exit status, and may be restarted: to
+                // the cluster that is an exit, not an end (which only the cluster declares).
+                phase: if r.lifecycle.phase == Phase::Lost { Phase::Exited } else { r.lifecycle.phase },
                 restarts: r.lifecycle.restarts,
                 last_exit: r.lifecycle.last_exit,
                 message: r.lifecycle.message.clone().unwrap_or_default(),
+                revision: r.revision,
+                assignments_index: link.assignments_index,
             })
             .chain(never_ran)
             .collect();

@@ -51,6 +51,9 @@ pub struct InstanceRecord {
     /// Whether the last stop had to force the instance off.
     pub stop_forced: Option<bool>,
     pub events: VecDeque<Event>,
+    /// Bumped by every change; reports carry it, so the cluster can tell an old one.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl InstanceRecord {
@@ -65,6 +68,7 @@ impl InstanceRecord {
             created_at_ms: now_ms,
             stop_forced: None,
             events: VecDeque::new(),
+            revision: 1,
         };
         record.log(now_ms, "created");
         record

@@ -26,6 +26,7 @@ use mirari_core::registry::{
     AppVersion, Command, DeploymentSpec, Host, HostId, HostStatus, Outcome, PlacedInstance, Placement, Rejection,
     Request, Resources,
 };
+use mirari_core::rng::SplitMix64;
 use mirari_core::spec::RunPolicy;
 use mirari_core::target::Target;
 use raft::eraftpb::MessageType;
@@ -33,27 +34,6 @@ use raft::eraftpb::MessageType;
 const STEPS: u64 = 500;
 const SETTLE_STEPS: u64 = 3_000;
 const SLOTS: u32 = mirari_core::limits::MAX_INSTANCES_PER_DEPLOYMENT;
-
-/// SplitMix64: tiny, seedable, and the same on every platform and crate version.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 struct InFlight {
     deliver_at: u64,
@@ -70,7 +50,7 @@ struct Write {
 
 struct Sim {
     seed: u64,
-    rng: Rng,
+    rng: SplitMix64,
     step: u64,
     ids: Vec<u64>,
     nodes: BTreeMap<u64, Option<Node<Arc<SimulatedDisk>>>>,
@@ -94,7 +74,7 @@ impl Sim {
         let members: BTreeMap<u64, String> = ids.iter().map(|&id| (id, format!("node-{id}"))).collect();
         let mut sim = Self {
             seed,
-            rng: Rng(seed),
+            rng: SplitMix64::new(seed),
             step: 0,
             ids: ids.clone(),
             nodes: BTreeMap::new(),
@@ -237,7 +217,7 @@ impl Sim {
                 let id = if !self.minted.is_empty() && self.rng.chance(10) {
                     self.minted[self.rng.below(self.minted.len() as u64) as usize]
                 } else {
-                    self.rng.next()
+                    self.rng.next_u64()
                 };
                 let slot = u32::try_from(n).expect("few writes");
                 Command::Place {

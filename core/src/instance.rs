@@ -77,10 +77,11 @@ impl Phase {
         matches!(self, Phase::Starting | Phase::Running | Phase::Stopping)
     }
 
-    /// True once a run has surely ended and nothing of it runs (a pending instance may still
-    /// start: it has not ended).
+    /// True once an instance has ended for good, as the cluster sees it: stopped as asked,
+    /// failed past its restart policy, or lost with its host. An exited instance has not: its
+    /// restart policy may start it again before its host hears that it should stop.
     pub const fn has_ended(self) -> bool {
-        matches!(self, Phase::Exited | Phase::Stopped | Phase::Failed | Phase::Lost)
+        matches!(self, Phase::Stopped | Phase::Failed | Phase::Lost)
     }
 }
 

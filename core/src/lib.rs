@@ -19,6 +19,7 @@
 //! - [`registry`]: the cluster registry, the state machine the coordinators replicate.
 //! - [`scheduler`]: registry + deployment -> a placement plan.
 //! - [`ring`]: the bounded byte ring that holds console output.
+//! - [`rng`]: a seeded random number generator for simulations.
 
 pub mod clock;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod reconcile;
 pub mod registry;
 pub mod restart;
 pub mod ring;
+pub mod rng;
 pub mod scheduler;
 pub mod spec;
 pub mod target;

@@ -114,6 +114,8 @@ pub fn report_to_pb(report: &InstanceReport) -> pb::InstanceReport {
         restarts: report.restarts,
         last_exit: report.last_exit.map(wire_agent::ExitStatus::from),
         message: report.message.clone(),
+        revision: report.revision,
+        assignments_index: report.assignments_index,
     }
 }
 
@@ -124,6 +126,8 @@ pub fn report_from_pb(report: &pb::InstanceReport) -> Result<InstanceReport, Wir
         restarts: report.restarts,
         last_exit: report.last_exit.as_ref().and_then(Option::from),
         message: report.message.clone(),
+        revision: report.revision,
+        assignments_index: report.assignments_index,
     })
 }
 
@@ -302,6 +306,8 @@ mod tests {
                     restarts: 3,
                     last_exit: Some(ExitStatus::Code(3)),
                     message: "restart limit".into(),
+                    revision: 4,
+                    assignments_index: 17,
                 }],
             },
         ];

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 
 use mirari_core::digest::Digest;
+use mirari_core::instance::ExitStatus;
 use mirari_core::registry::{HostId, HostStatus, Resources};
 use mirari_core::spec::RunPolicy;
 use mirari_core::target::Target;
@@ -47,17 +48,19 @@ const LEASE: Lease = Lease { ttl_ms: 3_000, register_again: false };
 struct Agent {
     host: Host,
     now: Now,
+    sets: u64,
 }
 
 impl Agent {
     fn local() -> Self {
-        Self { host: Host::open(vec![], None).0, now: Now { wall_ms: 1_000_000, boot_ms: 10_000 } }
+        Self { host: Host::open(vec![], None).0, now: Now { wall_ms: 1_000_000, boot_ms: 10_000 }, sets: 0 }
     }
 
     fn joined() -> Self {
         let mut agent = Self {
             host: Host::open(vec![], Some((host(), LeaseTiming::default()))).0,
             now: Now { wall_ms: 1_000_000, boot_ms: 10_000 },
+            sets: 0,
         };
         let effects = agent.tick();
         assert!(matches!(effects.as_slice(), [Effect::Register(h)] if h.id.0 == "h1"), "{effects:?}");
@@ -84,6 +87,12 @@ impl Agent {
         self.input(Input::Tick)
     }
 
+    /// A registry index for the next assignment set: they only grow.
+    fn index(&mut self) -> u64 {
+        self.sets += 1;
+        self.sets
+    }
+
     fn phase(&self, n: u64) -> Phase {
         self.host.record(id(n)).expect("known").lifecycle.phase
     }
@@ -92,11 +101,12 @@ impl Agent {
     fn assign(&mut self, ids: &[u64]) -> Vec<Effect> {
         let epoch = self.host.lease_epoch();
         let instances = ids.iter().map(|&n| (id(n), spec())).collect();
-        let effects = self.input(Input::Assigned { epoch, instances, stopping: vec![] });
+        let index = self.index();
+        let effects = self.input(Input::Assigned { epoch, index, instances, stopping: vec![] });
         let Some(Effect::FetchBlobs { generation, digests }) = effects.last().cloned() else {
             panic!("no fetch in {effects:?}");
         };
-        assert_eq!(digests, [Digest::of(b"hello")]);
+        assert_eq!(digests.len(), usize::from(!ids.is_empty()));
         self.input(Input::BlobsFetched { generation, ok: true })
     }
 
@@ -187,7 +197,8 @@ fn assignments_run_only_within_the_lease_they_were_heard_in() {
     let Effect::Persist { new, .. } = &effects[0] else { unreachable!() };
     assert!(new.iter().all(|r| r.origin == Origin::Cluster));
     // A set heard in an older epoch is ignored.
-    let stale = agent.input(Input::Assigned { epoch: 0, instances: vec![(id(9), spec())], stopping: vec![] });
+    let stale =
+        agent.input(Input::Assigned { epoch: 0, index: 100, instances: vec![(id(9), spec())], stopping: vec![] });
     assert!(stale.is_empty(), "{stale:?}");
     assert!(agent.host.record(id(9)).is_none());
 }
@@ -324,7 +335,7 @@ fn register_again_when_the_cluster_lost_this_host() {
 fn an_instance_to_stop_that_never_ran_here_is_reported_as_such() {
     let mut agent = Agent::joined();
     let epoch = agent.host.lease_epoch();
-    let effects = agent.input(Input::Assigned { epoch, instances: vec![], stopping: vec![id(7)] });
+    let effects = agent.input(Input::Assigned { epoch, index: 50, instances: vec![], stopping: vec![id(7)] });
     let Some(Effect::FetchBlobs { generation, .. }) = effects.last().cloned() else { panic!("{effects:?}") };
     let effects = agent.input(Input::BlobsFetched { generation, ok: true });
     let Some(Effect::Report(reports)) = effects.into_iter().find(|e| matches!(e, Effect::Report(_))) else {
@@ -334,4 +345,88 @@ fn an_instance_to_stop_that_never_ran_here_is_reported_as_such() {
     assert!(agent.host.record(id(7)).is_none(), "no record is made for it");
     let effects = agent.input(Input::Reported { reports, ok: true });
     assert!(!kinds(&effects).contains(&"report"), "said once");
+}
+
+#[test]
+fn after_a_restart_a_cluster_instance_waits_for_the_new_leases_assignments() {
+    // The agent died while its instance was running; the instance ended meanwhile (fenced).
+    let mut record = InstanceRecord::new(id(1), Origin::Cluster, spec(), 0);
+    record.lifecycle.on_starting();
+    record.lifecycle.on_running(0);
+    record.handle = Some(handle(1));
+    let (host, _) = Host::open(vec![record], Some((host(), LeaseTiming::default())));
+    let mut agent = Agent { host, now: Now { wall_ms: 1_000_000, boot_ms: 10_000 }, sets: 0 };
+    agent.input(Input::Ended {
+        id: id(1),
+        ended: Ended::Exited(ExitStatus::Signal(9)),
+        context: " while the agent was down".into(),
+    });
+    agent.input(Input::Released { id: id(1), handle: Some(handle(1)), ok: true });
+    assert_eq!(agent.phase(1), Phase::Exited, "a restart is due under on-failure");
+    let sent = agent.now.boot_ms;
+    agent.tick();
+    agent.input(Input::Registered { sent_ms: sent, outcome: Ok(LEASE) });
+    agent.at(sent + 2_000);
+    assert!(!kinds(&agent.tick()).contains(&"start"), "not before the assignments of this lease say it is ours");
+    // They do not: it runs elsewhere now. It is stopped for good instead.
+    let effects = agent.assign(&[]);
+    assert!(!kinds(&effects).contains(&"start"), "{effects:?}");
+    assert_eq!(agent.host.record(id(1)).unwrap().lifecycle.desired, Desired::Stopped);
+}
+
+#[test]
+fn blobs_that_could_not_be_fetched_are_fetched_again() {
+    let mut agent = Agent::joined();
+    let epoch = agent.host.lease_epoch();
+    let effects = agent.input(Input::Assigned { epoch, index: 50, instances: vec![(id(1), spec())], stopping: vec![] });
+    let Some(Effect::FetchBlobs { generation, .. }) = effects.last().cloned() else { panic!("{effects:?}") };
+    assert!(agent.input(Input::BlobsFetched { generation, ok: false }).is_empty());
+    let retry = agent.host.wake_at(agent.now);
+    assert_eq!(retry, agent.now.boot_ms + FETCH_RETRY_MS);
+    agent.at(retry);
+    let again = agent.tick();
+    assert!(again.contains(&Effect::FetchBlobs { generation, digests: vec![Digest::of(b"hello")] }), "{again:?}");
+    let started = agent.input(Input::BlobsFetched { generation, ok: true });
+    assert!(kinds(&started).contains(&"start"));
+}
+
+#[test]
+fn an_older_assignment_set_is_never_applied_after_a_newer_one() {
+    let mut agent = Agent::joined();
+    let epoch = agent.host.lease_epoch();
+    let newer = agent.input(Input::Assigned { epoch, index: 20, instances: vec![], stopping: vec![] });
+    let Some(Effect::FetchBlobs { generation, .. }) = newer.last().cloned() else { panic!("{newer:?}") };
+    agent.input(Input::BlobsFetched { generation, ok: true });
+    let older = agent.input(Input::Assigned { epoch, index: 12, instances: vec![(id(1), spec())], stopping: vec![] });
+    assert!(older.is_empty(), "{older:?}");
+    assert!(agent.host.record(id(1)).is_none());
+}
+
+#[test]
+fn an_ended_instance_the_cluster_still_asks_to_stop_is_reported_again_with_the_new_index() {
+    let mut agent = Agent::joined();
+    agent.assign(&[1]);
+    agent.started(1);
+    agent.input(Input::Stop { id: id(1) });
+    agent.input(Input::Ended { id: id(1), ended: Ended::Exited(ExitStatus::Code(0)), context: String::new() });
+    let epoch = agent.host.lease_epoch();
+    // Whatever was reported before, the set that says stop makes it say so again.
+    let effects = agent.input(Input::Assigned { epoch, index: 99, instances: vec![], stopping: vec![id(1)] });
+    let Some(Effect::FetchBlobs { generation, .. }) = effects.last().cloned() else { panic!("{effects:?}") };
+    let mut reports = Vec::new();
+    for effect in agent.input(Input::BlobsFetched { generation, ok: true }) {
+        if let Effect::Report(sent) = effect {
+            reports = sent;
+        }
+    }
+    // A report may already be in flight; once answered, the confirmation follows.
+    if reports.is_empty() {
+        let answered = agent.input(Input::Reported { reports: vec![], ok: true });
+        reports = answered
+            .into_iter()
+            .find_map(|e| if let Effect::Report(r) = e { Some(r) } else { None })
+            .unwrap_or_default();
+    }
+    let confirmation = reports.iter().find(|r| r.id == id(1)).expect("reported again");
+    assert_eq!((confirmation.phase, confirmation.assignments_index), (Phase::Stopped, 99));
 }

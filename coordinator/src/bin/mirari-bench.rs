@@ -318,6 +318,7 @@ mod simulated {
                         .map(|&id| mirari_proto::registry::InstanceReport {
                             id,
                             phase: wire_agent::Phase::from(Phase::Running).into(),
+                            revision: 1,
                             ..Default::default()
                         })
                         .collect();

@@ -42,11 +42,15 @@ pub struct Registry {
 }
 
 /// Whether an instance holds its slot and its host's resources: while it should run, and
-/// after it was asked to stop until it is known to have ended (its host reported it ended, or
-/// the host was declared down, which is only after its lease surely ran out). So a slot is
-/// never filled again while an earlier instance of it may still run.
+/// after it was asked to stop until it is known to have ended for good: its host reported it
+/// ended after applying assignments that told it to stop (an earlier end may be followed by a
+/// restart from an older assignment), or the host was declared down (only after its lease
+/// surely ran out). So a slot is never filled again while an earlier instance of it may
+/// still run.
 pub fn holds_slot(instance: &InstanceEntry) -> bool {
-    instance.desired == Desired::Running || !instance.observed.has_ended()
+    // Stops recorded before stop indexes existed (0) count as released once ended.
+    let legacy_ended = instance.stopped_at_index == 0 && instance.observed.has_ended();
+    instance.desired == Desired::Running || !(instance.released || legacy_ended)
 }
 
 #[derive(Debug, Clone, Default)]
@@ -254,13 +258,16 @@ impl Registry {
             // host comes back, it is told these instances are obsolete.
             let lost: Vec<InstanceId> = self.placed_on(id).map(|i| i.id).collect();
             let reason = format!("host {id} is down");
+            let index = self.applied_index;
             for lost in lost {
                 self.update(lost, |instance| {
                     if instance.desired == Desired::Running {
                         instance.desired = Desired::Stopped;
+                        instance.stopped_at_index = index;
                         instance.message = reason.clone();
                     }
                     instance.observed = Phase::Lost;
+                    instance.released = true;
                 });
             }
         }
@@ -392,6 +399,9 @@ impl Registry {
                 last_exit: None,
                 message: String::new(),
                 placed_at_ms: at_ms,
+                reported_revision: 0,
+                stopped_at_index: 0,
+                released: false,
             };
             self.minted.insert(placed.id);
             self.occupy(&instance);
@@ -401,10 +411,12 @@ impl Registry {
     }
 
     fn stop_instances(&mut self, ids: impl IntoIterator<Item = InstanceId>, reason: &str) {
+        let index = self.applied_index;
         for id in ids {
             self.update(id, |instance| {
                 if instance.desired == Desired::Running {
                     instance.desired = Desired::Stopped;
+                    instance.stopped_at_index = index;
                     instance.message = reason.to_owned();
                 }
             });
@@ -439,7 +451,19 @@ impl Registry {
                 // were replaced (a returning host is told to stop them).
                 continue;
             }
+            // Older than what was applied already. The same revision again is the same state,
+            // reported again to confirm a stop the host has now heard of.
+            if report.revision < instance.reported_revision {
+                continue;
+            }
             self.update(report.id, |instance| {
+                instance.reported_revision = report.revision;
+                if instance.desired == Desired::Stopped
+                    && report.phase.has_ended()
+                    && report.assignments_index >= instance.stopped_at_index
+                {
+                    instance.released = true;
+                }
                 instance.observed = report.phase;
                 instance.restarts = report.restarts;
                 instance.last_exit = report.last_exit;

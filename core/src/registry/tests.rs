@@ -145,7 +145,15 @@ fn request_ids_are_forgotten_after_the_window() {
 }
 
 fn report(id: u64, phase: Phase) -> InstanceReport {
-    InstanceReport { id: InstanceId::from_u64(id), phase, restarts: 0, last_exit: None, message: String::new() }
+    InstanceReport {
+        id: InstanceId::from_u64(id),
+        phase,
+        restarts: 0,
+        last_exit: None,
+        message: String::new(),
+        revision: 0,
+        assignments_index: u64::MAX,
+    }
 }
 
 fn reported(registry: &mut Registry, index: u64, host: &str, reports: Vec<InstanceReport>) {
@@ -210,8 +218,7 @@ fn a_host_going_down_loses_its_instances_and_frees_their_slots() {
     assert_eq!((lost.observed, lost.desired), (Phase::Lost, Desired::Stopped));
     assert_eq!(registry.slot_holder("hello", 1), None);
     // A stale report from the returning host does not revive it.
-    let report =
-        InstanceReport { id: lost.id, phase: Phase::Running, restarts: 0, last_exit: None, message: String::new() };
+    let report = report(lost.id.as_u64(), Phase::Running);
     registry
         .apply(
             index + 3,
@@ -245,4 +252,47 @@ fn deploying_a_new_version_replaces_the_old_instances() {
         registry.apply(index + 5, &request(index + 5, missing)),
         Err(Rejection::UnknownVersion { app: "hello".into(), version: "9".into() })
     );
+}
+
+#[test]
+fn an_exited_instance_asked_to_stop_holds_its_slot_until_it_is_stopped() {
+    // It exited on its own (a restart is due) just as the deployment was stopped: its host may
+    // restart it before it hears of the stop.
+    let (mut registry, index) = deployed(1);
+    place(&mut registry, index + 1, vec![placed(1, 0, "a")]).unwrap();
+    reported(&mut registry, index + 2, "a", vec![report(1, Phase::Exited)]);
+    registry.apply(index + 3, &request(index + 3, Command::StopDeployment { app: "hello".into() })).unwrap();
+    assert_eq!(registry.slot_holder("hello", 0), Some(InstanceId::from_u64(1)));
+    reported(&mut registry, index + 4, "a", vec![report(1, Phase::Stopped)]);
+    assert_eq!(registry.slot_holder("hello", 0), None);
+}
+
+#[test]
+fn a_report_older_than_one_applied_is_ignored() {
+    let (mut registry, index) = deployed(1);
+    place(&mut registry, index + 1, vec![placed(1, 0, "a")]).unwrap();
+    let versioned = |phase, revision| InstanceReport { revision, ..report(1, phase) };
+    reported(&mut registry, index + 2, "a", vec![versioned(Phase::Running, 5)]);
+    // A report from before (retried after a timeout) lands late.
+    reported(&mut registry, index + 3, "a", vec![versioned(Phase::Exited, 3)]);
+    assert_eq!(registry.instance(InstanceId::from_u64(1)).unwrap().observed, Phase::Running);
+    reported(&mut registry, index + 4, "a", vec![versioned(Phase::Stopping, 6)]);
+    assert_eq!(registry.instance(InstanceId::from_u64(1)).unwrap().observed, Phase::Stopping);
+}
+
+#[test]
+fn an_end_reported_before_the_host_heard_of_the_stop_does_not_free_the_slot() {
+    // Fenced, the host stopped the instance; meanwhile the deployment was scaled down. The
+    // host may still act on an older assignment that runs it: only an end reported after it
+    // applied assignments that say stop frees the slot.
+    let (mut registry, index) = deployed(1);
+    place(&mut registry, index + 1, vec![placed(1, 0, "a")]).unwrap();
+    registry.apply(index + 2, &request(index + 2, Command::Scale { app: "hello".into(), count: 0 })).unwrap();
+    let stopped_at = index + 2;
+    let early = InstanceReport { assignments_index: stopped_at - 1, revision: 2, ..report(1, Phase::Stopped) };
+    reported(&mut registry, index + 3, "a", vec![early]);
+    assert_eq!(registry.slot_holder("hello", 0), Some(InstanceId::from_u64(1)), "the stop was not heard yet");
+    let heard = InstanceReport { assignments_index: stopped_at, revision: 3, ..report(1, Phase::Stopped) };
+    reported(&mut registry, index + 4, "a", vec![heard]);
+    assert_eq!(registry.slot_holder("hello", 0), None);
 }

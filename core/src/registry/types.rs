@@ -123,6 +123,16 @@ pub struct InstanceEntry {
     pub last_exit: Option<ExitStatus>,
     pub message: String,
     pub placed_at_ms: u64,
+    /// The revision of the last report applied (see [`InstanceReport::revision`]).
+    #[serde(default)]
+    pub reported_revision: u64,
+    /// The index at which it was asked to stop (0: before stops recorded their index).
+    #[serde(default)]
+    pub stopped_at_index: u64,
+    /// Known to have ended for good: its host said so after hearing of the stop, or it was
+    /// declared down. Its slot and its host's resources are free again.
+    #[serde(default)]
+    pub released: bool,
 }
 
 /// A placement decided by the scheduler: instance `id` fills `slot` on `host`.
@@ -141,6 +151,13 @@ pub struct InstanceReport {
     pub restarts: u32,
     pub last_exit: Option<ExitStatus>,
     pub message: String,
+    /// The agent's revision of its record of the instance, which only grows: a report that
+    /// arrives after a newer one (it was retried, or delayed in a partition) is ignored. 0 in
+    /// reports from before revisions, which are always applied.
+    pub revision: u64,
+    /// The registry index of the latest assignment set the host had applied when it made
+    /// the report: a report of an end confirms a stop only if the host had heard of it.
+    pub assignments_index: u64,
 }
 
 /// A change to the registry, as it is fixed in the raft log. Everything it needs (IDs, times)
