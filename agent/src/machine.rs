@@ -523,8 +523,10 @@ impl Host {
             Input::Assigned { epoch, index, instances, stopping } => {
                 let valid = self.has_lease(now);
                 let Some(link) = self.link.as_mut() else { return };
-                if !valid || epoch != link.epoch || index < link.assignments_index {
-                    return; // Heard before a lapse, or older than what was applied: never acted on.
+                let newest =
+                    link.assigned.as_ref().map_or(link.assignments_index, |a| a.index.max(link.assignments_index));
+                if !valid || epoch != link.epoch || index < newest {
+                    return; // Heard before a lapse, or older than a set already heard: never acted on.
                 }
                 link.generation += 1;
                 let digests = blobs_of(&instances);

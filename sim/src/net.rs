@@ -76,12 +76,20 @@ pub struct Network {
     /// Assignment streams that lost a message. A stream rides one TCP connection: it does not
     /// lose a message and go on, it breaks, and nothing more arrives on it.
     broken_streams: std::collections::BTreeSet<u64>,
+    /// When each stream's last message arrives: a stream delivers in order.
+    stream_tail: BTreeMap<u64, Ms>,
 }
 
 impl Network {
     pub fn send(&mut self, rng: &mut SplitMix64, now: Ms, from: Addr, to: Addr, payload: Payload) {
         let latency = if rng.chance(5) { rng.between(20, 80) } else { rng.between(1, 8) };
-        self.in_flight.push(Packet { deliver_at: now + latency, from, to, payload });
+        let mut deliver_at = now + latency;
+        if let Payload::Assignments { stream, .. } = &payload {
+            let tail = self.stream_tail.entry(*stream).or_default();
+            deliver_at = deliver_at.max(*tail);
+            *tail = deliver_at;
+        }
+        self.in_flight.push(Packet { deliver_at, from, to, payload });
     }
 
     pub fn cut_off(&mut self, addr: Addr, until: Ms) {

@@ -391,6 +391,18 @@ fn blobs_that_could_not_be_fetched_are_fetched_again() {
 }
 
 #[test]
+fn an_older_assignment_set_heard_while_a_newer_one_waits_for_its_blobs_is_ignored() {
+    let mut agent = Agent::joined();
+    let epoch = agent.host.lease_epoch();
+    let newer = agent.input(Input::Assigned { epoch, index: 62, instances: vec![], stopping: vec![id(1)] });
+    let Some(Effect::FetchBlobs { generation, .. }) = newer.last().cloned() else { panic!("{newer:?}") };
+    let older = agent.input(Input::Assigned { epoch, index: 61, instances: vec![(id(1), spec())], stopping: vec![] });
+    assert!(older.is_empty(), "{older:?}");
+    agent.input(Input::BlobsFetched { generation, ok: true });
+    assert!(agent.host.record(id(1)).is_none(), "the older set never ran it");
+}
+
+#[test]
 fn an_older_assignment_set_is_never_applied_after_a_newer_one() {
     let mut agent = Agent::joined();
     let epoch = agent.host.lease_epoch();
