@@ -2,7 +2,8 @@
 //!
 //! Seeds vary the size: three or five coordinators, three or four hosts.
 //! `cargo test -p mirari-sim` runs 1,000 seeds; `MIRARI_SIM_SEEDS=N` runs N, `MIRARI_SIM_SEED=S`
-//! replays one (a failure prints its seed). Longer runs: `cargo test --release -p mirari-sim`.
+//! replays one (a failure prints its seed), `MIRARI_SIM_FIRST_SEED` starts elsewhere. Longer
+//! runs: `cargo test --release -p mirari-sim`.
 
 use mirari_sim::{Scenario, World};
 
@@ -14,7 +15,10 @@ fn env_u64(name: &str) -> Option<u64> {
 fn the_cluster_keeps_its_guarantees_under_faults() {
     let seeds: Vec<u64> = match env_u64("MIRARI_SIM_SEED") {
         Some(seed) => vec![seed],
-        None => (0..env_u64("MIRARI_SIM_SEEDS").unwrap_or(1_000)).collect(),
+        None => {
+            let first = env_u64("MIRARI_SIM_FIRST_SEED").unwrap_or(0);
+            (first..first + env_u64("MIRARI_SIM_SEEDS").unwrap_or(1_000)).collect()
+        }
     };
     let (mut faults, mut writes, mut instances, mut virtual_ms) = (0, 0, 0, 0);
     for &seed in &seeds {
