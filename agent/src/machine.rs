@@ -187,6 +187,9 @@ struct Tracked {
     stopping: bool,
     /// The next stop waits only `fence_stop` before forcing (the host was fenced).
     quick_stop: bool,
+    /// Re-adopted while a stop from before the agent restarted was under way: that stop may
+    /// still end the run, and such an end is not the app's own.
+    stop_from_before: bool,
 }
 
 impl Tracked {
@@ -241,6 +244,16 @@ struct Assigned {
     retry_fetch_ms: Option<u64>,
 }
 
+/// How this host is part of a cluster, as the agent starts.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub host: registry::Host,
+    pub timing: LeaseTiming,
+    /// The lease of the agent's previous run had run out by the time this one started (its
+    /// fencing deadline passed): whatever cluster instances survived are no longer its own.
+    pub lease_ran_out: bool,
+}
+
 /// Everything this agent decides.
 #[derive(Debug)]
 pub struct Host {
@@ -250,11 +263,23 @@ pub struct Host {
 
 impl Host {
     /// The machine over the records the agent found on disk, and what to do first: clean up
-    /// after runs that ended without the agent, and find the runs that were live.
-    pub fn open(records: Vec<InstanceRecord>, cluster: Option<(registry::Host, LeaseTiming)>) -> (Self, Vec<Effect>) {
+    /// after runs that ended without the agent, and find the runs that were live. If the
+    /// cluster lease ran out while the agent was down, its cluster instances are fenced now,
+    /// and the host rejoins only once they are stopped.
+    pub fn open(records: Vec<InstanceRecord>, cluster: Option<Cluster>, now: Now) -> (Self, Vec<Effect>) {
         let mut effects = Vec::new();
         let mut instances = BTreeMap::new();
-        for record in records {
+        let mut fenced = Vec::new();
+        for mut record in records {
+            let fence = cluster.as_ref().is_some_and(|c| c.lease_ran_out)
+                && record.origin == Origin::Cluster
+                && record.lifecycle.desired == Desired::Running;
+            if fence {
+                record.lifecycle.on_stop_requested();
+                record.revision += 1;
+                record.log(now.wall_ms, "fenced: this host's cluster lease ran out while the agent was down");
+                fenced.push(record.clone());
+            }
             let busy = if record.lifecycle.phase.is_live() {
                 effects.push(Effect::Recover(record.clone()));
                 Some(Busy::Recovering)
@@ -264,9 +289,16 @@ impl Host {
             } else {
                 None
             };
-            instances.insert(record.id, Tracked { record, busy, stopping: false, quick_stop: false });
+            instances.insert(
+                record.id,
+                Tracked { record, busy, stopping: false, quick_stop: fence, stop_from_before: false },
+            );
         }
-        let link = cluster.map(|(host, timing)| Link {
+        if !fenced.is_empty() {
+            tracing::warn!(instances = fenced.len(), "the cluster lease ran out while the agent was down: fencing");
+            effects.insert(0, Effect::Persist { new: Vec::new(), changed: fenced });
+        }
+        let link = cluster.map(|Cluster { host, timing, .. }| Link {
             host,
             timing,
             registered: false,
@@ -363,7 +395,10 @@ impl Host {
                 for id in ids {
                     let record = InstanceRecord::new(id, Origin::Local, spec.clone(), now.wall_ms);
                     step.new.push(id);
-                    self.instances.insert(id, Tracked { record, busy: None, stopping: false, quick_stop: false });
+                    self.instances.insert(
+                        id,
+                        Tracked { record, busy: None, stopping: false, quick_stop: false, stop_from_before: false },
+                    );
                 }
             }
             Input::Stop { id } => {
@@ -390,18 +425,26 @@ impl Host {
                             let policy = t.record.spec.run.restart;
                             t.record.lifecycle.on_start_failed(message, policy, now.wall_ms);
                             log_outcome(&mut t.record, now);
+                            // A failed start may leave something behind (a half-created
+                            // domain): it is released before anything else happens.
+                            t.busy = Some(Busy::Releasing);
                             false
                         }
                     }
                 });
-                if running == Some(true) {
-                    step.watch.push(id);
+                match running {
+                    Some(true) => step.watch.push(id),
+                    Some(false) => step.release.push((id, None)),
+                    None => {}
                 }
             }
             Input::Ended { id, ended, context } => {
                 let mut ended_run = None;
                 self.change(id, step, |t| {
                     let policy = t.record.spec.run.restart;
+                    if std::mem::take(&mut t.stop_from_before) && t.record.lifecycle.phase == Phase::Running {
+                        t.record.lifecycle.on_stopping();
+                    }
                     match ended {
                         Ended::Exited(status) => {
                             t.record.lifecycle.on_exit(status, policy, now.wall_ms);
@@ -465,7 +508,9 @@ impl Host {
                     if t.record.lifecycle.started_at_ms.is_none() {
                         t.record.lifecycle.on_running(now.wall_ms);
                     }
-                    // A stop that was under way is issued again by the reconciler.
+                    // A stop that was under way is issued again by the reconciler (if still
+                    // wanted); the one from before may end the run first.
+                    t.stop_from_before = t.record.lifecycle.phase == Phase::Stopping;
                     t.record.lifecycle.phase = Phase::Running;
                     t.record.handle = Some(handle);
                     t.record.log(now.wall_ms, "re-adopted after an agent restart");
@@ -624,8 +669,15 @@ impl Host {
     }
 
     fn call_coordinators(&mut self, now: Now, step: &mut Step) {
+        // A host rejoins only once its fenced instances are stopped: the cluster may place
+        // their replacements here as soon as it is back.
+        let fencing = self.instances.values().any(|t| {
+            t.record.origin == Origin::Cluster
+                && t.record.lifecycle.desired == Desired::Stopped
+                && (t.record.lifecycle.phase.is_live() || t.is_busy())
+        });
         let Some(link) = self.link.as_mut() else { return };
-        if link.calling || now.boot_ms < link.next_call_ms {
+        if link.calling || now.boot_ms < link.next_call_ms || (!link.registered && fencing) {
             return;
         }
         link.calling = true;
@@ -661,7 +713,10 @@ impl Host {
                 let mut record = InstanceRecord::new(*id, Origin::Cluster, (*spec).clone(), now.wall_ms);
                 record.log(now.wall_ms, "assigned to this host by the cluster");
                 step.new.push(*id);
-                self.instances.insert(*id, Tracked { record, busy: None, stopping: false, quick_stop: false });
+                self.instances.insert(
+                    *id,
+                    Tracked { record, busy: None, stopping: false, quick_stop: false, stop_from_before: false },
+                );
             }
         }
         let cluster: Vec<InstanceId> =

@@ -33,13 +33,15 @@ use crate::backends::xen::XenBackend;
 use crate::backends::{Backend, BackendError, Ended, Fingerprint, Launch, Recovered, StopOutcome};
 use crate::cluster::{self, ClusterConfig};
 use crate::console::ConsoleBuffer;
-use crate::machine::{Effect, Host, Input, Now};
+use crate::machine::{self, Effect, Host, Input, Now};
 use crate::state::{InstanceRecord, Origin, StateError, StateStore};
 use crate::supervisor::client::ShimLauncher;
 use crate::supervisor::fence;
 
 /// Most instances one run request may create.
 pub const MAX_RUN_COUNT: u32 = 1000;
+/// The fencing deadline of this host's cluster instances, in the state directory.
+const FENCE_FILE: &str = "cluster.fence";
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -150,7 +152,12 @@ impl Agent {
                 (record.id, console)
             })
             .collect();
-        let (host, first) = Host::open(records, cluster.as_ref().map(|c| (c.host.clone(), c.timing)));
+        // The previous run's fencing deadline says whether its lease outlived its stop.
+        let deadline = fence::read(&config.state_dir.join(FENCE_FILE));
+        let lease_ran_out = deadline.is_none_or(|deadline| clock::boot_ms() >= deadline);
+        let machine_cluster =
+            cluster.as_ref().map(|c| machine::Cluster { host: c.host.clone(), timing: c.timing, lease_ran_out });
+        let (host, first) = Host::open(records, machine_cluster, Self::now());
         let (commands, receiver) = mpsc::unbounded_channel();
         let agent = Self {
             inner: Arc::new(Inner {
@@ -277,7 +284,7 @@ impl Agent {
     }
 
     fn fence_file(&self) -> PathBuf {
-        self.inner.config.state_dir.join("cluster.fence")
+        self.inner.config.state_dir.join(FENCE_FILE)
     }
 
     fn launch(&self, record: &InstanceRecord) -> Launch {

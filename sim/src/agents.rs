@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use mirari_agent::backends::{Ended, Handle};
-use mirari_agent::machine::{Effect, Host, Input, Now};
+use mirari_agent::machine::{Cluster, Effect, Host, Input, Now};
 use mirari_agent::state::{InstanceRecord, Origin};
 use mirari_core::ids::InstanceId;
 use mirari_core::instance::ExitStatus;
@@ -150,7 +150,8 @@ impl SimAgent {
 
     /// Starts (or restarts) the agent from what its disk holds.
     pub fn start(&mut self, net: &mut Network, rng: &mut SplitMix64, now: Ms) {
-        let (machine, first) = Host::open(self.disk.values().cloned().collect(), Some((self.info(), self.timing)));
+        let cluster = Cluster { host: self.info(), timing: self.timing, lease_ran_out: now >= self.fence_deadline };
+        let (machine, first) = Host::open(self.disk.values().cloned().collect(), Some(cluster), Self::now(now));
         self.machine = Some(machine);
         self.perform(net, rng, now, first);
     }

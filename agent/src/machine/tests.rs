@@ -43,6 +43,11 @@ fn host() -> registry::Host {
 }
 
 const LEASE: Lease = Lease { ttl_ms: 3_000, register_again: false };
+const START: Now = Now { wall_ms: 1_000_000, boot_ms: 10_000 };
+
+fn cluster(lease_ran_out: bool) -> Cluster {
+    Cluster { host: host(), timing: LeaseTiming::default(), lease_ran_out }
+}
 
 /// A host and a clock that moves only when told.
 struct Agent {
@@ -53,12 +58,12 @@ struct Agent {
 
 impl Agent {
     fn local() -> Self {
-        Self { host: Host::open(vec![], None).0, now: Now { wall_ms: 1_000_000, boot_ms: 10_000 }, sets: 0 }
+        Self { host: Host::open(vec![], None, START).0, now: START, sets: 0 }
     }
 
     fn joined() -> Self {
         let mut agent = Self {
-            host: Host::open(vec![], Some((host(), LeaseTiming::default()))).0,
+            host: Host::open(vec![], Some(cluster(false)), START).0,
             now: Now { wall_ms: 1_000_000, boot_ms: 10_000 },
             sets: 0,
         };
@@ -180,7 +185,7 @@ fn records_found_at_start_are_recovered_or_cleaned_up_first() {
     let mut ended = InstanceRecord::new(id(2), Origin::Local, spec(), 0);
     ended.lifecycle.phase = Phase::Exited;
     ended.handle = Some(handle(2));
-    let (mut host, effects) = Host::open(vec![live, ended], None);
+    let (mut host, effects) = Host::open(vec![live, ended], None, START);
     assert_eq!(kinds(&effects), ["recover", "release"]);
     let now = Now { wall_ms: 5_000, boot_ms: 5_000 };
     // Nothing else happens to them until recovery answers.
@@ -354,7 +359,7 @@ fn after_a_restart_a_cluster_instance_waits_for_the_new_leases_assignments() {
     record.lifecycle.on_starting();
     record.lifecycle.on_running(0);
     record.handle = Some(handle(1));
-    let (host, _) = Host::open(vec![record], Some((host(), LeaseTiming::default())));
+    let (host, _) = Host::open(vec![record], Some(cluster(false)), START);
     let mut agent = Agent { host, now: Now { wall_ms: 1_000_000, boot_ms: 10_000 }, sets: 0 };
     agent.input(Input::Ended {
         id: id(1),
@@ -441,4 +446,55 @@ fn an_ended_instance_the_cluster_still_asks_to_stop_is_reported_again_with_the_n
     }
     let confirmation = reports.iter().find(|r| r.id == id(1)).expect("reported again");
     assert_eq!((confirmation.phase, confirmation.assignments_index), (Phase::Stopped, 99));
+}
+
+#[test]
+fn a_stop_from_before_an_agent_restart_that_ends_a_run_wanted_again_restarts_it() {
+    // The agent died while stopping an instance it had since been told to run again; the stop
+    // (in the shim) ends the run cleanly after the restart.
+    let mut record = InstanceRecord::new(id(1), Origin::Local, spec(), 0);
+    record.lifecycle.on_starting();
+    record.lifecycle.on_running(0);
+    record.lifecycle.on_stop_requested();
+    record.lifecycle.on_stopping();
+    record.lifecycle.on_run_requested();
+    record.handle = Some(handle(1));
+    let (host, _) = Host::open(vec![record], None, START);
+    let mut agent = Agent { host, now: Now { wall_ms: 1_000_000, boot_ms: 10_000 }, sets: 0 };
+    agent.input(Input::Adopted { id: id(1), handle: handle(1) });
+    assert_eq!(agent.phase(1), Phase::Running);
+    agent.input(Input::Ended { id: id(1), ended: Ended::Exited(ExitStatus::Code(0)), context: String::new() });
+    assert_eq!(agent.phase(1), Phase::Pending, "a clean exit we caused does not rest under on-failure");
+}
+
+#[test]
+fn after_a_restart_past_the_lease_cluster_instances_are_fenced_before_the_host_rejoins() {
+    // The agent was down longer than its lease: its instance may have been replaced already.
+    let mut record = InstanceRecord::new(id(1), Origin::Cluster, spec(), 0);
+    record.lifecycle.on_starting();
+    record.lifecycle.on_running(0);
+    record.handle = Some(handle(1));
+    let (host, first) = Host::open(vec![record], Some(cluster(true)), START);
+    assert_eq!(kinds(&first), ["persist", "recover"]);
+    let mut agent = Agent { host, now: START, sets: 0 };
+    assert_eq!(agent.host.record(id(1)).unwrap().lifecycle.desired, Desired::Stopped);
+    let adopted = agent.input(Input::Adopted { id: id(1), handle: handle(1) });
+    assert!(matches!(
+        adopted.iter().find(|e| matches!(e, Effect::Stop { .. })),
+        Some(Effect::Stop { timeout_secs: 1, .. })
+    ));
+    assert!(!kinds(&adopted).contains(&"register"), "not while a fenced instance runs");
+    agent.input(Input::StopReturned { id: id(1), outcome: Ok(false), timeout_secs: 1 });
+    agent.input(Input::Ended { id: id(1), ended: Ended::Exited(ExitStatus::Signal(15)), context: String::new() });
+    let released = agent.input(Input::Released { id: id(1), handle: Some(handle(1)), ok: true });
+    assert_eq!(kinds(&released), ["persist", "register"], "the handle is forgotten, then the host rejoins");
+}
+
+#[test]
+fn a_failed_start_is_cleaned_up() {
+    let mut agent = Agent::local();
+    agent.input(Input::Run { spec: spec(), ids: vec![id(1)] });
+    let failed = agent.input(Input::Started { id: id(1), outcome: Err("xl create timed out".into()) });
+    assert!(failed.iter().any(|e| matches!(e, Effect::Release { handle: None, .. })), "{failed:?}");
+    assert!(agent.host.is_busy(id(1)));
 }
