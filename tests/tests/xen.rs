@@ -1,5 +1,7 @@
 //! The Xen backend against a real Xen hypervisor: a Debian dom0 booted under QEMU TCG
-//! (`deploy/xen-testhost/`), with `mirari-agent` inside it joined to a coordinator outside.
+//! (`deploy/xen-testhost/`), with `mirari-agent` inside it joined to a coordinator outside:
+//! deploy, consoles, re-adoption after `kill -9`, the same with dom0's CPUs starved (never more
+//! domains than instances), and stop.
 //!
 //! Ignored by default (it builds a disk image, boots Xen and builds the example in dom0:
 //! several minutes). Run it with
@@ -49,6 +51,32 @@ fn mirari_domains(state: &Path) -> Vec<(String, u32)> {
             Some((fields.first()?.to_string(), fields.get(1)?.parse().ok()?))
         })
         .collect()
+}
+
+/// Counts the `mirari-` domains in dom0 in the background; the most seen at once.
+struct DomainSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl DomainSampler {
+    fn start(state: &Path) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (state, flag) = (state.to_owned(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut most = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(mirari_domains(&state).len());
+            }
+            most
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the sampler")
+    }
 }
 
 struct Testhost {
@@ -168,6 +196,33 @@ fn deploys_watches_readopts_and_stops_xen_domains() {
         });
     }
     assert_eq!(mirari_domains(&host.state), before, "the same domains, none added");
+
+    // The same with dom0's CPUs starved: the agent may now be slow enough to lose its lease,
+    // be fenced and see its instances replaced, but it must never leak or double a domain.
+    let sampler = DomainSampler::start(&host.state);
+    dom0(&host.state, "for i in 1 2 3 4 5 6; do nohup sh -c 'while :; do :; done' >/dev/null 2>&1 & done").unwrap();
+    dom0(&host.state, "pkill -9 -x mirari-agent").unwrap();
+    let running = eventually(SLOW, "two running instances again, on a starved host", || {
+        let status: serde_json::Value =
+            serde_json::from_slice(&cli(&["cluster", "status", "--output", "json"]).stdout).map_err(|e| e.to_string())?;
+        let running: Vec<String> = status["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["desired"] == "running" && i["observed"] == "running")
+            .map(|i| format!("mirari-{}", i["id"].as_str().unwrap_or_default()))
+            .collect();
+        let domains: Vec<String> = mirari_domains(&host.state).into_iter().map(|(name, _)| name).collect();
+        if running.len() == 2 && domains.len() == 2 && running.iter().all(|r| domains.contains(r)) {
+            Ok(running)
+        } else {
+            Err(format!("running {running:?}, domains {domains:?}"))
+        }
+    });
+    let most = sampler.finish();
+    assert!(most <= 2, "{most} mirari domains at once for 2 instances on a starved host");
+    dom0(&host.state, "pkill -f 'while :; do :; done'").unwrap();
+    eprintln!("starved: {running:?}, at most {most} domains at once: {:?}", started.elapsed());
 
     // Stop: the domains shut down gracefully and are gone.
     let stopped = cli(&["cluster", "stop", "hello"]);
