@@ -446,6 +446,12 @@ impl Host {
                         t.record.lifecycle.on_stopping();
                     }
                     match ended {
+                        _ if t.record.lifecycle.phase == Phase::Starting => {
+                            // Found ended by recovery while its start was under way: what ended
+                            // may be an older run, and this one may never have started.
+                            t.record.lifecycle.on_start_interrupted();
+                            t.record.log(now.wall_ms, format!("its start was interrupted{context}; starting again"));
+                        }
                         Ended::Exited(status) => {
                             t.record.lifecycle.on_exit(status, policy, now.wall_ms);
                             t.record.log(now.wall_ms, format!("exited with {status}{context}"));

@@ -77,6 +77,14 @@ impl Lifecycle {
         }
     }
 
+    /// The agent died while the instance was starting, and finds it ended: the start may
+    /// never have happened (what is found is then an older run's end), so nothing is known of
+    /// this run. It starts again if wanted, as if it had never run.
+    pub fn on_start_interrupted(&mut self) {
+        self.started_at_ms = None;
+        self.phase = if self.desired == Desired::Running { Phase::Pending } else { Phase::Stopped };
+    }
+
     pub fn on_stopping(&mut self) {
         self.phase = Phase::Stopping;
     }
@@ -280,6 +288,19 @@ mod tests {
         assert_eq!((life.desired, life.phase), (Desired::Running, Phase::Pending));
         assert_eq!(plan([(id(1), &life)], 10).actions, [Action::Start(id(1))]);
         assert_eq!(life.failures_in_a_row, 0, "an exit we caused is not the app's failure");
+    }
+
+    #[test]
+    fn an_interrupted_start_starts_again() {
+        let mut life = Lifecycle::new();
+        life.on_starting();
+        life.on_start_interrupted();
+        assert_eq!((life.phase, life.failures_in_a_row), (Phase::Pending, 0));
+        assert_eq!(plan([(id(1), &life)], 0).actions, [Action::Start(id(1))]);
+        life.on_starting();
+        life.on_stop_requested();
+        life.on_start_interrupted();
+        assert_eq!(life.phase, Phase::Stopped);
     }
 
     #[test]

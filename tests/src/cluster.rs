@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::coordinators::{Coordinator, free_port};
 use crate::netns::{Network, TestHost};
 use crate::pki::{Identity, Pki};
+use crate::proxy::Proxy;
 use crate::{bin, eventually};
 
 pub const DEADLINE: Duration = Duration::from_secs(90);
@@ -158,26 +159,45 @@ pub struct Cluster {
 impl Cluster {
     /// `coordinators` coordinators and `agents` agents, each on its own host.
     pub fn start(coordinators: usize, agents: usize) -> Self {
+        Self::start_proxied(coordinators, agents, 0).0
+    }
+
+    /// Like [`Cluster::start`]; the first `proxied` agents reach the coordinators through a
+    /// [`Proxy`] each (on this machine, returned per agent and coordinator), so a test can slow
+    /// their links down or silence them.
+    pub fn start_proxied(coordinators: usize, agents: usize, proxied: usize) -> (Self, Vec<Vec<Proxy>>) {
         let network = Network::new(coordinators + agents);
         let dir = tempfile::Builder::new().prefix("mirari-cluster-").tempdir().expect("scratch dir");
         let hosts = network.hosts().to_vec();
         let pki = Pki::new(dir.path());
-        let mut nodes = vec![Coordinator::start(1, &hosts[0], dir.path(), true, &pki)];
+        // Valid at this machine's address too, which is where proxied agents reach them.
+        let start = |id: u64, host: &TestHost, bootstrap: bool| {
+            let identity = pki.issue("coordinator", &format!("coordinator-{id}"), &[&host.ip, network.gateway()]);
+            Coordinator::start_with_identity(id, host, dir.path(), bootstrap, &pki, identity)
+        };
+        let mut nodes = vec![start(1, &hosts[0], true)];
         eventually(DEADLINE, "coordinator 1 to lead", || {
             nodes[0].info()?["role"].as_str().filter(|r| *r == "leader").map(|_| ()).ok_or_else(|| "not yet".into())
         });
         for (i, host) in hosts.iter().enumerate().take(coordinators).skip(1) {
-            let node = Coordinator::start(i as u64 + 1, host, dir.path(), false, &pki);
+            let node = start(i as u64 + 1, host, false);
             let (id, address) = (node.id.to_string(), node.address.clone());
             eventually(DEADLINE, "adding a coordinator", || {
                 nodes[0].cli_json(&["cluster", "members", "add", "--id", &id, "--address", &address]).map(|_| ())
             });
             nodes.push(node);
         }
-        let join: Vec<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
-        let join = join.join(",");
+        let direct: Vec<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
+        let proxies: Vec<Vec<Proxy>> =
+            (0..proxied).map(|_| nodes.iter().map(|n| Proxy::start(network.gateway(), &n.address)).collect()).collect();
         let agents = (0..agents)
-            .map(|i| ClusterAgent::start(&format!("agent-{i}"), &hosts[coordinators + i], dir.path(), &join, &pki))
+            .map(|i| {
+                let join = match proxies.get(i) {
+                    Some(proxies) => proxies.iter().map(|p| p.address.as_str()).collect::<Vec<_>>().join(","),
+                    None => direct.join(","),
+                };
+                ClusterAgent::start(&format!("agent-{i}"), &hosts[coordinators + i], dir.path(), &join, &pki)
+            })
             .collect();
         let app_dir = dir.path().join("hello");
         crate::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello"), &app_dir);
@@ -185,7 +205,7 @@ impl Cluster {
         let _ = fs::remove_dir_all(app_dir.join("_mirari"));
         let cluster = Self { coordinators: nodes, agents, app_dir, dir, network };
         cluster.wait_hosts_up(cluster.agents.len());
-        cluster
+        (cluster, proxies)
     }
 
     pub fn coordinator_addresses(&self) -> String {

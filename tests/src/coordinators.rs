@@ -102,6 +102,13 @@ impl Coordinator {
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the process.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        assert!(std::process::Command::new("kill").args([signal, &pid]).status().is_ok_and(|s| s.success()));
+    }
+
     /// Starts it again from its data directory.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "still running");

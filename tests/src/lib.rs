@@ -16,8 +16,10 @@ use serde_json::Value;
 
 pub mod cluster;
 pub mod coordinators;
+pub mod linearizability;
 pub mod netns;
 pub mod pki;
+pub mod proxy;
 pub mod sampler;
 
 /// A real binary of the workspace, built by `cargo build --workspace --bins`.

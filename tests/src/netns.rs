@@ -14,6 +14,8 @@ pub struct Network {
     tag: String,
     bridge: Option<String>,
     hosts: Vec<TestHost>,
+    /// This machine's address on the bridge, which every host reaches.
+    gateway: String,
 }
 
 #[derive(Debug, Clone)]
@@ -50,11 +52,16 @@ impl Network {
             let hosts = (0..count)
                 .map(|i| TestHost { name: format!("host{i}"), netns: None, ip: "127.0.0.1".into() })
                 .collect();
-            return Self { tag, bridge: None, hosts };
+            return Self { tag, bridge: None, hosts, gateway: "127.0.0.1".into() };
         }
         let (second, third) = (100 + serial % 100, pid % 250);
         let bridge = format!("mb{tag}");
-        let mut network = Self { tag: tag.clone(), bridge: Some(bridge.clone()), hosts: Vec::new() };
+        let mut network = Self {
+            tag: tag.clone(),
+            bridge: Some(bridge.clone()),
+            hosts: Vec::new(),
+            gateway: format!("10.{second}.{third}.1"),
+        };
         let gateway = format!("10.{second}.{third}.1/24");
         assert!(
             run(&["ip", "link", "add", &bridge, "type", "bridge"])
@@ -81,6 +88,11 @@ impl Network {
 
     pub fn hosts(&self) -> &[TestHost] {
         &self.hosts
+    }
+
+    /// This machine's own address as the hosts reach it (where a test's proxies listen).
+    pub fn gateway(&self) -> &str {
+        &self.gateway
     }
 
     /// True when hosts are namespaces with their own addresses.

@@ -203,8 +203,8 @@ fn deploys_watches_readopts_and_stops_xen_domains() {
     dom0(&host.state, "for i in 1 2 3 4 5 6; do nohup sh -c 'while :; do :; done' >/dev/null 2>&1 & done").unwrap();
     dom0(&host.state, "pkill -9 -x mirari-agent").unwrap();
     let running = eventually(SLOW, "two running instances again, on a starved host", || {
-        let status: serde_json::Value =
-            serde_json::from_slice(&cli(&["cluster", "status", "--output", "json"]).stdout).map_err(|e| e.to_string())?;
+        let status: serde_json::Value = serde_json::from_slice(&cli(&["cluster", "status", "--output", "json"]).stdout)
+            .map_err(|e| e.to_string())?;
         let running: Vec<String> = status["instances"]
             .as_array()
             .into_iter()

@@ -498,3 +498,22 @@ fn a_failed_start_is_cleaned_up() {
     assert!(failed.iter().any(|e| matches!(e, Effect::Release { handle: None, .. })), "{failed:?}");
     assert!(agent.host.is_busy(id(1)));
 }
+
+#[test]
+fn a_start_interrupted_by_an_agent_crash_starts_again() {
+    // Persisted as starting, then the agent died before the backend started it; what recovery
+    // finds ended is the previous run's clean exit.
+    let mut record = InstanceRecord::new(id(1), Origin::Local, spec(), 0);
+    record.lifecycle.on_starting();
+    let (host, first) = Host::open(vec![record], None, START);
+    assert_eq!(kinds(&first), ["recover"]);
+    let mut agent = Agent { host, now: START, sets: 0 };
+    let ended = agent.input(Input::Ended {
+        id: id(1),
+        ended: Ended::Exited(ExitStatus::Code(0)),
+        context: " while the agent was down".into(),
+    });
+    assert_eq!(kinds(&ended), ["persist", "release"]);
+    let started = agent.input(Input::Released { id: id(1), handle: None, ok: true });
+    assert!(kinds(&started).contains(&"start"), "{started:?}");
+}
