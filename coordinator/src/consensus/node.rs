@@ -314,6 +314,7 @@ impl<B: Backing> Node<B> {
             *self.machine_mut() = Machine::decode(&snapshot.data)?;
         }
         self.apply(ready.take_committed_entries(), &mut output)?;
+        fail::fail_point!("raft::persist");
         self.log.persist(ready.entries(), ready.hs())?;
         output.messages.extend(ready.take_persisted_messages());
         output.read_states.extend(ready.take_read_states());
@@ -330,6 +331,7 @@ impl<B: Backing> Node<B> {
 
     fn apply(&mut self, entries: Vec<Entry>, output: &mut Output) -> Result<(), NodeError> {
         for entry in entries {
+            fail::fail_point!("raft::apply");
             let index = entry.index;
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => self.machine_mut().registry.skip(index),
@@ -407,6 +409,7 @@ impl<B: Backing> Node<B> {
         meta.set_conf_state(self.log.read().conf_state.clone());
         snapshot.data = self.machine().encode().into();
         let compact_to = applied.saturating_sub(self.config.keep_entries).max(first_index);
+        fail::fail_point!("raft::snapshot");
         self.log.save_snapshot(&snapshot, compact_to)?;
         Ok(())
     }

@@ -150,7 +150,16 @@ impl Backing for RedbBacking {
                 entries.retain_in(first.index.., |_, _| false).map_err(db_error)?;
                 for entry in batch.entries {
                     let bytes = entry.write_to_bytes().expect("raft entries encode");
-                    entries.insert(entry.index, seal(&bytes).as_slice()).map_err(db_error)?;
+                    #[allow(unused_mut)]
+                    let mut sealed = seal(&bytes);
+                    // A disk that writes garbage: the checksum must catch it at the next start.
+                    #[cfg(feature = "failpoints")]
+                    if fail::eval("redb::corrupt_entry", |_| ()).is_some()
+                        && let Some(byte) = sealed.last_mut()
+                    {
+                        *byte ^= 0x01;
+                    }
+                    entries.insert(entry.index, sealed.as_slice()).map_err(db_error)?;
                 }
             }
             if let Some(compact_to) = batch.compact_to {
@@ -172,6 +181,9 @@ impl Backing for RedbBacking {
                 put(SNAPSHOT, snapshot)?;
             }
         }
-        txn.commit().map_err(db_error)
+        fail::fail_point!("redb::commit");
+        txn.commit().map_err(db_error)?;
+        fail::fail_point!("redb::committed");
+        Ok(())
     }
 }
