@@ -34,6 +34,8 @@ struct InfoView {
     leader_address: Option<String>,
     commit_index: u64,
     applied_index: u64,
+    /// Why the node cannot write its data directory, while it cannot.
+    disk_failure: Option<String>,
     members: Vec<MemberView>,
 }
 
@@ -49,6 +51,7 @@ impl From<pb::ClusterInfo> for InfoView {
             leader_address: (!info.leader_address.is_empty()).then_some(info.leader_address),
             commit_index: info.commit_index,
             applied_index: info.applied_index,
+            disk_failure: (!info.disk_failure.is_empty()).then_some(info.disk_failure),
             members: info
                 .members
                 .into_iter()
@@ -71,7 +74,7 @@ pub async fn info(coordinators: &[Endpoint], format: Format) -> anyhow::Result<E
     let info: InfoView =
         connect(coordinators).await?.get_cluster_info(pb::ClusterInfoRequest {}).await?.into_inner().into();
     output::print(format, &info, |info| {
-        let mut table = Table::new(&["CLUSTER", "NODE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED"]);
+        let mut table = Table::new(&["CLUSTER", "NODE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "DISK"]);
         table.row(vec![
             info.cluster_id.clone().unwrap_or_else(|| "none yet".into()),
             info.id.to_string(),
@@ -80,6 +83,7 @@ pub async fn info(coordinators: &[Endpoint], format: Format) -> anyhow::Result<E
             info.leader_id.map_or("none".into(), |l| l.to_string()),
             info.commit_index.to_string(),
             info.applied_index.to_string(),
+            info.disk_failure.clone().unwrap_or_else(|| "ok".into()),
         ]);
         table
     });

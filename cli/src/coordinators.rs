@@ -76,6 +76,7 @@ impl Coordinators {
         mut rpc: impl AsyncFnMut(CoordinatorClient<Channel>) -> Result<T, Status>,
     ) -> anyhow::Result<T> {
         let give_up = Instant::now() + RETRY_FOR;
+        let mut told = None;
         loop {
             let outcome = match self.client().await {
                 Ok(client) => rpc(client).await.map_err(anyhow::Error::new),
@@ -84,9 +85,16 @@ impl Coordinators {
             match outcome {
                 Ok(value) => return Ok(value),
                 Err(error) => {
-                    let passing = error.downcast_ref::<Status>().is_none_or(is_passing);
+                    let status = error.downcast_ref::<Status>();
+                    let passing = status.is_none_or(is_passing);
                     if !passing || Instant::now() >= give_up {
                         return Err(error).with_context(|| format!("{what} failed"));
+                    }
+                    // Say why it waits (once per reason): a full disk, an election, a host down.
+                    let reason = status.map_or_else(|| format!("{error:#}"), |s| s.message().to_owned());
+                    if told.as_ref() != Some(&reason) {
+                        eprintln!("==> {what}: {reason}; trying again for up to {}s", RETRY_FOR.as_secs());
+                        told = Some(reason);
                     }
                     self.next();
                     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -9,6 +9,12 @@
 //!
 //! The task runs on a thread of its own: its fsyncs (and snapshots) block that thread only,
 //! never the async workers that serve heartbeats and reads.
+//!
+//! When the data directory cannot be written (a full disk) the node stalls: the driver says so
+//! in the status, refuses what needs this node's disk (writes while it leads, linearizable
+//! reads) with an error that says why, and tries the write again every second. Reads with
+//! `--stale` are served from what it applied; writes that reach it as a follower go on to the
+//! leader.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -28,6 +34,8 @@ use crate::transport::Transport;
 const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 /// How many inputs may queue for the driver before callers wait.
 const INPUT_QUEUE: usize = 4096;
+/// How often a stalled node tries its failed write again.
+const STALLED_RETRY: Duration = Duration::from_secs(1);
 
 /// This node's view of the group, published after every batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,6 +46,8 @@ pub struct RaftStatus {
     pub leader: Option<u64>,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// Why the data directory cannot be written, while it cannot.
+    pub disk_failure: Option<String>,
 }
 
 /// Why a write did not go through here.
@@ -49,6 +59,12 @@ pub enum ProposeError {
     LeadershipLost,
     #[error("the raft driver has stopped")]
     Stopped,
+    #[error(
+        "this coordinator cannot write its data directory ({0}) and retries every second; a write already under way \
+         may still apply then (retrying it with the same request ID applies it once). Send writes to another \
+         coordinator, or read here with --stale"
+    )]
+    DiskFailure(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -180,6 +196,8 @@ pub fn spawn<B: Backing>(
         next_read: 0,
         next_membership: 0,
         learned_addresses: HashMap::new(),
+        disk_failure: None,
+        retry_write_at: tokio::time::Instant::now(),
     };
     let (ended, end) = oneshot::channel();
     let runtime =
@@ -210,6 +228,10 @@ struct Driver<B: Backing> {
     /// Addresses peers gave in their messages, for peers this node has not yet applied the
     /// membership of (a new member answering the leader that added it).
     learned_addresses: HashMap<u64, String>,
+    /// Why the last write failed, while the node is stalled.
+    disk_failure: Option<String>,
+    /// When a stalled node tries its write again.
+    retry_write_at: tokio::time::Instant,
 }
 
 impl<B: Backing> Driver<B> {
@@ -246,13 +268,13 @@ impl<B: Backing> Driver<B> {
                     }
                 }
             }
+            Input::ReadIndex(reply) if self.disk_failure.is_some() => {
+                let _ = reply.send(Err(self.stalled_error()));
+            }
             Input::Propose(request, reply) => match self.node.propose(&request) {
                 Ok(()) => self.pending.entry(request.request_id).or_default().push(reply),
-                Err(Refused::NotLeader(not_leader)) => {
-                    let _ = reply.send(Err(ProposeError::NotLeader { leader: not_leader.leader }));
-                }
-                Err(Refused::Invalid(error)) => {
-                    let _ = reply.send(Err(ProposeError::Invalid(error.to_string())));
+                Err(refused) => {
+                    let _ = reply.send(Err(self.refusal(refused)));
                 }
             },
             Input::ChangeMembership(change, reply) => {
@@ -260,8 +282,8 @@ impl<B: Backing> Driver<B> {
                 let request_id = format!("membership-{}-{}", self.node.id(), self.next_membership);
                 match self.node.propose_membership(&request_id, &change) {
                     Ok(()) => self.pending.entry(request_id).or_default().push(reply),
-                    Err(not_leader) => {
-                        let _ = reply.send(Err(ProposeError::NotLeader { leader: not_leader.leader }));
+                    Err(refused) => {
+                        let _ = reply.send(Err(self.refusal(refused)));
                     }
                 }
             }
@@ -277,6 +299,18 @@ impl<B: Backing> Driver<B> {
         }
     }
 
+    fn refusal(&self, refused: Refused) -> ProposeError {
+        match refused {
+            Refused::NotLeader(not_leader) => ProposeError::NotLeader { leader: not_leader.leader },
+            Refused::Invalid(error) => ProposeError::Invalid(error.to_string()),
+            Refused::Stalled => self.stalled_error(),
+        }
+    }
+
+    fn stalled_error(&self) -> ProposeError {
+        ProposeError::DiskFailure(self.disk_failure.clone().unwrap_or_default())
+    }
+
     /// One ReadIndex round for every read barrier of the batch.
     fn ask_read_index(&mut self) {
         if self.reads_to_ask.is_empty() {
@@ -288,8 +322,10 @@ impl<B: Backing> Driver<B> {
     }
 
     fn drain_ready(&mut self) -> Result<(), NodeError> {
-        while self.node.has_ready() {
-            let output = self.node.handle_ready()?;
+        let retry_due = tokio::time::Instant::now() >= self.retry_write_at;
+        while self.node.has_ready() && (!self.node.is_stalled() || retry_due) {
+            let mut output = self.node.handle_ready()?;
+            let stalled = output.stalled.take();
             {
                 let machine = self.node.machine();
                 if let Some(cluster_id) = &machine.cluster_id {
@@ -311,6 +347,13 @@ impl<B: Backing> Driver<B> {
                 if let Some(replies) = context.ok().and_then(|c| self.awaiting_read_state.remove(&c)) {
                     self.awaiting_apply.extend(replies.into_iter().map(|reply| (read.index, reply)));
                 }
+            }
+            if let Some(error) = stalled {
+                self.on_stalled(&error);
+                break;
+            }
+            if let Some(failure) = self.disk_failure.take() {
+                tracing::info!(was = %failure, "the data directory can be written again; this coordinator takes part again");
             }
         }
         // Callers that gave up (their deadline passed) no longer wait.
@@ -338,6 +381,37 @@ impl<B: Backing> Driver<B> {
         Ok(())
     }
 
+    fn on_stalled(&mut self, error: &crate::consensus::storage::StoreError) {
+        let failure = mirari_core::errors::chain(error);
+        if self.disk_failure.as_ref() != Some(&failure) {
+            tracing::error!(
+                error = %failure,
+                "cannot write the raft log: this coordinator stops taking part (writes refused while it leads, \
+                 linearizable reads refused) and retries every second"
+            );
+        }
+        self.disk_failure = Some(failure);
+        self.retry_write_at = tokio::time::Instant::now() + STALLED_RETRY;
+        // Whatever waits on this node's progress is told now, not at its deadline.
+        for (_, replies) in std::mem::take(&mut self.awaiting_read_state) {
+            for reply in replies {
+                let _ = reply.send(Err(self.stalled_error()));
+            }
+        }
+        let applied = self.node.applied_index();
+        let (served, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.awaiting_apply).into_iter().partition(|(index, _)| *index <= applied);
+        self.awaiting_apply = served;
+        for (_, reply) in waiting {
+            let _ = reply.send(Err(self.stalled_error()));
+        }
+        for (_, replies) in std::mem::take(&mut self.pending) {
+            for reply in replies {
+                let _ = reply.send(Err(self.stalled_error()));
+            }
+        }
+    }
+
     fn publish_status(&self) {
         let status = RaftStatus {
             id: self.node.id(),
@@ -351,6 +425,7 @@ impl<B: Backing> Driver<B> {
             leader: self.node.leader(),
             commit_index: self.node.commit_index(),
             applied_index: self.node.applied_index(),
+            disk_failure: self.disk_failure.clone(),
         };
         self.status.send_if_modified(|current| {
             let changed = *current != status;

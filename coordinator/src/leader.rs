@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use mirari_core::clock;
 use mirari_core::ids::InstanceId;
 pub use mirari_core::lease::{LeaseTable, LeaseTiming};
-use mirari_core::registry::{Command, HostId, HostStatus, Request};
+use mirari_core::registry::{Command, Host, HostStatus, Request};
 use mirari_core::scheduler;
 
 use crate::driver::RaftHandle;
@@ -26,9 +26,10 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// A renewal from `host`, received at `received_ms` (boot clock).
-    pub fn renew(&self, host: &HostId, received_ms: u64) {
-        self.table.lock().expect("leases lock").renew(host, received_ms);
+    /// A renewal from `host` (its registry record, up), received at `received_ms` (boot
+    /// clock). Returns whether the lease is renewed (see [`LeaseTable::renew`]).
+    pub fn renew(&self, host: &Host, received_ms: u64) -> bool {
+        self.table.lock().expect("leases lock").renew(host, received_ms)
     }
 }
 

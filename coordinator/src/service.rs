@@ -127,10 +127,17 @@ fn status_of(error: ProposeError, leader_address: Option<String>) -> Status {
             Some(address) => Status::unavailable(format!("not the leader; the leader is at {address}")),
             None => Status::unavailable("no leader is elected right now; retry shortly"),
         },
-        ProposeError::LeadershipLost => Status::unavailable(error.to_string()),
+        ProposeError::LeadershipLost | ProposeError::DiskFailure(_) => Status::unavailable(error.to_string()),
         ProposeError::Stopped => Status::internal(error.to_string()),
         ProposeError::Invalid(_) => Status::invalid_argument(error.to_string()),
     }
+}
+
+/// The answer to a host whose lease ran out while the leader declares it down.
+fn being_declared_down(host: &HostId) -> Status {
+    Status::unavailable(format!(
+        "host {host}'s lease ran out and the leader is declaring it down; it gets a lease once it has registered again"
+    ))
 }
 
 fn applied_response(result: mirari_core::registry::ApplyResult) -> pb::ProposeResponse {
@@ -175,12 +182,16 @@ impl CoordinatorService {
         if after.role != "leader" || after.term != before.term {
             return Err(ProposeError::NotLeader { leader: after.leader });
         }
-        let up = self.raft.machine().registry.host(&host).is_some_and(|h| h.status == HostStatus::Up);
-        if !up {
-            return Ok(Ok(self.lease(true)));
-        }
-        self.leases.renew(&host, received_ms);
-        Ok(Ok(self.lease(false)))
+        let renewed = {
+            let machine = self.raft.machine();
+            let record = machine.registry.host(&host).filter(|h| h.status == HostStatus::Up);
+            record.map(|record| self.leases.renew(record, received_ms))
+        };
+        Ok(match renewed {
+            None => Ok(self.lease(true)),
+            Some(true) => Ok(self.lease(false)),
+            Some(false) => Err(being_declared_down(&host)),
+        })
     }
 
     /// The instances `host` must run, as of the registry now.
@@ -319,6 +330,7 @@ impl CoordinatorService {
             applied_index: status.applied_index,
             members: machine.members.iter().map(|(&id, address)| pb::Member { id, address: address.clone() }).collect(),
             cluster_id: machine.cluster_id.clone().unwrap_or_default(),
+            disk_failure: status.disk_failure.clone().unwrap_or_default(),
         }
     }
 
@@ -446,13 +458,15 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let local = async {
             let command = Command::RegisterHost { host };
             let applied = self.raft.propose(Request { request_id: fresh_request_id("register"), command }).await?;
-            Ok(applied
-                .map(|_| {
-                    self.leases.renew(&id, received_ms);
-                    tracing::info!(host = %id, "host registered");
-                    self.lease(false)
-                })
-                .map_err(|rejection| Status::invalid_argument(rejection.to_string())))
+            if let Err(rejection) = applied {
+                return Ok(Err(Status::invalid_argument(rejection.to_string())));
+            }
+            tracing::info!(host = %id, "host registered");
+            let renewed = {
+                let machine = self.raft.machine();
+                machine.registry.host(&id).is_some_and(|record| self.leases.renew(record, received_ms))
+            };
+            Ok(if renewed { Ok(self.lease(false)) } else { Err(being_declared_down(&id)) })
         };
         self.on_leader(forwarded, REGISTER_DEADLINE, local, |mut leader| {
             let body = body.clone();

@@ -4,7 +4,8 @@
 //! and a seeded RNG: messages are lost, delayed and reordered, nodes are partitioned off, and
 //! nodes (leaders most of all) crash and restart from their durable log: a `SimulatedDisk`
 //! keeps only what was written through it, and some crashes happen in the middle of a write,
-//! which then lands nothing. After every step the
+//! which then lands nothing; some disks fill up for a while, so their nodes stall (write
+//! nothing, send nothing that depends on it) and go on once writes succeed again. After every step the
 //! invariants are checked: at most one leader per term, committed entries agree on every node.
 //! At the end, with the faults healed: every acknowledged write is present on every node, all
 //! nodes hold the same registry, and no instance ID was ever minted twice.
@@ -58,6 +59,9 @@ struct Sim {
     network: Vec<InFlight>,
     /// Nodes cut off from everyone, until the given step.
     isolated: BTreeMap<u64, u64>,
+    /// Nodes whose disk is full (every write fails), until the given step.
+    full: BTreeMap<u64, u64>,
+    stalls: u64,
     writes: BTreeMap<String, Write>,
     next_write: u64,
     minted: Vec<u64>,
@@ -81,6 +85,8 @@ impl Sim {
             disks: BTreeMap::new(),
             network: Vec::new(),
             isolated: BTreeMap::new(),
+            full: BTreeMap::new(),
+            stalls: 0,
             writes: BTreeMap::new(),
             next_write: 0,
             minted: Vec::new(),
@@ -112,7 +118,7 @@ impl Sim {
         };
         // A restarted node has exactly what reached its disk.
         let disk = self.disks[&id].clone();
-        disk.fail_writes(false);
+        disk.fail_writes(self.full.contains_key(&id));
         let node = Node::new(config, RaftLog::new(disk.durable(), disk), &logger::silent())
             .unwrap_or_else(|e| self.fail(format!("node {id} cannot restart: {e}")));
         self.nodes.insert(id, Some(node));
@@ -137,6 +143,15 @@ impl Sim {
             self.inject_faults();
         }
         self.isolated.retain(|_, until| *until > self.step);
+        let step = self.step;
+        let disks = &self.disks;
+        self.full.retain(|id, until| {
+            let still = *until > step;
+            if !still {
+                disks[id].fail_writes(false);
+            }
+            still
+        });
         if self.rng.chance(60) {
             self.client_write();
         }
@@ -187,6 +202,12 @@ impl Sim {
             if self.nodes[&id].is_none() && self.rng.chance(4) {
                 self.start(id);
             }
+        }
+        if self.full.is_empty() && self.rng.chance(1) {
+            // A disk fills up for a while: its node stalls, alive, and must go on afterwards.
+            let victim = self.ids[self.rng.below(self.ids.len() as u64) as usize];
+            self.full.insert(victim, self.step + 10 + self.rng.below(60));
+            self.disks[&victim].fail_writes(true);
         }
         if self.isolated.is_empty() && self.rng.chance(2) {
             let victim = self.ids[self.rng.below(self.ids.len() as u64) as usize];
@@ -277,6 +298,9 @@ impl Sim {
             Ok(output) => output,
             Err(e) => self.fail(format!("node {id} ready failed: {e}")),
         };
+        if output.stalled.is_some() {
+            self.stalls += 1;
+        }
         let was_leader = node.is_leader();
         for message in output.messages {
             let delay = 1 + self.rng.below(3);
@@ -313,8 +337,10 @@ impl Sim {
                 }
                 self.leaders.insert(term, id);
             }
+            // What the node's log says is committed: raft may know of a later commit whose
+            // entries are still to be written (a stalled node's ready).
             let log = node.log().read();
-            let commit = node.commit_index().min(log.last_index());
+            let commit = log.hard_state.commit.min(log.last_index());
             let from = self.checked.get(&id).map_or(0, |c| c + 1).max(log.first_index());
             let first = log.first_index();
             let new = log
@@ -340,6 +366,9 @@ impl Sim {
     /// Heals every fault and runs until all nodes agree, then checks the end state.
     fn settle_and_verify(&mut self) {
         self.isolated.clear();
+        for id in std::mem::take(&mut self.full).into_keys() {
+            self.disks[&id].fail_writes(false);
+        }
         for id in self.ids.clone() {
             if self.nodes[&id].is_none() {
                 self.start(id);
@@ -438,7 +467,8 @@ fn app() -> AppVersion {
     }
 }
 
-fn run_seed(seed: u64) {
+/// Runs one seed; returns how many ready cycles stalled on a full disk.
+fn run_seed(seed: u64) -> u64 {
     let mut sim = Sim::new(seed);
     for _ in 0..STEPS {
         sim.run_step(true);
@@ -448,6 +478,7 @@ fn run_seed(seed: u64) {
     if acked < 5 {
         sim.fail(format!("only {acked} writes were acknowledged: the cluster made too little progress to test much"));
     }
+    sim.stalls
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -461,7 +492,6 @@ fn raft_group_keeps_its_invariants_under_faults() {
         return;
     }
     let seeds = env_u64("MIRARI_SIM_SEEDS").unwrap_or(200);
-    for seed in 0..seeds {
-        run_seed(seed);
-    }
+    let stalls: u64 = (0..seeds).map(run_seed).sum();
+    assert!(stalls > seeds, "full disks stalled only {stalls} ready cycles in {seeds} seeds");
 }

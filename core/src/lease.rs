@@ -11,11 +11,16 @@
 //!
 //! [`LeaseTable`] is the leader's side, in memory only (a heartbeat a second per host is no
 //! log entry): renewals in, hosts to declare down out, time passed in as milliseconds.
+//!
+//! Once the leader has found a lease expired it grants that host nothing more until the host
+//! has been declared down: declaring it down takes a raft round, and a renewal granted
+//! meanwhile would let the host start instances whose slots the declaration then frees for
+//! replacements.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use crate::registry::{HostId, HostStatus, Registry};
+use crate::registry::{Host, HostId, HostStatus, Registry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseTiming {
@@ -59,6 +64,9 @@ pub struct LeaseTable {
     heard_at: HashMap<HostId, u64>,
     /// The same, ordered by time, so finding expired leases costs what expired.
     by_time: BTreeSet<(u64, HostId)>,
+    /// Hosts found expired and not yet seen declared down, each with the time its status last
+    /// changed then: while the registry still shows it up since that time, it gets no lease.
+    condemned: HashMap<HostId, u64>,
 }
 
 impl LeaseTable {
@@ -67,35 +75,54 @@ impl LeaseTable {
     pub fn start_leading(&mut self, registry: &Registry, now_ms: u64) {
         self.heard_at.clear();
         self.by_time.clear();
+        self.condemned.clear();
         for host in registry.hosts().filter(|h| h.status == HostStatus::Up) {
-            self.renew(&host.id, now_ms);
+            self.record(&host.id, now_ms);
         }
     }
 
-    /// A renewal from `host` was received at `now_ms`.
-    pub fn renew(&mut self, host: &HostId, now_ms: u64) {
+    /// A renewal from `host` (its record in the registry, which shows it up) was received at
+    /// `now_ms`. Returns whether the lease is renewed: not for a host found expired that has
+    /// not been declared down since.
+    pub fn renew(&mut self, host: &Host, now_ms: u64) -> bool {
+        if let Some(&changed_at) = self.condemned.get(&host.id) {
+            if Self::still_condemned(Some(host), changed_at) {
+                return false;
+            }
+            self.condemned.remove(&host.id);
+        }
+        self.record(&host.id, now_ms);
+        true
+    }
+
+    fn record(&mut self, host: &HostId, now_ms: u64) {
         if let Some(previous) = self.heard_at.insert(host.clone(), now_ms) {
             self.by_time.remove(&(previous, host.clone()));
         }
         self.by_time.insert((now_ms, host.clone()));
     }
 
+    fn still_condemned(host: Option<&Host>, changed_at: u64) -> bool {
+        host.is_some_and(|h| h.status == HostStatus::Up && h.status_changed_at_ms == changed_at)
+    }
+
     /// Hosts up in `registry` whose lease ran out `down_after` ago: the leader declares them
-    /// down (again each time it asks, until the registry says so). Hosts no longer up are
-    /// forgotten.
+    /// down (again each time it asks, until the registry says so). Hosts no longer up, or down
+    /// and up again since, are forgotten.
     pub fn expired(&mut self, registry: &Registry, now_ms: u64, down_after: Duration) -> Vec<HostId> {
         let limit = u64::try_from(down_after.as_millis()).unwrap_or(u64::MAX);
         let cutoff = now_ms.saturating_sub(limit);
         let stale: Vec<(u64, HostId)> = self.by_time.range(..(cutoff, HostId(String::new()))).cloned().collect();
-        let mut expired = Vec::new();
-        for (at, host) in stale {
-            if registry.host(&host).is_some_and(|h| h.status == HostStatus::Up) {
-                expired.push(host);
-            } else {
-                self.by_time.remove(&(at, host.clone()));
-                self.heard_at.remove(&host);
+        for (at, id) in stale {
+            self.by_time.remove(&(at, id.clone()));
+            self.heard_at.remove(&id);
+            if let Some(host) = registry.host(&id).filter(|h| h.status == HostStatus::Up) {
+                self.condemned.insert(id, host.status_changed_at_ms);
             }
         }
+        self.condemned.retain(|id, changed_at| Self::still_condemned(registry.host(id), *changed_at));
+        let mut expired: Vec<HostId> = self.condemned.keys().cloned().collect();
+        expired.sort();
         expired
     }
 }
@@ -112,23 +139,34 @@ mod tests {
         assert_eq!(timing.down_after() - timing.ttl, Duration::from_secs(4));
     }
 
+    fn host(name: &str, at_ms: u64) -> Host {
+        Host {
+            id: HostId(name.into()),
+            address: format!("{name}:1"),
+            backends: Default::default(),
+            capacity: Resources::default(),
+            labels: Default::default(),
+            status: HostStatus::Up,
+            registered_at_ms: at_ms,
+            status_changed_at_ms: at_ms,
+        }
+    }
+
+    fn apply(registry: &mut Registry, command: Command) {
+        let index = registry.applied_index() + 1;
+        registry.apply(index, &Request { request_id: format!("r{index}"), command }).unwrap();
+    }
+
     fn registry(hosts: &[&str]) -> Registry {
         let mut registry = Registry::default();
-        for (index, name) in hosts.iter().enumerate() {
-            let host = Host {
-                id: HostId((*name).into()),
-                address: format!("{name}:1"),
-                backends: Default::default(),
-                capacity: Resources::default(),
-                labels: Default::default(),
-                status: HostStatus::Up,
-                registered_at_ms: 0,
-                status_changed_at_ms: 0,
-            };
-            let request = Request { request_id: format!("r{index}"), command: Command::RegisterHost { host } };
-            registry.apply(index as u64 + 1, &request).unwrap();
+        for name in hosts {
+            apply(&mut registry, Command::RegisterHost { host: host(name, 0) });
         }
         registry
+    }
+
+    fn record<'a>(registry: &'a Registry, name: &str) -> &'a Host {
+        registry.host(&HostId(name.into())).expect("registered")
     }
 
     #[test]
@@ -137,7 +175,7 @@ mod tests {
         let down_after = Duration::from_secs(7);
         let mut table = LeaseTable::default();
         table.start_leading(&registry, 1_000);
-        table.renew(&HostId("a".into()), 5_000);
+        assert!(table.renew(record(&registry, "a"), 5_000));
         assert!(table.expired(&registry, 8_000, down_after).is_empty());
         assert_eq!(table.expired(&registry, 8_001, down_after), [HostId("b".into())]);
         assert_eq!(table.expired(&registry, 8_002, down_after), [HostId("b".into())], "asked again until down");
@@ -152,9 +190,31 @@ mod tests {
         let mut registry = registry(&["a"]);
         let mut table = LeaseTable::default();
         table.start_leading(&registry, 0);
-        let down = Command::SetHostStatus { host: HostId("a".into()), status: HostStatus::Down, at_ms: 1 };
-        registry.apply(9, &Request { request_id: "down".into(), command: down }).unwrap();
+        apply(&mut registry, Command::SetHostStatus { host: HostId("a".into()), status: HostStatus::Down, at_ms: 1 });
         assert!(table.expired(&registry, 60_000, Duration::from_secs(7)).is_empty());
-        assert!(table.heard_at.is_empty() && table.by_time.is_empty());
+        assert!(table.heard_at.is_empty() && table.by_time.is_empty() && table.condemned.is_empty());
+    }
+
+    #[test]
+    fn an_expired_host_gets_no_lease_until_it_has_been_declared_down() {
+        let down_after = Duration::from_secs(7);
+        let mut registry = registry(&["a"]);
+        let mut table = LeaseTable::default();
+        table.start_leading(&registry, 0);
+        assert_eq!(table.expired(&registry, 7_001, down_after), [HostId("a".into())]);
+        // Its renewal arrives while the declaration is still on its way through raft.
+        assert!(!table.renew(record(&registry, "a"), 7_010));
+        // Registering again (an agent restarted) changes nothing until the host is down.
+        apply(&mut registry, Command::RegisterHost { host: host("a", 7_020) });
+        assert!(!table.renew(record(&registry, "a"), 7_030));
+        assert_eq!(table.expired(&registry, 7_040, down_after), [HostId("a".into())], "still to declare");
+
+        apply(
+            &mut registry,
+            Command::SetHostStatus { host: HostId("a".into()), status: HostStatus::Down, at_ms: 7_050 },
+        );
+        apply(&mut registry, Command::RegisterHost { host: host("a", 7_060) });
+        assert!(table.renew(record(&registry, "a"), 7_070), "down and registered again: a lease");
+        assert!(table.expired(&registry, 14_000, down_after).is_empty());
     }
 }

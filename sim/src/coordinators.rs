@@ -375,13 +375,12 @@ impl SimCoordinator {
                 Waiting::Client if leads => applied.acked.push((entry.request_id, entry.result)),
                 Waiting::Client => {}
                 Waiting::Register { agent, call, host, received } => {
-                    let answer = match entry.result {
-                        Ok(_) => {
-                            self.leases.renew(&host, received);
-                            self.lease(false)
-                        }
-                        Err(_) => Answer::Failed,
+                    let renewed = entry.result.is_ok() && {
+                        let node = self.node.as_ref().expect("up");
+                        let machine = node.machine();
+                        machine.registry.host(&host).is_some_and(|record| self.leases.renew(record, received))
                     };
+                    let answer = if renewed { self.lease(false) } else { Answer::Failed };
                     Self::answer(net, rng, now, self.id, agent, call, answer);
                 }
                 Waiting::Report { agent, call } => {
@@ -413,12 +412,22 @@ impl SimCoordinator {
                         Self::answer(net, rng, now, self.id, agent, call, Answer::Failed);
                         continue;
                     }
-                    let up = node.machine().registry.host(&host).is_some_and(|h| h.status == HostStatus::Up);
-                    if up {
-                        self.leases.renew(&host, received);
-                        self.note(now, format!("renews {host}'s lease, received at {received}"));
-                    }
-                    let answer = self.lease(!up);
+                    let renewed = {
+                        let machine = node.machine();
+                        let record = machine.registry.host(&host).filter(|h| h.status == HostStatus::Up);
+                        record.map(|record| self.leases.renew(record, received))
+                    };
+                    let answer = match renewed {
+                        None => self.lease(true),
+                        Some(true) => {
+                            self.note(now, format!("renews {host}'s lease, received at {received}"));
+                            self.lease(false)
+                        }
+                        Some(false) => {
+                            self.note(now, format!("refuses {host} a lease: it is being declared down"));
+                            Answer::Failed
+                        }
+                    };
                     Self::answer(net, rng, now, self.id, agent, call, answer);
                 }
                 Reading::Stream { stream: id } => self.send_assignments(net, rng, now, id),

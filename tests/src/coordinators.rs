@@ -145,6 +145,18 @@ impl Coordinator {
         serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
     }
 
+    /// Starts `mirari ARGS` against this coordinator in the background, its stderr to `stderr`.
+    pub fn cli_spawn(&self, args: &[&str], stderr: &std::path::Path) -> Child {
+        let mut command = std::process::Command::new(bin("mirari"));
+        command.args(args).args(["--coordinator", &self.address]);
+        self.operator.apply(&mut command);
+        command
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(stderr).expect("stderr file"))
+            .spawn()
+            .expect("start mirari")
+    }
+
     pub fn info(&self) -> Result<Value, String> {
         self.cli_json(&["cluster", "info"])
     }

@@ -2,7 +2,8 @@
 //! directory and artifact store per test, and the example app copied so tests can change it.
 //!
 //! [`netns`] makes test hosts out of network namespaces; [`coordinators`] runs coordinator
-//! processes on them; [`sampler`] watches the real instance processes on every host.
+//! processes on them; [`sampler`] watches the real instance processes on every host;
+//! [`disk`] gives a coordinator a small disk to fill up.
 //!
 //! The binaries come from the cargo target directory; `./test.sh` builds them before the tests.
 //! Waiting is always a poll with a deadline ([`eventually`]), never a fixed sleep.
@@ -16,6 +17,7 @@ use serde_json::Value;
 
 pub mod cluster;
 pub mod coordinators;
+pub mod disk;
 pub mod linearizability;
 pub mod netns;
 pub mod pki;

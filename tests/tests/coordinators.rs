@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mirari_tests::coordinators::Coordinator;
+use mirari_tests::disk::SmallDisk;
 use mirari_tests::netns::Network;
 use mirari_tests::pki::Pki;
 use mirari_tests::{bin, eventually};
@@ -141,6 +142,100 @@ fn killing_the_leader_loses_no_acknowledged_write() {
         assert_has_all(node, &acked);
     }
     eprintln!("leader {old_leader} killed, {new_leader} took over; {} writes acknowledged, none lost", acked.len());
+}
+
+/// What a coordinator says is wrong with its disk, if anything.
+fn disk_failure(node: &Coordinator) -> Option<String> {
+    node.info().ok()?["disk_failure"].as_str().map(str::to_owned)
+}
+
+fn wait_for_text(path: &Path, text: &str) -> String {
+    eventually(DEADLINE, &format!("{text:?} in {}", path.display()), || {
+        let content = std::fs::read_to_string(path).unwrap_or_default();
+        if content.contains(text) { Ok(content) } else { Err(content) }
+    })
+}
+
+#[test]
+fn a_full_disk_refuses_writes_with_a_clear_error_serves_stale_reads_and_recovers() {
+    let network = Network::new(1);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&dir.path().join("coordinator-1"), 64);
+    let pki = Pki::new(dir.path());
+    let node = Coordinator::start(1, &network.hosts()[0], dir.path(), true, &pki);
+    let nodes = std::slice::from_ref(&node);
+    eventually(DEADLINE, "node 1 to lead", || leader_of(nodes).ok_or("no leader".to_owned()));
+    let before = Writer::start(nodes, dir.path(), "before", 2).finish();
+    assert!(!before.is_empty(), "nothing written before the disk filled up");
+
+    disk.fill();
+    let writer = Writer::start(nodes, dir.path(), "during", 20);
+    let failure = eventually(DEADLINE, "the coordinator to report its disk", || {
+        disk_failure(&node).ok_or_else(|| format!("{} writes acknowledged so far", writer.acked().len()))
+    });
+    assert!(failure.contains("No space left on device"), "the failure does not say what: {failure}");
+    let write_err = dir.path().join("write.err");
+    let mut write = node.cli_spawn(&["cluster", "stop", "nope"], &write_err);
+    let said = wait_for_text(&write_err, "cannot write its data directory");
+    assert!(said.contains("No space left on device") && said.contains("--stale"), "unclear error: {said}");
+    let refused = node.cli_json(&["cluster", "hosts"]).expect_err("a linearizable read on a stalled node");
+    assert!(refused.contains("No space left on device") && refused.contains("--stale"), "unclear error: {refused}");
+    // What it holds is still served, marked stale.
+    assert_has_all(&node, &before);
+
+    disk.free();
+    eventually(DEADLINE, "the coordinator to take writes again", || match disk_failure(&node) {
+        None => Ok(()),
+        Some(failure) => Err(failure),
+    });
+    // The write that waited goes through raft (and is refused there: there is no such app).
+    let status = write.wait().expect("wait for the write");
+    let said = std::fs::read_to_string(&write_err).unwrap_or_default();
+    assert!(!status.success() && said.contains("nope"), "the waiting write did not reach the registry: {said}");
+    node.cli_json(&["cluster", "hosts"]).expect("a linearizable read once the disk has space");
+    let during = writer.finish();
+    assert_has_all(&node, &before);
+    assert_has_all(&node, &during);
+    assert!(!node.log().contains("panicked"), "the coordinator panicked");
+    eprintln!("disk full: writes refused ({failure}); after freeing, {} more writes acknowledged", during.len());
+}
+
+#[test]
+fn a_leader_whose_disk_fills_up_hands_over_and_catches_up() {
+    let network = Network::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&dir.path().join("coordinator-1"), 64);
+    let nodes = cluster(&network, dir.path(), 3);
+    assert_eq!(leader_of(&nodes), Some(1), "the bootstrapped node leads at first");
+    let writer = Writer::start(&nodes, dir.path(), "handover", 40);
+    writer.wait_acked_at_least(20);
+
+    disk.fill();
+    let failure = eventually(DEADLINE, "node 1 to report its disk", || {
+        disk_failure(&nodes[0]).ok_or_else(|| format!("{} writes acknowledged so far", writer.acked().len()))
+    });
+    let new_leader = eventually(DEADLINE, "another leader", || match leader_of(&nodes[1..]) {
+        Some(leader) if leader != 1 => Ok(leader),
+        other => Err(format!("{other:?}")),
+    });
+    let at_failure = writer.acked().len();
+    writer.wait_acked_at_least(at_failure + 40);
+    assert!(nodes[0].cli_json(&["cluster", "hosts", "--stale"]).is_ok(), "node 1 no longer serves stale reads");
+
+    disk.free();
+    eventually(DEADLINE, "node 1 to write again", || match disk_failure(&nodes[0]) {
+        None => Ok(()),
+        Some(failure) => Err(failure),
+    });
+    let acked = writer.finish();
+    wait_converged(&nodes);
+    for node in &nodes {
+        assert_has_all(node, &acked);
+    }
+    eprintln!(
+        "node 1's disk filled ({failure}); {new_leader} took over, {} writes acknowledged, none lost after it caught up",
+        acked.len()
+    );
 }
 
 #[test]

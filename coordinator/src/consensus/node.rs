@@ -5,6 +5,13 @@
 //! incoming snapshot, apply committed entries, persist entries and hard state, and only then
 //! hand out the messages that depend on them. The async driver and the deterministic
 //! simulation both drive this same type.
+//!
+//! A write that fails (a full disk) stalls the node rather than stopping it: the `Ready` is
+//! kept, nothing that depends on it is handed out, and the next `handle_ready` writes it again.
+//! raft-rs allows no other input between a ready and its advance, so a stalled node is frozen
+//! as if cut off: it does not tick, drops what it is sent and refuses proposals; the others
+//! elect a leader without it, and it catches up once its writes go through. A failed snapshot
+//! of our own state is retried at the next ready.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -12,7 +19,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use mirari_core::registry::{ApplyResult, Outcome, Rejection, Request};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot};
-use raft::{RawNode, ReadState, StateRole};
+use raft::{RawNode, ReadState, Ready, StateRole};
 
 use super::machine::{Machine, SnapshotError};
 use super::storage::{Backing, RaftLog, StoreError};
@@ -72,6 +79,9 @@ pub enum Refused {
     /// so it never reaches the log.
     #[error("the request is invalid: {0}")]
     Invalid(#[from] mirari_proto::convert::WireError),
+    /// The leader cannot write its log (see [`Node::is_stalled`]).
+    #[error("this node cannot write its log right now")]
+    Stalled,
 }
 
 /// A committed entry that carried a client request, and what applying it did.
@@ -91,6 +101,9 @@ pub struct Output {
     /// Read-index results: a linearizable read with this context may be served once the
     /// applied index reaches the index.
     pub read_states: Vec<ReadState>,
+    /// The log could not be written: the node stalled, and the next `handle_ready` writes it
+    /// again. What it applied before the write is in `applied` all the same.
+    pub stalled: Option<StoreError>,
 }
 
 /// A change to the raft membership.
@@ -109,6 +122,20 @@ pub struct Node<B: Backing> {
     /// A membership change was applied: the stored snapshot's configuration is outdated, and a
     /// member that needs a snapshot (a new one) would refuse it as not naming it.
     snapshot_due: bool,
+    /// A ready whose write failed, to be written again before anything else.
+    stalled: Option<Stalled>,
+    /// The last snapshot of our own state failed to be stored (logged once until one is).
+    snapshot_failing: bool,
+}
+
+/// A ready taken from raft whose write failed, and how far it got. raft hands a ready's
+/// entries out once, so it must be finished, not taken again.
+struct Stalled {
+    ready: Ready,
+    /// Its snapshot is installed and its committed entries applied; only the write is left.
+    applied: bool,
+    /// Snapshot delivery reports that came meanwhile, given to raft once the ready is done.
+    snapshot_reports: Vec<(u64, raft::SnapshotStatus)>,
 }
 
 impl<B: Backing> std::fmt::Debug for Node<B> {
@@ -162,7 +189,15 @@ impl<B: Backing> Node<B> {
             ..raft::Config::default()
         };
         let raw = RawNode::new(&raft_config, log.clone(), logger)?;
-        Ok(Self { raw, log, machine: Arc::new(RwLock::new(machine)), config, snapshot_due: false })
+        Ok(Self {
+            raw,
+            log,
+            machine: Arc::new(RwLock::new(machine)),
+            config,
+            snapshot_due: false,
+            stalled: None,
+            snapshot_failing: false,
+        })
     }
 
     pub fn id(&self) -> u64 {
@@ -235,16 +270,26 @@ impl<B: Backing> Node<B> {
         peers.join("; ")
     }
 
+    /// Time passes (not for a stalled node: it is frozen until its write goes through).
     pub fn tick(&mut self) {
-        self.raw.tick();
+        if self.stalled.is_none() {
+            self.raw.tick();
+        }
     }
 
     /// Campaigns at once (used to make a freshly bootstrapped single node leader quickly).
     pub fn campaign(&mut self) -> Result<(), NodeError> {
+        if self.stalled.is_some() {
+            return Ok(());
+        }
         Ok(self.raw.campaign()?)
     }
 
+    /// Steps in a peer's message; a stalled node drops it, as a lost message.
     pub fn step(&mut self, message: Message) -> Result<(), NodeError> {
+        if self.stalled.is_some() {
+            return Ok(());
+        }
         Ok(self.raw.step(message)?)
     }
 
@@ -252,9 +297,20 @@ impl<B: Backing> Node<B> {
         NotLeader { leader: self.leader() }
     }
 
-    pub fn propose(&mut self, request: &Request) -> Result<(), Refused> {
+    /// Why a proposal cannot be taken here, if it cannot.
+    fn refusal(&self) -> Option<Refused> {
         if !self.is_leader() {
-            return Err(self.not_leader().into());
+            Some(self.not_leader().into())
+        } else if self.stalled.is_some() {
+            Some(Refused::Stalled)
+        } else {
+            None
+        }
+    }
+
+    pub fn propose(&mut self, request: &Request) -> Result<(), Refused> {
+        if let Some(refused) = self.refusal() {
+            return Err(refused);
         }
         let data = mirari_proto::log_codec::encode(request);
         mirari_proto::log_codec::decode(&data)?;
@@ -263,9 +319,9 @@ impl<B: Backing> Node<B> {
 
     /// Proposes a membership change; it takes effect when applied. `request_id` comes back in
     /// [`Output::applied`].
-    pub fn propose_membership(&mut self, request_id: &str, change: &MembershipChange) -> Result<(), NotLeader> {
-        if !self.is_leader() {
-            return Err(self.not_leader());
+    pub fn propose_membership(&mut self, request_id: &str, change: &MembershipChange) -> Result<(), Refused> {
+        if let Some(refused) = self.refusal() {
+            return Err(refused);
         }
         let (change_type, node_id, address) = match change {
             MembershipChange::Add { id, address } => (ConfChangeType::AddNode, *id, address.as_str()),
@@ -277,45 +333,71 @@ impl<B: Backing> Node<B> {
         let mut cc = ConfChangeV2::default();
         cc.mut_changes().push(single);
         cc.context = address.as_bytes().to_vec().into();
-        self.raw.propose_conf_change(request_id.as_bytes().to_vec(), cc).map_err(|_| self.not_leader())
+        self.raw.propose_conf_change(request_id.as_bytes().to_vec(), cc).map_err(|_| self.not_leader().into())
     }
 
     /// Starts a linearizable read; its [`ReadState`] comes back in a later [`Output`].
     pub fn read_index(&mut self, context: Vec<u8>) {
-        self.raw.read_index(context);
+        if self.stalled.is_none() {
+            self.raw.read_index(context);
+        }
     }
 
     /// Tells raft a message to `peer` could not be delivered.
     pub fn report_unreachable(&mut self, peer: u64) {
-        self.raw.report_unreachable(peer);
+        if self.stalled.is_none() {
+            self.raw.report_unreachable(peer);
+        }
     }
 
     /// Tells raft whether a snapshot sent to `peer` arrived.
     pub fn report_snapshot(&mut self, peer: u64, delivered: bool) {
         let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
-        self.raw.report_snapshot(peer, status);
+        match &mut self.stalled {
+            // A leader waits for this report before it sends the peer anything else: kept.
+            Some(stalled) => stalled.snapshot_reports.push((peer, status)),
+            None => self.raw.report_snapshot(peer, status),
+        }
     }
 
     pub fn has_ready(&self) -> bool {
-        self.raw.has_ready()
+        self.stalled.is_some() || self.raw.has_ready()
     }
 
-    /// Processes one `Ready`: see the module docs for the order.
+    /// Whether a write failed and is waiting to be tried again.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.is_some()
+    }
+
+    /// Processes one `Ready` (or finishes a stalled one): see the module docs for the order.
     pub fn handle_ready(&mut self) -> Result<Output, NodeError> {
         let mut output = Output::default();
-        if !self.raw.has_ready() {
-            return Ok(output);
+        let mut stalled = match self.stalled.take() {
+            Some(stalled) => stalled,
+            None if self.raw.has_ready() => {
+                let mut ready = self.raw.ready();
+                output.messages.extend(ready.take_messages());
+                Stalled { ready, applied: false, snapshot_reports: Vec::new() }
+            }
+            None => return Ok(output),
+        };
+        if !stalled.applied {
+            if !stalled.ready.snapshot().is_empty() {
+                let snapshot = stalled.ready.snapshot().clone();
+                if let Err(error) = self.log.apply_snapshot(&snapshot) {
+                    return Ok(self.stall(stalled, output, error));
+                }
+                *self.machine_mut() = Machine::decode(&snapshot.data)?;
+            }
+            self.apply(stalled.ready.take_committed_entries(), &mut output)?;
+            stalled.applied = true;
         }
-        let mut ready = self.raw.ready();
-        output.messages.extend(ready.take_messages());
-        if !ready.snapshot().is_empty() {
-            let snapshot = ready.snapshot().clone();
-            self.log.apply_snapshot(&snapshot)?;
-            *self.machine_mut() = Machine::decode(&snapshot.data)?;
-        }
-        self.apply(ready.take_committed_entries(), &mut output)?;
         fail::fail_point!("raft::persist");
-        self.log.persist(ready.entries(), ready.hs())?;
+        if let Err(error) = self.log.persist(stalled.ready.entries(), stalled.ready.hs()) {
+            // What was applied is handed out; what depends on the write waits for it.
+            return Ok(self.stall(stalled, output, error));
+        }
+        let Stalled { mut ready, snapshot_reports, .. } = stalled;
         output.messages.extend(ready.take_persisted_messages());
         output.read_states.extend(ready.take_read_states());
         let mut light = self.raw.advance(ready);
@@ -325,8 +407,17 @@ impl<B: Backing> Node<B> {
         output.messages.extend(light.take_messages());
         self.apply(light.take_committed_entries(), &mut output)?;
         self.raw.advance_apply();
-        self.maybe_snapshot()?;
+        for (peer, status) in snapshot_reports {
+            self.raw.report_snapshot(peer, status);
+        }
+        self.maybe_snapshot();
         Ok(output)
+    }
+
+    fn stall(&mut self, stalled: Stalled, mut output: Output, error: StoreError) -> Output {
+        self.stalled = Some(stalled);
+        output.stalled = Some(error);
+        output
     }
 
     fn apply(&mut self, entries: Vec<Entry>, output: &mut Output) -> Result<(), NodeError> {
@@ -391,7 +482,25 @@ impl<B: Backing> Node<B> {
         Ok(Ok(Outcome::Done))
     }
 
-    fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+    /// Takes and stores a snapshot when one is due. A failure is logged and the snapshot tried
+    /// again at the next ready: the log only grows meanwhile.
+    fn maybe_snapshot(&mut self) {
+        match self.snapshot_if_due() {
+            Ok(()) if self.snapshot_failing => {
+                self.snapshot_failing = false;
+                tracing::info!("a snapshot of the state machine was stored again");
+            }
+            Ok(()) => {}
+            Err(error) => {
+                if !self.snapshot_failing {
+                    tracing::warn!(error = %mirari_core::errors::chain(&error), "cannot store a snapshot of the state machine; retrying at the next write");
+                }
+                self.snapshot_failing = true;
+            }
+        }
+    }
+
+    fn snapshot_if_due(&mut self) -> Result<(), NodeError> {
         let applied = self.applied_index();
         let (last_snapshot, first_index) = {
             let state = self.log.read();
@@ -400,7 +509,6 @@ impl<B: Backing> Node<B> {
         if !self.snapshot_due && applied < last_snapshot + self.config.snapshot_every {
             return Ok(());
         }
-        self.snapshot_due = false;
         let term = raft::Storage::term(&self.log, applied)?;
         let mut snapshot = Snapshot::default();
         let meta = snapshot.mut_metadata();
@@ -411,6 +519,7 @@ impl<B: Backing> Node<B> {
         let compact_to = applied.saturating_sub(self.config.keep_entries).max(first_index);
         fail::fail_point!("raft::snapshot");
         self.log.save_snapshot(&snapshot, compact_to)?;
+        self.snapshot_due = false;
         Ok(())
     }
 }
@@ -476,5 +585,54 @@ mod tests {
             outcome = node.handle_ready().map(|_| ());
         }
         assert!(matches!(outcome, Err(NodeError::Store(_))), "{outcome:?}");
+    }
+
+    fn register(request_id: &str) -> Request {
+        let host = mirari_core::registry::Host {
+            id: mirari_core::registry::HostId(request_id.into()),
+            address: "h:1".into(),
+            backends: Default::default(),
+            capacity: Default::default(),
+            labels: Default::default(),
+            status: mirari_core::registry::HostStatus::Up,
+            registered_at_ms: 0,
+            status_changed_at_ms: 0,
+        };
+        Request { request_id: request_id.into(), command: Command::RegisterHost { host } }
+    }
+
+    #[test]
+    fn a_failed_write_stalls_the_node_until_the_disk_takes_it() {
+        use crate::consensus::storage::SimulatedDisk;
+        let disk = Arc::new(SimulatedDisk::default());
+        let log = RaftLog::new(LogState::default(), disk.clone());
+        Node::bootstrap(&log, "test", &BTreeMap::from([(1, "node-1".to_owned())])).unwrap();
+        let mut node = Node::new(NodeConfig::new(1), log, &logger::silent()).unwrap();
+        node.campaign().unwrap();
+        while node.has_ready() {
+            assert!(node.handle_ready().unwrap().stalled.is_none());
+        }
+
+        disk.fail_writes(true);
+        node.propose(&register("while-full")).unwrap();
+        let output = node.handle_ready().unwrap();
+        assert!(output.stalled.is_some() && output.applied.is_empty());
+        assert!(node.is_stalled() && node.has_ready());
+        // Trying again on a full disk changes nothing, however often.
+        for _ in 0..3 {
+            assert!(node.handle_ready().unwrap().stalled.is_some());
+        }
+        assert!(!disk.durable().entries.iter().any(|e| !e.data.is_empty()));
+
+        disk.fail_writes(false);
+        let mut applied = Vec::new();
+        while node.has_ready() {
+            let output = node.handle_ready().unwrap();
+            assert!(output.stalled.is_none());
+            applied.extend(output.applied.into_iter().map(|a| a.request_id));
+        }
+        assert_eq!(applied, ["while-full"]);
+        assert!(!node.is_stalled());
+        assert!(disk.durable().entries.iter().any(|e| !e.data.is_empty()), "the entry reached the disk");
     }
 }

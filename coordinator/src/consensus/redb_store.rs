@@ -4,8 +4,13 @@
 //! a storage stack can do behind redb's back (a flipped bit in a page redb reads without
 //! complaint): every value is stored as `crc32 (4 bytes LE) ++ bytes` and checked when the node
 //! starts. A node whose data fails a check refuses to start and says where.
+//!
+//! After a failed write (a full disk, an I/O error) redb refuses every later operation until
+//! the database is reopened, so the backing closes it and the next write reopens it: a node
+//! whose disk fills up goes on once space returns.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -22,12 +27,9 @@ const NODE_ID: &str = "node_id";
 
 #[derive(Debug)]
 pub struct RedbBacking {
-    db: Database,
-    path: String,
-}
-
-fn db_error<E: Into<redb::Error>>(error: E) -> StoreError {
-    StoreError::Database(error.into())
+    /// `None` after a failed write, until the next write reopens it.
+    db: Mutex<Option<Database>>,
+    path: PathBuf,
 }
 
 fn seal(bytes: &[u8]) -> Vec<u8> {
@@ -39,29 +41,46 @@ fn seal(bytes: &[u8]) -> Vec<u8> {
 impl RedbBacking {
     /// Opens (or creates) the log at `path` and loads it, verifying every checksum.
     pub fn open(path: &Path) -> Result<(Self, LogState), StoreError> {
-        let display = path.display().to_string();
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)) => {
-                StoreError::Corrupt { path: display.clone(), what: format!("redb: {what}") }
-            }
-            other => StoreError::Open { path: display.clone(), source: other.into() },
-        })?;
-        let backing = Self { db, path: display };
-        let txn = backing.db.begin_write().map_err(db_error)?;
-        txn.open_table(ENTRIES).map_err(db_error)?;
-        txn.open_table(META).map_err(db_error)?;
-        txn.commit().map_err(db_error)?;
-        let state = backing.load()?;
+        let backing = Self { db: Mutex::new(None), path: path.to_owned() };
+        let state = {
+            let db = backing.database()?;
+            let db = db.as_ref().expect("just opened");
+            let txn = db.begin_write().map_err(|e| backing.db_error(e))?;
+            txn.open_table(ENTRIES).map_err(|e| backing.db_error(e))?;
+            txn.open_table(META).map_err(|e| backing.db_error(e))?;
+            txn.commit().map_err(|e| backing.db_error(e))?;
+            backing.load(db)?
+        };
         Ok((backing, state))
+    }
+
+    /// The open database, opening it if it is not (at start, or after a failed write).
+    fn database(&self) -> Result<MutexGuard<'_, Option<Database>>, StoreError> {
+        let mut db = self.db.lock().expect("redb lock");
+        if db.is_none() {
+            let display = self.path.display().to_string();
+            *db = Some(Database::create(&self.path).map_err(|e| match e {
+                redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)) => {
+                    StoreError::Corrupt { path: display.clone(), what: format!("redb: {what}") }
+                }
+                other => StoreError::Open { path: display.clone(), source: other.into() },
+            })?);
+        }
+        Ok(db)
+    }
+
+    fn db_error<E: Into<redb::Error>>(&self, error: E) -> StoreError {
+        StoreError::Database { path: self.path.display().to_string(), source: error.into() }
     }
 
     /// Records that this data directory is raft node `id`'s, or refuses if it is another's:
     /// a node started with another's data would vote and append as someone it is not.
     pub fn claim_node_id(&self, id: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_error)?;
+        let db = self.database()?;
+        let txn = db.as_ref().expect("open").begin_write().map_err(|e| self.db_error(e))?;
         {
-            let mut meta = txn.open_table(META).map_err(db_error)?;
-            let stored = match meta.get(NODE_ID).map_err(db_error)? {
+            let mut meta = txn.open_table(META).map_err(|e| self.db_error(e))?;
+            let stored = match meta.get(NODE_ID).map_err(|e| self.db_error(e))? {
                 Some(value) => {
                     let bytes = self.unseal("the node ID", value.value())?;
                     Some(u64::from_le_bytes(
@@ -72,19 +91,19 @@ impl RedbBacking {
             };
             match stored {
                 Some(owner) if owner != id => {
-                    return Err(StoreError::WrongNode { path: self.path.clone(), owner, id });
+                    return Err(StoreError::WrongNode { path: self.path.display().to_string(), owner, id });
                 }
                 Some(_) => return Ok(()),
                 None => {
-                    meta.insert(NODE_ID, seal(&id.to_le_bytes()).as_slice()).map_err(db_error)?;
+                    meta.insert(NODE_ID, seal(&id.to_le_bytes()).as_slice()).map_err(|e| self.db_error(e))?;
                 }
             }
         }
-        txn.commit().map_err(db_error)
+        txn.commit().map_err(|e| self.db_error(e))
     }
 
     fn corrupt(&self, what: String) -> StoreError {
-        StoreError::Corrupt { path: self.path.clone(), what }
+        StoreError::Corrupt { path: self.path.display().to_string(), what }
     }
 
     fn unseal<'a>(&self, what: &str, sealed: &'a [u8]) -> Result<&'a [u8], StoreError> {
@@ -103,22 +122,22 @@ impl RedbBacking {
         M::parse_from_bytes(bytes).map_err(|e| self.corrupt(format!("{what} does not decode: {e}")))
     }
 
-    fn load(&self) -> Result<LogState, StoreError> {
-        let txn = self.db.begin_read().map_err(db_error)?;
-        let meta = txn.open_table(META).map_err(db_error)?;
+    fn load(&self, db: &Database) -> Result<LogState, StoreError> {
+        let txn = db.begin_read().map_err(|e| self.db_error(e))?;
+        let meta = txn.open_table(META).map_err(|e| self.db_error(e))?;
         let mut state = LogState::default();
-        if let Some(value) = meta.get(HARD_STATE).map_err(db_error)? {
+        if let Some(value) = meta.get(HARD_STATE).map_err(|e| self.db_error(e))? {
             state.hard_state = self.decode::<HardState>("the hard state", value.value())?;
         }
-        if let Some(value) = meta.get(CONF_STATE).map_err(db_error)? {
+        if let Some(value) = meta.get(CONF_STATE).map_err(|e| self.db_error(e))? {
             state.conf_state = self.decode::<ConfState>("the conf state", value.value())?;
         }
-        if let Some(value) = meta.get(SNAPSHOT).map_err(db_error)? {
+        if let Some(value) = meta.get(SNAPSHOT).map_err(|e| self.db_error(e))? {
             state.snapshot = self.decode::<Snapshot>("the snapshot", value.value())?;
         }
-        let entries = txn.open_table(ENTRIES).map_err(db_error)?;
-        for row in entries.iter().map_err(db_error)? {
-            let (key, value) = row.map_err(db_error)?;
+        let entries = txn.open_table(ENTRIES).map_err(|e| self.db_error(e))?;
+        for row in entries.iter().map_err(|e| self.db_error(e))? {
+            let (key, value) = row.map_err(|e| self.db_error(e))?;
             let what = format!("log entry {}", key.value());
             let entry: Entry = self.decode(&what, value.value())?;
             if entry.index != key.value() {
@@ -143,11 +162,23 @@ impl RedbBacking {
 
 impl Backing for RedbBacking {
     fn write(&self, batch: &WriteBatch<'_>) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_error)?;
+        let mut db = self.database()?;
+        let written = self.write_to(db.as_ref().expect("open"), batch);
+        if written.is_err() {
+            // redb refuses everything after a failed write until it is reopened.
+            *db = None;
+        }
+        written
+    }
+}
+
+impl RedbBacking {
+    fn write_to(&self, db: &Database, batch: &WriteBatch<'_>) -> Result<(), StoreError> {
+        let txn = db.begin_write().map_err(|e| self.db_error(e))?;
         {
-            let mut entries = txn.open_table(ENTRIES).map_err(db_error)?;
+            let mut entries = txn.open_table(ENTRIES).map_err(|e| self.db_error(e))?;
             if let Some(first) = batch.entries.first() {
-                entries.retain_in(first.index.., |_, _| false).map_err(db_error)?;
+                entries.retain_in(first.index.., |_, _| false).map_err(|e| self.db_error(e))?;
                 for entry in batch.entries {
                     let bytes = entry.write_to_bytes().expect("raft entries encode");
                     #[allow(unused_mut)]
@@ -159,16 +190,16 @@ impl Backing for RedbBacking {
                     {
                         *byte ^= 0x01;
                     }
-                    entries.insert(entry.index, sealed.as_slice()).map_err(db_error)?;
+                    entries.insert(entry.index, sealed.as_slice()).map_err(|e| self.db_error(e))?;
                 }
             }
             if let Some(compact_to) = batch.compact_to {
-                entries.retain_in(..compact_to, |_, _| false).map_err(db_error)?;
+                entries.retain_in(..compact_to, |_, _| false).map_err(|e| self.db_error(e))?;
             }
-            let mut meta = txn.open_table(META).map_err(db_error)?;
+            let mut meta = txn.open_table(META).map_err(|e| self.db_error(e))?;
             let mut put = |key: &str, message: &dyn protobuf::Message| -> Result<(), StoreError> {
                 let bytes = message.write_to_bytes().expect("raft state encodes");
-                meta.insert(key, seal(&bytes).as_slice()).map_err(db_error)?;
+                meta.insert(key, seal(&bytes).as_slice()).map_err(|e| self.db_error(e))?;
                 Ok(())
             };
             if let Some(hard_state) = batch.hard_state {
@@ -182,7 +213,7 @@ impl Backing for RedbBacking {
             }
         }
         fail::fail_point!("redb::commit");
-        txn.commit().map_err(db_error)?;
+        txn.commit().map_err(|e| self.db_error(e))?;
         fail::fail_point!("redb::committed");
         Ok(())
     }

@@ -15,8 +15,12 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("raft storage i/o failed")]
-    Database(#[from] redb::Error),
+    #[error("cannot read or write the raft data in {path}")]
+    Database {
+        path: String,
+        #[source]
+        source: redb::Error,
+    },
     #[error(
         "the raft data in {path} is corrupt: {what}; restore the data directory from a backup, or remove this node from the cluster and add it back with an empty one"
     )]

@@ -241,6 +241,10 @@ impl Registry {
         let mut host = host.clone();
         if let Some(known) = self.hosts.get(&host.id) {
             host.registered_at_ms = known.registered_at_ms;
+            // Registering again changes no status: the leader's lease table goes by this time.
+            if known.status == host.status {
+                host.status_changed_at_ms = known.status_changed_at_ms;
+            }
         }
         self.hosts.insert(host.id.clone(), host);
         Ok(Outcome::Done)
