@@ -241,7 +241,8 @@ pub async fn watch_assignments(
     }
 }
 
-fn decode_assignments(assignments: &pb::Assignments) -> Result<Vec<(InstanceId, InstanceSpec)>, WireError> {
+/// The instances an assignment set names, checked as every wire input is (fuzzed in `fuzz/`).
+pub fn decode_assignments(assignments: &pb::Assignments) -> Result<Vec<(InstanceId, InstanceSpec)>, WireError> {
     assignments
         .instances
         .iter()

@@ -38,11 +38,29 @@ pub fn write_dir(root: &Path, out: impl Write, skip: &dyn Fn(&Path) -> bool) -> 
     builder.into_inner()?.flush()
 }
 
-/// Unpacks an archive into `dir` (which must exist). Entries cannot escape `dir`.
+/// Unpacks an archive into `dir` (which must exist). Archives come over the wire, so only what
+/// [`write_dir`] writes is accepted: files and directories (no links, devices or FIFOs), within
+/// `dir`, and no setuid, setgid or sticky bits (an agent unpacks as root).
 pub fn unpack(archive: impl Read, dir: &Path) -> io::Result<()> {
     let mut archive = tar::Archive::new(archive);
     archive.set_preserve_permissions(true);
-    archive.unpack(dir)
+    archive.set_mask(0o7000);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            let path = entry.path().map_or_else(|_| "an entry".into(), |p| p.display().to_string());
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{path} is a {kind:?}: archives hold only files and directories"),
+            ));
+        }
+        if !entry.unpack_in(dir)? {
+            let path = entry.path().map_or_else(|_| "an entry".into(), |p| p.display().to_string());
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{path} would land outside the directory")));
+        }
+    }
+    Ok(())
 }
 
 fn collect(root: &Path, relative: &Path, skip: &dyn Fn(&Path) -> bool, out: &mut Vec<PathBuf>) -> io::Result<()> {
@@ -95,5 +113,38 @@ mod tests {
         assert!(!target.path().join("_build").exists());
         let mode = fs::metadata(target.path().join("run.sh")).unwrap().permissions().mode();
         assert_eq!(mode & 0o111, 0o111, "the executable bit survives");
+    }
+
+    /// An archive of one entry, made by hand as a hostile client would.
+    fn archive_of(path: &str, kind: tar::EntryType, mode: u32) -> Vec<u8> {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_size(if kind.is_file() { 2 } else { 0 });
+        if kind.is_symlink() {
+            header.set_link_name("/etc/passwd").unwrap();
+        }
+        // `set_path` refuses `..`; a hostile archive writes the name bytes itself.
+        header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_cksum();
+        let mut builder = tar::Builder::new(Vec::new());
+        let data: &[u8] = if kind.is_file() { b"hi" } else { b"" };
+        builder.append(&header, data).unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn links_escapes_and_setuid_bits_are_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("in");
+        fs::create_dir(&dir).unwrap();
+        let link = unpack(archive_of("link", tar::EntryType::Symlink, 0o777).as_slice(), &dir).unwrap_err();
+        assert!(link.to_string().contains("link is a Symlink"), "{link}");
+        let escape = unpack(archive_of("../out", tar::EntryType::Regular, 0o644).as_slice(), &dir);
+        assert!(escape.is_err() && !parent.path().join("out").exists(), "{escape:?}");
+
+        unpack(archive_of("suid", tar::EntryType::Regular, 0o4755).as_slice(), &dir).unwrap();
+        let mode = fs::metadata(dir.join("suid")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o755, "the setuid bit is dropped");
     }
 }
