@@ -11,7 +11,8 @@
 //! raft-rs allows no other input between a ready and its advance, so a stalled node is frozen
 //! as if cut off: it does not tick, drops what it is sent and refuses proposals; the others
 //! elect a leader without it, and it catches up once its writes go through. A failed snapshot
-//! of our own state is retried at the next ready.
+//! of our own state is retried later. A membership change that cannot be stored still stops
+//! the node (it fails halfway through applying entries, which cannot be taken again).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -124,8 +125,8 @@ pub struct Node<B: Backing> {
     snapshot_due: bool,
     /// A ready whose write failed, to be written again before anything else.
     stalled: Option<Stalled>,
-    /// The last snapshot of our own state failed to be stored (logged once until one is).
-    snapshot_failing: bool,
+    /// While snapshots of our own state fail to be stored: the applied index to try again at.
+    snapshot_retry_at: Option<u64>,
 }
 
 /// A ready taken from raft whose write failed, and how far it got. raft hands a ready's
@@ -196,7 +197,7 @@ impl<B: Backing> Node<B> {
             config,
             snapshot_due: false,
             stalled: None,
-            snapshot_failing: false,
+            snapshot_retry_at: None,
         })
     }
 
@@ -485,29 +486,35 @@ impl<B: Backing> Node<B> {
     /// Takes and stores a snapshot when one is due. A failure is logged and the snapshot tried
     /// again at the next ready: the log only grows meanwhile.
     fn maybe_snapshot(&mut self) {
+        let applied = self.applied_index();
+        if self.snapshot_retry_at.is_some_and(|at| applied < at) {
+            return;
+        }
         match self.snapshot_if_due() {
-            Ok(()) if self.snapshot_failing => {
-                self.snapshot_failing = false;
-                tracing::info!("a snapshot of the state machine was stored again");
-            }
-            Ok(()) => {}
-            Err(error) => {
-                if !self.snapshot_failing {
-                    tracing::warn!(error = %mirari_core::errors::chain(&error), "cannot store a snapshot of the state machine; retrying at the next write");
+            Ok(stored) => {
+                if stored && self.snapshot_retry_at.take().is_some() {
+                    tracing::info!("a snapshot of the state machine was stored again");
                 }
-                self.snapshot_failing = true;
+            }
+            Err(error) => {
+                if self.snapshot_retry_at.is_none() {
+                    tracing::warn!(error = %mirari_core::errors::chain(&error), "cannot store a snapshot of the state machine; retrying later");
+                }
+                // Encoding the whole state machine is not free: not again at every ready.
+                self.snapshot_retry_at = Some(applied + (self.config.snapshot_every / 10).max(1));
             }
         }
     }
 
-    fn snapshot_if_due(&mut self) -> Result<(), NodeError> {
+    /// Takes and stores a snapshot if one is due; returns whether it did.
+    fn snapshot_if_due(&mut self) -> Result<bool, NodeError> {
         let applied = self.applied_index();
         let (last_snapshot, first_index) = {
             let state = self.log.read();
             (state.snapshot.get_metadata().index, state.first_index())
         };
         if !self.snapshot_due && applied < last_snapshot + self.config.snapshot_every {
-            return Ok(());
+            return Ok(false);
         }
         let term = raft::Storage::term(&self.log, applied)?;
         let mut snapshot = Snapshot::default();
@@ -520,7 +527,7 @@ impl<B: Backing> Node<B> {
         fail::fail_point!("raft::snapshot");
         self.log.save_snapshot(&snapshot, compact_to)?;
         self.snapshot_due = false;
-        Ok(())
+        Ok(true)
     }
 }
 
