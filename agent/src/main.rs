@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use mirari_agent::backends::domain_fence::{self, DomainFenceArgs};
 use mirari_agent::daemon::{self, JoinConfig};
 use mirari_agent::paths;
 use mirari_agent::runtime::AgentConfig;
@@ -67,6 +68,10 @@ enum Command {
     /// Supervises one instance's process (started by the agent, not by people).
     #[command(hide = true)]
     Shim(ShimArgs),
+    /// Destroys a cluster Xen domain once the host's fencing deadline passes (started by the
+    /// agent beside each one, not by people).
+    #[command(hide = true)]
+    DomainFence(DomainFenceArgs),
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -77,6 +82,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Shim(args)) => shim::run(args).map_err(Into::into),
+        Some(Command::DomainFence(args)) => domain_fence::run(args),
         None => {
             tracing_subscriber::fmt()
                 .with_env_filter(

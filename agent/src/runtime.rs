@@ -93,7 +93,7 @@ fn backends(config: &AgentConfig) -> Vec<Arc<dyn Backend>> {
     vec![
         Arc::new(UnixBackend::new(launcher.clone())),
         Arc::new(KvmBackend::new(launcher).with_kvm_device(&config.kvm_device)),
-        Arc::new(XenBackend::default()),
+        Arc::new(XenBackend::new(config.shim_program.clone())),
     ]
 }
 

@@ -1,7 +1,8 @@
 //! The Xen backend against a real Xen hypervisor: a Debian dom0 booted under QEMU TCG
 //! (`deploy/xen-testhost/`), with `mirari-agent` inside it joined to a coordinator outside:
-//! deploy, consoles, re-adoption after `kill -9`, the same with dom0's CPUs starved (never more
-//! domains than instances), and stop.
+//! deploy, consoles, re-adoption after `kill -9`, a frozen agent's domains destroyed by their
+//! fence keepers before the host is declared down, the same with dom0's CPUs starved (never
+//! more domains than instances), and stop.
 //!
 //! Ignored by default (it builds a disk image, boots Xen and builds the example in dom0:
 //! several minutes). Run it with
@@ -40,17 +41,29 @@ fn dom0(state: &Path, script: &str) -> Result<String, String> {
     if out.status.success() { Ok(stdout(&out)) } else { Err(format!("{}{}", stdout(&out), stderr(&out))) }
 }
 
-/// The `mirari-<id>` domains dom0 runs, with their domain IDs.
+/// The `mirari-<id>` domains dom0 has, with their domain IDs.
 fn mirari_domains(state: &Path) -> Vec<(String, u32)> {
+    mirari_domain_states(state).into_iter().map(|(name, domid, _)| (name, domid)).collect()
+}
+
+/// The same with `xl list`'s state flags (`r-----` running, `-b----` blocked, `--p---` paused,
+/// `---s--` shut down, `----c-` crashed, `-----d` dying).
+fn mirari_domain_states(state: &Path) -> Vec<(String, u32, String)> {
     let listing = dom0(state, "xl list").unwrap_or_default();
     listing
         .lines()
         .filter(|l| l.starts_with("mirari-"))
         .filter_map(|l| {
             let fields: Vec<&str> = l.split_whitespace().collect();
-            Some((fields.first()?.to_string(), fields.get(1)?.parse().ok()?))
+            Some((fields.first()?.to_string(), fields.get(1)?.parse().ok()?, fields.get(4)?.to_string()))
         })
         .collect()
+}
+
+/// Whether a domain in this state can still execute: not paused, shut down, crashed or dying
+/// (`xl destroy` pauses a domain first, then takes it apart, which takes a while).
+fn can_execute(flags: &str) -> bool {
+    !flags.contains(['p', 's', 'c', 'd'])
 }
 
 /// Counts the `mirari-` domains in dom0 in the background; the most seen at once.
@@ -120,7 +133,7 @@ fn deploys_watches_readopts_and_stops_xen_domains() {
              [Service]\nExecStart=/usr/local/bin/mirari-agent --state-dir /var/lib/mirari/agent --listen 0.0.0.0:7401 \
              --advertise 127.0.0.1:{agent_port} --join 10.0.2.2:{coordinator_port} --name xen-testhost \
              --tls-ca /etc/mirari/ca.pem --tls-cert /etc/mirari/agent.pem --tls-key /etc/mirari/agent-key.pem\n\
-             Restart=always\nRestartSec=1\n\n[Install]\nWantedBy=multi-user.target\n"
+             Restart=always\nRestartSec=1\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target\n"
         ),
     )
     .unwrap();
@@ -197,12 +210,8 @@ fn deploys_watches_readopts_and_stops_xen_domains() {
     }
     assert_eq!(mirari_domains(&host.state), before, "the same domains, none added");
 
-    // The same with dom0's CPUs starved: the agent may now be slow enough to lose its lease,
-    // be fenced and see its instances replaced, but it must never leak or double a domain.
-    let sampler = DomainSampler::start(&host.state);
-    dom0(&host.state, "for i in 1 2 3 4 5 6; do nohup sh -c 'while :; do :; done' >/dev/null 2>&1 & done").unwrap();
-    dom0(&host.state, "pkill -9 -x mirari-agent").unwrap();
-    let running = eventually(SLOW, "two running instances again, on a starved host", || {
+    // Two running instances, each in its domain: the names of those domains.
+    let running_domains = || -> Result<Vec<String>, String> {
         let status: serde_json::Value = serde_json::from_slice(&cli(&["cluster", "status", "--output", "json"]).stdout)
             .map_err(|e| e.to_string())?;
         let running: Vec<String> = status["instances"]
@@ -218,7 +227,44 @@ fn deploys_watches_readopts_and_stops_xen_domains() {
         } else {
             Err(format!("running {running:?}, domains {domains:?}"))
         }
+    };
+
+    // A frozen agent cannot fence its domains itself: their fence keepers destroy them once its
+    // lease has run out; none may still execute once the coordinator declares the host down and
+    // frees their slots.
+    let agent_pid = dom0(&host.state, "systemctl show -p MainPID --value mirari-agent").unwrap().trim().to_owned();
+    let frozen_at = Instant::now();
+    dom0(&host.state, &format!("kill -STOP {agent_pid}")).unwrap();
+    let fenced_after = eventually(SLOW, "the fence keepers to destroy the frozen agent's domains", || {
+        let hosts = stdout(&cli(&["cluster", "hosts", "--output", "json"]));
+        let left = mirari_domain_states(&host.state);
+        if hosts.contains("\"down\"") && left.iter().any(|(_, _, flags)| can_execute(flags)) {
+            let keepers = dom0(
+                &host.state,
+                "ps -eo pid,comm,args | grep mirari-fence; cat /proc/uptime; \
+                 cat /var/lib/mirari/agent/cluster.fence; cat /var/lib/mirari/agent/instances/*/domain-fence.log",
+            );
+            panic!(
+                "the host was declared down {:?} after the freeze while its domains {left:?} still ran; keepers: {keepers:?}",
+                frozen_at.elapsed()
+            );
+        }
+        if left.is_empty() { Ok(frozen_at.elapsed()) } else { Err(format!("{left:?}")) }
     });
+    let keepers = dom0(&host.state, "cat /var/lib/mirari/agent/instances/*/domain-fence.log").unwrap_or_default();
+    dom0(&host.state, &format!("kill -CONT {agent_pid}")).unwrap();
+    let replaced = eventually(SLOW, "two running instances again after the agent thawed", running_domains);
+    eprintln!(
+        "frozen agent: domains destroyed {fenced_after:?} after the freeze ({}); then {replaced:?} run",
+        keepers.trim()
+    );
+
+    // The same with dom0's CPUs starved: the agent may now be slow enough to lose its lease,
+    // be fenced and see its instances replaced, but it must never leak or double a domain.
+    let sampler = DomainSampler::start(&host.state);
+    dom0(&host.state, "for i in 1 2 3 4 5 6; do nohup sh -c 'while :; do :; done' >/dev/null 2>&1 & done").unwrap();
+    dom0(&host.state, "pkill -9 -x mirari-agent").unwrap();
+    let running = eventually(SLOW, "two running instances again, on a starved host", running_domains);
     let most = sampler.finish();
     assert!(most <= 2, "{most} mirari domains at once for 2 instances on a starved host");
     dom0(&host.state, "pkill -f 'while :; do :; done'").unwrap();

@@ -6,6 +6,7 @@
 //! agent restart goes in its opaque [`Handle`], which the agent persists with the instance.
 //! Every backend passes the same conformance suite (`agent/tests/conformance.rs`).
 
+pub mod domain_fence;
 pub mod kvm;
 pub mod qmp;
 mod shimmed;

@@ -11,9 +11,13 @@
 //! Exit detection watches xenstore's `@releaseDomain` (fired when a domain shuts down or dies)
 //! instead of polling; the console is the domain's console pty, whose path xenconsoled puts in
 //! xenstore. The exit code is Xen's shutdown reason: 0 for a power-off, 3 for a crash.
+//!
+//! A cluster domain gets a fence keeper beside it ([`super::domain_fence`]): it destroys the
+//! domain once the host's fencing deadline passes, even if the agent is dead or frozen.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,6 +33,7 @@ use super::{
     StopOutcome,
 };
 use crate::supervisor::client::ConsoleFrame;
+use crate::supervisor::proc::ProcessId;
 
 const TARGET: Target = Target::Xen;
 /// How long an `xl` command may take.
@@ -37,16 +42,21 @@ const XL_TIMEOUT: Duration = Duration::from_secs(60);
 const STATE_RECHECK: Duration = Duration::from_secs(2);
 /// The xenstore directory (in dom0's tree) where instances are tagged with their domain ID.
 const TAGS: &str = "/local/domain/0/mirari/instances";
+/// In the instance directory: the fence keeper's process identity.
+const KEEPER_FILE: &str = "domain-fence.json";
 
 #[derive(Debug, Clone)]
 pub struct XenBackend {
     xl: PathBuf,
+    /// The `mirari-agent` binary, whose `domain-fence` subcommand keeps a cluster domain's
+    /// fencing deadline.
+    agent_program: PathBuf,
 }
 
-impl Default for XenBackend {
-    fn default() -> Self {
-        Self { xl: "xl".into() }
-    }
+#[derive(Debug, Serialize, Deserialize)]
+struct KeeperRecord {
+    domid: u32,
+    process: ProcessId,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -87,6 +97,48 @@ fn domain_name(launch: &Launch) -> String {
 }
 
 impl XenBackend {
+    pub fn new(agent_program: PathBuf) -> Self {
+        Self { xl: "xl".into(), agent_program }
+    }
+
+    /// Makes sure a fence keeper watches cluster domain `domid` (started after `xl create`,
+    /// and again for a re-adopted domain whose keeper is gone).
+    fn keep_fenced(&self, launch: &Launch, domid: u32) -> Result<(), BackendError> {
+        let Some(fence_file) = &launch.fence else { return Ok(()) };
+        let record = launch.dir.join(KEEPER_FILE);
+        let running = std::fs::read(&record)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<KeeperRecord>(&bytes).ok())
+            .is_some_and(|keeper| keeper.domid == domid && keeper.process.is_alive());
+        if running {
+            return Ok(());
+        }
+        let io = |action: &str| {
+            let action = action.to_owned();
+            move |source| BackendError::Io { target: TARGET, action, source }
+        };
+        let log = std::fs::File::create(launch.dir.join("domain-fence.log")).map_err(io("create domain-fence.log"))?;
+        let mut child = tokio::process::Command::new(&self.agent_program)
+            .arg("domain-fence")
+            .arg("--fence-file")
+            .arg(fence_file)
+            .arg("--domid")
+            .arg(domid.to_string())
+            .arg("--xl")
+            .arg(&self.xl)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            // Its own process group: it must outlive the agent.
+            .process_group(0)
+            .spawn()
+            .map_err(io("start the domain's fence keeper"))?;
+        let process = child.id().and_then(ProcessId::of).ok_or_else(|| failed("the fence keeper exited at once"))?;
+        tokio::spawn(async move { child.wait().await });
+        let json = serde_json::to_vec(&KeeperRecord { domid, process }).expect("keeper records serialize");
+        mirari_blobs::write_atomically(&record, &json).map_err(io(&format!("write {KEEPER_FILE}")))
+    }
+
     /// Runs `xl ARGS`; its stdout, or an error with its stderr.
     async fn xl(&self, args: &[&str]) -> Result<String, BackendError> {
         // An abandoned `xl` (a stop that moved on to destroy) must not linger.
@@ -282,6 +334,11 @@ impl Backend for XenBackend {
         if let Ok(xenstore) = Xenstore::connect_default().await {
             let _ = xenstore.write(&format!("{TAGS}/{}", launch.id), domid.to_string().as_bytes()).await;
         }
+        if let Err(error) = self.keep_fenced(launch, domid) {
+            // Unfenced, a cluster domain could outlive a dead agent's lease: not started.
+            let _ = self.xl(&["destroy", &name]).await;
+            return Err(error);
+        }
         Ok(Handle::encode(&XenHandle { name, domid }))
     }
 
@@ -290,7 +347,10 @@ impl Backend for XenBackend {
         Ok(match self.state(&name).await? {
             None => Recovered::Ended(Ended::Lost),
             Some((_, state)) if state.ended().is_some() => Recovered::Ended(state.ended().unwrap_or(Ended::Lost)),
-            Some((domid, _)) => Recovered::Running(Handle::encode(&XenHandle { name, domid })),
+            Some((domid, _)) => {
+                self.keep_fenced(launch, domid)?;
+                Recovered::Running(Handle::encode(&XenHandle { name, domid }))
+            }
         })
     }
 
