@@ -61,7 +61,9 @@ pub async fn run(raft: RaftHandle, leases: Arc<Leases>, timing: LeaseTiming) {
             continue;
         }
         if !leading {
-            leases.table.lock().expect("leases lock").start_leading(&raft.machine().registry, clock::boot_ms());
+            // The machine's lock before the table's, the order every other holder of both keeps.
+            let machine = raft.machine();
+            leases.table.lock().expect("leases lock").start_leading(&machine.registry, clock::boot_ms());
             leading = true;
         }
         expire_leases(&raft, &leases, timing).await;

@@ -146,6 +146,7 @@ mod tests {
             backends: Default::default(),
             capacity: Resources::default(),
             labels: Default::default(),
+            networks: Default::default(),
             status: HostStatus::Up,
             registered_at_ms: at_ms,
             status_changed_at_ms: at_ms,

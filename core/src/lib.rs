@@ -10,6 +10,9 @@
 //! - [`errors`]: an error and its causes in one line, for people and for wire statuses.
 //! - [`config`]: `mirari.toml`, parsed and validated with file:line:column errors.
 //! - [`spec`]: the desired state of one instance, derived from a config and a build.
+//! - [`network`]: networks, address pools, MACs and instance interfaces.
+//! - [`args`]: boot-argument templates (`{net.service.cidr}`), checked and filled.
+//! - [`health`]: health checks and what their results mean.
 //! - [`instance`]: observed state of an instance (lifecycle, exit status).
 //! - [`lease`]: leases between agents and the coordinator leader: timing (the fencing margin)
 //!   and the leader's table of renewals.
@@ -21,14 +24,17 @@
 //! - [`ring`]: the bounded byte ring that holds console output.
 //! - [`rng`]: a seeded random number generator for simulations.
 
+pub mod args;
 pub mod clock;
 pub mod config;
 pub mod digest;
 pub mod errors;
+pub mod health;
 pub mod ids;
 pub mod instance;
 pub mod lease;
 pub mod limits;
+pub mod network;
 pub mod reconcile;
 pub mod registry;
 pub mod restart;

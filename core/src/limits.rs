@@ -18,6 +18,10 @@ pub const MAX_BOOT_ARGS_BYTES: usize = 16 * 1024;
 pub const MAX_STOP_TIMEOUT_SECS: u32 = 3_600;
 /// Failed runs in a row the on-failure restart policy may restart.
 pub const MAX_RESTART_LIMIT: u32 = 1_000;
+/// Network interfaces of one instance.
+pub const MAX_INTERFACES: usize = 8;
+/// Networks the cluster knows, and networks one host carries.
+pub const MAX_NETWORKS: usize = 256;
 /// File images attached to one instance.
 pub const MAX_FILE_IMAGES: usize = 64;
 /// App, version, host and label names, and label values.

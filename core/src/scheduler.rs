@@ -1,10 +1,12 @@
 //! The scheduler: which host fills each empty slot of a deployment.
 //!
-//! Pure: an immutable registry in, a plan out. Feasibility (host up, backend, labels, memory,
-//! vCPUs, instance slots), then a choice among feasible hosts: first the host running the fewest
+//! Pure: an immutable registry in, a plan out. Feasibility (host up, backend, labels, networks,
+//! memory, vCPUs, instance slots), then a choice among feasible hosts: first the host running the fewest
 //! instances of this deployment (so a deployment spreads over hosts), then by the placement
 //! policy: `binpack` prefers the host that will be fullest, `spread` the emptiest. Ties go to
-//! the smaller host ID, so the same registry always gives the same plan. Slots that fit nowhere
+//! the smaller host ID, so the same registry always gives the same plan. Each placed instance
+//! gets the lowest free address of each of its networks' pools; a pool that runs dry leaves the
+//! remaining slots unplaced with that reason. Slots that fit nowhere
 //! are counted with why, for the status to show. The leader commits a plan through raft, where
 //! applying it re-checks every placement against the registry as it is then.
 
@@ -13,6 +15,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use crate::ids::InstanceId;
 use crate::instance::Desired;
+use crate::network::MacAddress;
 use crate::registry::{HostId, Infeasible, PlacedInstance, Placement, Registry, Resources, feasible};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +67,17 @@ pub fn plan(registry: &Registry, app: &str, limit: usize, mint: &mut dyn FnMut()
     if empty_count == 0 {
         return Some(plan);
     }
+    let networks = &version.run.networks;
+    let mut pools = Vec::with_capacity(networks.len());
+    for name in networks {
+        let Some(network) = registry.network(name) else {
+            plan.unplaced = empty_count;
+            plan.reasons.insert(Infeasible::UnknownNetwork(name.clone()), 1);
+            return Some(plan);
+        };
+        let free = network.free_addresses(move |address| registry.address_holder(name, address).is_some());
+        pools.push((network, free.peekable()));
+    }
 
     let fit = |host: &crate::registry::Host, used: Resources| -> i64 {
         let capacity = host.capacity.memory_mib.max(1) as i64;
@@ -77,7 +91,7 @@ pub fn plan(registry: &Registry, app: &str, limit: usize, mint: &mut dyn FnMut()
     let mut heap = BinaryHeap::new();
     for host in registry.hosts() {
         let used = registry.used(&host.id).plus(need);
-        match feasible(host, used, spec.target, &version.constraints) {
+        match feasible(host, used, spec.target, &version.constraints, networks) {
             Ok(()) => {
                 let siblings = registry.placed_on(&host.id).filter(|i| i.app == app).count() as u32;
                 heap.push(Candidate {
@@ -103,12 +117,26 @@ pub fn plan(registry: &Registry, app: &str, limit: usize, mint: &mut dyn FnMut()
         let host = registry.host(&host_id).expect("candidates are registered hosts");
         let extra = planned.get(&host_id).copied().unwrap_or_default().plus(need);
         let used = registry.used(&host_id).plus(extra);
-        if let Err(reason) = feasible(host, used, spec.target, &version.constraints) {
+        if let Err(reason) = feasible(host, used, spec.target, &version.constraints, networks) {
             // Full now, with this plan's earlier placements on it: drop it, try the slot again.
             *plan.reasons.entry(reason).or_default() += 1;
             continue;
         }
-        plan.placements.push(PlacedInstance { id: mint(), slot, host: host_id.clone() });
+        if let Some(network) = pools.iter_mut().find_map(|(network, free)| free.peek().is_none().then_some(*network)) {
+            plan.unplaced = empty_count - plan.placements.len() as u32;
+            plan.reasons.insert(Infeasible::NoAddress(network.name.clone()), 1);
+            break;
+        }
+        let id = mint();
+        let interfaces = pools
+            .iter_mut()
+            .enumerate()
+            .map(|(index, (network, free))| {
+                let address = free.next().expect("peeked above");
+                network.interface(address, MacAddress::for_instance(id, index as u8))
+            })
+            .collect();
+        plan.placements.push(PlacedInstance { id, slot, host: host_id.clone(), interfaces });
         planned.insert(host_id.clone(), extra);
         let next_used = used.plus(need);
         heap.push(Candidate { siblings: Reverse(siblings.0 + 1), fit: fit(host, next_used), host: Reverse(host_id) });
@@ -143,6 +171,7 @@ mod tests {
             backends: backends.iter().copied().collect(),
             capacity: Resources { memory_mib, vcpus: 64, instances: 64 },
             labels: BTreeMap::new(),
+            networks: Default::default(),
             status: HostStatus::Up,
             registered_at_ms: 0,
             status_changed_at_ms: 0,
@@ -235,7 +264,7 @@ mod tests {
             let spec =
                 DeploymentSpec { app: "other".into(), version: "1".into(), target: Target::Unix, count: 1, placement };
             world.apply(Command::Deploy { spec, at_ms: 0 });
-            let place = PlacedInstance { id: InstanceId::from_u64(999), slot: 0, host: HostId("b".into()) };
+            let place = PlacedInstance { id: InstanceId::from_u64(999), slot: 0, host: HostId("b".into()), interfaces: vec![] };
             world.apply(Command::Place { app: "other".into(), generation: 1, placements: vec![place], at_ms: 0 });
             world.deploy(Target::Unix, 1, placement);
             world.schedule();
@@ -298,6 +327,7 @@ mod tests {
             id: InstanceId::from_u64(100 + u64::from(slot)),
             slot,
             host: HostId("a".into()),
+            interfaces: vec![],
         });
         world.apply(Command::Place { app: "hello".into(), generation: 1, placements: placements.into(), at_ms: 0 });
         assert_eq!(world.registry.empty_slots("hello", 6).collect::<Vec<_>>(), [0, 3, 5]);
@@ -312,5 +342,32 @@ mod tests {
         world.deploy(Target::Unix, 1, Placement::Binpack);
         world.apply(Command::StopDeployment { app: "hello".into() });
         assert!(plan(&world.registry, "hello", 10, &mut || InstanceId::from_u64(1)).is_none());
+    }
+
+    #[test]
+    fn instances_get_distinct_addresses_until_the_pool_runs_dry() {
+        let carrying = Host { networks: ["service".to_owned()].into(), ..host("a", 10_000, &[Target::Unix]) };
+        let mut world = World::new(&[carrying, host("b", 10_000, &[Target::Unix])]);
+        let network = crate::network::Network {
+            name: "service".into(),
+            subnet: "10.88.0.0/29".parse().unwrap(),
+            gateway: Some("10.88.0.1".parse().unwrap()),
+            range: None,
+            dns: vec![],
+        };
+        world.apply(Command::CreateNetwork { network });
+        let mut version = world.registry.app_version("hello", "1").unwrap().clone();
+        version.version = "2".into();
+        version.run.networks = vec!["service".into()];
+        world.apply(Command::RegisterApp { version });
+        let spec = DeploymentSpec { app: "hello".into(), version: "2".into(), target: Target::Unix, count: 7, placement: Placement::Spread };
+        world.apply(Command::Deploy { spec, at_ms: 0 });
+        let last = world.schedule();
+        let addresses: std::collections::BTreeSet<String> =
+            world.registry.instances().map(|i| i.interfaces[0].address.to_string()).collect();
+        assert_eq!(addresses.len(), 5, "{addresses:?}");
+        assert!(world.registry.instances().all(|i| i.host.0 == "a"), "only a carries the network");
+        assert_eq!(last.unplaced, 2);
+        assert_eq!(last.explain(), "1 host lacks network service, network service has no free address");
     }
 }

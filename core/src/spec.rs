@@ -6,7 +6,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::args::{self, InstanceContext};
 use crate::digest::Digest;
+use crate::health::HealthCheck;
+use crate::ids::InstanceId;
+use crate::network::Interface;
 use crate::target::Target;
 
 /// Which QEMU accelerator the `kvm` target asks for.
@@ -60,12 +64,19 @@ pub struct RunPolicy {
     pub memory_mib: u32,
     pub vcpus: u32,
     /// Boot arguments, passed to a kernel as its command line or to a process as its argv.
-    /// Network settings belong here, never compiled into the image.
+    /// Network settings belong here, never compiled into the image. In a version, templates
+    /// ([`crate::args`]); in an instance's spec, filled in.
     pub boot_args: Vec<String>,
     pub restart: RestartPolicy,
     pub accelerator: Accelerator,
     /// How long a graceful stop may take before the instance is forced off.
     pub stop_timeout_secs: u32,
+    /// The networks of the app's interfaces, in order (`[[network]]`).
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// `[health]`: how the agent tells a healthy instance from a hung one.
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
 }
 
 impl Default for RunPolicy {
@@ -77,6 +88,8 @@ impl Default for RunPolicy {
             restart: RestartPolicy::default(),
             accelerator: Accelerator::default(),
             stop_timeout_secs: 10,
+            networks: Vec::new(),
+            health: None,
         }
     }
 }
@@ -97,4 +110,19 @@ pub struct InstanceSpec {
     pub artifact: Digest,
     pub files: Vec<FileImageRef>,
     pub run: RunPolicy,
+    /// The instance's interfaces, one per network of `run.networks`, as placed.
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+}
+
+impl InstanceSpec {
+    /// This spec for one instance: its interfaces, and its boot arguments filled in.
+    pub fn for_instance(mut self, id: InstanceId, slot: u32, interfaces: Vec<Interface>) -> Self {
+        if args::has_placeholders(&self.run.boot_args) {
+            self.run.boot_args =
+                args::render(&self.run.boot_args, InstanceContext { id, slot, interfaces: &interfaces });
+        }
+        self.interfaces = interfaces;
+        self
+    }
 }

@@ -436,14 +436,13 @@ fn an_ended_instance_the_cluster_still_asks_to_stop_is_reported_again_with_the_n
             reports = sent;
         }
     }
-    // A report may already be in flight; once answered, the confirmation follows.
-    if reports.is_empty() {
-        let answered = agent.input(Input::Reported { reports: vec![], ok: true });
-        reports = answered
-            .into_iter()
-            .find_map(|e| if let Effect::Report(r) = e { Some(r) } else { None })
-            .unwrap_or_default();
-    }
+    // The stop's own report is still in flight: the confirmation follows its answer.
+    assert!(reports.is_empty(), "{reports:?}");
+    let reports = agent
+        .input(Input::Reported { reports: vec![], ok: true })
+        .into_iter()
+        .find_map(|e| if let Effect::Report(r) = e { Some(r) } else { None })
+        .expect("a report once the one in flight is answered");
     let confirmation = reports.iter().find(|r| r.id == id(1)).expect("reported again");
     assert_eq!((confirmation.phase, confirmation.assignments_index), (Phase::Stopped, 99));
 }

@@ -484,7 +484,8 @@ impl<B: Backing> Node<B> {
     }
 
     /// Takes and stores a snapshot when one is due. A failure is logged and the snapshot tried
-    /// again at the next ready: the log only grows meanwhile.
+    /// again once a tenth of the snapshot interval more has been applied: the log only grows
+    /// meanwhile.
     fn maybe_snapshot(&mut self) {
         let applied = self.applied_index();
         if self.snapshot_retry_at.is_some_and(|at| applied < at) {

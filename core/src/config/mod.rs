@@ -33,7 +33,20 @@
 //! restart_limit = 3
 //! accelerator = "auto"          # kvm | tcg | auto
 //! stop_timeout_secs = 10
+//!
+//! [[network]]                   # one interface per table, in order, on a cluster network
+//! name = "service"
+//!
+//! [health]                      # probed at the first interface's address
+//! http = { port = 80, path = "/", status = 200 }   # or: tcp = 80
+//! interval_secs = 2
+//! timeout_secs = 1
+//! grace_secs = 10               # failures right after a start do not count
+//! unhealthy_after = 3           # failures in a row; then it is restarted
 //! ```
+//!
+//! Boot arguments may hold placeholders filled per instance: `{net.service.cidr}`,
+//! `{net.service.gateway}`, `{instance.id}` and the others listed in [`crate::args`].
 
 mod error;
 mod raw;
@@ -44,7 +57,10 @@ use std::ops::Range;
 use toml::Spanned;
 
 pub use self::error::{ConfigError, Location};
-use self::raw::{RawBuild, RawConfig, RawFiles, RawRequires, RawRun, RawTargetBuild};
+use self::raw::{RawBuild, RawConfig, RawFiles, RawHealth, RawNetwork, RawRequires, RawRun, RawTargetBuild};
+use crate::args;
+use crate::health::{HealthCheck, Probe};
+use crate::network;
 use crate::limits;
 use crate::spec::{Accelerator, RestartPolicy, RunPolicy};
 use crate::target::Target;
@@ -104,7 +120,10 @@ impl AppConfig {
         let requires = cx.requirements(&raw.requires)?;
         let builds = cx.builds(&raw.build, &name, &targets, &raw.app.targets)?;
         let files = cx.files(&raw.files)?;
-        let run = cx.run(&raw.run)?;
+        let mut run = cx.run(&raw.run)?;
+        run.networks = cx.networks(&raw.network)?;
+        cx.check_templates(&raw.run, &run.networks)?;
+        run.health = raw.health.as_ref().map(|health| cx.health(health, &run.networks)).transpose()?;
         Ok(Self { name, version, targets, requires, builds, files, run })
     }
 }
@@ -401,6 +420,92 @@ impl Cx<'_> {
                 0..i64::from(limits::MAX_STOP_TIMEOUT_SECS) + 1,
                 defaults.stop_timeout_secs,
             )?,
+            networks: Vec::new(),
+            health: None,
+        })
+    }
+
+    fn networks(&self, raw: &[RawNetwork]) -> Result<Vec<String>, ConfigError> {
+        let mut names: Vec<String> = Vec::new();
+        if let Some(extra) = raw.get(limits::MAX_INTERFACES) {
+            return Err(self.error(extra.name.span(), format!("more than {} networks", limits::MAX_INTERFACES)));
+        }
+        for entry in raw {
+            let name = entry.name.get_ref();
+            network::check_name(name).map_err(|e| self.error(entry.name.span(), e.to_string()))?;
+            if names.contains(name) {
+                return Err(self
+                    .error(entry.name.span(), format!("network `{name}` is listed twice"))
+                    .with_help("an instance has one interface per [[network]] table; list each network once"));
+            }
+            names.push(name.clone());
+        }
+        Ok(names)
+    }
+
+    /// Placeholders in boot arguments must name known things: located at the placeholder.
+    fn check_templates(&self, raw: &RawRun, networks: &[String]) -> Result<(), ConfigError> {
+        let args: Vec<String> = raw.args.iter().map(|a| a.get_ref().clone()).collect();
+        args::check(&args, networks).map_err(|error| {
+            let span = raw.args[error.arg].span();
+            // Past the opening quote; exact for arguments without escapes.
+            let start = span.start + 1 + error.offset;
+            self.error(start..start + 1, error.message).with_help(error.help)
+        })
+    }
+
+    fn health(&self, raw: &Spanned<RawHealth>, networks: &[String]) -> Result<HealthCheck, ConfigError> {
+        let section = raw.get_ref();
+        if networks.is_empty() {
+            return Err(self
+                .error(raw.span(), "[health] needs a network to probe")
+                .with_help("add a [[network]] table: the agent probes the first interface's address"));
+        }
+        let number = |value: &Option<Spanned<i64>>, key: &str, range: Range<i64>, default: i64| match value {
+            None => Ok(default),
+            Some(value) if range.contains(value.get_ref()) => Ok(*value.get_ref()),
+            Some(value) => Err(self
+                .error(value.span(), format!("`{key}` = {} is out of range", value.get_ref()))
+                .with_help(format!("use a value from {} to {}", range.start, range.end - 1))),
+        };
+        let port = |value: &Spanned<i64>| number(&Some(value.clone()), "port", 1..65_536, 0).map(|p| p as u16);
+        let probe = match (&section.tcp, &section.http) {
+            (Some(tcp), None) => Probe::Tcp { port: port(tcp)? },
+            (None, Some(http)) => {
+                let http = http.get_ref();
+                let path = http.path.as_ref().map_or_else(|| "/".to_owned(), |p| p.get_ref().clone());
+                if !path.starts_with('/') || path.contains(char::is_whitespace) || path.len() > 1024 {
+                    let span = http.path.as_ref().map_or(raw.span(), Spanned::span);
+                    return Err(self
+                        .error(span, format!("HTTP path `{path}` is not a path"))
+                        .with_help("start it with `/`, without spaces, e.g. \"/health\""));
+                }
+                let status = number(&http.status, "status", 100..600, 200)? as u16;
+                Probe::Http { port: port(&http.port)?, path, status }
+            }
+            (Some(tcp), Some(_)) => {
+                return Err(self.error(tcp.span(), "[health] has both `tcp` and `http`").with_help("keep one of them"));
+            }
+            (None, None) => {
+                return Err(self
+                    .error(raw.span(), "[health] says neither `tcp` nor `http`")
+                    .with_help("add `tcp = PORT` or `http = { port = 80, path = \"/\" }`"));
+            }
+        };
+        let secs = |value: &Option<Spanned<i64>>, key: &str, min: i64, default_ms: u64| {
+            number(value, key, min..3_601, (default_ms / 1000) as i64).map(|s| s as u64 * 1000)
+        };
+        Ok(HealthCheck {
+            probe,
+            interval_ms: secs(&section.interval_secs, "interval_secs", 1, HealthCheck::DEFAULT_INTERVAL_MS)?,
+            timeout_ms: secs(&section.timeout_secs, "timeout_secs", 1, HealthCheck::DEFAULT_TIMEOUT_MS)?,
+            grace_ms: secs(&section.grace_secs, "grace_secs", 0, HealthCheck::DEFAULT_GRACE_MS)?,
+            unhealthy_after: number(
+                &section.unhealthy_after,
+                "unhealthy_after",
+                1..101,
+                i64::from(HealthCheck::DEFAULT_UNHEALTHY_AFTER),
+            )? as u32,
         })
     }
 

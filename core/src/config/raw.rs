@@ -19,6 +19,34 @@ pub(super) struct RawConfig {
     pub files: Vec<RawFiles>,
     #[serde(default)]
     pub run: RawRun,
+    #[serde(default)]
+    pub network: Vec<RawNetwork>,
+    pub health: Option<Spanned<RawHealth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNetwork {
+    pub name: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    pub tcp: Option<Spanned<i64>>,
+    pub http: Option<Spanned<RawHttpCheck>>,
+    pub interval_secs: Option<Spanned<i64>>,
+    pub timeout_secs: Option<Spanned<i64>>,
+    pub grace_secs: Option<Spanned<i64>>,
+    pub unhealthy_after: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttpCheck {
+    pub port: Spanned<i64>,
+    pub path: Option<Spanned<String>>,
+    pub status: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,6 @@
 //! The cluster registry: the state machine the coordinators replicate with raft.
 //!
-//! Hosts, applications, deployments and instances. [`Registry::apply`] takes the raft index and
+//! Hosts, networks, applications, deployments and instances. [`Registry::apply`] takes the raft index and
 //! a [`Request`] and is deterministic: no clock, no randomness, ordered maps; every replica that
 //! applies the same log holds the same registry. IDs are minted by the leader and fixed in the
 //! log entry; the registry refuses an ID it has seen before, so none is ever reused. A request
@@ -10,12 +10,15 @@
 mod types;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
 pub use self::types::*;
 use crate::ids::InstanceId;
+use crate::args;
 use crate::instance::{Desired, Phase};
+use crate::network::{MacAddress, Network};
 use crate::spec::InstanceSpec;
 
 /// How many log entries a request ID is remembered for.
@@ -26,6 +29,8 @@ pub type ApplyResult = Result<Outcome, Rejection>;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Registry {
     hosts: BTreeMap<HostId, Host>,
+    #[serde(default)]
+    networks: BTreeMap<String, Network>,
     apps: BTreeMap<String, BTreeMap<String, AppVersion>>,
     deployments: BTreeMap<String, Deployment>,
     instances: BTreeMap<InstanceId, InstanceEntry>,
@@ -41,12 +46,12 @@ pub struct Registry {
     derived: Derived,
 }
 
-/// Whether an instance holds its slot and its host's resources: while it should run, and
+/// Whether an instance holds its slot, its host's resources and its addresses: while it should run, and
 /// after it was asked to stop until it is known to have ended for good: its host reported it
 /// ended after applying assignments that told it to stop (an earlier end may be followed by a
 /// restart from an older assignment), or the host was declared down (only after its lease
-/// surely ran out). So a slot is never filled again while an earlier instance of it may
-/// still run.
+/// surely ran out). So a slot is never filled again, and an address never given again,
+/// while an earlier instance holding it may still run.
 pub fn holds_slot(instance: &InstanceEntry) -> bool {
     // Stops recorded before stop indexes existed (0) count as released once ended.
     let legacy_ended = instance.stopped_at_index == 0 && instance.observed.has_ended();
@@ -58,6 +63,8 @@ struct Derived {
     used: BTreeMap<HostId, Resources>,
     /// App -> slot -> the instance holding it.
     slots: BTreeMap<String, BTreeMap<u32, InstanceId>>,
+    /// Network -> address -> the instance holding it.
+    addresses: BTreeMap<String, BTreeMap<Ipv4Addr, InstanceId>>,
     /// Instances each host holds: those it must run, and those it must stop that have not
     /// ended yet.
     placed: BTreeMap<HostId, BTreeSet<InstanceId>>,
@@ -70,7 +77,10 @@ struct Derived {
 /// so they take no part in comparing registries; everything else is derived from `instances`.
 impl PartialEq for Derived {
     fn eq(&self, other: &Self) -> bool {
-        self.used == other.used && self.slots == other.slots && self.placed == other.placed
+        self.used == other.used
+            && self.slots == other.slots
+            && self.placed == other.placed
+            && self.addresses == other.addresses
     }
 }
 
@@ -85,6 +95,24 @@ impl Registry {
 
     pub fn host(&self, id: &HostId) -> Option<&Host> {
         self.hosts.get(id)
+    }
+
+    pub fn networks(&self) -> impl Iterator<Item = &Network> {
+        self.networks.values()
+    }
+
+    pub fn network(&self, name: &str) -> Option<&Network> {
+        self.networks.get(name)
+    }
+
+    /// The instance holding an address of a network, if any.
+    pub fn address_holder(&self, network: &str, address: Ipv4Addr) -> Option<InstanceId> {
+        self.derived.addresses.get(network)?.get(&address).copied()
+    }
+
+    /// How many addresses of a network are held.
+    pub fn addresses_held(&self, network: &str) -> usize {
+        self.derived.addresses.get(network).map_or(0, BTreeMap::len)
     }
 
     pub fn apps(&self) -> impl Iterator<Item = &AppVersion> {
@@ -137,7 +165,7 @@ impl Registry {
             } else if let Some(spec) =
                 self.app_version(&instance.app, &instance.version).and_then(|v| v.instance_spec(instance.target))
             {
-                run.push((instance.id, spec));
+                run.push((instance.id, spec.for_instance(instance.id, instance.slot, instance.interfaces.clone())));
             }
         }
         (run, stop)
@@ -231,6 +259,8 @@ impl Registry {
                 Ok(Outcome::Done)
             }
             Command::ReportInstances { host, reports } => self.report(host, reports),
+            Command::CreateNetwork { network } => self.create_network(network),
+            Command::RemoveNetwork { name } => self.remove_network(name),
         }
     }
 
@@ -265,11 +295,7 @@ impl Registry {
             let index = self.applied_index;
             for lost in lost {
                 self.update(lost, |instance| {
-                    if instance.desired == Desired::Running {
-                        instance.desired = Desired::Stopped;
-                        instance.stopped_at_index = index;
-                        instance.message = reason.clone();
-                    }
+                    ask_to_stop(instance, index, &reason);
                     instance.observed = Phase::Lost;
                     instance.released = true;
                 });
@@ -278,10 +304,45 @@ impl Registry {
         Ok(Outcome::Done)
     }
 
+    fn create_network(&mut self, network: &Network) -> ApplyResult {
+        network.validate().map_err(|e| Rejection::Invalid(e.to_string()))?;
+        match self.networks.get(&network.name) {
+            Some(known) if known == network => Ok(Outcome::Done),
+            Some(_) => Err(Rejection::NetworkExists(network.name.clone())),
+            None if self.networks.len() >= crate::limits::MAX_NETWORKS => {
+                Err(Rejection::Invalid(format!("the cluster has {} networks, the most it keeps", self.networks.len())))
+            }
+            None => {
+                self.networks.insert(network.name.clone(), network.clone());
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    fn remove_network(&mut self, name: &str) -> ApplyResult {
+        if !self.networks.contains_key(name) {
+            return Err(Rejection::UnknownNetwork(name.to_owned()));
+        }
+        if let Some((_, holder)) = self.derived.addresses.get(name).and_then(|held| held.first_key_value()) {
+            return Err(Rejection::NetworkInUse { name: name.to_owned(), by: format!("instance {holder}") });
+        }
+        let using = self.deployments.values().find(|d| {
+            d.desired == Desired::Running
+                && self.app_version(&d.spec.app, &d.spec.version).is_some_and(|v| v.run.networks.iter().any(|n| n == name))
+        });
+        if let Some(deployment) = using {
+            return Err(Rejection::NetworkInUse { name: name.to_owned(), by: format!("deployment `{}`", deployment.spec.app) });
+        }
+        self.networks.remove(name);
+        Ok(Outcome::Done)
+    }
+
     fn register_app(&mut self, version: &AppVersion) -> ApplyResult {
         if version.artifacts.is_empty() {
             return Err(Rejection::Invalid(format!("app `{}` has no artifacts", version.app)));
         }
+        args::check(&version.run.boot_args, &version.run.networks)
+            .map_err(|e| Rejection::Invalid(format!("app `{}`: {e}", version.app)))?;
         self.apps.entry(version.app.clone()).or_default().insert(version.version.clone(), version.clone());
         Ok(Outcome::Done)
     }
@@ -298,6 +359,9 @@ impl Registry {
                 version: spec.version.clone(),
                 target: spec.target,
             });
+        }
+        if let Some(unknown) = version.run.networks.iter().find(|n| !self.networks.contains_key(*n)) {
+            return Err(Rejection::UnknownNetwork(unknown.clone()));
         }
         let previous = self.deployments.get(&spec.app).cloned();
         let generation = previous.as_ref().map_or(1, |d| d.generation + 1);
@@ -367,11 +431,13 @@ impl Registry {
             .ok_or_else(|| Rejection::UnknownVersion { app: spec.app.clone(), version: spec.version.clone() })?;
         let need = Resources { memory_mib: u64::from(version.run.memory_mib), vcpus: version.run.vcpus, instances: 1 };
         let constraints = version.constraints.clone();
+        let networks = version.run.networks.clone();
 
         // Check the whole plan before changing anything, accumulating what it adds per host.
         let mut adding: BTreeMap<&HostId, Resources> = BTreeMap::new();
         let mut ids = BTreeSet::new();
         let mut slots = BTreeSet::new();
+        let mut addresses = BTreeSet::new();
         for placed in placements {
             if self.minted.contains(&placed.id) || !ids.insert(placed.id) {
                 return Err(Rejection::IdReused(placed.id));
@@ -385,9 +451,11 @@ impl Registry {
             let host = self.hosts.get(&placed.host).ok_or_else(|| Rejection::UnknownHost(placed.host.clone()))?;
             let extra = adding.entry(&placed.host).or_default();
             *extra = extra.plus(need);
-            if let Err(reason) = feasible(host, self.used(&host.id).plus(*extra), spec.target, &constraints) {
+            let used = self.used(&host.id).plus(*extra);
+            if let Err(reason) = feasible(host, used, spec.target, &constraints, &networks) {
                 return Err(Rejection::Infeasible { host: host.id.clone(), reason: reason.describe(1) });
             }
+            self.check_interfaces(placed, &networks, &mut addresses)?;
         }
         for placed in placements {
             let instance = InstanceEntry {
@@ -406,6 +474,8 @@ impl Registry {
                 reported_revision: 0,
                 stopped_at_index: 0,
                 released: false,
+                interfaces: placed.interfaces.clone(),
+                health: crate::health::Health::None,
             };
             self.minted.insert(placed.id);
             self.occupy(&instance);
@@ -414,16 +484,40 @@ impl Registry {
         Ok(Outcome::Placed(placements.iter().map(|p| p.id).collect()))
     }
 
+    /// A placement's interfaces: one per network of the app, in order, each with a free address
+    /// of its network's pool (not held, not given twice in the plan), the network's prefix and
+    /// gateway, and the MAC derived from the instance ID.
+    fn check_interfaces(
+        &self,
+        placed: &PlacedInstance,
+        networks: &[String],
+        planned: &mut BTreeSet<(String, Ipv4Addr)>,
+    ) -> Result<(), Rejection> {
+        let invalid = |why: String| Rejection::Invalid(format!("instance {}: {why}", placed.id));
+        if placed.interfaces.len() != networks.len() {
+            return Err(invalid(format!("{} interfaces for {} networks", placed.interfaces.len(), networks.len())));
+        }
+        for (index, (interface, name)) in placed.interfaces.iter().zip(networks).enumerate() {
+            let network = self.networks.get(name).ok_or_else(|| Rejection::UnknownNetwork(name.clone()))?;
+            let address = interface.address.address;
+            let expected = network.interface(address, MacAddress::for_instance(placed.id, index as u8));
+            if interface.network != *name || !network.in_pool(address) || *interface != expected {
+                return Err(invalid(format!("interface {index} is not an address of network `{name}`'s pool")));
+            }
+            if let Some(holder) = self.address_holder(name, address) {
+                return Err(Rejection::AddressTaken { network: name.clone(), address, holder });
+            }
+            if !planned.insert((name.clone(), address)) {
+                return Err(invalid(format!("address {address} is given twice in the plan")));
+            }
+        }
+        Ok(())
+    }
+
     fn stop_instances(&mut self, ids: impl IntoIterator<Item = InstanceId>, reason: &str) {
         let index = self.applied_index;
         for id in ids {
-            self.update(id, |instance| {
-                if instance.desired == Desired::Running {
-                    instance.desired = Desired::Stopped;
-                    instance.stopped_at_index = index;
-                    instance.message = reason.to_owned();
-                }
-            });
+            self.update(id, |instance| ask_to_stop(instance, index, reason));
         }
     }
 
@@ -471,6 +565,7 @@ impl Registry {
                 instance.observed = report.phase;
                 instance.restarts = report.restarts;
                 instance.last_exit = report.last_exit;
+                instance.health = report.health;
                 if !report.message.is_empty() {
                     instance.message = report.message.clone();
                 }
@@ -484,6 +579,10 @@ impl Registry {
         let used = self.derived.used.entry(instance.host.clone()).or_default();
         *used = used.plus(need);
         self.derived.slots.entry(instance.app.clone()).or_default().insert(instance.slot, instance.id);
+        for interface in &instance.interfaces {
+            let held = self.derived.addresses.entry(interface.network.clone()).or_default();
+            held.insert(interface.address.address, instance.id);
+        }
         self.derived.placed.entry(instance.host.clone()).or_default().insert(instance.id);
         *self.derived.host_versions.entry(instance.host.clone()).or_default() += 1;
     }
@@ -498,6 +597,13 @@ impl Registry {
         {
             slots.remove(&instance.slot);
         }
+        for interface in &instance.interfaces {
+            if let Some(held) = self.derived.addresses.get_mut(&interface.network)
+                && held.get(&interface.address.address) == Some(&instance.id)
+            {
+                held.remove(&interface.address.address);
+            }
+        }
         if let Some(placed) = self.derived.placed.get_mut(&instance.host) {
             placed.remove(&instance.id);
         }
@@ -508,6 +614,15 @@ impl Registry {
         let run = self.app_version(&instance.app, &instance.version).map(|v| (v.run.memory_mib, v.run.vcpus));
         let (memory_mib, vcpus) = run.unwrap_or((0, 0));
         Resources { memory_mib: u64::from(memory_mib), vcpus, instances: 1 }
+    }
+}
+
+/// Asks an instance to stop, unless it was asked already (its first reason stays).
+fn ask_to_stop(instance: &mut InstanceEntry, index: u64, reason: &str) {
+    if instance.desired == Desired::Running {
+        instance.desired = Desired::Stopped;
+        instance.stopped_at_index = index;
+        instance.message = reason.to_owned();
     }
 }
 
@@ -535,9 +650,14 @@ pub enum Infeasible {
     Down,
     LacksBackend(crate::target::Target),
     LacksLabel(String, String),
+    LacksNetwork(String),
     LacksMemory,
     LacksVcpus,
     Full,
+    /// Not a host's fault: the network's pool has no free address.
+    NoAddress(String),
+    /// Not a host's fault: the app names a network the cluster does not know.
+    UnknownNetwork(String),
 }
 
 impl Infeasible {
@@ -553,19 +673,23 @@ impl Infeasible {
             Infeasible::LacksLabel(key, value) => {
                 format!("{hosts} {subject} {verb} label {key}={value}")
             }
+            Infeasible::LacksNetwork(network) => format!("{hosts} {subject} {verb} network {network}"),
             Infeasible::LacksMemory => format!("{hosts} {subject} {verb} memory"),
             Infeasible::LacksVcpus => format!("{hosts} {subject} {verb} vcpus"),
             Infeasible::Full => format!("{hosts} {subject} {}", if one { "is full" } else { "are full" }),
+            Infeasible::NoAddress(network) => format!("network {network} has no free address"),
+            Infeasible::UnknownNetwork(network) => format!("network {network} is not defined"),
         }
     }
 }
 
-/// Whether `host` can run an instance of `target` with `used` committed in total.
+/// Whether `host` can run an instance of `target` on `networks` with `used` committed in total.
 pub fn feasible(
     host: &Host,
     used: Resources,
     target: crate::target::Target,
     constraints: &BTreeMap<String, String>,
+    networks: &[String],
 ) -> Result<(), Infeasible> {
     if host.status != HostStatus::Up {
         return Err(Infeasible::Down);
@@ -575,6 +699,9 @@ pub fn feasible(
     }
     if let Some((key, value)) = constraints.iter().find(|(k, v)| host.labels.get(*k) != Some(*v)) {
         return Err(Infeasible::LacksLabel(key.clone(), value.clone()));
+    }
+    if let Some(network) = networks.iter().find(|n| !host.networks.contains(*n)) {
+        return Err(Infeasible::LacksNetwork(network.clone()));
     }
     if used.memory_mib > host.capacity.memory_mib {
         return Err(Infeasible::LacksMemory);

@@ -10,6 +10,7 @@ fn host(name: &str, memory_mib: u64, backends: &[Target]) -> Host {
         backends: backends.iter().copied().collect(),
         capacity: Resources { memory_mib, vcpus: 8, instances: 10 },
         labels: BTreeMap::new(),
+        networks: Default::default(),
         status: HostStatus::Up,
         registered_at_ms: 1,
         status_changed_at_ms: 1,
@@ -59,7 +60,7 @@ fn request(n: u64, command: Command) -> Request {
 }
 
 fn placed(id: u64, slot: u32, host: &str) -> PlacedInstance {
-    PlacedInstance { id: InstanceId::from_u64(id), slot, host: HostId(host.into()) }
+    PlacedInstance { id: InstanceId::from_u64(id), slot, host: HostId(host.into()), interfaces: vec![] }
 }
 
 fn place(registry: &mut Registry, index: u64, placements: Vec<PlacedInstance>) -> ApplyResult {
@@ -153,6 +154,7 @@ fn report(id: u64, phase: Phase) -> InstanceReport {
         message: String::new(),
         revision: 0,
         assignments_index: u64::MAX,
+        health: Default::default(),
     }
 }
 
@@ -295,4 +297,116 @@ fn an_end_reported_before_the_host_heard_of_the_stop_does_not_free_the_slot() {
     let heard = InstanceReport { assignments_index: stopped_at, revision: 3, ..report(1, Phase::Stopped) };
     reported(&mut registry, index + 4, "a", vec![heard]);
     assert_eq!(registry.slot_holder("hello", 0), None);
+}
+
+/// A registry with a /29 network `service` (pool .2-.6, gateway .1) that hosts a and b carry,
+/// and the app deployed on it with `count` slots.
+fn networked(count: u32) -> (Registry, u64) {
+    let mut registry = Registry::default();
+    let network = Network {
+        name: "service".into(),
+        subnet: "10.88.0.0/29".parse().unwrap(),
+        gateway: Some("10.88.0.1".parse().unwrap()),
+        range: None,
+        dns: vec![],
+    };
+    let carrying = |name: &str| Host { networks: ["service".to_owned()].into(), ..host(name, 4096, &[Target::Unix]) };
+    let mut version = app("1");
+    version.run.networks = vec!["service".into()];
+    version.run.boot_args = vec!["--ipv4={net.service.cidr}".into(), "slot={instance.slot}".into()];
+    let commands = [
+        Command::CreateNetwork { network },
+        Command::RegisterHost { host: carrying("a") },
+        Command::RegisterHost { host: carrying("b") },
+        Command::RegisterApp { version },
+        Command::Deploy { spec: spec("1", count), at_ms: 5 },
+    ];
+    let mut index = 0;
+    for command in commands {
+        index += 1;
+        registry.apply(index, &request(index, command)).expect("setup applies");
+    }
+    (registry, index)
+}
+
+/// Placed with an interface on `service` (the /29 of [`networked`]) at `address`.
+fn placed_at(id: u64, slot: u32, host: &str, address: &str) -> PlacedInstance {
+    let interface = crate::network::Interface {
+        network: "service".into(),
+        address: crate::network::Ipv4Cidr { address: address.parse().unwrap(), prefix: 29 },
+        gateway: Some("10.88.0.1".parse().unwrap()),
+        mac: MacAddress::for_instance(InstanceId::from_u64(id), 0),
+    };
+    PlacedInstance { interfaces: vec![interface], ..placed(id, slot, host) }
+}
+
+#[test]
+fn placed_interfaces_are_checked_and_their_addresses_held() {
+    let (mut registry, index) = networked(3);
+    let first = placed_at(1, 0, "a", "10.88.0.2");
+    place(&mut registry, index + 1, vec![first]).unwrap();
+    assert_eq!(registry.address_holder("service", "10.88.0.2".parse().unwrap()), Some(InstanceId::from_u64(1)));
+    let taken = place(&mut registry, index + 2, vec![placed_at(2, 1, "b", "10.88.0.2")]);
+    assert!(matches!(taken, Err(Rejection::AddressTaken { .. })), "{taken:?}");
+    let twice = vec![placed_at(2, 1, "a", "10.88.0.3"), placed_at(3, 2, "b", "10.88.0.3")];
+    assert!(matches!(place(&mut registry, index + 3, twice), Err(Rejection::Invalid(_))));
+    for outside in ["10.88.0.1", "10.88.0.7", "10.89.0.2"] {
+        let result = place(&mut registry, index + 4, vec![placed_at(4, 1, "a", outside)]);
+        assert!(matches!(result, Err(Rejection::Invalid(_))), "{outside}: {result:?}");
+    }
+    let mut wrong_mac = placed_at(5, 1, "a", "10.88.0.4");
+    wrong_mac.interfaces[0].mac = MacAddress([2, 0, 0, 0, 0, 9]);
+    assert!(place(&mut registry, index + 5, vec![wrong_mac]).is_err());
+    assert!(place(&mut registry, index + 6, vec![placed(6, 1, "a")]).is_err(), "an interface per network");
+    // What the host is told to run has its templates filled in.
+    let (run, _) = registry.assignments(&HostId("a".into()));
+    assert_eq!(run[0].1.run.boot_args, ["--ipv4=10.88.0.2/29", "slot=0"]);
+    assert_eq!(run[0].1.interfaces[0].mac.to_string(), "02:00:00:00:01:00");
+}
+
+#[test]
+fn an_address_is_free_again_only_once_its_instance_is_known_to_have_ended() {
+    let (mut registry, index) = networked(2);
+    place(&mut registry, index + 1, vec![placed_at(1, 0, "a", "10.88.0.2")]).unwrap();
+    let address = "10.88.0.2".parse().unwrap();
+    reported(&mut registry, index + 2, "a", vec![report(1, Phase::Running)]);
+    registry.apply(index + 3, &request(index + 3, Command::StopDeployment { app: "hello".into() })).unwrap();
+    assert!(registry.address_holder("service", address).is_some(), "stopping is not stopped");
+    reported(&mut registry, index + 4, "a", vec![report(1, Phase::Stopped)]);
+    assert_eq!(registry.address_holder("service", address), None);
+
+    // A host that stops answering keeps its instances' addresses until it is declared down.
+    registry.apply(index + 5, &request(index + 5, Command::Deploy { spec: spec("1", 1), at_ms: 6 })).unwrap();
+    place(&mut registry, index + 6, vec![placed_at(2, 0, "b", "10.88.0.2")]).unwrap();
+    let stop = Command::StopInstances { ids: vec![InstanceId::from_u64(2)], reason: "replaced".into() };
+    registry.apply(index + 7, &request(index + 7, stop)).unwrap();
+    assert!(registry.address_holder("service", address).is_some(), "asked to stop, not known to have");
+    let down = Command::SetHostStatus { host: HostId("b".into()), status: HostStatus::Down, at_ms: 9 };
+    registry.apply(index + 8, &request(index + 8, down)).unwrap();
+    assert_eq!(registry.address_holder("service", address), None);
+    // The same after a snapshot is loaded.
+    let mut copy: Registry = serde_json::from_str(&serde_json::to_string(&registry).unwrap()).unwrap();
+    copy.rebuild_derived();
+    assert_eq!((copy.addresses_held("service"), copy.address_holder("service", address)), (0, None));
+}
+
+#[test]
+fn networks_are_declared_once_and_kept_while_used() {
+    let (mut registry, index) = networked(1);
+    let mut same = registry.network("service").unwrap().clone();
+    let create = Command::CreateNetwork { network: same.clone() };
+    assert_eq!(registry.apply(index + 1, &request(index + 1, create)), Ok(Outcome::Done));
+    same.gateway = Some("10.88.0.6".parse().unwrap());
+    let changed = Command::CreateNetwork { network: same };
+    assert_eq!(registry.apply(index + 2, &request(index + 2, changed)), Err(Rejection::NetworkExists("service".into())));
+    let remove = |n: u64| request(n, Command::RemoveNetwork { name: "service".into() });
+    assert!(matches!(registry.apply(index + 3, &remove(index + 3)), Err(Rejection::NetworkInUse { .. })));
+    registry.apply(index + 4, &request(index + 4, Command::StopDeployment { app: "hello".into() })).unwrap();
+    assert_eq!(registry.apply(index + 5, &remove(index + 5)), Ok(Outcome::Done));
+    let redeploy = Command::Deploy { spec: spec("1", 1), at_ms: 7 };
+    assert_eq!(registry.apply(index + 6, &request(index + 6, redeploy)), Err(Rejection::UnknownNetwork("service".into())));
+    let mut bad = app("2");
+    bad.run.boot_args = vec!["--ipv4={net.other.cidr}".into()];
+    let register = Command::RegisterApp { version: bad };
+    assert!(matches!(registry.apply(index + 7, &request(index + 7, register)), Err(Rejection::Invalid(_))));
 }

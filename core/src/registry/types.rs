@@ -6,8 +6,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::health::Health;
 use crate::ids::InstanceId;
 use crate::instance::{Desired, ExitStatus, Phase};
+use crate::network::{Interface, Network};
 use crate::spec::{FileImageRef, InstanceSpec, RunPolicy};
 use crate::target::Target;
 
@@ -45,6 +47,10 @@ pub struct Host {
     pub backends: BTreeSet<Target>,
     pub capacity: Resources,
     pub labels: BTreeMap<String, String>,
+    /// The cluster networks the host's bridges carry (checked by its agent: the bridge exists
+    /// and is up).
+    #[serde(default)]
+    pub networks: BTreeSet<String>,
     pub status: HostStatus,
     pub registered_at_ms: u64,
     pub status_changed_at_ms: u64,
@@ -71,6 +77,7 @@ impl AppVersion {
             artifact: *self.artifacts.get(&target)?,
             files: self.files.clone(),
             run: self.run.clone(),
+            interfaces: Vec::new(),
         })
     }
 }
@@ -130,9 +137,15 @@ pub struct InstanceEntry {
     #[serde(default)]
     pub stopped_at_index: u64,
     /// Known to have ended for good: its host said so after hearing of the stop, or it was
-    /// declared down. Its slot and its host's resources are free again.
+    /// declared down. Its slot, its host's resources and its addresses are free again.
     #[serde(default)]
     pub released: bool,
+    /// One per network of the app, in order, fixed when it was placed.
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+    /// What its host's health checks last said.
+    #[serde(default)]
+    pub health: Health,
 }
 
 /// A placement decided by the scheduler: instance `id` fills `slot` on `host`.
@@ -141,6 +154,9 @@ pub struct PlacedInstance {
     pub id: InstanceId,
     pub slot: u32,
     pub host: HostId,
+    /// Its addresses, one per network of the app, from the networks' pools.
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
 }
 
 /// What an agent observed of one instance.
@@ -158,6 +174,9 @@ pub struct InstanceReport {
     /// The registry index of the latest assignment set the host had applied when it made
     /// the report: a report of an end confirms a stop only if the host had heard of it.
     pub assignments_index: u64,
+    /// Its health checks' verdict (the message says the last failure).
+    #[serde(default)]
+    pub health: Health,
 }
 
 /// A change to the registry, as it is fixed in the raft log. Everything it needs (IDs, times)
@@ -204,6 +223,14 @@ pub enum Command {
         host: HostId,
         reports: Vec<InstanceReport>,
     },
+    /// Declares a network (again, with the same definition: nothing changes).
+    CreateNetwork {
+        network: Network,
+    },
+    /// Forgets a network no deployment uses and no instance holds an address of.
+    RemoveNetwork {
+        name: String,
+    },
 }
 
 /// A command and the client's request ID: a retried request is applied once.
@@ -244,6 +271,14 @@ pub enum Rejection {
     NoSuchSlot { app: String, slot: u32, count: u32 },
     #[error("host `{host}` cannot take the instance: {reason}")]
     Infeasible { host: HostId, reason: String },
+    #[error("unknown network `{0}`")]
+    UnknownNetwork(String),
+    #[error("network `{0}` exists with another definition; remove it first")]
+    NetworkExists(String),
+    #[error("network `{name}` is in use by {by}")]
+    NetworkInUse { name: String, by: String },
+    #[error("address {address} of network `{network}` is held by instance {holder}")]
+    AddressTaken { network: String, address: std::net::Ipv4Addr, holder: InstanceId },
     #[error("invalid command: {0}")]
     Invalid(String),
 }
