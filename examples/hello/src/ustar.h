@@ -3,7 +3,8 @@
  *
  * Header-only and libc-free so the freestanding kernel can include it too:
  * both builds then list an image identically by construction, and only the
- * "read block n" primitive differs (pread vs. ATA PIO).
+ * "read block n" primitive differs (pread vs. ATA PIO). Not every includer
+ * uses every function, hence TAR_FN (no "defined but not used" warnings).
  */
 #ifndef HELLO_USTAR_H
 #define HELLO_USTAR_H
@@ -12,16 +13,19 @@
 
 #define TAR_BLOCK 512
 #define TAR_PATH_MAX 256 /* longer names are truncated in the listing */
+#define TAR_FN static __attribute__((unused))
 
 /* Fill buf with 512-byte block n of the image; 0 on success, -1 past the end. */
 typedef int (*tar_read_fn)(void *ctx, uint64_t n, unsigned char *buf);
 /* Called once for every regular file, in archive order. */
 typedef void (*tar_file_fn)(void *ctx, const char *path, uint64_t size);
+/* The same for tar_walk, with the file's first data block; nonzero stops. */
+typedef int (*tar_visit_fn)(void *ctx, const char *path, uint64_t size, uint64_t block);
 
 /* Numeric fields are octal text, or base-256 binary (high bit of the first
  * byte set) when the value does not fit, as GNU tar and the Rust tar crate
  * write sizes over 8 GiB. */
-static uint64_t tar_num(const unsigned char *f, int len)
+TAR_FN uint64_t tar_num(const unsigned char *f, int len)
 {
 	uint64_t v = 0;
 	int i = 0;
@@ -41,7 +45,7 @@ static uint64_t tar_num(const unsigned char *f, int len)
 
 /* The checksum is the byte sum of the header with its own field read as
  * spaces; checking it is what tells a header from padding or garbage. */
-static int tar_header_ok(const unsigned char *h)
+TAR_FN int tar_header_ok(const unsigned char *h)
 {
 	uint32_t sum = 0;
 	int i, zero = 1;
@@ -55,7 +59,7 @@ static int tar_header_ok(const unsigned char *h)
 }
 
 /* Append at most max-1-*len bytes of a NUL-or-length-terminated field. */
-static void tar_append(char *dst, int *len, int max, const unsigned char *src, int n)
+TAR_FN void tar_append(char *dst, int *len, int max, const unsigned char *src, int n)
 {
 	int i;
 
@@ -67,9 +71,10 @@ static void tar_append(char *dst, int *len, int max, const unsigned char *src, i
 /*
  * Walk the archive until the end-of-archive marker (a zero block; the second
  * one that normally follows is not needed), a block that is not a valid
- * header, or the end of the image. Returns the number of regular files.
+ * header, the end of the image, or visit returning nonzero. Returns the
+ * number of regular files visited.
  */
-static long tar_list(tar_read_fn rd, tar_file_fn out, void *ctx)
+TAR_FN long tar_walk(tar_read_fn rd, void *ctx, tar_visit_fn visit, void *vctx)
 {
 	unsigned char h[TAR_BLOCK], d[TAR_BLOCK];
 	char path[TAR_PATH_MAX];
@@ -107,12 +112,87 @@ static long tar_list(tar_read_fn rd, tar_file_fn out, void *ctx)
 				}
 				tar_append(path, &len, TAR_PATH_MAX, h, 100);
 			}
-			out(ctx, path, size);
 			count++;
+			if (visit(vctx, path, size, n))
+				return count;
 		}
 		long_name = 0;
 	}
 	return count;
+}
+
+struct tar_lister {
+	tar_file_fn out;
+	void *ctx;
+};
+
+TAR_FN int tar_list_one(void *l, const char *path, uint64_t size, uint64_t block)
+{
+	(void)block;
+	((struct tar_lister *)l)->out(((struct tar_lister *)l)->ctx, path, size);
+	return 0;
+}
+
+/* Calls out for every regular file; returns their number. */
+TAR_FN long tar_list(tar_read_fn rd, tar_file_fn out, void *ctx)
+{
+	struct tar_lister l = { out, ctx };
+
+	return tar_walk(rd, ctx, tar_list_one, &l);
+}
+
+struct tar_finder {
+	const char *name;
+	uint64_t size, block;
+	int found;
+};
+
+TAR_FN int tar_find_one(void *f, const char *path, uint64_t size, uint64_t block)
+{
+	struct tar_finder *t = f;
+	const char *a = path, *b = t->name;
+
+	if (a[0] == '.' && a[1] == '/') /* GNU tar's "./x" is "x" too */
+		a += 2;
+	while (*a && *a == *b)
+		a++, b++;
+	if (*a || *b)
+		return 0;
+	t->size = size;
+	t->block = block;
+	return t->found = 1;
+}
+
+/* The first regular file stored as name or "./name": 0 with its size and
+ * first data block, or -1 if there is none. */
+TAR_FN int tar_find(tar_read_fn rd, void *ctx, const char *name, uint64_t *size, uint64_t *block)
+{
+	struct tar_finder t = { name, 0, 0, 0 };
+
+	tar_walk(rd, ctx, tar_find_one, &t);
+	*size = t.size;
+	*block = t.block;
+	return t.found ? 0 : -1;
+}
+
+/* len bytes at offset off of the file whose data starts at block: 0 or -1. */
+TAR_FN int tar_read(tar_read_fn rd, void *ctx, uint64_t block, uint64_t off, void *buf, uint32_t len)
+{
+	unsigned char b[TAR_BLOCK], *out = buf;
+
+	while (len) {
+		uint32_t at = (uint32_t)(off & (TAR_BLOCK - 1)), n = TAR_BLOCK - at;
+
+		if (n > len)
+			n = len;
+		if (rd(ctx, block + (off >> 9), b) != 0)
+			return -1;
+		for (uint32_t i = 0; i < n; i++)
+			*out++ = b[at + i];
+		off += n;
+		len -= n;
+	}
+	return 0;
 }
 
 #endif
