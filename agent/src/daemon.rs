@@ -54,6 +54,7 @@ pub async fn run(
             }
         }
     }
+    let networks = runtime::usable_networks(&config);
     let cluster = join.as_ref().map(|join| {
         let backends: BTreeSet<_> = fingerprints.iter().filter(|f| f.unavailable.is_none()).map(|f| f.target).collect();
         let host = Host {
@@ -62,6 +63,7 @@ pub async fn run(
             backends,
             capacity: join.capacity,
             labels: join.labels.clone(),
+            networks: networks.keys().cloned().collect(),
             status: HostStatus::Up,
             registered_at_ms: 0,
             status_changed_at_ms: 0,
@@ -69,7 +71,7 @@ pub async fn run(
         tracing::info!(host = %join.name, advertise = %join.advertise, "joining the cluster");
         ClusterConfig { coordinators: Coordinators::new(join.coordinators.clone()), host, timing: join.timing }
     });
-    let (agent, driver) = Agent::open(config.clone(), fingerprints, cluster.clone()).await?;
+    let (agent, driver) = Agent::open(config.clone(), fingerprints, networks, cluster.clone()).await?;
     let builder = join.as_ref().zip(cluster.as_ref()).map(|(join, cluster)| Builder {
         coordinators: cluster.coordinators.clone(),
         blobs: agent.blobs().clone(),

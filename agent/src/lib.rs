@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod console;
 pub mod daemon;
 pub mod machine;
+pub mod network;
 pub mod paths;
 pub mod runtime;
 pub mod service;

@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mirari_core::digest::Digest;
+use mirari_core::health::Health;
 use mirari_core::ids::InstanceId;
 use mirari_core::instance::{Desired, Phase};
 use mirari_core::lease::LeaseTiming;
@@ -812,6 +813,7 @@ impl Host {
             message: "never ran on this host".into(),
             revision: u64::MAX,
             assignments_index: link.assignments_index,
+            health: Health::None,
         });
         let reports: Vec<InstanceReport> = self
             .instances
@@ -826,9 +828,13 @@ impl Host {
                 phase: if r.lifecycle.phase == Phase::Lost { Phase::Exited } else { r.lifecycle.phase },
                 restarts: r.lifecycle.restarts,
                 last_exit: r.lifecycle.last_exit,
-                message: r.lifecycle.message.clone().unwrap_or_default(),
+                message: match (r.health, &r.lifecycle.message) {
+                    (Health::Unhealthy, _) => format!("unhealthy: {}", r.health_message),
+                    (_, message) => message.clone().unwrap_or_default(),
+                },
                 revision: r.revision,
                 assignments_index: link.assignments_index,
+                health: r.health,
             })
             .chain(never_ran)
             .collect();

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mirari_agent::backends::domain_fence::{self, DomainFenceArgs};
 use mirari_agent::daemon::{self, JoinConfig};
+use mirari_agent::network::HostNetwork;
 use mirari_agent::paths;
 use mirari_agent::runtime::AgentConfig;
 use mirari_agent::supervisor::shim::{self, ShimArgs};
@@ -57,6 +58,11 @@ struct Cli {
     /// Most instances this host runs
     #[arg(long, default_value_t = 64)]
     max_instances: u32,
+    /// A network this host carries: NAME=BRIDGE, instances' interfaces on it join the bridge
+    /// (which must exist and be up). Add ,subnet=CIDR[,gateway=IP] to give instances started
+    /// without coordinators (mirari run) addresses from that subnet (repeatable)
+    #[arg(long = "network")]
+    networks: Vec<HostNetwork>,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(subcommand)]
@@ -109,6 +115,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         console_bytes: cli.console_bytes,
         shim_program: std::env::current_exe().context("cannot find the mirari-agent binary")?,
         kvm_device: cli.kvm_device,
+        networks: cli.networks,
     };
     let endpoint = cli.listen.unwrap_or_else(paths::default_agent_endpoint);
     let files = cli.tls.files()?;

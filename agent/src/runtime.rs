@@ -13,7 +13,7 @@
 //! Reads (lists, records, consoles) come from the machine's state as the task last left it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use crate::backends::{Backend, BackendError, Ended, Fingerprint, Launch, Recover
 use crate::cluster::{self, ClusterConfig};
 use crate::console::ConsoleBuffer;
 use crate::machine::{self, Effect, Host, Input, Now};
+use crate::network::{self, HostNetwork};
 use crate::state::{InstanceRecord, Origin, StateError, StateStore};
 use crate::supervisor::client::ShimLauncher;
 use crate::supervisor::fence;
@@ -52,6 +53,8 @@ pub struct AgentConfig {
     pub shim_program: PathBuf,
     /// Where KVM is (tests point this elsewhere to exercise the TCG fallback).
     pub kvm_device: PathBuf,
+    /// Which bridge carries which network (`--network`).
+    pub networks: Vec<HostNetwork>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +100,11 @@ fn backends(config: &AgentConfig) -> Vec<Arc<dyn Backend>> {
     ]
 }
 
+/// The configured networks whose bridges exist and are up (the others are logged).
+pub fn usable_networks(config: &AgentConfig) -> BTreeMap<String, HostNetwork> {
+    network::usable(&config.networks, Path::new("/sys/class/net"))
+}
+
 /// What each backend finds on this host.
 pub async fn fingerprint(config: &AgentConfig) -> Vec<Fingerprint> {
     let mut fingerprints = Vec::new();
@@ -118,6 +126,8 @@ struct Inner {
     blobs: BlobStore,
     backends: BTreeMap<Target, Arc<dyn Backend>>,
     fingerprints: Vec<Fingerprint>,
+    /// The networks whose bridges are usable, by name.
+    networks: BTreeMap<String, HostNetwork>,
     host: RwLock<Host>,
     consoles: Mutex<HashMap<InstanceId, Arc<ConsoleBuffer>>>,
     commands: mpsc::UnboundedSender<Command>,
@@ -131,11 +141,12 @@ pub type DriverEnd = oneshot::Receiver<Result<(), AgentError>>;
 
 impl Agent {
     /// Opens the state directory and starts the driver, which first re-adopts surviving
-    /// instances. `fingerprints` are what [`fingerprint`] found. With `cluster`, the host
-    /// joins the cluster.
+    /// instances. `fingerprints` are what [`fingerprint`] found, `networks` those of
+    /// [`usable_networks`]. With `cluster`, the host joins the cluster.
     pub async fn open(
         config: AgentConfig,
         fingerprints: Vec<Fingerprint>,
+        networks: BTreeMap<String, HostNetwork>,
         cluster: Option<ClusterConfig>,
     ) -> Result<(Self, DriverEnd), AgentError> {
         std::fs::create_dir_all(config.state_dir.join("instances"))
@@ -166,6 +177,7 @@ impl Agent {
                 blobs,
                 backends,
                 fingerprints,
+                networks,
                 host: RwLock::new(host),
                 consoles: Mutex::new(consoles),
                 commands,
@@ -296,6 +308,12 @@ impl Agent {
             files: record.spec.files.iter().map(|f| blobs.path(&f.digest)).collect(),
             spec: record.spec.clone(),
             fence: (record.origin == Origin::Cluster).then(|| self.fence_file()),
+            bridges: record
+                .spec
+                .interfaces
+                .iter()
+                .map(|i| self.inner.networks.get(&i.network).map(|n| n.bridge.clone()).unwrap_or_default())
+                .collect(),
         }
     }
 

@@ -58,6 +58,8 @@ pub fn instance_to_pb(record: &InstanceRecord) -> pb::Instance {
         created_at_ms: record.created_at_ms,
         started_at_ms: life.started_at_ms.unwrap_or_default(),
         backend_detail: record.detail.clone(),
+        health: pb::Health::from(record.health).into(),
+        health_message: record.health_message.clone(),
     }
 }
 

@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
+use mirari_core::health::Health;
 use mirari_core::ids::InstanceId;
 use mirari_core::reconcile::Lifecycle;
 use mirari_core::spec::InstanceSpec;
@@ -54,6 +55,12 @@ pub struct InstanceRecord {
     /// Bumped by every change; reports carry it, so the cluster can tell an old one.
     #[serde(default)]
     pub revision: u64,
+    /// What the health checks of the current run say (`None` without a check or a run).
+    #[serde(default)]
+    pub health: Health,
+    /// Why the last health check failed ("" once one passes).
+    #[serde(default)]
+    pub health_message: String,
 }
 
 impl InstanceRecord {
@@ -68,6 +75,8 @@ impl InstanceRecord {
             created_at_ms: now_ms,
             stop_forced: None,
             events: VecDeque::new(),
+            health: Health::None,
+            health_message: String::new(),
             revision: 1,
         };
         record.log(now_ms, "created");
@@ -180,6 +189,7 @@ mod tests {
             artifact: Digest::of(b"x"),
             files: vec![],
             run: RunPolicy::default(),
+            interfaces: vec![],
         };
         InstanceRecord::new(InstanceId::from_u64(id), Origin::Local, spec, 1)
     }

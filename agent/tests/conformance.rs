@@ -87,6 +87,7 @@ impl Subject {
             artifact: self.artifact.clone(),
             files: vec![image.clone()],
             fence: None,
+            bridges: vec![],
             spec: InstanceSpec {
                 app: "hello".into(),
                 version: "1".into(),
@@ -100,6 +101,7 @@ impl Subject {
                     accelerator: self.accelerator,
                     ..RunPolicy::default()
                 },
+                interfaces: vec![],
             },
         }
     }

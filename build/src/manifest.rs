@@ -70,6 +70,7 @@ impl Manifest {
             artifact,
             files: self.files.clone(),
             run: project.config.run.clone(),
+            interfaces: Vec::new(),
         })
     }
 }

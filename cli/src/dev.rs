@@ -59,6 +59,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         console_bytes: 256 * 1024,
         shim_program: std::env::current_exe().context("cannot find the mirari binary")?,
         kvm_device: "/dev/kvm".into(),
+        networks: Vec::new(),
     };
     let join = JoinConfig {
         coordinators: vec![coordinator_endpoint.clone()],

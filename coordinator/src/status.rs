@@ -1,6 +1,7 @@
-//! The cluster status: deployments with their counts and why slots are unplaced, hosts, and
-//! every instance that should run or still holds its slot while it stops.
+//! The cluster status: deployments with their counts and why slots are unplaced, hosts,
+//! networks, and every instance that should run or still holds its slot while it stops.
 
+use mirari_core::health::Health;
 use mirari_core::ids::InstanceId;
 use mirari_core::instance::{Desired, Phase};
 use mirari_core::registry::{self, Registry};
@@ -18,6 +19,10 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterSta
             let placed = live().count() as u32;
             let running = live().filter(|i| i.observed == Phase::Running).count() as u32;
             let failed = live().filter(|i| i.observed == Phase::Failed).count() as u32;
+            let healthy = live().filter(|i| i.observed == Phase::Running && i.health == Health::Healthy).count() as u32;
+            let has_health_check = registry
+                .app_version(app, &deployment.spec.version)
+                .is_some_and(|version| version.run.health.is_some());
             let stopped = deployment.desired == Desired::Stopped;
             let unplaced = if stopped { 0 } else { registry.empty_slot_count(app, deployment.spec.count) };
             // A dry run to say why slots are empty; it plans at most what is empty.
@@ -36,6 +41,8 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterSta
                     .filter(|plan| plan.unplaced > 0)
                     .map(|plan| plan.explain())
                     .unwrap_or_default(),
+                healthy,
+                has_health_check,
             }
         })
         .collect();
@@ -54,6 +61,8 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterSta
             restarts: i.restarts,
             last_exit: i.last_exit.map(wire_agent::ExitStatus::from),
             message: i.message.clone(),
+            interfaces: i.interfaces.iter().map(wire_agent::Interface::from).collect(),
+            health: wire_agent::Health::from(i.health).into(),
         })
         .collect();
     pb::ClusterStatus {
@@ -61,5 +70,6 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterSta
         deployments,
         hosts: registry.hosts().map(log_codec::host_to_pb).collect(),
         instances,
+        networks: registry.networks().map(log_codec::network_to_pb).collect(),
     }
 }

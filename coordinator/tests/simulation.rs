@@ -244,7 +244,7 @@ impl Sim {
                 Command::Place {
                     app: "app".into(),
                     generation: 1,
-                    placements: vec![PlacedInstance { id: InstanceId::from_u64(id), slot, host: HostId("big".into()) }],
+                    placements: vec![PlacedInstance { id: InstanceId::from_u64(id), slot, host: HostId("big".into()), interfaces: vec![] }],
                     at_ms: n,
                 }
             }
@@ -450,6 +450,7 @@ fn host(name: &str) -> Host {
         backends: [Target::Unix].into(),
         capacity: Resources { memory_mib: u64::MAX / 4, vcpus: u32::MAX / 4, instances: u32::MAX / 4 },
         labels: BTreeMap::new(),
+        networks: Default::default(),
         status: HostStatus::Up,
         registered_at_ms: 0,
         status_changed_at_ms: 0,

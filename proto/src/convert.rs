@@ -2,9 +2,11 @@
 //! above only see valid core types.
 
 use mirari_core::digest::Digest;
+use mirari_core::health::{Health, HealthCheck, Probe};
 use mirari_core::ids::InstanceId;
 use mirari_core::instance::{ExitStatus, Phase};
 use mirari_core::limits;
+use mirari_core::network::{self, Interface};
 use mirari_core::spec::{Accelerator, FileImageRef, InstanceSpec, RestartPolicy, RunPolicy};
 use mirari_core::target::Target;
 
@@ -81,6 +83,7 @@ impl From<&InstanceSpec> for pb::InstanceSpec {
                 .map(|f| pb::FileImage { name: f.name.clone(), sha256: f.digest.to_string() })
                 .collect(),
             run: Some(pb::RunPolicy::from(&spec.run)),
+            interfaces: spec.interfaces.iter().map(pb::Interface::from).collect(),
         }
     }
 }
@@ -104,7 +107,122 @@ impl TryFrom<&pb::InstanceSpec> for InstanceSpec {
                 })
                 .collect::<Result<_, WireError>>()?,
             run: RunPolicy::try_from(run)?,
+            interfaces: interfaces("spec.interfaces", &spec.interfaces)?,
         })
+    }
+}
+
+impl From<&Interface> for pb::Interface {
+    fn from(interface: &Interface) -> Self {
+        Self {
+            network: interface.network.clone(),
+            address: interface.address.to_string(),
+            gateway: interface.gateway.map(|g| g.to_string()).unwrap_or_default(),
+            mac: interface.mac.to_string(),
+        }
+    }
+}
+
+/// A list of interfaces: bounded, each with a valid network name, address, gateway and MAC.
+pub fn interfaces(field: &'static str, list: &[pb::Interface]) -> Result<Vec<Interface>, WireError> {
+    bounded(field, list.len(), limits::MAX_INTERFACES)?;
+    list.iter()
+        .map(|i| {
+            network::check_name(&i.network).map_err(|e| WireError::new(field, e))?;
+            Ok(Interface {
+                network: i.network.clone(),
+                address: i.address.parse().map_err(|e| WireError::new(field, e))?,
+                gateway: optional_address(field, &i.gateway)?,
+                mac: i.mac.parse().map_err(|e| WireError::new(field, e))?,
+            })
+        })
+        .collect()
+}
+
+/// An IPv4 address, or none when empty.
+pub fn optional_address(field: &'static str, text: &str) -> Result<Option<std::net::Ipv4Addr>, WireError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| WireError::new(field, format!("`{text}` is not an IPv4 address")))
+}
+
+/// Network names: bounded in number, each valid, none twice.
+pub fn network_names(field: &'static str, names: &[String], max: usize) -> Result<Vec<String>, WireError> {
+    bounded(field, names.len(), max)?;
+    for (index, name) in names.iter().enumerate() {
+        network::check_name(name).map_err(|e| WireError::new(field, e))?;
+        if names[..index].contains(name) {
+            return Err(WireError::new(field, format!("`{name}` is listed twice")));
+        }
+    }
+    Ok(names.to_vec())
+}
+
+impl From<&HealthCheck> for pb::HealthCheck {
+    fn from(check: &HealthCheck) -> Self {
+        let probe = match &check.probe {
+            Probe::Tcp { port } => pb::health_check::Probe::TcpPort(u32::from(*port)),
+            Probe::Http { port, path, status } => pb::health_check::Probe::Http(pb::HttpProbe {
+                port: u32::from(*port),
+                path: path.clone(),
+                status: u32::from(*status),
+            }),
+        };
+        Self {
+            probe: Some(probe),
+            interval_ms: check.interval_ms,
+            timeout_ms: check.timeout_ms,
+            grace_ms: check.grace_ms,
+            unhealthy_after: check.unhealthy_after,
+        }
+    }
+}
+
+impl TryFrom<&pb::HealthCheck> for HealthCheck {
+    type Error = WireError;
+
+    fn try_from(check: &pb::HealthCheck) -> Result<Self, WireError> {
+        let port = |port: u32| u16::try_from(port).map_err(|_| WireError::new("run.health", format!("port {port} is above 65535")));
+        let probe = match check.probe.as_ref().ok_or_else(|| WireError::new("run.health.probe", "missing"))? {
+            pb::health_check::Probe::TcpPort(p) => Probe::Tcp { port: port(*p)? },
+            pb::health_check::Probe::Http(http) => Probe::Http {
+                port: port(http.port)?,
+                path: http.path.clone(),
+                status: u16::try_from(http.status).unwrap_or(0),
+            },
+        };
+        let check = HealthCheck {
+            probe,
+            interval_ms: check.interval_ms,
+            timeout_ms: check.timeout_ms,
+            grace_ms: check.grace_ms,
+            unhealthy_after: check.unhealthy_after,
+        };
+        check.validate().map_err(|e| WireError::new("run.health", e))?;
+        Ok(check)
+    }
+}
+
+impl From<Health> for pb::Health {
+    fn from(health: Health) -> Self {
+        match health {
+            Health::None => pb::Health::None,
+            Health::Starting => pb::Health::Starting,
+            Health::Healthy => pb::Health::Healthy,
+            Health::Unhealthy => pb::Health::Unhealthy,
+        }
+    }
+}
+
+impl From<pb::Health> for Health {
+    fn from(health: pb::Health) -> Self {
+        match health {
+            pb::Health::None => Health::None,
+            pb::Health::Starting => Health::Starting,
+            pb::Health::Healthy => Health::Healthy,
+            pb::Health::Unhealthy => Health::Unhealthy,
+        }
     }
 }
 
@@ -122,6 +240,8 @@ impl From<&RunPolicy> for pb::RunPolicy {
             restart: Some(pb::RestartPolicy { policy: policy.to_owned(), limit }),
             accelerator: run.accelerator.name().to_owned(),
             stop_timeout_secs: run.stop_timeout_secs,
+            networks: run.networks.clone(),
+            health: run.health.as_ref().map(pb::HealthCheck::from),
         }
     }
 }
@@ -162,6 +282,8 @@ impl TryFrom<&pb::RunPolicy> for RunPolicy {
             restart,
             accelerator,
             stop_timeout_secs: bounded("run.stop_timeout_secs", run.stop_timeout_secs, limits::MAX_STOP_TIMEOUT_SECS)?,
+            networks: network_names("run.networks", &run.networks, limits::MAX_INTERFACES)?,
+            health: run.health.as_ref().map(HealthCheck::try_from).transpose()?,
         })
     }
 }
@@ -239,8 +361,22 @@ mod tests {
                 boot_args: vec!["--ip=10.0.0.2".into()],
                 restart: RestartPolicy::OnFailure { limit: 2 },
                 accelerator: Accelerator::Tcg,
+                networks: vec!["service".into()],
+                health: Some(HealthCheck {
+                    probe: Probe::Http { port: 80, path: "/".into(), status: 200 },
+                    interval_ms: 2000,
+                    timeout_ms: 1000,
+                    grace_ms: 0,
+                    unhealthy_after: 3,
+                }),
                 ..RunPolicy::default()
             },
+            interfaces: vec![Interface {
+                network: "service".into(),
+                address: "10.88.0.7/16".parse().unwrap(),
+                gateway: None,
+                mac: "02:00:00:00:00:07".parse().unwrap(),
+            }],
         };
         let wire = pb::InstanceSpec::from(&spec);
         assert_eq!(InstanceSpec::try_from(&wire), Ok(spec));
@@ -255,6 +391,7 @@ mod tests {
             artifact: Digest::of(b""),
             files: vec![],
             run: RunPolicy::default(),
+            interfaces: vec![],
         });
         wire.target = "hvt".into();
         let error = InstanceSpec::try_from(&wire).unwrap_err();

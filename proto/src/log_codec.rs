@@ -6,11 +6,14 @@ use mirari_core::registry::{
     AppVersion, Command, DeploymentSpec, Host, HostId, HostStatus, InstanceReport, PlacedInstance, Placement, Request,
     Resources,
 };
+use mirari_core::network::Network;
 use mirari_core::spec::{FileImageRef, RunPolicy};
 use prost::Message;
 
 use crate::agent as wire_agent;
-use crate::convert::{WireError, bounded, labels, name, parse_digest, parse_target};
+use crate::convert::{
+    WireError, bounded, interfaces, labels, name, network_names, optional_address, parse_digest, parse_target,
+};
 use crate::registry as pb;
 use crate::registry::log_entry::Command as PbCommand;
 use mirari_core::limits;
@@ -51,7 +54,12 @@ fn command_to_pb(command: &Command) -> PbCommand {
             generation: *generation,
             placements: placements
                 .iter()
-                .map(|p| pb::PlacedInstance { id: p.id.as_u64(), slot: p.slot, host: p.host.0.clone() })
+                .map(|p| pb::PlacedInstance {
+                    id: p.id.as_u64(),
+                    slot: p.slot,
+                    host: p.host.0.clone(),
+                    interfaces: p.interfaces.iter().map(wire_agent::Interface::from).collect(),
+                })
                 .collect(),
             at_ms: *at_ms,
         }),
@@ -63,6 +71,10 @@ fn command_to_pb(command: &Command) -> PbCommand {
             host: host.0.clone(),
             reports: reports.iter().map(report_to_pb).collect(),
         }),
+        Command::CreateNetwork { network } => {
+            PbCommand::CreateNetwork(pb::CreateNetwork { network: Some(network_to_pb(network)) })
+        }
+        Command::RemoveNetwork { name } => PbCommand::RemoveNetwork(pb::RemoveNetwork { name: name.clone() }),
     }
 }
 
@@ -92,8 +104,15 @@ fn command_from_pb(command: &PbCommand) -> Result<Command, WireError> {
             placements: c
                 .placements
                 .iter()
-                .map(|p| PlacedInstance { id: InstanceId::from_u64(p.id), slot: p.slot, host: HostId(p.host.clone()) })
-                .collect(),
+                .map(|p| {
+                    Ok(PlacedInstance {
+                        id: InstanceId::from_u64(p.id),
+                        slot: p.slot,
+                        host: HostId(p.host.clone()),
+                        interfaces: interfaces("place.interfaces", &p.interfaces)?,
+                    })
+                })
+                .collect::<Result<_, WireError>>()?,
             at_ms: c.at_ms,
         },
         PbCommand::StopInstances(c) => Command::StopInstances {
@@ -104,7 +123,49 @@ fn command_from_pb(command: &PbCommand) -> Result<Command, WireError> {
             host: HostId(c.host.clone()),
             reports: c.reports.iter().map(report_from_pb).collect::<Result<_, WireError>>()?,
         },
+        PbCommand::CreateNetwork(c) => Command::CreateNetwork {
+            network: network_from_pb(c.network.as_ref().ok_or_else(|| invalid("create_network.network", "missing"))?)?,
+        },
+        PbCommand::RemoveNetwork(c) => Command::RemoveNetwork { name: name("remove_network.name", &c.name)? },
     })
+}
+
+pub fn network_to_pb(network: &Network) -> pb::Network {
+    let (first, last) = network.range.map_or((String::new(), String::new()), |(a, b)| (a.to_string(), b.to_string()));
+    pb::Network {
+        name: network.name.clone(),
+        subnet: network.subnet.to_string(),
+        gateway: network.gateway.map(|g| g.to_string()).unwrap_or_default(),
+        range_first: first,
+        range_last: last,
+        dns: network.dns.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// A network from the wire, checked whole ([`Network::validate`]).
+pub fn network_from_pb(network: &pb::Network) -> Result<Network, WireError> {
+    bounded("network.dns", network.dns.len(), 8)?;
+    let range = match (
+        optional_address("network.range", &network.range_first)?,
+        optional_address("network.range", &network.range_last)?,
+    ) {
+        (Some(first), Some(last)) => Some((first, last)),
+        (None, None) => None,
+        _ => return Err(invalid("network.range", "give both ends or neither")),
+    };
+    let network = Network {
+        name: network.name.clone(),
+        subnet: network.subnet.parse().map_err(|e| invalid("network.subnet", e))?,
+        gateway: optional_address("network.gateway", &network.gateway)?,
+        range,
+        dns: network
+            .dns
+            .iter()
+            .map(|d| optional_address("network.dns", d)?.ok_or_else(|| invalid("network.dns", "empty")))
+            .collect::<Result<_, WireError>>()?,
+    };
+    network.validate().map_err(|e| invalid("network", e))?;
+    Ok(network)
 }
 
 pub fn report_to_pb(report: &InstanceReport) -> pb::InstanceReport {
@@ -116,6 +177,7 @@ pub fn report_to_pb(report: &InstanceReport) -> pb::InstanceReport {
         message: report.message.clone(),
         revision: report.revision,
         assignments_index: report.assignments_index,
+        health: wire_agent::Health::from(report.health).into(),
     }
 }
 
@@ -128,6 +190,7 @@ pub fn report_from_pb(report: &pb::InstanceReport) -> Result<InstanceReport, Wir
         message: report.message.clone(),
         revision: report.revision,
         assignments_index: report.assignments_index,
+        health: report.health().into(),
     })
 }
 
@@ -160,6 +223,7 @@ pub fn host_to_pb(host: &Host) -> pb::Host {
         status: status_to_pb(host.status).into(),
         registered_at_ms: host.registered_at_ms,
         status_changed_at_ms: host.status_changed_at_ms,
+        networks: host.networks.iter().cloned().collect(),
     }
 }
 
@@ -176,6 +240,7 @@ pub fn host_from_pb(host: &pb::Host) -> Result<Host, WireError> {
             instances: bounded("host.capacity.instances", capacity.instances, limits::MAX_INSTANCES_PER_HOST)?,
         },
         labels: labels("host.labels", &host.labels)?,
+        networks: network_names("host.networks", &host.networks, limits::MAX_NETWORKS)?.into_iter().collect(),
         status: status_from_pb(host.status())?,
         registered_at_ms: host.registered_at_ms,
         status_changed_at_ms: host.status_changed_at_ms,
@@ -261,6 +326,7 @@ mod tests {
             backends: [Target::Unix, Target::Kvm].into(),
             capacity: Resources { memory_mib: 1024, vcpus: 4, instances: 20 },
             labels: [("rack".to_owned(), "r1".to_owned())].into(),
+            networks: ["service".to_owned()].into(),
             status: HostStatus::Up,
             registered_at_ms: 3,
             status_changed_at_ms: 4,
@@ -294,6 +360,12 @@ mod tests {
                     id: InstanceId::from_u64(u64::MAX),
                     slot: 1,
                     host: HostId("a".into()),
+                    interfaces: vec![mirari_core::network::Interface {
+                        network: "service".into(),
+                        address: "10.88.0.9/16".parse().unwrap(),
+                        gateway: Some("10.88.0.1".parse().unwrap()),
+                        mac: "02:00:00:00:00:09".parse().unwrap(),
+                    }],
                 }],
                 at_ms: 6,
             },
@@ -308,8 +380,19 @@ mod tests {
                     message: "restart limit".into(),
                     revision: 4,
                     assignments_index: 17,
+                    health: mirari_core::health::Health::Unhealthy,
                 }],
             },
+            Command::CreateNetwork {
+                network: Network {
+                    name: "service".into(),
+                    subnet: "10.88.0.0/16".parse().unwrap(),
+                    gateway: Some("10.88.0.1".parse().unwrap()),
+                    range: Some(("10.88.1.0".parse().unwrap(), "10.88.1.255".parse().unwrap())),
+                    dns: vec!["10.88.0.1".parse().unwrap()],
+                },
+            },
+            Command::RemoveNetwork { name: "service".into() },
         ];
         for command in commands {
             let request = Request { request_id: "r-1".into(), command };

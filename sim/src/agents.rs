@@ -138,6 +138,7 @@ impl SimAgent {
             backends: [Target::Unix].into(),
             capacity: Resources { memory_mib: 1 << 20, vcpus: 1024, instances: 8 },
             labels: Default::default(),
+            networks: [crate::world::NETWORK.to_owned()].into(),
             status: HostStatus::Up,
             registered_at_ms: 0,
             status_changed_at_ms: 0,

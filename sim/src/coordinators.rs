@@ -7,6 +7,7 @@
 //! Simplified against the real service: a coordinator that does not lead answers an agent's
 //! call with a failure instead of forwarding it (the agent then tries the next one).
 
+use crate::world::Planned;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -244,7 +245,7 @@ impl SimCoordinator {
         net: &mut Network,
         rng: &mut SplitMix64,
         now: Ms,
-        placements: &mut BTreeMap<InstanceId, (String, u32)>,
+        placements: &mut BTreeMap<InstanceId, Planned>,
     ) -> Applied {
         let mut applied = Applied::default();
         if self.node.is_none() {
@@ -295,7 +296,7 @@ impl SimCoordinator {
         }
     }
 
-    fn duties(&mut self, rng: &mut SplitMix64, now: Ms, placements: &mut BTreeMap<InstanceId, (String, u32)>) {
+    fn duties(&mut self, rng: &mut SplitMix64, now: Ms, placements: &mut BTreeMap<InstanceId, Planned>) {
         let node = self.node.as_mut().expect("up");
         let (expired, plans) = {
             let machine = node.machine();
@@ -317,7 +318,8 @@ impl SimCoordinator {
         }
         for plan in plans {
             for placed in &plan.placements {
-                placements.insert(placed.id, (plan.app.clone(), placed.slot));
+                let addresses = placed.interfaces.iter().map(|i| i.address.address).collect();
+                placements.insert(placed.id, Planned { app: plan.app.clone(), slot: placed.slot, addresses });
             }
             let command = Command::Place {
                 app: plan.app.clone(),

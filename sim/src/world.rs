@@ -23,6 +23,19 @@ use crate::net::{Addr, Ms, Network};
 
 const STEP_MS: Ms = 10;
 const APPS: [&str; 2] = ["web", "db"];
+/// The network every app's instances have an interface on, and every host carries. Its pool
+/// holds exactly as many addresses as the apps can ask for at most (2 apps, 7 instances each),
+/// so addresses are given again and again.
+pub const NETWORK: &str = "sim";
+const NETWORK_SUBNET: &str = "10.88.0.0/28";
+
+/// What a leader planned for an instance.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub app: String,
+    pub slot: u32,
+    pub addresses: Vec<std::net::Ipv4Addr>,
+}
 
 /// How a run is shaped.
 #[derive(Debug, Clone, Copy)]
@@ -71,8 +84,8 @@ pub struct World {
     writes: BTreeMap<String, Write>,
     next_write: u64,
     next_client_op: Ms,
-    /// Every instance ID the leaders ever planned, with its app and slot.
-    placements: BTreeMap<InstanceId, (String, u32)>,
+    /// Every instance ID the leaders ever planned, with its app, slot and addresses.
+    placements: BTreeMap<InstanceId, Planned>,
     acked_ids: BTreeSet<InstanceId>,
     leaders: BTreeMap<u64, u64>,
     report: Report,
@@ -226,9 +239,10 @@ impl World {
     /// The client: registers the apps (retrying with the same request IDs until they land),
     /// then deploys, scales and stops them.
     fn client_write(&mut self) {
-        let registered = APPS.iter().all(|app| {
-            self.writes.get(&format!("setup-{app}")).is_some_and(|w| w.acked.as_ref().is_some_and(Result::is_ok))
-        });
+        let setup = APPS.iter().map(|app| format!("setup-{app}")).chain(["setup-network".to_owned()]);
+        let registered = setup
+            .clone()
+            .all(|request_id| self.writes.get(&request_id).is_some_and(|w| w.acked.as_ref().is_some_and(Result::is_ok)));
         let requests: Vec<Request> = if registered {
             let app = APPS[self.rng.below(APPS.len() as u64) as usize].to_owned();
             let command = match self.rng.below(10) {
@@ -250,13 +264,15 @@ impl World {
             self.writes.insert(request_id.clone(), Write { command: command.clone(), acked: None });
             vec![Request { request_id, command }]
         } else {
-            APPS.iter()
-                .map(|app| {
-                    let request_id = format!("setup-{app}");
-                    let write = self.writes.entry(request_id.clone()).or_insert_with(|| Write {
-                        command: Command::RegisterApp { version: app_version(app) },
-                        acked: None,
-                    });
+            setup
+                .map(|request_id| {
+                    let command = match request_id.strip_prefix("setup-") {
+                        Some("network") => Command::CreateNetwork { network: network() },
+                        Some(app) => Command::RegisterApp { version: app_version(app) },
+                        None => unreachable!("setup request IDs start with setup-"),
+                    };
+                    let write =
+                        self.writes.entry(request_id.clone()).or_insert_with(|| Write { command, acked: None });
                     Request { request_id, command: write.command.clone() }
                 })
                 .collect()
@@ -345,13 +361,18 @@ impl World {
             }
         }
         // No slot runs on two hosts at once: the simulated processes themselves.
+        // Nor does an address answer for two instances at once.
         let mut running: BTreeMap<(String, u32), Vec<(InstanceId, usize)>> = BTreeMap::new();
+        let mut addresses: BTreeMap<std::net::Ipv4Addr, Vec<(InstanceId, usize)>> = BTreeMap::new();
         for agent in &self.agents {
             for (id, process) in &agent.processes {
                 if process.is_alive()
-                    && let Some((app, slot)) = self.placements.get(id)
+                    && let Some(planned) = self.placements.get(id)
                 {
-                    running.entry((app.clone(), *slot)).or_default().push((*id, agent.index));
+                    running.entry((planned.app.clone(), planned.slot)).or_default().push((*id, agent.index));
+                    for address in &planned.addresses {
+                        addresses.entry(*address).or_default().push((*id, agent.index));
+                    }
                 }
             }
         }
@@ -364,6 +385,9 @@ impl World {
                 ids.len(),
                 entries.join("\n")
             ));
+        }
+        if let Some((address, ids)) = addresses.iter().find(|(_, ids)| ids.len() > 1) {
+            self.fail(format!("address {address} is held by {} running instances at once: {ids:?}", ids.len()));
         }
         // Every placement fits its host, on every node.
         for coordinator in &self.coordinators {
@@ -479,8 +503,20 @@ fn app_version(app: &str) -> AppVersion {
             memory_mib: 16,
             stop_timeout_secs: 2,
             restart: RestartPolicy::OnFailure { limit: 5 },
+            networks: vec![NETWORK.into()],
+            boot_args: vec![format!("--ipv4={{net.{NETWORK}.cidr}}")],
             ..RunPolicy::default()
         },
         constraints: BTreeMap::new(),
+    }
+}
+
+fn network() -> mirari_core::network::Network {
+    mirari_core::network::Network {
+        name: NETWORK.into(),
+        subnet: NETWORK_SUBNET.parse().expect("a valid subnet"),
+        gateway: None,
+        range: None,
+        dns: vec![],
     }
 }

@@ -79,6 +79,9 @@ pub struct Launch {
     /// `crate::supervisor::fence`): its supervisor kills it once that passes. `None` for a
     /// local instance, which no lease governs.
     pub fence: Option<PathBuf>,
+    /// The bridge each of `spec.interfaces` joins, in order; empty when this host does not
+    /// carry that interface's network.
+    pub bridges: Vec<String>,
 }
 
 /// A backend's own record of a started instance, opaque to the agent, persisted with it.

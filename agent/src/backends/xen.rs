@@ -484,6 +484,7 @@ mod tests {
             artifact: "/store/sha256/kernel".into(),
             files: vec!["/store/sha256/data".into()],
             fence: None,
+            bridges: vec![],
             spec: InstanceSpec {
                 app: "hello".into(),
                 version: "1".into(),
@@ -495,6 +496,7 @@ mod tests {
                     boot_args: vec!["--ip=10.0.0.2".into(), "say=\"hi\"".into()],
                     ..RunPolicy::default()
                 },
+                interfaces: vec![],
             },
         };
         let config = XenBackend::domain_config(&launch);

@@ -18,6 +18,7 @@ fn spec() -> InstanceSpec {
         artifact: Digest::of(b"hello"),
         files: vec![],
         run: RunPolicy { stop_timeout_secs: 10, ..RunPolicy::default() },
+        interfaces: vec![],
     }
 }
 
@@ -36,6 +37,7 @@ fn host() -> registry::Host {
         backends: [Target::Unix].into(),
         capacity: Resources { memory_mib: 1024, vcpus: 8, instances: 16 },
         labels: Default::default(),
+        networks: Default::default(),
         status: HostStatus::Up,
         registered_at_ms: 0,
         status_changed_at_ms: 0,

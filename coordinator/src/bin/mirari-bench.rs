@@ -224,6 +224,7 @@ fn host(name: &str) -> Host {
         backends: [Target::Unix].into(),
         capacity: Resources { memory_mib: 1024, vcpus: 2, instances: 8 },
         labels: BTreeMap::new(),
+        networks: Default::default(),
         status: HostStatus::Up,
         registered_at_ms: 0,
         status_changed_at_ms: 0,

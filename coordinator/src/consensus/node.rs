@@ -602,6 +602,7 @@ mod tests {
             backends: Default::default(),
             capacity: Default::default(),
             labels: Default::default(),
+            networks: Default::default(),
             status: mirari_core::registry::HostStatus::Up,
             registered_at_ms: 0,
             status_changed_at_ms: 0,

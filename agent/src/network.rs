@@ -1,0 +1,139 @@
+//! The host's networks: which bridge carries which network (`--network service=br0`), checked
+//! at start, and the subnet a host without coordinators allocates from
+//! (`--network service=br0,subnet=10.88.0.0/24,gateway=10.88.0.1`).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::str::FromStr;
+
+use mirari_core::network::{self, Ipv4Cidr, Network};
+
+/// One `--network` flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNetwork {
+    pub name: String,
+    /// The Linux bridge instances' interfaces on this network join.
+    pub bridge: String,
+    /// For instances started without coordinators (`mirari run`): the network to allocate
+    /// addresses from. Cluster instances get theirs from the registry.
+    pub local: Option<Network>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--network `{text}`: {reason}")]
+pub struct HostNetworkError {
+    text: String,
+    reason: String,
+}
+
+impl FromStr for HostNetwork {
+    type Err = HostNetworkError;
+
+    /// `NAME=BRIDGE[,subnet=CIDR][,gateway=IP]`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = |reason: String| HostNetworkError { text: text.to_owned(), reason };
+        let mut parts = text.split(',');
+        let (name, bridge) = parts
+            .next()
+            .and_then(|first| first.split_once('='))
+            .ok_or_else(|| error("expected NAME=BRIDGE, e.g. service=br0".into()))?;
+        network::check_name(name).map_err(|e| error(e.to_string()))?;
+        if bridge.is_empty() || bridge.len() > 15 || bridge.contains(['/', ' ']) {
+            return Err(error(format!("`{bridge}` is not an interface name (1 to 15 characters, no `/`)")));
+        }
+        let (mut subnet, mut gateway) = (None, None);
+        for option in parts {
+            match option.split_once('=') {
+                Some(("subnet", value)) => subnet = Some(value.parse::<Ipv4Cidr>().map_err(|e| error(e.to_string()))?),
+                Some(("gateway", value)) => {
+                    gateway = Some(value.parse::<Ipv4Addr>().map_err(|_| error(format!("`{value}` is not an IPv4 address")))?)
+                }
+                _ => return Err(error(format!("unknown option `{option}`: use subnet=CIDR and gateway=IP"))),
+            }
+        }
+        if gateway.is_some() && subnet.is_none() {
+            return Err(error("gateway= needs subnet=".into()));
+        }
+        let local = subnet.map(|subnet| Network { name: name.to_owned(), subnet, gateway, range: None, dns: vec![] });
+        if let Some(local) = &local {
+            local.validate().map_err(|e| error(e.to_string()))?;
+        }
+        Ok(Self { name: name.to_owned(), bridge: bridge.to_owned(), local })
+    }
+}
+
+/// Why a bridge cannot carry instances' interfaces, or `None` when it can: it exists, is a
+/// bridge, and is up. `sys_class_net` is `/sys/class/net` (tests point it elsewhere).
+pub fn check_bridge(sys_class_net: &Path, bridge: &str) -> Option<String> {
+    let dir = sys_class_net.join(bridge);
+    if !dir.exists() {
+        return Some(format!("bridge {bridge} does not exist"));
+    }
+    if !dir.join("bridge").is_dir() {
+        return Some(format!("{bridge} is not a bridge"));
+    }
+    // IFF_UP is bit 0 of the flags, written as hex ("0x1003").
+    let flags = std::fs::read_to_string(dir.join("flags")).unwrap_or_default();
+    let up = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).is_ok_and(|f| f & 1 == 1);
+    (!up).then(|| format!("bridge {bridge} is down"))
+}
+
+/// The networks whose bridges are usable, each with its bridge; those that are not are logged
+/// with the reason and offered to nobody.
+pub fn usable(networks: &[HostNetwork], sys_class_net: &Path) -> BTreeMap<String, HostNetwork> {
+    let mut usable = BTreeMap::new();
+    for network in networks {
+        match check_bridge(sys_class_net, &network.bridge) {
+            None => {
+                tracing::info!(network = %network.name, bridge = %network.bridge, "network available");
+                usable.insert(network.name.clone(), network.clone());
+            }
+            Some(reason) => {
+                tracing::error!(network = %network.name, %reason, "network not offered: {reason}");
+            }
+        }
+    }
+    usable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_with_and_without_a_local_subnet() {
+        let plain: HostNetwork = "service=br0".parse().unwrap();
+        assert_eq!((plain.name.as_str(), plain.bridge.as_str(), plain.local), ("service", "br0", None));
+        let local: HostNetwork = "dev=mirari0,subnet=10.89.0.0/24,gateway=10.89.0.1".parse().unwrap();
+        let subnet = local.local.unwrap();
+        assert_eq!((subnet.subnet.to_string(), subnet.gateway), ("10.89.0.0/24".into(), Some("10.89.0.1".parse().unwrap())));
+        for bad in ["service", "Service=br0", "service=", "service=br0,mtu=9000", "service=br0,subnet=10.89.0.1/24", "s=b,gateway=10.0.0.1"] {
+            let error = bad.parse::<HostNetwork>().unwrap_err();
+            assert!(error.to_string().starts_with(&format!("--network `{bad}`")), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_bridge_must_exist_be_a_bridge_and_be_up() {
+        let sys = std::env::temp_dir().join(format!("mirari-net-test-{}", std::process::id()));
+        let make = |name: &str, bridge: bool, flags: &str| {
+            let dir = sys.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            if bridge {
+                std::fs::create_dir_all(dir.join("bridge")).unwrap();
+            }
+            std::fs::write(dir.join("flags"), flags).unwrap();
+        };
+        make("br0", true, "0x1003\n");
+        make("br1", true, "0x1002\n");
+        make("eth0", false, "0x1003\n");
+        assert_eq!(check_bridge(&sys, "br0"), None);
+        assert_eq!(check_bridge(&sys, "br1").as_deref(), Some("bridge br1 is down"));
+        assert_eq!(check_bridge(&sys, "eth0").as_deref(), Some("eth0 is not a bridge"));
+        assert_eq!(check_bridge(&sys, "br-missing").as_deref(), Some("bridge br-missing does not exist"));
+        let flags: Vec<HostNetwork> = ["a=br0", "b=br-missing"].iter().map(|f| f.parse().unwrap()).collect();
+        assert_eq!(usable(&flags, &sys).keys().collect::<Vec<_>>(), ["a"]);
+        std::fs::remove_dir_all(&sys).unwrap();
+    }
+}
