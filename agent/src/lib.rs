@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod machine;
 pub mod network;
 pub mod paths;
+pub mod probe;
 pub mod runtime;
 pub mod service;
 pub mod state;

@@ -17,11 +17,17 @@
 //! payload once the boot clock passes the deadline in [`Effect::FenceDeadline`]
 //! (`valid_until + fence_stop`), so a slot cannot outlive its lease even when the agent itself
 //! is dead or frozen.
+//!
+//! Health: a running instance whose spec has a health check is probed at its first
+//! interface's address ([`Effect::Probe`], one at a time, every interval);
+//! [`mirari_core::health::HealthTracker`] turns the results into its health, recorded (and so
+//! reported) when it changes. An instance that turns unhealthy is stopped, and its end judged
+//! by the restart policy as a failed run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mirari_core::digest::Digest;
-use mirari_core::health::Health;
+use mirari_core::health::{Health, HealthTracker, Probe};
 use mirari_core::ids::InstanceId;
 use mirari_core::instance::{Desired, Phase};
 use mirari_core::lease::LeaseTiming;
@@ -60,10 +66,10 @@ pub struct Lease {
 pub enum Input {
     /// Time passed; whatever fell due is done.
     Tick,
-    /// `mirari run`: new local instances, with IDs the driver minted and checked.
+    /// `mirari run`: new local instances, with IDs the driver minted and checked, each with
+    /// its spec (interfaces allocated, boot arguments filled in).
     Run {
-        spec: InstanceSpec,
-        ids: Vec<InstanceId>,
+        instances: Vec<(InstanceId, InstanceSpec)>,
     },
     /// A person asked for an instance to stop.
     Stop {
@@ -126,6 +132,12 @@ pub enum Input {
         generation: u64,
         ok: bool,
     },
+    /// A health probe of run `run` answered: passed, or why not.
+    Probed {
+        id: InstanceId,
+        run: u64,
+        result: Result<(), String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -169,6 +181,15 @@ pub enum Effect {
     FenceDeadline {
         boot_ms: u64,
     },
+    /// Probe run `run` of an instance at `address`, giving up after `timeout_ms`; answer with
+    /// [`Input::Probed`].
+    Probe {
+        id: InstanceId,
+        run: u64,
+        address: std::net::Ipv4Addr,
+        probe: Probe,
+        timeout_ms: u64,
+    },
 }
 
 /// A backend operation under way for an instance's run; the reconciler leaves it alone
@@ -191,9 +212,25 @@ struct Tracked {
     /// Re-adopted while a stop from before the agent restarted was under way: that stop may
     /// still end the run, and such an end is not the app's own.
     stop_from_before: bool,
+    /// The health checks of the current run, if it has any.
+    checks: Option<Checks>,
+}
+
+/// The health checks of one run.
+#[derive(Debug)]
+struct Checks {
+    /// Tells this run's probe answers from an earlier run's.
+    run: u64,
+    tracker: HealthTracker,
+    next_probe_ms: u64,
+    probing: bool,
 }
 
 impl Tracked {
+    fn new(record: InstanceRecord) -> Self {
+        Self { record, busy: None, stopping: false, quick_stop: false, stop_from_before: false, checks: None }
+    }
+
     fn is_busy(&self) -> bool {
         self.busy.is_some() || self.stopping
     }
@@ -260,6 +297,8 @@ pub struct Cluster {
 pub struct Host {
     instances: BTreeMap<InstanceId, Tracked>,
     link: Option<Link>,
+    /// Numbers the runs whose health is checked.
+    runs_checked: u64,
 }
 
 impl Host {
@@ -290,10 +329,7 @@ impl Host {
             } else {
                 None
             };
-            instances.insert(
-                record.id,
-                Tracked { record, busy, stopping: false, quick_stop: fence, stop_from_before: false },
-            );
+            instances.insert(record.id, Tracked { busy, quick_stop: fence, ..Tracked::new(record) });
         }
         if !fenced.is_empty() {
             tracing::warn!(instances = fenced.len(), "the cluster lease ran out while the agent was down: fencing");
@@ -318,7 +354,7 @@ impl Host {
             assigned: None,
             generation: 0,
         });
-        (Self { instances, link }, effects)
+        (Self { instances, link, runs_checked: 0 }, effects)
     }
 
     pub fn records(&self) -> impl Iterator<Item = &InstanceRecord> {
@@ -370,6 +406,10 @@ impl Host {
                 wake = wake.min(link.next_report_ms);
             }
         }
+        let probes = self.instances.values().filter_map(|t| t.checks.as_ref().filter(|c| !c.probing));
+        if let Some(due) = probes.map(|c| c.next_probe_ms).min() {
+            wake = wake.min(due);
+        }
         wake.max(now.boot_ms)
     }
 
@@ -385,6 +425,7 @@ impl Host {
         self.retry_fetch(now, &mut step);
         self.call_coordinators(now, &mut step);
         self.reconcile(now, &mut step);
+        self.probe(now, &mut step);
         self.report(now, &mut step);
         step.finish(self)
     }
@@ -392,14 +433,11 @@ impl Host {
     fn apply(&mut self, now: Now, input: Input, step: &mut Step) {
         match input {
             Input::Tick => {}
-            Input::Run { spec, ids } => {
-                for id in ids {
-                    let record = InstanceRecord::new(id, Origin::Local, spec.clone(), now.wall_ms);
+            Input::Run { instances } => {
+                for (id, spec) in instances {
+                    let record = InstanceRecord::new(id, Origin::Local, spec, now.wall_ms);
                     step.new.push(id);
-                    self.instances.insert(
-                        id,
-                        Tracked { record, busy: None, stopping: false, quick_stop: false, stop_from_before: false },
-                    );
+                    self.instances.insert(id, Tracked::new(record));
                 }
             }
             Input::Stop { id } => {
@@ -434,7 +472,10 @@ impl Host {
                     }
                 });
                 match running {
-                    Some(true) => step.watch.push(id),
+                    Some(true) => {
+                        self.start_checks(id, now, step);
+                        step.watch.push(id);
+                    }
                     Some(false) => step.release.push((id, None)),
                     None => {}
                 }
@@ -466,6 +507,8 @@ impl Host {
                         }
                     }
                     log_outcome(&mut t.record, now);
+                    t.checks = None;
+                    t.record.health = Health::None;
                     // Whatever the run held is released before anything else happens to the
                     // instance; a stop under way ends with the run (its answer may still come).
                     t.busy = Some(Busy::Releasing);
@@ -523,9 +566,11 @@ impl Host {
                     t.record.log(now.wall_ms, "re-adopted after an agent restart");
                 });
                 if adopted.is_some() {
+                    self.start_checks(id, now, step);
                     step.watch.push(id);
                 }
             }
+            Input::Probed { id, run, result } => self.probed(id, run, result, now, step),
             Input::Registered { sent_ms, outcome } => {
                 let Some(link) = self.link.as_mut() else { return };
                 link.calling = false;
@@ -618,6 +663,83 @@ impl Host {
             step.changed.push(id);
         }
         Some(result)
+    }
+
+    /// A run is up: its health checks begin (if its spec has any and it has an address),
+    /// `starting` until the first pass.
+    fn start_checks(&mut self, id: InstanceId, now: Now, step: &mut Step) {
+        self.runs_checked += 1;
+        let run = self.runs_checked;
+        self.change(id, step, |t| {
+            let Some(check) = &t.record.spec.run.health else { return };
+            if t.record.spec.interfaces.is_empty() {
+                return;
+            }
+            // The first probe soon after the start, then one every interval.
+            let first = now.boot_ms + check.interval_ms.min(1_000);
+            let tracker = HealthTracker::started(now.boot_ms);
+            t.checks = Some(Checks { run, tracker, next_probe_ms: first, probing: false });
+            t.record.health = Health::Starting;
+            t.record.health_message.clear();
+        });
+    }
+
+    /// Sends the probes that are due, one per run at a time.
+    fn probe(&mut self, now: Now, step: &mut Step) {
+        for (id, t) in &mut self.instances {
+            let (Some(checks), Some(check), Some(interface)) =
+                (t.checks.as_mut(), t.record.spec.run.health.as_ref(), t.record.spec.interfaces.first())
+            else {
+                continue;
+            };
+            if checks.probing || now.boot_ms < checks.next_probe_ms || t.record.lifecycle.phase != Phase::Running {
+                continue;
+            }
+            checks.probing = true;
+            step.effects.push(Effect::Probe {
+                id: *id,
+                run: checks.run,
+                address: interface.address.address,
+                probe: check.probe.clone(),
+                timeout_ms: check.timeout_ms,
+            });
+        }
+    }
+
+    /// A probe answered: the health follows; an instance that just turned unhealthy is
+    /// stopped, and its end judged as a failed run.
+    fn probed(&mut self, id: InstanceId, run: u64, result: Result<(), String>, now: Now, step: &mut Step) {
+        let mut stop = None;
+        self.change(id, step, |t| {
+            let (Some(checks), Some(check)) = (t.checks.as_mut().filter(|c| c.run == run), &t.record.spec.run.health)
+            else {
+                return;
+            };
+            checks.probing = false;
+            checks.next_probe_ms = now.boot_ms + check.interval_ms;
+            let verdict = checks.tracker.record(check, now.boot_ms, result);
+            if !verdict.changed {
+                return;
+            }
+            let (health, why) = (checks.tracker.health, checks.tracker.last_failure.clone());
+            t.record.health = health;
+            t.record.health_message = why.clone();
+            match health {
+                Health::Unhealthy => t.record.log(now.wall_ms, format!("unhealthy: {why}")),
+                _ => t.record.log(now.wall_ms, format!("health: {}", health.name())),
+            }
+            let running = t.record.lifecycle.phase == Phase::Running && !t.stopping;
+            if let (true, true, Some(handle)) = (verdict.restart, running, t.record.handle.clone()) {
+                t.record.lifecycle.on_unhealthy(why);
+                t.record.log(now.wall_ms, "stopping: its health checks failed");
+                t.stopping = true;
+                t.checks = None;
+                stop = Some((handle, u64::from(t.record.spec.run.stop_timeout_secs)));
+            }
+        });
+        if let Some((handle, timeout_secs)) = stop {
+            step.stop.push((id, handle, timeout_secs));
+        }
     }
 
     fn extend_lease(&mut self, now: Now, sent_ms: u64, lease: Lease, step: &mut Step) {
@@ -720,10 +842,7 @@ impl Host {
                 let mut record = InstanceRecord::new(*id, Origin::Cluster, (*spec).clone(), now.wall_ms);
                 record.log(now.wall_ms, "assigned to this host by the cluster");
                 step.new.push(*id);
-                self.instances.insert(
-                    *id,
-                    Tracked { record, busy: None, stopping: false, quick_stop: false, stop_from_before: false },
-                );
+                self.instances.insert(*id, Tracked::new(record));
             }
         }
         let cluster: Vec<InstanceId> =
@@ -785,6 +904,7 @@ impl Host {
                         t.record.lifecycle.on_stopping();
                         t.record.log(now.wall_ms, "stopping");
                         t.stopping = true;
+                        t.checks = None;
                         let timeout_secs =
                             if t.quick_stop { fence_stop } else { u64::from(t.record.spec.run.stop_timeout_secs) };
                         stop = Some((handle, timeout_secs));

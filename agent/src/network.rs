@@ -2,12 +2,13 @@
 //! at start, and the subnet a host without coordinators allocates from
 //! (`--network service=br0,subnet=10.88.0.0/24,gateway=10.88.0.1`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::str::FromStr;
 
-use mirari_core::network::{self, Ipv4Cidr, Network};
+use mirari_core::ids::InstanceId;
+use mirari_core::network::{self, Interface, Ipv4Cidr, MacAddress, Network};
 
 /// One `--network` flag.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +98,44 @@ pub fn usable(networks: &[HostNetwork], sys_class_net: &Path) -> BTreeMap<String
     usable
 }
 
+/// Interfaces for new local instances (`mirari run`): for each ID, one per network the app
+/// lists, the lowest address of this host's subnet for that network that neither `held` (by
+/// the host's live instances) nor an earlier ID of the same request has.
+pub fn allocate_local(
+    networks: &BTreeMap<String, HostNetwork>,
+    wanted: &[String],
+    ids: &[InstanceId],
+    held: &BTreeSet<(String, Ipv4Addr)>,
+) -> Result<Vec<Vec<Interface>>, String> {
+    let mut pools = Vec::new();
+    for name in wanted {
+        let host_network = networks.get(name).ok_or_else(|| {
+            format!("this agent carries no network `{name}`: start it with --network {name}=BRIDGE,subnet=CIDR")
+        })?;
+        let local = host_network.local.as_ref().ok_or_else(|| {
+            format!(
+                "network `{name}` has no subnet on this agent for instances run without coordinators: \
+                 give it one with --network {name}={},subnet=CIDR",
+                host_network.bridge
+            )
+        })?;
+        let free = local.free_addresses(move |address| held.contains(&(name.clone(), address)));
+        pools.push((local, free));
+    }
+    ids.iter()
+        .map(|id| {
+            pools
+                .iter_mut()
+                .enumerate()
+                .map(|(index, (local, free))| {
+                    let address = free.next().ok_or_else(|| format!("network `{}` has no free address", local.name))?;
+                    Ok(local.interface(address, MacAddress::for_instance(*id, index as u8)))
+                })
+                .collect()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +151,25 @@ mod tests {
             let error = bad.parse::<HostNetwork>().unwrap_err();
             assert!(error.to_string().starts_with(&format!("--network `{bad}`")), "{error}");
         }
+    }
+
+    #[test]
+    fn local_instances_get_the_free_addresses_of_the_host_subnet() {
+        let networks: BTreeMap<String, HostNetwork> = ["dev=mirari0,subnet=10.89.0.0/29,gateway=10.89.0.1", "bare=br1"]
+            .iter()
+            .map(|f| f.parse::<HostNetwork>().unwrap())
+            .map(|n| (n.name.clone(), n))
+            .collect();
+        let held: BTreeSet<(String, Ipv4Addr)> = [("dev".to_owned(), "10.89.0.3".parse().unwrap())].into();
+        let ids = [1, 2, 3].map(InstanceId::from_u64);
+        let given = allocate_local(&networks, &["dev".into()], &ids, &held).unwrap();
+        let addresses: Vec<String> = given.iter().map(|i| i[0].address.to_string()).collect();
+        assert_eq!(addresses, ["10.89.0.2/29", "10.89.0.4/29", "10.89.0.5/29"]);
+        assert_eq!(given[1][0].mac, MacAddress::for_instance(ids[1], 0));
+        let too_many = [1, 2, 3, 4, 5].map(InstanceId::from_u64);
+        assert_eq!(allocate_local(&networks, &["dev".into()], &too_many, &held).unwrap_err(), "network `dev` has no free address");
+        assert!(allocate_local(&networks, &["bare".into()], &ids, &held).unwrap_err().contains("has no subnet"));
+        assert!(allocate_local(&networks, &["other".into()], &ids, &held).unwrap_err().contains("carries no network"));
     }
 
     #[test]

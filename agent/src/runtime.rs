@@ -21,8 +21,9 @@ use futures::StreamExt;
 use mirari_blobs::{BlobError, BlobStore};
 use mirari_core::clock;
 use mirari_core::digest::Digest;
+
 use mirari_core::ids::{self, InstanceId, ResolveIdError};
-use mirari_core::instance::Phase;
+use mirari_core::instance::{Desired, Phase};
 use mirari_core::spec::InstanceSpec;
 use mirari_core::target::Target;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -35,6 +36,7 @@ use crate::cluster::{self, ClusterConfig};
 use crate::console::ConsoleBuffer;
 use crate::machine::{self, Effect, Host, Input, Now};
 use crate::network::{self, HostNetwork};
+use crate::probe;
 use crate::state::{InstanceRecord, Origin, StateError, StateStore};
 use crate::supervisor::client::ShimLauncher;
 use crate::supervisor::fence;
@@ -128,6 +130,8 @@ struct Inner {
     fingerprints: Vec<Fingerprint>,
     /// The networks whose bridges are usable, by name.
     networks: BTreeMap<String, HostNetwork>,
+    /// Held while local instances are given addresses.
+    allocating: tokio::sync::Mutex<()>,
     host: RwLock<Host>,
     consoles: Mutex<HashMap<InstanceId, Arc<ConsoleBuffer>>>,
     commands: mpsc::UnboundedSender<Command>,
@@ -178,6 +182,7 @@ impl Agent {
                 backends,
                 fingerprints,
                 networks,
+                allocating: tokio::sync::Mutex::new(()),
                 host: RwLock::new(host),
                 consoles: Mutex::new(consoles),
                 commands,
@@ -237,7 +242,23 @@ impl Agent {
                 ids.push(id);
             }
         }
-        self.submit(Input::Run { spec, ids: ids.clone() }).await?;
+        // Addresses are given out one request at a time: what one holds, the next sees held.
+        let _allocating = self.inner.allocating.lock().await;
+        let held = self
+            .host()
+            .records()
+            .filter(|r| r.lifecycle.desired == Desired::Running || !r.lifecycle.phase.has_ended())
+            .flat_map(|r| r.spec.interfaces.iter().map(|i| (i.network.clone(), i.address.address)))
+            .collect();
+        let interfaces = network::allocate_local(&self.inner.networks, &spec.run.networks, &ids, &held)
+            .map_err(AgentError::InvalidRequest)?;
+        let instances = ids
+            .iter()
+            .zip(interfaces)
+            .enumerate()
+            .map(|(slot, (id, interfaces))| (*id, spec.clone().for_instance(*id, slot as u32, interfaces)))
+            .collect();
+        self.submit(Input::Run { instances }).await?;
         Ok(ids)
     }
 
@@ -400,6 +421,13 @@ impl Agent {
                     });
                 }
                 Effect::Recover(record) => self.spawn_recover(record, inputs.clone()),
+                Effect::Probe { id, run, address, probe, timeout_ms } => {
+                    let inputs = inputs.clone();
+                    tokio::spawn(async move {
+                        let result = probe::run(address, &probe, Duration::from_millis(timeout_ms)).await;
+                        let _ = inputs.send(Input::Probed { id, run, result });
+                    });
+                }
                 Effect::Register(host) => {
                     let cluster = self.cluster();
                     let inputs = inputs.clone();

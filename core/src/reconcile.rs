@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::InstanceId;
 use crate::instance::{Desired, ExitStatus, Phase};
-use crate::restart::{self, RestartDecision, STABLE_RUN_MS};
+use crate::restart::{self, RestartDecision, RunEnd, STABLE_RUN_MS};
 use crate::spec::RestartPolicy;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +26,10 @@ pub struct Lifecycle {
     pub restart_due_ms: Option<u64>,
     /// Why it is in its phase, when that needs saying (a start error, a restart limit).
     pub message: Option<String>,
+    /// It is being stopped because its health checks failed (why): its end is a failed run,
+    /// which the restart policy judges.
+    #[serde(default)]
+    pub unhealthy: Option<String>,
 }
 
 impl Lifecycle {
@@ -39,6 +43,7 @@ impl Lifecycle {
             started_at_ms: None,
             restart_due_ms: None,
             message: None,
+            unhealthy: None,
         }
     }
 
@@ -89,6 +94,14 @@ impl Lifecycle {
         self.phase = Phase::Stopping;
     }
 
+    /// Its health checks failed: the caller stops the run, whose end then counts as a failure
+    /// under the restart policy (an `on-failure` instance restarts, with back-off and within
+    /// its limit).
+    pub fn on_unhealthy(&mut self, why: String) {
+        self.phase = Phase::Stopping;
+        self.unhealthy = Some(why);
+    }
+
     /// The instance ended (on its own or because it was stopped).
     pub fn on_exit(&mut self, exit: ExitStatus, policy: RestartPolicy, now_ms: u64) {
         self.last_exit = Some(exit);
@@ -116,7 +129,8 @@ impl Lifecycle {
 
     fn end_run(&mut self, policy: RestartPolicy, now_ms: u64, exit: ExitStatus, message: Option<String>) {
         let ran_ms = self.started_at_ms.map_or(0, |started| now_ms.saturating_sub(started));
-        let stopped_by_request = self.phase == Phase::Stopping;
+        let unhealthy = self.unhealthy.take();
+        let stopped_by_request = self.phase == Phase::Stopping && unhealthy.is_none();
         self.started_at_ms = None;
         self.message = message;
         if self.desired == Desired::Stopped {
@@ -132,9 +146,17 @@ impl Lifecycle {
         if ran_ms >= STABLE_RUN_MS {
             self.failures_in_a_row = 0;
         }
-        let decision = restart::decide(policy, exit, self.failures_in_a_row);
-        if !exit.success() {
+        // Stopped for failing its health checks: a failed run, whatever its exit code.
+        let end = match unhealthy {
+            Some(why) => RunEnd::Unhealthy(why),
+            None => RunEnd::Exited(exit),
+        };
+        let decision = restart::decide(policy, &end, self.failures_in_a_row);
+        if !end.success() {
             self.failures_in_a_row += 1;
+        }
+        if matches!(end, RunEnd::Unhealthy(_)) && !matches!(decision, RestartDecision::GiveUp { .. }) {
+            self.message = Some(end.to_string());
         }
         match decision {
             RestartDecision::Restart { after_ms } => {
@@ -235,6 +257,25 @@ mod tests {
         assert_eq!(life.restarts, 2);
         assert_eq!(life.message.as_deref(), Some("exit code 3; restart limit of 2 reached"));
         assert_eq!(plan([(id(7), &life)], u64::MAX), Plan::default());
+    }
+
+    #[test]
+    fn a_run_stopped_for_being_unhealthy_is_a_failure_the_policy_judges() {
+        let mut life = Lifecycle::new();
+        for attempt in 0..3u32 {
+            life.on_starting();
+            life.on_running(0);
+            life.on_unhealthy("GET / answered 500".into());
+            assert_eq!(life.phase, Phase::Stopping);
+            // It stopped gracefully when asked: still a failed run.
+            life.on_exit(ExitStatus::Code(0), POLICY, 1_000);
+            if attempt < 2 {
+                assert_eq!((life.phase, life.message.as_deref()), (Phase::Exited, Some("unhealthy: GET / answered 500")));
+                assert!(life.restart_due_ms.is_some());
+            }
+        }
+        assert_eq!(life.phase, Phase::Failed);
+        assert_eq!(life.message.as_deref(), Some("unhealthy: GET / answered 500; restart limit of 2 reached"));
     }
 
     #[test]

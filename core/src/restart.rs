@@ -1,4 +1,4 @@
-//! The restart policy, applied to an exit.
+//! The restart policy, applied to the end of a run.
 
 use crate::instance::ExitStatus;
 use crate::spec::RestartPolicy;
@@ -18,17 +18,40 @@ pub enum RestartDecision {
     GiveUp { reason: String },
 }
 
-/// Decides what follows an exit the operator did not ask for. `failures_in_a_row` counts the
+/// How a run ended, as the policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    Exited(ExitStatus),
+    /// Stopped for failing its health checks (why): a failure, whatever its exit code.
+    Unhealthy(String),
+}
+
+impl RunEnd {
+    pub fn success(&self) -> bool {
+        matches!(self, RunEnd::Exited(exit) if exit.success())
+    }
+}
+
+impl std::fmt::Display for RunEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunEnd::Exited(exit) => write!(f, "{exit}"),
+            RunEnd::Unhealthy(why) => write!(f, "unhealthy: {why}"),
+        }
+    }
+}
+
+/// Decides what follows an end the operator did not ask for. `failures_in_a_row` counts the
 /// failed runs before this one that were too short to count as healthy.
-pub fn decide(policy: RestartPolicy, exit: ExitStatus, failures_in_a_row: u32) -> RestartDecision {
+pub fn decide(policy: RestartPolicy, end: &RunEnd, failures_in_a_row: u32) -> RestartDecision {
     let backoff = || RestartDecision::Restart { after_ms: backoff_ms(failures_in_a_row) };
     match policy {
         RestartPolicy::Never => RestartDecision::Rest,
         RestartPolicy::Always => backoff(),
-        RestartPolicy::OnFailure { .. } if exit.success() => RestartDecision::Rest,
+        RestartPolicy::OnFailure { .. } if end.success() => RestartDecision::Rest,
         RestartPolicy::OnFailure { limit } if failures_in_a_row < limit => backoff(),
         RestartPolicy::OnFailure { limit } => {
-            RestartDecision::GiveUp { reason: format!("{exit}; restart limit of {limit} reached") }
+            RestartDecision::GiveUp { reason: format!("{end}; restart limit of {limit} reached") }
         }
     }
 }
@@ -48,19 +71,19 @@ mod tests {
     #[test]
     fn on_failure_restarts_up_to_the_limit() {
         let policy = RestartPolicy::OnFailure { limit: 2 };
-        assert_eq!(decide(policy, FAIL, 0), RestartDecision::Restart { after_ms: 500 });
-        assert_eq!(decide(policy, ExitStatus::Signal(9), 1), RestartDecision::Restart { after_ms: 1000 });
+        assert_eq!(decide(policy, &RunEnd::Exited(FAIL), 0), RestartDecision::Restart { after_ms: 500 });
+        assert_eq!(decide(policy, &RunEnd::Exited(ExitStatus::Signal(9)), 1), RestartDecision::Restart { after_ms: 1000 });
         assert_eq!(
-            decide(policy, FAIL, 2),
+            decide(policy, &RunEnd::Exited(FAIL), 2),
             RestartDecision::GiveUp { reason: "exit code 3; restart limit of 2 reached".into() }
         );
-        assert_eq!(decide(policy, CLEAN, 0), RestartDecision::Rest);
+        assert_eq!(decide(policy, &RunEnd::Exited(CLEAN), 0), RestartDecision::Rest);
     }
 
     #[test]
     fn never_and_always() {
-        assert_eq!(decide(RestartPolicy::Never, FAIL, 0), RestartDecision::Rest);
-        assert_eq!(decide(RestartPolicy::Always, CLEAN, 0), RestartDecision::Restart { after_ms: 500 });
-        assert_eq!(decide(RestartPolicy::Always, FAIL, 40), RestartDecision::Restart { after_ms: 60_000 });
+        assert_eq!(decide(RestartPolicy::Never, &RunEnd::Exited(FAIL), 0), RestartDecision::Rest);
+        assert_eq!(decide(RestartPolicy::Always, &RunEnd::Exited(CLEAN), 0), RestartDecision::Restart { after_ms: 500 });
+        assert_eq!(decide(RestartPolicy::Always, &RunEnd::Exited(FAIL), 40), RestartDecision::Restart { after_ms: 60_000 });
     }
 }

@@ -394,6 +394,16 @@ impl SimAgent {
                 self.deliver(at, Input::BlobsFetched { generation, ok });
             }
             Effect::FenceDeadline { boot_ms } => self.fence_deadline = boot_ms,
+            Effect::Probe { id, run, timeout_ms, .. } => {
+                // A live process answers, but one probe in ten is lost (a hung or slow app):
+                // two lost in a row make it unhealthy, and it is restarted.
+                let answers = self.processes.get(&id).is_some_and(|p| p.is_alive()) && !rng.chance(10);
+                let (at, result) = match answers {
+                    true => (now + rng.between(1, 20), Ok(())),
+                    false => (now + timeout_ms, Err("timed out".into())),
+                };
+                self.deliver(at, Input::Probed { id, run, result });
+            }
         }
     }
 

@@ -505,6 +505,13 @@ fn app_version(app: &str) -> AppVersion {
             restart: RestartPolicy::OnFailure { limit: 5 },
             networks: vec![NETWORK.into()],
             boot_args: vec![format!("--ipv4={{net.{NETWORK}.cidr}}")],
+            health: Some(mirari_core::health::HealthCheck {
+                probe: mirari_core::health::Probe::Tcp { port: 80 },
+                interval_ms: 1_000,
+                timeout_ms: 500,
+                grace_ms: 0,
+                unhealthy_after: 2,
+            }),
             ..RunPolicy::default()
         },
         constraints: BTreeMap::new(),

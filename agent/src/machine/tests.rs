@@ -140,6 +140,7 @@ fn kinds(effects: &[Effect]) -> Vec<&'static str> {
             Effect::StopWatchingAssignments => "stop-watching-assignments",
             Effect::FetchBlobs { .. } => "fetch-blobs",
             Effect::FenceDeadline { .. } => "fence-deadline",
+            Effect::Probe { .. } => "probe",
         })
         .collect()
 }
@@ -147,7 +148,7 @@ fn kinds(effects: &[Effect]) -> Vec<&'static str> {
 #[test]
 fn a_local_run_is_persisted_before_it_starts_and_cleaned_up_after_it_ends() {
     let mut agent = Agent::local();
-    let effects = agent.input(Input::Run { spec: spec(), ids: vec![id(1)] });
+    let effects = agent.input(Input::Run { instances: vec![(id(1), spec())] });
     assert_eq!(kinds(&effects), ["persist", "start"]);
     let Effect::Persist { new, changed } = &effects[0] else { unreachable!() };
     assert_eq!((new.len(), changed.len()), (1, 0));
@@ -167,7 +168,7 @@ fn a_local_run_is_persisted_before_it_starts_and_cleaned_up_after_it_ends() {
 #[test]
 fn a_stop_uses_the_stop_timeout_and_the_run_ends_stopped() {
     let mut agent = Agent::local();
-    agent.input(Input::Run { spec: spec(), ids: vec![id(1)] });
+    agent.input(Input::Run { instances: vec![(id(1), spec())] });
     agent.started(1);
     let effects = agent.input(Input::Stop { id: id(1) });
     assert_eq!(kinds(&effects), ["persist", "stop"]);
@@ -494,7 +495,7 @@ fn after_a_restart_past_the_lease_cluster_instances_are_fenced_before_the_host_r
 #[test]
 fn a_failed_start_is_cleaned_up() {
     let mut agent = Agent::local();
-    agent.input(Input::Run { spec: spec(), ids: vec![id(1)] });
+    agent.input(Input::Run { instances: vec![(id(1), spec())] });
     let failed = agent.input(Input::Started { id: id(1), outcome: Err("xl create timed out".into()) });
     assert!(failed.iter().any(|e| matches!(e, Effect::Release { handle: None, .. })), "{failed:?}");
     assert!(agent.host.is_busy(id(1)));
@@ -517,4 +518,88 @@ fn a_start_interrupted_by_an_agent_crash_starts_again() {
     assert_eq!(kinds(&ended), ["persist", "release"]);
     let started = agent.input(Input::Released { id: id(1), handle: None, ok: true });
     assert!(kinds(&started).contains(&"start"), "{started:?}");
+}
+
+/// A spec with an interface and an HTTP health check: 1 s interval, 2 s grace, unhealthy after 2.
+fn checked_spec() -> InstanceSpec {
+    use mirari_core::health::{HealthCheck, Probe};
+    let mut spec = spec();
+    spec.run.restart = mirari_core::spec::RestartPolicy::OnFailure { limit: 3 };
+    spec.run.health = Some(HealthCheck {
+        probe: Probe::Http { port: 80, path: "/".into(), status: 200 },
+        interval_ms: 1_000,
+        timeout_ms: 500,
+        grace_ms: 2_000,
+        unhealthy_after: 2,
+    });
+    spec.interfaces = vec![mirari_core::network::Interface {
+        network: "service".into(),
+        address: "10.88.0.7/16".parse().unwrap(),
+        gateway: None,
+        mac: mirari_core::network::MacAddress::for_instance(id(1), 0),
+    }];
+    spec
+}
+
+/// Takes the probe due now; returns its run.
+fn due_probe(agent: &mut Agent) -> u64 {
+    let effects = agent.tick();
+    match effects.as_slice() {
+        [Effect::Probe { id: probed, run, address, .. }] => {
+            assert_eq!((*probed, address.to_string()), (id(1), "10.88.0.7".into()));
+            *run
+        }
+        other => panic!("expected one probe, got {other:?}"),
+    }
+}
+
+#[test]
+fn health_starts_at_the_run_turns_healthy_and_an_unhealthy_run_is_restarted_as_a_failure() {
+    let mut agent = Agent::local();
+    agent.input(Input::Run { instances: vec![(id(1), checked_spec())] });
+    agent.started(1);
+    assert_eq!(agent.host.record(id(1)).unwrap().health, Health::Starting);
+    assert_eq!(agent.tick(), [], "the first probe waits a moment");
+    let start = agent.now.boot_ms;
+    agent.at(start + 1_000);
+    let run = due_probe(&mut agent);
+    assert_eq!(agent.tick(), [], "one probe at a time");
+    let effects = agent.input(Input::Probed { id: id(1), run, result: Ok(()) });
+    assert_eq!(kinds(&effects), ["persist"]);
+    assert_eq!(agent.host.record(id(1)).unwrap().health, Health::Healthy);
+    // Two failures in a row after the grace period: stopped, its end a failed run.
+    agent.at(start + 3_000);
+    let run = due_probe(&mut agent);
+    assert_eq!(agent.input(Input::Probed { id: id(1), run, result: Err("refused".into()) }), []);
+    agent.at(start + 4_000);
+    let run = due_probe(&mut agent);
+    let effects = agent.input(Input::Probed { id: id(1), run, result: Err("refused".into()) });
+    assert_eq!(kinds(&effects), ["persist", "stop"]);
+    let record = agent.host.record(id(1)).unwrap();
+    assert_eq!((record.health, record.health_message.as_str()), (Health::Unhealthy, "refused"));
+    agent.input(Input::StopReturned { id: id(1), outcome: Ok(false), timeout_secs: 10 });
+    agent.input(Input::Ended { id: id(1), ended: Ended::Exited(ExitStatus::Code(0)), context: String::new() });
+    let record = agent.host.record(id(1)).unwrap();
+    assert_eq!(record.lifecycle.phase, Phase::Exited);
+    assert_eq!(record.lifecycle.message.as_deref(), Some("unhealthy: refused"));
+    assert!(record.lifecycle.restart_due_ms.is_some(), "restarted under its policy");
+    assert_eq!(record.health, Health::None);
+}
+
+#[test]
+fn a_late_probe_answer_from_an_earlier_run_changes_nothing() {
+    let mut agent = Agent::local();
+    agent.input(Input::Run { instances: vec![(id(1), checked_spec())] });
+    agent.started(1);
+    let start = agent.now.boot_ms;
+    agent.at(start + 1_000);
+    let old_run = due_probe(&mut agent);
+    agent.input(Input::Ended { id: id(1), ended: Ended::Exited(ExitStatus::Code(3)), context: String::new() });
+    agent.input(Input::Released { id: id(1), handle: Some(handle(1)), ok: true });
+    agent.at(start + 60_000);
+    let effects = agent.tick();
+    assert_eq!(kinds(&effects), ["persist", "start"]);
+    agent.started(1);
+    assert_eq!(agent.input(Input::Probed { id: id(1), run: old_run, result: Ok(()) }), []);
+    assert_eq!(agent.host.record(id(1)).unwrap().health, Health::Starting);
 }
