@@ -1,7 +1,7 @@
 /*
  * Talking to Xen from a PVH guest: finding it, the hypercall page, the
  * shared_info page (system time, event-channel pending bits), HVM params,
- * event channels, the one-shot timer and shutdown. Also the CPU exception
+ * event channels, the grant table, the one-shot timer and shutdown. Also the CPU exception
  * table, whose handler reports the fault and crashes the domain.
  *
  * Sleeping: the kernel never enables interrupts. It blocks in
@@ -20,6 +20,12 @@ extern char fault_stubs[];
 
 int on_xen;
 static volatile struct shared_info *shared;
+
+/* The RAM page that XENMEM_add_to_physmap replaces with grant frame 0. */
+static struct grant_entry_v1 grant_page[PAGE_SIZE / sizeof(struct grant_entry_v1)]
+	__attribute__((aligned(PAGE_SIZE)));
+static volatile struct grant_entry_v1 *grants;
+static uint32_t grant_next = GNTTAB_NR_RESERVED;
 
 static inline void cpuid(uint32_t leaf, uint32_t *a, uint32_t *b, uint32_t *c, uint32_t *d)
 {
@@ -149,6 +155,22 @@ int xen_bind_virq_timer(uint32_t *port)
 	return 0;
 }
 
+/* A new port of ours for remote_dom to bind (a backend's event channel). */
+int evtchn_alloc_unbound(uint16_t remote_dom, uint32_t *port)
+{
+	struct evtchn_alloc_unbound a = { .dom = DOMID_SELF, .remote_dom = remote_dom };
+
+	if (HYPERCALL2(HYPERVISOR_event_channel_op, EVTCHNOP_alloc_unbound, &a))
+		return -1;
+	*port = a.port;
+	return 0;
+}
+
+int evtchn_pending(uint32_t port)
+{
+	return (shared->evtchn_pending[port / 32] >> (port % 32)) & 1;
+}
+
 /* A locked operation, so it is also a full barrier: a ring read after it
  * cannot be satisfied before the bit is clear. */
 void evtchn_clear(uint32_t port)
@@ -172,10 +194,52 @@ void evtchn_notify(uint32_t port)
  * after the check sets the bit again and ends the wait. */
 void evtchn_wait(uint32_t port, uint64_t deadline)
 {
-	uint32_t ports[1] = { port };
-	struct sched_poll poll = { .ports = (uint32_t)ports, .nr_ports = 1, .timeout = deadline };
+	evtchn_wait_any(&port, 1, deadline);
+}
+
+/* The same for several ports: returns once any of them is pending. (With
+ * more than one port Xen wakes the poller on any event of the domain, so
+ * this may also return early: callers loop.) */
+void evtchn_wait_any(const uint32_t *ports, uint32_t n, uint64_t deadline)
+{
+	struct sched_poll poll = { .ports = (uint32_t)ports, .nr_ports = n, .timeout = deadline };
 
 	HYPERCALL2(HYPERVISOR_sched_op, SCHEDOP_poll, &poll);
+}
+
+/* Map grant table frame 0 over grant_page: 512 v1 entries, of which the
+ * first 8 are reserved. That is all a PVH guest does to get a grant table
+ * (Xen grows the table to the frame asked for; v1 is the default). */
+int gnttab_init(void)
+{
+	struct xen_add_to_physmap xatp = {
+		.domid = DOMID_SELF,
+		.space = XENMAPSPACE_grant_table,
+		.idx = 0,
+		.gpfn = (uint32_t)grant_page / PAGE_SIZE,
+	};
+
+	if (!grants && HYPERCALL2(HYPERVISOR_memory_op, XENMEM_add_to_physmap, &xatp) == 0)
+		grants = grant_page;
+	return grants ? 0 : -1;
+}
+
+/* Let domid access one of our pages, for good (nothing here is ever
+ * revoked: the pages are the rings and buffers of a device that lives as
+ * long as the domain). Returns the grant reference, 0 if the table is full
+ * (0 is never handed out: it is reserved). */
+uint32_t gnttab_grant(uint16_t domid, const void *page, int readonly)
+{
+	uint32_t ref = grant_next;
+
+	if (!grants || ref >= sizeof(grant_page) / sizeof(grant_page[0]))
+		return 0;
+	grant_next++;
+	grants[ref].domid = domid;
+	grants[ref].frame = (uint32_t)page / PAGE_SIZE;
+	barrier(); /* domid and frame before the flags that make them valid */
+	grants[ref].flags = GTF_permit_access | (readonly ? GTF_readonly : 0);
+	return ref;
 }
 
 /* Poweroff (exit 0) or crash. Output already in the console ring is

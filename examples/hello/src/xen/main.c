@@ -1,17 +1,25 @@
 /*
  * hello, Xen build: a PVH guest that behaves like the unix and multiboot
  * builds, with the start_info command line for argv, the first boot module
- * (xl "ramdisk") for the file image, Xen's one-shot timer for sleeping and
- * xenstore's control/shutdown (what `xl shutdown` writes) for SIGTERM.
+ * (xl "ramdisk") for the file image, Xen's one-shot timer for sleeping,
+ * xenstore's control/shutdown (what `xl shutdown` writes) for SIGTERM, and
+ * the first vif (netfront.c) under the shared network stack for HTTP.
  */
 #include "xen.h"
 #include "../ustar.h"
 #include "../kernel/knobs.h"
+#include "../net/net.h"
+
+#define NET_TICK_NS (10 * 1000000ull) /* net_tick at least this often */
 
 struct image {
 	const unsigned char *base;
 	uint64_t size;
 };
+
+static struct image image; /* read by tar_list, then by the HTTP server */
+static int serving;
+static uint32_t timer_port;
 
 static int read_block(void *ctx, uint64_t n, unsigned char *buf)
 {
@@ -32,18 +40,61 @@ static void print_file(void *ctx, const char *path, uint64_t size)
 static void list_files(const struct hvm_start_info *si)
 {
 	const struct hvm_modlist_entry *mod = 0;
-	struct image img = { 0, 0 };
 
 	if (si->nr_modules)
 		mod = phys(si->modlist_paddr, sizeof(*mod));
 	if (mod && mod->size < 0x100000000ull)
-		img.base = phys(mod->paddr, (uint32_t)mod->size);
-	if (!img.base) {
+		image.base = phys(mod->paddr, (uint32_t)mod->size);
+	if (!image.base) {
 		kprintf("hello: files: none attached\n");
 		return;
 	}
-	img.size = mod->size;
-	kprintf("hello: files: %lu entries\n", (unsigned long)tar_list(read_block, print_file, &img));
+	image.size = mod->size;
+	kprintf("hello: files: %lu entries\n", (unsigned long)tar_list(read_block, print_file, &image));
+}
+
+/* Xen time in ms for net_tick (any counting-up clock will do), with only
+ * 32-bit divisions: we link no libgcc. */
+static uint32_t clock_ms(void)
+{
+	static uint64_t base;
+	static uint32_t ms;
+	uint64_t d = xen_time() - base;
+	uint32_t whole;
+
+	for (; d >= 4000000000u; d -= 4000000000u, base += 4000000000u)
+		ms += 4000;
+	whole = (uint32_t)d / 1000000;
+	ms += whole;
+	base += (uint64_t)whole * 1000000;
+	return ms;
+}
+
+/* With --ipv4 and a vif, HTTP on it through the shared stack. */
+static void net_start(void)
+{
+	struct net_config cfg = { .ip = ipv4_addr, .gateway = ipv4_gateway,
+				  .prefix = (uint8_t)ipv4_prefix, .http_port = (uint16_t)http_port };
+	const char *why;
+
+	if (ipv4_prefix < 0) {
+		kprintf("hello: http: no --ipv4, not serving\n");
+		return;
+	}
+	if ((why = netfront_init(cfg.mac))) {
+		kprintf("hello: net: %s, not serving\n", why);
+		return;
+	}
+	net_init(&cfg, netfront_transmit, read_block, &image); /* prints "serving on" */
+	serving = 1;
+}
+
+static void net_poll(void)
+{
+	if (!serving)
+		return;
+	netfront_poll(net_input);
+	net_tick(clock_ms());
 }
 
 static int str_eq(const char *a, const char *b)
@@ -88,24 +139,28 @@ static __attribute__((noreturn)) void exit_failure(void)
 	xen_shutdown(SHUTDOWN_crash);
 }
 
-/* Sleep until Xen's clock reaches deadline: arm the one-shot timer and
- * block in SCHEDOP_poll on the VIRQ_TIMER port. The poll's own timeout is
- * the same deadline, a second way out should the VIRQ ever be lost. */
-static void sleep_until(uint32_t timer_port, uint64_t deadline)
+/* Sleep until Xen's clock reaches deadline, or (when serving) a vif
+ * event comes: arm the one-shot timer and block in SCHEDOP_poll on the
+ * VIRQ_TIMER port and the vif's. The poll's own timeout is the same
+ * deadline, a second way out should the VIRQ ever be lost. The vif port
+ * is cleared by netfront_poll, after which it looks at its rings. */
+static void sleep_until(uint64_t deadline)
 {
+	uint32_t ports[2] = { timer_port, serving ? netfront_port() : 0 };
+
 	xen_set_timer(deadline);
 	for (;;) {
 		evtchn_clear(timer_port);
-		if ((int64_t)(xen_time() - deadline) >= 0)
+		if ((int64_t)(xen_time() - deadline) >= 0 || (serving && evtchn_pending(ports[1])))
 			return;
-		evtchn_wait(timer_port, deadline);
+		evtchn_wait_any(ports, serving ? 2 : 1, deadline);
 	}
 }
 
 __attribute__((noreturn)) void xen_main(const struct hvm_start_info *si)
 {
 	const char *args = "";
-	uint32_t beat = 0, flood_seq = 0, timer_port;
+	uint32_t beat = 0, flood_seq = 0;
 	uint64_t next;
 
 	idt_init();
@@ -141,6 +196,7 @@ __attribute__((noreturn)) void xen_main(const struct hvm_start_info *si)
 		xs_write("control/feature-poweroff", "1");
 		xs_write("control/feature-reboot", "1");
 	}
+	net_start();
 
 	next = xen_time() + NSEC_PER_SEC;
 	for (;;) {
@@ -152,8 +208,11 @@ __attribute__((noreturn)) void xen_main(const struct hvm_start_info *si)
 				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
+		else if (serving && (int64_t)(next - xen_time()) > (int64_t)NET_TICK_NS)
+			sleep_until(xen_time() + NET_TICK_NS);
 		else
-			sleep_until(timer_port, next);
+			sleep_until(next);
+		net_poll();
 
 		now = xen_time();
 		if ((int64_t)(now - next) >= 0) {
@@ -165,6 +224,8 @@ __attribute__((noreturn)) void xen_main(const struct hvm_start_info *si)
 			kprintf("hello: heartbeat %u\n", ++beat);
 			if (exit_after && beat == exit_after)
 				exit_failure();
+			if (serving && stop_serving_after && beat == stop_serving_after)
+				net_stop_serving(); /* prints "http: stopped serving" */
 			check_stop();
 		}
 	}

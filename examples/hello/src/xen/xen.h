@@ -68,6 +68,7 @@ _Static_assert(sizeof(struct hvm_modlist_entry) == 32, "modlist entry");
 /* memory_op */
 #define XENMEM_add_to_physmap 7
 #define XENMAPSPACE_shared_info 0
+#define XENMAPSPACE_grant_table 1 /* idx = frame number (v1 entries) */
 
 struct xen_add_to_physmap {
 	uint16_t domid;
@@ -115,8 +116,9 @@ _Static_assert(offsetof(struct sched_poll, timeout) == 8, "sched_poll");
 _Static_assert(sizeof(struct sched_poll) == 16, "sched_poll");
 
 /* event_channel_op */
-#define EVTCHNOP_bind_virq 1
-#define EVTCHNOP_send      4
+#define EVTCHNOP_bind_virq     1
+#define EVTCHNOP_send          4
+#define EVTCHNOP_alloc_unbound 6
 #define VIRQ_TIMER 0
 
 struct evtchn_bind_virq {
@@ -129,6 +131,14 @@ _Static_assert(sizeof(struct evtchn_bind_virq) == 12, "bind_virq");
 struct evtchn_send {
 	uint32_t port;
 };
+
+/* A port of ours that remote_dom may bind to (a backend, via xenstore). */
+struct evtchn_alloc_unbound {
+	uint16_t dom;        /* DOMID_SELF */
+	uint16_t remote_dom;
+	uint32_t port;       /* out */
+};
+_Static_assert(sizeof(struct evtchn_alloc_unbound) == 8, "alloc_unbound");
 
 /* console_io */
 #define CONSOLEIO_write 0
@@ -207,6 +217,78 @@ struct xsd_sockmsg {
 #define XS_WATCH_EVENT  15
 #define XS_ERROR        16
 
+/* --- Grant table, version 1 (the default): frame 0 mapped with
+ * XENMEM_add_to_physmap holds 512 entries. Entry ref lets domain `domid`
+ * map or copy our frame `frame` (a guest frame number; paging is off, so
+ * address / 4096). Refs 0-7 are reserved (the toolstack uses 0 for the
+ * console and 1 for xenstore). */
+#define GNTTAB_NR_RESERVED 8
+#define GTF_permit_access  1
+#define GTF_readonly       4
+
+struct grant_entry_v1 {
+	uint16_t flags;  /* written last: it is what makes the entry valid */
+	uint16_t domid;
+	uint32_t frame;
+};
+_Static_assert(sizeof(struct grant_entry_v1) == 8, "grant_entry_v1");
+
+/* --- PV network rings (io/netif.h, io/ring.h): one page each, a 64-byte
+ * header then 2^k entries that are a request or, once the other end has
+ * handled it, its response. Indexes run free (mod 2^32); the event
+ * fields ask the other end to notify when its producer index passes them. */
+struct netif_tx_request {
+	uint32_t gref;   /* the page holding the frame */
+	uint16_t offset; /* frame starts here in the page ... */
+	uint16_t flags;  /* NETTXF_*: none, a complete checksummed frame */
+	uint16_t id;     /* echoed in the response */
+	uint16_t size;   /* ... and is this long (within the page) */
+};
+struct netif_tx_response {
+	uint16_t id;
+	int16_t status;  /* NETIF_RSP_* */
+};
+struct netif_rx_request {
+	uint16_t id;
+	uint16_t pad;
+	uint32_t gref;   /* a page the backend copies a received frame into */
+};
+struct netif_rx_response {
+	uint16_t id;
+	uint16_t offset; /* the frame starts here in the page */
+	uint16_t flags;  /* NETRXF_* */
+	int16_t status;  /* > 0: frame length; else NETIF_RSP_* */
+};
+#define NETIF_RSP_OKAY 0
+#define NETRXF_more_data  4 /* only with feature-sg, which we don't offer */
+#define NETRXF_extra_info 8 /* only with GSO, which we don't offer */
+
+union netif_tx_entry { struct netif_tx_request req; struct netif_tx_response rsp; };
+union netif_rx_entry { struct netif_rx_request req; struct netif_rx_response rsp; };
+
+struct ring_header {
+	uint32_t req_prod, req_event;
+	uint32_t rsp_prod, rsp_event;
+	uint8_t pad[48];
+};
+_Static_assert(sizeof(struct ring_header) == 64, "ring header");
+
+#define NETIF_TX_RING_SIZE 256 /* (4096 - 64) / 12 rounded down to a power of 2 */
+#define NETIF_RX_RING_SIZE 256 /* (4096 - 64) / 8, likewise */
+
+struct netif_tx_sring {
+	struct ring_header h;
+	union netif_tx_entry ring[NETIF_TX_RING_SIZE];
+};
+struct netif_rx_sring {
+	struct ring_header h;
+	union netif_rx_entry ring[NETIF_RX_RING_SIZE];
+};
+_Static_assert(sizeof(struct netif_tx_request) == 12, "netif_tx_request");
+_Static_assert(sizeof(struct netif_rx_response) == 8, "netif_rx_response");
+_Static_assert(sizeof(struct netif_tx_sring) <= PAGE_SIZE, "tx ring");
+_Static_assert(sizeof(struct netif_rx_sring) <= PAGE_SIZE, "rx ring");
+
 /* --- Hypercall wrappers. Xen's debug builds overwrite the argument
  * registers a hypercall used, so every one is an in/out operand, and esi
  * and edi are clobbered too in case a future Xen widens that. */
@@ -240,9 +322,14 @@ uint64_t xen_time(void);
 int xen_get_param(uint32_t index, uint64_t *value);
 void xen_set_timer(uint64_t deadline);
 int xen_bind_virq_timer(uint32_t *port);
+int evtchn_alloc_unbound(uint16_t remote_dom, uint32_t *port);
+int evtchn_pending(uint32_t port);
 void evtchn_clear(uint32_t port);
 void evtchn_notify(uint32_t port);
 void evtchn_wait(uint32_t port, uint64_t deadline);
+void evtchn_wait_any(const uint32_t *ports, uint32_t n, uint64_t deadline);
+int gnttab_init(void);
+uint32_t gnttab_grant(uint16_t domid, const void *page, int readonly);
 __attribute__((noreturn)) void xen_shutdown(uint32_t reason);
 void *phys(uint64_t paddr, uint32_t len);
 void idt_init(void);
@@ -257,10 +344,20 @@ int xs_init(void);
 int xs_read(const char *path, char *value, uint32_t max);
 int xs_write(const char *path, const char *value);
 
+/* netfront.c: the first PV network device (device/vif/0) */
+const char *netfront_init(uint8_t mac[6]); /* 0, or why not ("no vif") */
+uint32_t netfront_port(void);
+void netfront_transmit(const void *frame, unsigned len);
+void netfront_poll(void (*deliver)(const void *frame, unsigned len));
+
 /* Compiler barrier. Enough between ring accesses on x86, whose stores are
  * not reordered with stores nor loads with loads, and which does not move
  * a store before an earlier load; the one store->load order that matters
  * (clear a pending bit, then look at a ring) comes from a locked insn. */
 #define barrier() __asm__ volatile("" ::: "memory")
+/* Full barrier (store->load too), for the ring protocol's "publish my
+ * index, then look at your event field" steps. A locked insn, as i686 has
+ * no mfence. */
+#define mb() __asm__ volatile("lock; addl $0, (%%esp)" ::: "memory", "cc")
 
 #endif
