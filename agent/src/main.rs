@@ -59,8 +59,9 @@ struct Cli {
     #[arg(long, default_value_t = 64)]
     max_instances: u32,
     /// A network this host carries: NAME=BRIDGE, instances' interfaces on it join the bridge
-    /// (which must exist and be up). Add ,subnet=CIDR[,gateway=IP] to give instances started
-    /// without coordinators (mirari run) addresses from that subnet (repeatable)
+    /// (which must exist and be up). Add ,subnet=CIDR[,gateway=IP][,range=FIRST-LAST] to give
+    /// instances started without coordinators (mirari run) addresses from that subnet, apart
+    /// from the cluster network's range (repeatable)
     #[arg(long = "network")]
     networks: Vec<HostNetwork>,
     #[command(flatten)]

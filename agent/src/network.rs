@@ -1,6 +1,7 @@
 //! The host's networks: which bridge carries which network (`--network service=br0`), checked
 //! at start, and the subnet a host without coordinators allocates from
-//! (`--network service=br0,subnet=10.88.0.0/24,gateway=10.88.0.1`).
+//! (`--network service=br0,subnet=10.88.0.0/24,gateway=10.88.0.1,range=10.88.0.200-10.88.0.250`;
+//! keep that range apart from the cluster network's on the same bridge).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -31,7 +32,7 @@ pub struct HostNetworkError {
 impl FromStr for HostNetwork {
     type Err = HostNetworkError;
 
-    /// `NAME=BRIDGE[,subnet=CIDR][,gateway=IP]`.
+    /// `NAME=BRIDGE[,subnet=CIDR][,gateway=IP][,range=FIRST-LAST]`.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let error = |reason: String| HostNetworkError { text: text.to_owned(), reason };
         let mut parts = text.split(',');
@@ -43,20 +44,23 @@ impl FromStr for HostNetwork {
         if bridge.is_empty() || bridge.len() > 15 || bridge.contains(['/', ' ']) {
             return Err(error(format!("`{bridge}` is not an interface name (1 to 15 characters, no `/`)")));
         }
-        let (mut subnet, mut gateway) = (None, None);
+        let (mut subnet, mut gateway, mut range) = (None, None, None);
+        let address = |value: &str| value.parse::<Ipv4Addr>().map_err(|_| error(format!("`{value}` is not an IPv4 address")));
         for option in parts {
             match option.split_once('=') {
                 Some(("subnet", value)) => subnet = Some(value.parse::<Ipv4Cidr>().map_err(|e| error(e.to_string()))?),
-                Some(("gateway", value)) => {
-                    gateway = Some(value.parse::<Ipv4Addr>().map_err(|_| error(format!("`{value}` is not an IPv4 address")))?)
+                Some(("gateway", value)) => gateway = Some(address(value)?),
+                Some(("range", value)) => {
+                    let (first, last) = value.split_once('-').ok_or_else(|| error(format!("range `{value}` is not FIRST-LAST")))?;
+                    range = Some((address(first)?, address(last)?));
                 }
-                _ => return Err(error(format!("unknown option `{option}`: use subnet=CIDR and gateway=IP"))),
+                _ => return Err(error(format!("unknown option `{option}`: use subnet=CIDR, gateway=IP and range=FIRST-LAST"))),
             }
         }
-        if gateway.is_some() && subnet.is_none() {
-            return Err(error("gateway= needs subnet=".into()));
+        if (gateway.is_some() || range.is_some()) && subnet.is_none() {
+            return Err(error("gateway= and range= need subnet=".into()));
         }
-        let local = subnet.map(|subnet| Network { name: name.to_owned(), subnet, gateway, range: None, dns: vec![] });
+        let local = subnet.map(|subnet| Network { name: name.to_owned(), subnet, gateway, range, dns: vec![] });
         if let Some(local) = &local {
             local.validate().map_err(|e| error(e.to_string()))?;
         }
@@ -144,10 +148,21 @@ mod tests {
     fn flags_parse_with_and_without_a_local_subnet() {
         let plain: HostNetwork = "service=br0".parse().unwrap();
         assert_eq!((plain.name.as_str(), plain.bridge.as_str(), plain.local), ("service", "br0", None));
-        let local: HostNetwork = "dev=mirari0,subnet=10.89.0.0/24,gateway=10.89.0.1".parse().unwrap();
+        let local: HostNetwork = "dev=mirari0,subnet=10.89.0.0/24,gateway=10.89.0.1,range=10.89.0.200-10.89.0.250".parse().unwrap();
         let subnet = local.local.unwrap();
         assert_eq!((subnet.subnet.to_string(), subnet.gateway), ("10.89.0.0/24".into(), Some("10.89.0.1".parse().unwrap())));
-        for bad in ["service", "Service=br0", "service=", "service=br0,mtu=9000", "service=br0,subnet=10.89.0.1/24", "s=b,gateway=10.0.0.1"] {
+        assert_eq!(subnet.pool_size(), 51);
+        let bad_flags = [
+            "service",
+            "Service=br0",
+            "service=",
+            "service=br0,mtu=9000",
+            "service=br0,subnet=10.89.0.1/24",
+            "s=b,gateway=10.0.0.1",
+            "s=b,subnet=10.89.0.0/24,range=10.89.0.9",
+            "s=b,subnet=10.89.0.0/24,range=10.90.0.1-10.90.0.9",
+        ];
+        for bad in bad_flags {
             let error = bad.parse::<HostNetwork>().unwrap_err();
             assert!(error.to_string().starts_with(&format!("--network `{bad}`")), "{error}");
         }

@@ -27,6 +27,11 @@ struct InstanceView {
     target: String,
     phase: Phase,
     desired: &'static str,
+    /// Each interface's address with its prefix, in order.
+    addresses: Vec<String>,
+    health: mirari_core::health::Health,
+    /// Why the last health check failed.
+    health_message: String,
     restarts: u32,
     last_exit: Option<ExitStatus>,
     message: String,
@@ -47,6 +52,9 @@ impl TryFrom<&pb::Instance> for InstanceView {
             target: spec.target.clone(),
             phase: Phase::try_from(instance.phase())?,
             desired: if instance.desired_running { "running" } else { "stopped" },
+            addresses: spec.interfaces.iter().map(|i| i.address.clone()).collect(),
+            health: instance.health().into(),
+            health_message: instance.health_message.clone(),
             restarts: instance.restarts,
             last_exit: instance.last_exit.as_ref().and_then(Option::from),
             message: instance.message.clone(),
@@ -59,7 +67,7 @@ impl TryFrom<&pb::Instance> for InstanceView {
 
 fn instance_table(instances: &[InstanceView]) -> Table {
     let now = mirari_core::clock::wall_ms();
-    let mut table = Table::new(&["ID", "APP", "TARGET", "PHASE", "RESTARTS", "UPTIME", "DETAIL"]);
+    let mut table = Table::new(&["ID", "APP", "TARGET", "ADDRESS", "PHASE", "HEALTH", "RESTARTS", "UPTIME", "DETAIL"]);
     for i in instances {
         let uptime = i.started_at_ms.filter(|_| i.phase.is_live()).map_or("-".into(), |t| age(t, now));
         let mut detail = i.detail.clone();
@@ -72,7 +80,12 @@ fn instance_table(instances: &[InstanceView]) -> Table {
             i.id.clone(),
             format!("{}@{}", i.app, i.version),
             i.target.clone(),
+            if i.addresses.is_empty() { "-".into() } else { i.addresses.join(",") },
             i.phase.to_string(),
+            match (i.health, i.health_message.is_empty()) {
+                (mirari_core::health::Health::Unhealthy, false) => format!("unhealthy ({})", i.health_message),
+                (health, _) => health.name().into(),
+            },
             i.restarts.to_string(),
             uptime,
             detail,

@@ -1,4 +1,5 @@
-//! `mirari cluster deploy`, `scale`, `stop` and `status`: deployments across the cluster.
+//! `mirari cluster deploy`, `scale`, `stop`, `status` and `network`: deployments across the
+//! cluster and the networks their instances are on.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -10,7 +11,9 @@ use mirari_blobs::BlobStore;
 use mirari_build::project::Project;
 use mirari_build::{bundle, images};
 use mirari_core::digest::Digest;
+use mirari_core::health::Health;
 use mirari_core::instance::{ExitStatus, Phase};
+use mirari_core::network::Network;
 use mirari_core::registry::{AppVersion, Command, DeploymentSpec, Placement, Request};
 use mirari_core::target::Target;
 use mirari_proto::agent::{self as wire_agent, build_event};
@@ -27,7 +30,7 @@ use crate::project_cmds;
 const POLL: Duration = Duration::from_millis(500);
 
 /// Commits a registry command; a refusal is an error that says why.
-async fn propose(coordinators: &mut Coordinators, what: &str, request: Request) -> anyhow::Result<pb::ProposeResponse> {
+pub(crate) async fn propose(coordinators: &mut Coordinators, what: &str, request: Request) -> anyhow::Result<pb::ProposeResponse> {
     let entry = log_codec::encode(&request);
     let response = coordinators
         .call(what, async |mut client| {
@@ -142,8 +145,11 @@ pub async fn deploy(
         run: config.run.clone(),
         constraints: BTreeMap::new(),
     };
+    // The same version registered again applies once; any change to what it says (the
+    // artifact, file images, run policy) is registered anew.
+    let digest = Digest::of(&serde_json::to_vec(&version).context("encoding the app version")?);
     let register = Request {
-        request_id: format!("app-{}-{}-{}", config.name, config.version, artifact.short()),
+        request_id: format!("app-{}-{}-{}", config.name, config.version, digest.short()),
         command: Command::RegisterApp { version },
     };
     propose(coordinators, "registering the app", register).await?;
@@ -226,6 +232,9 @@ async fn await_running(
             "{app}: placed {}/{}, running {}/{}",
             deployment.placed, deployment.desired_count, deployment.running, deployment.desired_count
         );
+        if let Some(healthy) = deployment.healthy {
+            line.push_str(&format!(", healthy {healthy}/{}", deployment.desired_count));
+        }
         if !deployment.unplaced_reason.is_empty() {
             line.push_str(&format!("; {} unplaced: {}", deployment.unplaced, deployment.unplaced_reason));
         }
@@ -245,14 +254,17 @@ async fn await_running(
             output::print_tables(format, &status, status_tables);
             return Ok(ExitCode::FAILURE);
         }
-        if deployment.running == deployment.desired_count && deployment.placed == deployment.desired_count {
+        // With a health check, done means healthy, not just running.
+        let ready = deployment.healthy.unwrap_or(deployment.running);
+        if ready == deployment.desired_count && deployment.placed == deployment.desired_count {
             output::print_tables(format, &status, status_tables);
             return Ok(ExitCode::SUCCESS);
         }
         if Instant::now() >= deadline {
             output::print_tables(format, &status, status_tables);
+            let state = if deployment.healthy.is_some() { "healthy" } else { "running" };
             anyhow::bail!(
-                "{app} did not reach {} running instance(s) within {timeout:?}: {last_line}",
+                "{app} did not reach {} {state} instance(s) within {timeout:?}: {last_line}",
                 deployment.desired_count
             );
         }
@@ -267,7 +279,16 @@ pub struct StatusView {
     applied_index: u64,
     deployments: Vec<DeploymentView>,
     hosts: Vec<HostView>,
+    networks: Vec<NetworkView>,
     instances: Vec<InstanceView>,
+}
+
+#[derive(Debug, Serialize)]
+struct NetworkView {
+    #[serde(flatten)]
+    network: Network,
+    pool_size: u64,
+    held: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -281,6 +302,8 @@ struct DeploymentView {
     placed: u32,
     running: u32,
     failed: u32,
+    /// Running and passing health checks (when the app has one).
+    healthy: Option<u32>,
     unplaced: u32,
     unplaced_reason: String,
 }
@@ -304,6 +327,9 @@ struct InstanceView {
     host: String,
     desired: &'static str,
     observed: Phase,
+    /// Each interface's address with its prefix, in order.
+    addresses: Vec<String>,
+    health: Health,
     restarts: u32,
     last_exit: Option<ExitStatus>,
     message: String,
@@ -329,6 +355,8 @@ async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::R
                 host: i.host.clone(),
                 desired: if i.desired_running { "running" } else { "stopped" },
                 observed: Phase::try_from(i.observed())?,
+                addresses: i.interfaces.iter().map(|i| i.address.clone()).collect(),
+                health: i.health().into(),
                 restarts: i.restarts,
                 last_exit: i.last_exit.as_ref().and_then(Option::from),
                 message: i.message.clone(),
@@ -365,9 +393,18 @@ async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::R
                 placed: d.placed,
                 running: d.running,
                 failed: d.failed,
+                healthy: d.has_health_check.then_some(d.healthy),
                 unplaced: d.unplaced,
                 unplaced_reason: d.unplaced_reason.clone(),
             })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let networks = status
+        .networks
+        .iter()
+        .map(|n| {
+            let network = log_codec::network_from_pb(n.network.as_ref().context("a network status without a network")?)?;
+            Ok(NetworkView { network, pool_size: n.pool_size, held: n.held })
         })
         .collect::<anyhow::Result<_>>()?;
     Ok(StatusView {
@@ -376,13 +413,14 @@ async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::R
         applied_index: read.applied_index,
         deployments,
         hosts,
+        networks,
         instances,
     })
 }
 
 fn status_tables(status: &StatusView) -> Vec<Table> {
     let mut deployments =
-        Table::new(&["APP", "VERSION", "TARGET", "DESIRED", "PLACED", "RUNNING", "FAILED", "UNPLACED"]);
+        Table::new(&["APP", "VERSION", "TARGET", "DESIRED", "PLACED", "RUNNING", "HEALTHY", "FAILED", "UNPLACED"]);
     for d in &status.deployments {
         let desired = if d.stopped { "stopped".to_owned() } else { d.desired_count.to_string() };
         let unplaced = if d.unplaced_reason.is_empty() {
@@ -397,6 +435,7 @@ fn status_tables(status: &StatusView) -> Vec<Table> {
             desired,
             d.placed.to_string(),
             d.running.to_string(),
+            d.healthy.map_or("-".into(), |h| h.to_string()),
             d.failed.to_string(),
             unplaced,
         ]);
@@ -406,7 +445,8 @@ fn status_tables(status: &StatusView) -> Vec<Table> {
         let backends: Vec<&str> = h.backends.iter().map(|b| b.name()).collect();
         hosts.row(vec![h.id.clone(), h.status.clone(), h.address.clone(), backends.join(","), h.running.to_string()]);
     }
-    let mut instances = Table::new(&["INSTANCE", "APP", "SLOT", "HOST", "STATE", "RESTARTS", "DETAIL"]);
+    let mut instances =
+        Table::new(&["INSTANCE", "APP", "SLOT", "HOST", "ADDRESS", "STATE", "HEALTH", "RESTARTS", "DETAIL"]);
     for i in &status.instances {
         let state = if i.desired == "running" { i.observed.to_string() } else { format!("{} (stopping)", i.observed) };
         let detail = match (&i.last_exit, i.message.is_empty()) {
@@ -419,12 +459,55 @@ fn status_tables(status: &StatusView) -> Vec<Table> {
             format!("{}@{}", i.app, i.version),
             i.slot.to_string(),
             i.host.clone(),
+            if i.addresses.is_empty() { "-".into() } else { i.addresses.join(",") },
             state,
+            i.health.name().into(),
             i.restarts.to_string(),
             detail,
         ]);
     }
-    vec![deployments, hosts, instances]
+    let mut tables = vec![deployments, hosts];
+    if !status.networks.is_empty() {
+        tables.push(networks_table(&status.networks));
+    }
+    tables.push(instances);
+    tables
+}
+
+fn networks_table(networks: &[NetworkView]) -> Table {
+    let mut table = Table::new(&["NETWORK", "SUBNET", "GATEWAY", "POOL", "HELD"]);
+    for n in networks {
+        let pool = match n.network.range {
+            Some((first, last)) => format!("{first}-{last} ({})", n.pool_size),
+            None => n.pool_size.to_string(),
+        };
+        let gateway = n.network.gateway.map_or("-".into(), |g| g.to_string());
+        table.row(vec![n.network.name.clone(), n.network.subnet.to_string(), gateway, pool, n.held.to_string()]);
+    }
+    table
+}
+
+pub async fn networks(coordinators: &mut Coordinators, format: Format) -> anyhow::Result<ExitCode> {
+    let status = fetch_status(coordinators, false).await?;
+    output::print(format, &status.networks, |networks| networks_table(networks));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn create_network(coordinators: &mut Coordinators, network: Network, format: Format) -> anyhow::Result<ExitCode> {
+    // Checked here too, so a mistake is said before anything is sent.
+    network.validate()?;
+    let name = network.name.clone();
+    let command = Command::CreateNetwork { network };
+    propose(coordinators, &format!("creating network {name}"), Request { request_id: request_id("network"), command })
+        .await?;
+    networks(coordinators, format).await
+}
+
+pub async fn remove_network(coordinators: &mut Coordinators, name: &str, format: Format) -> anyhow::Result<ExitCode> {
+    let command = Command::RemoveNetwork { name: name.to_owned() };
+    propose(coordinators, &format!("removing network {name}"), Request { request_id: request_id("network"), command })
+        .await?;
+    networks(coordinators, format).await
 }
 
 pub async fn status(coordinators: &mut Coordinators, stale: bool, format: Format) -> anyhow::Result<ExitCode> {

@@ -1,16 +1,20 @@
 //! `mirari dev`: a single-node coordinator and a local agent in one process, for trying Mirari
 //! on one machine. Both listen on Unix sockets in the dev directory that only their owner may
-//! open (0600): with no TLS, a socket's permissions are the whole access control.
+//! open (0600): with no TLS, a socket's permissions are the whole access control. As root it
+//! also makes a bridge and the `service` network on it, so instances get reachable addresses.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use anyhow::Context;
 use mirari_agent::daemon::{self, JoinConfig};
+use mirari_agent::network::HostNetwork;
 use mirari_agent::runtime::AgentConfig;
 use mirari_coordinator::server::{self, CoordinatorConfig};
-use mirari_core::registry::Resources;
+use mirari_core::network::{Ipv4Cidr, Network};
+use mirari_core::registry::{self, Resources};
 use mirari_proto::endpoint::{Endpoint, Listener};
 
 /// `/var/lib/mirari/dev` for root, else `$XDG_STATE_HOME/mirari/dev`.
@@ -28,7 +32,78 @@ pub fn agent_socket(dir: &Path) -> Endpoint {
     Endpoint::Unix(dir.join("agent.sock"))
 }
 
-pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+/// The network the example asks for.
+const NETWORK: &str = "service";
+/// The top addresses of the subnet, for `mirari run` instances; the registry gives out the rest.
+const LOCAL_ADDRESSES: u32 = 55;
+
+/// The dev cluster's `service` network on `subnet` (gateway: its first address), and the part
+/// of it kept for instances run without coordinators.
+fn dev_networks(subnet: Ipv4Cidr) -> anyhow::Result<(Network, Network)> {
+    anyhow::ensure!(subnet.prefix <= 25, "--subnet {subnet} is too small for mirari dev: use /25 or larger");
+    let (first, broadcast) = (u32::from(subnet.network()), u32::from(subnet.broadcast()));
+    let split = broadcast - LOCAL_ADDRESSES;
+    let network = |range: (u32, u32)| Network {
+        name: NETWORK.into(),
+        subnet,
+        gateway: Some(Ipv4Addr::from(first + 1)),
+        range: Some((Ipv4Addr::from(range.0), Ipv4Addr::from(range.1))),
+        dns: vec![],
+    };
+    let (cluster, local) = (network((first + 2, split - 1)), network((split, broadcast - 1)));
+    cluster.validate()?;
+    local.validate()?;
+    Ok((cluster, local))
+}
+
+/// Makes `bridge` with the gateway's address, unless it exists; brings it up.
+fn ensure_bridge(bridge: &str, network: &Network) -> anyhow::Result<()> {
+    let ip = |args: &[&str]| Command::new("ip").args(args).output();
+    let exists = ip(&["link", "show", bridge]).is_ok_and(|o| o.status.success());
+    if !exists {
+        let gateway = network.gateway.context("the dev network has a gateway")?;
+        let address = format!("{gateway}/{}", network.subnet.prefix);
+        for args in [vec!["link", "add", bridge, "type", "bridge"], vec!["addr", "add", &address, "dev", bridge]] {
+            let output = ip(&args).context("cannot run `ip` (install iproute2)")?;
+            anyhow::ensure!(
+                output.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+    }
+    let output = ip(&["link", "set", bridge, "up"]).context("cannot run `ip` (install iproute2)")?;
+    anyhow::ensure!(output.status.success(), "cannot bring {bridge} up: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+}
+
+/// Declares the dev network once the coordinator answers (retried with the same request ID,
+/// so it applies once).
+async fn declare_network(endpoint: Endpoint, network: Network) {
+    let mut coordinators = crate::coordinators::Coordinators::new(&[endpoint]);
+    let request = registry::Request {
+        request_id: format!("dev-network-{}-{}", network.name, network.subnet),
+        command: registry::Command::CreateNetwork { network },
+    };
+    loop {
+        match crate::deploy::propose(&mut coordinators, "declaring the dev network", request.clone()).await {
+            Ok(_) => return,
+            Err(error) if error.to_string().contains("refused") => {
+                eprintln!("mirari dev: {error:#}");
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+pub async fn run(dir: Option<PathBuf>, bridge: &str, subnet: Ipv4Cidr) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,raft=warn".into()),
@@ -54,12 +129,25 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         snapshot_every: 10_000,
         leases: Default::default(),
     };
+    let (cluster_network, local_network) = dev_networks(subnet)?;
+    let networked = is_root();
+    if networked {
+        ensure_bridge(bridge, &cluster_network)?;
+    } else {
+        eprintln!(
+            "mirari dev: not root, so no bridge: instances get no network, and apps that ask for one \
+             (the example does) stay unplaced"
+        );
+    }
     let agent = AgentConfig {
         state_dir: dir.join("agent"),
         console_bytes: 256 * 1024,
         shim_program: std::env::current_exe().context("cannot find the mirari binary")?,
         kvm_device: "/dev/kvm".into(),
-        networks: Vec::new(),
+        networks: networked
+            .then(|| HostNetwork { name: NETWORK.into(), bridge: bridge.into(), local: Some(local_network) })
+            .into_iter()
+            .collect(),
     };
     let join = JoinConfig {
         coordinators: vec![coordinator_endpoint.clone()],
@@ -85,8 +173,20 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         let _ = stopped.wait_for(|s| *s).await;
     };
     let coordinator_task = tokio::spawn(server::run(coordinator, coordinator_listener, wait(stopped.clone())));
+    if networked {
+        eprintln!(
+            "  network {NETWORK}: {subnet} on bridge {bridge} (gateway {}; this machine reaches every instance)",
+            cluster_network.gateway.map_or_else(String::new, |g| g.to_string())
+        );
+    }
+    let declared = async {
+        if networked {
+            declare_network(coordinator_endpoint.clone(), cluster_network).await;
+        }
+    };
     let agent_task = tokio::spawn(daemon::run(agent, Some(join), agent_listener, wait(stopped)));
-    tokio::signal::ctrl_c().await?;
+    let ((), interrupted) = tokio::join!(declared, tokio::signal::ctrl_c());
+    interrupted?;
     let _ = stop.send(true);
     agent_task.await??;
     coordinator_task.await??;

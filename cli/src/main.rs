@@ -121,6 +121,14 @@ enum Command {
         /// Where both keep their state [default: /var/lib/mirari/dev for root, else $XDG_STATE_HOME/mirari/dev]
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// The bridge instances' interfaces join (made if missing, with the subnet's first
+        /// address; as root only). Left in place at exit: instances outlive `mirari dev`
+        #[arg(long, default_value = "mirari0")]
+        bridge: String,
+        /// The subnet of the `service` network: cluster instances get addresses from its lower
+        /// part, `mirari run` instances from the top 55
+        #[arg(long, default_value = "10.89.0.0/24")]
+        subnet: mirari_core::network::Ipv4Cidr,
     },
     /// Supervises one instance's process (started by `mirari dev`'s agent, not by people)
     #[command(hide = true)]
@@ -243,6 +251,42 @@ enum ClusterCommand {
         #[arg(long)]
         stale: bool,
     },
+    /// Declare, list or remove networks: subnets whose addresses instances get. Agents say
+    /// which bridge carries each (mirari-agent --network NAME=BRIDGE)
+    Network {
+        #[command(subcommand)]
+        action: Option<NetworkAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NetworkAction {
+    /// List the networks and how many of their addresses are held (the default)
+    List,
+    /// Declare a network (again with the same definition: no change)
+    Create {
+        name: String,
+        /// The IPv4 subnet, written with its network address: 10.88.0.0/16
+        #[arg(long)]
+        subnet: mirari_core::network::Ipv4Cidr,
+        /// The router instances reach other networks through
+        #[arg(long)]
+        gateway: Option<std::net::Ipv4Addr>,
+        /// Only these addresses go to instances: FIRST-LAST [default: the whole subnet]
+        #[arg(long, value_parser = parse_range)]
+        range: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+        /// DNS servers for instances (comma separated)
+        #[arg(long, value_delimiter = ',')]
+        dns: Vec<std::net::Ipv4Addr>,
+    },
+    /// Forget a network no deployment uses and no instance holds an address of
+    Remove { name: String },
+}
+
+fn parse_range(text: &str) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), String> {
+    let (first, last) = text.split_once('-').ok_or_else(|| format!("`{text}` is not FIRST-LAST"))?;
+    let address = |a: &str| a.parse().map_err(|_| format!("`{a}` is not an IPv4 address"));
+    Ok((address(first)?, address(last)?))
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -322,7 +366,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ps => agent_cmds::ps(&agent, format).await,
         Command::Console { id, follow } => agent_cmds::console(&agent, &coordinators, &id, follow).await,
         Command::Logs { id } => agent_cmds::logs(&agent, &coordinators, &id, format).await,
-        Command::Dev { dir } => dev::run(dir).await,
+        Command::Dev { dir, bridge, subnet } => dev::run(dir, &bridge, subnet).await,
         Command::Tls(TlsCommand::Ca { action: CaAction::Create { dir, name, days } }) => {
             let name = name.unwrap_or_else(|| format!("Mirari CA {:08x}", rand::random::<u32>()));
             tls_cmds::create_ca(&dir, &name, days)
@@ -364,6 +408,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     cluster_cmds::remove_member(coordinators, id, format).await
                 }
                 ClusterCommand::Hosts { stale } => cluster_cmds::hosts(coordinators, stale, format).await,
+                ClusterCommand::Network { action: None | Some(NetworkAction::List) } => {
+                    deploy::networks(&mut connection, format).await
+                }
+                ClusterCommand::Network { action: Some(NetworkAction::Create { name, subnet, gateway, range, dns }) } => {
+                    let network = mirari_core::network::Network { name, subnet, gateway, range, dns };
+                    deploy::create_network(&mut connection, network, format).await
+                }
+                ClusterCommand::Network { action: Some(NetworkAction::Remove { name }) } => {
+                    deploy::remove_network(&mut connection, &name, format).await
+                }
             }
         }
     }

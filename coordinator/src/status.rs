@@ -70,6 +70,13 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterSta
         deployments,
         hosts: registry.hosts().map(log_codec::host_to_pb).collect(),
         instances,
-        networks: registry.networks().map(log_codec::network_to_pb).collect(),
+        networks: registry
+            .networks()
+            .map(|network| pb::NetworkStatus {
+                network: Some(log_codec::network_to_pb(network)),
+                pool_size: network.pool_size(),
+                held: registry.addresses_held(&network.name) as u64,
+            })
+            .collect(),
     }
 }

@@ -271,7 +271,7 @@ pub enum Rejection {
     NoSuchSlot { app: String, slot: u32, count: u32 },
     #[error("host `{host}` cannot take the instance: {reason}")]
     Infeasible { host: HostId, reason: String },
-    #[error("unknown network `{0}`")]
+    #[error("unknown network `{0}`: declare it first (mirari cluster network create {0} --subnet CIDR)")]
     UnknownNetwork(String),
     #[error("network `{0}` exists with another definition; remove it first")]
     NetworkExists(String),
