@@ -52,6 +52,9 @@ impl ClusterAgent {
         fs::create_dir_all(self.tools_dir()).expect("tools dir");
         let path = std::env::var("PATH").unwrap_or_default();
         command.env("PATH", format!("{}:{path}", self.tools_dir().display()));
+        if self.host.netns.is_some() {
+            command.args(["--network", &format!("service={}", crate::netns::HOST_BRIDGE)]);
+        }
         let child = command
             .arg("--state-dir")
             .arg(&self.state_dir)
@@ -200,11 +203,17 @@ impl Cluster {
             })
             .collect();
         let app_dir = dir.path().join("hello");
-        crate::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello"), &app_dir);
-        let _ = fs::remove_dir_all(app_dir.join("_build"));
-        let _ = fs::remove_dir_all(app_dir.join("_mirari"));
+        crate::copy_example(&app_dir, network.isolated());
         let cluster = Self { coordinators: nodes, agents, app_dir, dir, network };
         cluster.wait_hosts_up(cluster.agents.len());
+        // The example's network: the hosts' own subnet, so this machine and every host reach
+        // every instance.
+        if let Some([subnet, gateway, range]) = cluster.network.instance_network() {
+            let out = cluster.mirari(&[
+                "cluster", "network", "create", "service", "--subnet", &subnet, "--gateway", &gateway, "--range", &range,
+            ]);
+            assert!(out.status.success(), "network create failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
         (cluster, proxies)
     }
 

@@ -53,21 +53,37 @@ pub fn eventually<T>(deadline: Duration, what: &str, mut probe: impl FnMut() -> 
     }
 }
 
-/// One test's world: a scratch directory with an agent state dir, a store and an app copy.
+/// One test's world: a scratch directory with an agent state dir, a store and an app copy,
+/// and (as root) a bridge carrying the `service` network the example asks for.
 #[derive(Debug)]
 pub struct World {
     pub root: tempfile::TempDir,
     agent: Option<Child>,
+    pub bridge: Option<netns::TestBridge>,
+}
+
+/// Copies the example app to `to`, without build outputs. Where no bridge can be made (not
+/// root), its network and health check are taken out: instances then run without interfaces.
+pub fn copy_example(to: &Path, networked: bool) {
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello"), to);
+    let _ = fs::remove_dir_all(to.join("_build"));
+    let _ = fs::remove_dir_all(to.join("_mirari"));
+    if !networked {
+        let path = to.join("mirari.toml");
+        let text = fs::read_to_string(&path).expect("config");
+        let text = text.split("\n[[network]]").next().unwrap_or_default().replace(
+            r#"args = ["--ipv4={net.service.cidr}", "--ipv4-gateway={net.service.gateway}", "#,
+            "args = [",
+        );
+        fs::write(&path, text).expect("write config");
+    }
 }
 
 impl World {
     pub fn new() -> Self {
         let root = tempfile::Builder::new().prefix("mirari-e2e-").tempdir().expect("scratch dir");
-        let world = Self { root, agent: None };
-        copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello"), &world.app_dir());
-        // A copy starts clean: no build outputs from the source tree.
-        let _ = fs::remove_dir_all(world.app_dir().join("_build"));
-        let _ = fs::remove_dir_all(world.app_dir().join("_mirari"));
+        let world = Self { root, agent: None, bridge: netns::TestBridge::new() };
+        copy_example(&world.app_dir(), world.bridge.is_some());
         world
     }
 
@@ -99,7 +115,12 @@ impl World {
             .append(true)
             .open(self.root.path().join("agent.log"))
             .expect("agent log");
-        let child = Command::new(bin("mirari-agent"))
+        let mut command = Command::new(bin("mirari-agent"));
+        if let Some(bridge) = &self.bridge {
+            let flag = format!("service={},subnet={},gateway={}", bridge.name, bridge.subnet, bridge.gateway);
+            command.args(["--network", &flag]);
+        }
+        let child = command
             .arg("--state-dir")
             .arg(self.state_dir())
             .arg("--listen")

@@ -2,8 +2,11 @@
 //!
 //! Each host gets its own namespace and address on a private bridge, so processes bind the
 //! same ports on different hosts and `iptables` inside a host cuts its links, as on separate
-//! machines. Without root (or without `ip`), hosts fall back to loopback: all share
-//! 127.0.0.1, ports must differ, and links cannot be cut.
+//! machines. Inside each host, a bridge `br0` enslaves its uplink and holds its address, so the
+//! instances an agent attaches to `br0` share one L2 segment with every host and this machine
+//! (the "client", at the gateway address). Without root (or without `ip`), hosts fall back to
+//! loopback: all share 127.0.0.1, ports must differ, links cannot be cut, and there are no
+//! bridges. [`TestBridge`] is a bridge on this machine for single-host tests.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,7 +19,12 @@ pub struct Network {
     hosts: Vec<TestHost>,
     /// This machine's address on the bridge, which every host reaches.
     gateway: String,
+    /// The hosts' /24, `10.X.Y` (its .1 is the gateway, .10 up the hosts).
+    prefix: String,
 }
+
+/// The bridge inside every isolated test host that carries instances' interfaces.
+pub const HOST_BRIDGE: &str = "br0";
 
 #[derive(Debug, Clone)]
 pub struct TestHost {
@@ -52,7 +60,7 @@ impl Network {
             let hosts = (0..count)
                 .map(|i| TestHost { name: format!("host{i}"), netns: None, ip: "127.0.0.1".into() })
                 .collect();
-            return Self { tag, bridge: None, hosts, gateway: "127.0.0.1".into() };
+            return Self { tag, bridge: None, hosts, gateway: "127.0.0.1".into(), prefix: String::new() };
         }
         let (second, third) = (100 + serial % 100, pid % 250);
         let bridge = format!("mb{tag}");
@@ -61,6 +69,7 @@ impl Network {
             bridge: Some(bridge.clone()),
             hosts: Vec::new(),
             gateway: format!("10.{second}.{third}.1"),
+            prefix: format!("10.{second}.{third}"),
         };
         let gateway = format!("10.{second}.{third}.1/24");
         assert!(
@@ -76,8 +85,10 @@ impl Network {
             let ok = run(&["ip", "netns", "add", &netns])
                 && run(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns])
                 && run(&["ip", "link", "set", &veth, "master", &bridge, "up"])
-                && run(&["ip", "-n", &netns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])
-                && run(&["ip", "-n", &netns, "link", "set", "eth0", "up"])
+                && run(&["ip", "-n", &netns, "link", "add", HOST_BRIDGE, "type", "bridge"])
+                && run(&["ip", "-n", &netns, "link", "set", "eth0", "master", HOST_BRIDGE, "up"])
+                && run(&["ip", "-n", &netns, "addr", "add", &format!("{ip}/24"), "dev", HOST_BRIDGE])
+                && run(&["ip", "-n", &netns, "link", "set", HOST_BRIDGE, "up"])
                 && run(&["ip", "-n", &netns, "link", "set", "lo", "up"])
                 && run(&["ip", "-n", &netns, "route", "add", "default", "via", &format!("10.{second}.{third}.1")]);
             network.hosts.push(TestHost { name: format!("host{i}"), netns: Some(netns.clone()), ip });
@@ -102,6 +113,49 @@ impl Network {
 
     pub fn tag(&self) -> &str {
         &self.tag
+    }
+
+    /// The hosts' subnet with a pool of addresses for instances, as `mirari cluster network
+    /// create` flags (`--subnet`, `--gateway`, `--range`): .100 to .199, reachable from every
+    /// host's `br0` and from this machine. `None` on loopback.
+    pub fn instance_network(&self) -> Option<[String; 3]> {
+        let prefix = self.isolated().then_some(&self.prefix)?;
+        Some([format!("{prefix}.0/24"), format!("{prefix}.1"), format!("{prefix}.100-{prefix}.199")])
+    }
+}
+
+/// A bridge on this machine holding the first address of its own /24, for the instances of
+/// one single-host test; deleted on drop.
+#[derive(Debug)]
+pub struct TestBridge {
+    pub name: String,
+    /// `10.124.N.0/24`.
+    pub subnet: String,
+    pub gateway: String,
+}
+
+impl TestBridge {
+    /// A fresh bridge, or `None` without root.
+    pub fn new() -> Option<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        if !can_use_namespaces() {
+            return None;
+        }
+        let serial = NEXT.fetch_add(1, Ordering::Relaxed);
+        let n = (std::process::id().wrapping_mul(7) + serial) % 250 + 1;
+        let name = format!("mw{:x}{serial:x}", std::process::id() % 0xffff);
+        let gateway = format!("10.124.{n}.1");
+        let made = run(&["ip", "link", "add", &name, "type", "bridge"])
+            && run(&["ip", "addr", "add", &format!("{gateway}/24"), "dev", &name])
+            && run(&["ip", "link", "set", &name, "up"]);
+        assert!(made, "cannot create the test bridge {name}");
+        Some(Self { name, subnet: format!("10.124.{n}.0/24"), gateway })
+    }
+}
+
+impl Drop for TestBridge {
+    fn drop(&mut self) {
+        run(&["ip", "link", "delete", &self.name]);
     }
 }
 
