@@ -33,6 +33,11 @@ void poll_interrupts(void);
 int ata_init(void);
 int ata_read(uint32_t lba, void *buf);
 
+/* virtio_net.c: the NIC, polled, under the shared stack (../net/net.h) */
+int virtio_net_init(uint8_t mac[6]);
+void virtio_net_transmit(const void *frame, unsigned len);
+void virtio_net_poll(void);
+
 /* acpi.c: power button and soft-off */
 int acpi_init(void);
 int acpi_power_button(void);

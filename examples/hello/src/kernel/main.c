@@ -5,6 +5,7 @@
  */
 #include "kernel.h"
 #include "../ustar.h"
+#include "../net/net.h"
 
 #define MB_BOOT_MAGIC 0x2badb002
 #define MB_INFO_CMDLINE (1u << 2)
@@ -28,6 +29,24 @@ static void print_file(void *ctx, const char *path, uint64_t size)
 	kprintf("hello: file %s (%llu bytes)\n", path, (unsigned long long)size);
 }
 
+/* Serve HTTP if --ipv4 says where and there is a NIC; 1 if serving. */
+static int start_net(void)
+{
+	struct net_config cfg = { .ip = ipv4_addr, .gateway = ipv4_gateway, .prefix = (uint8_t)ipv4_prefix,
+				  .http_port = (uint16_t)http_port };
+
+	if (ipv4_prefix < 0) {
+		kprintf("hello: http: no --ipv4, not serving\n");
+		return 0;
+	}
+	if (virtio_net_init(cfg.mac) < 0) {
+		kprintf("hello: net: no virtio-net device, not serving\n");
+		return 0;
+	}
+	net_init(&cfg, virtio_net_transmit, read_block, 0);
+	return 1;
+}
+
 static __attribute__((noreturn)) void exit_failure(void)
 {
 	kprintf("hello: exiting with failure\n");
@@ -40,6 +59,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
 {
 	const char *args = "";
 	uint32_t beat = 0, next, flood_seq = 0;
+	int serving;
 
 	serial_init();
 
@@ -60,6 +80,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
 		kprintf("hello: files: none attached\n");
 	else
 		kprintf("hello: files: %lu entries\n", (unsigned long)tar_list(read_block, print_file, 0));
+	serving = start_net();
 
 	if (acpi_init() < 0)
 		kprintf("hello: no ACPI, power button disabled\n");
@@ -76,6 +97,10 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
 				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
 		} else {
 			wait_for_tick();
+		}
+		if (serving) {
+			virtio_net_poll();
+			net_tick(ticks * (1000 / HZ));
 		}
 
 		if (acpi_power_button()) {
@@ -97,6 +122,8 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
 			kprintf("hello: heartbeat %u\n", ++beat);
 			if (exit_after && beat == exit_after)
 				exit_failure();
+			if (stop_serving_after && beat == stop_serving_after)
+				net_stop_serving(); /* prints, if it was serving */
 		}
 	}
 }

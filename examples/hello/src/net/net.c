@@ -417,7 +417,9 @@ static void tcp_input(uint32_t src, const uint8_t *seg, unsigned len)
 		 * (the client tries again); reset anything else. */
 		fin_end = tcb.iss + 2 + tcb.resp_len;
 		if ((fl & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN && be16(t->dport) == cfg.http_port) {
-			if (tcb.state == CLOSED || (tcb.responding && tcb.una == fin_end))
+			/* (One we could not answer would only keep others out.) */
+			if ((tcb.state == CLOSED || (tcb.responding && tcb.una == fin_end)) &&
+			    (on_link(src) || cfg.gateway))
 				tcp_accept(src, t, hlen);
 		} else if (!(fl & TCP_RST)) {
 			if (fl & TCP_ACK)
