@@ -109,6 +109,11 @@ impl World {
 
     /// Starts `mirari-agent` and waits until it answers.
     pub fn start_agent(&mut self) {
+        self.start_agent_with(&[]);
+    }
+
+    /// Starts `mirari-agent` with extra flags and waits until it answers.
+    pub fn start_agent_with(&mut self, flags: &[&str]) {
         assert!(self.agent.is_none(), "agent already running");
         let log = fs::OpenOptions::new()
             .create(true)
@@ -121,6 +126,7 @@ impl World {
             command.args(["--network", &flag]);
         }
         let child = command
+            .args(flags)
             .arg("--state-dir")
             .arg(self.state_dir())
             .arg("--listen")
@@ -286,4 +292,23 @@ pub fn copy_dir(from: &Path, to: &Path) {
             fs::copy(entry.path(), &target).expect("copy file");
         }
     }
+}
+
+/// `GET path` from `address` (an IP, port 80), as a client on this machine: the status code
+/// and the body, or why not. Times out after 3 s.
+pub fn http_get(address: &str, path: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let socket: std::net::SocketAddr = format!("{address}:80").parse().map_err(|e| format!("{address}: {e}"))?;
+    let timeout = Duration::from_secs(3);
+    let mut stream = std::net::TcpStream::connect_timeout(&socket, timeout).map_err(|e| format!("{socket}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .map_err(|e| format!("{socket}: {e}"))?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).map_err(|e| format!("{socket}: {e}"))?;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{socket}: no HTTP answer: {text:?}"))?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("{socket}: {head:?}"))?;
+    Ok((status, body.to_owned()))
 }

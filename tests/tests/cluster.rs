@@ -50,7 +50,8 @@ fn deploys_scales_and_replaces_a_lost_host() {
         let text = String::from_utf8_lossy(&cluster.mirari(&["console", &id]).stdout).into_owned();
         if text.contains("hello: heartbeat 1") { Ok(text) } else { Err(text) }
     });
-    assert!(console.contains("hello: boot args: --ipv4=10.0.0.2/24"), "{console}");
+    let cidr = status["instances"][0]["addresses"][0].as_str().unwrap();
+    assert!(console.contains(&format!("hello: boot args: --ipv4={cidr} ")), "{console}");
     let logs = String::from_utf8_lossy(&cluster.mirari(&["logs", &id]).stdout).into_owned();
     assert!(logs.contains("assigned to this host by the cluster"), "{logs}");
 

@@ -1,6 +1,7 @@
 //! The Xen backend against a real Xen hypervisor: a Debian dom0 booted under QEMU TCG
 //! (`deploy/xen-testhost/`), with `mirari-agent` inside it joined to a coordinator outside:
-//! deploy, consoles, re-adoption after `kill -9`, a frozen agent's domains destroyed by their
+//! deploy, the domains answering HTTP from dom0 at their allocated addresses (a vif on dom0's
+//! bridge `xenbr0`), consoles, re-adoption after `kill -9`, a frozen agent's domains destroyed by their
 //! fence keepers before the host is declared down, the same with dom0's CPUs starved (never
 //! more domains than instances), and stop.
 //!
@@ -132,6 +133,7 @@ fn deploys_watches_readopts_and_stops_xen_domains() {
             "[Unit]\nDescription=Mirari agent\nAfter=xen-testhost-ready.service\nWants=xen-testhost-ready.service\n\n\
              [Service]\nExecStart=/usr/local/bin/mirari-agent --state-dir /var/lib/mirari/agent --listen 0.0.0.0:7401 \
              --advertise 127.0.0.1:{agent_port} --join 10.0.2.2:{coordinator_port} --name xen-testhost \
+             --network service=xenbr0 \
              --tls-ca /etc/mirari/ca.pem --tls-cert /etc/mirari/agent.pem --tls-key /etc/mirari/agent-key.pem\n\
              Restart=always\nRestartSec=1\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target\n"
         ),
@@ -176,6 +178,12 @@ fn deploys_watches_readopts_and_stops_xen_domains() {
             Err(format!("{text}{}", stderr(&hosts)))
         }
     });
+    // The example's network: dom0's bridge xenbr0 holds 10.99.0.1/24.
+    let created = cli(&[
+        "cluster", "network", "create", "service", "--subnet", "10.99.0.0/24", "--gateway", "10.99.0.1", "--range",
+        "10.99.0.100-10.99.0.199",
+    ]);
+    assert!(created.status.success(), "network create failed: {}", stderr(&created));
 
     // Deploy: the build runs in dom0 (the only host with the xen backend), two domains start.
     mirari_tests::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello"), &dir.path().join("hello"));
@@ -194,9 +202,23 @@ fn deploys_watches_readopts_and_stops_xen_domains() {
             let text = stdout(&cli(&["console", id]));
             if text.contains("hello: heartbeat 2") { Ok(text) } else { Err(text) }
         });
-        assert!(console.contains("hello: boot args: --ipv4=10.0.0.2/24"), "{console}");
+        assert!(console.contains("hello: boot args: --ipv4=10.99.0.1"), "{console}");
         assert!(console.contains("hello: files: 3 entries"), "{console}");
     }
+    // Each domain answers HTTP at its own address, from dom0 over its vif on xenbr0.
+    let addresses: Vec<String> = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["addresses"][0].as_str().unwrap().split('/').next().unwrap().to_owned())
+        .collect();
+    assert_ne!(addresses[0], addresses[1]);
+    let index = include_str!("../../examples/hello/data/index.html");
+    for address in &addresses {
+        let page = eventually(SLOW, "a domain to answer HTTP", || dom0(&host.state, &format!("curl -sf http://{address}/")));
+        assert_eq!(page, index, "GET http://{address}/ from dom0");
+    }
+    eprintln!("domains answer HTTP at {addresses:?}: {:?}", started.elapsed());
     let before = mirari_domains(&host.state);
     assert_eq!(before.len(), 2, "{before:?}");
 
