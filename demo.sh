@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on one machine: build Mirari, start `mirari dev` (a single-node coordinator and a
-# local agent in one process), deploy the example app with 3 instances across the cluster, show
-# the status and a console, scale it, run a kvm instance on the agent directly, and stop
+# local agent in one process; as root also a bridge and the `service` network), deploy the
+# example app with 3 instances across the cluster, show the status, an instance answering HTTP
+# at its address and a console, scale it, run a kvm instance on the agent directly, and stop
 # everything. Everything it creates lives in a scratch directory it prints.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -35,6 +36,10 @@ step "mirari cluster hosts"; mirari cluster hosts
 step "mirari cluster deploy -f examples/hello/mirari.toml --count 3 (built on a cluster host)"
 mirari cluster deploy -f examples/hello/mirari.toml --count 3
 first=$(mirari cluster status -o json | sed -n 's/.*"id": "\([0-9a-f]\{16\}\)".*/\1/p' | head -1)
+address=$(mirari cluster status -o json | grep -A1 '"addresses"' | sed -n 's/.*"\([0-9.]*\)\/[0-9]*".*/\1/p' | head -1)
+step "curl http://$address/ (the instance's own address, from the service network)"
+curl -sS --max-time 5 "http://$address/"
+step "curl http://$address/motd.txt"; curl -sS --max-time 5 "http://$address/motd.txt"
 until mirari console "$first" | grep -q "heartbeat 3"; do sleep 0.5; done
 step "mirari console $first (through the coordinator)"; mirari console "$first"
 step "mirari cluster scale hello 5"; mirari cluster scale hello 5
