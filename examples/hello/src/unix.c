@@ -4,8 +4,10 @@
  * for the control channel and SIGTERM for the power button.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,8 +19,12 @@
 #include <unistd.h>
 
 #include "ustar.h"
+#include "kernel/knobs.h"
+#include "net/http.h"
 
 #define MAX_CLIENTS 8
+#define MAX_HTTP 16          /* HTTP connections at once; more wait in the backlog */
+#define HTTP_IDLE_NSEC (10 * NSEC) /* an HTTP client that makes no progress is dropped */
 #define NSEC 1000000000LL
 
 struct client {
@@ -27,11 +33,24 @@ struct client {
 	char buf[64];
 };
 
-static int ignore_stop, flood;
-static unsigned long exit_after;
+/* An HTTP connection: reading the request, writing the response, then
+ * (our side shut down) reading until the client closes too, so that
+ * closing never resets a connection whose response is still in flight. */
+enum { HTTP_READ, HTTP_WRITE, HTTP_DRAIN };
+
+struct http_conn {
+	int fd, state;
+	unsigned req_len;
+	uint32_t len, sent;
+	long long deadline;
+	struct http_response resp;
+	char req[HTTP_REQUEST_MAX];
+};
+
 static const char *control_path;
-static int listen_fd = -1;
+static int listen_fd = -1, img_fd = -1, http_fd = -1;
 static struct client clients[MAX_CLIENTS];
+static struct http_conn conns[MAX_HTTP];
 static volatile sig_atomic_t sigterms;
 
 static void on_sigterm(int sig)
@@ -85,7 +104,7 @@ static void list_files(void)
 		return;
 	}
 	n = tar_list(read_block, print_file, &fd);
-	close(fd);
+	img_fd = fd; /* kept open for the HTTP server */
 	printf("hello: files: %ld entries\n", n);
 }
 
@@ -177,6 +196,125 @@ static void control_accept(void)
 	close(fd);
 }
 
+/* The HTTP server: a non-blocking listening socket on the --ipv4 address,
+ * its connections in the same ppoll as everything else. */
+static void http_listen(void)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)http_port),
+				  .sin_addr.s_addr = htonl(ipv4_addr) };
+	int fd, one = 1;
+
+	for (int i = 0; i < MAX_HTTP; i++)
+		conns[i].fd = -1;
+	if (ipv4_prefix < 0) {
+		printf("hello: http: no --ipv4, not serving\n");
+		return;
+	}
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0) {
+		printf("hello: http: cannot listen on %u.%u.%u.%u:%u: %s\n", ipv4_addr >> 24, ipv4_addr >> 16 & 255,
+		       ipv4_addr >> 8 & 255, ipv4_addr & 255, http_port, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	http_fd = fd;
+	printf("hello: http: serving on %u.%u.%u.%u:%u\n", ipv4_addr >> 24, ipv4_addr >> 16 & 255,
+	       ipv4_addr >> 8 & 255, ipv4_addr & 255, http_port);
+}
+
+static void http_close(struct http_conn *c)
+{
+	close(c->fd);
+	c->fd = -1;
+}
+
+/* The stop-serving-after knob: no more listening socket, no connections. */
+static void http_stop(void)
+{
+	if (http_fd < 0)
+		return;
+	close(http_fd);
+	http_fd = -1;
+	for (int i = 0; i < MAX_HTTP; i++)
+		if (conns[i].fd >= 0)
+			http_close(&conns[i]);
+	printf("hello: http: stopped serving\n");
+}
+
+static int http_slot(void)
+{
+	for (int i = 0; i < MAX_HTTP; i++)
+		if (conns[i].fd < 0)
+			return i;
+	return -1;
+}
+
+static void http_accept(long long now)
+{
+	int i, fd;
+
+	while ((i = http_slot()) >= 0 &&
+	       (fd = accept4(http_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+		conns[i] = (struct http_conn){ .fd = fd, .state = HTTP_READ, .deadline = now + HTTP_IDLE_NSEC };
+	}
+}
+
+/* Whatever the connection can do now without blocking. */
+static void http_io(struct http_conn *c, long long now)
+{
+	static char buf[16384];
+	ssize_t r;
+	uint32_t n;
+
+	if (c->state == HTTP_READ) {
+		r = read(c->fd, c->req + c->req_len, sizeof(c->req) - c->req_len);
+		if (r < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		if (r < 0) {
+			http_close(c);
+			return;
+		}
+		c->deadline = now + HTTP_IDLE_NSEC;
+		c->req_len += (unsigned)r;
+		/* The request is complete: a blank line, a full buffer or EOF. */
+		if (r && c->req_len < sizeof(c->req) && !http_request_done(c->req, c->req_len))
+			return;
+		c->len = http_respond(&c->resp, c->req, c->req_len, read_block, &img_fd);
+		c->sent = 0;
+		c->state = HTTP_WRITE;
+	}
+	if (c->state == HTTP_WRITE) {
+		n = c->len - c->sent < sizeof(buf) ? c->len - c->sent : sizeof(buf);
+		if (http_read(&c->resp, c->sent, buf, n) < 0) {
+			http_close(c);
+			return;
+		}
+		r = send(c->fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (r < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		if (r < 0) {
+			http_close(c);
+			return;
+		}
+		c->sent += (uint32_t)r;
+		if (c->sent == c->len) {
+			shutdown(c->fd, SHUT_WR);
+			c->state = HTTP_DRAIN;
+		}
+	} else { /* HTTP_DRAIN: drop what the client still sends, until its EOF */
+		r = read(c->fd, buf, sizeof(buf));
+		if (r < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		if (r <= 0) {
+			http_close(c);
+			return;
+		}
+	}
+	c->deadline = now + HTTP_IDLE_NSEC;
+}
+
 static long long now_ns(void)
 {
 	struct timespec ts;
@@ -189,7 +327,7 @@ int main(int argc, char **argv)
 {
 	struct sigaction sa = { .sa_handler = on_sigterm };
 	sigset_t term, waitmask;
-	struct pollfd pfd[1 + MAX_CLIENTS];
+	struct pollfd pfd[1 + MAX_CLIENTS + 1 + MAX_HTTP];
 	unsigned long beat = 0, flood_seq = 0;
 	sig_atomic_t sigterms_seen = 0;
 	long long next;
@@ -201,16 +339,12 @@ int main(int argc, char **argv)
 	printf("hello: boot args: ");
 	for (i = 1; i < argc; i++) {
 		printf(i == 1 ? "%s" : " %s", argv[i]);
-		if (strcmp(argv[i], "ignore-stop") == 0)
-			ignore_stop = 1;
-		else if (strcmp(argv[i], "flood") == 0)
-			flood = 1;
-		else if (strncmp(argv[i], "exit-after=", 11) == 0)
-			exit_after = strtoul(argv[i] + 11, NULL, 10);
+		parse_word(argv[i], argv[i] + strlen(argv[i])); /* the kernels' parser */
 	}
 	printf("\n");
 
 	list_files();
+	http_listen();
 
 	for (i = 0; i < MAX_CLIENTS; i++)
 		clients[i].fd = -1;
@@ -230,7 +364,7 @@ int main(int argc, char **argv)
 	for (;;) {
 		long long now = now_ns(), wait = flood ? 0 : next - now;
 		struct timespec ts;
-		int n = 0;
+		int n = 0, c0, h0;
 
 		if (now >= next) {
 			printf("hello: heartbeat %lu\n", ++beat);
@@ -238,6 +372,8 @@ int main(int argc, char **argv)
 				printf("hello: exiting with failure\n");
 				finish(3);
 			}
+			if (stop_serving_after && beat == stop_serving_after)
+				http_stop();
 			/* Stay on the one-second grid, but skip beats that a
 			 * stall (e.g. SIGSTOP) made us miss instead of bursting. */
 			next += NSEC;
@@ -250,20 +386,41 @@ int main(int argc, char **argv)
 
 		if (listen_fd >= 0)
 			pfd[n++] = (struct pollfd){ .fd = listen_fd, .events = POLLIN };
+		c0 = n;
 		for (i = 0; i < MAX_CLIENTS; i++)
 			pfd[n++] = (struct pollfd){ .fd = clients[i].fd, .events = POLLIN };
+		/* The HTTP listening socket only while a connection slot is free
+		 * (negative fds are skipped), then the connections. */
+		h0 = n;
+		pfd[n++] = (struct pollfd){ .fd = http_slot() >= 0 ? http_fd : -1, .events = POLLIN };
+		for (i = 0; i < MAX_HTTP; i++)
+			pfd[n++] = (struct pollfd){ .fd = conns[i].fd,
+						    .events = conns[i].state == HTTP_WRITE ? POLLOUT : POLLIN };
 		ts.tv_sec = wait / NSEC;
 		ts.tv_nsec = wait % NSEC;
-		if (ppoll(pfd, (nfds_t)n, &ts, &waitmask) > 0) {
+		n = ppoll(pfd, (nfds_t)n, &ts, &waitmask);
+		now = now_ns();
+		if (n > 0) {
 			if (listen_fd >= 0 && (pfd[0].revents & POLLIN))
 				control_accept();
 			for (i = 0; i < MAX_CLIENTS; i++) {
-				struct pollfd *p = &pfd[n - MAX_CLIENTS + i];
+				struct pollfd *p = &pfd[c0 + i];
 
 				if (p->fd >= 0 && p->fd == clients[i].fd && p->revents)
 					client_input(&clients[i]);
 			}
+			for (i = 0; i < MAX_HTTP; i++) {
+				struct pollfd *p = &pfd[h0 + 1 + i];
+
+				if (p->fd >= 0 && p->fd == conns[i].fd && p->revents)
+					http_io(&conns[i], now);
+			}
+			if (http_fd >= 0 && pfd[h0].fd == http_fd && (pfd[h0].revents & POLLIN))
+				http_accept(now);
 		}
+		for (i = 0; i < MAX_HTTP; i++) /* checked about once a second: good enough */
+			if (conns[i].fd >= 0 && now >= conns[i].deadline)
+				http_close(&conns[i]);
 		while (sigterms_seen != sigterms) {
 			sigterms_seen++;
 			if (!stop_request("SIGTERM"))

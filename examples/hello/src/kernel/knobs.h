@@ -104,8 +104,9 @@ static void parse_word(const char *w, const char *end)
 	}
 }
 
-/* Knobs are whitespace-separated words, same names as the unix argv words. */
-static void parse_args(const char *s)
+/* Knobs are whitespace-separated words, same names as the unix argv words
+ * (unix has no command line to split: unused there). */
+static __attribute__((unused)) void parse_args(const char *s)
 {
 	while (*s) {
 		const char *end;
