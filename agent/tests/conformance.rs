@@ -4,69 +4,26 @@
 //! does: start, console, inspect, recover (as a restarted agent would, with and without the
 //! persisted handle), graceful stop, forced stop after a timeout, exit status, destroy.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures::StreamExt;
 use mirari_agent::backends::kvm::KvmBackend;
 use mirari_agent::backends::unix::UnixBackend;
 use mirari_agent::backends::{Backend, Ended, Launch, Recovered, StopOutcome};
-use mirari_agent::supervisor::client::ShimLauncher;
-use mirari_core::digest::Digest;
 use mirari_core::ids::InstanceId;
 use mirari_core::instance::ExitStatus;
-use mirari_core::spec::{Accelerator, InstanceSpec, RestartPolicy, RunPolicy};
-
-/// How long a check waits for console output before failing (TCG boots in well under a
-/// second; software KVM spends several seconds in the BIOS).
-const CONSOLE_DEADLINE: Duration = Duration::from_secs(60);
-
-/// The example app, built once per test binary: (unix executable, multiboot kernel, tar image).
-fn example() -> &'static (PathBuf, PathBuf, PathBuf) {
-    static BUILT: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello");
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("conformance");
-        let build = out.join("hello");
-        let _ = std::fs::remove_dir_all(&out);
-        std::fs::create_dir_all(&build).unwrap();
-        let status = std::process::Command::new("cp")
-            .arg("-r")
-            .arg(root.join("src"))
-            .arg(root.join("Makefile"))
-            .arg(&build)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let status =
-            std::process::Command::new("make").arg("-s").arg("-C").arg(&build).args(["unix", "kvm"]).status().unwrap();
-        assert!(status.success(), "building the example failed");
-        let image = out.join("files.tar");
-        let status = std::process::Command::new("tar")
-            .args(["--format=ustar", "-cf"])
-            .arg(&image)
-            .arg("-C")
-            .arg(root.join("data"))
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(status.success());
-        (build.join("_build/hello"), build.join("_build/hello.elf"), image)
-    })
-}
-
-fn launcher() -> ShimLauncher {
-    ShimLauncher { program: env!("CARGO_BIN_EXE_mirari-agent").into(), console_bytes: 64 * 1024 }
-}
+use mirari_core::spec::Accelerator;
+use support::{console_until, launcher};
 
 /// One backend under test, with how to make launches for it.
 struct Subject {
     backend: Arc<dyn Backend>,
     /// A fresh backend value, as a restarted agent would construct.
     reconstruct: fn() -> Arc<dyn Backend>,
-    artifact: PathBuf,
     accelerator: Accelerator,
 }
 
@@ -80,53 +37,13 @@ fn kvm() -> Arc<dyn Backend> {
 
 impl Subject {
     fn launch(&self, dir: &Path, args: &[&str]) -> Launch {
-        let (_, _, image) = example();
-        Launch {
-            id: next_id(),
-            dir: dir.to_owned(),
-            artifact: self.artifact.clone(),
-            files: vec![image.clone()],
-            fence: None,
-            bridges: vec![],
-            spec: InstanceSpec {
-                app: "hello".into(),
-                version: "1".into(),
-                target: self.backend.target(),
-                artifact: Digest::of(b"unused by backends"),
-                files: vec![],
-                run: RunPolicy {
-                    memory_mib: 32,
-                    boot_args: args.iter().map(|a| a.to_string()).collect(),
-                    restart: RestartPolicy::Never,
-                    accelerator: self.accelerator,
-                    ..RunPolicy::default()
-                },
-                interfaces: vec![],
-            },
-        }
+        support::launch(self.backend.target(), next_id(), dir, args, self.accelerator)
     }
 }
 
 fn next_id() -> InstanceId {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     InstanceId::from_u64(NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Reads the console until `needle` shows up; returns everything read.
-async fn console_until(backend: &dyn Backend, launch: &Launch, needle: &str) -> String {
-    let mut seen = String::new();
-    let read = async {
-        let mut frames = backend.console(launch, 0).await.expect("console opens");
-        while let Some(frame) = frames.next().await {
-            seen.push_str(&String::from_utf8_lossy(&frame.data));
-            if seen.contains(needle) {
-                return;
-            }
-        }
-    };
-    let found = tokio::time::timeout(CONSOLE_DEADLINE, read).await.is_ok() && seen.contains(needle);
-    assert!(found, "console never showed {needle:?}; it showed:\n{seen}");
-    seen
 }
 
 async fn suite(subject: Subject) {
@@ -189,26 +106,18 @@ async fn suite(subject: Subject) {
 
 #[tokio::test]
 async fn unix_backend_conforms() {
-    suite(Subject {
-        backend: unix(),
-        reconstruct: unix,
-        artifact: example().0.clone(),
-        accelerator: Accelerator::Auto,
-    })
-    .await;
+    suite(Subject { backend: unix(), reconstruct: unix, accelerator: Accelerator::Auto }).await;
 }
 
 #[tokio::test]
 async fn kvm_backend_conforms_under_tcg() {
-    suite(Subject { backend: kvm(), reconstruct: kvm, artifact: example().1.clone(), accelerator: Accelerator::Tcg })
-        .await;
+    suite(Subject { backend: kvm(), reconstruct: kvm, accelerator: Accelerator::Tcg }).await;
 }
 
 /// `auto` picks KVM where `/dev/kvm` works; the example boots under it on these hosts.
 #[tokio::test]
 async fn kvm_backend_boots_with_auto_accelerator() {
-    let subject =
-        Subject { backend: kvm(), reconstruct: kvm, artifact: example().1.clone(), accelerator: Accelerator::Auto };
+    let subject = Subject { backend: kvm(), reconstruct: kvm, accelerator: Accelerator::Auto };
     let scratch = tempfile::tempdir().unwrap();
     let launch = subject.launch(&scratch.path().join("auto"), &["mode=auto"]);
     let handle = subject.backend.start(&launch).await.expect("start");
@@ -224,12 +133,7 @@ async fn kvm_backend_boots_with_auto_accelerator() {
 #[tokio::test]
 async fn kvm_backend_refuses_kvm_where_it_is_missing() {
     let backend: Arc<dyn Backend> = Arc::new(KvmBackend::new(launcher()).with_kvm_device("/nonexistent/kvm"));
-    let subject = Subject {
-        backend: backend.clone(),
-        reconstruct: kvm,
-        artifact: example().1.clone(),
-        accelerator: Accelerator::Kvm,
-    };
+    let subject = Subject { backend: backend.clone(), reconstruct: kvm, accelerator: Accelerator::Kvm };
     let scratch = tempfile::tempdir().unwrap();
     let error = backend.start(&subject.launch(scratch.path(), &[])).await.unwrap_err().to_string();
     assert!(error.contains("/nonexistent/kvm cannot be opened"), "{error}");

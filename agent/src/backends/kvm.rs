@@ -6,6 +6,10 @@
 //! The agent drives QEMU through QMP: `query-status` to inspect, `system_powerdown` (an ACPI
 //! power button press) for a graceful stop, `quit` to force it off. A guest that writes to the
 //! `isa-debug-exit` port ends QEMU with status `(value << 1) | 1`.
+//!
+//! Each network interface is a virtio-net NIC with the interface's MAC on a persistent tap
+//! that joins the interface's bridge ([`super::links`]). The taps outlive an agent restart with
+//! QEMU, and go in `destroy`.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -21,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::qmp::Qmp;
 use super::{
     Backend, BackendError, Capabilities, ConsoleStream, Ended, Fingerprint, Handle, Inspection, Launch, Recovered,
-    StopOutcome, shimmed,
+    StopOutcome, links, shimmed,
 };
 use crate::supervisor::client::{Payload, ShimLauncher};
 use crate::supervisor::protocol::{ShimInfo, ShimPaths};
@@ -119,6 +123,7 @@ impl KvmBackend {
             argv.push("-drive".into());
             argv.push(format!("file={},format=raw,if=ide,index={index},snapshot=on", escape_drive_path(file)).into());
         }
+        argv.extend(nic_args(launch).into_iter().map(OsString::from));
         Ok(argv)
     }
 
@@ -126,6 +131,16 @@ impl KvmBackend {
         Qmp::connect(&Self::qmp_socket(launch))
             .await
             .map_err(|e| BackendError::Failed { target: TARGET, message: format!("QMP: {e}") })
+    }
+
+    /// Starts QEMU under a shim and waits until it is ready; kills it if it does not get there.
+    async fn run_qemu(&self, launch: &Launch, payload: &Payload) -> Result<ShimInfo, BackendError> {
+        let shim = self.launcher.spawn(payload).await?;
+        if let Err(error) = self.wait_until_ready(launch).await {
+            let _ = shimmed::kill(TARGET, &shim, Signal::SIGKILL);
+            return Err(error);
+        }
+        Ok(shim)
     }
 
     /// Waits for QEMU to open QMP; if it dies instead, its stderr says why.
@@ -147,6 +162,20 @@ impl KvmBackend {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A virtio-net NIC with the interface's MAC on its tap, per interface.
+fn nic_args(launch: &Launch) -> Vec<String> {
+    let nics = launch.spec.interfaces.iter().enumerate().flat_map(|(k, interface)| {
+        let tap = links::tap_name(launch.id, k);
+        [
+            "-netdev".to_owned(),
+            format!("tap,id=net{k},ifname={tap},script=no,downscript=no"),
+            "-device".to_owned(),
+            format!("virtio-net-pci,netdev=net{k},mac={}", interface.mac),
+        ]
+    });
+    nics.collect()
 }
 
 /// QEMU's `-drive` option separates with commas; a comma in a path is written twice.
@@ -220,20 +249,22 @@ impl Backend for KvmBackend {
         let accelerator = self.accelerator(launch.spec.run.accelerator)?;
         let argv = self.qemu_argv(launch, accelerator)?;
         let _ = std::fs::remove_file(Self::qmp_socket(launch));
+        links::create_taps(launch).await.map_err(BackendError::network(TARGET))?;
         let payload = Payload {
             dir: launch.dir.clone(),
             fence: launch.fence.clone(),
+            netns: None,
             argv,
             env: Vec::new(),
             stderr: StderrTo::Log,
         };
-        let shim = self.launcher.spawn(&payload).await?;
-        let handle = Handle::encode(&KvmHandle { shim, accelerator: accelerator.to_owned() });
-        if let Err(error) = self.wait_until_ready(launch).await {
-            let _ = shimmed::kill(TARGET, &shim, Signal::SIGKILL);
-            return Err(error);
+        match self.run_qemu(launch, &payload).await {
+            Ok(shim) => Ok(Handle::encode(&KvmHandle { shim, accelerator: accelerator.to_owned() })),
+            Err(error) => {
+                links::undo(launch).await;
+                Err(error)
+            }
         }
-        Ok(handle)
     }
 
     async fn recover(&self, launch: &Launch, handle: Option<&Handle>) -> Result<Recovered, BackendError> {
@@ -289,6 +320,43 @@ impl Backend for KvmBackend {
 
     async fn destroy(&self, launch: &Launch) -> Result<(), BackendError> {
         let _ = std::fs::remove_file(Self::qmp_socket(launch));
+        links::release(launch).await.map_err(BackendError::network(TARGET))?;
         shimmed::destroy(TARGET, launch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::testing;
+
+    fn backend() -> KvmBackend {
+        KvmBackend::new(ShimLauncher { program: "mirari-agent".into(), console_bytes: 1024 })
+    }
+
+    #[test]
+    fn each_interface_is_a_virtio_nic_on_its_tap() {
+        let interfaces = [("10.123.0.2/24", None, "br0"), ("10.124.0.2/24", None, "br1")];
+        let launch = testing::launch(TARGET, 0x1122_3344_5566_7788, &interfaces);
+        let argv: Vec<String> =
+            backend().qemu_argv(&launch, "tcg").unwrap().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let nics = argv.iter().position(|a| a == "-netdev").expect("a -netdev");
+        assert_eq!(
+            argv[nics..],
+            [
+                "-netdev",
+                "tap,id=net0,ifname=mt3344556677880,script=no,downscript=no",
+                "-device",
+                "virtio-net-pci,netdev=net0,mac=02:55:66:77:88:00",
+                "-netdev",
+                "tap,id=net1,ifname=mt3344556677881,script=no,downscript=no",
+                "-device",
+                "virtio-net-pci,netdev=net1,mac=02:55:66:77:88:01",
+            ]
+        );
+        assert!(argv.contains(&"-nodefaults".to_owned()), "{argv:?}");
+        let plain = testing::launch(TARGET, 1, &[]);
+        let argv = backend().qemu_argv(&plain, "tcg").unwrap();
+        assert!(!argv.iter().any(|a| a == "-netdev"), "{argv:?}");
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod domain_fence;
 pub mod kvm;
+pub mod links;
 pub mod qmp;
 mod shimmed;
 pub mod unix;
@@ -142,6 +143,13 @@ pub enum BackendError {
     Failed { target: Target, message: String },
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// The instance's network interfaces could not be set up or removed.
+    #[error("{target}: {source}")]
+    Network {
+        target: Target,
+        #[source]
+        source: links::LinkError,
+    },
     #[error("{target}: cannot {action}")]
     Io {
         target: Target,
@@ -149,6 +157,13 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl BackendError {
+    /// Wraps a [`links::LinkError`] of the `target` backend.
+    fn network(target: Target) -> impl FnOnce(links::LinkError) -> Self {
+        move |source| Self::Network { target, source }
+    }
 }
 
 #[async_trait]
@@ -180,4 +195,55 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Releases what the instance held on the host (sockets, runtime files). It must have ended.
     async fn destroy(&self, launch: &Launch) -> Result<(), BackendError>;
+}
+
+/// Launches for the backends' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use mirari_core::digest::Digest;
+    use mirari_core::network::{Interface, MacAddress};
+    use mirari_core::spec::RunPolicy;
+
+    use super::*;
+
+    /// A launch of instance `id` for `target` with a file image, and each of `interfaces` (an
+    /// address with its prefix, and a gateway) on the bridge beside it ("" when not carried).
+    pub fn launch(target: Target, id: u64, interfaces: &[(&str, Option<&str>, &str)]) -> Launch {
+        let id = InstanceId::from_u64(id);
+        let dir = PathBuf::from(format!("/var/lib/mirari/agent/instances/{id}"));
+        let (interfaces, bridges) = interfaces
+            .iter()
+            .enumerate()
+            .map(|(index, (address, gateway, bridge))| {
+                let interface = Interface {
+                    network: format!("net{index}"),
+                    address: address.parse().expect("a test address"),
+                    gateway: gateway.map(|g| g.parse().expect("a test gateway")),
+                    mac: MacAddress::for_instance(id, u8::try_from(index).expect("few interfaces")),
+                };
+                (interface, (*bridge).to_owned())
+            })
+            .unzip();
+        Launch {
+            id,
+            artifact: "/store/sha256/kernel".into(),
+            files: vec!["/store/sha256/data".into()],
+            fence: None,
+            bridges,
+            spec: InstanceSpec {
+                app: "hello".into(),
+                version: "1".into(),
+                target,
+                artifact: Digest::of(b"k"),
+                files: vec![],
+                run: RunPolicy {
+                    memory_mib: 32,
+                    boot_args: vec!["--ip=10.0.0.2".into(), "say=\"hi\"".into()],
+                    ..RunPolicy::default()
+                },
+                interfaces,
+            },
+            dir,
+        }
+    }
 }

@@ -4,6 +4,11 @@
 //! stdout and stderr are its console. For a clean stop the agent first uses the app's control
 //! channel (a Unix socket at `MIRARI_CONTROL` that accepts `stop`, the seed's UNIX control
 //! channel) if the app opened one, else SIGTERM; after the stop timeout, SIGKILL.
+//!
+//! An instance with network interfaces runs in a network namespace of its own, with a veth
+//! pair per interface whose host end joins the interface's bridge ([`super::links`]); the
+//! shim enters it for the payload. The namespace outlives an agent restart with the shim, and
+//! goes in `destroy`. An instance without interfaces shares the host's network.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -19,7 +24,7 @@ use tokio::net::UnixStream;
 
 use super::{
     Backend, BackendError, Capabilities, ConsoleStream, Ended, Fingerprint, Handle, Inspection, Launch, Recovered,
-    StopOutcome, shimmed,
+    StopOutcome, links, shimmed,
 };
 use crate::supervisor::client::{Payload, ShimLauncher};
 use crate::supervisor::protocol::ShimInfo;
@@ -87,10 +92,22 @@ impl Backend for UnixBackend {
         for (index, file) in launch.files.iter().enumerate() {
             env.push((format!("MIRARI_BLOCK_{index}"), file.clone().into()));
         }
-        let payload =
-            Payload { dir: launch.dir.clone(), fence: launch.fence.clone(), argv, env, stderr: StderrTo::Console };
-        let shim = self.launcher.spawn(&payload).await?;
-        Ok(Handle::encode(&UnixHandle { shim }))
+        let netns = links::create_netns(launch).await.map_err(BackendError::network(TARGET))?;
+        let payload = Payload {
+            dir: launch.dir.clone(),
+            fence: launch.fence.clone(),
+            netns,
+            argv,
+            env,
+            stderr: StderrTo::Console,
+        };
+        match self.launcher.spawn(&payload).await {
+            Ok(shim) => Ok(Handle::encode(&UnixHandle { shim })),
+            Err(error) => {
+                links::undo(launch).await;
+                Err(error.into())
+            }
+        }
     }
 
     async fn recover(&self, launch: &Launch, _handle: Option<&Handle>) -> Result<Recovered, BackendError> {
@@ -125,6 +142,7 @@ impl Backend for UnixBackend {
 
     async fn destroy(&self, launch: &Launch) -> Result<(), BackendError> {
         let _ = std::fs::remove_file(Self::control_socket(launch));
+        links::release(launch).await.map_err(BackendError::network(TARGET))?;
         shimmed::destroy(TARGET, launch)
     }
 }

@@ -6,7 +6,9 @@
 //! the artifact as the kernel, boot arguments as the command line, memory and vCPUs from the
 //! run policy, the file images as read-only disks (`xvda`, ...) and the first one also as the
 //! boot module (`ramdisk`) for guests without a block driver, and `preserve` on poweroff,
-//! reboot and crash, so the agent sees how a domain ended before it destroys it.
+//! reboot and crash, so the agent sees how a domain ended before it destroys it. Each network
+//! interface is a vif with the interface's MAC on its bridge (`vif = [...]`); the toolstack
+//! makes and removes the vifs with the domain.
 //!
 //! Exit detection watches xenstore's `@releaseDomain` (fired when a domain shuts down or dies)
 //! instead of polling; the console is the domain's console pty, whose path xenconsoled puts in
@@ -30,7 +32,7 @@ use tokio::io::AsyncReadExt;
 use super::xenstore::Xenstore;
 use super::{
     Backend, BackendError, Capabilities, ConsoleStream, Ended, Fingerprint, Handle, Inspection, Launch, Recovered,
-    StopOutcome,
+    StopOutcome, links,
 };
 use crate::supervisor::client::ConsoleFrame;
 use crate::supervisor::proc::ProcessId;
@@ -173,7 +175,8 @@ impl XenBackend {
         }
     }
 
-    fn domain_config(launch: &Launch) -> String {
+    /// The domain's `xl` config; an error for an interface whose network this host lacks.
+    fn domain_config(launch: &Launch) -> Result<String, BackendError> {
         let quote = |text: &str| format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""));
         let run = &launch.spec.run;
         let mut config = vec![
@@ -202,7 +205,15 @@ impl XenBackend {
         if !disks.is_empty() {
             config.push(format!("disk = [ {} ]", disks.join(", ")));
         }
-        config.join("\n") + "\n"
+        let vifs: Vec<String> = links::attachments(launch)
+            .map_err(BackendError::network(TARGET))?
+            .iter()
+            .map(|a| quote(&format!("bridge={},mac={}", a.bridge, a.interface.mac)))
+            .collect();
+        if !vifs.is_empty() {
+            config.push(format!("vif = [ {} ]", vifs.join(", ")));
+        }
+        Ok(config.join("\n") + "\n")
     }
 
     /// Waits until the domain is no longer running; how it ended.
@@ -316,7 +327,7 @@ impl Backend for XenBackend {
             source: e,
         })?;
         let config_path = launch.dir.join("domain.cfg");
-        std::fs::write(&config_path, Self::domain_config(launch)).map_err(|e| BackendError::Io {
+        std::fs::write(&config_path, Self::domain_config(launch)?).map_err(|e| BackendError::Io {
             target: TARGET,
             action: format!("write {}", config_path.display()),
             source: e,
@@ -475,37 +486,31 @@ mod tests {
 
     #[test]
     fn writes_a_pvh_domain_config() {
-        use mirari_core::digest::Digest;
-        use mirari_core::ids::InstanceId;
-        use mirari_core::spec::{InstanceSpec, RunPolicy};
-        let launch = Launch {
-            id: InstanceId::from_u64(0xab),
-            dir: "/var/lib/mirari/agent/instances/00000000000000ab".into(),
-            artifact: "/store/sha256/kernel".into(),
-            files: vec!["/store/sha256/data".into()],
-            fence: None,
-            bridges: vec![],
-            spec: InstanceSpec {
-                app: "hello".into(),
-                version: "1".into(),
-                target: TARGET,
-                artifact: Digest::of(b"k"),
-                files: vec![],
-                run: RunPolicy {
-                    memory_mib: 32,
-                    boot_args: vec!["--ip=10.0.0.2".into(), "say=\"hi\"".into()],
-                    ..RunPolicy::default()
-                },
-                interfaces: vec![],
-            },
-        };
-        let config = XenBackend::domain_config(&launch);
+        let launch = crate::backends::testing::launch(TARGET, 0xab, &[]);
+        let config = XenBackend::domain_config(&launch).unwrap();
         assert!(config.contains("name = \"mirari-00000000000000ab\"\ntype = \"pvh\"\n"), "{config}");
         assert!(config.contains("cmdline = \"--ip=10.0.0.2 say=\\\"hi\\\"\"\n"), "{config}");
         assert!(config.contains("memory = 32\nvcpus = 1\n"), "{config}");
         assert!(config.contains("on_crash = \"preserve\""), "{config}");
         assert!(config.contains("ramdisk = \"/store/sha256/data\""), "{config}");
         assert!(config.contains("disk = [ \"format=raw,vdev=xvda,access=ro,target=/store/sha256/data\" ]"), "{config}");
+        assert!(!config.contains("vif"), "{config}");
+    }
+
+    #[test]
+    fn gives_each_interface_a_vif_on_its_bridge() {
+        let interfaces = [("10.123.0.2/24", Some("10.123.0.1"), "xenbr0"), ("10.124.0.2/24", None, "xenbr1")];
+        let launch = crate::backends::testing::launch(TARGET, 0xab, &interfaces);
+        let config = XenBackend::domain_config(&launch).unwrap();
+        assert!(
+            config.contains(
+                "vif = [ \"bridge=xenbr0,mac=02:00:00:00:ab:00\", \"bridge=xenbr1,mac=02:00:00:00:ab:01\" ]\n"
+            ),
+            "{config}"
+        );
+        let elsewhere = crate::backends::testing::launch(TARGET, 0xab, &[("10.123.0.2/24", None, "")]);
+        let error = XenBackend::domain_config(&elsewhere).unwrap_err().to_string();
+        assert!(error.contains("network net0 is not carried by this host"), "{error}");
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct Payload {
     pub dir: PathBuf,
     /// The fencing deadline file the shim watches (cluster instances only).
     pub fence: Option<PathBuf>,
+    /// The network namespace the payload runs in (see `crate::backends::links`); the host's
+    /// when `None`.
+    pub netns: Option<PathBuf>,
     pub argv: Vec<OsString>,
     pub env: Vec<(String, OsString)>,
     pub stderr: StderrTo,
@@ -78,6 +81,7 @@ impl ShimLauncher {
             .arg("--stderr")
             .arg(stderr_to)
             .args(payload.fence.iter().flat_map(|fence| [OsString::from("--fence-file"), fence.into()]))
+            .args(payload.netns.iter().flat_map(|netns| [OsString::from("--netns"), netns.into()]))
             .arg("--")
             .args(&payload.argv)
             .envs(payload.env.iter().map(|(k, v)| (k, v)))

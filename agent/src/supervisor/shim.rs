@@ -58,6 +58,10 @@ pub struct ShimArgs {
     /// A cluster instance's fencing deadline file: the payload is killed once it has passed.
     #[arg(long)]
     pub fence_file: Option<PathBuf>,
+    /// The network namespace the payload runs in (a file such as `/run/netns/NAME`); the
+    /// host's when absent. The shim itself stays in the host's.
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
     /// The payload command and its arguments.
     #[arg(required = true, last = true)]
     pub command: Vec<OsString>,
@@ -99,6 +103,11 @@ async fn supervise(args: ShimArgs) -> Result<(), ShimError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     die_with_this_thread(&mut command);
+    if let Some(netns) = &args.netns {
+        let namespace =
+            fs::File::open(netns).map_err(failed(format!("open the network namespace {}", netns.display())))?;
+        enter_network_namespace(&mut command, namespace);
+    }
     let mut child = command.spawn().map_err(failed(format!("start {}", program.to_string_lossy())))?;
 
     let identify = |pid: Option<u32>| {
@@ -179,6 +188,19 @@ fn die_with_this_thread(command: &mut Command) {
     // is async-signal-safe, and allocates nothing.
     unsafe {
         command.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from));
+    }
+}
+
+/// Has the payload enter the network namespace `namespace` (an open namespace file) before it
+/// execs.
+#[allow(unsafe_code)]
+fn enter_network_namespace(command: &mut Command, namespace: fs::File) {
+    // SAFETY: the closure runs in the forked child before exec; it only calls setns(2) on a
+    // descriptor opened beforehand, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+        });
     }
 }
 

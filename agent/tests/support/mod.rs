@@ -1,0 +1,113 @@
+//! What the agent's integration tests share: the example app built once per test binary, a
+//! shim launcher, and reading a console until a line shows up.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures::StreamExt;
+use mirari_agent::backends::{Backend, Launch};
+use mirari_agent::supervisor::client::ShimLauncher;
+use mirari_core::digest::Digest;
+use mirari_core::ids::InstanceId;
+use mirari_core::spec::{Accelerator, InstanceSpec, RestartPolicy, RunPolicy};
+use mirari_core::target::Target;
+
+/// How long a check waits for console output before failing (TCG boots in well under a
+/// second; software KVM spends several seconds in the BIOS).
+pub const CONSOLE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The example app, built once per test binary (in a directory of its own, so test binaries
+/// running at once do not build over each other).
+pub struct Example {
+    /// The unix executable.
+    pub unix: PathBuf,
+    /// The multiboot kernel.
+    pub kernel: PathBuf,
+    /// The `data/` directory as a ustar image.
+    pub image: PathBuf,
+}
+
+pub fn example() -> &'static Example {
+    static BUILT: OnceLock<Example> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(env!("CARGO_CRATE_NAME"));
+        let build = out.join("hello");
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&build).unwrap();
+        let status = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(root.join("src"))
+            .arg(root.join("Makefile"))
+            .arg(&build)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let status =
+            std::process::Command::new("make").arg("-s").arg("-C").arg(&build).args(["unix", "kvm"]).status().unwrap();
+        assert!(status.success(), "building the example failed");
+        let image = out.join("files.tar");
+        let status = std::process::Command::new("tar")
+            .args(["--format=ustar", "-cf"])
+            .arg(&image)
+            .arg("-C")
+            .arg(root.join("data"))
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        Example { unix: build.join("_build/hello"), kernel: build.join("_build/hello.elf"), image }
+    })
+}
+
+pub fn launcher() -> ShimLauncher {
+    ShimLauncher { program: env!("CARGO_BIN_EXE_mirari-agent").into(), console_bytes: 64 * 1024 }
+}
+
+/// A launch of the example as instance `id` of `target` in `dir`, with the image and `args`
+/// as boot arguments, never restarted, and no network interfaces.
+pub fn launch(target: Target, id: InstanceId, dir: &Path, args: &[&str], accelerator: Accelerator) -> Launch {
+    let example = example();
+    let artifact = if target == Target::Unix { &example.unix } else { &example.kernel };
+    Launch {
+        id,
+        dir: dir.to_owned(),
+        artifact: artifact.clone(),
+        files: vec![example.image.clone()],
+        fence: None,
+        bridges: vec![],
+        spec: InstanceSpec {
+            app: "hello".into(),
+            version: "1".into(),
+            target,
+            artifact: Digest::of(b"unused by backends"),
+            files: vec![],
+            run: RunPolicy {
+                memory_mib: 32,
+                boot_args: args.iter().map(|a| a.to_string()).collect(),
+                restart: RestartPolicy::Never,
+                accelerator,
+                ..RunPolicy::default()
+            },
+            interfaces: vec![],
+        },
+    }
+}
+
+/// Reads the console until `needle` shows up; returns everything read.
+pub async fn console_until(backend: &dyn Backend, launch: &Launch, needle: &str) -> String {
+    let mut seen = String::new();
+    let read = async {
+        let mut frames = backend.console(launch, 0).await.expect("console opens");
+        while let Some(frame) = frames.next().await {
+            seen.push_str(&String::from_utf8_lossy(&frame.data));
+            if seen.contains(needle) {
+                return;
+            }
+        }
+    };
+    let found = tokio::time::timeout(CONSOLE_DEADLINE, read).await.is_ok() && seen.contains(needle);
+    assert!(found, "console never showed {needle:?}; it showed:\n{seen}");
+    seen
+}
