@@ -31,9 +31,10 @@ suite=bookworm
 mirror="${XTH_MIRROR:-http://deb.debian.org/debian}"
 # busybox-static and cpio let tests build tiny guest initrds inside dom0; openssh-server is the
 # command channel; dbus keeps systemd-networkd and logind quiet; gcc, make and libc6-dev let the
-# Mirari agent in dom0 build the example app (builds run on a host with the target's backend).
+# Mirari agent in dom0 build the example app (builds run on a host with the target's backend);
+# curl fetches from guests on the bridge xenbr0 (iproute2's ip is all vif-bridge needs: no brctl).
 packages=systemd-sysv,udev,dbus,kmod,procps,iproute2,iputils-ping,openssh-server,busybox-static,cpio
-packages+=,gcc,make,libc6-dev
+packages+=,gcc,make,libc6-dev,curl
 packages+=,linux-image-amd64,xen-system-amd64,xen-utils-4.17,xen-hypervisor-4.17-amd64
 
 for tool in debootstrap mkfs.ext4 ssh-keygen; do

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end check of the test host, printing the timings the README quotes:
 # build (with --extra/--enable) -> boot -> ready -> xl info/list in dom0 -> both port directions
-# -> a guest that prints on its console -> stop.   selftest.sh [--cache DIR]
+# -> a guest that prints on its console (and, for hello, serves HTTP to dom0 over xenbr0) -> stop.
+#   selftest.sh [--cache DIR]
 # The guest is examples/hello's PVH kernel when it has been built, else the dom0 kernel as a PV
 # guest with a busybox initrd (XTH_SELFTEST_GUEST=pv forces that). Uses its own state dir and
 # ports, so it can run beside boot.sh.
@@ -70,6 +71,9 @@ web_pid=$!
 got="$(dom0 "for i in \$(seq 20); do busybox wget -qO- http://10.0.2.2:$outer_port/ && break; sleep 0.5; done")"
 [ "$got" = XTH-OUTER-OK ] || fail "dom0 could not fetch from 10.0.2.2:$outer_port (got '$got')"
 echo "dom0 -> outer via 10.0.2.2:$outer_port: ok"
+dom0 'ip -4 -o addr show dev xenbr0 | grep -q " 10.99.0.1/24 " && [ -d /sys/module/xen_netback ]' \
+  || fail "no xenbr0 with 10.99.0.1/24, or no xen-netback, in dom0"
+echo "dom0: xenbr0 10.99.0.1/24, xen-netback loaded"
 
 # Guest: copy its files in, then let run-guest (below, run in dom0) time create -> first output.
 hello="$repo/examples/hello/_build/hello-xen.elf"
@@ -82,12 +86,14 @@ name = "selftest"
 type = "pvh"
 kernel = "/root/selftest/kernel"
 ramdisk = "/root/selftest/files.tar"
-cmdline = "mode=test"
+cmdline = "--ipv4=10.99.0.2/24 --ipv4-gateway=10.99.0.1 mode=test"
 memory = 32
 vcpus = 1
 on_crash = "preserve"
+vif = ['bridge=xenbr0,mac=00:16:3e:12:34:56']
 CFG
   marker="hello: heartbeat 1"
+  url=http://10.99.0.2/
 else
   echo "guest: the dom0 kernel as a PV guest with a busybox initrd"
   # shellcheck disable=SC2016 # expanded by the shell in dom0
@@ -98,8 +104,9 @@ else
     printf "name = \"selftest\"\ntype = \"pv\"\nkernel = \"%s\"\nramdisk = \"/root/selftest/initrd.gz\"\nextra = \"console=hvc0 quiet\"\nmemory = 128\nvcpus = 1\non_crash = \"preserve\"\n" \
       "$(ls /boot/vmlinuz-* | head -1)" >../guest.cfg'
   marker=SELFTEST-GUEST-UP
+  url=""
 fi
-dom0 sh -s -- "'$marker'" <<'GUEST'
+dom0 sh -s -- "'$marker'" "'$url'" <<'GUEST'
 # xenconsoled keeps a guest's output until someone reads the console pty, so reading it right
 # after xl create loses nothing.
 set -eu
@@ -120,6 +127,18 @@ awk -v a="$t0" -v b="$t1" -v c="$(date +%s.%N)" \
 sleep 2
 echo "guest console ($tty):"; sed 's/^/  | /' console.out | head -12
 xl list
+if [ -n "$2" ]; then
+  t0=$(date +%s.%N)
+  curl -sS --max-time 10 --retry 5 --retry-connrefused --retry-delay 1 -o page.html "$2" \
+    || { echo "curl $2 failed"; exit 1; }
+  awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "guest: curl took %.1f s, ", b - a }'
+  echo "$2 from dom0 over xenbr0:"; sed 's/^/  | /' page.html
+fi
 xl destroy selftest
+i=0
+while ip -o link | grep -q ' vif'; do  # the backend's vifD.0 goes with the domain
+  i=$((i + 1)); [ "$i" -lt 50 ] || { echo "a vif is left after xl destroy:"; ip -br link; exit 1; }
+  sleep 0.1
+done
 GUEST
 echo "selftest: PASS"
