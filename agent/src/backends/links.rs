@@ -366,6 +366,10 @@ pub async fn undo(launch: &Launch) {
 /// alone. Run it before starting anything: a start running meanwhile could lose its links.
 pub async fn sweep_links(owned: &BTreeSet<InstanceId>, live: &BTreeSet<InstanceId>) -> Result<Vec<String>, LinkError> {
     let mut removed = Vec::new();
+    if owned.is_subset(live) {
+        // Nothing can have leaked; a host without `ip` is not asked for it.
+        return Ok(removed);
+    }
     for name in leaked_namespaces(&list_namespaces()?, owned, live) {
         delete_namespace(&name).await?;
         removed.push(format!("network namespace {name}"));
