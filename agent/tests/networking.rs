@@ -1,6 +1,6 @@
 //! Instances' network interfaces on real bridges, through the `Backend` trait: a unix instance
-//! runs in a namespace of its own behind a veth pair, a kvm instance gets a tap; both are
-//! reachable at their address while they run, survive a re-adoption, and leave nothing once
+//! runs in a namespace of its own behind a veth pair, a kvm instance gets a tap; both serve
+//! HTTP at their address while they run, survive a re-adoption, and leave nothing once
 //! destroyed; a failed start leaves nothing and never takes another instance's links; the
 //! sweep removes what ended instances left, and only theirs.
 //!
@@ -31,7 +31,7 @@ use mirari_core::target::Target;
 use serde_json::Value;
 use support::{console_until, launcher};
 
-/// How long an instance may take to answer on its address.
+/// How long an instance may take to serve HTTP once it said it does.
 const REACH_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs `ip ARGS`; its stdout, or `Err` with its stderr.
@@ -137,52 +137,33 @@ fn kvm() -> Arc<dyn Backend> {
     Arc::new(KvmBackend::new(launcher()))
 }
 
-/// Waits until the instance answers at `address`: an HTTP `GET /` with the image's index.html
-/// once the app says it serves, else a refused TCP connection (its network stack answered).
-async fn assert_reachable(backend: &dyn Backend, launch: &Launch, address: Ipv4Addr) {
-    let console = console_until(backend, launch, "hello: heartbeat 1").await;
-    let serving = console.contains("hello: http: serving on");
-    if !serving {
-        eprintln!("note: the example does not serve HTTP on {} yet; checking the address answers", launch.spec.target);
-    }
+/// Waits until the instance serves the image's index.html over HTTP at `address`.
+async fn assert_serves_http(backend: &dyn Backend, launch: &Launch, address: Ipv4Addr) {
+    console_until(backend, launch, &format!("hello: http: serving on {address}:80")).await;
     let index =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello/data/index.html"))
             .expect("the example's index.html");
     let deadline = Instant::now() + REACH_DEADLINE;
     let mut last = String::new();
     while Instant::now() < deadline {
-        let attempt =
-            tokio::task::spawn_blocking(move || probe(SocketAddr::from((address, if serving { 80 } else { 9 }))));
-        match (attempt.await.unwrap(), serving) {
-            (Probe::Answered(body), true) if body.starts_with("HTTP/1.") && body.contains(index.trim()) => return,
-            (Probe::Refused, false) => return,
-            (Probe::Answered(body), _) => last = format!("an answer: {body:?}"),
-            (Probe::Refused, _) => last = "refused".into(),
-            (Probe::Failed(reason), _) => last = reason,
+        match tokio::task::spawn_blocking(move || http_get(SocketAddr::from((address, 80)))).await.unwrap() {
+            Ok(response) if response.starts_with("HTTP/1.0 200") && response.ends_with(&index) => return,
+            Ok(response) => last = format!("the answer {response:?}"),
+            Err(error) => last = error.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("{} instance never answered at {address}; last: {last}", launch.spec.target);
+    panic!("{} instance never served / at {address}; last: {last}", launch.spec.target);
 }
 
-enum Probe {
-    Answered(String),
-    Refused,
-    Failed(String),
-}
-
-fn probe(to: SocketAddr) -> Probe {
-    let mut stream = match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
-        Ok(stream) => stream,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Probe::Refused,
-        Err(e) => return Probe::Failed(e.to_string()),
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+/// `GET /` over HTTP/1.0; the whole response.
+fn http_get(to: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
     let mut response = String::new();
-    match stream.write_all(b"GET / HTTP/1.0\r\n\r\n").and_then(|()| stream.read_to_string(&mut response)) {
-        Ok(_) => Probe::Answered(response),
-        Err(e) => Probe::Failed(e.to_string()),
-    }
+    stream.read_to_string(&mut response)?;
+    Ok(response)
 }
 
 /// Nothing of the instance is left on the host.
@@ -227,12 +208,12 @@ async fn a_unix_instance_runs_in_a_namespace_of_its_own() {
     assert!(route.contains(&format!("via {}", bridge.address(1))), "{route}");
     assert_joined(&veth_name(id, 0), &bridge, id);
     assert_eq!(netns_of_payload(&launch), std::fs::metadata(netns_path(id)).unwrap().ino());
-    assert_reachable(backend.as_ref(), &launch, bridge.address(2)).await;
+    assert_serves_http(backend.as_ref(), &launch, bridge.address(2)).await;
 
-    // Re-adopted by a restarted agent, it is still there and still reachable.
+    // Re-adopted by a restarted agent, it still runs in its namespace and still serves.
     let fresh = unix();
     assert!(matches!(fresh.recover(&launch, None).await.expect("recover"), Recovered::Running(_)));
-    assert_reachable(fresh.as_ref(), &launch, bridge.address(2)).await;
+    assert_serves_http(fresh.as_ref(), &launch, bridge.address(2)).await;
 
     assert_eq!(fresh.stop(&launch, &handle, Duration::from_secs(30)).await.expect("stop"), StopOutcome::Graceful);
     fresh.destroy(&launch).await.expect("destroy");
@@ -256,12 +237,7 @@ async fn a_kvm_instance_gets_a_tap_on_its_bridge() {
     let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", info.payload.pid)).unwrap().replace('\0', " ");
     assert!(cmdline.contains(&format!("ifname={},script=no", tap_name(id, 0))), "{cmdline}");
     assert!(cmdline.contains(&format!("mac={}", launch.spec.interfaces[0].mac)), "{cmdline}");
-    let console = console_until(backend.as_ref(), &launch, "hello: heartbeat 1").await;
-    if console.contains("hello: http: serving on") {
-        assert_reachable(backend.as_ref(), &launch, bridge.address(3)).await;
-    } else {
-        eprintln!("note: the example kernel does not serve HTTP yet; not checking it answers");
-    }
+    assert_serves_http(backend.as_ref(), &launch, bridge.address(3)).await;
 
     let fresh = kvm();
     assert!(matches!(fresh.recover(&launch, None).await.expect("recover"), Recovered::Running(_)));
