@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::str::FromStr;
 
 use mirari_core::ids::InstanceId;
@@ -69,27 +68,37 @@ impl FromStr for HostNetwork {
 }
 
 /// Why a bridge cannot carry instances' interfaces, or `None` when it can: it exists, is a
-/// bridge, and is up. `sys_class_net` is `/sys/class/net` (tests point it elsewhere).
-pub fn check_bridge(sys_class_net: &Path, bridge: &str) -> Option<String> {
-    let dir = sys_class_net.join(bridge);
-    if !dir.exists() {
-        return Some(format!("bridge {bridge} does not exist"));
+/// bridge, and is up. Asks `ip` (not sysfs, which shows the namespace it was mounted in).
+pub fn check_bridge(bridge: &str) -> Option<String> {
+    let output = std::process::Command::new("ip").args(["-j", "-d", "link", "show", "dev", bridge]).output();
+    match output {
+        Err(error) => Some(format!("cannot run `ip` to look at bridge {bridge} ({error}): install iproute2")),
+        Ok(output) if !output.status.success() => Some(format!("bridge {bridge} does not exist")),
+        Ok(output) => bridge_problem(bridge, &String::from_utf8_lossy(&output.stdout)),
     }
-    if !dir.join("bridge").is_dir() {
+}
+
+/// What is wrong with `bridge`, from `ip -j -d link show dev BRIDGE`'s answer.
+fn bridge_problem(bridge: &str, json: &str) -> Option<String> {
+    let links: serde_json::Value = match serde_json::from_str(json) {
+        Ok(links) => links,
+        Err(error) => return Some(format!("cannot read what `ip` says of {bridge}: {error}")),
+    };
+    let link = &links[0];
+    if link["linkinfo"]["info_kind"] != "bridge" {
         return Some(format!("{bridge} is not a bridge"));
     }
-    // IFF_UP is bit 0 of the flags, written as hex ("0x1003").
-    let flags = std::fs::read_to_string(dir.join("flags")).unwrap_or_default();
-    let up = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).is_ok_and(|f| f & 1 == 1);
+    let flags = link["flags"].as_array().into_iter().flatten();
+    let up = flags.into_iter().any(|flag| flag == "UP");
     (!up).then(|| format!("bridge {bridge} is down"))
 }
 
 /// The networks whose bridges are usable, each with its bridge; those that are not are logged
 /// with the reason and offered to nobody.
-pub fn usable(networks: &[HostNetwork], sys_class_net: &Path) -> BTreeMap<String, HostNetwork> {
+pub fn usable(networks: &[HostNetwork]) -> BTreeMap<String, HostNetwork> {
     let mut usable = BTreeMap::new();
     for network in networks {
-        match check_bridge(sys_class_net, &network.bridge) {
+        match check_bridge(&network.bridge) {
             None => {
                 tracing::info!(network = %network.name, bridge = %network.bridge, "network available");
                 usable.insert(network.name.clone(), network.clone());
@@ -188,25 +197,12 @@ mod tests {
     }
 
     #[test]
-    fn a_bridge_must_exist_be_a_bridge_and_be_up() {
-        let sys = std::env::temp_dir().join(format!("mirari-net-test-{}", std::process::id()));
-        let make = |name: &str, bridge: bool, flags: &str| {
-            let dir = sys.join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            if bridge {
-                std::fs::create_dir_all(dir.join("bridge")).unwrap();
-            }
-            std::fs::write(dir.join("flags"), flags).unwrap();
-        };
-        make("br0", true, "0x1003\n");
-        make("br1", true, "0x1002\n");
-        make("eth0", false, "0x1003\n");
-        assert_eq!(check_bridge(&sys, "br0"), None);
-        assert_eq!(check_bridge(&sys, "br1").as_deref(), Some("bridge br1 is down"));
-        assert_eq!(check_bridge(&sys, "eth0").as_deref(), Some("eth0 is not a bridge"));
-        assert_eq!(check_bridge(&sys, "br-missing").as_deref(), Some("bridge br-missing does not exist"));
-        let flags: Vec<HostNetwork> = ["a=br0", "b=br-missing"].iter().map(|f| f.parse().unwrap()).collect();
-        assert_eq!(usable(&flags, &sys).keys().collect::<Vec<_>>(), ["a"]);
-        std::fs::remove_dir_all(&sys).unwrap();
+    fn a_bridge_must_be_a_bridge_and_be_up() {
+        let link = |kind: &str, flags: &str| format!(r#"[{{"ifname":"x","flags":[{flags}],"linkinfo":{{"info_kind":"{kind}"}}}}]"#);
+        assert_eq!(bridge_problem("br0", &link("bridge", r#""BROADCAST","UP","LOWER_UP""#)), None);
+        assert_eq!(bridge_problem("br1", &link("bridge", r#""BROADCAST""#)).as_deref(), Some("bridge br1 is down"));
+        assert_eq!(bridge_problem("eth0", &link("veth", r#""UP""#)).as_deref(), Some("eth0 is not a bridge"));
+        assert_eq!(check_bridge("br-missing").as_deref(), Some("bridge br-missing does not exist"));
     }
+
 }

@@ -12,8 +12,8 @@
 //!
 //! Reads (lists, records, consoles) come from the machine's state as the task last left it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use mirari_core::target::Target;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backends::kvm::KvmBackend;
+use crate::backends::links;
 use crate::backends::unix::UnixBackend;
 use crate::backends::xen::XenBackend;
 use crate::backends::{Backend, BackendError, Ended, Fingerprint, Launch, Recovered, StopOutcome};
@@ -102,9 +103,27 @@ fn backends(config: &AgentConfig) -> Vec<Arc<dyn Backend>> {
     ]
 }
 
+/// Removes the taps, veths and namespaces that this agent's ended instances left behind (an
+/// agent killed between an instance's end and its clean-up). Before the driver starts: a start
+/// running meanwhile could lose its links.
+async fn sweep_leaked_links(records: &[InstanceRecord]) {
+    let with_links = records.iter().filter(|r| !r.spec.interfaces.is_empty());
+    let owned: BTreeSet<InstanceId> = with_links.clone().map(|r| r.id).collect();
+    let live: BTreeSet<InstanceId> =
+        with_links.filter(|r| r.handle.is_some() || r.lifecycle.phase.is_live()).map(|r| r.id).collect();
+    match links::sweep_links(&owned, &live).await {
+        Ok(removed) => {
+            for what in removed {
+                tracing::info!(%what, "removed a leaked network link");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "could not sweep leaked network links"),
+    }
+}
+
 /// The configured networks whose bridges exist and are up (the others are logged).
 pub fn usable_networks(config: &AgentConfig) -> BTreeMap<String, HostNetwork> {
-    network::usable(&config.networks, Path::new("/sys/class/net"))
+    network::usable(&config.networks)
 }
 
 /// What each backend finds on this host.
@@ -159,6 +178,7 @@ impl Agent {
         let blobs = BlobStore::open(&config.state_dir.join("blobs"))?;
         let backends = backends(&config).into_iter().map(|b| (b.target(), b)).collect();
         let records = store.load_all()?;
+        sweep_leaked_links(&records).await;
         let consoles = records
             .iter()
             .map(|record| {

@@ -173,12 +173,15 @@ impl Drop for Network {
 }
 
 impl TestHost {
-    /// A command that runs `program` on this host.
+    /// A command that runs `program` on this host: in its network namespace only (`nsenter
+    /// --net`), sharing this machine's mounts as a real host's processes share their own, so
+    /// the namespaces an agent makes for its instances (`/run/netns`) stay visible to it after
+    /// a restart and to the test.
     pub fn command(&self, program: &Path) -> Command {
         match &self.netns {
             Some(netns) => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", netns]).arg(program);
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net=/run/netns/{netns}")).arg("--").arg(program);
                 command
             }
             None => Command::new(program),
