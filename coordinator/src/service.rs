@@ -411,7 +411,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let caller = auth::caller_role(request.extensions());
         let entry = request.into_inner().entry;
         let decoded: Request = log_codec::decode(&entry).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        // People change apps and deployments; hosts, placements and observed states come from
+        // People change apps, deployments and networks; hosts, placements and observed states come from
         // agents and the leader through their own RPCs.
         let for_people = matches!(
             decoded.command,
@@ -420,10 +420,12 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 | Command::Scale { .. }
                 | Command::StopDeployment { .. }
                 | Command::StopInstances { .. }
+                | Command::CreateNetwork { .. }
+                | Command::RemoveNetwork { .. }
         );
         if caller == Some(Some(mirari_proto::tls::Role::Operator)) && !for_people {
             return Err(Status::permission_denied(
-                "an operator certificate may only propose app and deployment changes",
+                "an operator certificate may only propose app, deployment and network changes",
             ));
         }
         let local = async { Ok(Ok(applied_response(self.raft.propose(decoded).await?))) };
