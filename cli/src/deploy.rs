@@ -145,11 +145,8 @@ pub async fn deploy(
         run: config.run.clone(),
         constraints: BTreeMap::new(),
     };
-    // The same version registered again applies once; any change to what it says (the
-    // artifact, file images, run policy) is registered anew.
-    let digest = Digest::of(&serde_json::to_vec(&version).context("encoding the app version")?);
     let register = Request {
-        request_id: format!("app-{}-{}-{}", config.name, config.version, digest.short()),
+        request_id: format!("app-{}-{}-{}", config.name, config.version, artifact.short()),
         command: Command::RegisterApp { version },
     };
     propose(coordinators, "registering the app", register).await?;

@@ -175,8 +175,10 @@ fn a_hung_instance_is_restarted_and_a_lost_host_keeps_its_addresses_until_declar
     assert!(logs.contains("stopping: its health checks failed"), "{logs}");
     assert!(logs.contains("restart in"), "restarted under its policy: {logs}");
 
-    // Serving again (a plain config), the deployment is cut off with one of its hosts.
+    // Serving again (a plain config, as a new version), the deployment is cut off with one of
+    // its hosts.
     edit_config(&cluster, ", \"stop-serving-after=8\"", "");
+    edit_config(&cluster, "version = \"0.1.0\"", "version = \"0.2.0\"");
     let out = cluster.mirari(&["cluster", "deploy", "-t", "unix", "--count", "3", "--placement", "spread"]);
     assert!(out.status.success(), "redeploy failed: {}", stderr(&out));
     let before = wait_healthy(&cluster, "hello", 3);
@@ -236,7 +238,8 @@ fn network_mistakes_are_reported_where_they_are() {
     let out = cluster.mirari(&["cluster", "network", "remove", "service"]);
     assert!(stderr(&out).contains("network `service` is in use by"), "{}", stderr(&out));
 
-    // A network the cluster does not know.
+    // A network the cluster does not know (a new version asks for it).
+    edit_config(&cluster, "version = \"0.1.0\"", "version = \"0.2.0\"");
     edit_config(&cluster, "name = \"service\"", "name = \"backend\"");
     edit_config(&cluster, "{net.service.cidr}", "{net.backend.cidr}");
     edit_config(&cluster, "{net.service.gateway}", "{net.backend.gateway}");
