@@ -105,19 +105,19 @@ impl Timeline {
         self.samples.iter().rev().find(|s| s.live.contains_key(id)).map(|s| s.at)
     }
 
-    /// Samples in which two processes of one slot were alive at once, with those instances.
-    /// `slot_of` maps instance IDs to their slot; others are ignored.
-    pub fn slots_running_twice(&self, slot_of: &BTreeMap<String, u64>) -> Vec<(Instant, u64, BTreeSet<String>)> {
+    /// Samples in which the processes of two instances sharing a key (a slot, an address) were
+    /// alive at once, with those instances. `key_of` maps instance IDs to their key; others
+    /// are ignored.
+    pub fn running_twice<K: Ord + Clone>(&self, key_of: &BTreeMap<String, K>) -> Vec<(Instant, K, BTreeSet<String>)> {
         let mut doubles = Vec::new();
         for sample in &self.samples {
-            let mut by_slot: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+            let mut by_key: BTreeMap<K, BTreeSet<String>> = BTreeMap::new();
             for id in sample.live.keys() {
-                if let Some(slot) = slot_of.get(id) {
-                    by_slot.entry(*slot).or_default().insert(id.clone());
+                if let Some(key) = key_of.get(id) {
+                    by_key.entry(key.clone()).or_default().insert(id.clone());
                 }
             }
-            doubles
-                .extend(by_slot.into_iter().filter(|(_, ids)| ids.len() > 1).map(|(slot, ids)| (sample.at, slot, ids)));
+            doubles.extend(by_key.into_iter().filter(|(_, ids)| ids.len() > 1).map(|(key, ids)| (sample.at, key, ids)));
         }
         doubles
     }

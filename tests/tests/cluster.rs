@@ -124,7 +124,7 @@ fn a_partitioned_host_is_fenced_before_its_replacements_start_and_no_slot_runs_t
         );
     }
     let all_slots: BTreeMap<String, u64> = slots.into_iter().chain(replaced).collect();
-    let doubles = timeline.slots_running_twice(&all_slots);
+    let doubles = timeline.running_twice(&all_slots);
     assert!(doubles.is_empty(), "slots ran twice: {doubles:?}");
     assert!(victim.log().contains("lease lost: fenced"), "{}", victim.log());
 
@@ -174,7 +174,7 @@ fn a_frozen_agents_instances_are_fenced_by_their_shims_before_they_are_replaced(
         assert!(gone < started, "slot {}: {id} outlived the start of its replacement {replacement}", slots[id]);
     }
     let all_slots: BTreeMap<String, u64> = slots.into_iter().chain(replaced).collect();
-    let doubles = timeline.slots_running_twice(&all_slots);
+    let doubles = timeline.running_twice(&all_slots);
     assert!(doubles.is_empty(), "slots ran twice: {doubles:?}");
     // Thawed, the agent finds its instances fenced and the host rejoins; every slot runs once.
     victim.freeze(false);

@@ -324,7 +324,7 @@ fn registry_operations_stay_linearizable_and_no_slot_runs_twice_under_a_nemesis(
             last.join("\n")
         );
     }
-    let doubles = timeline.slots_running_twice(&slots);
+    let doubles = timeline.running_twice(&slots);
     assert!(doubles.is_empty(), "slots ran twice: {:?}", doubles.first());
     let mut hosts_of: BTreeMap<&String, BTreeSet<&String>> = BTreeMap::new();
     for sample in &timeline.samples {
