@@ -44,16 +44,22 @@ impl FromStr for HostNetwork {
             return Err(error(format!("`{bridge}` is not an interface name (1 to 15 characters, no `/`)")));
         }
         let (mut subnet, mut gateway, mut range) = (None, None, None);
-        let address = |value: &str| value.parse::<Ipv4Addr>().map_err(|_| error(format!("`{value}` is not an IPv4 address")));
+        let address =
+            |value: &str| value.parse::<Ipv4Addr>().map_err(|_| error(format!("`{value}` is not an IPv4 address")));
         for option in parts {
             match option.split_once('=') {
                 Some(("subnet", value)) => subnet = Some(value.parse::<Ipv4Cidr>().map_err(|e| error(e.to_string()))?),
                 Some(("gateway", value)) => gateway = Some(address(value)?),
                 Some(("range", value)) => {
-                    let (first, last) = value.split_once('-').ok_or_else(|| error(format!("range `{value}` is not FIRST-LAST")))?;
+                    let (first, last) =
+                        value.split_once('-').ok_or_else(|| error(format!("range `{value}` is not FIRST-LAST")))?;
                     range = Some((address(first)?, address(last)?));
                 }
-                _ => return Err(error(format!("unknown option `{option}`: use subnet=CIDR, gateway=IP and range=FIRST-LAST"))),
+                _ => {
+                    return Err(error(format!(
+                        "unknown option `{option}`: use subnet=CIDR, gateway=IP and range=FIRST-LAST"
+                    )));
+                }
             }
         }
         if (gateway.is_some() || range.is_some()) && subnet.is_none() {
@@ -157,9 +163,13 @@ mod tests {
     fn flags_parse_with_and_without_a_local_subnet() {
         let plain: HostNetwork = "service=br0".parse().unwrap();
         assert_eq!((plain.name.as_str(), plain.bridge.as_str(), plain.local), ("service", "br0", None));
-        let local: HostNetwork = "dev=mirari0,subnet=10.89.0.0/24,gateway=10.89.0.1,range=10.89.0.200-10.89.0.250".parse().unwrap();
+        let local: HostNetwork =
+            "dev=mirari0,subnet=10.89.0.0/24,gateway=10.89.0.1,range=10.89.0.200-10.89.0.250".parse().unwrap();
         let subnet = local.local.unwrap();
-        assert_eq!((subnet.subnet.to_string(), subnet.gateway), ("10.89.0.0/24".into(), Some("10.89.0.1".parse().unwrap())));
+        assert_eq!(
+            (subnet.subnet.to_string(), subnet.gateway),
+            ("10.89.0.0/24".into(), Some("10.89.0.1".parse().unwrap()))
+        );
         assert_eq!(subnet.pool_size(), 51);
         let bad_flags = [
             "service",
@@ -191,18 +201,22 @@ mod tests {
         assert_eq!(addresses, ["10.89.0.2/29", "10.89.0.4/29", "10.89.0.5/29"]);
         assert_eq!(given[1][0].mac, MacAddress::for_instance(ids[1], 0));
         let too_many = [1, 2, 3, 4, 5].map(InstanceId::from_u64);
-        assert_eq!(allocate_local(&networks, &["dev".into()], &too_many, &held).unwrap_err(), "network `dev` has no free address");
+        assert_eq!(
+            allocate_local(&networks, &["dev".into()], &too_many, &held).unwrap_err(),
+            "network `dev` has no free address"
+        );
         assert!(allocate_local(&networks, &["bare".into()], &ids, &held).unwrap_err().contains("has no subnet"));
         assert!(allocate_local(&networks, &["other".into()], &ids, &held).unwrap_err().contains("carries no network"));
     }
 
     #[test]
     fn a_bridge_must_be_a_bridge_and_be_up() {
-        let link = |kind: &str, flags: &str| format!(r#"[{{"ifname":"x","flags":[{flags}],"linkinfo":{{"info_kind":"{kind}"}}}}]"#);
+        let link = |kind: &str, flags: &str| {
+            format!(r#"[{{"ifname":"x","flags":[{flags}],"linkinfo":{{"info_kind":"{kind}"}}}}]"#)
+        };
         assert_eq!(bridge_problem("br0", &link("bridge", r#""BROADCAST","UP","LOWER_UP""#)), None);
         assert_eq!(bridge_problem("br1", &link("bridge", r#""BROADCAST""#)).as_deref(), Some("bridge br1 is down"));
         assert_eq!(bridge_problem("eth0", &link("veth", r#""UP""#)).as_deref(), Some("eth0 is not a bridge"));
         assert_eq!(check_bridge("br-missing").as_deref(), Some("bridge br-missing does not exist"));
     }
-
 }

@@ -31,8 +31,7 @@ async fn attempt(address: Ipv4Addr, probe: &Probe) -> Result<(), String> {
     let port = match probe {
         Probe::Tcp { port } | Probe::Http { port, .. } => *port,
     };
-    let mut stream =
-        TcpStream::connect(SocketAddr::from((address, port))).await.map_err(|e| format!("{what}: {e}"))?;
+    let mut stream = TcpStream::connect(SocketAddr::from((address, port))).await.map_err(|e| format!("{what}: {e}"))?;
     let Probe::Http { path, status, .. } = probe else { return Ok(()) };
     let request = format!("GET {path} HTTP/1.0\r\nHost: {address}:{port}\r\nUser-Agent: mirari-agent\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("{what}: {e}"))?;

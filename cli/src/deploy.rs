@@ -30,7 +30,11 @@ use crate::project_cmds;
 const POLL: Duration = Duration::from_millis(500);
 
 /// Commits a registry command; a refusal is an error that says why.
-pub(crate) async fn propose(coordinators: &mut Coordinators, what: &str, request: Request) -> anyhow::Result<pb::ProposeResponse> {
+pub(crate) async fn propose(
+    coordinators: &mut Coordinators,
+    what: &str,
+    request: Request,
+) -> anyhow::Result<pb::ProposeResponse> {
     let entry = log_codec::encode(&request);
     let response = coordinators
         .call(what, async |mut client| {
@@ -400,7 +404,8 @@ async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::R
         .networks
         .iter()
         .map(|n| {
-            let network = log_codec::network_from_pb(n.network.as_ref().context("a network status without a network")?)?;
+            let network =
+                log_codec::network_from_pb(n.network.as_ref().context("a network status without a network")?)?;
             Ok(NetworkView { network, pool_size: n.pool_size, held: n.held })
         })
         .collect::<anyhow::Result<_>>()?;
@@ -490,7 +495,11 @@ pub async fn networks(coordinators: &mut Coordinators, format: Format) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn create_network(coordinators: &mut Coordinators, network: Network, format: Format) -> anyhow::Result<ExitCode> {
+pub async fn create_network(
+    coordinators: &mut Coordinators,
+    network: Network,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
     // Checked here too, so a mistake is said before anything is sent.
     network.validate()?;
     let name = network.name.clone();

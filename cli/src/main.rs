@@ -411,7 +411,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ClusterCommand::Network { action: None | Some(NetworkAction::List) } => {
                     deploy::networks(&mut connection, format).await
                 }
-                ClusterCommand::Network { action: Some(NetworkAction::Create { name, subnet, gateway, range, dns }) } => {
+                ClusterCommand::Network {
+                    action: Some(NetworkAction::Create { name, subnet, gateway, range, dns }),
+                } => {
                     let network = mirari_core::network::Network { name, subnet, gateway, range, dns };
                     deploy::create_network(&mut connection, network, format).await
                 }

@@ -79,7 +79,7 @@ enum Input {
         address: String,
         messages: Vec<RaftMessage>,
     },
-    Propose(Request, oneshot::Sender<ProposeResult>),
+    Propose(Box<Request>, oneshot::Sender<ProposeResult>),
     ChangeMembership(MembershipChange, oneshot::Sender<ProposeResult>),
     ReadIndex(oneshot::Sender<Result<(), ProposeError>>),
     /// What the transport learned about delivering to a peer.
@@ -133,7 +133,7 @@ impl RaftHandle {
     /// Commits `request` through raft; resolves once this node has applied it.
     pub async fn propose(&self, request: Request) -> Result<ApplyResult, ProposeError> {
         let (reply, answer) = oneshot::channel();
-        self.inputs.send(Input::Propose(request, reply)).await.map_err(|_| ProposeError::Stopped)?;
+        self.inputs.send(Input::Propose(Box::new(request), reply)).await.map_err(|_| ProposeError::Stopped)?;
         Ok(answer.await.map_err(|_| ProposeError::Stopped)??.result)
     }
 

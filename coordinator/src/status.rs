@@ -20,9 +20,8 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterSta
             let running = live().filter(|i| i.observed == Phase::Running).count() as u32;
             let failed = live().filter(|i| i.observed == Phase::Failed).count() as u32;
             let healthy = live().filter(|i| i.observed == Phase::Running && i.health == Health::Healthy).count() as u32;
-            let has_health_check = registry
-                .app_version(app, &deployment.spec.version)
-                .is_some_and(|version| version.run.health.is_some());
+            let has_health_check =
+                registry.app_version(app, &deployment.spec.version).is_some_and(|version| version.run.health.is_some());
             let stopped = deployment.desired == Desired::Stopped;
             let unplaced = if stopped { 0 } else { registry.empty_slot_count(app, deployment.spec.count) };
             // A dry run to say why slots are empty; it plans at most what is empty.

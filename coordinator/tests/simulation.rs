@@ -244,7 +244,12 @@ impl Sim {
                 Command::Place {
                     app: "app".into(),
                     generation: 1,
-                    placements: vec![PlacedInstance { id: InstanceId::from_u64(id), slot, host: HostId("big".into()), interfaces: vec![] }],
+                    placements: vec![PlacedInstance {
+                        id: InstanceId::from_u64(id),
+                        slot,
+                        host: HostId("big".into()),
+                        interfaces: vec![],
+                    }],
                     at_ms: n,
                 }
             }

@@ -52,10 +52,14 @@ impl HealthCheck {
         }
         match &self.probe {
             Probe::Tcp { port: 0 } | Probe::Http { port: 0, .. } => Err("the port must be above zero".into()),
-            Probe::Http { path, .. } if !path.starts_with('/') || path.len() > 1024 || path.contains(char::is_whitespace) => {
+            Probe::Http { path, .. }
+                if !path.starts_with('/') || path.len() > 1024 || path.contains(char::is_whitespace) =>
+            {
                 Err(format!("the HTTP path `{path}` must start with `/`, have no spaces and be at most 1 KiB"))
             }
-            Probe::Http { status, .. } if !(100..=599).contains(status) => Err(format!("status {status} is not an HTTP status")),
+            Probe::Http { status, .. } if !(100..=599).contains(status) => {
+                Err(format!("status {status} is not an HTTP status"))
+            }
             _ => Ok(()),
         }
     }

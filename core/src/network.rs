@@ -61,7 +61,8 @@ impl FromStr for Ipv4Cidr {
     type Err = NetworkError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let invalid = || NetworkError::Invalid(format!("`{text}` is not an IPv4 address with a prefix, e.g. 10.88.0.0/16"));
+        let invalid =
+            || NetworkError::Invalid(format!("`{text}` is not an IPv4 address with a prefix, e.g. 10.88.0.0/16"));
         let (address, prefix) = text.split_once('/').ok_or_else(invalid)?;
         let address: Ipv4Addr = address.parse().map_err(|_| invalid())?;
         let prefix: u8 = prefix.parse().map_err(|_| invalid())?;
@@ -107,7 +108,9 @@ impl Network {
         check_name(&self.name)?;
         let subnet = self.subnet;
         if subnet.prefix > 30 {
-            return Err(NetworkError::Invalid(format!("subnet {subnet} leaves no room for instances: use /30 or shorter")));
+            return Err(NetworkError::Invalid(format!(
+                "subnet {subnet} leaves no room for instances: use /30 or shorter"
+            )));
         }
         if subnet.address != subnet.network() {
             return Err(NetworkError::Invalid(format!(
@@ -121,12 +124,12 @@ impl Network {
         {
             return Err(NetworkError::Invalid(format!("gateway {gateway} is not a host address of {subnet}")));
         }
-        if let Some((first, last)) = self.range {
-            if !self.is_host_address(first) || !self.is_host_address(last) || first > last {
-                return Err(NetworkError::Invalid(format!(
-                    "range {first}-{last} is not an ascending range of host addresses of {subnet}"
-                )));
-            }
+        if let Some((first, last)) = self.range
+            && (!self.is_host_address(first) || !self.is_host_address(last) || first > last)
+        {
+            return Err(NetworkError::Invalid(format!(
+                "range {first}-{last} is not an ascending range of host addresses of {subnet}"
+            )));
         }
         if self.dns.len() > 8 {
             return Err(NetworkError::Invalid(format!("{} DNS servers given, at most 8", self.dns.len())));
@@ -279,7 +282,10 @@ mod tests {
     #[test]
     fn cidrs_parse_and_know_their_subnet() {
         let cidr: Ipv4Cidr = "10.88.3.7/16".parse().unwrap();
-        assert_eq!((cidr.network(), cidr.broadcast()), ("10.88.0.0".parse().unwrap(), "10.88.255.255".parse().unwrap()));
+        assert_eq!(
+            (cidr.network(), cidr.broadcast()),
+            ("10.88.0.0".parse().unwrap(), "10.88.255.255".parse().unwrap())
+        );
         assert!(cidr.contains("10.88.200.1".parse().unwrap()) && !cidr.contains("10.89.0.1".parse().unwrap()));
         assert_eq!(cidr.to_string(), "10.88.3.7/16");
         for bad in ["10.88.0.0", "10.88.0.0/33", "10.88.0/16", "x/8"] {

@@ -270,7 +270,10 @@ mod tests {
             // It stopped gracefully when asked: still a failed run.
             life.on_exit(ExitStatus::Code(0), POLICY, 1_000);
             if attempt < 2 {
-                assert_eq!((life.phase, life.message.as_deref()), (Phase::Exited, Some("unhealthy: GET / answered 500")));
+                assert_eq!(
+                    (life.phase, life.message.as_deref()),
+                    (Phase::Exited, Some("unhealthy: GET / answered 500"))
+                );
                 assert!(life.restart_due_ms.is_some());
             }
         }

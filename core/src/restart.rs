@@ -72,7 +72,10 @@ mod tests {
     fn on_failure_restarts_up_to_the_limit() {
         let policy = RestartPolicy::OnFailure { limit: 2 };
         assert_eq!(decide(policy, &RunEnd::Exited(FAIL), 0), RestartDecision::Restart { after_ms: 500 });
-        assert_eq!(decide(policy, &RunEnd::Exited(ExitStatus::Signal(9)), 1), RestartDecision::Restart { after_ms: 1000 });
+        assert_eq!(
+            decide(policy, &RunEnd::Exited(ExitStatus::Signal(9)), 1),
+            RestartDecision::Restart { after_ms: 1000 }
+        );
         assert_eq!(
             decide(policy, &RunEnd::Exited(FAIL), 2),
             RestartDecision::GiveUp { reason: "exit code 3; restart limit of 2 reached".into() }
@@ -83,7 +86,13 @@ mod tests {
     #[test]
     fn never_and_always() {
         assert_eq!(decide(RestartPolicy::Never, &RunEnd::Exited(FAIL), 0), RestartDecision::Rest);
-        assert_eq!(decide(RestartPolicy::Always, &RunEnd::Exited(CLEAN), 0), RestartDecision::Restart { after_ms: 500 });
-        assert_eq!(decide(RestartPolicy::Always, &RunEnd::Exited(FAIL), 40), RestartDecision::Restart { after_ms: 60_000 });
+        assert_eq!(
+            decide(RestartPolicy::Always, &RunEnd::Exited(CLEAN), 0),
+            RestartDecision::Restart { after_ms: 500 }
+        );
+        assert_eq!(
+            decide(RestartPolicy::Always, &RunEnd::Exited(FAIL), 40),
+            RestartDecision::Restart { after_ms: 60_000 }
+        );
     }
 }

@@ -264,7 +264,8 @@ mod tests {
             let spec =
                 DeploymentSpec { app: "other".into(), version: "1".into(), target: Target::Unix, count: 1, placement };
             world.apply(Command::Deploy { spec, at_ms: 0 });
-            let place = PlacedInstance { id: InstanceId::from_u64(999), slot: 0, host: HostId("b".into()), interfaces: vec![] };
+            let place =
+                PlacedInstance { id: InstanceId::from_u64(999), slot: 0, host: HostId("b".into()), interfaces: vec![] };
             world.apply(Command::Place { app: "other".into(), generation: 1, placements: vec![place], at_ms: 0 });
             world.deploy(Target::Unix, 1, placement);
             world.schedule();
@@ -360,7 +361,13 @@ mod tests {
         version.version = "2".into();
         version.run.networks = vec!["service".into()];
         world.apply(Command::RegisterApp { version });
-        let spec = DeploymentSpec { app: "hello".into(), version: "2".into(), target: Target::Unix, count: 7, placement: Placement::Spread };
+        let spec = DeploymentSpec {
+            app: "hello".into(),
+            version: "2".into(),
+            target: Target::Unix,
+            count: 7,
+            placement: Placement::Spread,
+        };
         world.apply(Command::Deploy { spec, at_ms: 0 });
         let last = world.schedule();
         let addresses: std::collections::BTreeSet<String> =

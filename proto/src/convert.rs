@@ -183,7 +183,9 @@ impl TryFrom<&pb::HealthCheck> for HealthCheck {
     type Error = WireError;
 
     fn try_from(check: &pb::HealthCheck) -> Result<Self, WireError> {
-        let port = |port: u32| u16::try_from(port).map_err(|_| WireError::new("run.health", format!("port {port} is above 65535")));
+        let port = |port: u32| {
+            u16::try_from(port).map_err(|_| WireError::new("run.health", format!("port {port} is above 65535")))
+        };
         let probe = match check.probe.as_ref().ok_or_else(|| WireError::new("run.health.probe", "missing"))? {
             pb::health_check::Probe::TcpPort(p) => Probe::Tcp { port: port(*p)? },
             pb::health_check::Probe::Http(http) => Probe::Http {

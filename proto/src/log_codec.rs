@@ -2,11 +2,11 @@
 
 use mirari_core::ids::InstanceId;
 use mirari_core::instance::Phase;
+use mirari_core::network::Network;
 use mirari_core::registry::{
     AppVersion, Command, DeploymentSpec, Host, HostId, HostStatus, InstanceReport, PlacedInstance, Placement, Request,
     Resources,
 };
-use mirari_core::network::Network;
 use mirari_core::spec::{FileImageRef, RunPolicy};
 use prost::Message;
 

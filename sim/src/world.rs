@@ -240,9 +240,9 @@ impl World {
     /// then deploys, scales and stops them.
     fn client_write(&mut self) {
         let setup = APPS.iter().map(|app| format!("setup-{app}")).chain(["setup-network".to_owned()]);
-        let registered = setup
-            .clone()
-            .all(|request_id| self.writes.get(&request_id).is_some_and(|w| w.acked.as_ref().is_some_and(Result::is_ok)));
+        let registered = setup.clone().all(|request_id| {
+            self.writes.get(&request_id).is_some_and(|w| w.acked.as_ref().is_some_and(Result::is_ok))
+        });
         let requests: Vec<Request> = if registered {
             let app = APPS[self.rng.below(APPS.len() as u64) as usize].to_owned();
             let command = match self.rng.below(10) {
@@ -271,8 +271,7 @@ impl World {
                         Some(app) => Command::RegisterApp { version: app_version(app) },
                         None => unreachable!("setup request IDs start with setup-"),
                     };
-                    let write =
-                        self.writes.entry(request_id.clone()).or_insert_with(|| Write { command, acked: None });
+                    let write = self.writes.entry(request_id.clone()).or_insert_with(|| Write { command, acked: None });
                     Request { request_id, command: write.command.clone() }
                 })
                 .collect()

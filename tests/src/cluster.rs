@@ -210,7 +210,16 @@ impl Cluster {
         // every instance.
         if let Some([subnet, gateway, range]) = cluster.network.instance_network() {
             let out = cluster.mirari(&[
-                "cluster", "network", "create", "service", "--subnet", &subnet, "--gateway", &gateway, "--range", &range,
+                "cluster",
+                "network",
+                "create",
+                "service",
+                "--subnet",
+                &subnet,
+                "--gateway",
+                &gateway,
+                "--range",
+                &range,
             ]);
             assert!(out.status.success(), "network create failed: {}", String::from_utf8_lossy(&out.stderr));
         }

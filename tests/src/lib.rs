@@ -71,10 +71,11 @@ pub fn copy_example(to: &Path, networked: bool) {
     if !networked {
         let path = to.join("mirari.toml");
         let text = fs::read_to_string(&path).expect("config");
-        let text = text.split("\n[[network]]").next().unwrap_or_default().replace(
-            r#"args = ["--ipv4={net.service.cidr}", "--ipv4-gateway={net.service.gateway}", "#,
-            "args = [",
-        );
+        let text = text
+            .split("\n[[network]]")
+            .next()
+            .unwrap_or_default()
+            .replace(r#"args = ["--ipv4={net.service.cidr}", "--ipv4-gateway={net.service.gateway}", "#, "args = [");
         fs::write(&path, text).expect("write config");
     }
 }
@@ -309,6 +310,7 @@ pub fn http_get(address: &str, path: &str) -> Result<(u16, String), String> {
     stream.read_to_end(&mut answer).map_err(|e| format!("{socket}: {e}"))?;
     let text = String::from_utf8_lossy(&answer).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{socket}: no HTTP answer: {text:?}"))?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("{socket}: {head:?}"))?;
+    let status =
+        head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("{socket}: {head:?}"))?;
     Ok((status, body.to_owned()))
 }

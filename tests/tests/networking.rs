@@ -226,7 +226,16 @@ fn network_mistakes_are_reported_where_they_are() {
     let prefix = gateway.trim_end_matches(".1");
     let range = format!("{prefix}.100-{prefix}.101");
     let out = cluster.mirari(&[
-        "cluster", "network", "create", "service", "--subnet", &subnet, "--gateway", &gateway, "--range", &range,
+        "cluster",
+        "network",
+        "create",
+        "service",
+        "--subnet",
+        &subnet,
+        "--gateway",
+        &gateway,
+        "--range",
+        &range,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = cluster.mirari(&["cluster", "deploy", "-t", "unix", "--count", "3", "--timeout", "20s"]);
@@ -269,10 +278,12 @@ fn an_agent_offers_only_networks_whose_bridge_exists_and_runs_local_instances_on
     let ids = world.run("unix", 2);
     let addresses: BTreeSet<String> = ids
         .iter()
-        .map(|id| eventually(DEADLINE, "a healthy local instance", || {
-            let instance = world.instance(id);
-            if instance["health"] == "healthy" { Ok(address(&instance)) } else { Err(instance.to_string()) }
-        }))
+        .map(|id| {
+            eventually(DEADLINE, "a healthy local instance", || {
+                let instance = world.instance(id);
+                if instance["health"] == "healthy" { Ok(address(&instance)) } else { Err(instance.to_string()) }
+            })
+        })
         .collect();
     assert_eq!(addresses.len(), 2);
     all_answer(&addresses);

@@ -63,7 +63,8 @@ fn runs_on_unix_and_kvm_with_console_and_unique_ids() {
         // Each instance's own address from the agent's subnet, the gateway that subnet's.
         let bridge = world.bridge.as_ref().expect("a bridge (root)");
         let cidr = world.instance(id)["addresses"][0].as_str().expect("an address").to_owned();
-        let args = format!("hello: boot args: --ipv4={cidr} --ipv4-gateway={} greeting=hello-from-mirari", bridge.gateway);
+        let args =
+            format!("hello: boot args: --ipv4={cidr} --ipv4-gateway={} greeting=hello-from-mirari", bridge.gateway);
         assert!(console.contains(&args), "{console}");
         assert!(console.contains("hello: file conf/app.conf (68 bytes)"), "{console}");
         assert!(console.contains("hello: files: 3 entries"), "{console}");

@@ -180,7 +180,15 @@ fn deploys_watches_readopts_and_stops_xen_domains() {
     });
     // The example's network: dom0's bridge xenbr0 holds 10.99.0.1/24.
     let created = cli(&[
-        "cluster", "network", "create", "service", "--subnet", "10.99.0.0/24", "--gateway", "10.99.0.1", "--range",
+        "cluster",
+        "network",
+        "create",
+        "service",
+        "--subnet",
+        "10.99.0.0/24",
+        "--gateway",
+        "10.99.0.1",
+        "--range",
         "10.99.0.100-10.99.0.199",
     ]);
     assert!(created.status.success(), "network create failed: {}", stderr(&created));
@@ -215,7 +223,8 @@ fn deploys_watches_readopts_and_stops_xen_domains() {
     assert_ne!(addresses[0], addresses[1]);
     let index = include_str!("../../examples/hello/data/index.html");
     for address in &addresses {
-        let page = eventually(SLOW, "a domain to answer HTTP", || dom0(&host.state, &format!("curl -sf http://{address}/")));
+        let page =
+            eventually(SLOW, "a domain to answer HTTP", || dom0(&host.state, &format!("curl -sf http://{address}/")));
         assert_eq!(page, index, "GET http://{address}/ from dom0");
     }
     eprintln!("domains answer HTTP at {addresses:?}: {:?}", started.elapsed());

@@ -60,8 +60,8 @@ pub use self::error::{ConfigError, Location};
 use self::raw::{RawBuild, RawConfig, RawFiles, RawHealth, RawNetwork, RawRequires, RawRun, RawTargetBuild};
 use crate::args;
 use crate::health::{HealthCheck, Probe};
-use crate::network;
 use crate::limits;
+use crate::network;
 use crate::spec::{Accelerator, RestartPolicy, RunPolicy};
 use crate::target::Target;
 

@@ -15,8 +15,8 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 pub use self::types::*;
-use crate::ids::InstanceId;
 use crate::args;
+use crate::ids::InstanceId;
 use crate::instance::{Desired, Phase};
 use crate::network::{MacAddress, Network};
 use crate::spec::InstanceSpec;
@@ -328,10 +328,15 @@ impl Registry {
         }
         let using = self.deployments.values().find(|d| {
             d.desired == Desired::Running
-                && self.app_version(&d.spec.app, &d.spec.version).is_some_and(|v| v.run.networks.iter().any(|n| n == name))
+                && self
+                    .app_version(&d.spec.app, &d.spec.version)
+                    .is_some_and(|v| v.run.networks.iter().any(|n| n == name))
         });
         if let Some(deployment) = using {
-            return Err(Rejection::NetworkInUse { name: name.to_owned(), by: format!("deployment `{}`", deployment.spec.app) });
+            return Err(Rejection::NetworkInUse {
+                name: name.to_owned(),
+                by: format!("deployment `{}`", deployment.spec.app),
+            });
         }
         self.networks.remove(name);
         Ok(Outcome::Done)

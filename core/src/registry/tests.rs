@@ -398,13 +398,19 @@ fn networks_are_declared_once_and_kept_while_used() {
     assert_eq!(registry.apply(index + 1, &request(index + 1, create)), Ok(Outcome::Done));
     same.gateway = Some("10.88.0.6".parse().unwrap());
     let changed = Command::CreateNetwork { network: same };
-    assert_eq!(registry.apply(index + 2, &request(index + 2, changed)), Err(Rejection::NetworkExists("service".into())));
+    assert_eq!(
+        registry.apply(index + 2, &request(index + 2, changed)),
+        Err(Rejection::NetworkExists("service".into()))
+    );
     let remove = |n: u64| request(n, Command::RemoveNetwork { name: "service".into() });
     assert!(matches!(registry.apply(index + 3, &remove(index + 3)), Err(Rejection::NetworkInUse { .. })));
     registry.apply(index + 4, &request(index + 4, Command::StopDeployment { app: "hello".into() })).unwrap();
     assert_eq!(registry.apply(index + 5, &remove(index + 5)), Ok(Outcome::Done));
     let redeploy = Command::Deploy { spec: spec("1", 1), at_ms: 7 };
-    assert_eq!(registry.apply(index + 6, &request(index + 6, redeploy)), Err(Rejection::UnknownNetwork("service".into())));
+    assert_eq!(
+        registry.apply(index + 6, &request(index + 6, redeploy)),
+        Err(Rejection::UnknownNetwork("service".into()))
+    );
     let mut bad = app("2");
     bad.run.boot_args = vec!["--ipv4={net.other.cidr}".into()];
     let register = Command::RegisterApp { version: bad };
