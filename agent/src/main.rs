@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mirari_agent::backends::domain_fence::{self, DomainFenceArgs};
 use mirari_agent::daemon::{self, JoinConfig};
-use mirari_agent::network::HostNetwork;
+use mirari_agent::network::{self, HostNetwork};
 use mirari_agent::paths;
 use mirari_agent::runtime::AgentConfig;
 use mirari_agent::supervisor::shim::{self, ShimArgs};
@@ -61,7 +61,7 @@ struct Cli {
     /// A network this host carries: NAME=BRIDGE, instances' interfaces on it join the bridge
     /// (which must exist and be up). Add ,subnet=CIDR[,gateway=IP][,range=FIRST-LAST] to give
     /// instances started without coordinators (mirari run) addresses from that subnet, apart
-    /// from the cluster network's range (repeatable)
+    /// from the cluster network's range (repeatable; also `networks = [...]` in --config)
     #[arg(long = "network")]
     networks: Vec<HostNetwork>,
     #[command(flatten)]
@@ -116,7 +116,14 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         console_bytes: cli.console_bytes,
         shim_program: std::env::current_exe().context("cannot find the mirari-agent binary")?,
         kvm_device: cli.kvm_device,
-        networks: cli.networks,
+        networks: {
+            let mut networks = match &cli.tls.config {
+                Some(path) => network::from_config_file(path).map_err(anyhow::Error::msg)?,
+                None => Vec::new(),
+            };
+            networks.extend(cli.networks);
+            networks
+        },
     };
     let endpoint = cli.listen.unwrap_or_else(paths::default_agent_endpoint);
     let files = cli.tls.files()?;
