@@ -187,8 +187,8 @@ TAR_FN int tar_read(tar_read_fn rd, void *ctx, uint64_t block, uint64_t off, voi
 			n = len;
 		if (rd(ctx, block + (off >> 9), b) != 0)
 			return -1;
-		for (uint32_t i = 0; i < n; i++)
-			*out++ = b[at + i];
+		__builtin_memcpy(out, b + at, n); /* a call to the platform's memcpy */
+		out += n;
 		off += n;
 		len -= n;
 	}

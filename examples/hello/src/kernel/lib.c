@@ -1,22 +1,22 @@
 /* GCC may emit calls to these even with -ffreestanding, and we link no libc. */
 #include "kernel.h"
 
+/* One string instruction each rather than a loop: a software KVM such as
+ * kvm_pvm emulates this paging-off kernel instruction by instruction, and
+ * a whole rep movs/stos is one of them (see README). */
 void *memset(void *d, int c, uint32_t n)
 {
-	unsigned char *p = d;
+	void *p = d;
 
-	while (n--)
-		*p++ = (unsigned char)c;
+	__asm__ volatile("rep stosb" : "+D"(p), "+c"(n) : "a"(c) : "memory");
 	return d;
 }
 
 void *memcpy(void *d, const void *s, uint32_t n)
 {
-	unsigned char *p = d;
-	const unsigned char *q = s;
+	void *p = d;
 
-	while (n--)
-		*p++ = *q++;
+	__asm__ volatile("rep movsb" : "+D"(p), "+S"(s), "+c"(n) : : "memory");
 	return d;
 }
 

@@ -74,17 +74,28 @@ static const uint8_t broadcast[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
 
 static uint8_t out[NET_FRAME_MAX]; /* the frame being built */
 
-/* ---- Checksums: the ones' complement sum of big-endian 16-bit words ---- */
+/* ---- Checksums: the ones' complement sum of big-endian 16-bit words ----
+ * Summing little-endian words instead and swapping the folded result gives
+ * the same (RFC 1071), and lets us add 32 bits at a time: half the turns
+ * of the loop, which counts where the kernel's instructions are emulated
+ * one by one (kvm_pvm, see README). */
 
 static uint32_t sum_add(uint32_t s, const void *p, unsigned n)
 {
 	const uint8_t *b = p;
+	uint32_t le = 0, w;
 
-	for (; n > 1; n -= 2, b += 2)
-		s += (uint32_t)b[0] << 8 | b[1];
-	if (n)
-		s += (uint32_t)b[0] << 8;
-	return s;
+	for (; n >= 4; n -= 4, b += 4) {
+		__builtin_memcpy(&w, b, 4); /* an unaligned load, inlined */
+		le += (w & 0xffff) + (w >> 16); /* cannot overflow below 64 KiB */
+	}
+	for (; n >= 2; n -= 2, b += 2)
+		le += (uint32_t)b[1] << 8 | b[0];
+	if (n) /* an odd last byte is the high half of a big-endian word */
+		le += b[0];
+	while (le >> 16)
+		le = (le & 0xffff) + (le >> 16);
+	return s + be16((uint16_t)le);
 }
 
 static uint16_t sum_fold(uint32_t s)
