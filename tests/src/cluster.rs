@@ -208,22 +208,19 @@ impl Cluster {
         cluster.wait_hosts_up(cluster.agents.len());
         // The example's network: the hosts' own subnet, so this machine and every host reach
         // every instance.
-        if let Some([subnet, gateway, range]) = cluster.network.instance_network() {
-            let out = cluster.mirari(&[
-                "cluster",
-                "network",
-                "create",
-                "service",
-                "--subnet",
-                &subnet,
-                "--gateway",
-                &gateway,
-                "--range",
-                &range,
-            ]);
-            assert!(out.status.success(), "network create failed: {}", String::from_utf8_lossy(&out.stderr));
+        if let Some([_, _, range]) = cluster.network.instance_network() {
+            cluster.create_service_network(&range);
         }
         (cluster, proxies)
+    }
+
+    /// Declares the example's network `service` on the hosts' subnet, with instances' addresses
+    /// from `range` (`FIRST-LAST`).
+    pub fn create_service_network(&self, range: &str) {
+        let [subnet, gateway, _] = self.network.instance_network().expect("isolated hosts");
+        let args = ["cluster", "network", "create", "service", "--subnet", &subnet, "--gateway", &gateway];
+        let out = self.mirari(&[&args[..], &["--range", range]].concat());
+        assert!(out.status.success(), "network create failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     pub fn coordinator_addresses(&self) -> String {

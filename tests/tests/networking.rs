@@ -222,22 +222,9 @@ fn network_mistakes_are_reported_where_they_are() {
     // A pool too small for the deployment: what fits is placed, the rest says why.
     let out = cluster.mirari(&["cluster", "network", "remove", "service"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let [subnet, gateway, _] = cluster.network.instance_network().unwrap();
+    let [_, gateway, _] = cluster.network.instance_network().unwrap();
     let prefix = gateway.trim_end_matches(".1");
-    let range = format!("{prefix}.100-{prefix}.101");
-    let out = cluster.mirari(&[
-        "cluster",
-        "network",
-        "create",
-        "service",
-        "--subnet",
-        &subnet,
-        "--gateway",
-        &gateway,
-        "--range",
-        &range,
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    cluster.create_service_network(&format!("{prefix}.100-{prefix}.101"));
     let out = cluster.mirari(&["cluster", "deploy", "-t", "unix", "--count", "3", "--timeout", "20s"]);
     assert!(!out.status.success(), "a deployment that cannot fit must not succeed");
     let status = cluster.status().unwrap();

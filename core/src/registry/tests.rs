@@ -28,21 +28,26 @@ fn app(version: &str) -> AppVersion {
     }
 }
 
-/// A registry with two hosts, the app registered and deployed with `count` slots.
-fn deployed(count: u32) -> (Registry, u64) {
+/// A registry that applied `commands`, and the index of the last.
+fn setup(commands: impl IntoIterator<Item = Command>) -> (Registry, u64) {
     let mut registry = Registry::default();
-    let commands = [
-        Command::RegisterHost { host: host("a", 256, &[Target::Unix, Target::Kvm]) },
-        Command::RegisterHost { host: host("b", 128, &[Target::Unix]) },
-        Command::RegisterApp { version: app("1") },
-        Command::Deploy { spec: spec("1", count), at_ms: 5 },
-    ];
     let mut index = 0;
     for command in commands {
         index += 1;
         registry.apply(index, &request(index, command)).expect("setup applies");
     }
     (registry, index)
+}
+
+/// A registry with two hosts, the app registered and deployed with `count` slots.
+fn deployed(count: u32) -> (Registry, u64) {
+    let commands = [
+        Command::RegisterHost { host: host("a", 256, &[Target::Unix, Target::Kvm]) },
+        Command::RegisterHost { host: host("b", 128, &[Target::Unix]) },
+        Command::RegisterApp { version: app("1") },
+        Command::Deploy { spec: spec("1", count), at_ms: 5 },
+    ];
+    setup(commands)
 }
 
 fn spec(version: &str, count: u32) -> DeploymentSpec {
@@ -302,7 +307,6 @@ fn an_end_reported_before_the_host_heard_of_the_stop_does_not_free_the_slot() {
 /// A registry with a /29 network `service` (pool .2-.6, gateway .1) that hosts a and b carry,
 /// and the app deployed on it with `count` slots.
 fn networked(count: u32) -> (Registry, u64) {
-    let mut registry = Registry::default();
     let network = Network {
         name: "service".into(),
         subnet: "10.88.0.0/29".parse().unwrap(),
@@ -321,12 +325,7 @@ fn networked(count: u32) -> (Registry, u64) {
         Command::RegisterApp { version },
         Command::Deploy { spec: spec("1", count), at_ms: 5 },
     ];
-    let mut index = 0;
-    for command in commands {
-        index += 1;
-        registry.apply(index, &request(index, command)).expect("setup applies");
-    }
-    (registry, index)
+    setup(commands)
 }
 
 /// Placed with an interface on `service` (the /29 of [`networked`]) at `address`.
