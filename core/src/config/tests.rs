@@ -184,3 +184,34 @@ fn boot_arguments_are_bounded() {
     assert_eq!(message, format!("the boot arguments are longer than {} bytes", limits::MAX_BOOT_ARGS_BYTES));
     assert_eq!((line, help.as_deref()), (26, Some("put long settings in a file image instead")));
 }
+
+#[test]
+fn networks_health_and_templates_are_read() {
+    let text = EXAMPLE.replace("\"--ipv4=10.0.0.2/24\"", "\"--ipv4={net.service.cidr}\"")
+        + "\n[[network]]\nname = \"service\"\n\n[health]\nhttp = { port = 8080, path = \"/ready\" }\ngrace_secs = 0\n";
+    let config = parse(&text).unwrap();
+    assert_eq!(config.run.networks, ["service"]);
+    let health = config.run.health.unwrap();
+    assert_eq!(health.probe, crate::health::Probe::Http { port: 8080, path: "/ready".into(), status: 200 });
+    assert_eq!((health.interval_ms, health.grace_ms, health.unhealthy_after), (2_000, 0, 3));
+}
+
+#[test]
+fn network_mistakes_point_at_their_place() {
+    let typo = EXAMPLE.replace("\"mode=demo\"", "\"ip={net.sevice.ip}\"") + "\n[[network]]\nname = \"service\"\n";
+    let (line, column, message, help) = error_of(&typo);
+    assert_eq!((line, column), (26, 35), "at the brace: {message}");
+    assert!(message.contains("network `sevice`, which the app does not list"), "{message}");
+    assert_eq!(help.as_deref(), Some("the app's networks are: service"));
+
+    let twice = EXAMPLE.to_owned() + "\n[[network]]\nname = \"service\"\n\n[[network]]\nname = \"service\"\n";
+    assert!(error_of(&twice).2.contains("network `service` is listed twice"));
+    let unnetworked = EXAMPLE.to_owned() + "\n[health]\ntcp = 80\n";
+    let (_, _, message, help) = error_of(&unnetworked);
+    assert_eq!(message, "[health] needs a network to probe");
+    assert!(help.unwrap().contains("[[network]]"));
+    let both = EXAMPLE.to_owned() + "\n[[network]]\nname = \"s\"\n\n[health]\ntcp = 80\nhttp = { port = 80 }\n";
+    assert!(error_of(&both).2.contains("both `tcp` and `http`"));
+    let port = EXAMPLE.to_owned() + "\n[[network]]\nname = \"s\"\n\n[health]\ntcp = 70000\n";
+    assert!(error_of(&port).2.contains("`port` = 70000 is out of range"));
+}
