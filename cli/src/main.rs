@@ -265,6 +265,7 @@ enum NetworkAction {
     List,
     /// Declare a network (again with the same definition: no change)
     Create {
+        /// The network's name, as apps' [[network]] tables and agents' --network flags say it
         name: String,
         /// The IPv4 subnet, written with its network address: 10.88.0.0/16
         #[arg(long)]
@@ -280,7 +281,10 @@ enum NetworkAction {
         dns: Vec<std::net::Ipv4Addr>,
     },
     /// Forget a network no deployment uses and no instance holds an address of
-    Remove { name: String },
+    Remove {
+        /// The network's name
+        name: String,
+    },
 }
 
 fn parse_range(text: &str) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), String> {
