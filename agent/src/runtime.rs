@@ -70,6 +70,11 @@ pub enum AgentError {
     MissingBlobs(Vec<Digest>),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    #[error(
+        "instance {id} belongs to the cluster, which would only start it again: stop it there \
+         (mirari cluster scale {app} N, or mirari cluster stop {app})"
+    )]
+    ClusterInstance { id: InstanceId, app: String },
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -308,9 +313,14 @@ impl Agent {
     }
 
     /// Asks for the instance to stop and waits until it has.
+    /// Stops a local instance and waits until it has. A cluster instance is the cluster's to
+    /// stop: refused, saying how.
     pub async fn stop(&self, id: InstanceId) -> Result<InstanceRecord, AgentError> {
         let mut changes = self.inner.changes.subscribe();
-        self.get(id).ok_or_else(|| ResolveIdError::NotFound(id.to_string()))?;
+        let record = self.get(id).ok_or_else(|| ResolveIdError::NotFound(id.to_string()))?;
+        if record.origin == Origin::Cluster {
+            return Err(AgentError::ClusterInstance { id, app: record.spec.app });
+        }
         self.submit(Input::Stop { id }).await?;
         loop {
             let (record, busy) = {

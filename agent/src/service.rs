@@ -36,7 +36,9 @@ fn status_of(error: AgentError) -> Status {
     match error {
         AgentError::NoSuchInstance(_) => Status::not_found(message),
         AgentError::InvalidRequest(_) => Status::invalid_argument(message),
-        AgentError::BackendUnavailable { .. } | AgentError::MissingBlobs(_) => Status::failed_precondition(message),
+        AgentError::BackendUnavailable { .. } | AgentError::MissingBlobs(_) | AgentError::ClusterInstance { .. } => {
+            Status::failed_precondition(message)
+        }
         AgentError::Blob(BlobError::Mismatch { .. }) => Status::data_loss(message),
         AgentError::State(_) | AgentError::Blob(_) | AgentError::Backend(_) | AgentError::StateDir { .. } => {
             Status::internal(message)
