@@ -220,6 +220,7 @@ fn host(name: &str) -> Host {
         backends: [Target::Unix].into(),
         capacity: Resources { memory_mib: 1024, vcpus: 4, instances: 16 },
         labels: BTreeMap::new(),
+        networks: Default::default(),
         status: HostStatus::Up,
         registered_at_ms: 0,
         status_changed_at_ms: 0,
