@@ -194,7 +194,7 @@ impl Agent {
             .collect();
         // The previous run's fencing deadline says whether its lease outlived its stop.
         let deadline = fence::read(&config.state_dir.join(FENCE_FILE));
-        let lease_ran_out = deadline.is_none_or(|deadline| clock::boot_ms() >= deadline);
+        let lease_ran_out = fence::passed(clock::boot_ms(), deadline);
         let machine_cluster =
             cluster.as_ref().map(|c| machine::Cluster { host: c.host.clone(), timing: c.timing, lease_ran_out });
         let (host, first) = Host::open(records, machine_cluster, Self::now());

@@ -46,7 +46,7 @@ enum Next {
 fn next(now_boot_ms: u64, deadline: Option<u64>, domain_exists: Option<bool>) -> Next {
     match domain_exists {
         Some(false) => Next::End,
-        _ if deadline.is_none_or(|deadline| now_boot_ms >= deadline) => Next::Destroy,
+        _ if fence::passed(now_boot_ms, deadline) => Next::Destroy,
         _ => Next::Wait,
     }
 }

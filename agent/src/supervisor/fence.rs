@@ -24,6 +24,11 @@ pub fn write(path: &Path, deadline_boot_ms: u64) -> io::Result<()> {
     std::fs::rename(&temp, path)
 }
 
+/// Whether the fencing deadline has passed at `now_boot_ms`. No deadline means no lease: passed.
+pub fn passed(now_boot_ms: u64, deadline: Option<u64>) -> bool {
+    deadline.is_none_or(|deadline| now_boot_ms >= deadline)
+}
+
 /// The deadline in the file, if it holds one.
 pub fn read(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()

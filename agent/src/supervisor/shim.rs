@@ -164,13 +164,13 @@ async fn supervise(args: ShimArgs) -> Result<(), ShimError> {
 /// renew the host's lease, or could not stop the instance itself). A deadline that cannot be
 /// read keeps the last one read; with none ever read, the payload is fenced at once.
 async fn enforce_fence(file: PathBuf, pid: u32, console: Rc<RefCell<ByteRing>>) {
-    let mut deadline = 0;
+    let mut deadline = None;
     loop {
-        deadline = fence::read(&file).unwrap_or(deadline);
+        deadline = fence::read(&file).or(deadline);
         let now = mirari_core::clock::boot_ms();
-        if now >= deadline {
-            let note =
-                format!("\n[mirari: fenced: the host's cluster lease ran out {} ms ago; killed]\n", now - deadline);
+        if fence::passed(now, deadline) {
+            let late = now - deadline.unwrap_or(now);
+            let note = format!("\n[mirari: fenced: the host's cluster lease ran out {late} ms ago; killed]\n");
             console.borrow_mut().push(note.as_bytes());
             let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);

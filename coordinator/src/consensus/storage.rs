@@ -72,6 +72,26 @@ impl LogState {
         }
         Ok(self.entries[(index - self.first_index()) as usize].term)
     }
+
+    /// Applies one write, as a disk that took it would hold it.
+    fn apply(&mut self, batch: &WriteBatch<'_>) {
+        if let Some(first) = batch.entries.first() {
+            self.entries.retain(|e| e.index < first.index);
+            self.entries.extend_from_slice(batch.entries);
+        }
+        if let Some(compact_to) = batch.compact_to {
+            self.entries.retain(|e| e.index >= compact_to);
+        }
+        if let Some(hard_state) = batch.hard_state {
+            self.hard_state = hard_state.clone();
+        }
+        if let Some(conf_state) = batch.conf_state {
+            self.conf_state = conf_state.clone();
+        }
+        if let Some(snapshot) = batch.snapshot {
+            self.snapshot = snapshot.clone();
+        }
+    }
 }
 
 /// One durable write: everything a `Ready` asks to persist, together.
@@ -131,23 +151,7 @@ impl Backing for Arc<SimulatedDisk> {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(StoreError::Failed("the simulated disk failed the write".into()));
         }
-        let mut state = self.durable.lock().expect("disk lock");
-        if let Some(first) = batch.entries.first() {
-            state.entries.retain(|e| e.index < first.index);
-            state.entries.extend_from_slice(batch.entries);
-        }
-        if let Some(compact_to) = batch.compact_to {
-            state.entries.retain(|e| e.index >= compact_to);
-        }
-        if let Some(hard_state) = batch.hard_state {
-            state.hard_state = hard_state.clone();
-        }
-        if let Some(conf_state) = batch.conf_state {
-            state.conf_state = conf_state.clone();
-        }
-        if let Some(snapshot) = batch.snapshot {
-            state.snapshot = snapshot.clone();
-        }
+        self.durable.lock().expect("disk lock").apply(batch);
         Ok(())
     }
 }
@@ -182,22 +186,19 @@ impl<B: Backing> RaftLog<B> {
         self.state.write().expect("raft log lock")
     }
 
+    /// Makes `batch` durable, then holds it in memory.
+    fn write(&self, batch: &WriteBatch<'_>) -> Result<(), StoreError> {
+        self.backing.write(batch)?;
+        self.write_lock().apply(batch);
+        Ok(())
+    }
+
     /// Appends entries (replacing a conflicting suffix) and records the hard state.
     pub fn persist(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StoreError> {
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
-        self.backing.write(&WriteBatch { entries, hard_state, ..WriteBatch::default() })?;
-        let mut state = self.write_lock();
-        if let Some(first) = entries.first() {
-            let keep = first.index.saturating_sub(state.first_index()) as usize;
-            state.entries.truncate(keep);
-            state.entries.extend_from_slice(entries);
-        }
-        if let Some(hard_state) = hard_state {
-            state.hard_state = hard_state.clone();
-        }
-        Ok(())
+        self.write(&WriteBatch { entries, hard_state, ..WriteBatch::default() })
     }
 
     /// Records a newer commit index. It is made durable with the next write: losing it in a
@@ -207,9 +208,7 @@ impl<B: Backing> RaftLog<B> {
     }
 
     pub fn set_conf_state(&self, conf_state: &ConfState) -> Result<(), StoreError> {
-        self.backing.write(&WriteBatch { conf_state: Some(conf_state), ..WriteBatch::default() })?;
-        self.write_lock().conf_state = conf_state.clone();
-        Ok(())
+        self.write(&WriteBatch { conf_state: Some(conf_state), ..WriteBatch::default() })
     }
 
     /// Installs a snapshot received from the leader: it replaces the whole log.
@@ -218,34 +217,24 @@ impl<B: Backing> RaftLog<B> {
         let mut hard_state = self.read().hard_state.clone();
         hard_state.term = hard_state.term.max(meta.term);
         hard_state.commit = hard_state.commit.max(meta.index);
-        self.backing.write(&WriteBatch {
+        self.write(&WriteBatch {
             hard_state: Some(&hard_state),
             conf_state: Some(meta.get_conf_state()),
             snapshot: Some(snapshot),
             compact_to: Some(u64::MAX),
             ..WriteBatch::default()
-        })?;
-        let mut state = self.write_lock();
-        state.entries.clear();
-        state.hard_state = hard_state;
-        state.conf_state = meta.get_conf_state().clone();
-        state.snapshot = snapshot.clone();
-        Ok(())
+        })
     }
 
     /// Stores a snapshot of our own state machine and drops entries before `compact_to`.
     pub fn save_snapshot(&self, snapshot: &Snapshot, compact_to: u64) -> Result<(), StoreError> {
         let hard_state = self.read().hard_state.clone();
-        self.backing.write(&WriteBatch {
+        self.write(&WriteBatch {
             hard_state: Some(&hard_state),
             snapshot: Some(snapshot),
             compact_to: Some(compact_to),
             ..WriteBatch::default()
-        })?;
-        let mut state = self.write_lock();
-        state.entries.retain(|e| e.index >= compact_to);
-        state.snapshot = snapshot.clone();
-        Ok(())
+        })
     }
 }
 
