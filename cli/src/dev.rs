@@ -128,6 +128,7 @@ pub async fn run(dir: Option<PathBuf>, bridge: &str, subnet: Ipv4Cidr) -> anyhow
         tick: Duration::from_millis(100),
         snapshot_every: 10_000,
         leases: Default::default(),
+        dns_listen: None,
     };
     let (cluster_network, local_network) = dev_networks(subnet)?;
     let networked = is_root();

@@ -2,6 +2,7 @@
 //!
 //! - [`consensus`]: the raft node, its log storage and state machine (no I/O besides the disk).
 //! - [`driver`]: the task that owns the raft node, and the handle the rest uses.
+//! - [`dns`]: service discovery over DNS (`APP.service.mirari.`) from the applied registry.
 //! - [`transport`]: raft messages to peers over gRPC.
 //! - [`service`]: the peer and coordinator gRPC services.
 //! - [`leader`]: the leader's duties: agent leases, declaring hosts down, scheduling.
@@ -13,6 +14,7 @@
 pub mod agents;
 pub mod blobs;
 pub mod consensus;
+pub mod dns;
 pub mod driver;
 pub mod leader;
 pub mod server;

@@ -36,6 +36,10 @@ struct Cli {
     /// Take a snapshot and compact the log after this many entries
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Answer DNS on this address (UDP and TCP, host:port): `APP.service.mirari` gives the A
+    /// records of the app's healthy instances, TTL 5 s [default: no DNS]
+    #[arg(long, value_name = "ADDR")]
+    dns_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -77,6 +81,7 @@ async fn run() -> anyhow::Result<()> {
         tick: Duration::from_millis(cli.tick_ms),
         snapshot_every: cli.snapshot_every,
         leases: Default::default(),
+        dns_listen: cli.dns_listen,
     };
     tracing::info!(id = config.id, %advertise, data_dir = %config.data_dir.display(), "mirari-coordinator starting");
     server::run(config, listener, shutdown_signal()).await.context("the coordinator stopped")

@@ -1,6 +1,7 @@
 //! A coordinator process: storage, raft driver, transport and services on one listener.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::consensus::logger;
 use crate::consensus::node::{Node, NodeConfig, NodeError};
 use crate::consensus::redb_store::RedbBacking;
 use crate::consensus::storage::{RaftLog, StoreError};
+use crate::dns::{self, DnsError, DnsListener};
 use crate::driver;
 use crate::service::{CoordinatorService, PeerService};
 use crate::transport::Transport;
@@ -34,6 +36,8 @@ pub struct CoordinatorConfig {
     pub tick: Duration,
     pub snapshot_every: u64,
     pub leases: LeaseTiming,
+    /// Where to answer DNS for the apps' healthy instances (UDP and TCP), if anywhere.
+    pub dns_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +56,8 @@ pub enum ServerError {
     Blobs(#[source] BlobError),
     #[error("the API server failed")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Dns(#[from] DnsError),
     #[error("the raft driver stopped unexpectedly")]
     DriverGone,
     #[error(
@@ -129,6 +135,14 @@ pub async fn run(
     if let Some(cluster_id) = &cluster_id {
         check_peers_agree(cluster_id, &peers, &config.data_dir).await?;
     }
+    let dns_listener = match config.dns_listen {
+        Some(address) => {
+            let listener = DnsListener::bind(address).await?;
+            tracing::info!(address = %listener.local_addr(), "answering DNS for APP.service.mirari.");
+            Some(listener)
+        }
+        None => None,
+    };
     let transport = Transport::new(config.id, config.advertise.clone());
     let (raft, driver_end) = driver::spawn(node, transport, config.tick);
     let blob_store = BlobStore::open(&config.data_dir.join("blobs")).map_err(ServerError::Blobs)?;
@@ -136,6 +150,15 @@ pub async fn run(
     tokio::spawn(blobs.clone().keep_replicated());
     let leases = Arc::new(Leases::default());
     tokio::spawn(leader::run(raft.clone(), leases.clone(), config.leases));
+    let dns_served = {
+        let raft = raft.clone();
+        async move {
+            match dns_listener {
+                Some(listener) => dns::serve(listener, raft).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
     let router = mirari_proto::endpoint::server()
         .add_service(Guarded::new(PeerService::new(raft.clone(), blobs.clone()).into_server(), auth::peer_policy))
         .add_service(Guarded::new(
@@ -144,6 +167,7 @@ pub async fn run(
         ));
     tokio::select! {
         served = listener.serve(router, shutdown) => Ok(served?),
+        Err(dns) = dns_served => Err(dns.into()),
         driver = driver_end => match driver {
             Ok(Ok(())) | Err(_) => Err(ServerError::DriverGone),
             Ok(Err(error)) => Err(error.into()),

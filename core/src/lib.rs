@@ -20,6 +20,7 @@
 //! - [`restart`]: what the restart policy says after an exit.
 //! - [`reconcile`]: desired + observed instances -> the actions an agent must take.
 //! - [`registry`]: the cluster registry, the state machine the coordinators replicate.
+//! - [`discovery`]: the addresses that answer for an app (the coordinators' DNS).
 //! - [`scheduler`]: registry + deployment -> a placement plan.
 //! - [`ring`]: the bounded byte ring that holds console output.
 //! - [`rng`]: a seeded random number generator for simulations.
@@ -28,6 +29,7 @@ pub mod args;
 pub mod clock;
 pub mod config;
 pub mod digest;
+pub mod discovery;
 pub mod errors;
 pub mod health;
 pub mod ids;
