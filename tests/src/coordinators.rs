@@ -21,6 +21,8 @@ pub struct Coordinator {
     pub id: u64,
     pub host: TestHost,
     pub address: String,
+    /// Where it answers DNS for the apps' healthy instances (`--dns-listen`).
+    pub dns_address: String,
     pub data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -68,6 +70,7 @@ impl Coordinator {
             data_dir: dir.join(format!("coordinator-{id}")),
             log: dir.join(format!("coordinator-{id}.log")),
             address,
+            dns_address: format!("{}:{}", host.ip, free_port()),
             child: None,
         };
         coordinator.spawn(bootstrap);
@@ -84,6 +87,8 @@ impl Coordinator {
             .arg(&self.data_dir)
             .arg("--listen")
             .arg(&self.address)
+            .arg("--dns-listen")
+            .arg(&self.dns_address)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);

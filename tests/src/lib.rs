@@ -314,3 +314,31 @@ pub fn http_get(address: &str, path: &str) -> Result<(u16, String), String> {
         head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("{socket}: {head:?}"))?;
     Ok((status, body.to_owned()))
 }
+
+/// Asks the DNS server at `server` (`IP:PORT`, over UDP) for the A records of `name`: the
+/// addresses, sorted, or why not (the response code when it is not NOERROR).
+pub fn resolve(server: &str, name: &str) -> Result<Vec<std::net::Ipv4Addr>, String> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut query = Message::new(0x4d49, MessageType::Query, OpCode::Query);
+    query.add_query(Query::query(Name::from_ascii(name).map_err(|e| e.to_string())?, RecordType::A));
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    socket.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+    socket.send_to(&query.to_vec().map_err(|e| e.to_string())?, server).map_err(|e| format!("{server}: {e}"))?;
+    let mut buffer = [0u8; 4096];
+    let (length, _) = socket.recv_from(&mut buffer).map_err(|e| format!("{server}: {e}"))?;
+    let answer = Message::from_vec(&buffer[..length]).map_err(|e| e.to_string())?;
+    if answer.metadata.response_code != ResponseCode::NoError {
+        return Err(format!("{server}: {name}: {}", answer.metadata.response_code));
+    }
+    let mut addresses: Vec<std::net::Ipv4Addr> = answer
+        .answers
+        .iter()
+        .filter_map(|record| match record.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect();
+    addresses.sort();
+    Ok(addresses)
+}

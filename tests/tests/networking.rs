@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mirari_tests::cluster::{Cluster, DEADLINE};
-use mirari_tests::{World, eventually, http_get, stderr, stdout};
+use mirari_tests::{World, eventually, http_get, resolve, stderr, stdout};
 use serde_json::Value;
 
 const INDEX: &str = include_str!("../../examples/hello/data/index.html");
@@ -91,6 +91,20 @@ fn instances_get_addresses_answer_http_and_keep_them_across_agent_restarts() {
     all_answer(&addresses);
     let first = addresses.first().unwrap();
     assert_eq!(http_get(first, "/motd.txt").unwrap(), (200, MOTD.to_owned()));
+    // Every coordinator answers DNS for the app with its healthy instances' addresses.
+    for coordinator in &cluster.coordinators {
+        let resolved: BTreeSet<String> = eventually(DEADLINE, "hello.service.mirari to resolve", || {
+            let found = resolve(&coordinator.dns_address, "hello.service.mirari.")?;
+            if found.len() == 6 {
+                Ok(found.iter().map(ToString::to_string).collect())
+            } else {
+                Err(format!("{found:?}"))
+            }
+        });
+        assert_eq!(resolved, addresses, "from coordinator {}", coordinator.id);
+    }
+    let unknown = resolve(&cluster.coordinators[0].dns_address, "nope.service.mirari.").unwrap_err();
+    assert!(unknown.ends_with("Non-Existent Domain"), "{unknown}");
     assert_eq!(http_get(first, "/nothing-here").unwrap().0, 404);
     // The boot arguments were filled in with each instance's own address.
     let (id, instance) = unix.first_key_value().unwrap();
