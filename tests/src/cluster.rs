@@ -93,6 +93,7 @@ impl ClusterAgent {
         for pid in processes_under(&self.state_dir) {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
+        crate::netns::remove_instance_links(&self.state_dir, self.host.netns.as_deref());
     }
 
     /// A directory first on this agent's PATH: tools placed here exist on this host only.

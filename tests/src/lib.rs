@@ -257,7 +257,8 @@ impl Default for World {
 }
 
 impl Drop for World {
-    /// Leaves nothing running: the agent, then every shim and payload of this world.
+    /// Leaves nothing running: the agent, then every shim and payload of this world, and
+    /// nothing of theirs on the network.
     fn drop(&mut self) {
         if let Some(mut agent) = self.agent.take() {
             let _ = agent.kill();
@@ -272,6 +273,7 @@ impl Drop for World {
                 let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
             }
         }
+        netns::remove_instance_links(&self.state_dir(), None);
     }
 }
 

@@ -206,3 +206,35 @@ impl TestHost {
         }
     }
 }
+
+/// Removes what the instances of an agent whose host "died" (its state directory `state_dir`)
+/// had on the network: their namespaces (`mirari-<id>`, which takes their veth pairs along) and
+/// the links marked for them (taps) in `netns`, or on this machine with `None`. A real host's
+/// death takes them; a test host's must be taken by hand.
+pub fn remove_instance_links(state_dir: &Path, netns: Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("instances")) else { return };
+    let ids: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    if ids.is_empty() {
+        return;
+    }
+    for id in &ids {
+        run(&["ip", "netns", "delete", &format!("mirari-{id}")]);
+    }
+    let mut list = Command::new("ip");
+    if let Some(netns) = netns {
+        list.args(["-n", netns]);
+    }
+    let Ok(out) = list.args(["-o", "link", "show"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let marked = ids.iter().any(|id| line.ends_with(&format!("alias mirari instance {id}")));
+        let name = line.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap_or("").to_owned());
+        if let (true, Some(name)) = (marked, name) {
+            let mut args = vec!["ip"];
+            if let Some(netns) = netns {
+                args.extend(["-n", netns]);
+            }
+            args.extend(["link", "delete", &name]);
+            run(&args);
+        }
+    }
+}

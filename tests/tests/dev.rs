@@ -10,16 +10,19 @@ use serde_json::Value;
 
 const INDEX: &str = include_str!("../../examples/hello/data/index.html");
 
-/// The `mirari dev` process and its bridge, both gone on drop.
+/// The `mirari dev` process (with its agent's state in `agent_dir`) and its bridge, all gone on
+/// drop.
 struct Dev {
     child: Child,
     bridge: String,
+    agent_dir: std::path::PathBuf,
 }
 
 impl Drop for Dev {
     fn drop(&mut self) {
         let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
+        mirari_tests::netns::remove_instance_links(&self.agent_dir, None);
         let _ = Command::new("ip").args(["link", "delete", &self.bridge]).status();
     }
 }
@@ -44,7 +47,7 @@ fn dev_makes_a_network_and_its_instances_answer_at_their_addresses() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let _dev = Dev { child, bridge };
+    let _dev = Dev { child, bridge, agent_dir: dir.path().join("dev/agent") };
     let mirari = |args: &[&str]| {
         Command::new(bin("mirari"))
             .args(args)
