@@ -43,10 +43,14 @@ fn run(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether the tests run as root (namespaces, bridges, `mirari dev`'s network need it).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+}
+
 fn can_use_namespaces() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
-    root && run(&["ip", "netns", "list"])
+    is_root() && run(&["ip", "netns", "list"])
 }
 
 impl Network {

@@ -29,9 +29,7 @@ impl Drop for Dev {
 
 #[test]
 fn dev_makes_a_network_and_its_instances_answer_at_their_addresses() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
-    assert!(root, "mirari dev makes a bridge only as root: run this test as root");
+    assert!(mirari_tests::netns::is_root(), "mirari dev makes a bridge only as root: run this test as root");
     let dir = tempfile::Builder::new().prefix("mirari-dev-").tempdir().unwrap();
     let app = dir.path().join("hello");
     mirari_tests::copy_example(&app, true);
