@@ -281,7 +281,7 @@ static void http_io(struct http_conn *c, long long now)
 		/* The request is complete: a blank line, a full buffer or EOF. */
 		if (r && c->req_len < sizeof(c->req) && !http_request_done(c->req, c->req_len))
 			return;
-		c->len = http_respond(&c->resp, c->req, c->req_len, read_block, &img_fd);
+		c->len = http_respond(&c->resp, c->req, c->req_len, app_version, read_block, &img_fd);
 		c->sent = 0;
 		c->state = HTTP_WRITE;
 	}

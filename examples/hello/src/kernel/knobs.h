@@ -7,6 +7,7 @@
 #define HELLO_KNOBS_H
 
 #include <stdint.h>
+#include "../net/http.h" /* HTTP_VERSION_MAX */
 
 static int ignore_stop, flood;
 static uint32_t exit_after, stop_serving_after;
@@ -15,6 +16,8 @@ static uint32_t exit_after, stop_serving_after;
 static uint32_t ipv4_addr, ipv4_gateway;
 static int ipv4_prefix = -1;
 static uint32_t http_port = 80;
+/* version=STRING, served at GET /version; "" without a valid one. */
+static char app_version[HTTP_VERSION_MAX + 1];
 
 static int word_is(const char *w, const char *end, const char *name)
 {
@@ -76,6 +79,22 @@ static int parse_ipv4_prefix(const char *w, const char *end, uint32_t *ip, int *
 	return 1;
 }
 
+/* The version= value: 1 to HTTP_VERSION_MAX printable ASCII characters,
+ * else ignored (an empty, too long or binary value is no version). */
+static void parse_version(const char *v, const char *end)
+{
+	int n = 0;
+
+	if (v == end || end - v > HTTP_VERSION_MAX)
+		return;
+	for (const char *p = v; p < end; p++)
+		if (*p < ' ' || *p > '~')
+			return;
+	for (; v < end; v++)
+		app_version[n++] = *v;
+	app_version[n] = 0;
+}
+
 /* One word [w, end). Unknown and malformed words are ignored. */
 static void parse_word(const char *w, const char *end)
 {
@@ -101,6 +120,8 @@ static void parse_word(const char *w, const char *end)
 	} else if (word_starts(&v, end, "--http-port=")) {
 		if (parse_uint(v, end, 65535, &n) == end && n)
 			http_port = n;
+	} else if (word_starts(&v, end, "version=")) {
+		parse_version(v, end);
 	}
 }
 

@@ -33,7 +33,7 @@ static void print_file(void *ctx, const char *path, uint64_t size)
 static int start_net(void)
 {
 	struct net_config cfg = { .ip = ipv4_addr, .gateway = ipv4_gateway, .prefix = (uint8_t)ipv4_prefix,
-				  .http_port = (uint16_t)http_port };
+				  .http_port = (uint16_t)http_port, .version = app_version };
 
 	if (ipv4_prefix < 0) {
 		kprintf("hello: http: no --ipv4, not serving\n");

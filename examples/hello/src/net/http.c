@@ -42,6 +42,13 @@ static uint32_t text_len(const char *s)
 	return n;
 }
 
+static int text_is(const char *s, const char *t)
+{
+	for (; *s && *s == *t; s++, t++)
+		;
+	return *s == *t;
+}
+
 /* The request line's method and path: "GET /x?q HTTP/1.1" gives "GET" and
  * "x" (the leading '/' and any query dropped). 0 if there is no such line. */
 static int request_line(const char *req, unsigned len, char *method, unsigned mmax, char *path, unsigned pmax)
@@ -65,7 +72,8 @@ static int request_line(const char *req, unsigned len, char *method, unsigned mm
 	return i < len;
 }
 
-uint32_t http_respond(struct http_response *r, const char *req, unsigned len, tar_read_fn rd, void *rd_ctx)
+uint32_t http_respond(struct http_response *r, const char *req, unsigned len, const char *version,
+		      tar_read_fn rd, void *rd_ctx)
 {
 	char method[8], path[TAR_PATH_MAX];
 	const char *type = "text/plain";
@@ -83,6 +91,13 @@ uint32_t http_respond(struct http_response *r, const char *req, unsigned len, ta
 	} else if (method[0] != 'G' || method[1] != 'E' || method[2] != 'T' || method[3]) {
 		status = 405;
 		r->text = bad_method;
+	} else if (version && version[0] && text_is(path, "version")) {
+		status = 200;
+		for (n = 0; version[n] && n < HTTP_VERSION_MAX; n++)
+			r->line[n] = version[n];
+		r->line[n++] = '\n';
+		r->line[n] = 0;
+		r->text = r->line;
 	} else {
 		if (!path[0]) {
 			const char *index = "index.html";

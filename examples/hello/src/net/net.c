@@ -497,7 +497,7 @@ static void tcp_input(uint32_t src, const uint8_t *seg, unsigned len)
 
 	if (!tcb.responding && (tcb.peer_fin || tcb.req_len == HTTP_REQUEST_MAX ||
 				http_request_done(tcb.req, tcb.req_len))) {
-		tcb.resp_len = http_respond(&tcb.resp, tcb.req, tcb.req_len, image_rd, image_ctx);
+		tcb.resp_len = http_respond(&tcb.resp, tcb.req, tcb.req_len, cfg.version, image_rd, image_ctx);
 		tcb.responding = 1;
 	}
 	if (!tcp_output() && need_ack)

@@ -19,12 +19,14 @@
 #define NET_FRAME_MAX 1514 /* largest frame either way: 14-byte header + MTU, no FCS, no VLAN tag */
 
 /* ip/gateway in host byte order; gateway 0 = none (only on-link peers get
- * replies); prefix 0..32; http_port is the TCP port served. */
+ * replies); prefix 0..32; http_port is the TCP port served. version must
+ * outlive the stack (net_init keeps the pointer). */
 struct net_config {
 	uint8_t mac[6];
 	uint32_t ip, gateway;
 	uint8_t prefix;
 	uint16_t http_port;
+	const char *version; /* answers GET /version (http.h); 0 or "": none */
 };
 
 /* The driver's transmit function: one complete Ethernet frame (no FCS),

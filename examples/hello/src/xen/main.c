@@ -74,7 +74,8 @@ static uint32_t clock_ms(void)
 static void net_start(void)
 {
 	struct net_config cfg = { .ip = ipv4_addr, .gateway = ipv4_gateway,
-				  .prefix = (uint8_t)ipv4_prefix, .http_port = (uint16_t)http_port };
+				  .prefix = (uint8_t)ipv4_prefix, .http_port = (uint16_t)http_port,
+				  .version = app_version };
 	const char *why;
 
 	if (ipv4_prefix < 0) {
