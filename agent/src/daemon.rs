@@ -67,6 +67,7 @@ pub async fn run(
             status: HostStatus::Up,
             registered_at_ms: 0,
             status_changed_at_ms: 0,
+            drain: None,
         };
         tracing::info!(host = %join.name, advertise = %join.advertise, "joining the cluster");
         ClusterConfig { coordinators: Coordinators::new(join.coordinators.clone()), host, timing: join.timing }

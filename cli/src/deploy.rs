@@ -160,13 +160,21 @@ pub async fn deploy(
         target,
         count: options.count,
         placement: options.placement,
+        update: Default::default(),
+        reschedule: Default::default(),
+        after: Vec::new(),
     };
     propose(
         coordinators,
         "deploying",
         Request {
             request_id: request_id("deploy"),
-            command: Command::Deploy { spec, at_ms: mirari_core::clock::wall_ms() },
+            command: Command::Deploy {
+                spec,
+                at_ms: mirari_core::clock::wall_ms(),
+                by: String::new(),
+                cause: mirari_core::registry::RevisionCause::Deploy,
+            },
         },
     )
     .await?;

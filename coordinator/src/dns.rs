@@ -217,10 +217,17 @@ mod tests {
             target: Target::Unix,
             count: 1,
             placement: Placement::Binpack,
+            update: Default::default(),
+            reschedule: Default::default(),
+            after: Vec::new(),
         };
         let mut registry = Registry::default();
-        for (index, command) in
-            [Command::RegisterApp { version }, Command::Deploy { spec, at_ms: 1 }].into_iter().enumerate()
+        for (index, command) in [
+            Command::RegisterApp { version },
+            Command::Deploy { spec, at_ms: 1, by: "test".into(), cause: mirari_core::registry::RevisionCause::Deploy },
+        ]
+        .into_iter()
+        .enumerate()
         {
             let index = index as u64 + 1;
             registry.apply(index, &RegistryRequest { request_id: format!("r{index}"), command }).unwrap();

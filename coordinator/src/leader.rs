@@ -1,8 +1,8 @@
 //! What only the leader does: keep agents' leases, declare hosts down when a lease runs out,
-//! and schedule empty slots.
+//! move rollouts and drains on, and schedule empty slots.
 //!
-//! The decisions are `mirari_core`'s: the lease table ([`LeaseTable`]) and the scheduler's
-//! rounds. This task only reads the clock, asks them, and proposes what they return. Leases
+//! The decisions are `mirari_core`'s: the lease table ([`LeaseTable`]), the rollout planner
+//! ([`rollout::plan`]) and the scheduler's rounds. This task only reads the clock, asks them, and proposes what they return. Leases
 //! live in the leader's memory, not in raft (a heartbeat a second per host would otherwise be
 //! a log entry a second per host); a new leader gives every host a fresh lease when it takes
 //! over. Only changes (a host down, a placement) go through raft.
@@ -15,7 +15,7 @@ use mirari_core::clock;
 use mirari_core::ids::InstanceId;
 pub use mirari_core::lease::{LeaseTable, LeaseTiming};
 use mirari_core::registry::{Command, Host, HostStatus, Request};
-use mirari_core::scheduler;
+use mirari_core::{rollout, scheduler};
 
 use crate::driver::RaftHandle;
 
@@ -67,6 +67,7 @@ pub async fn run(raft: RaftHandle, leases: Arc<Leases>, timing: LeaseTiming) {
             leading = true;
         }
         expire_leases(&raft, &leases, timing).await;
+        advance_rollouts(&raft).await;
         if status.applied_index != scheduled_at_index || scheduled_at.elapsed() > RESCHEDULE_INTERVAL {
             scheduled_at_index = status.applied_index;
             scheduled_at = Instant::now();
@@ -89,6 +90,24 @@ async fn expire_leases(raft: &RaftHandle, leases: &Leases, timing: LeaseTiming) 
     }
 }
 
+/// Proposes what the rollout planner says now: stops of replaced instances, promotions, ends
+/// of rollouts. Its state is all in the registry, so a new leader carries on where the last one
+/// was.
+async fn advance_rollouts(raft: &RaftHandle) {
+    let commands = rollout::plan(&raft.machine().registry, clock::wall_ms());
+    for command in commands {
+        let what = format!("{command:?}");
+        match raft.propose(Request { request_id: fresh_request_id("rollout"), command }).await {
+            Ok(Ok(_)) => tracing::info!(command = %what, "rollout step"),
+            Ok(Err(rejection)) => tracing::debug!(%rejection, "rollout step refused"),
+            Err(error) => {
+                tracing::debug!(%error, "rollout step not committed");
+                return;
+            }
+        }
+    }
+}
+
 /// Plans every deployment with empty slots and commits the plans, again while they place
 /// something (up to a bound per round).
 async fn schedule(raft: &RaftHandle) {
@@ -103,7 +122,7 @@ async fn schedule(raft: &RaftHandle) {
                     return id;
                 }
             };
-            scheduler::plan_round(registry, PLACEMENTS_PER_ENTRY, &mut mint)
+            scheduler::plan_round(registry, PLACEMENTS_PER_ENTRY, clock::wall_ms(), &mut mint)
         };
         if plans.is_empty() {
             return;

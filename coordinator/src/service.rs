@@ -143,6 +143,10 @@ fn being_declared_down(host: &HostId) -> Status {
 fn applied_response(result: mirari_core::registry::ApplyResult) -> pb::ProposeResponse {
     match result {
         Ok(Outcome::Done) => pb::ProposeResponse::default(),
+        Ok(Outcome::Unchanged) => pb::ProposeResponse { unchanged: true, ..Default::default() },
+        Ok(Outcome::Registered { version, unchanged }) => {
+            pb::ProposeResponse { version, unchanged, ..Default::default() }
+        }
         Ok(Outcome::Placed(ids)) => {
             pb::ProposeResponse { placed: ids.iter().map(|id| id.as_u64()).collect(), ..Default::default() }
         }
@@ -408,11 +412,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
 
     async fn propose(&self, request: RpcRequest<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
         let forwarded = is_forwarded(&request);
-        let caller = auth::caller_role(request.extensions());
+        let caller = auth::caller(request.extensions()).cloned();
         let entry = request.into_inner().entry;
-        let decoded: Request = log_codec::decode(&entry).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        // People change apps, deployments and networks; hosts, placements and observed states come from
-        // agents and the leader through their own RPCs.
+        let mut decoded: Request = log_codec::decode(&entry).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // People change apps, deployments, networks and hosts' eligibility; hosts' records,
+        // placements, rollouts' ends and observed states come from agents and the leader.
         let for_people = matches!(
             decoded.command,
             Command::RegisterApp { .. }
@@ -422,12 +426,25 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 | Command::StopInstances { .. }
                 | Command::CreateNetwork { .. }
                 | Command::RemoveNetwork { .. }
+                | Command::Promote { .. }
+                | Command::DrainHost { .. }
+                | Command::RemoveHost { .. }
         );
-        if caller == Some(Some(mirari_proto::tls::Role::Operator)) && !for_people {
+        let role = caller.as_ref().map(|c| c.identity.role);
+        if role == Some(Some(mirari_proto::tls::Role::Operator)) && !for_people {
             return Err(Status::permission_denied(
-                "an operator certificate may only propose app, deployment and network changes",
+                "an operator certificate may only propose app, deployment, network and host eligibility changes",
             ));
         }
+        // Who deployed, and when, is this coordinator's to say, not the client's; a request a
+        // coordinator forwards was stamped by the one that took it.
+        if let Command::Deploy { by, at_ms, .. } = &mut decoded.command
+            && role != Some(Some(mirari_proto::tls::Role::Coordinator))
+        {
+            *by = caller.as_ref().and_then(|c| c.identity.name.clone()).unwrap_or_else(|| "local".to_owned());
+            *at_ms = clock::wall_ms();
+        }
+        let entry = log_codec::encode(&decoded);
         let local = async { Ok(Ok(applied_response(self.raft.propose(decoded).await?))) };
         self.on_leader(forwarded, RAFT_DEADLINE, local, |mut leader| {
             let entry = entry.clone();
@@ -502,7 +519,8 @@ impl coordinator_server::Coordinator for CoordinatorService {
             .map(log_codec::report_from_pb)
             .collect::<Result<Vec<InstanceReport>, mirari_proto::convert::WireError>>()?;
         let local = async {
-            let command = Command::ReportInstances { host: HostId(body.host.clone()), reports };
+            let command =
+                Command::ReportInstances { host: HostId(body.host.clone()), reports, at_ms: clock::wall_ms() };
             let applied = self.raft.propose(Request { request_id: fresh_request_id("report"), command }).await?;
             Ok(applied
                 .map(|_| pb::ReportInstancesResponse {})
@@ -611,7 +629,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
 
     async fn get_status(&self, request: RpcRequest<pb::StatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
         let read = self.read_barrier(request.into_inner().stale).await?;
-        Ok(Response::new(cluster_status(&self.raft.machine().registry, read)))
+        Ok(Response::new(cluster_status(&self.raft.machine().registry, read, clock::wall_ms())))
     }
 
     type StreamConsoleStream = BoxStream<'static, Result<wire_agent::ConsoleChunk, Status>>;

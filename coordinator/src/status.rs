@@ -4,18 +4,18 @@
 use mirari_core::health::Health;
 use mirari_core::ids::InstanceId;
 use mirari_core::instance::{Desired, Phase};
-use mirari_core::registry::{self, Registry};
-use mirari_core::scheduler;
+use mirari_core::registry::{self, Deployment, Registry, Revision, RevisionCause, RevisionOutcome, Rollout};
+use mirari_core::{rollout, scheduler};
 use mirari_proto::agent as wire_agent;
 use mirari_proto::coordinator as pb;
 use mirari_proto::log_codec;
 
-pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterStatus {
+pub fn cluster_status(registry: &Registry, read: pb::ReadInfo, now_ms: u64) -> pb::ClusterStatus {
     let deployments = registry
         .deployments()
         .map(|deployment| {
             let app = &deployment.spec.app;
-            let live = || registry.instances().filter(move |i| &i.app == app && i.desired == Desired::Running);
+            let live = || registry.live_of(app);
             let placed = live().count() as u32;
             let running = live().filter(|i| i.observed == Phase::Running).count() as u32;
             let failed = live().filter(|i| i.observed == Phase::Failed).count() as u32;
@@ -23,11 +23,16 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterSta
             let has_health_check =
                 registry.app_version(app, &deployment.spec.version).is_some_and(|version| version.run.health.is_some());
             let stopped = deployment.desired == Desired::Stopped;
-            let unplaced = if stopped { 0 } else { registry.empty_slot_count(app, deployment.spec.count) };
+            let empty = if stopped {
+                0
+            } else {
+                registry.empty_slot_count(app, &deployment.spec.version, deployment.spec.count)
+            };
             // A dry run to say why slots are empty; it plans at most what is empty.
-            let dry_run = (unplaced > 0)
-                .then(|| scheduler::plan(registry, app, unplaced as usize, &mut || InstanceId::from_u64(0)))
+            let dry_run = (empty > 0)
+                .then(|| scheduler::plan(registry, app, empty as usize, now_ms, &mut || InstanceId::from_u64(0)))
                 .flatten();
+            let unplaced = dry_run.as_ref().map_or(0, |plan| plan.unplaced);
             pb::DeploymentStatus {
                 spec: Some(log_codec::deployment_to_pb(&deployment.spec)),
                 stopped,
@@ -42,6 +47,8 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterSta
                     .unwrap_or_default(),
                 healthy,
                 has_health_check,
+                rollout: deployment.rollout.as_ref().map(|r| rollout_status(registry, deployment, r, now_ms)),
+                history: deployment.history.iter().map(revision_status).collect(),
             }
         })
         .collect();
@@ -62,6 +69,7 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterSta
             message: i.message.clone(),
             interfaces: i.interfaces.iter().map(wire_agent::Interface::from).collect(),
             health: wire_agent::Health::from(i.health).into(),
+            migrating: i.migrating,
         })
         .collect();
     pb::ClusterStatus {
@@ -77,5 +85,50 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo) -> pb::ClusterSta
                 held: registry.addresses_held(&network.name) as u64,
             })
             .collect(),
+    }
+}
+
+fn rollout_status(registry: &Registry, deployment: &Deployment, rollout: &Rollout, now_ms: u64) -> pb::RolloutStatus {
+    let progress = rollout::progress(registry, deployment, now_ms);
+    pb::RolloutStatus {
+        version: rollout.version.clone(),
+        started_at_ms: rollout.started_at_ms,
+        awaiting_promotion: !rollout.promoted && !progress.outdated_slots.is_empty(),
+        failed: rollout.failed.clone().unwrap_or_default(),
+        outdated: progress.outdated_slots.len() as u32,
+        replacements: progress.replacements,
+        settled: progress.settled,
+        canary: deployment.spec.update.canary,
+    }
+}
+
+fn revision_status(revision: &Revision) -> pb::RevisionStatus {
+    let (cause, reverted_from) = match &revision.cause {
+        RevisionCause::Deploy => ("deploy", String::new()),
+        RevisionCause::Rollback => ("rollback", String::new()),
+        RevisionCause::Revert(from) => ("revert", from.clone()),
+    };
+    let reason = match &revision.outcome {
+        RevisionOutcome::Failed(reason) | RevisionOutcome::Reverted(reason) => reason.clone(),
+        _ => String::new(),
+    };
+    pb::RevisionStatus {
+        version: revision.version.clone(),
+        label: revision.label.clone(),
+        digest: revision.digest.to_string(),
+        target: revision.target.name().to_owned(),
+        artifact: revision.artifact.to_string(),
+        files: revision
+            .files
+            .iter()
+            .map(|f| wire_agent::FileImage { name: f.name.clone(), sha256: f.digest.to_string() })
+            .collect(),
+        deployed_at_ms: revision.deployed_at_ms,
+        by: revision.by.clone(),
+        cause: cause.to_owned(),
+        reverted_from,
+        outcome: revision.outcome.name().to_owned(),
+        reason,
+        ended_at_ms: revision.ended_at_ms.unwrap_or_default(),
     }
 }

@@ -80,8 +80,11 @@ fn deploy(app: &str, count: u32) -> Command {
         target: Target::Unix,
         count,
         placement: Placement::Binpack,
+        update: Default::default(),
+        reschedule: Default::default(),
+        after: Vec::new(),
     };
-    Command::Deploy { spec, at_ms: 1 }
+    Command::Deploy { spec, at_ms: 1, by: "test".into(), cause: mirari_core::registry::RevisionCause::Deploy }
 }
 
 fn report(id: u64, health: Health) -> InstanceReport {
@@ -199,6 +202,7 @@ async fn answers_healthy_instances_and_says_what_does_not_exist() {
         status: HostStatus::Up,
         registered_at_ms: 1,
         status_changed_at_ms: 1,
+        drain: None,
     };
     propose(&mut client, "network", Command::CreateNetwork { network }).await;
     propose(&mut client, "host", Command::RegisterHost { host }).await;
@@ -214,7 +218,7 @@ async fn answers_healthy_instances_and_says_what_does_not_exist() {
         report(hello[2].0, Health::Healthy),
         report(idle[0].0, Health::Starting),
     ];
-    propose(&mut client, "reports", Command::ReportInstances { host: HostId("h1".into()), reports }).await;
+    propose(&mut client, "reports", Command::ReportInstances { host: HostId("h1".into()), reports, at_ms: 0 }).await;
 
     let mut healthy = vec![hello[0].1, hello[2].1];
     healthy.sort();

@@ -224,6 +224,7 @@ fn host(name: &str) -> Host {
         status: HostStatus::Up,
         registered_at_ms: 0,
         status_changed_at_ms: 0,
+        drain: None,
     }
 }
 

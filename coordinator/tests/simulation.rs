@@ -229,8 +229,13 @@ impl Sim {
                     target: Target::Unix,
                     count: SLOTS,
                     placement: Placement::Spread,
+                    update: Default::default(),
+                    reschedule: Default::default(),
+                    after: Vec::new(),
                 },
                 at_ms: 0,
+                by: "test".into(),
+                cause: mirari_core::registry::RevisionCause::Deploy,
             },
             _ if self.rng.chance(50) => Command::RegisterHost { host: host(&format!("h-{n}")) },
             _ => {
@@ -459,6 +464,7 @@ fn host(name: &str) -> Host {
         status: HostStatus::Up,
         registered_at_ms: 0,
         status_changed_at_ms: 0,
+        drain: None,
     }
 }
 

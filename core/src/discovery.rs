@@ -91,8 +91,11 @@ mod tests {
             target: Target::Unix,
             count,
             placement: Placement::Binpack,
+            update: Default::default(),
+            reschedule: Default::default(),
+            after: Vec::new(),
         };
-        Command::Deploy { spec, at_ms: 5 }
+        Command::Deploy { spec, at_ms: 5, by: "test".into(), cause: crate::registry::RevisionCause::Deploy }
     }
 
     /// A registry with host `a` on network `service` and `app` deployed at version 1 with `count`
@@ -108,6 +111,7 @@ mod tests {
             status: HostStatus::Up,
             registered_at_ms: 1,
             status_changed_at_ms: 1,
+            drain: None,
         };
         let mut registry = Registry::default();
         apply(
@@ -147,7 +151,7 @@ mod tests {
             assignments_index: u64::MAX,
             health,
         };
-        apply(registry, [Command::ReportInstances { host: HostId("a".into()), reports: vec![report] }]);
+        apply(registry, [Command::ReportInstances { host: HostId("a".into()), reports: vec![report], at_ms: 0 }]);
     }
 
     fn addresses(list: &[u8]) -> Option<Vec<Ipv4Addr>> {

@@ -150,6 +150,7 @@ mod tests {
             status: HostStatus::Up,
             registered_at_ms: at_ms,
             status_changed_at_ms: at_ms,
+            drain: None,
         }
     }
 

@@ -22,6 +22,8 @@
 //! - [`registry`]: the cluster registry, the state machine the coordinators replicate.
 //! - [`discovery`]: the addresses that answer for an app (the coordinators' DNS).
 //! - [`scheduler`]: registry + deployment -> a placement plan.
+//! - [`rollout`]: registry + time -> the commands that replace instances slot by slot (rolling
+//!   updates, canaries, automatic revert, drains).
 //! - [`ring`]: the bounded byte ring that holds console output.
 //! - [`rng`]: a seeded random number generator for simulations.
 
@@ -42,6 +44,7 @@ pub mod registry;
 pub mod restart;
 pub mod ring;
 pub mod rng;
+pub mod rollout;
 pub mod scheduler;
 pub mod spec;
 pub mod target;

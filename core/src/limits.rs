@@ -30,6 +30,12 @@ pub const MAX_NAME_BYTES: usize = 253;
 pub const MAX_LABELS: usize = 64;
 /// Instances one host may offer to run.
 pub const MAX_INSTANCES_PER_HOST: u32 = 10_000;
+/// Versions a deployment's history remembers (their artifacts are kept).
+pub const MAX_HISTORY: usize = 20;
+/// Versions of an app kept registered beside those deployed or in its history.
+pub const MAX_UNDEPLOYED_VERSIONS: usize = 10;
+/// Apps one deployment may wait for (`after`).
+pub const MAX_AFTER: usize = 16;
 /// A blob (an artifact, a file image, a source bundle).
 pub const MAX_BLOB_BYTES: u64 = 4 << 30;
 /// One gRPC request to a coordinator or an agent (a registry entry, a heartbeat, a blob chunk).

@@ -11,12 +11,13 @@
 //! applying it re-checks every placement against the registry as it is then.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use crate::ids::InstanceId;
 use crate::instance::Desired;
 use crate::network::MacAddress;
 use crate::registry::{HostId, Infeasible, PlacedInstance, Placement, Registry, Resources, feasible};
+use crate::rollout;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -49,14 +50,27 @@ struct Candidate {
     host: Reverse<HostId>,
 }
 
-/// Plans up to `limit` placements for the empty slots of `app`'s deployment. `mint` supplies
-/// fresh instance IDs. `None` if the app is not deployed or its deployment is stopped.
-pub fn plan(registry: &Registry, app: &str, limit: usize, mint: &mut dyn FnMut() -> InstanceId) -> Option<Plan> {
+/// Plans up to `limit` placements for the empty slots of `app`'s deployment at `now_ms`. `mint`
+/// supplies fresh instance IDs. `None` if the app is not deployed or its deployment is stopped.
+///
+/// A slot counts as empty when no instance of the deployment's version fills it. Beyond host
+/// feasibility, three things hold a slot back: the apps the deployment comes `after` are not all
+/// healthy (every slot then waits, and says so); the slot's outdated instance waits its turn
+/// under the update policy ([`rollout::progress`]); the slot failed for good before and waits
+/// its reschedule delay (its failed hosts are avoided while others fit), or failed as often as
+/// the reschedule policy allows (then it stays empty, and says so).
+pub fn plan(
+    registry: &Registry,
+    app: &str,
+    limit: usize,
+    now_ms: u64,
+    mint: &mut dyn FnMut() -> InstanceId,
+) -> Option<Plan> {
     let deployment = registry.deployment(app).filter(|d| d.desired == Desired::Running)?;
     let spec = &deployment.spec;
     let version = registry.app_version(&spec.app, &spec.version)?;
     let need = Resources { memory_mib: u64::from(version.run.memory_mib), vcpus: version.run.vcpus, instances: 1 };
-    let empty_count = registry.empty_slot_count(app, spec.count);
+    let empty_count = registry.empty_slot_count(app, &spec.version, spec.count);
     let mut plan = Plan {
         app: app.to_owned(),
         generation: deployment.generation,
@@ -65,6 +79,11 @@ pub fn plan(registry: &Registry, app: &str, limit: usize, mint: &mut dyn FnMut()
         reasons: BTreeMap::new(),
     };
     if empty_count == 0 {
+        return Some(plan);
+    }
+    if let Some(dependency) = spec.after.iter().find(|dependency| !is_healthy(registry, dependency)) {
+        plan.unplaced = empty_count;
+        plan.reasons.insert(Infeasible::Waiting(dependency.clone()), 1);
         return Some(plan);
     }
     let networks = &version.run.networks;
@@ -104,14 +123,40 @@ pub fn plan(registry: &Registry, app: &str, limit: usize, mint: &mut dyn FnMut()
         }
     }
 
-    let mut slots = registry.empty_slots(app, spec.count);
+    let progress = rollout::progress(registry, deployment, now_ms);
+    let mut replacements_allowed = progress.replacements_allowed;
+    let policy = spec.reschedule;
+    let mut gave_up = 0u32;
+    // Whether a slot waits (its turn in a rollout, its reschedule delay) or was given up on.
+    let mut held_back = |slot: u32, replacements_allowed: u32| -> bool {
+        if progress.outdated_slots.contains(&slot) && replacements_allowed == 0 {
+            return true;
+        }
+        match deployment.failures.get(&slot) {
+            Some(failures) if failures.attempts >= policy.attempts => {
+                gave_up += 1;
+                true
+            }
+            Some(failures) => now_ms < failures.last_failed_at_ms.saturating_add(policy.delay_after(failures.attempts)),
+            None => false,
+        }
+    };
+    let mut slots = registry.empty_slots(app, &spec.version, spec.count);
+    let mut considered = 0u32;
     let mut pending = slots.next();
+    let mut out_of_hosts = false;
     while let Some(slot) = pending {
         if plan.placements.len() == limit {
             break;
         }
-        let Some(Candidate { siblings, host: Reverse(host_id), .. }) = heap.pop() else {
-            plan.unplaced = empty_count - plan.placements.len() as u32;
+        if held_back(slot, replacements_allowed) {
+            considered += 1;
+            pending = slots.next();
+            continue;
+        }
+        let avoid = deployment.failures.get(&slot).map(|f| &f.hosts);
+        let Some(Candidate { siblings, host: Reverse(host_id), .. }) = pop_avoiding(&mut heap, avoid) else {
+            out_of_hosts = true;
             break;
         };
         let host = registry.host(&host_id).expect("candidates are registered hosts");
@@ -123,8 +168,8 @@ pub fn plan(registry: &Registry, app: &str, limit: usize, mint: &mut dyn FnMut()
             continue;
         }
         if let Some(network) = pools.iter_mut().find_map(|(network, free)| free.peek().is_none().then_some(*network)) {
-            plan.unplaced = empty_count - plan.placements.len() as u32;
             plan.reasons.insert(Infeasible::NoAddress(network.name.clone()), 1);
+            out_of_hosts = true;
             break;
         }
         let id = mint();
@@ -137,21 +182,69 @@ pub fn plan(registry: &Registry, app: &str, limit: usize, mint: &mut dyn FnMut()
             })
             .collect();
         plan.placements.push(PlacedInstance { id, slot, host: host_id.clone(), interfaces });
+        if progress.outdated_slots.contains(&slot) {
+            replacements_allowed = replacements_allowed.saturating_sub(1);
+        }
+        considered += 1;
         planned.insert(host_id.clone(), extra);
         let next_used = used.plus(need);
         heap.push(Candidate { siblings: Reverse(siblings.0 + 1), fit: fit(host, next_used), host: Reverse(host_id) });
         pending = slots.next();
     }
+    if out_of_hosts {
+        // Every slot not yet considered is unplaced, but for those that would wait anyway.
+        let rest = std::iter::once(pending).flatten().chain(slots);
+        let waiting_rest = if progress.outdated_slots.is_empty() && deployment.failures.is_empty() {
+            0
+        } else {
+            rest.filter(|slot| held_back(*slot, 0)).count() as u32
+        };
+        plan.unplaced = empty_count - considered - waiting_rest + gave_up;
+    } else {
+        plan.unplaced = gave_up;
+    }
+    if gave_up > 0 {
+        plan.reasons.insert(Infeasible::GaveUp(policy.attempts), gave_up);
+    }
     Some(plan)
+}
+
+/// The best candidate not in `avoid`, or the best of all if every candidate is to be avoided;
+/// the others go back in the heap.
+fn pop_avoiding(heap: &mut BinaryHeap<Candidate>, avoid: Option<&BTreeSet<HostId>>) -> Option<Candidate> {
+    let Some(avoid) = avoid.filter(|hosts| !hosts.is_empty()) else { return heap.pop() };
+    let mut passed_over = Vec::new();
+    let chosen = loop {
+        match heap.pop() {
+            Some(candidate) if avoid.contains(&candidate.host.0) => passed_over.push(candidate),
+            Some(candidate) => break Some(candidate),
+            None => break None,
+        }
+    };
+    let mut passed_over = passed_over.into_iter();
+    let chosen = chosen.or_else(|| passed_over.next());
+    heap.extend(passed_over);
+    chosen
+}
+
+/// Whether an app's deployment runs with every slot of its version healthy (running, for a
+/// version without a health check).
+pub fn is_healthy(registry: &Registry, app: &str) -> bool {
+    let Some(deployment) = registry.deployment(app).filter(|d| d.desired == Desired::Running) else {
+        return false;
+    };
+    let healthy =
+        registry.live_of(app).filter(|i| i.version == deployment.spec.version && i.healthy_since_ms.is_some()).count();
+    healthy >= deployment.spec.count as usize
 }
 
 /// Plans every running deployment that has empty slots, up to `limit` placements each; only
 /// plans that place something.
-pub fn plan_round(registry: &Registry, limit: usize, mint: &mut dyn FnMut() -> InstanceId) -> Vec<Plan> {
+pub fn plan_round(registry: &Registry, limit: usize, now_ms: u64, mint: &mut dyn FnMut() -> InstanceId) -> Vec<Plan> {
     let apps: Vec<&str> =
         registry.deployments().filter(|d| d.desired == Desired::Running).map(|d| d.spec.app.as_str()).collect();
     apps.into_iter()
-        .filter_map(|app| plan(registry, app, limit, mint))
+        .filter_map(|app| plan(registry, app, limit, now_ms, mint))
         .filter(|plan| !plan.placements.is_empty())
         .collect()
 }
@@ -175,7 +268,12 @@ mod tests {
             status: HostStatus::Up,
             registered_at_ms: 0,
             status_changed_at_ms: 0,
+            drain: None,
         }
+    }
+
+    fn deploy(spec: DeploymentSpec) -> Command {
+        Command::Deploy { spec, at_ms: 0, by: "test".into(), cause: crate::registry::RevisionCause::Deploy }
     }
 
     struct World {
@@ -210,15 +308,24 @@ mod tests {
         }
 
         fn deploy(&mut self, target: Target, count: u32, placement: Placement) {
-            let spec = DeploymentSpec { app: "hello".into(), version: "1".into(), target, count, placement };
-            self.apply(Command::Deploy { spec, at_ms: 0 });
+            let spec = DeploymentSpec {
+                app: "hello".into(),
+                version: "1".into(),
+                target,
+                count,
+                placement,
+                update: Default::default(),
+                reschedule: Default::default(),
+                after: Vec::new(),
+            };
+            self.apply(deploy(spec));
         }
 
         /// Plans and commits until nothing more can be placed; returns the last plan.
         fn schedule(&mut self) -> Plan {
             loop {
                 let mut next = self.next_id;
-                let plan = plan(&self.registry, "hello", 2, &mut || {
+                let plan = plan(&self.registry, "hello", 2, 0, &mut || {
                     next += 1;
                     InstanceId::from_u64(next)
                 })
@@ -261,9 +368,17 @@ mod tests {
             let mut other = world.registry.app_version("hello", "1").unwrap().clone();
             other.app = "other".into();
             world.apply(Command::RegisterApp { version: other });
-            let spec =
-                DeploymentSpec { app: "other".into(), version: "1".into(), target: Target::Unix, count: 1, placement };
-            world.apply(Command::Deploy { spec, at_ms: 0 });
+            let spec = DeploymentSpec {
+                app: "other".into(),
+                version: "1".into(),
+                target: Target::Unix,
+                count: 1,
+                placement,
+                update: Default::default(),
+                reschedule: Default::default(),
+                after: Vec::new(),
+            };
+            world.apply(deploy(spec));
             let place =
                 PlacedInstance { id: InstanceId::from_u64(999), slot: 0, host: HostId("b".into()), interfaces: vec![] };
             world.apply(Command::Place { app: "other".into(), generation: 1, placements: vec![place], at_ms: 0 });
@@ -302,8 +417,8 @@ mod tests {
                 InstanceId::from_u64(n)
             }
         };
-        let first = plan(&world.registry, "hello", 10, &mut ids()).unwrap();
-        let second = plan(&world.registry, "hello", 10, &mut ids()).unwrap();
+        let first = plan(&world.registry, "hello", 10, 0, &mut ids()).unwrap();
+        let second = plan(&world.registry, "hello", 10, 0, &mut ids()).unwrap();
         assert_eq!(first, second);
         assert_eq!(first.placements.len(), 10);
         assert_eq!(first.unplaced, 0);
@@ -315,7 +430,7 @@ mod tests {
         // without walking or collecting every slot.
         let mut world = World::new(&[host("a", 250, &[Target::Unix])]);
         world.deploy(Target::Unix, u32::MAX, Placement::Binpack);
-        let plan = plan(&world.registry, "hello", 10, &mut || InstanceId::from_u64(7)).unwrap();
+        let plan = plan(&world.registry, "hello", 10, 0, &mut || InstanceId::from_u64(7)).unwrap();
         assert_eq!(plan.placements.iter().map(|p| p.slot).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(plan.unplaced, u32::MAX - 2);
     }
@@ -331,18 +446,18 @@ mod tests {
             interfaces: vec![],
         });
         world.apply(Command::Place { app: "hello".into(), generation: 1, placements: placements.into(), at_ms: 0 });
-        assert_eq!(world.registry.empty_slots("hello", 6).collect::<Vec<_>>(), [0, 3, 5]);
-        assert_eq!(world.registry.empty_slots("hello", 3).collect::<Vec<_>>(), [0]);
-        assert_eq!(world.registry.empty_slot_count("hello", 6), 3);
+        assert_eq!(world.registry.empty_slots("hello", "1", 6).collect::<Vec<_>>(), [0, 3, 5]);
+        assert_eq!(world.registry.empty_slots("hello", "1", 3).collect::<Vec<_>>(), [0]);
+        assert_eq!(world.registry.empty_slot_count("hello", "1", 6), 3);
     }
 
     #[test]
     fn stopped_or_unknown_deployments_plan_nothing() {
         let mut world = World::new(&[host("a", 1_000, &[Target::Unix])]);
-        assert!(plan(&world.registry, "hello", 10, &mut || InstanceId::from_u64(1)).is_none());
+        assert!(plan(&world.registry, "hello", 10, 0, &mut || InstanceId::from_u64(1)).is_none());
         world.deploy(Target::Unix, 1, Placement::Binpack);
         world.apply(Command::StopDeployment { app: "hello".into() });
-        assert!(plan(&world.registry, "hello", 10, &mut || InstanceId::from_u64(1)).is_none());
+        assert!(plan(&world.registry, "hello", 10, 0, &mut || InstanceId::from_u64(1)).is_none());
     }
 
     #[test]
@@ -367,8 +482,11 @@ mod tests {
             target: Target::Unix,
             count: 7,
             placement: Placement::Spread,
+            update: Default::default(),
+            reschedule: Default::default(),
+            after: Vec::new(),
         };
-        world.apply(Command::Deploy { spec, at_ms: 0 });
+        world.apply(deploy(spec));
         let last = world.schedule();
         let addresses: std::collections::BTreeSet<String> =
             world.registry.instances().map(|i| i.interfaces[0].address.to_string()).collect();

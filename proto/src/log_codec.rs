@@ -4,8 +4,8 @@ use mirari_core::ids::InstanceId;
 use mirari_core::instance::Phase;
 use mirari_core::network::Network;
 use mirari_core::registry::{
-    AppVersion, Command, DeploymentSpec, Host, HostId, HostStatus, InstanceReport, PlacedInstance, Placement, Request,
-    Resources,
+    AppVersion, Command, DeploymentSpec, Drain, Host, HostId, HostStatus, InstanceReport, PlacedInstance, Placement,
+    Request, ReschedulePolicy, Resources, RevisionCause, UpdatePolicy,
 };
 use mirari_core::spec::{FileImageRef, RunPolicy};
 use prost::Message;
@@ -44,8 +44,19 @@ fn command_to_pb(command: &Command) -> PbCommand {
         Command::RegisterApp { version } => {
             PbCommand::RegisterApp(pb::RegisterApp { version: Some(app_to_pb(version)) })
         }
-        Command::Deploy { spec, at_ms } => {
-            PbCommand::Deploy(pb::Deploy { spec: Some(deployment_to_pb(spec)), at_ms: *at_ms })
+        Command::Deploy { spec, at_ms, by, cause } => {
+            let (kind, reverted_from) = match cause {
+                RevisionCause::Deploy => (pb::DeployCause::Deploy, String::new()),
+                RevisionCause::Rollback => (pb::DeployCause::Rollback, String::new()),
+                RevisionCause::Revert(from) => (pb::DeployCause::Revert, from.clone()),
+            };
+            PbCommand::Deploy(pb::Deploy {
+                spec: Some(deployment_to_pb(spec)),
+                at_ms: *at_ms,
+                by: by.clone(),
+                cause: kind.into(),
+                reverted_from,
+            })
         }
         Command::Scale { app, count } => PbCommand::Scale(pb::Scale { app: app.clone(), count: *count }),
         Command::StopDeployment { app } => PbCommand::StopDeployment(pb::StopDeployment { app: app.clone() }),
@@ -67,14 +78,26 @@ fn command_to_pb(command: &Command) -> PbCommand {
             ids: ids.iter().map(|id| id.as_u64()).collect(),
             reason: reason.clone(),
         }),
-        Command::ReportInstances { host, reports } => PbCommand::ReportInstances(pb::ReportInstances {
+        Command::ReportInstances { host, reports, at_ms } => PbCommand::ReportInstances(pb::ReportInstances {
             host: host.0.clone(),
             reports: reports.iter().map(report_to_pb).collect(),
+            at_ms: *at_ms,
         }),
         Command::CreateNetwork { network } => {
             PbCommand::CreateNetwork(pb::CreateNetwork { network: Some(network_to_pb(network)) })
         }
         Command::RemoveNetwork { name } => PbCommand::RemoveNetwork(pb::RemoveNetwork { name: name.clone() }),
+        Command::Promote { app } => PbCommand::Promote(pb::Promote { app: app.clone() }),
+        Command::FinishRollout { app, version, failure, at_ms } => PbCommand::FinishRollout(pb::FinishRollout {
+            app: app.clone(),
+            version: version.clone(),
+            failure: failure.clone().unwrap_or_default(),
+            at_ms: *at_ms,
+        }),
+        Command::DrainHost { host, drain } => {
+            PbCommand::DrainHost(pb::DrainHost { host: host.0.clone(), drain: drain.map(drain_to_pb) })
+        }
+        Command::RemoveHost { host } => PbCommand::RemoveHost(pb::RemoveHost { host: host.0.clone() }),
     }
 }
 
@@ -92,6 +115,12 @@ fn command_from_pb(command: &PbCommand) -> Result<Command, WireError> {
         PbCommand::Deploy(c) => Command::Deploy {
             spec: deployment_from_pb(c.spec.as_ref().ok_or_else(|| invalid("deploy.spec", "missing"))?)?,
             at_ms: c.at_ms,
+            by: bounded_text("deploy.by", &c.by)?,
+            cause: match c.cause() {
+                pb::DeployCause::Unspecified | pb::DeployCause::Deploy => RevisionCause::Deploy,
+                pb::DeployCause::Rollback => RevisionCause::Rollback,
+                pb::DeployCause::Revert => RevisionCause::Revert(name("deploy.reverted_from", &c.reverted_from)?),
+            },
         },
         PbCommand::Scale(c) => Command::Scale {
             app: name("scale.app", &c.app)?,
@@ -122,11 +151,23 @@ fn command_from_pb(command: &PbCommand) -> Result<Command, WireError> {
         PbCommand::ReportInstances(c) => Command::ReportInstances {
             host: HostId(c.host.clone()),
             reports: c.reports.iter().map(report_from_pb).collect::<Result<_, WireError>>()?,
+            at_ms: c.at_ms,
         },
         PbCommand::CreateNetwork(c) => Command::CreateNetwork {
             network: network_from_pb(c.network.as_ref().ok_or_else(|| invalid("create_network.network", "missing"))?)?,
         },
         PbCommand::RemoveNetwork(c) => Command::RemoveNetwork { name: name("remove_network.name", &c.name)? },
+        PbCommand::Promote(c) => Command::Promote { app: name("promote.app", &c.app)? },
+        PbCommand::FinishRollout(c) => Command::FinishRollout {
+            app: name("finish_rollout.app", &c.app)?,
+            version: name("finish_rollout.version", &c.version)?,
+            failure: (!c.failure.is_empty()).then(|| bounded_text("finish_rollout.failure", &c.failure)).transpose()?,
+            at_ms: c.at_ms,
+        },
+        PbCommand::DrainHost(c) => {
+            Command::DrainHost { host: HostId(name("drain_host.host", &c.host)?), drain: c.drain.map(drain_from_pb) }
+        }
+        PbCommand::RemoveHost(c) => Command::RemoveHost { host: HostId(name("remove_host.host", &c.host)?) },
     })
 }
 
@@ -224,8 +265,25 @@ pub fn host_to_pb(host: &Host) -> pb::Host {
         registered_at_ms: host.registered_at_ms,
         status_changed_at_ms: host.status_changed_at_ms,
         networks: host.networks.iter().cloned().collect(),
+        drain: host.drain.map(drain_to_pb),
     }
 }
+
+fn drain_to_pb(drain: Drain) -> pb::Drain {
+    pb::Drain { since_ms: drain.since_ms, deadline_ms: drain.deadline_ms }
+}
+
+fn drain_from_pb(drain: pb::Drain) -> Drain {
+    Drain { since_ms: drain.since_ms, deadline_ms: drain.deadline_ms }
+}
+
+/// Free text (a reason, a name of who asked), at most a few KiB.
+fn bounded_text(field: &'static str, text: &str) -> Result<String, WireError> {
+    bounded(field, text.len(), MAX_TEXT_BYTES)?;
+    Ok(text.to_owned())
+}
+
+const MAX_TEXT_BYTES: usize = 4096;
 
 pub fn host_from_pb(host: &pb::Host) -> Result<Host, WireError> {
     let capacity = host.capacity.unwrap_or_default();
@@ -244,6 +302,7 @@ pub fn host_from_pb(host: &pb::Host) -> Result<Host, WireError> {
         status: status_from_pb(host.status())?,
         registered_at_ms: host.registered_at_ms,
         status_changed_at_ms: host.status_changed_at_ms,
+        drain: host.drain.map(drain_from_pb),
     })
 }
 
@@ -295,6 +354,19 @@ pub fn deployment_to_pb(spec: &DeploymentSpec) -> pb::DeploymentSpec {
             Placement::Spread => pb::Placement::Spread,
         }
         .into(),
+        update: Some(pb::UpdatePolicy {
+            max_parallel: spec.update.max_parallel,
+            min_healthy_time_ms: spec.update.min_healthy_time_ms,
+            healthy_deadline_ms: spec.update.healthy_deadline_ms,
+            canary: spec.update.canary,
+            auto_promote: spec.update.auto_promote,
+            auto_revert: spec.update.auto_revert,
+        }),
+        reschedule: Some(pb::ReschedulePolicy {
+            attempts: spec.reschedule.attempts,
+            delay_ms: spec.reschedule.delay_ms,
+        }),
+        after: spec.after.clone(),
     }
 }
 
@@ -308,8 +380,54 @@ pub fn deployment_from_pb(spec: &pb::DeploymentSpec) -> Result<DeploymentSpec, W
             pb::Placement::Spread => Placement::Spread,
             pb::Placement::Binpack | pb::Placement::Unspecified => Placement::Binpack,
         },
+        update: match spec.update {
+            None => UpdatePolicy::default(),
+            Some(u) => UpdatePolicy {
+                max_parallel: bounded(
+                    "deployment.update.max_parallel",
+                    u.max_parallel,
+                    limits::MAX_INSTANCES_PER_DEPLOYMENT,
+                )?,
+                min_healthy_time_ms: bounded(
+                    "deployment.update.min_healthy_time_ms",
+                    u.min_healthy_time_ms,
+                    MAX_POLICY_MS,
+                )?,
+                healthy_deadline_ms: bounded(
+                    "deployment.update.healthy_deadline_ms",
+                    u.healthy_deadline_ms,
+                    MAX_POLICY_MS,
+                )?,
+                canary: bounded("deployment.update.canary", u.canary, limits::MAX_INSTANCES_PER_DEPLOYMENT)?,
+                auto_promote: u.auto_promote,
+                auto_revert: u.auto_revert,
+            },
+        },
+        reschedule: match spec.reschedule {
+            None => ReschedulePolicy::default(),
+            Some(r) => ReschedulePolicy {
+                attempts: bounded("deployment.reschedule.attempts", r.attempts, 1000)?,
+                delay_ms: bounded("deployment.reschedule.delay_ms", r.delay_ms, MAX_POLICY_MS)?,
+            },
+        },
+        after: app_names("deployment.after", &spec.after)?,
     })
 }
+
+/// Apps a deployment waits for: bounded in number, each a valid name, none twice.
+fn app_names(field: &'static str, apps: &[String]) -> Result<Vec<String>, WireError> {
+    bounded(field, apps.len(), limits::MAX_AFTER)?;
+    for (index, app) in apps.iter().enumerate() {
+        name(field, app)?;
+        if apps[..index].contains(app) {
+            return Err(invalid(field, format!("`{app}` is listed twice")));
+        }
+    }
+    Ok(apps.to_vec())
+}
+
+/// The longest time an update or reschedule policy may name (a day).
+const MAX_POLICY_MS: u64 = 86_400_000;
 
 #[cfg(test)]
 mod tests {
@@ -330,6 +448,7 @@ mod tests {
             status: HostStatus::Up,
             registered_at_ms: 3,
             status_changed_at_ms: 4,
+            drain: Some(Drain { since_ms: 5, deadline_ms: 300_005 }),
         };
         let app = AppVersion {
             app: "hello".into(),
@@ -345,12 +464,24 @@ mod tests {
             target: Target::Kvm,
             count: 3,
             placement: Placement::Spread,
+            update: UpdatePolicy {
+                max_parallel: 2,
+                min_healthy_time_ms: 3_000,
+                healthy_deadline_ms: 60_000,
+                canary: 1,
+                auto_promote: true,
+                auto_revert: true,
+            },
+            reschedule: ReschedulePolicy { attempts: 2, delay_ms: 1_000 },
+            after: vec!["db".into()],
         };
         let commands = [
             Command::RegisterHost { host },
             Command::SetHostStatus { host: HostId("a".into()), status: HostStatus::Down, at_ms: 9 },
             Command::RegisterApp { version: app },
-            Command::Deploy { spec, at_ms: 5 },
+            Command::Deploy { spec: spec.clone(), at_ms: 5, by: "alice".into(), cause: RevisionCause::Deploy },
+            Command::Deploy { spec: spec.clone(), at_ms: 5, by: "bob".into(), cause: RevisionCause::Rollback },
+            Command::Deploy { spec, at_ms: 5, by: "auto-revert".into(), cause: RevisionCause::Revert("3".into()) },
             Command::Scale { app: "hello".into(), count: 7 },
             Command::StopDeployment { app: "hello".into() },
             Command::Place {
@@ -382,6 +513,7 @@ mod tests {
                     assignments_index: 17,
                     health: mirari_core::health::Health::Unhealthy,
                 }],
+                at_ms: 12,
             },
             Command::CreateNetwork {
                 network: Network {
@@ -393,6 +525,17 @@ mod tests {
                 },
             },
             Command::RemoveNetwork { name: "service".into() },
+            Command::Promote { app: "hello".into() },
+            Command::FinishRollout { app: "hello".into(), version: "2".into(), failure: None, at_ms: 8 },
+            Command::FinishRollout {
+                app: "hello".into(),
+                version: "3".into(),
+                failure: Some("instance x turned unhealthy".into()),
+                at_ms: 9,
+            },
+            Command::DrainHost { host: HostId("a".into()), drain: Some(Drain { since_ms: 1, deadline_ms: 2 }) },
+            Command::DrainHost { host: HostId("a".into()), drain: None },
+            Command::RemoveHost { host: HostId("a".into()) },
         ];
         for command in commands {
             let request = Request { request_id: "r-1".into(), command };

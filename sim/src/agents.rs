@@ -142,6 +142,7 @@ impl SimAgent {
             status: HostStatus::Up,
             registered_at_ms: 0,
             status_changed_at_ms: 0,
+            drain: None,
         }
     }
 

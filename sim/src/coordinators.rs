@@ -19,7 +19,7 @@ use mirari_core::ids::InstanceId;
 use mirari_core::lease::{LeaseTable, LeaseTiming};
 use mirari_core::registry::{ApplyResult, Command, HostId, HostStatus, Registry, Request};
 use mirari_core::rng::SplitMix64;
-use mirari_core::scheduler;
+use mirari_core::{rollout, scheduler};
 
 use crate::net::{Addr, Answer, Ms, Network, Payload, Rpc};
 
@@ -213,7 +213,7 @@ impl SimCoordinator {
                         let host = crate::agents::host_name(agent);
                         let request = Request {
                             request_id: format!("report-{id}-{call}-{}", rng.next_u64()),
-                            command: Command::ReportInstances { host, reports },
+                            command: Command::ReportInstances { host, reports, at_ms: now },
                         };
                         if node.propose(&request).is_ok() {
                             self.waiting.insert(request.request_id, Waiting::Report { agent, call });
@@ -298,7 +298,7 @@ impl SimCoordinator {
 
     fn duties(&mut self, rng: &mut SplitMix64, now: Ms, placements: &mut BTreeMap<InstanceId, Planned>) {
         let node = self.node.as_mut().expect("up");
-        let (expired, plans) = {
+        let (expired, steps, plans) = {
             let machine = node.machine();
             let registry = &machine.registry;
             let expired = self.leases.expired(registry, now, self.timing.down_after());
@@ -309,12 +309,16 @@ impl SimCoordinator {
                     return id;
                 }
             };
-            (expired, scheduler::plan_round(registry, 5000, &mut mint))
+            (expired, rollout::plan(registry, now), scheduler::plan_round(registry, 5000, now, &mut mint))
         };
         for host in expired {
             self.trace.push_back(format!("{now:>6} coordinator-{}: declares {host} down", self.id));
             let command = Command::SetHostStatus { host, status: HostStatus::Down, at_ms: now };
             let _ = node.propose(&Request { request_id: format!("down-{}-{now}", self.id), command });
+        }
+        for command in steps {
+            let request_id = format!("rollout-{}-{}", self.id, rng.next_u64());
+            let _ = node.propose(&Request { request_id, command });
         }
         for plan in plans {
             for placed in &plan.placements {

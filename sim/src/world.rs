@@ -253,8 +253,13 @@ impl World {
                         target: Target::Unix,
                         count: self.rng.between(1, 6) as u32,
                         placement: if self.rng.chance(50) { Placement::Spread } else { Placement::Binpack },
+                        update: Default::default(),
+                        reschedule: Default::default(),
+                        after: Vec::new(),
                     },
                     at_ms: self.now,
+                    by: "test".into(),
+                    cause: mirari_core::registry::RevisionCause::Deploy,
                 },
                 4..=7 => Command::Scale { app, count: self.rng.between(0, 7) as u32 },
                 _ => Command::StopDeployment { app },
@@ -455,7 +460,8 @@ impl World {
             }
         }
         for deployment in registry.deployments().filter(|d| d.desired == Desired::Running) {
-            let empty = registry.empty_slot_count(&deployment.spec.app, deployment.spec.count);
+            let empty =
+                registry.empty_slot_count(&deployment.spec.app, &deployment.spec.version, deployment.spec.count);
             if empty > 0 {
                 return Some(format!("{} has {empty} empty slots", deployment.spec.app));
             }

@@ -41,6 +41,7 @@ fn host() -> registry::Host {
         status: HostStatus::Up,
         registered_at_ms: 0,
         status_changed_at_ms: 0,
+        drain: None,
     }
 }
 

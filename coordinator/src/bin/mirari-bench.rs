@@ -228,6 +228,7 @@ fn host(name: &str) -> Host {
         status: HostStatus::Up,
         registered_at_ms: 0,
         status_changed_at_ms: 0,
+        drain: None,
     }
 }
 
@@ -386,11 +387,22 @@ mod simulated {
             target: Target::Unix,
             count: instances,
             placement: Placement::Spread,
+            update: Default::default(),
+            reschedule: Default::default(),
+            after: Vec::new(),
         };
         let deployed = Instant::now();
         propose(
             &mut client,
-            Request { request_id: "bench-deploy".into(), command: Command::Deploy { spec, at_ms: 0 } },
+            Request {
+                request_id: "bench-deploy".into(),
+                command: Command::Deploy {
+                    spec,
+                    at_ms: 0,
+                    by: "test".into(),
+                    cause: mirari_core::registry::RevisionCause::Deploy,
+                },
+            },
         )
         .await?;
         let target = instances as usize;

@@ -87,7 +87,11 @@ mod tests {
         assert_eq!(registry.host(&HostId("h1".into())).unwrap().capacity.memory_mib, 4096);
         let running = registry.instance(InstanceId::from_u64(0xabc)).unwrap();
         assert_eq!((running.observed, running.restarts), (Phase::Running, 1));
-        assert_eq!(registry.slot_holder("hello", 1), Some(InstanceId::from_u64(0xdef)), "derived indexes rebuilt");
+        assert_eq!(
+            registry.slot_filler("hello", "0.1.0", 1),
+            Some(InstanceId::from_u64(0xdef)),
+            "derived indexes rebuilt"
+        );
         // Written again, it round-trips through the current format.
         let again = Machine::decode(&machine.encode()).unwrap();
         assert_eq!(again, machine);

@@ -606,6 +606,7 @@ mod tests {
             status: mirari_core::registry::HostStatus::Up,
             registered_at_ms: 0,
             status_changed_at_ms: 0,
+            drain: None,
         };
         Request { request_id: request_id.into(), command: Command::RegisterHost { host } }
     }

@@ -8,6 +8,7 @@
 //! retry a write whose answer it lost.
 
 mod types;
+mod updates;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
@@ -58,11 +59,23 @@ pub fn holds_slot(instance: &InstanceEntry) -> bool {
     instance.desired == Desired::Running || !(instance.released || legacy_ended)
 }
 
+/// Whether an instance fills its slot for the scheduler: it holds it and is not migrating off a
+/// draining host (a migrating instance holds its resources and addresses until its replacement
+/// is healthy, but the slot is the replacement's to fill).
+pub fn fills_slot(instance: &InstanceEntry) -> bool {
+    holds_slot(instance) && !instance.migrating
+}
+
 #[derive(Debug, Clone, Default)]
 struct Derived {
     used: BTreeMap<HostId, Resources>,
-    /// App -> slot -> the instance holding it.
-    slots: BTreeMap<String, BTreeMap<u32, InstanceId>>,
+    /// App -> (version, slot) -> the instance filling it. Instances of other versions, and
+    /// migrating ones, hold their slots beside it until a rollout or drain stops them.
+    slots: BTreeMap<String, BTreeMap<(String, u32), InstanceId>>,
+    /// App -> the instances that should run.
+    live: BTreeMap<String, BTreeSet<InstanceId>>,
+    /// App -> the instances that should run and are migrating off a draining host.
+    migrating: BTreeMap<String, BTreeSet<InstanceId>>,
     /// Network -> address -> the instance holding it.
     addresses: BTreeMap<String, BTreeMap<Ipv4Addr, InstanceId>>,
     /// Instances each host holds: those it must run, and those it must stop that have not
@@ -79,6 +92,8 @@ impl PartialEq for Derived {
     fn eq(&self, other: &Self) -> bool {
         self.used == other.used
             && self.slots == other.slots
+            && self.live == other.live
+            && self.migrating == other.migrating
             && self.placed == other.placed
             && self.addresses == other.addresses
     }
@@ -121,6 +136,22 @@ impl Registry {
 
     pub fn app_version(&self, app: &str, version: &str) -> Option<&AppVersion> {
         self.apps.get(app)?.get(version)
+    }
+
+    /// An app's registered versions, by the registry's name for each.
+    pub fn app_versions(&self, app: &str) -> impl Iterator<Item = (&String, &AppVersion)> {
+        self.apps.get(app).into_iter().flatten()
+    }
+
+    /// Whether instances of `app` are migrating off draining hosts.
+    pub fn has_migrating(&self, app: &str) -> bool {
+        self.derived.migrating.get(app).is_some_and(|ids| !ids.is_empty())
+    }
+
+    /// The instances of `app` that should run, by ID.
+    pub fn live_of(&self, app: &str) -> impl Iterator<Item = &InstanceEntry> {
+        let ids = self.derived.live.get(app).into_iter().flatten();
+        ids.filter_map(|id| self.instances.get(id))
     }
 
     pub fn deployments(&self) -> impl Iterator<Item = &Deployment> {
@@ -181,18 +212,23 @@ impl Registry {
         self.derived.host_versions.get(host).copied().unwrap_or_default()
     }
 
-    /// The instance that holds a slot of an app's deployment, if any.
-    pub fn slot_holder(&self, app: &str, slot: u32) -> Option<InstanceId> {
-        self.derived.slots.get(app)?.get(&slot).copied()
+    /// The instance that fills a slot of an app with a version, if any.
+    pub fn slot_filler(&self, app: &str, version: &str, slot: u32) -> Option<InstanceId> {
+        self.derived.slots.get(app)?.get(&(version.to_owned(), slot)).copied()
     }
 
-    /// The slots below `count` of an app's deployment that no instance fills, in order. Lazy:
-    /// the work is in proportion to the filled slots and the empty ones taken, never `count`.
-    pub fn empty_slots(&self, app: &str, count: u32) -> impl Iterator<Item = u32> + '_ {
-        let mut filled = self.derived.slots.get(app).into_iter().flat_map(move |slots| slots.range(..count)).peekable();
+    fn filled_below<'a>(&'a self, app: &str, version: &str, count: u32) -> impl Iterator<Item = u32> + 'a {
+        let range = (version.to_owned(), 0)..(version.to_owned(), count);
+        self.derived.slots.get(app).into_iter().flat_map(move |slots| slots.range(range.clone())).map(|((_, s), _)| *s)
+    }
+
+    /// The slots below `count` that no instance of `version` fills, in order. Lazy: the work is
+    /// in proportion to the filled slots and the empty ones taken, never `count`.
+    pub fn empty_slots(&self, app: &str, version: &str, count: u32) -> impl Iterator<Item = u32> + '_ {
+        let mut filled = self.filled_below(app, version, count).peekable();
         let mut next = 0u32;
         std::iter::from_fn(move || {
-            while filled.peek().is_some_and(|(slot, _)| **slot == next) {
+            while filled.peek().is_some_and(|slot| *slot == next) {
                 filled.next();
                 next += 1;
             }
@@ -203,9 +239,9 @@ impl Registry {
         })
     }
 
-    /// How many slots below `count` of an app's deployment no instance fills.
-    pub fn empty_slot_count(&self, app: &str, count: u32) -> u32 {
-        let filled = self.derived.slots.get(app).map_or(0, |slots| slots.range(..count).count());
+    /// How many slots below `count` no instance of `version` fills.
+    pub fn empty_slot_count(&self, app: &str, version: &str, count: u32) -> u32 {
+        let filled = self.filled_below(app, version, count).count();
         count - u32::try_from(filled).unwrap_or(count)
     }
 
@@ -214,7 +250,7 @@ impl Registry {
         self.derived = Derived::default();
         let holding: Vec<InstanceEntry> = self.instances.values().filter(|i| holds_slot(i)).cloned().collect();
         for instance in &holding {
-            self.occupy(instance);
+            self.index(instance, Held::of(instance), true);
         }
     }
 
@@ -250,7 +286,7 @@ impl Registry {
             Command::RegisterHost { host } => self.register_host(host),
             Command::SetHostStatus { host, status, at_ms } => self.set_host_status(host, *status, *at_ms),
             Command::RegisterApp { version } => self.register_app(version),
-            Command::Deploy { spec, at_ms } => self.deploy(spec, *at_ms),
+            Command::Deploy { spec, at_ms, by, cause } => self.deploy(spec, *at_ms, by, cause),
             Command::Scale { app, count } => self.scale(app, *count),
             Command::StopDeployment { app } => self.stop_deployment(app),
             Command::Place { app, generation, placements, at_ms } => self.place(app, *generation, placements, *at_ms),
@@ -258,9 +294,15 @@ impl Registry {
                 self.stop_instances(ids.iter().copied(), reason);
                 Ok(Outcome::Done)
             }
-            Command::ReportInstances { host, reports } => self.report(host, reports),
+            Command::ReportInstances { host, reports, at_ms } => self.report(host, reports, *at_ms),
             Command::CreateNetwork { network } => self.create_network(network),
             Command::RemoveNetwork { name } => self.remove_network(name),
+            Command::Promote { app } => self.promote(app),
+            Command::FinishRollout { app, version, failure, at_ms } => {
+                self.finish_rollout(app, version, failure.as_deref(), *at_ms)
+            }
+            Command::DrainHost { host, drain } => self.drain_host(host, *drain),
+            Command::RemoveHost { host } => self.remove_host(host),
         }
     }
 
@@ -271,6 +313,8 @@ impl Registry {
         let mut host = host.clone();
         if let Some(known) = self.hosts.get(&host.id) {
             host.registered_at_ms = known.registered_at_ms;
+            // A drain is the operators' to end, not the agent's.
+            host.drain = known.drain;
             // Registering again changes no status: the leader's lease table goes by this time.
             if known.status == host.status {
                 host.status_changed_at_ms = known.status_changed_at_ms;
@@ -342,49 +386,6 @@ impl Registry {
         Ok(Outcome::Done)
     }
 
-    fn register_app(&mut self, version: &AppVersion) -> ApplyResult {
-        if version.artifacts.is_empty() {
-            return Err(Rejection::Invalid(format!("app `{}` has no artifacts", version.app)));
-        }
-        args::check(&version.run.boot_args, &version.run.networks)
-            .map_err(|e| Rejection::Invalid(format!("app `{}`: {e}", version.app)))?;
-        self.apps.entry(version.app.clone()).or_default().insert(version.version.clone(), version.clone());
-        Ok(Outcome::Done)
-    }
-
-    fn deploy(&mut self, spec: &DeploymentSpec, at_ms: u64) -> ApplyResult {
-        let version =
-            self.app_version(&spec.app, &spec.version).ok_or_else(|| match self.apps.contains_key(&spec.app) {
-                true => Rejection::UnknownVersion { app: spec.app.clone(), version: spec.version.clone() },
-                false => Rejection::UnknownApp(spec.app.clone()),
-            })?;
-        if !version.artifacts.contains_key(&spec.target) {
-            return Err(Rejection::NotBuiltFor {
-                app: spec.app.clone(),
-                version: spec.version.clone(),
-                target: spec.target,
-            });
-        }
-        if let Some(unknown) = version.run.networks.iter().find(|n| !self.networks.contains_key(*n)) {
-            return Err(Rejection::UnknownNetwork(unknown.clone()));
-        }
-        let previous = self.deployments.get(&spec.app).cloned();
-        let generation = previous.as_ref().map_or(1, |d| d.generation + 1);
-        let created_at_ms = previous.as_ref().map_or(at_ms, |d| d.created_at_ms);
-        let replaced =
-            previous.as_ref().is_some_and(|d| d.spec.version != spec.version || d.spec.target != spec.target);
-        if replaced {
-            let old = self.live_instances_of(&spec.app);
-            self.stop_instances(old, &format!("replaced by version {} for {}", spec.version, spec.target));
-        }
-        self.deployments.insert(
-            spec.app.clone(),
-            Deployment { spec: spec.clone(), desired: Desired::Running, generation, created_at_ms },
-        );
-        self.trim_slots(&spec.app, spec.count);
-        Ok(Outcome::Done)
-    }
-
     fn scale(&mut self, app: &str, count: u32) -> ApplyResult {
         let deployment = self.deployments.get_mut(app).ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
         deployment.spec.count = count;
@@ -405,17 +406,12 @@ impl Registry {
 
     /// Stops the instances in slots at or above `count`.
     fn trim_slots(&mut self, app: &str, count: u32) {
-        let surplus: Vec<InstanceId> = self
-            .instances
-            .values()
-            .filter(|i| i.app == app && i.desired == Desired::Running && i.slot >= count)
-            .map(|i| i.id)
-            .collect();
+        let surplus: Vec<InstanceId> = self.live_of(app).filter(|i| i.slot >= count).map(|i| i.id).collect();
         self.stop_instances(surplus, "scaled down");
     }
 
     fn live_instances_of(&self, app: &str) -> Vec<InstanceId> {
-        self.instances.values().filter(|i| i.app == app && i.desired == Desired::Running).map(|i| i.id).collect()
+        self.derived.live.get(app).map(|ids| ids.iter().copied().collect()).unwrap_or_default()
     }
 
     fn place(&mut self, app: &str, generation: u64, placements: &[PlacedInstance], at_ms: u64) -> ApplyResult {
@@ -450,7 +446,7 @@ impl Registry {
             if placed.slot >= spec.count {
                 return Err(Rejection::NoSuchSlot { app: app.to_owned(), slot: placed.slot, count: spec.count });
             }
-            if self.slot_holder(app, placed.slot).is_some() || !slots.insert(placed.slot) {
+            if self.slot_filler(app, &spec.version, placed.slot).is_some() || !slots.insert(placed.slot) {
                 return Err(Rejection::SlotTaken { app: app.to_owned(), slot: placed.slot });
             }
             let host = self.hosts.get(&placed.host).ok_or_else(|| Rejection::UnknownHost(placed.host.clone()))?;
@@ -481,9 +477,11 @@ impl Registry {
                 released: false,
                 interfaces: placed.interfaces.clone(),
                 health: crate::health::Health::None,
+                healthy_since_ms: None,
+                migrating: false,
             };
             self.minted.insert(placed.id);
-            self.occupy(&instance);
+            self.index(&instance, Held::of(&instance), true);
             self.instances.insert(placed.id, instance);
         }
         Ok(Outcome::Placed(placements.iter().map(|p| p.id).collect()))
@@ -527,20 +525,23 @@ impl Registry {
     }
 
     /// Changes one instance, keeping the derived indexes in step: it releases its slot once it
-    /// no longer holds it, and its host's assignments change when what it must do does.
+    /// no longer holds it, gives it up to a replacement when it starts migrating, and its
+    /// host's assignments change when what it must do does.
     fn update(&mut self, id: InstanceId, change: impl FnOnce(&mut InstanceEntry)) {
         let Some(instance) = self.instances.get_mut(&id) else { return };
-        let (held, desired) = (holds_slot(instance), instance.desired);
+        let (before, desired) = (Held::of(instance), instance.desired);
         change(instance);
         let instance = instance.clone();
-        if held && !holds_slot(&instance) {
-            self.vacate(&instance);
-        } else if held && desired != instance.desired {
+        let after = Held::of(&instance);
+        if before != after {
+            self.index(&instance, before, false);
+            self.index(&instance, after, true);
+        } else if before.holds && desired != instance.desired {
             *self.derived.host_versions.entry(instance.host.clone()).or_default() += 1;
         }
     }
 
-    fn report(&mut self, host: &HostId, reports: &[InstanceReport]) -> ApplyResult {
+    fn report(&mut self, host: &HostId, reports: &[InstanceReport], at_ms: u64) -> ApplyResult {
         if !self.hosts.contains_key(host) {
             return Err(Rejection::UnknownHost(host.clone()));
         }
@@ -575,41 +576,52 @@ impl Registry {
                     instance.message = report.message.clone();
                 }
             });
+            self.note_health(report.id, at_ms);
+            self.note_failure(report.id, at_ms);
         }
         Ok(Outcome::Done)
     }
 
-    fn occupy(&mut self, instance: &InstanceEntry) {
-        let need = self.need_of(instance);
-        let used = self.derived.used.entry(instance.host.clone()).or_default();
-        *used = used.plus(need);
-        self.derived.slots.entry(instance.app.clone()).or_default().insert(instance.slot, instance.id);
-        for interface in &instance.interfaces {
-            let held = self.derived.addresses.entry(interface.network.clone()).or_default();
-            held.insert(interface.address.address, instance.id);
-        }
-        self.derived.placed.entry(instance.host.clone()).or_default().insert(instance.id);
-        *self.derived.host_versions.entry(instance.host.clone()).or_default() += 1;
-    }
-
-    fn vacate(&mut self, instance: &InstanceEntry) {
-        let need = self.need_of(instance);
-        if let Some(used) = self.derived.used.get_mut(&instance.host) {
-            *used = used.minus(need);
-        }
-        if let Some(slots) = self.derived.slots.get_mut(&instance.app)
-            && slots.get(&instance.slot) == Some(&instance.id)
-        {
-            slots.remove(&instance.slot);
-        }
-        for interface in &instance.interfaces {
-            if let Some(held) = self.derived.addresses.get_mut(&interface.network)
-                && held.get(&interface.address.address) == Some(&instance.id)
-            {
-                held.remove(&interface.address.address);
+    /// Adds an instance to (or takes it out of) the derived indexes its state puts it in.
+    fn index(&mut self, instance: &InstanceEntry, held: Held, add: bool) {
+        for (member, set) in [(held.live, &mut self.derived.live), (held.migrating, &mut self.derived.migrating)] {
+            if member {
+                let ids = set.entry(instance.app.clone()).or_default();
+                if add {
+                    ids.insert(instance.id);
+                } else {
+                    ids.remove(&instance.id);
+                }
             }
         }
-        if let Some(placed) = self.derived.placed.get_mut(&instance.host) {
+        if held.fills {
+            let slots = self.derived.slots.entry(instance.app.clone()).or_default();
+            let key = (instance.version.clone(), instance.slot);
+            if add {
+                slots.insert(key, instance.id);
+            } else if slots.get(&key) == Some(&instance.id) {
+                slots.remove(&key);
+            }
+        }
+        if !held.holds {
+            return;
+        }
+        let need = self.need_of(instance);
+        let used = self.derived.used.entry(instance.host.clone()).or_default();
+        *used = if add { used.plus(need) } else { used.minus(need) };
+        for interface in &instance.interfaces {
+            let held = self.derived.addresses.entry(interface.network.clone()).or_default();
+            let address = interface.address.address;
+            if add {
+                held.insert(address, instance.id);
+            } else if held.get(&address) == Some(&instance.id) {
+                held.remove(&address);
+            }
+        }
+        let placed = self.derived.placed.entry(instance.host.clone()).or_default();
+        if add {
+            placed.insert(instance.id);
+        } else {
             placed.remove(&instance.id);
         }
         *self.derived.host_versions.entry(instance.host.clone()).or_default() += 1;
@@ -619,6 +631,30 @@ impl Registry {
         let run = self.app_version(&instance.app, &instance.version).map(|v| (v.run.memory_mib, v.run.vcpus));
         let (memory_mib, vcpus) = run.unwrap_or((0, 0));
         Resources { memory_mib: u64::from(memory_mib), vcpus, instances: 1 }
+    }
+}
+
+/// Which derived indexes an instance's state puts it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    /// Its host's resources and assignments, its addresses.
+    holds: bool,
+    /// Its (version, slot).
+    fills: bool,
+    /// Its app's instances that should run.
+    live: bool,
+    /// Its app's instances that should run and are migrating.
+    migrating: bool,
+}
+
+impl Held {
+    fn of(instance: &InstanceEntry) -> Self {
+        Self {
+            holds: holds_slot(instance),
+            fills: fills_slot(instance),
+            live: instance.desired == Desired::Running,
+            migrating: instance.desired == Desired::Running && instance.migrating,
+        }
     }
 }
 
@@ -653,6 +689,8 @@ impl Resources {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Infeasible {
     Down,
+    /// Draining (`hosts drain`): it takes no new instances.
+    Draining,
     LacksBackend(crate::target::Target),
     LacksLabel(String, String),
     LacksNetwork(String),
@@ -663,6 +701,11 @@ pub enum Infeasible {
     NoAddress(String),
     /// Not a host's fault: the app names a network the cluster does not know.
     UnknownNetwork(String),
+    /// Not a host's fault: the deployment comes after an app that is not healthy yet.
+    Waiting(String),
+    /// Not a host's fault: the slot's instances failed this many times, as often as the
+    /// reschedule policy allows.
+    GaveUp(u32),
 }
 
 impl Infeasible {
@@ -672,6 +715,7 @@ impl Infeasible {
         let (subject, verb) = (if one { "host" } else { "hosts" }, if one { "lacks" } else { "lack" });
         match self {
             Infeasible::Down => format!("{hosts} {subject} {}", if one { "is down" } else { "are down" }),
+            Infeasible::Draining => format!("{hosts} {subject} {}", if one { "is draining" } else { "are draining" }),
             Infeasible::LacksBackend(target) => {
                 format!("{hosts} {subject} {verb} backend {target}")
             }
@@ -684,6 +728,14 @@ impl Infeasible {
             Infeasible::Full => format!("{hosts} {subject} {}", if one { "is full" } else { "are full" }),
             Infeasible::NoAddress(network) => format!("network {network} has no free address"),
             Infeasible::UnknownNetwork(network) => format!("network {network} is not defined"),
+            Infeasible::Waiting(app) => format!("waiting for {app} to be healthy"),
+            Infeasible::GaveUp(attempts) => {
+                format!(
+                    "{hosts} {} failed {attempts} times and {} not rescheduled again",
+                    if one { "slot" } else { "slots" },
+                    if one { "is" } else { "are" }
+                )
+            }
         }
     }
 }
@@ -698,6 +750,9 @@ pub fn feasible(
 ) -> Result<(), Infeasible> {
     if host.status != HostStatus::Up {
         return Err(Infeasible::Down);
+    }
+    if host.drain.is_some() {
+        return Err(Infeasible::Draining);
     }
     if !host.backends.contains(&target) {
         return Err(Infeasible::LacksBackend(target));

@@ -14,6 +14,7 @@ fn host(name: &str, memory_mib: u64, backends: &[Target]) -> Host {
         status: HostStatus::Up,
         registered_at_ms: 1,
         status_changed_at_ms: 1,
+        drain: None,
     }
 }
 
@@ -45,7 +46,12 @@ fn deployed(count: u32) -> (Registry, u64) {
         Command::RegisterHost { host: host("a", 256, &[Target::Unix, Target::Kvm]) },
         Command::RegisterHost { host: host("b", 128, &[Target::Unix]) },
         Command::RegisterApp { version: app("1") },
-        Command::Deploy { spec: spec("1", count), at_ms: 5 },
+        Command::Deploy {
+            spec: spec("1", count),
+            at_ms: 5,
+            by: "test".into(),
+            cause: crate::registry::RevisionCause::Deploy,
+        },
     ];
     setup(commands)
 }
@@ -57,6 +63,9 @@ fn spec(version: &str, count: u32) -> DeploymentSpec {
         target: Target::Unix,
         count,
         placement: Placement::Binpack,
+        update: Default::default(),
+        reschedule: Default::default(),
+        after: Vec::new(),
     }
 }
 
@@ -82,7 +91,7 @@ fn places_instances_and_accounts_for_them() {
         Ok(Outcome::Placed(vec![InstanceId::from_u64(1), InstanceId::from_u64(2), InstanceId::from_u64(3)]))
     );
     assert_eq!(registry.used(&HostId("a".into())), Resources { memory_mib: 128, vcpus: 2, instances: 2 });
-    assert_eq!(registry.slot_holder("hello", 2), Some(InstanceId::from_u64(3)));
+    assert_eq!(registry.slot_filler("hello", "1", 2), Some(InstanceId::from_u64(3)));
     assert_eq!(registry.instances().count(), 3);
 }
 
@@ -164,7 +173,7 @@ fn report(id: u64, phase: Phase) -> InstanceReport {
 }
 
 fn reported(registry: &mut Registry, index: u64, host: &str, reports: Vec<InstanceReport>) {
-    let command = Command::ReportInstances { host: HostId(host.into()), reports };
+    let command = Command::ReportInstances { host: HostId(host.into()), reports, at_ms: 0 };
     registry.apply(index, &request(index, command)).unwrap();
 }
 
@@ -190,15 +199,15 @@ fn a_slot_is_not_filled_again_until_its_stopped_instance_has_ended() {
     reported(&mut registry, index + 2, "b", vec![report(2, Phase::Running)]);
     registry.apply(index + 3, &request(index + 3, Command::Scale { app: "hello".into(), count: 1 })).unwrap();
     registry.apply(index + 4, &request(index + 4, Command::Scale { app: "hello".into(), count: 2 })).unwrap();
-    assert_eq!(registry.slot_holder("hello", 1), Some(InstanceId::from_u64(2)), "held while it may run");
-    assert_eq!(registry.empty_slots("hello", 2).count(), 0);
+    assert_eq!(registry.slot_filler("hello", "1", 1), Some(InstanceId::from_u64(2)), "held while it may run");
+    assert_eq!(registry.empty_slots("hello", "1", 2).count(), 0);
     assert!(matches!(place(&mut registry, index + 5, vec![placed(3, 1, "a")]), Err(Rejection::SlotTaken { .. })));
     // The host says what it must stop is still stopping; then that it has stopped.
     assert!(registry.placed_on(&HostId("b".into())).any(|i| i.id == InstanceId::from_u64(2)));
     reported(&mut registry, index + 6, "b", vec![report(2, Phase::Stopping)]);
-    assert_eq!(registry.slot_holder("hello", 1), Some(InstanceId::from_u64(2)));
+    assert_eq!(registry.slot_filler("hello", "1", 1), Some(InstanceId::from_u64(2)));
     reported(&mut registry, index + 7, "b", vec![report(2, Phase::Stopped)]);
-    assert_eq!(registry.slot_holder("hello", 1), None);
+    assert_eq!(registry.slot_filler("hello", "1", 1), None);
     assert!(registry.placed_on(&HostId("b".into())).next().is_none());
     place(&mut registry, index + 8, vec![placed(3, 1, "a")]).expect("the slot is free once its instance ended");
 }
@@ -223,13 +232,13 @@ fn a_host_going_down_loses_its_instances_and_frees_their_slots() {
     registry.apply(index + 2, &request(index + 2, down)).unwrap();
     let lost = registry.instance(InstanceId::from_u64(2)).unwrap();
     assert_eq!((lost.observed, lost.desired), (Phase::Lost, Desired::Stopped));
-    assert_eq!(registry.slot_holder("hello", 1), None);
+    assert_eq!(registry.slot_filler("hello", "1", 1), None);
     // A stale report from the returning host does not revive it.
     let report = report(lost.id.as_u64(), Phase::Running);
     registry
         .apply(
             index + 3,
-            &request(index + 3, Command::ReportInstances { host: HostId("b".into()), reports: vec![report] }),
+            &request(index + 3, Command::ReportInstances { host: HostId("b".into()), reports: vec![report], at_ms: 0 }),
         )
         .unwrap();
     assert_eq!(registry.instance(InstanceId::from_u64(2)).unwrap().observed, Phase::Lost);
@@ -246,19 +255,50 @@ fn derived_indexes_survive_a_snapshot_round_trip() {
 }
 
 #[test]
-fn deploying_a_new_version_replaces_the_old_instances() {
+fn deploying_a_new_version_starts_a_rollout_beside_the_old_instances() {
     let (mut registry, index) = deployed(1);
     place(&mut registry, index + 1, vec![placed(1, 0, "a")]).unwrap();
-    registry.apply(index + 2, &request(index + 2, Command::RegisterApp { version: app("2") })).unwrap();
-    registry.apply(index + 3, &request(index + 3, Command::Deploy { spec: spec("2", 1), at_ms: 7 })).unwrap();
-    assert_eq!(registry.instance(InstanceId::from_u64(1)).unwrap().desired, Desired::Stopped);
-    reported(&mut registry, index + 4, "a", vec![report(1, Phase::Stopped)]);
-    assert_eq!(registry.slot_holder("hello", 0), None);
-    let missing = Command::Deploy { spec: spec("9", 1), at_ms: 7 };
+    let registered = registry.apply(index + 2, &request(index + 2, Command::RegisterApp { version: app("2") }));
+    assert_eq!(registered, Ok(Outcome::Registered { version: "2".into(), unchanged: false }));
+    let deploy = |version: &str| Command::Deploy {
+        spec: spec(version, 1),
+        at_ms: 7,
+        by: "alice".into(),
+        cause: RevisionCause::Deploy,
+    };
+    registry.apply(index + 3, &request(index + 3, deploy("2"))).unwrap();
+    // The old instance runs on until the rollout replaces it; version 2's slot is empty.
+    assert_eq!(registry.instance(InstanceId::from_u64(1)).unwrap().desired, Desired::Running);
+    assert_eq!(registry.slot_filler("hello", "1", 0), Some(InstanceId::from_u64(1)));
+    assert_eq!(registry.empty_slots("hello", "2", 1).collect::<Vec<_>>(), [0]);
+    let deployment = registry.deployment("hello").unwrap();
+    assert_eq!(deployment.rollout.as_ref().map(|r| r.version.as_str()), Some("2"));
+    let history: Vec<(&str, &str, &str)> =
+        deployment.history.iter().map(|r| (r.version.as_str(), r.by.as_str(), r.outcome.name())).collect();
+    assert_eq!(history, [("1", "test", "superseded"), ("2", "alice", "rolling")]);
+    assert_eq!(registry.apply(index + 4, &request(index + 4, deploy("2"))), Ok(Outcome::Unchanged));
     assert_eq!(
-        registry.apply(index + 5, &request(index + 5, missing)),
+        registry.apply(index + 5, &request(index + 5, deploy("9"))),
         Err(Rejection::UnknownVersion { app: "hello".into(), version: "9".into() })
     );
+}
+
+#[test]
+fn the_same_label_with_other_contents_is_another_version_and_the_same_contents_are_unchanged() {
+    let (mut registry, index) = deployed(1);
+    let mut changed = app("1");
+    changed.run.memory_mib = 96;
+    let register = |version: &AppVersion| Command::RegisterApp { version: version.clone() };
+    let digest = changed.digest().to_string();
+    let second = registry.apply(index + 1, &request(index + 1, register(&changed)));
+    assert_eq!(second, Ok(Outcome::Registered { version: format!("1#{}", &digest[..8]), unchanged: false }));
+    let again = registry.apply(index + 2, &request(index + 2, register(&changed)));
+    assert_eq!(again, Ok(Outcome::Registered { version: format!("1#{}", &digest[..8]), unchanged: true }));
+    let first = registry.apply(index + 3, &request(index + 3, register(&app("1"))));
+    assert_eq!(first, Ok(Outcome::Registered { version: "1".into(), unchanged: true }));
+    let mut bad = app("1#2");
+    bad.run.memory_mib = 1;
+    assert!(matches!(registry.apply(index + 4, &request(index + 4, register(&bad))), Err(Rejection::Invalid(_))));
 }
 
 #[test]
@@ -269,9 +309,9 @@ fn an_exited_instance_asked_to_stop_holds_its_slot_until_it_is_stopped() {
     place(&mut registry, index + 1, vec![placed(1, 0, "a")]).unwrap();
     reported(&mut registry, index + 2, "a", vec![report(1, Phase::Exited)]);
     registry.apply(index + 3, &request(index + 3, Command::StopDeployment { app: "hello".into() })).unwrap();
-    assert_eq!(registry.slot_holder("hello", 0), Some(InstanceId::from_u64(1)));
+    assert_eq!(registry.slot_filler("hello", "1", 0), Some(InstanceId::from_u64(1)));
     reported(&mut registry, index + 4, "a", vec![report(1, Phase::Stopped)]);
-    assert_eq!(registry.slot_holder("hello", 0), None);
+    assert_eq!(registry.slot_filler("hello", "1", 0), None);
 }
 
 #[test]
@@ -298,10 +338,10 @@ fn an_end_reported_before_the_host_heard_of_the_stop_does_not_free_the_slot() {
     let stopped_at = index + 2;
     let early = InstanceReport { assignments_index: stopped_at - 1, revision: 2, ..report(1, Phase::Stopped) };
     reported(&mut registry, index + 3, "a", vec![early]);
-    assert_eq!(registry.slot_holder("hello", 0), Some(InstanceId::from_u64(1)), "the stop was not heard yet");
+    assert_eq!(registry.slot_filler("hello", "1", 0), Some(InstanceId::from_u64(1)), "the stop was not heard yet");
     let heard = InstanceReport { assignments_index: stopped_at, revision: 3, ..report(1, Phase::Stopped) };
     reported(&mut registry, index + 4, "a", vec![heard]);
-    assert_eq!(registry.slot_holder("hello", 0), None);
+    assert_eq!(registry.slot_filler("hello", "1", 0), None);
 }
 
 /// A registry with a /29 network `service` (pool .2-.6, gateway .1) that hosts a and b carry,
@@ -323,7 +363,12 @@ fn networked(count: u32) -> (Registry, u64) {
         Command::RegisterHost { host: carrying("a") },
         Command::RegisterHost { host: carrying("b") },
         Command::RegisterApp { version },
-        Command::Deploy { spec: spec("1", count), at_ms: 5 },
+        Command::Deploy {
+            spec: spec("1", count),
+            at_ms: 5,
+            by: "test".into(),
+            cause: crate::registry::RevisionCause::Deploy,
+        },
     ];
     setup(commands)
 }
@@ -375,7 +420,20 @@ fn an_address_is_free_again_only_once_its_instance_is_known_to_have_ended() {
     assert_eq!(registry.address_holder("service", address), None);
 
     // A host that stops answering keeps its instances' addresses until it is declared down.
-    registry.apply(index + 5, &request(index + 5, Command::Deploy { spec: spec("1", 1), at_ms: 6 })).unwrap();
+    registry
+        .apply(
+            index + 5,
+            &request(
+                index + 5,
+                Command::Deploy {
+                    spec: spec("1", 1),
+                    at_ms: 6,
+                    by: "test".into(),
+                    cause: crate::registry::RevisionCause::Deploy,
+                },
+            ),
+        )
+        .unwrap();
     place(&mut registry, index + 6, vec![placed_at(2, 0, "b", "10.88.0.2")]).unwrap();
     let stop = Command::StopInstances { ids: vec![InstanceId::from_u64(2)], reason: "replaced".into() };
     registry.apply(index + 7, &request(index + 7, stop)).unwrap();
@@ -405,7 +463,12 @@ fn networks_are_declared_once_and_kept_while_used() {
     assert!(matches!(registry.apply(index + 3, &remove(index + 3)), Err(Rejection::NetworkInUse { .. })));
     registry.apply(index + 4, &request(index + 4, Command::StopDeployment { app: "hello".into() })).unwrap();
     assert_eq!(registry.apply(index + 5, &remove(index + 5)), Ok(Outcome::Done));
-    let redeploy = Command::Deploy { spec: spec("1", 1), at_ms: 7 };
+    let redeploy = Command::Deploy {
+        spec: spec("1", 1),
+        at_ms: 7,
+        by: "test".into(),
+        cause: crate::registry::RevisionCause::Deploy,
+    };
     assert_eq!(
         registry.apply(index + 6, &request(index + 6, redeploy)),
         Err(Rejection::UnknownNetwork("service".into()))

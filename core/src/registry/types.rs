@@ -54,6 +54,17 @@ pub struct Host {
     pub status: HostStatus,
     pub registered_at_ms: u64,
     pub status_changed_at_ms: u64,
+    /// Set by `hosts drain`: the host takes no new instances, and its instances move elsewhere.
+    #[serde(default)]
+    pub drain: Option<Drain>,
+}
+
+/// A host being emptied: each of its instances is replaced elsewhere, the new one healthy before
+/// the old one is stopped; whatever is left at the deadline is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    pub since_ms: u64,
+    pub deadline_ms: u64,
 }
 
 /// One registered version of an application: everything needed to run it, by digest.
@@ -69,6 +80,14 @@ pub struct AppVersion {
 }
 
 impl AppVersion {
+    /// Everything that shapes an instance of this version, as one digest: the label, the
+    /// artifacts, the file images, the run policy (networks and health check included) and the
+    /// placement constraints. Registering the same digest again changes nothing.
+    pub fn digest(&self) -> Digest {
+        let shape = (&self.app, &self.version, &self.artifacts, &self.files, &self.run, &self.constraints);
+        Digest::of(&serde_json::to_vec(&shape).expect("a version serializes"))
+    }
+
     pub fn instance_spec(&self, target: Target) -> Option<InstanceSpec> {
         Some(InstanceSpec {
             app: self.app.clone(),
@@ -96,10 +115,20 @@ pub enum Placement {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentSpec {
     pub app: String,
+    /// The registry's name of the version (see [`Outcome::Registered`]).
     pub version: String,
     pub target: Target,
     pub count: u32,
     pub placement: Placement,
+    /// How a new version replaces the running one.
+    #[serde(default)]
+    pub update: UpdatePolicy,
+    /// How a slot whose instance failed for good is filled again.
+    #[serde(default)]
+    pub reschedule: ReschedulePolicy,
+    /// Apps whose deployments must be healthy before this one's instances are placed.
+    #[serde(default)]
+    pub after: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +140,144 @@ pub struct Deployment {
     /// generation is refused.
     pub generation: u64,
     pub created_at_ms: u64,
+    /// The version change under way, if any.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+    /// Every version deployed, oldest first (at most [`crate::limits::MAX_HISTORY`]).
+    #[serde(default)]
+    pub history: Vec<Revision>,
+    /// Slots whose instances failed for good, and where.
+    #[serde(default)]
+    pub failures: BTreeMap<u32, SlotFailures>,
+}
+
+/// A version change in progress: instances of `spec.version` replace the others slot by slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub version: String,
+    pub started_at_ms: u64,
+    /// Canaries, if the policy asks for them, are promoted (by `cluster promote` or
+    /// `auto_promote`); without canaries, promoted from the start.
+    pub promoted: bool,
+    /// Why it stopped making progress (no revert asked, or nothing healthy to revert to).
+    pub failed: Option<String>,
+}
+
+/// One deployed version in a deployment's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    pub version: String,
+    pub label: String,
+    pub digest: Digest,
+    pub target: Target,
+    pub artifact: Digest,
+    pub files: Vec<FileImageRef>,
+    pub deployed_at_ms: u64,
+    /// Who deployed it: the operator certificate's name, `local` for a local caller, or
+    /// `auto-revert`.
+    pub by: String,
+    pub cause: RevisionCause,
+    pub outcome: RevisionOutcome,
+    pub ended_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "cause", content = "from")]
+pub enum RevisionCause {
+    Deploy,
+    /// `cluster rollback`.
+    Rollback,
+    /// The update to this version failed and `auto_revert` came back here.
+    Revert(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "outcome", content = "reason")]
+pub enum RevisionOutcome {
+    /// Rolling out (or its canaries await promotion).
+    Rolling,
+    /// Every slot ran it healthy: the deployment's version from then on.
+    Promoted,
+    /// Its new instances failed to become healthy; the deployment keeps what runs.
+    Failed(String),
+    /// Its new instances failed to become healthy, and the last healthy version came back.
+    Reverted(String),
+    /// Another version was deployed before this one finished rolling out.
+    Superseded,
+}
+
+impl RevisionOutcome {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RevisionOutcome::Rolling => "rolling",
+            RevisionOutcome::Promoted => "promoted",
+            RevisionOutcome::Failed(_) => "failed",
+            RevisionOutcome::Reverted(_) => "reverted",
+            RevisionOutcome::Superseded => "superseded",
+        }
+    }
+}
+
+/// A slot's instances that failed for good: how often, the last time, and on which hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotFailures {
+    pub attempts: u32,
+    pub last_failed_at_ms: u64,
+    pub hosts: BTreeSet<HostId>,
+}
+
+/// `[update]`: how a new version replaces a running one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdatePolicy {
+    /// Slots replaced at a time; the deployment keeps at least `count - max_parallel` healthy.
+    pub max_parallel: u32,
+    /// How long a new instance must stay healthy before the old one of its slot stops.
+    pub min_healthy_time_ms: u64,
+    /// A new instance not healthy this long after it was placed fails the update.
+    pub healthy_deadline_ms: u64,
+    /// New instances placed first beside the old ones, until promoted.
+    pub canary: u32,
+    pub auto_promote: bool,
+    /// A failed update goes back to the last version that was healthy.
+    pub auto_revert: bool,
+}
+
+impl Default for UpdatePolicy {
+    fn default() -> Self {
+        Self {
+            max_parallel: 1,
+            min_healthy_time_ms: 10_000,
+            healthy_deadline_ms: 300_000,
+            canary: 0,
+            auto_promote: false,
+            auto_revert: false,
+        }
+    }
+}
+
+/// `[reschedule]`: a slot whose instance failed for good (its restart policy gave up) gets a new
+/// instance on another host, at most `attempts` times, `delay` doubling after each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReschedulePolicy {
+    pub attempts: u32,
+    pub delay_ms: u64,
+}
+
+impl Default for ReschedulePolicy {
+    fn default() -> Self {
+        Self { attempts: 5, delay_ms: 5_000 }
+    }
+}
+
+impl ReschedulePolicy {
+    /// The longest wait between attempts.
+    pub const MAX_DELAY_MS: u64 = 300_000;
+
+    /// How long after its latest failure a slot that failed `attempts` times is filled again.
+    pub fn delay_after(&self, attempts: u32) -> u64 {
+        let doublings = attempts.saturating_sub(1).min(20);
+        self.delay_ms.saturating_mul(1 << doublings).min(Self::MAX_DELAY_MS)
+    }
 }
 
 /// One instance in the cluster: which slot of which deployment, on which host.
@@ -146,6 +313,14 @@ pub struct InstanceEntry {
     /// What its host's health checks last said.
     #[serde(default)]
     pub health: Health,
+    /// Since when it has been healthy without a break (running, for a version without a health
+    /// check), as the coordinator that took the report saw time.
+    #[serde(default)]
+    pub healthy_since_ms: Option<u64>,
+    /// Its host is draining: it gives up its slot to a replacement elsewhere and stops once the
+    /// replacement has been healthy for the update policy's `min_healthy_time`.
+    #[serde(default)]
+    pub migrating: bool,
 }
 
 /// A placement decided by the scheduler: instance `id` fills `slot` on `host`.
@@ -192,13 +367,17 @@ pub enum Command {
         status: HostStatus,
         at_ms: u64,
     },
+    /// Registers a version under a name of its own (see [`Outcome::Registered`]).
     RegisterApp {
         version: AppVersion,
     },
-    /// Creates or updates the deployment of `spec.app`.
+    /// Creates or updates the deployment of `spec.app`: another version rolls out.
     Deploy {
         spec: DeploymentSpec,
         at_ms: u64,
+        /// Who asked (stamped by the coordinator that took the request).
+        by: String,
+        cause: RevisionCause,
     },
     Scale {
         app: String,
@@ -222,6 +401,8 @@ pub enum Command {
     ReportInstances {
         host: HostId,
         reports: Vec<InstanceReport>,
+        /// When the coordinator took the reports.
+        at_ms: u64,
     },
     /// Declares a network (again, with the same definition: nothing changes).
     CreateNetwork {
@@ -230,6 +411,27 @@ pub enum Command {
     /// Forgets a network no deployment uses and no instance holds an address of.
     RemoveNetwork {
         name: String,
+    },
+    /// Lets a rollout waiting on its canaries replace the remaining slots.
+    Promote {
+        app: String,
+    },
+    /// Ends the rollout to `version`: every slot runs it healthy, or it failed (and, with
+    /// `auto_revert`, the last healthy version rolls back out).
+    FinishRollout {
+        app: String,
+        version: String,
+        failure: Option<String>,
+        at_ms: u64,
+    },
+    /// Starts draining a host (`deadline_ms` set) or makes it eligible again (`None`).
+    DrainHost {
+        host: HostId,
+        drain: Option<Drain>,
+    },
+    /// Forgets a host that is down or drained and holds no instances.
+    RemoveHost {
+        host: HostId,
     },
 }
 
@@ -245,6 +447,14 @@ pub struct Request {
 pub enum Outcome {
     Done,
     Placed(Vec<InstanceId>),
+    /// The name a version is registered under: its label the first time the label is seen,
+    /// `label#` and the first 8 hex digits of its digest for other contents under the same label.
+    Registered {
+        version: String,
+        unchanged: bool,
+    },
+    /// The command asked for what already is.
+    Unchanged,
 }
 
 /// Why a command was refused. Refusals are deterministic: every replica refuses the same way,
@@ -279,6 +489,12 @@ pub enum Rejection {
     NetworkInUse { name: String, by: String },
     #[error("address {address} of network `{network}` is held by instance {holder}")]
     AddressTaken { network: String, address: std::net::Ipv4Addr, holder: InstanceId },
+    #[error("`{0}` has no canaries waiting to be promoted")]
+    NothingToPromote(String),
+    #[error("app `{app}` cannot come after {after}: {why}")]
+    Ordering { app: String, after: String, why: String },
+    #[error("host `{host}` cannot be removed: {why}")]
+    HostInUse { host: HostId, why: String },
     #[error("invalid command: {0}")]
     Invalid(String),
 }

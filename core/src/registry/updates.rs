@@ -1,0 +1,325 @@
+//! Versions, deployments and what changes them: registering a version under a name of its own,
+//! deploying one (a rollout begins), promoting canaries, ending a rollout (a failed one reverts
+//! to the last healthy version when the policy asks), draining and removing hosts, and what
+//! reports say about health and failures. The decisions of when to do these are the leader's
+//! ([`crate::rollout`]); applying them is here, deterministic like the rest of the registry.
+
+use super::*;
+
+/// The first time an app's version label is seen it names the version; other contents under
+/// the same label are named `label#` and the first 8 hex digits of their digest.
+fn version_name(versions: &BTreeMap<String, AppVersion>, label: &str, digest: crate::digest::Digest) -> String {
+    if !versions.contains_key(label) {
+        return label.to_owned();
+    }
+    let hex = digest.to_string();
+    let short = format!("{label}#{}", &hex[..8]);
+    if versions.contains_key(&short) { format!("{label}#{hex}") } else { short }
+}
+
+impl Registry {
+    pub(super) fn register_app(&mut self, version: &AppVersion) -> ApplyResult {
+        if version.artifacts.is_empty() {
+            return Err(Rejection::Invalid(format!("app `{}` has no artifacts", version.app)));
+        }
+        if version.version.is_empty() || version.version.contains('#') {
+            return Err(Rejection::Invalid(format!(
+                "app `{}`: the version label `{}` must be non-empty and without `#`",
+                version.app, version.version
+            )));
+        }
+        args::check(&version.run.boot_args, &version.run.networks)
+            .map_err(|e| Rejection::Invalid(format!("app `{}`: {e}", version.app)))?;
+        let digest = version.digest();
+        let versions = self.apps.entry(version.app.clone()).or_default();
+        if let Some((name, _)) = versions.iter().find(|(_, known)| known.digest() == digest) {
+            return Ok(Outcome::Registered { version: name.clone(), unchanged: true });
+        }
+        let name = version_name(versions, &version.version, digest);
+        versions.insert(name.clone(), version.clone());
+        self.forget_unused_versions(&version.app, Some(&name));
+        Ok(Outcome::Registered { version: name, unchanged: false })
+    }
+
+    pub(super) fn deploy(&mut self, spec: &DeploymentSpec, at_ms: u64, by: &str, cause: &RevisionCause) -> ApplyResult {
+        let version =
+            self.app_version(&spec.app, &spec.version).ok_or_else(|| match self.apps.contains_key(&spec.app) {
+                true => Rejection::UnknownVersion { app: spec.app.clone(), version: spec.version.clone() },
+                false => Rejection::UnknownApp(spec.app.clone()),
+            })?;
+        let Some(&artifact) = version.artifacts.get(&spec.target) else {
+            return Err(Rejection::NotBuiltFor {
+                app: spec.app.clone(),
+                version: spec.version.clone(),
+                target: spec.target,
+            });
+        };
+        if let Some(unknown) = version.run.networks.iter().find(|n| !self.networks.contains_key(*n)) {
+            return Err(Rejection::UnknownNetwork(unknown.clone()));
+        }
+        if spec.update.max_parallel == 0 {
+            return Err(Rejection::Invalid("the update policy's max_parallel must be at least 1".into()));
+        }
+        self.check_order(&spec.app, &spec.after)?;
+        let revision = Revision {
+            version: spec.version.clone(),
+            label: version.version.clone(),
+            digest: version.digest(),
+            target: spec.target,
+            artifact,
+            files: version.files.clone(),
+            deployed_at_ms: at_ms,
+            by: by.to_owned(),
+            cause: cause.clone(),
+            outcome: RevisionOutcome::Rolling,
+            ended_at_ms: None,
+        };
+        let previous = self.deployments.get(&spec.app).cloned();
+        if let Some(known) = &previous
+            && known.desired == Desired::Running
+            && known.spec == *spec
+        {
+            return Ok(Outcome::Unchanged);
+        }
+        let new_version =
+            previous.as_ref().is_none_or(|d| d.spec.version != spec.version || d.spec.target != spec.target);
+        let retargeted = previous.as_ref().is_some_and(|d| d.spec.target != spec.target);
+        let mut deployment = previous.unwrap_or_else(|| Deployment {
+            spec: spec.clone(),
+            desired: Desired::Running,
+            generation: 0,
+            created_at_ms: at_ms,
+            rollout: None,
+            history: Vec::new(),
+            failures: BTreeMap::new(),
+        });
+        deployment.spec = spec.clone();
+        deployment.desired = Desired::Running;
+        deployment.generation += 1;
+        if new_version {
+            if let Some(last) = deployment.history.last_mut()
+                && last.outcome == RevisionOutcome::Rolling
+            {
+                last.outcome = RevisionOutcome::Superseded;
+                last.ended_at_ms = Some(at_ms);
+            }
+            deployment.history.push(revision);
+            let excess = deployment.history.len().saturating_sub(crate::limits::MAX_HISTORY);
+            deployment.history.drain(..excess);
+            deployment.rollout = Some(Rollout {
+                version: spec.version.clone(),
+                started_at_ms: at_ms,
+                promoted: spec.update.canary == 0,
+                failed: None,
+            });
+            deployment.failures.clear();
+        }
+        self.deployments.insert(spec.app.clone(), deployment);
+        if retargeted {
+            // Slots are filled per version; another target of the same version is not a
+            // replacement the rollout can pair slot by slot, so the old ones stop at once.
+            let old: Vec<InstanceId> =
+                self.live_of(&spec.app).filter(|i| i.target != spec.target).map(|i| i.id).collect();
+            self.stop_instances(old, &format!("replaced by version {} for {}", spec.version, spec.target));
+        }
+        self.trim_slots(&spec.app, spec.count);
+        self.forget_unused_versions(&spec.app, None);
+        Ok(Outcome::Done)
+    }
+
+    /// `app` may come after the apps `after` names: each is deployed, and none of them comes
+    /// (directly or through others) after `app`.
+    fn check_order(&self, app: &str, after: &[String]) -> Result<(), Rejection> {
+        let refuse = |dependency: &str, why: String| Rejection::Ordering {
+            app: app.to_owned(),
+            after: format!("`{dependency}`"),
+            why,
+        };
+        for dependency in after {
+            if dependency == app {
+                return Err(refuse(dependency, "an app cannot wait for itself".into()));
+            }
+            if !self.deployments.contains_key(dependency) {
+                return Err(refuse(dependency, format!("`{dependency}` is not deployed; deploy it first")));
+            }
+            // Depth-first along the dependencies' own `after`, looking for `app`.
+            let mut stack = vec![vec![dependency.clone()]];
+            let mut seen = BTreeSet::new();
+            while let Some(path) = stack.pop() {
+                let last = path.last().expect("paths are never empty");
+                if !seen.insert(last.clone()) {
+                    continue;
+                }
+                for next in self.deployments.get(last).map(|d| d.spec.after.as_slice()).unwrap_or_default() {
+                    let mut longer = path.clone();
+                    longer.push(next.clone());
+                    if next == app {
+                        let cycle = std::iter::once(app.to_owned()).chain(longer).collect::<Vec<_>>().join(" -> ");
+                        return Err(refuse(dependency, format!("that makes a cycle: {cycle}")));
+                    }
+                    stack.push(longer);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn promote(&mut self, app: &str) -> ApplyResult {
+        let deployment = self.deployments.get_mut(app).ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
+        match &mut deployment.rollout {
+            Some(rollout) if !rollout.promoted && rollout.failed.is_none() => {
+                rollout.promoted = true;
+                Ok(Outcome::Done)
+            }
+            _ => Err(Rejection::NothingToPromote(app.to_owned())),
+        }
+    }
+
+    pub(super) fn finish_rollout(
+        &mut self,
+        app: &str,
+        version: &str,
+        failure: Option<&str>,
+        at_ms: u64,
+    ) -> ApplyResult {
+        let deployment = self.deployments.get_mut(app).ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
+        let Some(rollout) = deployment.rollout.as_mut().filter(|r| r.version == version && r.failed.is_none()) else {
+            return Err(Rejection::Invalid(format!("`{app}` has no rollout of version `{version}` under way")));
+        };
+        let entry =
+            deployment.history.iter().rposition(|r| r.version == version && r.outcome == RevisionOutcome::Rolling);
+        let Some(reason) = failure else {
+            deployment.rollout = None;
+            if let Some(entry) = entry {
+                deployment.history[entry].outcome = RevisionOutcome::Promoted;
+                deployment.history[entry].ended_at_ms = Some(at_ms);
+            }
+            self.forget_unused_versions(app, None);
+            return Ok(Outcome::Done);
+        };
+        let healthy_before = deployment
+            .history
+            .iter()
+            .rev()
+            .find(|r| r.outcome == RevisionOutcome::Promoted && r.version != version)
+            .map(|r| (r.version.clone(), r.target));
+        let revert = healthy_before.filter(|(v, _)| {
+            deployment.spec.update.auto_revert && self.apps.get(app).is_some_and(|versions| versions.contains_key(v))
+        });
+        let Some((back_to, target)) = revert else {
+            rollout.failed = Some(reason.to_owned());
+            if let Some(entry) = entry {
+                deployment.history[entry].outcome = RevisionOutcome::Failed(reason.to_owned());
+                deployment.history[entry].ended_at_ms = Some(at_ms);
+            }
+            return Ok(Outcome::Done);
+        };
+        if let Some(entry) = entry {
+            deployment.history[entry].outcome = RevisionOutcome::Reverted(reason.to_owned());
+            deployment.history[entry].ended_at_ms = Some(at_ms);
+        }
+        let mut spec = deployment.spec.clone();
+        spec.version = back_to;
+        spec.target = target;
+        // A revert goes straight back: no canaries.
+        spec.update.canary = 0;
+        self.deploy(&spec, at_ms, "auto-revert", &RevisionCause::Revert(version.to_owned()))
+    }
+
+    pub(super) fn drain_host(&mut self, id: &HostId, drain: Option<Drain>) -> ApplyResult {
+        let host = self.hosts.get_mut(id).ok_or_else(|| Rejection::UnknownHost(id.clone()))?;
+        host.drain = drain;
+        let live: Vec<(InstanceId, bool)> = self
+            .placed_on(id)
+            .filter(|i| i.desired == Desired::Running)
+            .map(|i| (i.id, self.slot_filler(&i.app, &i.version, i.slot).is_none_or(|filler| filler == i.id)))
+            .collect();
+        for (instance, slot_is_its_own) in live {
+            // Back from a drain, an instance takes its slot back unless a replacement filled it.
+            let migrating = drain.is_some() || !slot_is_its_own;
+            self.update(instance, |entry| entry.migrating = migrating);
+        }
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn remove_host(&mut self, id: &HostId) -> ApplyResult {
+        let host = self.hosts.get(id).ok_or_else(|| Rejection::UnknownHost(id.clone()))?;
+        let held = self.placed_on(id).count();
+        if held > 0 {
+            let why = format!("it holds {held} instance(s); drain it first (mirari cluster hosts drain {id})");
+            return Err(Rejection::HostInUse { host: id.clone(), why });
+        }
+        if host.status == HostStatus::Up && host.drain.is_none() {
+            let why = format!("it is up and not drained; drain it first (mirari cluster hosts drain {id})");
+            return Err(Rejection::HostInUse { host: id.clone(), why });
+        }
+        self.hosts.remove(id);
+        self.derived.host_versions.remove(id);
+        self.derived.placed.remove(id);
+        self.derived.used.remove(id);
+        Ok(Outcome::Done)
+    }
+
+    /// Keeps an instance's `healthy_since` in step with what its reports say.
+    pub(super) fn note_health(&mut self, id: InstanceId, at_ms: u64) {
+        let checked = self
+            .instances
+            .get(&id)
+            .and_then(|i| self.app_version(&i.app, &i.version))
+            .is_none_or(|v| v.run.health.is_some());
+        let Some(instance) = self.instances.get_mut(&id) else { return };
+        let healthy =
+            instance.observed == Phase::Running && (instance.health == crate::health::Health::Healthy || !checked);
+        instance.healthy_since_ms = match (healthy, instance.healthy_since_ms) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(at_ms),
+            (false, _) => None,
+        };
+    }
+
+    /// An instance of the deployed version that failed for good (its restart policy gave up)
+    /// is stopped and its slot noted as failed on its host, so the scheduler fills it again
+    /// elsewhere after the reschedule policy's delay.
+    pub(super) fn note_failure(&mut self, id: InstanceId, at_ms: u64) {
+        let Some(instance) = self.instances.get(&id) else { return };
+        if instance.desired != Desired::Running || instance.observed != Phase::Failed {
+            return;
+        }
+        let (app, slot, host) = (instance.app.clone(), instance.slot, instance.host.clone());
+        let current = self.deployments.get(&app).is_some_and(|d| d.spec.version == instance.version);
+        if current && let Some(deployment) = self.deployments.get_mut(&app) {
+            let failures = deployment.failures.entry(slot).or_insert_with(|| SlotFailures {
+                attempts: 0,
+                last_failed_at_ms: at_ms,
+                hosts: BTreeSet::new(),
+            });
+            failures.attempts += 1;
+            failures.last_failed_at_ms = at_ms;
+            failures.hosts.insert(host.clone());
+        }
+        let index = self.applied_index;
+        let reason = format!("failed on host {host}; its slot is rescheduled");
+        self.update(id, |entry| ask_to_stop(entry, index, &reason));
+    }
+
+    /// Keeps the versions of `app` that a history entry, its deployment or an instance names,
+    /// and `keep`, and at most [`crate::limits::MAX_UNDEPLOYED_VERSIONS`] others: the rest (and
+    /// with them the artifacts only they name) are forgotten.
+    fn forget_unused_versions(&mut self, app: &str, keep: Option<&str>) {
+        let Some(versions) = self.apps.get(app) else { return };
+        let mut kept: BTreeSet<String> =
+            self.instances.values().filter(|i| i.app == app).map(|i| i.version.clone()).collect();
+        kept.extend(keep.map(str::to_owned));
+        if let Some(deployment) = self.deployments.get(app) {
+            kept.insert(deployment.spec.version.clone());
+            kept.extend(deployment.history.iter().map(|r| r.version.clone()));
+        }
+        let undeployed: Vec<String> = versions.keys().filter(|v| !kept.contains(*v)).cloned().collect();
+        let excess = undeployed.len().saturating_sub(crate::limits::MAX_UNDEPLOYED_VERSIONS);
+        if let Some(versions) = self.apps.get_mut(app) {
+            for name in undeployed.into_iter().take(excess) {
+                versions.remove(&name);
+            }
+        }
+    }
+}

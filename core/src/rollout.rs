@@ -1,0 +1,173 @@
+//! Replacing instances without downtime: rolling updates, canaries, automatic revert, drains.
+//!
+//! Pure, like the scheduler: the registry and the time in, registry commands out, which the
+//! leader proposes; a new leader reads the same registry and carries on where the last one was.
+//! Slot by slot, an *outdated* instance (of another version than the deployment's, or
+//! migrating off a draining host) keeps running beside its replacement, which the scheduler
+//! places, until the replacement has been healthy for the update policy's `min_healthy_time`;
+//! then the outdated one is stopped. At most `max_parallel` replacements are unsettled at a time
+//! (with canaries not yet promoted: at most `canary` replacements in all, and nothing outdated
+//! is stopped), so the healthy instances of a deployment never drop below its count minus
+//! `max_parallel` on account of an update. A replacement that restarts, fails, turns unhealthy or
+//! is not healthy by `healthy_deadline` fails the rollout; applying that failure reverts to the
+//! last version that was healthy everywhere when the policy says `auto_revert`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::health::Health;
+use crate::ids::InstanceId;
+use crate::instance::{Desired, Phase};
+use crate::registry::{Command, Deployment, InstanceEntry, Registry};
+
+/// Where a deployment's replacements stand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Slots below the count with an outdated instance that should run.
+    pub outdated_slots: BTreeSet<u32>,
+    /// How many of those the scheduler may give a replacement now.
+    pub replacements_allowed: u32,
+    /// Replacements placed beside outdated instances, and how many of them are settled.
+    pub replacements: u32,
+    pub settled: u32,
+    /// Outdated instances whose replacement has settled, and why each stops.
+    pub stops: Vec<(InstanceId, String)>,
+    /// The rollout failed, and why.
+    pub failure: Option<String>,
+    /// Every slot runs the deployment's version, settled, and nothing outdated is left.
+    pub complete: bool,
+    /// The canaries are all settled and the policy promotes them on its own.
+    pub promote: bool,
+}
+
+/// A replacement is settled once it has run healthy for `min_healthy_ms` without a break.
+fn settled(instance: &InstanceEntry, now_ms: u64, min_healthy_ms: u64) -> bool {
+    instance.desired == Desired::Running
+        && instance.observed == Phase::Running
+        && instance.healthy_since_ms.is_some_and(|since| now_ms.saturating_sub(since) >= min_healthy_ms)
+}
+
+/// Where `deployment`'s replacements stand at `now_ms`. Without a rollout or migrating instances
+/// the work is constant; with one, in proportion to the app's instances.
+pub fn progress(registry: &Registry, deployment: &Deployment, now_ms: u64) -> Progress {
+    let spec = &deployment.spec;
+    let policy = spec.update;
+    let rollout = deployment.rollout.as_ref();
+    let mut progress = Progress { replacements_allowed: u32::MAX, ..Progress::default() };
+    if deployment.desired != Desired::Running || (rollout.is_none() && !registry.has_migrating(&spec.app)) {
+        return progress;
+    }
+    let promoted = rollout.is_none_or(|r| r.promoted);
+    let mut outdated: BTreeMap<u32, Vec<&InstanceEntry>> = BTreeMap::new();
+    for instance in registry.live_of(&spec.app) {
+        if (instance.version != spec.version || instance.migrating) && instance.slot < spec.count {
+            outdated.entry(instance.slot).or_default().push(instance);
+        }
+    }
+    let filler = |slot: u32| registry.slot_filler(&spec.app, &spec.version, slot).and_then(|id| registry.instance(id));
+    for (slot, old) in &outdated {
+        let Some(new) = filler(*slot) else { continue };
+        progress.replacements += 1;
+        if !settled(new, now_ms, policy.min_healthy_time_ms) {
+            continue;
+        }
+        progress.settled += 1;
+        let moving_only = old.iter().all(|o| o.migrating && o.version == spec.version);
+        if promoted || moving_only {
+            for o in old {
+                let why = if o.version == spec.version {
+                    format!("moved to host {} as {} (its host is draining)", new.host, new.id)
+                } else {
+                    format!("replaced by {} on host {} (version {}, healthy)", new.id, new.host, spec.version)
+                };
+                progress.stops.push((o.id, why));
+            }
+        }
+    }
+    let unsettled = progress.replacements - progress.settled;
+    progress.replacements_allowed = match rollout {
+        Some(r) if r.failed.is_some() => 0,
+        _ if !promoted => policy.canary.saturating_sub(progress.replacements),
+        _ => policy.max_parallel.saturating_sub(unsettled),
+    };
+    progress.outdated_slots = outdated.keys().copied().collect();
+    let Some(rollout) = rollout.filter(|r| r.failed.is_none()) else { return progress };
+
+    progress.failure = failure(registry, deployment, now_ms);
+    if progress.failure.is_some() {
+        return progress;
+    }
+    let all_settled =
+        || (0..spec.count).all(|slot| filler(slot).is_some_and(|new| settled(new, now_ms, policy.min_healthy_time_ms)));
+    // With nothing outdated there is nothing to be a canary beside: promotion is moot.
+    progress.complete = outdated.is_empty() && all_settled();
+    progress.promote = !rollout.promoted
+        && policy.auto_promote
+        && !outdated.is_empty()
+        && progress.replacements >= policy.canary.min(outdated.len() as u32)
+        && progress.settled == progress.replacements;
+    progress
+}
+
+/// Why the rollout under way failed, if it did: one of its new instances restarted, failed,
+/// turned unhealthy, or is not healthy by the deadline.
+fn failure(registry: &Registry, deployment: &Deployment, now_ms: u64) -> Option<String> {
+    let spec = &deployment.spec;
+    let rollout = deployment.rollout.as_ref()?;
+    let deadline = spec.update.healthy_deadline_ms;
+    let new = registry
+        .live_of(&spec.app)
+        .filter(|i| i.version == rollout.version && i.placed_at_ms >= rollout.started_at_ms && !i.migrating);
+    for instance in new {
+        let what = if instance.health == Health::Unhealthy {
+            "turned unhealthy"
+        } else if instance.restarts > 0 {
+            "restarted"
+        } else if instance.healthy_since_ms.is_none() && now_ms.saturating_sub(instance.placed_at_ms) > deadline {
+            "was not healthy in time"
+        } else {
+            continue;
+        };
+        let detail = if instance.message.is_empty() { String::new() } else { format!(": {}", instance.message) };
+        return Some(format!("instance {} on host {} {what}{detail}", instance.id, instance.host));
+    }
+    deployment
+        .failures
+        .iter()
+        .find(|(_, f)| f.last_failed_at_ms >= rollout.started_at_ms)
+        .map(|(slot, f)| format!("slot {slot}'s instance failed on {}", hosts(&f.hosts)))
+}
+
+fn hosts(hosts: &BTreeSet<crate::registry::HostId>) -> String {
+    hosts.iter().map(|h| format!("host {h}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The commands that move every deployment's replacements on at `now_ms`: stops of outdated
+/// instances whose replacements settled, promotions, finished or failed rollouts, and stops of
+/// whatever is left on hosts whose drain deadline passed.
+pub fn plan(registry: &Registry, now_ms: u64) -> Vec<Command> {
+    let mut commands = Vec::new();
+    for deployment in registry.deployments() {
+        let app = deployment.spec.app.clone();
+        let progress = progress(registry, deployment, now_ms);
+        for (id, reason) in progress.stops {
+            commands.push(Command::StopInstances { ids: vec![id], reason });
+        }
+        let version = || deployment.spec.version.clone();
+        if let Some(failure) = progress.failure {
+            commands.push(Command::FinishRollout { app, version: version(), failure: Some(failure), at_ms: now_ms });
+        } else if progress.complete {
+            commands.push(Command::FinishRollout { app, version: version(), failure: None, at_ms: now_ms });
+        } else if progress.promote {
+            commands.push(Command::Promote { app });
+        }
+    }
+    for host in registry.hosts().filter(|h| h.drain.is_some_and(|d| now_ms >= d.deadline_ms)) {
+        let left: Vec<InstanceId> =
+            registry.placed_on(&host.id).filter(|i| i.desired == Desired::Running).map(|i| i.id).collect();
+        if !left.is_empty() {
+            let reason = format!("the drain deadline of host {} passed", host.id);
+            commands.push(Command::StopInstances { ids: left, reason });
+        }
+    }
+    commands
+}
