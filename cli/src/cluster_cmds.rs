@@ -146,9 +146,9 @@ pub async fn hosts(coordinators: &[Endpoint], stale: bool, format: Format) -> an
         .map(|h| {
             let host = log_codec::host_from_pb(h)?;
             Ok(HostView {
+                status: crate::deploy::host_state(&host).to_owned(),
                 id: host.id.0,
                 address: host.address,
-                status: format!("{:?}", host.status).to_lowercase(),
                 backends: host.backends.iter().map(|b| b.name().to_owned()).collect(),
                 memory_mib: host.capacity.memory_mib,
                 vcpus: host.capacity.vcpus,

@@ -14,7 +14,7 @@ use mirari_core::digest::Digest;
 use mirari_core::health::Health;
 use mirari_core::instance::{ExitStatus, Phase};
 use mirari_core::network::Network;
-use mirari_core::registry::{AppVersion, Command, DeploymentSpec, Placement, Request};
+use mirari_core::registry::{AppVersion, Command, DeploymentSpec, Placement, Request, RevisionCause, UpdatePolicy};
 use mirari_core::target::Target;
 use mirari_proto::agent::{self as wire_agent, build_event};
 use mirari_proto::blob_stream;
@@ -45,7 +45,7 @@ pub(crate) async fn propose(
     Ok(response)
 }
 
-fn request_id(what: &str) -> String {
+pub(crate) fn request_id(what: &str) -> String {
     format!("{what}-{:016x}", rand::random::<u64>())
 }
 
@@ -118,6 +118,31 @@ pub struct DeployOptions {
     pub count: u32,
     pub placement: Placement,
     pub timeout: Duration,
+    pub update: UpdateOverrides,
+}
+
+/// `cluster deploy` flags that override the config's `[update]`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpdateOverrides {
+    pub max_parallel: Option<u32>,
+    pub canary: Option<u32>,
+    pub min_healthy_time: Option<Duration>,
+    pub healthy_deadline: Option<Duration>,
+    pub auto_promote: bool,
+    pub auto_revert: bool,
+}
+
+impl UpdateOverrides {
+    fn apply(self, mut policy: UpdatePolicy) -> UpdatePolicy {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        policy.max_parallel = self.max_parallel.unwrap_or(policy.max_parallel);
+        policy.canary = self.canary.unwrap_or(policy.canary);
+        policy.min_healthy_time_ms = self.min_healthy_time.map_or(policy.min_healthy_time_ms, ms);
+        policy.healthy_deadline_ms = self.healthy_deadline.map_or(policy.healthy_deadline_ms, ms);
+        policy.auto_promote |= self.auto_promote;
+        policy.auto_revert |= self.auto_revert;
+        policy
+    }
 }
 
 pub async fn deploy(
@@ -149,40 +174,47 @@ pub async fn deploy(
         run: config.run.clone(),
         constraints: BTreeMap::new(),
     };
-    let register = Request {
-        request_id: format!("app-{}-{}-{}", config.name, config.version, artifact.short()),
-        command: Command::RegisterApp { version },
-    };
-    propose(coordinators, "registering the app", register).await?;
+    let digest = version.digest();
+    // The same contents are the same request: a retry, or a deploy of what is registered already.
+    let register =
+        Request { request_id: format!("app-{}-{digest}", config.name), command: Command::RegisterApp { version } };
+    let registered = propose(coordinators, "registering the app", register).await?;
+    anyhow::ensure!(!registered.version.is_empty(), "the coordinators did not say the version's name");
+    let name = registered.version;
+    if !registered.unchanged {
+        eprintln!("registered {}@{name} (digest {})", config.name, digest.short());
+    }
     let spec = DeploymentSpec {
         app: config.name.clone(),
-        version: config.version.clone(),
+        version: name.clone(),
         target,
         count: options.count,
         placement: options.placement,
-        update: Default::default(),
-        reschedule: Default::default(),
-        after: Vec::new(),
+        update: options.update.apply(config.update),
+        reschedule: config.reschedule,
+        after: config.after.clone(),
     };
-    propose(
-        coordinators,
-        "deploying",
-        Request {
-            request_id: request_id("deploy"),
-            command: Command::Deploy {
-                spec,
-                at_ms: mirari_core::clock::wall_ms(),
-                by: String::new(),
-                cause: mirari_core::registry::RevisionCause::Deploy,
-            },
-        },
-    )
-    .await?;
-    eprintln!(
-        "==> deployed {}@{} on {target}: waiting for {} instance(s) to run",
-        config.name, config.version, options.count
-    );
-    await_running(coordinators, &config.name, options.timeout, format).await
+    let deployed = deploy_spec(coordinators, spec, RevisionCause::Deploy).await?;
+    if deployed.unchanged {
+        eprintln!(
+            "==> {}@{name} is unchanged (digest {}): the deployment already runs it, nothing rolls out",
+            config.name,
+            digest.short()
+        );
+        return status(coordinators, false, format).await;
+    }
+    eprintln!("==> deploying {}@{name} on {target}: {} instance(s)", config.name, options.count);
+    crate::rollout_cmds::await_rollout(coordinators, &config.name, &name, options.timeout, format).await
+}
+
+/// Commits a deployment spec (who asks and when is the coordinator's to stamp).
+pub(crate) async fn deploy_spec(
+    coordinators: &mut Coordinators,
+    spec: DeploymentSpec,
+    cause: RevisionCause,
+) -> anyhow::Result<pb::ProposeResponse> {
+    let command = Command::Deploy { spec, at_ms: 0, by: String::new(), cause };
+    propose(coordinators, "deploying", Request { request_id: request_id("deploy"), command }).await
 }
 
 pub async fn scale(
@@ -286,10 +318,10 @@ pub struct StatusView {
     served_by: u64,
     stale: bool,
     applied_index: u64,
-    deployments: Vec<DeploymentView>,
+    pub(crate) deployments: Vec<DeploymentView>,
     hosts: Vec<HostView>,
     networks: Vec<NetworkView>,
-    instances: Vec<InstanceView>,
+    pub(crate) instances: Vec<InstanceView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -301,9 +333,9 @@ struct NetworkView {
 }
 
 #[derive(Debug, Serialize)]
-struct DeploymentView {
-    app: String,
-    version: String,
+pub(crate) struct DeploymentView {
+    pub(crate) app: String,
+    pub(crate) version: String,
     target: Target,
     placement: Placement,
     desired_count: u32,
@@ -312,9 +344,16 @@ struct DeploymentView {
     running: u32,
     failed: u32,
     /// Running and passing health checks (when the app has one).
-    healthy: Option<u32>,
+    pub(crate) healthy: Option<u32>,
     unplaced: u32,
     unplaced_reason: String,
+    /// The version change under way.
+    pub(crate) rollout: Option<crate::rollout_cmds::RolloutView>,
+    /// Every version deployed, oldest first.
+    pub(crate) history: Vec<crate::rollout_cmds::RevisionView>,
+    /// As the registry holds it, policies and all.
+    #[serde(skip)]
+    pub(crate) spec: DeploymentSpec,
 }
 
 #[derive(Debug, Serialize)]
@@ -327,24 +366,26 @@ struct HostView {
 }
 
 #[derive(Debug, Serialize)]
-struct InstanceView {
+pub(crate) struct InstanceView {
     id: String,
-    app: String,
-    version: String,
+    pub(crate) app: String,
+    pub(crate) version: String,
     target: String,
     slot: u32,
-    host: String,
-    desired: &'static str,
-    observed: Phase,
+    pub(crate) host: String,
+    pub(crate) desired: &'static str,
+    pub(crate) observed: Phase,
     /// Each interface's address with its prefix, in order.
     addresses: Vec<String>,
-    health: Health,
+    pub(crate) health: Health,
+    /// Moving off a draining host.
+    migrating: bool,
     restarts: u32,
     last_exit: Option<ExitStatus>,
     message: String,
 }
 
-async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::Result<StatusView> {
+pub(crate) async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::Result<StatusView> {
     let status = coordinators
         .call("reading the cluster status", async |mut client| {
             Ok(client.get_status(pb::StatusRequest { stale }).await?.into_inner())
@@ -366,6 +407,7 @@ async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::R
                 observed: Phase::try_from(i.observed())?,
                 addresses: i.interfaces.iter().map(|i| i.address.clone()).collect(),
                 health: i.health().into(),
+                migrating: i.migrating,
                 restarts: i.restarts,
                 last_exit: i.last_exit.as_ref().and_then(Option::from),
                 message: i.message.clone(),
@@ -379,8 +421,8 @@ async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::R
             let host = log_codec::host_from_pb(h)?;
             let running = instances.iter().filter(|i| i.host == host.id.0 && i.observed == Phase::Running).count();
             Ok(HostView {
+                status: host_state(&host).to_owned(),
                 id: host.id.0,
-                status: format!("{:?}", host.status).to_lowercase(),
                 address: host.address,
                 backends: host.backends.into_iter().collect(),
                 running,
@@ -393,8 +435,8 @@ async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::R
         .map(|d| {
             let spec = log_codec::deployment_from_pb(d.spec.as_ref().context("a deployment without a spec")?)?;
             Ok(DeploymentView {
-                app: spec.app,
-                version: spec.version,
+                app: spec.app.clone(),
+                version: spec.version.clone(),
                 target: spec.target,
                 placement: spec.placement,
                 desired_count: spec.count,
@@ -405,6 +447,9 @@ async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::R
                 healthy: d.has_health_check.then_some(d.healthy),
                 unplaced: d.unplaced,
                 unplaced_reason: d.unplaced_reason.clone(),
+                rollout: d.rollout.as_ref().map(crate::rollout_cmds::RolloutView::from),
+                history: d.history.iter().map(crate::rollout_cmds::RevisionView::from).collect(),
+                spec,
             })
         })
         .collect::<anyhow::Result<_>>()?;
@@ -428,9 +473,19 @@ async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::R
     })
 }
 
-fn status_tables(status: &StatusView) -> Vec<Table> {
-    let mut deployments =
-        Table::new(&["APP", "VERSION", "TARGET", "DESIRED", "PLACED", "RUNNING", "HEALTHY", "FAILED", "UNPLACED"]);
+/// "up", "down", or "draining" while a drain is set.
+pub(crate) fn host_state(host: &mirari_core::registry::Host) -> &'static str {
+    match (host.status, host.drain) {
+        (mirari_core::registry::HostStatus::Down, _) => "down",
+        (mirari_core::registry::HostStatus::Up, Some(_)) => "draining",
+        (mirari_core::registry::HostStatus::Up, None) => "up",
+    }
+}
+
+pub(crate) fn status_tables(status: &StatusView) -> Vec<Table> {
+    let mut deployments = Table::new(&[
+        "APP", "VERSION", "TARGET", "DESIRED", "PLACED", "RUNNING", "HEALTHY", "FAILED", "UNPLACED", "ROLLOUT",
+    ]);
     for d in &status.deployments {
         let desired = if d.stopped { "stopped".to_owned() } else { d.desired_count.to_string() };
         let unplaced = if d.unplaced_reason.is_empty() {
@@ -448,6 +503,7 @@ fn status_tables(status: &StatusView) -> Vec<Table> {
             d.healthy.map_or("-".into(), |h| h.to_string()),
             d.failed.to_string(),
             unplaced,
+            d.rollout.as_ref().map_or("-".into(), crate::rollout_cmds::RolloutView::describe),
         ]);
     }
     let mut hosts = Table::new(&["HOST", "STATUS", "ADDRESS", "BACKENDS", "RUNNING"]);
@@ -458,7 +514,11 @@ fn status_tables(status: &StatusView) -> Vec<Table> {
     let mut instances =
         Table::new(&["INSTANCE", "APP", "SLOT", "HOST", "ADDRESS", "STATE", "HEALTH", "RESTARTS", "DETAIL"]);
     for i in &status.instances {
-        let state = if i.desired == "running" { i.observed.to_string() } else { format!("{} (stopping)", i.observed) };
+        let state = match (i.desired, i.migrating) {
+            ("running", false) => i.observed.to_string(),
+            ("running", true) => format!("{} (migrating)", i.observed),
+            _ => format!("{} (stopping)", i.observed),
+        };
         let detail = match (&i.last_exit, i.message.is_empty()) {
             (_, false) => i.message.clone(),
             (Some(exit), true) => exit.to_string(),

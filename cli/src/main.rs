@@ -9,6 +9,7 @@ mod deploy;
 mod dev;
 mod output;
 mod project_cmds;
+mod rollout_cmds;
 mod tls_cmds;
 
 use std::path::PathBuf;
@@ -207,7 +208,10 @@ enum ClusterCommand {
         #[command(subcommand)]
         action: Option<MembersAction>,
     },
-    /// Build an app on a cluster host and run COUNT instances of it across the cluster
+    /// Build an app on a cluster host and run COUNT instances of it across the cluster. A new
+    /// version (any change to the artifact, files, [run], networks or health check) rolls out
+    /// slot by slot under [update]: each new instance healthy before the old one of its slot
+    /// stops; the same config again changes nothing and says so
     Deploy {
         #[command(flatten)]
         app: AppArgs,
@@ -220,7 +224,45 @@ enum ClusterCommand {
         /// binpack fills hosts one by one; spread prefers the emptiest
         #[arg(long, value_enum, default_value_t = PlacementArg::Binpack)]
         placement: PlacementArg,
-        /// Give up waiting for the instances to run after this long
+        /// Give up waiting for the rollout after this long
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Slots replaced at a time [default: the config's [update] max_parallel, else 1]
+        #[arg(long)]
+        max_parallel: Option<u32>,
+        /// New instances placed first beside the old ones, until `cluster promote`
+        /// [default: [update] canary, else 0]
+        #[arg(long)]
+        canary: Option<u32>,
+        /// How long a new instance must stay healthy before the old one of its slot stops
+        /// [default: [update] min_healthy_time_secs, else 10s]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        min_healthy_time: Option<std::time::Duration>,
+        /// A new instance not healthy this long after placement fails the update
+        /// [default: [update] healthy_deadline_secs, else 5m]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        healthy_deadline: Option<std::time::Duration>,
+        /// Promote the canaries once they are healthy
+        #[arg(long)]
+        auto_promote: bool,
+        /// Go back to the last healthy version if the update fails
+        #[arg(long)]
+        auto_revert: bool,
+    },
+    /// Let a rollout waiting on its canaries replace the remaining instances
+    Promote {
+        app: String,
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Every version of an app ever deployed: digests, when, by whom, and how it ended
+    History { app: String },
+    /// Roll back to an earlier version from the history, with the same rolling update
+    Rollback {
+        app: String,
+        /// The version (its registry name or label) [default: the last healthy one before the current]
+        #[arg(long)]
+        to: Option<String>,
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
@@ -245,11 +287,13 @@ enum ClusterCommand {
         #[arg(long)]
         stale: bool,
     },
-    /// List the hosts in the registry
+    /// List the hosts in the registry; drain, make eligible or remove one
     Hosts {
         /// Serve from the contacted coordinator's state without confirming it is current
         #[arg(long)]
         stale: bool,
+        #[command(subcommand)]
+        action: Option<HostsAction>,
     },
     /// Declare, list or remove networks: subnets whose addresses instances get. Agents say
     /// which bridge carries each (mirari-agent --network NAME=BRIDGE)
@@ -257,6 +301,23 @@ enum ClusterCommand {
         #[command(subcommand)]
         action: Option<NetworkAction>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum HostsAction {
+    /// List the hosts (the default)
+    List,
+    /// Stop placing instances on HOST and move its instances elsewhere, each replacement
+    /// healthy before the old one stops; what is left at the deadline is stopped
+    Drain {
+        host: String,
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
+    },
+    /// Let a drained host take instances again
+    Eligible { host: String },
+    /// Forget a host that is down, or drained and empty
+    Remove { host: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -388,13 +449,40 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut connection = coordinators::Coordinators::new(&coordinators);
             let coordinators = &coordinators;
             match command {
-                ClusterCommand::Deploy { app, target, count, placement, timeout } => {
+                ClusterCommand::Deploy {
+                    app,
+                    target,
+                    count,
+                    placement,
+                    timeout,
+                    max_parallel,
+                    canary,
+                    min_healthy_time,
+                    healthy_deadline,
+                    auto_promote,
+                    auto_revert,
+                } => {
                     let placement = match placement {
                         PlacementArg::Binpack => mirari_core::registry::Placement::Binpack,
                         PlacementArg::Spread => mirari_core::registry::Placement::Spread,
                     };
-                    let options = deploy::DeployOptions { target, count, placement, timeout };
+                    let update = deploy::UpdateOverrides {
+                        max_parallel,
+                        canary,
+                        min_healthy_time,
+                        healthy_deadline,
+                        auto_promote,
+                        auto_revert,
+                    };
+                    let options = deploy::DeployOptions { target, count, placement, timeout, update };
                     deploy::deploy(&mut connection, &app, options, format).await
+                }
+                ClusterCommand::Promote { app, timeout } => {
+                    rollout_cmds::promote(&mut connection, &app, timeout, format).await
+                }
+                ClusterCommand::History { app } => rollout_cmds::history(&mut connection, &app, format).await,
+                ClusterCommand::Rollback { app, to, timeout } => {
+                    rollout_cmds::rollback(&mut connection, &app, to.as_deref(), timeout, format).await
                 }
                 ClusterCommand::Scale { app, count, timeout } => {
                     deploy::scale(&mut connection, &app, count, timeout, format).await
@@ -411,7 +499,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ClusterCommand::Members { action: Some(MembersAction::Remove { id }) } => {
                     cluster_cmds::remove_member(coordinators, id, format).await
                 }
-                ClusterCommand::Hosts { stale } => cluster_cmds::hosts(coordinators, stale, format).await,
+                ClusterCommand::Hosts { stale, action: None | Some(HostsAction::List) } => {
+                    cluster_cmds::hosts(coordinators, stale, format).await
+                }
+                ClusterCommand::Hosts { action: Some(HostsAction::Drain { host, deadline }), .. } => {
+                    rollout_cmds::drain(&mut connection, &host, deadline, format).await
+                }
+                ClusterCommand::Hosts { action: Some(HostsAction::Eligible { host }), .. } => {
+                    rollout_cmds::eligible(&mut connection, &host, format).await
+                }
+                ClusterCommand::Hosts { action: Some(HostsAction::Remove { host }), .. } => {
+                    rollout_cmds::remove_host(&mut connection, &host, format).await
+                }
                 ClusterCommand::Network { action: None | Some(NetworkAction::List) } => {
                     deploy::networks(&mut connection, format).await
                 }

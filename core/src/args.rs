@@ -11,6 +11,7 @@
 //! | `{net.NAME.mac}`         | the interface's MAC, `02:55:66:77:88:00`  |
 //! | `{instance.id}`          | the instance ID                           |
 //! | `{instance.slot}`        | its slot in the deployment, `0`, `1`, …   |
+//! | `{app.version}`          | the app's version label, `0.2.0`          |
 //!
 //! `NAME` is one of the app's `[[network]]` names. `{{` and `}}` stand for `{` and `}`. A
 //! template is checked once, when the config is read (or an app version is registered), so
@@ -45,10 +46,11 @@ enum Piece<'a> {
     Text(&'a str),
     Id,
     Slot,
+    Version,
     Net(&'a str, NetField),
 }
 
-const HELP: &str = "placeholders are {net.NAME.cidr|ip|prefix|gateway|mac}, {instance.id} and {instance.slot}; \
+const HELP: &str = "placeholders are {net.NAME.cidr|ip|prefix|gateway|mac}, {instance.id}, {instance.slot} and {app.version}; \
                     write {{ and }} for literal braces";
 
 fn pieces<'a>(arg: &'a str, networks: &[String]) -> Result<Vec<Piece<'a>>, (usize, String, String)> {
@@ -86,6 +88,7 @@ fn placeholder<'a>(name: &'a str, networks: &[String]) -> Result<Piece<'a>, (Str
     match name {
         "instance.id" => return Ok(Piece::Id),
         "instance.slot" => return Ok(Piece::Slot),
+        "app.version" => return Ok(Piece::Version),
         _ => {}
     }
     let unknown = || (format!("unknown placeholder `{{{name}}}`"), HELP.to_owned());
@@ -122,6 +125,8 @@ pub fn check(args: &[String], networks: &[String]) -> Result<(), TemplateError> 
 pub struct InstanceContext<'a> {
     pub id: InstanceId,
     pub slot: u32,
+    /// The app's version label.
+    pub version: &'a str,
     /// In the app's network order; each names its network.
     pub interfaces: &'a [Interface],
 }
@@ -139,6 +144,7 @@ pub fn render(args: &[String], instance: InstanceContext<'_>) -> Vec<String> {
                     Piece::Text(text) => write!(out, "{text}"),
                     Piece::Id => write!(out, "{}", instance.id),
                     Piece::Slot => write!(out, "{}", instance.slot),
+                    Piece::Version => write!(out, "{}", instance.version),
                     Piece::Net(network, field) => {
                         let interface = instance.interfaces.iter().find(|i| i.network == network);
                         match (interface, field) {
@@ -188,9 +194,10 @@ mod tests {
             "--ipv4-gateway={net.service.gateway}",
             "ip={net.service.ip}/{net.service.prefix} mac={net.service.mac}",
             "id={instance.id} slot={instance.slot} {{literal}}",
+            "version={app.version}",
         ]);
         check(&args, &strings(&["service"])).unwrap();
-        let rendered = render(&args, InstanceContext { id, slot: 4, interfaces: &interfaces });
+        let rendered = render(&args, InstanceContext { id, slot: 4, version: "0.2.0", interfaces: &interfaces });
         assert_eq!(
             rendered,
             strings(&[
@@ -198,6 +205,7 @@ mod tests {
                 "--ipv4-gateway=10.88.0.1",
                 "ip=10.88.0.7/16 mac=02:00:00:ab:cd:00",
                 "id=000000000000abcd slot=4 {literal}",
+                "version=0.2.0",
             ])
         );
     }

@@ -119,8 +119,10 @@ impl InstanceSpec {
     /// This spec for one instance: its interfaces, and its boot arguments filled in.
     pub fn for_instance(mut self, id: InstanceId, slot: u32, interfaces: Vec<Interface>) -> Self {
         if args::has_placeholders(&self.run.boot_args) {
-            self.run.boot_args =
-                args::render(&self.run.boot_args, InstanceContext { id, slot, interfaces: &interfaces });
+            self.run.boot_args = args::render(
+                &self.run.boot_args,
+                InstanceContext { id, slot, version: &self.version, interfaces: &interfaces },
+            );
         }
         self.interfaces = interfaces;
         self

@@ -43,7 +43,22 @@
 //! timeout_secs = 1
 //! grace_secs = 10               # failures right after a start do not count
 //! unhealthy_after = 3           # failures in a row; then it is restarted
+//!
+//! [update]                      # how a new version replaces the running one, slot by slot
+//! max_parallel = 1              # slots replaced at a time
+//! min_healthy_time_secs = 10    # a new instance healthy this long replaces the old one
+//! healthy_deadline_secs = 300   # not healthy by then: the update fails
+//! canary = 0                    # new instances first, beside the old, until promoted
+//! auto_promote = false
+//! auto_revert = false           # a failed update goes back to the last healthy version
+//!
+//! [reschedule]                  # a slot whose instance failed for good runs on another host
+//! attempts = 5
+//! delay_secs = 5                # doubling after each failure, at most 5 minutes
 //! ```
+//!
+//! `[app] after = ["db"]` places an app's instances only once the named apps' deployments are
+//! healthy.
 //!
 //! Boot arguments may hold placeholders filled per instance: `{net.service.cidr}`,
 //! `{net.service.gateway}`, `{instance.id}` and the others listed in [`crate::args`].
@@ -57,11 +72,14 @@ use std::ops::Range;
 use toml::Spanned;
 
 pub use self::error::{ConfigError, Location};
-use self::raw::{RawBuild, RawConfig, RawFiles, RawHealth, RawNetwork, RawRequires, RawRun, RawTargetBuild};
+use self::raw::{
+    RawBuild, RawConfig, RawFiles, RawHealth, RawNetwork, RawRequires, RawReschedule, RawRun, RawTargetBuild, RawUpdate,
+};
 use crate::args;
 use crate::health::{HealthCheck, Probe};
 use crate::limits;
 use crate::network;
+use crate::registry::{ReschedulePolicy, UpdatePolicy};
 use crate::spec::{Accelerator, RestartPolicy, RunPolicy};
 use crate::target::Target;
 
@@ -75,6 +93,10 @@ pub struct AppConfig {
     pub builds: BTreeMap<Target, TargetBuild>,
     pub files: Vec<FileDirective>,
     pub run: RunPolicy,
+    pub update: UpdatePolicy,
+    pub reschedule: ReschedulePolicy,
+    /// Apps whose deployments must be healthy before this one's instances are placed.
+    pub after: Vec<String>,
 }
 
 /// What must be present before building.
@@ -111,10 +133,11 @@ impl AppConfig {
         let raw: RawConfig = toml::from_str(text).map_err(|e| cx.toml_error(&e))?;
         let name = cx.check_name(&raw.app.name, "app name")?;
         let version = cx.non_empty(&raw.app.version, "app version")?;
-        if version.len() > limits::MAX_NAME_BYTES || version.contains(char::is_whitespace) {
-            return Err(cx
-                .error(raw.app.version.span(), "invalid app version")
-                .with_help(format!("use up to {} characters without whitespace", limits::MAX_NAME_BYTES)));
+        if version.len() > limits::MAX_NAME_BYTES || version.contains(char::is_whitespace) || version.contains('#') {
+            return Err(cx.error(raw.app.version.span(), "invalid app version").with_help(format!(
+                "use up to {} characters without whitespace or `#` (the registry names other contents under the same label `LABEL#DIGEST`)",
+                limits::MAX_NAME_BYTES
+            )));
         }
         let targets = cx.targets(&raw.app.targets)?;
         let requires = cx.requirements(&raw.requires)?;
@@ -124,7 +147,10 @@ impl AppConfig {
         run.networks = cx.networks(&raw.network)?;
         cx.check_templates(&raw.run, &run.networks)?;
         run.health = raw.health.as_ref().map(|health| cx.health(health, &run.networks)).transpose()?;
-        Ok(Self { name, version, targets, requires, builds, files, run })
+        let update = cx.update(&raw.update)?;
+        let reschedule = cx.reschedule(&raw.reschedule)?;
+        let after = cx.after(&raw.app.after, &name)?;
+        Ok(Self { name, version, targets, requires, builds, files, run, update, reschedule, after })
     }
 }
 
@@ -461,12 +487,8 @@ impl Cx<'_> {
                 .error(raw.span(), "[health] needs a network to probe")
                 .with_help("add a [[network]] table: the agent probes the first interface's address"));
         }
-        let number = |value: &Option<Spanned<i64>>, key: &str, range: Range<i64>, default: i64| match value {
-            None => Ok(default),
-            Some(value) if range.contains(value.get_ref()) => Ok(*value.get_ref()),
-            Some(value) => Err(self
-                .error(value.span(), format!("`{key}` = {} is out of range", value.get_ref()))
-                .with_help(format!("use a value from {} to {}", range.start, range.end - 1))),
+        let number = |value: &Option<Spanned<i64>>, key: &str, range: Range<i64>, default: i64| {
+            self.ranged(value, key, range, default)
         };
         let port = |value: &Spanned<i64>| number(&Some(value.clone()), "port", 1..65_536, 0).map(|p| p as u16);
         let probe = match (&section.tcp, &section.http) {
@@ -507,6 +529,77 @@ impl Cx<'_> {
                 i64::from(HealthCheck::DEFAULT_UNHEALTHY_AFTER),
             )? as u32,
         })
+    }
+
+    /// A number of a policy table in `range`, or `default` when the key is absent.
+    fn ranged(
+        &self,
+        value: &Option<Spanned<i64>>,
+        key: &str,
+        range: Range<i64>,
+        default: i64,
+    ) -> Result<i64, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(value) if range.contains(value.get_ref()) => Ok(*value.get_ref()),
+            Some(value) => Err(self
+                .error(value.span(), format!("`{key}` = {} is out of range", value.get_ref()))
+                .with_help(format!("use a value from {} to {}", range.start, range.end - 1))),
+        }
+    }
+
+    fn update(&self, raw: &RawUpdate) -> Result<UpdatePolicy, ConfigError> {
+        let defaults = UpdatePolicy::default();
+        let count = i64::from(limits::MAX_INSTANCES_PER_DEPLOYMENT) + 1;
+        let secs = |value: &Option<Spanned<i64>>, key: &str, default_ms: u64| {
+            self.ranged(value, key, 0..86_401, (default_ms / 1000) as i64).map(|s| s as u64 * 1000)
+        };
+        Ok(UpdatePolicy {
+            max_parallel: self.ranged(&raw.max_parallel, "max_parallel", 1..count, i64::from(defaults.max_parallel))?
+                as u32,
+            min_healthy_time_ms: secs(
+                &raw.min_healthy_time_secs,
+                "min_healthy_time_secs",
+                defaults.min_healthy_time_ms,
+            )?,
+            healthy_deadline_ms: secs(
+                &raw.healthy_deadline_secs,
+                "healthy_deadline_secs",
+                defaults.healthy_deadline_ms,
+            )?,
+            canary: self.ranged(&raw.canary, "canary", 0..count, i64::from(defaults.canary))? as u32,
+            auto_promote: raw.auto_promote.unwrap_or(defaults.auto_promote),
+            auto_revert: raw.auto_revert.unwrap_or(defaults.auto_revert),
+        })
+    }
+
+    fn reschedule(&self, raw: &RawReschedule) -> Result<ReschedulePolicy, ConfigError> {
+        let defaults = ReschedulePolicy::default();
+        Ok(ReschedulePolicy {
+            attempts: self.ranged(&raw.attempts, "attempts", 0..1001, i64::from(defaults.attempts))? as u32,
+            delay_ms: self.ranged(&raw.delay_secs, "delay_secs", 0..3601, (defaults.delay_ms / 1000) as i64)? as u64
+                * 1000,
+        })
+    }
+
+    fn after(&self, raw: &[Spanned<String>], app: &str) -> Result<Vec<String>, ConfigError> {
+        if let Some(extra) = raw.get(limits::MAX_AFTER) {
+            return Err(self.error(extra.span(), format!("more than {} apps in `after`", limits::MAX_AFTER)));
+        }
+        let mut after: Vec<String> = Vec::new();
+        for entry in raw {
+            let name = self.check_name(entry, "app name")?;
+            if name == app {
+                return Err(self
+                    .error(entry.span(), "an app cannot come after itself")
+                    .with_help("remove it from `after`"));
+            }
+            if after.contains(&name) {
+                return Err(self.error(entry.span(), format!("`{name}` is listed twice in `after`")));
+            }
+            after.push(name);
+        }
+        Ok(after)
     }
 
     fn restart(&self, raw: &RawRun) -> Result<RestartPolicy, ConfigError> {

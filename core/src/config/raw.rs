@@ -22,6 +22,28 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub network: Vec<RawNetwork>,
     pub health: Option<Spanned<RawHealth>>,
+    #[serde(default)]
+    pub update: RawUpdate,
+    #[serde(default)]
+    pub reschedule: RawReschedule,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpdate {
+    pub max_parallel: Option<Spanned<i64>>,
+    pub min_healthy_time_secs: Option<Spanned<i64>>,
+    pub healthy_deadline_secs: Option<Spanned<i64>>,
+    pub canary: Option<Spanned<i64>>,
+    pub auto_promote: Option<bool>,
+    pub auto_revert: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReschedule {
+    pub attempts: Option<Spanned<i64>>,
+    pub delay_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +77,8 @@ pub(super) struct RawApp {
     pub name: Spanned<String>,
     pub version: Spanned<String>,
     pub targets: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub after: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
