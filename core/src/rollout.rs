@@ -171,3 +171,6 @@ pub fn plan(registry: &Registry, now_ms: u64) -> Vec<Command> {
     }
     commands
 }
+
+#[cfg(test)]
+mod tests;
