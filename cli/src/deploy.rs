@@ -128,6 +128,7 @@ pub struct UpdateOverrides {
     pub canary: Option<u32>,
     pub min_healthy_time: Option<Duration>,
     pub healthy_deadline: Option<Duration>,
+    pub shutdown_delay: Option<Duration>,
     pub auto_promote: bool,
     pub auto_revert: bool,
 }
@@ -139,6 +140,7 @@ impl UpdateOverrides {
         policy.canary = self.canary.unwrap_or(policy.canary);
         policy.min_healthy_time_ms = self.min_healthy_time.map_or(policy.min_healthy_time_ms, ms);
         policy.healthy_deadline_ms = self.healthy_deadline.map_or(policy.healthy_deadline_ms, ms);
+        policy.shutdown_delay_ms = self.shutdown_delay.map_or(policy.shutdown_delay_ms, ms);
         policy.auto_promote |= self.auto_promote;
         policy.auto_revert |= self.auto_revert;
         policy

@@ -242,6 +242,10 @@ enum ClusterCommand {
         /// [default: [update] healthy_deadline_secs, else 5m]
         #[arg(long, value_parser = humantime::parse_duration)]
         healthy_deadline: Option<std::time::Duration>,
+        /// How long a replaced instance runs on after DNS stops naming it
+        /// [default: [update] shutdown_delay_secs, else 5s, the DNS TTL]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        shutdown_delay: Option<std::time::Duration>,
         /// Promote the canaries once they are healthy
         #[arg(long)]
         auto_promote: bool,
@@ -459,6 +463,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     canary,
                     min_healthy_time,
                     healthy_deadline,
+                    shutdown_delay,
                     auto_promote,
                     auto_revert,
                 } => {
@@ -471,6 +476,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         canary,
                         min_healthy_time,
                         healthy_deadline,
+                        shutdown_delay,
                         auto_promote,
                         auto_revert,
                     };

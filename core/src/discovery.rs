@@ -22,11 +22,13 @@ pub fn service_addresses(registry: &Registry, app: &str, limit: usize) -> Option
     Some(addresses)
 }
 
-/// Whether the instance should get traffic: wanted, running, and passing its checks if it has any.
+/// Whether the instance should get traffic: wanted, not on its way out (replaced, waiting out
+/// its shutdown delay), running, and passing its checks if it has any.
 fn serves(registry: &Registry, instance: &InstanceEntry) -> bool {
     let checked =
         || registry.app_version(&instance.app, &instance.version).is_none_or(|version| version.run.health.is_some());
     instance.desired == Desired::Running
+        && instance.deregistered_at_ms.is_none()
         && instance.observed == Phase::Running
         && (instance.health == Health::Healthy || !checked())
 }

@@ -166,8 +166,23 @@ impl Network {
     /// takes several (a plan placing many instances) keeps one iterator and so never scans
     /// the held addresses twice. `held` answers for addresses already taken.
     pub fn free_addresses<'a>(&'a self, held: impl Fn(Ipv4Addr) -> bool + 'a) -> impl Iterator<Item = Ipv4Addr> + 'a {
+        self.free_addresses_from(None, held)
+    }
+
+    /// The pool's addresses not `held`, from `start` (when it is in the pool) to the pool's end,
+    /// then from its beginning: given out round the pool, an address released a moment ago is
+    /// the last to be given again (clients' ARP caches and connections still remember it).
+    pub fn free_addresses_from<'a>(
+        &'a self,
+        start: Option<Ipv4Addr>,
+        held: impl Fn(Ipv4Addr) -> bool + 'a,
+    ) -> impl Iterator<Item = Ipv4Addr> + 'a {
         let (first, last) = self.bounds();
-        (first..=last).map(Ipv4Addr::from).filter(move |&address| self.in_pool(address) && !held(address))
+        let start = start.filter(|a| self.in_pool(*a)).map_or(first, u32::from);
+        (start..=last)
+            .chain(first..start)
+            .map(Ipv4Addr::from)
+            .filter(move |&address| self.in_pool(address) && !held(address))
     }
 
     /// The interface an instance gets on this network with `address`.

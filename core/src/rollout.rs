@@ -5,7 +5,8 @@
 //! Slot by slot, an *outdated* instance (of another version than the deployment's, or
 //! migrating off a draining host) keeps running beside its replacement, which the scheduler
 //! places, until the replacement has been healthy for the update policy's `min_healthy_time`;
-//! then the outdated one is stopped. At most `max_parallel` replacements are unsettled at a time
+//! then service discovery stops naming the outdated one, and after the update policy's
+//! `shutdown_delay` (the DNS TTL by default, so no client still holds its address) it is stopped. At most `max_parallel` replacements are unsettled at a time
 //! (with canaries not yet promoted: at most `canary` replacements in all, and nothing outdated
 //! is stopped), so the healthy instances of a deployment never drop below its count minus
 //! `max_parallel` on account of an update. A replacement that restarts, fails, turns unhealthy or
@@ -29,7 +30,9 @@ pub struct Progress {
     /// Replacements placed beside outdated instances, and how many of them are settled.
     pub replacements: u32,
     pub settled: u32,
-    /// Outdated instances whose replacement has settled, and why each stops.
+    /// Outdated instances whose replacement has settled: first service discovery stops
+    /// naming them, then (after the shutdown delay) they stop, each with why.
+    pub deregisters: Vec<InstanceId>,
     pub stops: Vec<(InstanceId, String)>,
     /// The rollout failed, and why.
     pub failure: Option<String>,
@@ -74,12 +77,18 @@ pub fn progress(registry: &Registry, deployment: &Deployment, now_ms: u64) -> Pr
         let moving_only = old.iter().all(|o| o.migrating && o.version == spec.version);
         if promoted || moving_only {
             for o in old {
-                let why = if o.version == spec.version {
-                    format!("moved to host {} as {} (its host is draining)", new.host, new.id)
-                } else {
-                    format!("replaced by {} on host {} (version {}, healthy)", new.id, new.host, spec.version)
-                };
-                progress.stops.push((o.id, why));
+                match o.deregistered_at_ms {
+                    None if policy.shutdown_delay_ms > 0 => progress.deregisters.push(o.id),
+                    Some(since) if now_ms.saturating_sub(since) < policy.shutdown_delay_ms => {}
+                    _ => {
+                        let why = if o.version == spec.version {
+                            format!("moved to host {} as {} (its host is draining)", new.host, new.id)
+                        } else {
+                            format!("replaced by {} on host {} (version {}, healthy)", new.id, new.host, spec.version)
+                        };
+                        progress.stops.push((o.id, why));
+                    }
+                }
             }
         }
     }
@@ -141,14 +150,17 @@ fn hosts(hosts: &BTreeSet<crate::registry::HostId>) -> String {
     hosts.iter().map(|h| format!("host {h}")).collect::<Vec<_>>().join(", ")
 }
 
-/// The commands that move every deployment's replacements on at `now_ms`: stops of outdated
-/// instances whose replacements settled, promotions, finished or failed rollouts, and stops of
+/// The commands that move every deployment's replacements on at `now_ms`: deregistrations and
+/// then stops of outdated instances whose replacements settled, promotions, finished or failed rollouts, and stops of
 /// whatever is left on hosts whose drain deadline passed.
 pub fn plan(registry: &Registry, now_ms: u64) -> Vec<Command> {
     let mut commands = Vec::new();
     for deployment in registry.deployments() {
         let app = deployment.spec.app.clone();
         let progress = progress(registry, deployment, now_ms);
+        if !progress.deregisters.is_empty() {
+            commands.push(Command::Deregister { ids: progress.deregisters, at_ms: now_ms });
+        }
         for (id, reason) in progress.stops {
             commands.push(Command::StopInstances { ids: vec![id], reason });
         }

@@ -5,7 +5,8 @@
 //! instances of this deployment (so a deployment spreads over hosts), then by the placement
 //! policy: `binpack` prefers the host that will be fullest, `spread` the emptiest. Ties go to
 //! the smaller host ID, so the same registry always gives the same plan. Each placed instance
-//! gets the lowest free address of each of its networks' pools; a pool that runs dry leaves the
+//! gets the next free address of each of its networks' pools, round the pool from after the last
+//! one given (so a just-released address is the last to be reused); a pool that runs dry leaves the
 //! remaining slots unplaced with that reason. Slots that fit nowhere
 //! are counted with why, for the status to show. The leader commits a plan through raft, where
 //! applying it re-checks every placement against the registry as it is then.
@@ -94,7 +95,8 @@ pub fn plan(
             plan.reasons.insert(Infeasible::UnknownNetwork(name.clone()), 1);
             return Some(plan);
         };
-        let free = network.free_addresses(move |address| registry.address_holder(name, address).is_some());
+        let cursor = registry.address_cursor(name);
+        let free = network.free_addresses_from(cursor, move |address| registry.address_holder(name, address).is_some());
         pools.push((network, free.peekable()));
     }
 
@@ -227,14 +229,13 @@ fn pop_avoiding(heap: &mut BinaryHeap<Candidate>, avoid: Option<&BTreeSet<HostId
     chosen
 }
 
-/// Whether an app's deployment runs with every slot of its version healthy (running, for a
-/// version without a health check).
+/// Whether an app's deployment runs with as many healthy instances as its count (running, for
+/// a version without a health check), of whichever versions: one rolling out serves throughout.
 pub fn is_healthy(registry: &Registry, app: &str) -> bool {
     let Some(deployment) = registry.deployment(app).filter(|d| d.desired == Desired::Running) else {
         return false;
     };
-    let healthy =
-        registry.live_of(app).filter(|i| i.version == deployment.spec.version && i.healthy_since_ms.is_some()).count();
+    let healthy = registry.live_of(app).filter(|i| i.healthy_since_ms.is_some()).count();
     healthy >= deployment.spec.count as usize
 }
 

@@ -74,6 +74,9 @@ fn command_to_pb(command: &Command) -> PbCommand {
                 .collect(),
             at_ms: *at_ms,
         }),
+        Command::Deregister { ids, at_ms } => {
+            PbCommand::Deregister(pb::Deregister { ids: ids.iter().map(|id| id.as_u64()).collect(), at_ms: *at_ms })
+        }
         Command::StopInstances { ids, reason } => PbCommand::StopInstances(pb::StopInstances {
             ids: ids.iter().map(|id| id.as_u64()).collect(),
             reason: reason.clone(),
@@ -144,6 +147,9 @@ fn command_from_pb(command: &PbCommand) -> Result<Command, WireError> {
                 .collect::<Result<_, WireError>>()?,
             at_ms: c.at_ms,
         },
+        PbCommand::Deregister(c) => {
+            Command::Deregister { ids: c.ids.iter().copied().map(InstanceId::from_u64).collect(), at_ms: c.at_ms }
+        }
         PbCommand::StopInstances(c) => Command::StopInstances {
             ids: c.ids.iter().copied().map(InstanceId::from_u64).collect(),
             reason: c.reason.clone(),
@@ -361,6 +367,7 @@ pub fn deployment_to_pb(spec: &DeploymentSpec) -> pb::DeploymentSpec {
             canary: spec.update.canary,
             auto_promote: spec.update.auto_promote,
             auto_revert: spec.update.auto_revert,
+            shutdown_delay_ms: Some(spec.update.shutdown_delay_ms),
         }),
         reschedule: Some(pb::ReschedulePolicy {
             attempts: spec.reschedule.attempts,
@@ -401,6 +408,10 @@ pub fn deployment_from_pb(spec: &pb::DeploymentSpec) -> Result<DeploymentSpec, W
                 canary: bounded("deployment.update.canary", u.canary, limits::MAX_INSTANCES_PER_DEPLOYMENT)?,
                 auto_promote: u.auto_promote,
                 auto_revert: u.auto_revert,
+                shutdown_delay_ms: match u.shutdown_delay_ms {
+                    None => UpdatePolicy::default_shutdown_delay_ms(),
+                    Some(ms) => bounded("deployment.update.shutdown_delay_ms", ms, MAX_POLICY_MS)?,
+                },
             },
         },
         reschedule: match spec.reschedule {
@@ -471,6 +482,7 @@ mod tests {
                 canary: 1,
                 auto_promote: true,
                 auto_revert: true,
+                shutdown_delay_ms: 0,
             },
             reschedule: ReschedulePolicy { attempts: 2, delay_ms: 1_000 },
             after: vec!["db".into()],
@@ -501,6 +513,7 @@ mod tests {
                 at_ms: 6,
             },
             Command::StopInstances { ids: vec![InstanceId::from_u64(1)], reason: "scaled down".into() },
+            Command::Deregister { ids: vec![InstanceId::from_u64(1)], at_ms: 11 },
             Command::ReportInstances {
                 host: HostId("a".into()),
                 reports: vec![InstanceReport {

@@ -109,8 +109,17 @@ impl Coordinator {
 
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the process.
     pub fn freeze(&self, frozen: bool) {
+        self.signal(if frozen { "-STOP" } else { "-CONT" });
+    }
+
+    /// SIGKILL, as a crash, from a test that holds the cluster shared; [`Coordinator::kill`]
+    /// reaps it later.
+    pub fn crash(&self) {
+        self.signal("-KILL");
+    }
+
+    fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().expect("running").id().to_string();
-        let signal = if frozen { "-STOP" } else { "-CONT" };
         assert!(std::process::Command::new("kill").args([signal, &pid]).status().is_ok_and(|s| s.success()));
     }
 

@@ -51,6 +51,7 @@
 //! canary = 0                    # new instances first, beside the old, until promoted
 //! auto_promote = false
 //! auto_revert = false           # a failed update goes back to the last healthy version
+//! shutdown_delay_secs = 5       # a replaced instance runs this long after DNS stops naming it
 //!
 //! [reschedule]                  # a slot whose instance failed for good runs on another host
 //! attempts = 5
@@ -570,6 +571,7 @@ impl Cx<'_> {
             canary: self.ranged(&raw.canary, "canary", 0..count, i64::from(defaults.canary))? as u32,
             auto_promote: raw.auto_promote.unwrap_or(defaults.auto_promote),
             auto_revert: raw.auto_revert.unwrap_or(defaults.auto_revert),
+            shutdown_delay_ms: secs(&raw.shutdown_delay_secs, "shutdown_delay_secs", defaults.shutdown_delay_ms)?,
         })
     }
 

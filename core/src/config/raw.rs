@@ -37,6 +37,7 @@ pub(super) struct RawUpdate {
     pub canary: Option<Spanned<i64>>,
     pub auto_promote: Option<bool>,
     pub auto_revert: Option<bool>,
+    pub shutdown_delay_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -32,6 +32,9 @@ pub struct Registry {
     hosts: BTreeMap<HostId, Host>,
     #[serde(default)]
     networks: BTreeMap<String, Network>,
+    /// Network -> the address after the last one given: the next placement starts there.
+    #[serde(default)]
+    address_cursors: BTreeMap<String, Ipv4Addr>,
     apps: BTreeMap<String, BTreeMap<String, AppVersion>>,
     deployments: BTreeMap<String, Deployment>,
     instances: BTreeMap<InstanceId, InstanceEntry>,
@@ -123,6 +126,11 @@ impl Registry {
     /// The instance holding an address of a network, if any.
     pub fn address_holder(&self, network: &str, address: Ipv4Addr) -> Option<InstanceId> {
         self.derived.addresses.get(network)?.get(&address).copied()
+    }
+
+    /// Where the search for a network's next free address starts: after the last one given.
+    pub fn address_cursor(&self, network: &str) -> Option<Ipv4Addr> {
+        self.address_cursors.get(network).copied()
     }
 
     /// How many addresses of a network are held.
@@ -290,6 +298,14 @@ impl Registry {
             Command::Scale { app, count } => self.scale(app, *count),
             Command::StopDeployment { app } => self.stop_deployment(app),
             Command::Place { app, generation, placements, at_ms } => self.place(app, *generation, placements, *at_ms),
+            Command::Deregister { ids, at_ms } => {
+                for id in ids {
+                    if let Some(instance) = self.instances.get_mut(id).filter(|i| i.desired == Desired::Running) {
+                        instance.deregistered_at_ms.get_or_insert(*at_ms);
+                    }
+                }
+                Ok(Outcome::Done)
+            }
             Command::StopInstances { ids, reason } => {
                 self.stop_instances(ids.iter().copied(), reason);
                 Ok(Outcome::Done)
@@ -478,9 +494,14 @@ impl Registry {
                 interfaces: placed.interfaces.clone(),
                 health: crate::health::Health::None,
                 healthy_since_ms: None,
+                deregistered_at_ms: None,
                 migrating: false,
             };
             self.minted.insert(placed.id);
+            for interface in &instance.interfaces {
+                let next = Ipv4Addr::from(u32::from(interface.address.address).wrapping_add(1));
+                self.address_cursors.insert(interface.network.clone(), next);
+            }
             self.index(&instance, Held::of(&instance), true);
             self.instances.insert(placed.id, instance);
         }

@@ -240,6 +240,17 @@ pub struct UpdatePolicy {
     pub auto_promote: bool,
     /// A failed update goes back to the last version that was healthy.
     pub auto_revert: bool,
+    /// How long a replaced instance keeps running after service discovery stops naming it,
+    /// so clients that resolved it just before (or cache the answer for the DNS TTL) still reach it.
+    #[serde(default = "UpdatePolicy::default_shutdown_delay_ms")]
+    pub shutdown_delay_ms: u64,
+}
+
+impl UpdatePolicy {
+    /// The coordinators' DNS TTL: a cached answer never names an instance already stopped.
+    pub const fn default_shutdown_delay_ms() -> u64 {
+        5_000
+    }
 }
 
 impl Default for UpdatePolicy {
@@ -251,6 +262,7 @@ impl Default for UpdatePolicy {
             canary: 0,
             auto_promote: false,
             auto_revert: false,
+            shutdown_delay_ms: Self::default_shutdown_delay_ms(),
         }
     }
 }
@@ -317,6 +329,10 @@ pub struct InstanceEntry {
     /// check), as the coordinator that took the report saw time.
     #[serde(default)]
     pub healthy_since_ms: Option<u64>,
+    /// When service discovery stopped naming it (its replacement settled); it stops after the
+    /// update policy's `shutdown_delay`.
+    #[serde(default)]
+    pub deregistered_at_ms: Option<u64>,
     /// Its host is draining: it gives up its slot to a replacement elsewhere and stops once the
     /// replacement has been healthy for the update policy's `min_healthy_time`.
     #[serde(default)]
@@ -391,6 +407,11 @@ pub enum Command {
         app: String,
         generation: u64,
         placements: Vec<PlacedInstance>,
+        at_ms: u64,
+    },
+    /// Instances service discovery no longer names, ahead of their stop.
+    Deregister {
+        ids: Vec<InstanceId>,
         at_ms: u64,
     },
     /// Instances that should stop (scaled away, replaced, obsolete).

@@ -58,7 +58,7 @@ fn spec(app: &str, version: &str, count: u32) -> DeploymentSpec {
         target: Target::Unix,
         count,
         placement: Placement::Spread,
-        update: UpdatePolicy::default(),
+        update: quick(),
         reschedule: ReschedulePolicy::default(),
         after: Vec::new(),
     }
@@ -68,8 +68,14 @@ fn hello(count: u32) -> DeploymentSpec {
     spec("hello", "1", count)
 }
 
+/// The default policy, but a replaced instance stops as soon as its replacement settled (the
+/// shutdown delay has a scenario of its own).
+fn quick() -> UpdatePolicy {
+    UpdatePolicy { shutdown_delay_ms: 0, ..UpdatePolicy::default() }
+}
+
 fn auto_revert() -> UpdatePolicy {
-    UpdatePolicy { auto_revert: true, ..UpdatePolicy::default() }
+    UpdatePolicy { auto_revert: true, ..quick() }
 }
 
 struct World {
@@ -157,6 +163,10 @@ impl World {
             Command::FinishRollout { version, failure: None, .. } => format!("finish {version}"),
             Command::FinishRollout { version, failure: Some(why), .. } => format!("fail {version}: {why}"),
             Command::Promote { app } => format!("promote {app}"),
+            Command::Deregister { ids, .. } => {
+                let names: Vec<String> = ids.iter().map(|id| self.name(*id)).collect();
+                format!("deregister {}", names.join(", "))
+            }
             other => panic!("the planner does not send {other:?}"),
         }
     }
@@ -320,7 +330,7 @@ fn a_first_deploy_places_every_slot_at_once_and_completes_once_each_settled() {
 
 #[test]
 fn a_rolling_update_replaces_one_slot_at_a_time_stopping_the_old_once_the_new_settled() {
-    let (mut world, replacement) = updating(UpdatePolicy::default());
+    let (mut world, replacement) = updating(quick());
     let progress = world.progress("hello");
     assert_eq!(progress.outdated_slots, [0, 1, 2].into());
     assert_eq!((progress.replacements, progress.replacements_allowed), (1, 0));
@@ -344,9 +354,26 @@ fn a_rolling_update_replaces_one_slot_at_a_time_stopping_the_old_once_the_new_se
 }
 
 #[test]
+fn a_replaced_instance_leaves_service_discovery_first_and_stops_after_the_shutdown_delay() {
+    let delayed = UpdatePolicy { shutdown_delay_ms: 5_000, ..quick() };
+    let (mut world, replacement) = updating(delayed);
+    world.healthy([replacement]);
+    world.wait(SETTLE_MS);
+    let old = world.live("hello", "1")[0];
+    assert_eq!(world.advance(), ["deregister 1/0@a"]);
+    assert_eq!(world.instance(old).deregistered_at_ms, Some(world.now_ms));
+    let named = crate::discovery::service_addresses(&world.registry, "hello", 10).unwrap();
+    assert!(named.is_empty(), "no interfaces here, but nothing deregistered is named either: {named:?}");
+    assert_eq!(world.instance(old).desired, Desired::Running, "it still serves whoever resolved it");
+    world.wait(5_000 - 1);
+    assert!(world.advance().is_empty(), "1 ms short of the shutdown delay");
+    world.wait(1);
+    assert_eq!(world.advance(), ["stop 1/0@a"]);
+}
+
+#[test]
 fn max_parallel_2_replaces_two_slots_at_a_time() {
-    let mut world =
-        running(DeploymentSpec { update: UpdatePolicy { max_parallel: 2, ..Default::default() }, ..hello(3) });
+    let mut world = running(DeploymentSpec { update: UpdatePolicy { max_parallel: 2, ..quick() }, ..hello(3) });
     world.update_to("2").unwrap();
     assert_eq!(world.schedule("hello"), ["2/0@a", "2/1@b"]);
     assert!(world.schedule("hello").is_empty());
@@ -357,7 +384,7 @@ fn max_parallel_2_replaces_two_slots_at_a_time() {
 
 #[test]
 fn a_canary_runs_beside_the_old_instances_until_it_is_promoted() {
-    let canary = UpdatePolicy { canary: 1, ..UpdatePolicy::default() };
+    let canary = UpdatePolicy { canary: 1, ..quick() };
     let (mut world, _) = updating(canary);
     assert!(world.schedule("hello").is_empty(), "one canary, no more");
     world.settle("hello");
@@ -386,7 +413,7 @@ fn promoting_without_canaries_waiting_is_refused() {
 
 #[test]
 fn auto_promote_promotes_once_the_canary_settled() {
-    let (mut world, canary) = updating(UpdatePolicy { canary: 1, auto_promote: true, ..UpdatePolicy::default() });
+    let (mut world, canary) = updating(UpdatePolicy { canary: 1, auto_promote: true, ..quick() });
     world.healthy([canary]);
     world.wait(SETTLE_MS - 1);
     assert!(world.advance().is_empty());
@@ -402,7 +429,7 @@ type Happening = dyn Fn(&mut World, InstanceId);
 #[test]
 fn a_replacement_that_turns_unhealthy_restarts_or_is_late_fails_the_rollout() {
     const DEADLINE_MS: u64 = 60_000;
-    let update = UpdatePolicy { healthy_deadline_ms: DEADLINE_MS, ..UpdatePolicy::default() };
+    let update = UpdatePolicy { healthy_deadline_ms: DEADLINE_MS, ..quick() };
     let late = |world: &mut World, id: InstanceId| {
         world.report(id, Phase::Running, Health::Starting, 0);
         world.wait(DEADLINE_MS);
