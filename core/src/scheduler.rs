@@ -114,7 +114,11 @@ pub fn plan(
         let used = registry.used(&host.id).plus(need);
         match feasible(host, used, spec.target, &version.constraints, networks) {
             Ok(()) => {
-                let siblings = registry.placed_on(&host.id).filter(|i| i.app == app).count() as u32;
+                // Instances of the version placed: the ones a rollout replaces are on their way out.
+                let siblings = registry
+                    .placed_on(&host.id)
+                    .filter(|i| i.app == app && i.version == spec.version && !i.migrating)
+                    .count() as u32;
                 heap.push(Candidate {
                     siblings: Reverse(siblings),
                     fit: fit(host, used),

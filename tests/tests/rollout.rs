@@ -458,9 +458,9 @@ fn an_update_survives_the_leaders_death_and_a_drain_moves_instances_without_a_fa
     let v2 = wait_all(&cluster, "0.2.0", COUNT);
 
     // Drain a host with two instances: both are replaced elsewhere before they stop.
+    let on = |host: &str| v2.iter().filter(|i| i["host"] == host).count();
     let host = v2[0]["host"].as_str().unwrap().to_owned();
-    let on_host = v2.iter().filter(|i| i["host"] == host.as_str()).count();
-    assert_eq!(on_host, 2, "spread puts two on each host: {v2:?}");
+    assert_eq!(on(&host), 2, "the new version is spread two per host: {v2:?}");
     let observed = observe(&cluster, || {
         let out = cluster.mirari(&["cluster", "hosts", "drain", &host, "--deadline", "2m"]);
         assert!(out.status.success(), "drain failed: {}", stderr(&out));

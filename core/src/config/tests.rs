@@ -1,4 +1,5 @@
 use super::*;
+use crate::registry::{ReschedulePolicy, UpdatePolicy};
 
 const EXAMPLE: &str = r#"
 [app]
@@ -214,4 +215,41 @@ fn network_mistakes_point_at_their_place() {
     assert!(error_of(&both).2.contains("both `tcp` and `http`"));
     let port = EXAMPLE.to_owned() + "\n[[network]]\nname = \"s\"\n\n[health]\ntcp = 70000\n";
     assert!(error_of(&port).2.contains("`port` = 70000 is out of range"));
+}
+
+#[test]
+fn update_reschedule_and_after_are_read_with_their_defaults() {
+    let config = parse(EXAMPLE).unwrap();
+    assert_eq!((config.update, config.reschedule), (UpdatePolicy::default(), ReschedulePolicy::default()));
+    assert!(config.after.is_empty());
+    let text = EXAMPLE
+        .replace("targets = [\"unix\", \"kvm\"]", "targets = [\"unix\", \"kvm\"]\nafter = [\"db\", \"cache\"]")
+        + "\n[update]\nmax_parallel = 2\nmin_healthy_time_secs = 3\ncanary = 1\nauto_revert = true\nshutdown_delay_secs = 0\n\n[reschedule]\nattempts = 2\ndelay_secs = 1\n";
+    let config = parse(&text).unwrap();
+    assert_eq!(config.after, ["db", "cache"]);
+    let update = UpdatePolicy {
+        max_parallel: 2,
+        min_healthy_time_ms: 3_000,
+        canary: 1,
+        auto_revert: true,
+        shutdown_delay_ms: 0,
+        ..UpdatePolicy::default()
+    };
+    assert_eq!(config.update, update);
+    assert_eq!(config.reschedule, ReschedulePolicy { attempts: 2, delay_ms: 1_000 });
+}
+
+#[test]
+fn update_and_after_mistakes_point_at_their_place() {
+    let (line, _, message, help) = error_of(&format!("{EXAMPLE}\n[update]\nmax_parallel = 0\n"));
+    assert_eq!((line, message.as_str()), (32, "`max_parallel` = 0 is out of range"));
+    assert!(help.unwrap().contains("from 1"));
+    let (_, _, message, _) = error_of(&format!("{EXAMPLE}\n[update]\nmax_paralel = 2\n"));
+    assert!(message.starts_with("unknown field `max_paralel`"), "{message}");
+    let itself = EXAMPLE.replace("version = \"0.1.0\"", "version = \"0.1.0\"\nafter = [\"hello\"]");
+    let (line, _, message, _) = error_of(&itself);
+    assert_eq!((line, message.as_str()), (5, "an app cannot come after itself"));
+    let (_, _, message, help) = error_of(&EXAMPLE.replace("0.1.0", "0.1#2"));
+    assert_eq!(message, "invalid app version");
+    assert!(help.unwrap().contains("`#`"));
 }

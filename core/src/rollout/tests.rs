@@ -348,8 +348,9 @@ fn a_rolling_update_replaces_one_slot_at_a_time_stopping_the_old_once_the_new_se
     world.end_stopped();
 
     assert_eq!(world.roll_out("hello"), ["stop 1/1@b", "stop 1/2@c", "finish 2"]);
-    // Each replacement went where the fewest of the app's instances were at its turn.
-    assert_eq!(world.live_names("hello"), ["2/0@a", "2/1@a", "2/2@b"]);
+    // Each replacement went where the fewest of the new version's instances were: spread as
+    // evenly as the first version was, whatever the old ones on their way out.
+    assert_eq!(world.live_names("hello"), ["2/0@a", "2/1@b", "2/2@c"]);
     assert_eq!(world.history("hello"), ["1 by alice: promoted", "2 by alice: promoted"]);
 }
 
@@ -398,7 +399,7 @@ fn a_canary_runs_beside_the_old_instances_until_it_is_promoted() {
     assert_eq!(world.apply(promote()), Err(Rejection::NothingToPromote("hello".into())), "promoted already");
     assert_eq!(world.advance(), ["stop 1/0@a"]);
     world.end_stopped();
-    assert_eq!(world.schedule("hello"), ["2/1@a"], "the rest roll by max_parallel");
+    assert_eq!(world.schedule("hello"), ["2/1@b"], "the rest roll by max_parallel");
     assert_eq!(world.roll_out("hello"), ["stop 1/1@b", "stop 1/2@c", "finish 2"]);
 }
 
@@ -650,14 +651,14 @@ fn a_revert_after_some_slots_were_replaced_brings_the_old_version_back_into_them
     world.settle("hello");
     assert_eq!(world.advance(), ["stop 1/0@a"]);
     world.end_stopped();
-    assert_eq!(world.schedule("hello"), ["2/1@a"]);
+    assert_eq!(world.schedule("hello"), ["2/1@b"]);
     let bad = world.filler("hello", "2", 1);
     world.report(bad, Phase::Running, Health::Unhealthy, 0);
-    assert_eq!(world.advance(), [format!("fail 2: instance {bad} on host a turned unhealthy")]);
+    assert_eq!(world.advance(), [format!("fail 2: instance {bad} on host b turned unhealthy")]);
 
-    assert_eq!(world.advance(), ["stop 2/1@a"], "slot 1's version 1 instance runs on, settled");
-    assert_eq!(world.schedule("hello"), ["1/0@b"], "slot 0 runs only version 2: 1 comes back first");
+    assert_eq!(world.advance(), ["stop 2/1@b"], "slot 1's version 1 instance runs on, settled");
+    assert_eq!(world.schedule("hello"), ["1/0@a"], "slot 0 runs only version 2: 1 comes back first");
     world.end_stopped();
     assert_eq!(world.roll_out("hello"), ["stop 2/0@a", "finish 1"]);
-    assert_eq!(world.live_names("hello"), ["1/1@b", "1/2@c", "1/0@b"]);
+    assert_eq!(world.live_names("hello"), ["1/1@b", "1/2@c", "1/0@a"]);
 }
