@@ -79,6 +79,30 @@ impl BlobStore {
         Ok(writer.finish()?.0)
     }
 
+    /// Every blob the store holds, with how long ago it was written (temporary files of writes
+    /// under way are not blobs).
+    pub fn list(&self) -> Result<Vec<(Digest, std::time::Duration)>, BlobError> {
+        let entries = fs::read_dir(&self.dir).map_err(io_error("list", &self.dir))?;
+        let now = std::time::SystemTime::now();
+        Ok(entries
+            .flatten()
+            .filter_map(|entry| {
+                let digest: Digest = entry.file_name().to_str()?.parse().ok()?;
+                let written = entry.metadata().ok()?.modified().ok()?;
+                Some((digest, now.duration_since(written).unwrap_or_default()))
+            })
+            .collect())
+    }
+
+    /// Deletes a blob (nothing if it is not there).
+    pub fn remove(&self, digest: &Digest) -> Result<(), BlobError> {
+        let path = self.path(digest);
+        match fs::remove_file(&path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(io_error("remove", &path)(error)),
+            _ => Ok(()),
+        }
+    }
+
     /// Copies a file into the store.
     pub fn put_file(&self, source: &Path) -> Result<Digest, BlobError> {
         let mut file = File::open(source).map_err(io_error("open", source))?;
@@ -173,5 +197,10 @@ mod tests {
         assert!(!store.contains(&Digest::of(b"kernel!")));
         let leftovers = fs::read_dir(root.path().join("sha256")).unwrap().count();
         assert_eq!(leftovers, 1, "a failed write leaves no temporary file");
+        let listed: Vec<Digest> = store.list().unwrap().into_iter().map(|(d, _)| d).collect();
+        assert_eq!(listed, [digest]);
+        store.remove(&digest).unwrap();
+        store.remove(&digest).unwrap();
+        assert!(store.list().unwrap().is_empty());
     }
 }

@@ -2,7 +2,9 @@
 //! acknowledged, so a hash committed to the registry names content a majority holds. When
 //! members change, the leader copies every blob the registry names to the members that lack
 //! it ([`ReplicatedBlobs::repair`]), so replacing coordinators one by one never leaves a blob
-//! on a minority.
+//! on a minority. Every coordinator deletes the blobs no registered version names once they are
+//! older than [`GARBAGE_GRACE`] ([`ReplicatedBlobs::collect_garbage`]): the registry keeps the
+//! versions of each deployment's history (and a few more), so their artifacts stay.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -28,6 +30,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REPAIR_CHECK: Duration = Duration::from_secs(2);
 /// How often it repairs even when they did not.
 const REPAIR_EVERY: Duration = Duration::from_secs(60);
+/// A blob no version names is kept this long: a deploy uploads its blobs (and the source
+/// bundle, which no version names) before it registers the version, and builds in between.
+pub const GARBAGE_GRACE: Duration = Duration::from_secs(3600);
+/// How often each coordinator collects garbage.
+const COLLECT_EVERY: Duration = Duration::from_secs(600);
+
+/// Every blob the registry's versions name: artifacts and file images.
+fn named_blobs(registry: &mirari_core::registry::Registry) -> BTreeSet<Digest> {
+    registry.apps().flat_map(|app| app.artifacts.values().copied().chain(app.files.iter().map(|f| f.digest))).collect()
+}
+
+/// Which stored blobs (with their ages) are garbage: named by no version, older than `grace`.
+fn garbage(stored: &[(Digest, Duration)], named: &BTreeSet<Digest>, grace: Duration) -> Vec<Digest> {
+    stored.iter().filter(|(digest, age)| *age > grace && !named.contains(digest)).map(|(digest, _)| *digest).collect()
+}
 
 #[derive(Debug, Clone)]
 pub struct ReplicatedBlobs {
@@ -99,12 +116,7 @@ impl ReplicatedBlobs {
     pub async fn repair(&self) -> usize {
         let (self_id, peers, wanted) = {
             let machine = self.raft.machine();
-            let wanted: BTreeSet<Digest> = machine
-                .registry
-                .apps()
-                .flat_map(|app| app.artifacts.values().copied().chain(app.files.iter().map(|f| f.digest)))
-                .collect();
-            (self.raft.status().id, machine.members.clone(), wanted)
+            (self.raft.status().id, machine.members.clone(), named_blobs(&machine.registry))
         };
         let peers: Vec<&String> = peers.iter().filter(|(id, _)| **id != self_id).map(|(_, a)| a).collect();
         for digest in wanted.iter().filter(|d| !self.store.contains(d)) {
@@ -159,6 +171,45 @@ impl ReplicatedBlobs {
         }
     }
 
+    /// Deletes this coordinator's blobs that no registered version names, once older than
+    /// `grace`; returns how many.
+    pub fn collect_garbage(&self, grace: Duration) -> usize {
+        let stored = match self.store.list() {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list the blob store to collect garbage");
+                return 0;
+            }
+        };
+        let named = named_blobs(&self.raft.machine().registry);
+        let mut removed = 0;
+        for digest in garbage(&stored, &named, grace) {
+            match self.store.remove(&digest) {
+                Ok(()) => removed += 1,
+                Err(error) => tracing::warn!(%digest, %error, "cannot remove an unused blob"),
+            }
+        }
+        removed
+    }
+
+    /// Collects garbage now and then, each time only once a read barrier says this node's
+    /// registry is current (a node replaying its log after a restart knows fewer versions than
+    /// there are). Never ends.
+    pub async fn keep_collecting(self) {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + COLLECT_EVERY, COLLECT_EVERY);
+        loop {
+            interval.tick().await;
+            if let Err(error) = self.raft.read_barrier().await {
+                tracing::debug!(%error, "not collecting blob garbage: the registry may not be current");
+                continue;
+            }
+            let removed = self.collect_garbage(GARBAGE_GRACE);
+            if removed > 0 {
+                tracing::info!(removed, "removed blobs no registered version names");
+            }
+        }
+    }
+
     /// The blob's content in chunks.
     pub async fn chunks(
         &self,
@@ -195,4 +246,17 @@ async fn fetch(store: &BlobStore, digest: Digest, address: &str) -> anyhow::Resu
     let (received, _) = blob_stream::receive(store, chunks.into_inner()).await?;
     anyhow::ensure!(received == digest, "{address} sent blob {received} for {digest}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_what_no_version_names_once_past_the_grace() {
+        let (named, unnamed, fresh) = (Digest::of(b"artifact"), Digest::of(b"old bundle"), Digest::of(b"new upload"));
+        let hour = Duration::from_secs(3600);
+        let stored = [(named, 2 * hour), (unnamed, 2 * hour), (fresh, Duration::from_secs(5))];
+        assert_eq!(garbage(&stored, &[named].into(), hour), [unnamed]);
+    }
 }

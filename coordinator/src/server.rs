@@ -148,6 +148,7 @@ pub async fn run(
     let blob_store = BlobStore::open(&config.data_dir.join("blobs")).map_err(ServerError::Blobs)?;
     let blobs = ReplicatedBlobs::new(blob_store, raft.clone());
     tokio::spawn(blobs.clone().keep_replicated());
+    tokio::spawn(blobs.clone().keep_collecting());
     let leases = Arc::new(Leases::default());
     tokio::spawn(leader::run(raft.clone(), leases.clone(), config.leases));
     let dns_served = {
