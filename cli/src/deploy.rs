@@ -122,14 +122,32 @@ pub struct DeployOptions {
 }
 
 /// `cluster deploy` flags that override the config's `[update]`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
 pub struct UpdateOverrides {
+    /// Slots replaced at a time [default: the config's [update] max_parallel, else 1]
+    #[arg(long)]
     pub max_parallel: Option<u32>,
+    /// New instances placed first beside the old ones, until `cluster promote`
+    /// [default: [update] canary, else 0]
+    #[arg(long)]
     pub canary: Option<u32>,
+    /// How long a new instance must stay healthy before the old one of its slot stops
+    /// [default: [update] min_healthy_time_secs, else 10s]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub min_healthy_time: Option<Duration>,
+    /// A new instance not healthy this long after placement fails the update
+    /// [default: [update] healthy_deadline_secs, else 5m]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub healthy_deadline: Option<Duration>,
+    /// How long a replaced instance runs on after DNS stops naming it
+    /// [default: [update] shutdown_delay_secs, else 5s, the DNS TTL]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub shutdown_delay: Option<Duration>,
+    /// Promote the canaries once they are healthy
+    #[arg(long)]
     pub auto_promote: bool,
+    /// Go back to the last healthy version if the update fails
+    #[arg(long)]
     pub auto_revert: bool,
 }
 
@@ -229,7 +247,9 @@ pub async fn scale(
     let command = Command::Scale { app: app.to_owned(), count };
     propose(coordinators, "scaling", Request { request_id: request_id("scale"), command }).await?;
     eprintln!("==> scaled {app} to {count}");
-    await_running(coordinators, app, timeout, format).await
+    let status = fetch_status(coordinators, false).await?;
+    let version = status.deployments.iter().find(|d| d.app == app).map(|d| d.version.clone()).unwrap_or_default();
+    crate::rollout_cmds::await_rollout(coordinators, app, &version, timeout, format).await
 }
 
 pub async fn stop(
@@ -258,61 +278,21 @@ pub async fn stop(
     }
 }
 
-/// Follows the deployment until every slot runs, an instance fails, or time is up.
-async fn await_running(
-    coordinators: &mut Coordinators,
-    app: &str,
-    timeout: Duration,
-    format: Format,
-) -> anyhow::Result<ExitCode> {
-    let deadline = Instant::now() + timeout;
-    let mut last_line = String::new();
-    loop {
-        let status = fetch_status(coordinators, false).await?;
-        let deployment =
-            status.deployments.iter().find(|d| d.app == app).with_context(|| format!("{app} is not deployed"))?;
-        let mut line = format!(
-            "{app}: placed {}/{}, running {}/{}",
-            deployment.placed, deployment.desired_count, deployment.running, deployment.desired_count
-        );
-        if let Some(healthy) = deployment.healthy {
-            line.push_str(&format!(", healthy {healthy}/{}", deployment.desired_count));
-        }
-        if !deployment.unplaced_reason.is_empty() {
-            line.push_str(&format!("; {} unplaced: {}", deployment.unplaced, deployment.unplaced_reason));
-        }
-        if line != last_line {
-            eprintln!("    {line}");
-            last_line = line;
-        }
-        let failed: Vec<&InstanceView> = status
-            .instances
-            .iter()
-            .filter(|i| i.app == app && i.desired == "running" && i.observed == Phase::Failed)
-            .collect();
-        if !failed.is_empty() {
-            for instance in &failed {
-                eprintln!("error: instance {} on {} failed: {}", instance.id, instance.host, instance.message);
-            }
-            output::print_tables(format, &status, status_tables);
-            return Ok(ExitCode::FAILURE);
-        }
-        // With a health check, done means healthy, not just running.
-        let ready = deployment.healthy.unwrap_or(deployment.running);
-        if ready == deployment.desired_count && deployment.placed == deployment.desired_count {
-            output::print_tables(format, &status, status_tables);
-            return Ok(ExitCode::SUCCESS);
-        }
-        if Instant::now() >= deadline {
-            output::print_tables(format, &status, status_tables);
-            let state = if deployment.healthy.is_some() { "healthy" } else { "running" };
-            anyhow::bail!(
-                "{app} did not reach {} {state} instance(s) within {timeout:?}: {last_line}",
-                deployment.desired_count
-            );
-        }
-        tokio::time::sleep(POLL).await;
+/// "hello: placed 6/6, running 6/6, healthy 6/6; 2 unplaced: 3 hosts lack memory": how far a
+/// deployment is, for the lines deploy, scale and rollback print while they wait.
+pub(crate) fn progress_line(d: &DeploymentView) -> String {
+    let mut line =
+        format!("{}: placed {}/{}, running {}/{}", d.app, d.placed, d.desired_count, d.running, d.desired_count);
+    if let Some(healthy) = d.healthy {
+        line.push_str(&format!(", healthy {healthy}/{}", d.desired_count));
     }
+    if !d.unplaced_reason.is_empty() {
+        line.push_str(&format!("; {} unplaced: {}", d.unplaced, d.unplaced_reason));
+    }
+    if let Some(rollout) = &d.rollout {
+        line.push_str(&format!("; rollout {}", rollout.describe()));
+    }
+    line
 }
 
 #[derive(Debug, Serialize)]
@@ -340,10 +320,10 @@ pub(crate) struct DeploymentView {
     pub(crate) version: String,
     target: Target,
     placement: Placement,
-    desired_count: u32,
+    pub(crate) desired_count: u32,
     stopped: bool,
-    placed: u32,
-    running: u32,
+    pub(crate) placed: u32,
+    pub(crate) running: u32,
     failed: u32,
     /// Running and passing health checks (when the app has one).
     pub(crate) healthy: Option<u32>,

@@ -227,31 +227,8 @@ enum ClusterCommand {
         /// Give up waiting for the rollout after this long
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
-        /// Slots replaced at a time [default: the config's [update] max_parallel, else 1]
-        #[arg(long)]
-        max_parallel: Option<u32>,
-        /// New instances placed first beside the old ones, until `cluster promote`
-        /// [default: [update] canary, else 0]
-        #[arg(long)]
-        canary: Option<u32>,
-        /// How long a new instance must stay healthy before the old one of its slot stops
-        /// [default: [update] min_healthy_time_secs, else 10s]
-        #[arg(long, value_parser = humantime::parse_duration)]
-        min_healthy_time: Option<std::time::Duration>,
-        /// A new instance not healthy this long after placement fails the update
-        /// [default: [update] healthy_deadline_secs, else 5m]
-        #[arg(long, value_parser = humantime::parse_duration)]
-        healthy_deadline: Option<std::time::Duration>,
-        /// How long a replaced instance runs on after DNS stops naming it
-        /// [default: [update] shutdown_delay_secs, else 5s, the DNS TTL]
-        #[arg(long, value_parser = humantime::parse_duration)]
-        shutdown_delay: Option<std::time::Duration>,
-        /// Promote the canaries once they are healthy
-        #[arg(long)]
-        auto_promote: bool,
-        /// Go back to the last healthy version if the update fails
-        #[arg(long)]
-        auto_revert: bool,
+        #[command(flatten)]
+        update: deploy::UpdateOverrides,
     },
     /// Let a rollout waiting on its canaries replace the remaining instances
     Promote {
@@ -453,32 +430,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut connection = coordinators::Coordinators::new(&coordinators);
             let coordinators = &coordinators;
             match command {
-                ClusterCommand::Deploy {
-                    app,
-                    target,
-                    count,
-                    placement,
-                    timeout,
-                    max_parallel,
-                    canary,
-                    min_healthy_time,
-                    healthy_deadline,
-                    shutdown_delay,
-                    auto_promote,
-                    auto_revert,
-                } => {
+                ClusterCommand::Deploy { app, target, count, placement, timeout, update } => {
                     let placement = match placement {
                         PlacementArg::Binpack => mirari_core::registry::Placement::Binpack,
                         PlacementArg::Spread => mirari_core::registry::Placement::Spread,
-                    };
-                    let update = deploy::UpdateOverrides {
-                        max_parallel,
-                        canary,
-                        min_healthy_time,
-                        healthy_deadline,
-                        shutdown_delay,
-                        auto_promote,
-                        auto_revert,
                     };
                     let options = deploy::DeployOptions { target, count, placement, timeout, update };
                     deploy::deploy(&mut connection, &app, options, format).await

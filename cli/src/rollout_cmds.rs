@@ -116,11 +116,7 @@ pub async fn await_rollout(
         let status = deploy::fetch_status(coordinators, false).await?;
         let deployment = deployment(&status, app)?;
         let entry = deployment.history.iter().rev().find(|r| r.version == version);
-        let healthy = deployment.healthy.map_or(String::new(), |h| format!(", healthy {h}"));
-        let line = match &deployment.rollout {
-            Some(rollout) => format!("{app}: {}{healthy}", rollout.describe()),
-            None => format!("{app}: {}{healthy}", entry.map_or("-", |e| e.outcome.as_str())),
-        };
+        let line = deploy::progress_line(deployment);
         if line != last_line {
             eprintln!("    {line}");
             last_line = line;
@@ -129,8 +125,12 @@ pub async fn await_rollout(
             output::print_tables(format, &status, deploy::status_tables);
             Ok(code)
         };
+        // Every slot runs (healthy, with a health check): a deploy that only changed the count
+        // waits for that too.
+        let ready = deployment.healthy.unwrap_or(deployment.running) >= deployment.desired_count
+            && deployment.placed >= deployment.desired_count;
         match (entry.map(|e| e.outcome.as_str()), &deployment.rollout) {
-            (Some("promoted"), _) => {
+            (Some("promoted"), None) if ready => {
                 eprintln!("==> {app}@{version} runs in every slot, healthy");
                 return done(ExitCode::SUCCESS);
             }

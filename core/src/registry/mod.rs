@@ -146,11 +146,6 @@ impl Registry {
         self.apps.get(app)?.get(version)
     }
 
-    /// An app's registered versions, by the registry's name for each.
-    pub fn app_versions(&self, app: &str) -> impl Iterator<Item = (&String, &AppVersion)> {
-        self.apps.get(app).into_iter().flatten()
-    }
-
     /// Whether instances of `app` are migrating off draining hosts.
     pub fn has_migrating(&self, app: &str) -> bool {
         self.derived.migrating.get(app).is_some_and(|ids| !ids.is_empty())

@@ -183,17 +183,21 @@ impl Registry {
         at_ms: u64,
     ) -> ApplyResult {
         let deployment = self.deployments.get_mut(app).ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
-        let Some(rollout) = deployment.rollout.as_mut().filter(|r| r.version == version && r.failed.is_none()) else {
+        if !deployment.rollout.as_ref().is_some_and(|r| r.version == version && r.failed.is_none()) {
             return Err(Rejection::Invalid(format!("`{app}` has no rollout of version `{version}` under way")));
+        }
+        // The rollout's history entry: still rolling, or (after a revert deployed over it)
+        // superseded at this very moment.
+        let mark = |deployment: &mut Deployment, was: RevisionOutcome, outcome: RevisionOutcome| {
+            let entry = deployment.history.iter_mut().rev().find(|r| r.version == version && r.outcome == was);
+            if let Some(entry) = entry {
+                entry.outcome = outcome;
+                entry.ended_at_ms = Some(at_ms);
+            }
         };
-        let entry =
-            deployment.history.iter().rposition(|r| r.version == version && r.outcome == RevisionOutcome::Rolling);
         let Some(reason) = failure else {
             deployment.rollout = None;
-            if let Some(entry) = entry {
-                deployment.history[entry].outcome = RevisionOutcome::Promoted;
-                deployment.history[entry].ended_at_ms = Some(at_ms);
-            }
+            mark(deployment, RevisionOutcome::Rolling, RevisionOutcome::Promoted);
             self.forget_unused_versions(app, None);
             return Ok(Outcome::Done);
         };
@@ -206,24 +210,26 @@ impl Registry {
         let revert = healthy_before.filter(|(v, _)| {
             deployment.spec.update.auto_revert && self.apps.get(app).is_some_and(|versions| versions.contains_key(v))
         });
-        let Some((back_to, target)) = revert else {
-            rollout.failed = Some(reason.to_owned());
-            if let Some(entry) = entry {
-                deployment.history[entry].outcome = RevisionOutcome::Failed(reason.to_owned());
-                deployment.history[entry].ended_at_ms = Some(at_ms);
+        if let Some((back_to, target)) = revert {
+            let mut spec = deployment.spec.clone();
+            spec.version = back_to;
+            spec.target = target;
+            // A revert goes straight back: no canaries.
+            spec.update.canary = 0;
+            // Deploying marks the failed entry superseded; it is a revert, said once it applied.
+            if self.deploy(&spec, at_ms, "auto-revert", &RevisionCause::Revert(version.to_owned())).is_ok() {
+                let deployment = self.deployments.get_mut(app).expect("deployed just now");
+                mark(deployment, RevisionOutcome::Superseded, RevisionOutcome::Reverted(reason.to_owned()));
+                return Ok(Outcome::Done);
             }
-            return Ok(Outcome::Done);
-        };
-        if let Some(entry) = entry {
-            deployment.history[entry].outcome = RevisionOutcome::Reverted(reason.to_owned());
-            deployment.history[entry].ended_at_ms = Some(at_ms);
         }
-        let mut spec = deployment.spec.clone();
-        spec.version = back_to;
-        spec.target = target;
-        // A revert goes straight back: no canaries.
-        spec.update.canary = 0;
-        self.deploy(&spec, at_ms, "auto-revert", &RevisionCause::Revert(version.to_owned()))
+        // Nothing to go back to (or going back is refused now): the rollout stops where it is.
+        let deployment = self.deployments.get_mut(app).expect("checked above");
+        if let Some(rollout) = deployment.rollout.as_mut() {
+            rollout.failed = Some(reason.to_owned());
+        }
+        mark(deployment, RevisionOutcome::Rolling, RevisionOutcome::Failed(reason.to_owned()));
+        Ok(Outcome::Done)
     }
 
     pub(super) fn drain_host(&mut self, id: &HostId, drain: Option<Drain>) -> ApplyResult {
