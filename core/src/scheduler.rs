@@ -199,12 +199,16 @@ pub fn plan(
     }
     if out_of_hosts {
         // Every slot not yet considered is unplaced, but for those that would wait anyway.
-        let rest = std::iter::once(pending).flatten().chain(slots);
-        let waiting_rest = if progress.outdated_slots.is_empty() && deployment.failures.is_empty() {
-            0
-        } else {
-            rest.filter(|slot| held_back(*slot, 0)).count() as u32
-        };
+        let mut waiting_rest = 0;
+        if !progress.outdated_slots.is_empty() || !deployment.failures.is_empty() {
+            for slot in std::iter::once(pending).flatten().chain(slots) {
+                if held_back(slot, replacements_allowed) {
+                    waiting_rest += 1;
+                } else if progress.outdated_slots.contains(&slot) {
+                    replacements_allowed = replacements_allowed.saturating_sub(1);
+                }
+            }
+        }
         plan.unplaced = empty_count - considered - waiting_rest + gave_up;
     } else {
         plan.unplaced = gave_up;

@@ -662,3 +662,17 @@ fn a_revert_after_some_slots_were_replaced_brings_the_old_version_back_into_them
     assert_eq!(world.roll_out("hello"), ["stop 2/0@a", "finish 1"]);
     assert_eq!(world.live_names("hello"), ["1/1@b", "1/2@c", "1/0@a"]);
 }
+
+#[test]
+fn a_replacement_that_fits_nowhere_is_unplaced_and_says_why() {
+    let mut world = running(hello(1));
+    let mut big = version("hello", "2");
+    big.run.memory_mib = 8_192;
+    let name = world.register(big);
+    let current = world.deployment("hello").spec.clone();
+    world.deploy(DeploymentSpec { version: name, ..current }).unwrap();
+    let plan = world.plan("hello");
+    assert_eq!((plan.placements.len(), plan.unplaced), (0, 1));
+    assert_eq!(plan.explain(), "3 hosts lack memory");
+    assert!(world.advance().is_empty(), "the old instance runs on");
+}
