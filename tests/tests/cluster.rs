@@ -90,7 +90,7 @@ fn deploys_scales_and_replaces_a_lost_host() {
 fn a_partitioned_host_is_fenced_before_its_replacements_start_and_no_slot_runs_twice() {
     let mut cluster = cluster();
     // Instances that ignore a graceful stop, so fencing must wait out its whole stop timeout.
-    edit_config(&cluster, r#""greeting=hello-from-mirari"]"#, r#""greeting=hello-from-mirari", "ignore-stop"]"#);
+    edit_config(&cluster, r#""greeting=hello-from-mirari""#, r#""greeting=hello-from-mirari", "ignore-stop""#);
     deploy(&cluster, 6);
     cluster.wait_running("hello", 6);
     let slots = cluster.slots();

@@ -23,6 +23,8 @@ const COUNT: usize = 6;
 /// Quick rollouts: a new instance healthy for 2 s replaces an old one, which runs 1 s more after
 /// DNS stops naming it (the client resolves before every request).
 const FAST: [&str; 4] = ["--min-healthy-time", "2s", "--shutdown-delay", "1s"];
+/// Restarts with their back-off, then the reschedule delay.
+const LONG: Duration = Duration::from_secs(180);
 
 fn cluster() -> Cluster {
     let cluster = Cluster::start(3, 3);
@@ -560,4 +562,36 @@ fn a_dependent_app_waits_for_health_and_mistakes_change_nothing() {
     let after = cluster.status().unwrap();
     assert_eq!(ids(&after), ids(&before), "nothing changed");
     assert_eq!(deployment(&after)["version"], deployment(&before)["version"]);
+}
+
+#[test]
+fn an_instance_that_keeps_failing_is_replaced_on_another_host() {
+    let cluster = cluster();
+    let out = cluster.mirari(&["cluster", "deploy", "-t", "unix", "--count", "1", "--min-healthy-time", "1s"]);
+    assert!(out.status.success(), "deploy failed: {}", stderr(&out));
+    let first = wait_all(&cluster, "0.1.0", 1).remove(0);
+    let (id, host) = (first["id"].as_str().unwrap().to_owned(), first["host"].as_str().unwrap().to_owned());
+    let agent = cluster.agents.iter().find(|a| a.name == host).unwrap();
+    // Its process is killed again each time its restart policy (on-failure, 3 restarts) starts
+    // it, until the policy gives up.
+    let mut killed = BTreeSet::new();
+    eventually(LONG, "the instance to fail for good", || {
+        let status = cluster.status()?;
+        let entry = instances(&status).into_iter().find(|i| i["id"] == id.as_str()).cloned();
+        if entry.as_ref().is_none_or(|i| i["desired"] == "stopped") {
+            return Ok(());
+        }
+        if let Some(pid) = mirari_tests::sampler::live_processes(&agent.state_dir).get(&id)
+            && killed.insert(*pid)
+        {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        Err(format!("killed {} runs; {entry:?}", killed.len()))
+    });
+    assert_eq!(killed.len(), 4, "the first run and its 3 restarts");
+    // After the reschedule delay, the slot runs again, on another host.
+    let replacement = wait_all(&cluster, "0.1.0", 1).remove(0);
+    assert_ne!(replacement["id"], first["id"]);
+    assert_ne!(replacement["host"].as_str(), Some(host.as_str()), "the host it failed on is avoided");
+    assert_eq!(replacement["slot"], 0);
 }
