@@ -17,10 +17,14 @@ pub enum Target {
     Xen,
     /// A kernel started by FreeBSD's bhyve.
     Freebsd,
+    /// An arm64 kernel booted by U-Boot: a Raspberry Pi, or QEMU's arm64 machines.
+    Rpi,
+    /// A JavaScript bundle run by node.
+    Js,
 }
 
 impl Target {
-    pub const ALL: [Target; 4] = [Target::Unix, Target::Kvm, Target::Xen, Target::Freebsd];
+    pub const ALL: [Target; 6] = [Target::Unix, Target::Kvm, Target::Xen, Target::Freebsd, Target::Rpi, Target::Js];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -28,6 +32,8 @@ impl Target {
             Target::Kvm => "kvm",
             Target::Xen => "xen",
             Target::Freebsd => "freebsd",
+            Target::Rpi => "rpi",
+            Target::Js => "js",
         }
     }
 
@@ -63,6 +69,6 @@ mod tests {
     fn parses_known_names_and_lists_them_otherwise() {
         assert_eq!("kvm".parse(), Ok(Target::Kvm));
         let err = "hvt".parse::<Target>().unwrap_err();
-        assert_eq!(err.to_string(), "unknown target `hvt`; known targets: unix, kvm, xen, freebsd");
+        assert_eq!(err.to_string(), "unknown target `hvt`; known targets: unix, kvm, xen, freebsd, rpi, js");
     }
 }

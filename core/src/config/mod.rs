@@ -342,10 +342,10 @@ impl Cx<'_> {
             (None, Target::Unix) => "unix".to_owned(),
             (None, Target::Kvm) => "virtio".to_owned(),
             (None, Target::Xen) => "xen".to_owned(),
-            (None, Target::Freebsd) => {
+            (None, other @ (Target::Freebsd | Target::Rpi | Target::Js)) => {
                 return Err(self
-                    .error(targets_span.span(), "the mirage driver has no default for `freebsd`")
-                    .with_help("set `mirage_target` in [build.targets.freebsd]"));
+                    .error(targets_span.span(), format!("the mirage driver has no default for `{other}`"))
+                    .with_help(format!("set `mirage_target` in [build.targets.{other}]")));
             }
         };
         let artifact = match inner.and_then(|s| s.artifact.as_ref()) {
