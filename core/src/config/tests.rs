@@ -71,7 +71,7 @@ fn unknown_target_lists_the_known_ones() {
     let (line, column, message, help) = error_of(&text);
     assert_eq!((line, column), (5, 20));
     assert_eq!(message, "unknown target `hvt`");
-    assert_eq!(help.as_deref(), Some("known targets: unix, kvm, xen, freebsd"));
+    assert_eq!(help.as_deref(), Some("known targets: unix, kvm, xen, freebsd, rpi, js"));
 }
 
 #[test]
