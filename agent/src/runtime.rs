@@ -28,6 +28,7 @@ use mirari_core::spec::InstanceSpec;
 use mirari_core::target::Target;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::backends::bhyve::BhyveBackend;
 use crate::backends::kvm::KvmBackend;
 use crate::backends::links;
 use crate::backends::unix::UnixBackend;
@@ -103,8 +104,9 @@ fn backends(config: &AgentConfig) -> Vec<Arc<dyn Backend>> {
     let launcher = ShimLauncher { program: config.shim_program.clone(), console_bytes: config.console_bytes };
     vec![
         Arc::new(UnixBackend::new(launcher.clone())),
-        Arc::new(KvmBackend::new(launcher).with_kvm_device(&config.kvm_device)),
+        Arc::new(KvmBackend::new(launcher.clone()).with_kvm_device(&config.kvm_device)),
         Arc::new(XenBackend::new(config.shim_program.clone())),
+        Arc::new(BhyveBackend::new(launcher)),
     ]
 }
 

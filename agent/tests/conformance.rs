@@ -6,11 +6,12 @@
 
 mod support;
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use mirari_agent::backends::bhyve::{BhyveBackend, Tools};
 use mirari_agent::backends::kvm::KvmBackend;
 use mirari_agent::backends::unix::UnixBackend;
 use mirari_agent::backends::{Backend, Ended, Launch, Recovered, StopOutcome};
@@ -33,6 +34,27 @@ fn unix() -> Arc<dyn Backend> {
 
 fn kvm() -> Arc<dyn Backend> {
     Arc::new(KvmBackend::new(launcher()))
+}
+
+/// The bhyve stand-ins (`support/bhyve-standin.py`) linked as `bhyve`, `bhyvectl` and
+/// `bhyveload` into a directory of this test binary's, which also holds their `vmm/`.
+fn bhyve_standins() -> &'static Path {
+    static LINKED: OnceLock<PathBuf> = OnceLock::new();
+    LINKED.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/bhyve-standin.py");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(concat!(env!("CARGO_CRATE_NAME"), "-bhyve-standin"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("vmm")).unwrap();
+        for tool in ["bhyve", "bhyvectl", "bhyveload"] {
+            std::os::unix::fs::symlink(&script, dir.join(tool)).unwrap();
+        }
+        dir
+    })
+}
+
+fn bhyve_with_standins() -> Arc<dyn Backend> {
+    let standins = bhyve_standins();
+    Arc::new(BhyveBackend::new(launcher()).with_tools(Tools::in_dir(standins)).with_vmm_dir(standins.join("vmm")))
 }
 
 impl Subject {
@@ -112,6 +134,14 @@ async fn unix_backend_conforms() {
 #[tokio::test]
 async fn kvm_backend_conforms_under_tcg() {
     suite(Subject { backend: kvm(), reconstruct: kvm, accelerator: Accelerator::Tcg }).await;
+}
+
+/// The freebsd backend's real commands, run by stand-in bhyve tools on this Linux host: the
+/// shim, console, recovery, stop and exit mapping are exercised; bhyve itself is not.
+#[tokio::test]
+async fn freebsd_backend_conforms_with_standin_bhyve_tools() {
+    suite(Subject { backend: bhyve_with_standins(), reconstruct: bhyve_with_standins, accelerator: Accelerator::Auto })
+        .await;
 }
 
 /// `auto` picks KVM where `/dev/kvm` works; the example boots under it on these hosts.

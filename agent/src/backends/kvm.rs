@@ -285,20 +285,16 @@ impl Backend for KvmBackend {
 
     async fn stop(&self, launch: &Launch, handle: &Handle, timeout: Duration) -> Result<StopOutcome, BackendError> {
         let KvmHandle { shim, .. } = handle.decode(TARGET)?;
-        if let Ok(mut qmp) = Self::qmp(launch).await {
-            let _ = qmp.execute("system_powerdown").await;
-        }
-        if shimmed::ended_within(launch, timeout).await {
-            return Ok(StopOutcome::Graceful);
-        }
-        if let Ok(mut qmp) = Self::qmp(launch).await {
-            let _ = qmp.execute("quit").await;
-        }
-        if !shimmed::ended_within(launch, QUIT_GRACE).await {
-            shimmed::kill(TARGET, &shim, Signal::SIGKILL)?;
-            shimmed::wait(launch).await;
-        }
-        Ok(StopOutcome::Forced)
+        let qmp = |command: &'static str| async move {
+            if let Ok(mut qmp) = Self::qmp(launch).await {
+                let _ = qmp.execute(command).await;
+            }
+        };
+        let ask = async {
+            qmp("system_powerdown").await;
+            Ok(())
+        };
+        shimmed::stop(TARGET, launch, &shim, timeout, ask, (qmp("quit"), QUIT_GRACE)).await
     }
 
     async fn inspect(&self, launch: &Launch, handle: &Handle) -> Result<Inspection, BackendError> {

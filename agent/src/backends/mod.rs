@@ -6,6 +6,7 @@
 //! agent restart goes in its opaque [`Handle`], which the agent persists with the instance.
 //! Every backend passes the same conformance suite (`agent/tests/conformance.rs`).
 
+pub mod bhyve;
 pub mod domain_fence;
 pub mod kvm;
 pub mod links;
@@ -16,6 +17,7 @@ pub mod xen;
 pub mod xenstore;
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -164,6 +166,25 @@ impl BackendError {
     fn network(target: Target) -> impl FnOnce(links::LinkError) -> Self {
         move |source| Self::Network { target, source }
     }
+}
+
+/// Runs a host tool (`xl`, `bhyvectl`, ...) with no stdin for at most `timeout`; its stdout, or
+/// an error that shows the command line and the tool's stderr. An abandoned run (a stop that
+/// moved on) is killed, not left to linger.
+async fn run_tool(target: Target, argv: &[OsString], timeout: Duration) -> Result<Vec<u8>, BackendError> {
+    let shown = argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
+    let (program, args) = argv.split_first().expect("a command names its program");
+    let output =
+        tokio::process::Command::new(program).args(args).stdin(std::process::Stdio::null()).kill_on_drop(true).output();
+    let output = tokio::time::timeout(timeout, output)
+        .await
+        .map_err(|_| BackendError::Failed { target, message: format!("`{shown}` did not finish within {timeout:?}") })?
+        .map_err(|source| BackendError::Io { target, action: format!("run `{shown}`"), source })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(BackendError::Failed { target, message: format!("`{shown}` failed: {}", stderr.trim()) });
+    }
+    Ok(output.stdout)
 }
 
 #[async_trait]

@@ -1,12 +1,12 @@
-//! The operations that the `unix` and `kvm` backends share because both run their payload under
-//! a shim.
+//! The operations that the `unix`, `kvm` and `freebsd` backends share because each runs its payload
+//! under a shim.
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use mirari_core::target::Target;
 
-use super::{BackendError, ConsoleStream, Ended, Handle, Launch, Recovered};
+use super::{BackendError, ConsoleStream, Ended, Handle, Launch, Recovered, StopOutcome};
 use crate::supervisor::client::{self, ConsoleFrame, ConsoleReader, RunState};
 use crate::supervisor::protocol::{ShimInfo, ShimPaths};
 
@@ -48,8 +48,30 @@ pub async fn wait(launch: &Launch) -> Ended {
 }
 
 /// Waits up to `timeout` for the payload to end; true if it did.
-pub async fn ended_within(launch: &Launch, timeout: Duration) -> bool {
+async fn ended_within(launch: &Launch, timeout: Duration) -> bool {
     tokio::time::timeout(timeout, client::wait(&launch.dir)).await.is_ok()
+}
+
+/// Stops a shimmed payload: `ask` it to shut down and wait up to `timeout`; then `force` it off
+/// and wait up to `grace`; then SIGKILL it. Returns once it ended.
+pub async fn stop(
+    target: Target,
+    launch: &Launch,
+    shim: &ShimInfo,
+    timeout: Duration,
+    ask: impl Future<Output = Result<(), BackendError>>,
+    (force, grace): (impl Future<Output = ()>, Duration),
+) -> Result<StopOutcome, BackendError> {
+    ask.await?;
+    if ended_within(launch, timeout).await {
+        return Ok(StopOutcome::Graceful);
+    }
+    force.await;
+    if !ended_within(launch, grace).await {
+        kill(target, shim, nix::sys::signal::Signal::SIGKILL)?;
+        wait(launch).await;
+    }
+    Ok(StopOutcome::Forced)
 }
 
 pub fn kill(target: Target, info: &ShimInfo, signal: nix::sys::signal::Signal) -> Result<(), BackendError> {

@@ -124,15 +124,14 @@ impl Backend for UnixBackend {
 
     async fn stop(&self, launch: &Launch, handle: &Handle, timeout: Duration) -> Result<StopOutcome, BackendError> {
         let UnixHandle { shim } = handle.decode(TARGET)?;
-        if !Self::ask_over_control_socket(launch).await {
-            shimmed::kill(TARGET, &shim, Signal::SIGTERM)?;
-        }
-        if shimmed::ended_within(launch, timeout).await {
-            return Ok(StopOutcome::Graceful);
-        }
-        shimmed::kill(TARGET, &shim, Signal::SIGKILL)?;
-        shimmed::wait(launch).await;
-        Ok(StopOutcome::Forced)
+        let ask = async {
+            if Self::ask_over_control_socket(launch).await {
+                return Ok(());
+            }
+            shimmed::kill(TARGET, &shim, Signal::SIGTERM)
+        };
+        // A process has nothing between asking and SIGKILL.
+        shimmed::stop(TARGET, launch, &shim, timeout, ask, (async {}, Duration::ZERO)).await
     }
 
     async fn inspect(&self, _launch: &Launch, handle: &Handle) -> Result<Inspection, BackendError> {

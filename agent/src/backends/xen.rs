@@ -18,6 +18,7 @@
 //! domain once the host's fencing deadline passes, even if the agent is dead or frozen.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -143,25 +144,10 @@ impl XenBackend {
 
     /// Runs `xl ARGS`; its stdout, or an error with its stderr.
     async fn xl(&self, args: &[&str]) -> Result<String, BackendError> {
-        // An abandoned `xl` (a stop that moved on to destroy) must not linger.
-        let run = tokio::process::Command::new(&self.xl)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(XL_TIMEOUT, run)
-            .await
-            .map_err(|_| failed(format!("`xl {}` did not finish within {XL_TIMEOUT:?}", args.join(" "))))?
-            .map_err(|e| BackendError::Io {
-                target: TARGET,
-                action: format!("run `xl {}`", args.join(" ")),
-                source: e,
-            })?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            return Err(failed(format!("`xl {}` failed: {}", args.join(" "), stderr.trim())));
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        let argv: Vec<OsString> =
+            std::iter::once(self.xl.clone().into()).chain(args.iter().map(OsString::from)).collect();
+        let stdout = super::run_tool(TARGET, &argv, XL_TIMEOUT).await?;
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
     }
 
     /// The domain's ID and state, or `None` if no such domain exists.

@@ -69,7 +69,11 @@ pub fn launcher() -> ShimLauncher {
 /// as boot arguments, never restarted, and no network interfaces.
 pub fn launch(target: Target, id: InstanceId, dir: &Path, args: &[&str], accelerator: Accelerator) -> Launch {
     let example = example();
-    let artifact = if target == Target::Unix { &example.unix } else { &example.kernel };
+    // The stand-in bhyve of the freebsd backend's tests runs the unix build as its guest.
+    let artifact = match target {
+        Target::Unix | Target::Freebsd => &example.unix,
+        _ => &example.kernel,
+    };
     Launch {
         id,
         dir: dir.to_owned(),
