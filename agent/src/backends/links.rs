@@ -348,7 +348,13 @@ pub async fn release(launch: &Launch) -> Result<(), LinkError> {
         delete_namespace(&netns_name(launch.id)).await?;
     }
     for name in links_of(&list_links().await?, launch.id) {
-        delete_link(&name).await?;
+        if let Err(error) = delete_link(&name).await {
+            // Deleting the namespace takes its veths' host ends with it, a moment later: one
+            // may go between the listing and its delete.
+            if links_of(&list_links().await?, launch.id).contains(&name) {
+                return Err(error);
+            }
+        }
     }
     Ok(())
 }
