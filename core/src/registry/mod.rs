@@ -598,55 +598,111 @@ impl Registry {
         Ok(Outcome::Done)
     }
 
-    /// Adds an instance to (or takes it out of) the derived indexes its state puts it in.
+    /// Adds an instance to (or takes it out of) the derived indexes its state puts it in. An
+    /// index entry left empty is dropped, so the indexes equal those rebuilt from a snapshot.
     fn index(&mut self, instance: &InstanceEntry, held: Held, add: bool) {
-        for (member, set) in [(held.live, &mut self.derived.live), (held.migrating, &mut self.derived.migrating)] {
+        let (app, host, id) = (&instance.app, &instance.host, instance.id);
+        for (member, sets) in [(held.live, &mut self.derived.live), (held.migrating, &mut self.derived.migrating)] {
             if member {
-                let ids = set.entry(instance.app.clone()).or_default();
-                if add {
-                    ids.insert(instance.id);
-                } else {
-                    ids.remove(&instance.id);
-                }
+                change_set(
+                    sets,
+                    app,
+                    add,
+                    |ids| {
+                        ids.insert(id);
+                    },
+                    |ids| {
+                        ids.remove(&id);
+                    },
+                );
             }
         }
         if held.fills {
-            let slots = self.derived.slots.entry(instance.app.clone()).or_default();
             let key = (instance.version.clone(), instance.slot);
-            if add {
-                slots.insert(key, instance.id);
-            } else if slots.get(&key) == Some(&instance.id) {
-                slots.remove(&key);
-            }
+            let fill = |slots: &mut BTreeMap<(String, u32), InstanceId>| {
+                slots.insert(key.clone(), id);
+            };
+            let unfill = |slots: &mut BTreeMap<(String, u32), InstanceId>| {
+                if slots.get(&key) == Some(&id) {
+                    slots.remove(&key);
+                }
+            };
+            change_set(&mut self.derived.slots, app, add, fill, unfill);
         }
         if !held.holds {
             return;
         }
         let need = self.need_of(instance);
-        let used = self.derived.used.entry(instance.host.clone()).or_default();
+        let used = self.derived.used.entry(host.clone()).or_default();
         *used = if add { used.plus(need) } else { used.minus(need) };
+        if *used == Resources::default() {
+            self.derived.used.remove(host);
+        }
         for interface in &instance.interfaces {
-            let held = self.derived.addresses.entry(interface.network.clone()).or_default();
             let address = interface.address.address;
-            if add {
-                held.insert(address, instance.id);
-            } else if held.get(&address) == Some(&instance.id) {
-                held.remove(&address);
-            }
+            let hold = |held: &mut BTreeMap<Ipv4Addr, InstanceId>| {
+                held.insert(address, id);
+            };
+            let release = |held: &mut BTreeMap<Ipv4Addr, InstanceId>| {
+                if held.get(&address) == Some(&id) {
+                    held.remove(&address);
+                }
+            };
+            change_set(&mut self.derived.addresses, &interface.network, add, hold, release);
         }
-        let placed = self.derived.placed.entry(instance.host.clone()).or_default();
-        if add {
-            placed.insert(instance.id);
-        } else {
-            placed.remove(&instance.id);
-        }
-        *self.derived.host_versions.entry(instance.host.clone()).or_default() += 1;
+        change_set(
+            &mut self.derived.placed,
+            host,
+            add,
+            |ids| {
+                ids.insert(id);
+            },
+            |ids| {
+                ids.remove(&id);
+            },
+        );
+        *self.derived.host_versions.entry(host.clone()).or_default() += 1;
     }
 
     fn need_of(&self, instance: &InstanceEntry) -> Resources {
         let run = self.app_version(&instance.app, &instance.version).map(|v| (v.run.memory_mib, v.run.vcpus));
         let (memory_mib, vcpus) = run.unwrap_or((0, 0));
         Resources { memory_mib: u64::from(memory_mib), vcpus, instances: 1 }
+    }
+}
+
+/// Adds to (`add`) or removes from the collection under `key`, dropping the entry once empty.
+fn change_set<K: Ord + Clone, V: Default + IsEmpty>(
+    index: &mut BTreeMap<K, V>,
+    key: &K,
+    add: bool,
+    insert: impl FnOnce(&mut V),
+    remove: impl FnOnce(&mut V),
+) {
+    if add {
+        insert(index.entry(key.clone()).or_default());
+    } else if let Some(values) = index.get_mut(key) {
+        remove(values);
+        if values.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+/// Collections that can say they are empty, for [`change_set`].
+trait IsEmpty {
+    fn is_empty(&self) -> bool;
+}
+
+impl<T> IsEmpty for BTreeSet<T> {
+    fn is_empty(&self) -> bool {
+        BTreeSet::is_empty(self)
+    }
+}
+
+impl<K, V> IsEmpty for BTreeMap<K, V> {
+    fn is_empty(&self) -> bool {
+        BTreeMap::is_empty(self)
     }
 }
 
