@@ -7,8 +7,10 @@
 //! Every backend passes the same conformance suite (`agent/tests/conformance.rs`).
 
 pub mod domain_fence;
+pub mod js;
 pub mod kvm;
 pub mod links;
+pub mod process;
 pub mod qmp;
 mod shimmed;
 pub mod unix;
@@ -17,7 +19,7 @@ pub mod xenstore;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -164,6 +166,12 @@ impl BackendError {
     fn network(target: Target) -> impl FnOnce(links::LinkError) -> Self {
         move |source| Self::Network { target, source }
     }
+}
+
+/// What `program --version` printed, or `None` if it could not run or failed.
+async fn version_output(program: &Path) -> Option<String> {
+    let output = tokio::process::Command::new(program).arg("--version").output().await.ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 #[async_trait]

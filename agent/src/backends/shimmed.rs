@@ -1,5 +1,5 @@
-//! The operations that the `unix` and `kvm` backends share because both run their payload under
-//! a shim.
+//! The operations that the process backends ([`super::process`]: unix, js) and `kvm` share
+//! because they run their payload under a shim.
 
 use std::time::Duration;
 
