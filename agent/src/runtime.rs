@@ -29,6 +29,7 @@ use mirari_core::target::Target;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backends::bhyve::BhyveBackend;
+use crate::backends::js::JsBackend;
 use crate::backends::kvm::KvmBackend;
 use crate::backends::links;
 use crate::backends::unix::UnixBackend;
@@ -104,6 +105,7 @@ fn backends(config: &AgentConfig) -> Vec<Arc<dyn Backend>> {
     let launcher = ShimLauncher { program: config.shim_program.clone(), console_bytes: config.console_bytes };
     vec![
         Arc::new(UnixBackend::new(launcher.clone())),
+        Arc::new(JsBackend::new(launcher.clone())),
         Arc::new(KvmBackend::new(launcher.clone()).with_kvm_device(&config.kvm_device)),
         Arc::new(XenBackend::new(config.shim_program.clone())),
         Arc::new(BhyveBackend::new(launcher)),

@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use mirari_agent::backends::bhyve::{BhyveBackend, Tools};
+use mirari_agent::backends::js::JsBackend;
 use mirari_agent::backends::kvm::KvmBackend;
 use mirari_agent::backends::unix::UnixBackend;
 use mirari_agent::backends::{Backend, Ended, Launch, Recovered, StopOutcome};
@@ -30,6 +31,10 @@ struct Subject {
 
 fn unix() -> Arc<dyn Backend> {
     Arc::new(UnixBackend::new(launcher()))
+}
+
+fn js() -> Arc<dyn Backend> {
+    Arc::new(JsBackend::new(launcher()))
 }
 
 fn kvm() -> Arc<dyn Backend> {
@@ -129,6 +134,11 @@ async fn suite(subject: Subject) {
 #[tokio::test]
 async fn unix_backend_conforms() {
     suite(Subject { backend: unix(), reconstruct: unix, accelerator: Accelerator::Auto }).await;
+}
+
+#[tokio::test]
+async fn js_backend_conforms() {
+    suite(Subject { backend: js(), reconstruct: js, accelerator: Accelerator::Auto }).await;
 }
 
 #[tokio::test]

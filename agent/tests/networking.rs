@@ -1,5 +1,5 @@
-//! Instances' network interfaces on real bridges, through the `Backend` trait: a unix instance
-//! runs in a namespace of its own behind a veth pair, a kvm instance gets a tap; both serve
+//! Instances' network interfaces on real bridges, through the `Backend` trait: a unix or js
+//! instance runs in a namespace of its own behind a veth pair, a kvm instance gets a tap; all serve
 //! HTTP at their address while they run, survive a re-adoption, and leave nothing once
 //! destroyed; a failed start leaves nothing and never takes another instance's links; the
 //! sweep removes what ended instances left, and only theirs.
@@ -19,6 +19,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mirari_agent::backends::js::JsBackend;
 use mirari_agent::backends::kvm::KvmBackend;
 use mirari_agent::backends::links::{self, netns_name, netns_path, tap_name, veth_name};
 use mirari_agent::backends::unix::UnixBackend;
@@ -133,6 +134,10 @@ fn unix() -> Arc<dyn Backend> {
     Arc::new(UnixBackend::new(launcher()))
 }
 
+fn js() -> Arc<dyn Backend> {
+    Arc::new(JsBackend::new(launcher()))
+}
+
 fn kvm() -> Arc<dyn Backend> {
     Arc::new(KvmBackend::new(launcher()))
 }
@@ -189,12 +194,13 @@ fn netns_of_payload(launch: &Launch) -> u64 {
     std::fs::metadata(format!("/proc/{}/ns/net", info.payload.pid)).unwrap().ino()
 }
 
-#[tokio::test]
-async fn a_unix_instance_runs_in_a_namespace_of_its_own() {
-    let Some(bridge) = Bridge::new('u') else { return };
+/// A process instance (unix or js) with an interface: its namespace, veth and HTTP, through a
+/// re-adoption, and nothing left once destroyed. `make` constructs its backend.
+async fn assert_runs_in_a_namespace_of_its_own(target: Target, make: fn() -> Arc<dyn Backend>, tag: char) {
+    let Some(bridge) = Bridge::new(tag) else { return };
     let scratch = tempfile::tempdir().unwrap();
-    let backend = unix();
-    let launch = networked(Target::Unix, &scratch.path().join("u"), &bridge, 2, &bridge.name);
+    let backend = make();
+    let launch = networked(target, &scratch.path().join("u"), &bridge, 2, &bridge.name);
     let id = launch.id;
     let handle = backend.start(&launch).await.expect("start");
 
@@ -211,7 +217,7 @@ async fn a_unix_instance_runs_in_a_namespace_of_its_own() {
     assert_serves_http(backend.as_ref(), &launch, bridge.address(2)).await;
 
     // Re-adopted by a restarted agent, it still runs in its namespace and still serves.
-    let fresh = unix();
+    let fresh = make();
     assert!(matches!(fresh.recover(&launch, None).await.expect("recover"), Recovered::Running(_)));
     assert_serves_http(fresh.as_ref(), &launch, bridge.address(2)).await;
 
@@ -219,6 +225,16 @@ async fn a_unix_instance_runs_in_a_namespace_of_its_own() {
     fresh.destroy(&launch).await.expect("destroy");
     assert_gone(&launch);
     fresh.destroy(&launch).await.expect("a second destroy finds nothing to do");
+}
+
+#[tokio::test]
+async fn a_unix_instance_runs_in_a_namespace_of_its_own() {
+    assert_runs_in_a_namespace_of_its_own(Target::Unix, unix, 'u').await;
+}
+
+#[tokio::test]
+async fn a_js_instance_runs_in_a_namespace_of_its_own() {
+    assert_runs_in_a_namespace_of_its_own(Target::Js, js, 'j').await;
 }
 
 #[tokio::test]

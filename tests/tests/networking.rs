@@ -170,6 +170,48 @@ fn instances_get_addresses_answer_http_and_keep_them_across_agent_restarts() {
     });
 }
 
+/// The example's js build under node: it serves from each instance's namespace (so the health
+/// check passes), its console shows the example's lines, and agents killed with SIGKILL re-adopt
+/// their instances.
+#[test]
+fn js_instances_answer_http_and_are_readopted_after_their_agents_are_killed() {
+    let mut cluster = cluster();
+    let out = cluster.mirari(&["cluster", "deploy", "-t", "js", "--count", "2", "--placement", "spread"]);
+    assert!(out.status.success(), "deploy failed: {}", stderr(&out));
+    let instances = wait_healthy(&cluster, "hello", 2);
+    let addresses: BTreeSet<String> = instances.values().map(address).collect();
+    assert_eq!(addresses.len(), 2, "pairwise distinct: {addresses:?}");
+    all_answer(&addresses);
+    for (id, instance) in &instances {
+        let console = eventually(DEADLINE, "a heartbeat on the console", || {
+            let text = stdout(&cluster.mirari(&["console", id]));
+            if text.contains("hello: heartbeat 1") { Ok(text) } else { Err(text) }
+        });
+        let cidr = instance["addresses"][0].as_str().unwrap();
+        assert!(console.contains(&format!("hello: boot args: --ipv4={cidr} --ipv4-gateway=")), "{console}");
+        assert!(console.contains("hello: files: 3 entries"), "{console}");
+        assert!(console.contains(&format!("hello: http: serving on {}:80", address(instance))), "{console}");
+    }
+
+    for agent in &mut cluster.agents {
+        let applied = agent.assignments_applied();
+        agent.kill_agent();
+        agent.restart();
+        agent.wait_assignments_after(applied);
+    }
+    let after = wait_healthy(&cluster, "hello", 2);
+    assert_eq!(after.keys().collect::<Vec<_>>(), instances.keys().collect::<Vec<_>>(), "re-adopted, not replaced");
+    assert_eq!(after.values().map(address).collect::<BTreeSet<_>>(), addresses);
+    all_answer(&addresses);
+
+    let out = cluster.mirari(&["cluster", "stop", "hello"]);
+    assert!(out.status.success(), "stop failed: {}", stderr(&out));
+    eventually(DEADLINE, "the instances' namespaces to be gone", || {
+        let namespaces = instance_namespaces();
+        if instances.keys().all(|id| !namespaces.contains(id)) { Ok(()) } else { Err(format!("{namespaces:?}")) }
+    });
+}
+
 #[test]
 fn a_hung_instance_is_restarted_and_a_lost_host_keeps_its_addresses_until_declared_down() {
     let cluster = cluster();
@@ -267,7 +309,7 @@ fn network_mistakes_are_reported_where_they_are() {
     edit_config(&cluster, "{net.backend.gateway}", "{net.backend.gatewy}");
     let out = cluster.mirari(&["configure"]);
     let text = stderr(&out);
-    assert!(text.contains("mirari.toml:36:") && text.contains("unknown placeholder `{net.backend.gatewy}`"), "{text}");
+    assert!(text.contains("mirari.toml:41:") && text.contains("unknown placeholder `{net.backend.gatewy}`"), "{text}");
 }
 
 #[test]

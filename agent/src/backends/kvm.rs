@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::qmp::Qmp;
 use super::{
     Backend, BackendError, Capabilities, ConsoleStream, Ended, Fingerprint, Handle, Inspection, Launch, Recovered,
-    StopOutcome, links, shimmed,
+    StopOutcome, links, shimmed, version_output,
 };
 use crate::supervisor::client::{Payload, ShimLauncher};
 use crate::supervisor::protocol::{ShimInfo, ShimPaths};
@@ -207,8 +207,7 @@ fn kvm_api_version(file: &std::fs::File) -> nix::Result<i32> {
 }
 
 async fn qemu_version(qemu: &Path) -> Option<String> {
-    let output = tokio::process::Command::new(qemu).arg("--version").output().await.ok()?;
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = version_output(qemu).await?;
     // "QEMU emulator version 7.2.22 (Debian ...)"
     text.split_whitespace().skip_while(|w| *w != "version").nth(1).map(str::to_owned)
 }

@@ -1,14 +1,14 @@
 //! Instances' network interfaces on the host: the taps QEMU attaches to (kvm), the network
-//! namespace and veth pairs a unix instance runs in, and the sweep that removes what a crash
+//! namespace and veth pairs a process instance (unix, js) runs in, and the sweep that removes what a crash
 //! left behind. Xen needs none of this: the toolstack makes and removes its vifs.
 //!
 //! Every name is derived from the instance ID, so a start, a destroy after an agent restart and
 //! the sweep all find them without a record:
 //!
 //! - interface K of a kvm instance is the tap `mt` + the ID's low 48 bits (12 hex digits) + K;
-//! - interface K of a unix instance is a veth pair: the host end `mv` + the same + K, joined to
+//! - interface K of a process instance is a veth pair: the host end `mv` + the same + K, joined to
 //!   the bridge, and its peer `ethK` inside the instance's namespace;
-//! - a unix instance with interfaces runs in the namespace `mirari-<ID>` (`/run/netns/...`).
+//! - a process instance with interfaces runs in the namespace `mirari-<ID>` (`/run/netns/...`).
 //!
 //! Link names have 15 characters, the most the kernel allows (IFNAMSIZ), so they carry only
 //! 48 bits of the 64-bit ID: two instances' names collide if their IDs agree in those bits.
@@ -327,7 +327,7 @@ pub async fn create_taps(launch: &Launch) -> Result<(), LinkError> {
     set_up(launch, &names, &tap_plan(launch.id, &attachments)).await
 }
 
-/// Makes a unix instance's network namespace; its path, or `None` for an instance without
+/// Makes a process instance's (unix, js) network namespace; its path, or `None` for an instance without
 /// interfaces (which runs in the host's network).
 pub async fn create_netns(launch: &Launch) -> Result<Option<PathBuf>, LinkError> {
     let attachments = attachments(launch)?;
@@ -349,8 +349,8 @@ pub async fn release(launch: &Launch) -> Result<(), LinkError> {
     }
     for name in links_of(&list_links().await?, launch.id) {
         if let Err(error) = delete_link(&name).await {
-            // Deleting the namespace takes its veths' host ends with it, a moment later: one
-            // may go between the listing and its delete.
+            // The kernel removes a deleted namespace's veth pairs in the background, so a host
+            // end listed a moment ago may be gone by the time it is deleted: the outcome wanted.
             if links_of(&list_links().await?, launch.id).contains(&name) {
                 return Err(error);
             }

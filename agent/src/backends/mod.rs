@@ -8,8 +8,10 @@
 
 pub mod bhyve;
 pub mod domain_fence;
+pub mod js;
 pub mod kvm;
 pub mod links;
+pub mod process;
 pub mod qmp;
 mod shimmed;
 pub mod unix;
@@ -19,7 +21,7 @@ pub mod xenstore;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -185,6 +187,12 @@ async fn run_tool(target: Target, argv: &[OsString], timeout: Duration) -> Resul
         return Err(BackendError::Failed { target, message: format!("`{shown}` failed: {}", stderr.trim()) });
     }
     Ok(output.stdout)
+}
+
+/// What `program --version` printed, or `None` if it could not run or failed.
+async fn version_output(program: &Path) -> Option<String> {
+    let output = tokio::process::Command::new(program).arg("--version").output().await.ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 #[async_trait]

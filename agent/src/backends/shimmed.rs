@@ -1,5 +1,5 @@
-//! The operations that the `unix`, `kvm` and `freebsd` backends share because each runs its payload
-//! under a shim.
+//! The operations that the backends running their payload under a shim share: the process
+//! backends ([`super::process`]: unix, js), `kvm` and `freebsd`.
 
 use std::time::Duration;
 

@@ -24,6 +24,8 @@ pub struct Example {
     pub unix: PathBuf,
     /// The multiboot kernel.
     pub kernel: PathBuf,
+    /// The JavaScript bundle for node.
+    pub js: PathBuf,
     /// The `data/` directory as a ustar image.
     pub image: PathBuf,
 }
@@ -44,8 +46,13 @@ pub fn example() -> &'static Example {
             .status()
             .unwrap();
         assert!(status.success());
-        let status =
-            std::process::Command::new("make").arg("-s").arg("-C").arg(&build).args(["unix", "kvm"]).status().unwrap();
+        let status = std::process::Command::new("make")
+            .arg("-s")
+            .arg("-C")
+            .arg(&build)
+            .args(["unix", "kvm", "js"])
+            .status()
+            .unwrap();
         assert!(status.success(), "building the example failed");
         let image = out.join("files.tar");
         let status = std::process::Command::new("tar")
@@ -57,7 +64,12 @@ pub fn example() -> &'static Example {
             .status()
             .unwrap();
         assert!(status.success());
-        Example { unix: build.join("_build/hello"), kernel: build.join("_build/hello.elf"), image }
+        Example {
+            unix: build.join("_build/hello"),
+            kernel: build.join("_build/hello.elf"),
+            js: build.join("_build/hello.js"),
+            image,
+        }
     })
 }
 
@@ -72,6 +84,7 @@ pub fn launch(target: Target, id: InstanceId, dir: &Path, args: &[&str], acceler
     // The stand-in bhyve of the freebsd backend's tests runs the unix build as its guest.
     let artifact = match target {
         Target::Unix | Target::Freebsd => &example.unix,
+        Target::Js => &example.js,
         _ => &example.kernel,
     };
     Launch {
