@@ -27,7 +27,8 @@ cleanup() {
 trap cleanup EXIT
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-until mirari cluster hosts 2>/dev/null | grep -q " up "; do
+# `mirari dev` says it is ready once its host is up and its network declared.
+until grep -q "mirari dev: ready" "$work/dev.log"; do
   kill -0 "$dev_pid" 2>/dev/null || { cat "$work/dev.log"; exit 1; }
   sleep 0.2
 done

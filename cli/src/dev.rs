@@ -103,6 +103,26 @@ async fn declare_network(endpoint: Endpoint, network: Network) {
     }
 }
 
+/// Waits until the local agent's host is registered and up, so a deploy right after finds a
+/// host to build on.
+async fn await_host(endpoint: Endpoint, name: &str) {
+    let mut coordinators = crate::coordinators::Coordinators::new(&[endpoint]);
+    loop {
+        let hosts = coordinators
+            .call("listing hosts", async |mut client| {
+                Ok(client.list_hosts(mirari_proto::coordinator::ReadRequest { stale: false }).await?.into_inner())
+            })
+            .await;
+        let up = hosts.is_ok_and(|hosts| {
+            hosts.hosts.iter().any(|h| h.id == name && h.status() == mirari_proto::registry::HostStatus::Up)
+        });
+        if up {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub async fn run(dir: Option<PathBuf>, bridge: &str, subnet: Ipv4Cidr) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -180,10 +200,15 @@ pub async fn run(dir: Option<PathBuf>, bridge: &str, subnet: Ipv4Cidr) -> anyhow
             cluster_network.gateway.map_or_else(String::new, |g| g.to_string())
         );
     }
+    // Ready once the agent's host is up and the network declared (in that order: a script that
+    // waits for the network may deploy right away).
+    let host_name = join.name.clone();
     let declared = async {
+        await_host(coordinator_endpoint.clone(), &host_name).await;
         if networked {
             declare_network(coordinator_endpoint.clone(), cluster_network).await;
         }
+        eprintln!("mirari dev: ready");
     };
     let agent_task = tokio::spawn(daemon::run(agent, Some(join), agent_listener, wait(stopped)));
     let ((), interrupted) = tokio::join!(declared, tokio::signal::ctrl_c());
