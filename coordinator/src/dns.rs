@@ -5,7 +5,10 @@
 //! client asks again over TCP); [`answer`] decides from the registry alone. Answers come from this
 //! coordinator's applied registry without a ReadIndex round: a follower, or a leader cut off from
 //! the others, may answer from a registry some entries behind. That is fine for DNS, whose answers
-//! are a few seconds old anyway ([`TTL_SECS`]), and it keeps a lookup off the raft path.
+//! are a few seconds old anyway ([`TTL_SECS`]), and it keeps a lookup off the raft path. A node
+//! that knows no leader, or is more than [`MAX_LAG_ENTRIES`] behind what it knows committed (a
+//! restarted coordinator replaying its log passes through every older state), answers SERVFAIL,
+//! so resolvers ask another coordinator.
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -29,6 +32,8 @@ use crate::driver::RaftHandle;
 pub const TTL_SECS: u32 = 5;
 /// The most A records in one answer (the lowest addresses).
 pub const MAX_ANSWERS: usize = 64;
+/// How far behind its known commit index a coordinator may be and still answer.
+pub const MAX_LAG_ENTRIES: u64 = 64;
 /// The zone served, and the label under it that holds the apps.
 const ZONE: &[u8] = b"mirari";
 const SERVICES: &[u8] = b"service";
@@ -130,6 +135,14 @@ struct ServiceZone {
     raft: RaftHandle,
 }
 
+impl ServiceZone {
+    /// Whether this node's registry is one to answer from (see the module docs).
+    fn is_current(&self) -> bool {
+        let status = self.raft.status();
+        status.leader.is_some() && status.commit_index.saturating_sub(status.applied_index) <= MAX_LAG_ENTRIES
+    }
+}
+
 #[async_trait::async_trait]
 impl RequestHandler for ServiceZone {
     async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut response: R) -> ResponseInfo {
@@ -145,6 +158,10 @@ impl RequestHandler for ServiceZone {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         let query_message = request.metadata.message_type == MessageType::Query;
         let records = match request.request_info() {
+            Ok(_) if query_message && !self.is_current() => {
+                metadata.response_code = ResponseCode::ServFail;
+                Vec::new()
+            }
             Ok(info) if query_message && request.metadata.op_code == OpCode::Query => {
                 let query = info.query;
                 let answer =
