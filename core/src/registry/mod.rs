@@ -410,7 +410,7 @@ impl Registry {
         let deployment = self.deployments.get_mut(app).ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
         deployment.desired = Desired::Stopped;
         deployment.generation += 1;
-        let live = self.live_instances_of(app);
+        let live: Vec<InstanceId> = self.live_of(app).map(|i| i.id).collect();
         self.stop_instances(live, "the deployment was stopped");
         Ok(Outcome::Done)
     }
@@ -419,10 +419,6 @@ impl Registry {
     fn trim_slots(&mut self, app: &str, count: u32) {
         let surplus: Vec<InstanceId> = self.live_of(app).filter(|i| i.slot >= count).map(|i| i.id).collect();
         self.stop_instances(surplus, "scaled down");
-    }
-
-    fn live_instances_of(&self, app: &str) -> Vec<InstanceId> {
-        self.derived.live.get(app).map(|ids| ids.iter().copied().collect()).unwrap_or_default()
     }
 
     fn place(&mut self, app: &str, generation: u64, placements: &[PlacedInstance], at_ms: u64) -> ApplyResult {
