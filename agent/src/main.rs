@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mirari_agent::backends::domain_fence::{self, DomainFenceArgs};
+use mirari_agent::backends::rpi::plan::Board;
 use mirari_agent::daemon::{self, JoinConfig};
 use mirari_agent::network::{self, HostNetwork};
 use mirari_agent::paths;
@@ -37,6 +38,13 @@ struct Cli {
     /// The KVM device to use for accelerated guests
     #[arg(long, default_value = "/dev/kvm")]
     kvm_device: PathBuf,
+    /// The board rpi instances boot on: virt (QEMU's arm64 machine, netbooted by TFTP) or
+    /// raspi3b (QEMU's Raspberry Pi 3, booted from an SD card image)
+    #[arg(long, default_value = "virt")]
+    rpi_board: Board,
+    /// The U-Boot build rpi boards boot [default: Debian's for the board, under /usr/lib/u-boot]
+    #[arg(long)]
+    rpi_u_boot: Option<PathBuf>,
     /// Join the cluster of these coordinators (host:port, comma separated)
     #[arg(long, value_delimiter = ',')]
     join: Vec<Endpoint>,
@@ -116,6 +124,8 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         console_bytes: cli.console_bytes,
         shim_program: std::env::current_exe().context("cannot find the mirari-agent binary")?,
         kvm_device: cli.kvm_device,
+        rpi_board: cli.rpi_board,
+        rpi_u_boot: cli.rpi_u_boot,
         networks: {
             let mut networks = match &cli.tls.config {
                 Some(path) => network::from_config_file(path).map_err(anyhow::Error::msg)?,

@@ -32,6 +32,8 @@ use crate::backends::bhyve::BhyveBackend;
 use crate::backends::js::JsBackend;
 use crate::backends::kvm::KvmBackend;
 use crate::backends::links;
+use crate::backends::rpi::RpiBackend;
+use crate::backends::rpi::plan::Board;
 use crate::backends::unix::UnixBackend;
 use crate::backends::xen::XenBackend;
 use crate::backends::{Backend, BackendError, Ended, Fingerprint, Launch, Recovered, StopOutcome};
@@ -58,6 +60,9 @@ pub struct AgentConfig {
     pub shim_program: PathBuf,
     /// Where KVM is (tests point this elsewhere to exercise the TCG fallback).
     pub kvm_device: PathBuf,
+    /// The board `rpi` instances boot on, and the U-Boot it boots (`None`: Debian's).
+    pub rpi_board: Board,
+    pub rpi_u_boot: Option<PathBuf>,
     /// Which bridge carries which network (`--network`).
     pub networks: Vec<HostNetwork>,
 }
@@ -108,8 +113,17 @@ fn backends(config: &AgentConfig) -> Vec<Arc<dyn Backend>> {
         Arc::new(JsBackend::new(launcher.clone())),
         Arc::new(KvmBackend::new(launcher.clone()).with_kvm_device(&config.kvm_device)),
         Arc::new(XenBackend::new(config.shim_program.clone())),
+        Arc::new(rpi_backend(launcher.clone(), config)),
         Arc::new(BhyveBackend::new(launcher)),
     ]
+}
+
+fn rpi_backend(launcher: ShimLauncher, config: &AgentConfig) -> RpiBackend {
+    let backend = RpiBackend::for_board(launcher, config.rpi_board);
+    match &config.rpi_u_boot {
+        Some(u_boot) => backend.with_firmware(u_boot),
+        None => backend,
+    }
 }
 
 /// Removes the taps, veths and namespaces that this agent's ended instances left behind (an

@@ -14,6 +14,8 @@ use std::time::Duration;
 use mirari_agent::backends::bhyve::{BhyveBackend, Tools};
 use mirari_agent::backends::js::JsBackend;
 use mirari_agent::backends::kvm::KvmBackend;
+use mirari_agent::backends::rpi::RpiBackend;
+use mirari_agent::backends::rpi::plan::Board;
 use mirari_agent::backends::unix::UnixBackend;
 use mirari_agent::backends::{Backend, Ended, Launch, Recovered, StopOutcome};
 use mirari_core::ids::InstanceId;
@@ -39,6 +41,14 @@ fn js() -> Arc<dyn Backend> {
 
 fn kvm() -> Arc<dyn Backend> {
     Arc::new(KvmBackend::new(launcher()))
+}
+
+fn rpi_virt() -> Arc<dyn Backend> {
+    Arc::new(RpiBackend::for_board(launcher(), Board::Virt))
+}
+
+fn rpi_raspi3b() -> Arc<dyn Backend> {
+    Arc::new(RpiBackend::for_board(launcher(), Board::Raspi3b))
 }
 
 /// The bhyve stand-ins (`support/bhyve-standin.py`) linked as `bhyve`, `bhyvectl` and
@@ -144,6 +154,18 @@ async fn js_backend_conforms() {
 #[tokio::test]
 async fn kvm_backend_conforms_under_tcg() {
     suite(Subject { backend: kvm(), reconstruct: kvm, accelerator: Accelerator::Tcg }).await;
+}
+
+/// U-Boot on QEMU's arm64 `virt` board netboots the example's arm64 Image by TFTP.
+#[tokio::test]
+async fn rpi_backend_conforms_on_the_virt_board() {
+    suite(Subject { backend: rpi_virt(), reconstruct: rpi_virt, accelerator: Accelerator::Tcg }).await;
+}
+
+/// U-Boot's Raspberry Pi 3 build on QEMU's `raspi3b` boots it from an SD card image.
+#[tokio::test]
+async fn rpi_backend_conforms_on_the_raspi3b_board() {
+    suite(Subject { backend: rpi_raspi3b(), reconstruct: rpi_raspi3b, accelerator: Accelerator::Tcg }).await;
 }
 
 /// The freebsd backend's real commands, run by stand-in bhyve tools on this Linux host: the

@@ -26,6 +26,20 @@ pub enum BuildError {
     Failed { target: Target, command: String, status: std::process::ExitStatus },
     #[error("{target}: the build did not produce the artifact {}", path.display())]
     NoArtifact { target: Target, path: PathBuf },
+    #[error("{target}: refusing the artifact {}", path.display())]
+    BadArtifact {
+        target: Target,
+        path: PathBuf,
+        #[source]
+        source: mirari_core::artifact::ArtifactError,
+    },
+    #[error("{target}: cannot read the artifact {}", path.display())]
+    ReadArtifact {
+        target: Target,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{target}: cannot store the artifact")]
     Store {
         target: Target,
@@ -71,8 +85,23 @@ pub fn build_target(
     if !path.is_file() {
         return Err(BuildError::NoArtifact { target, path });
     }
+    check_artifact(target, &path)?;
     let digest = store.put_file(&path).map_err(|source| BuildError::Store { target, source })?;
     Ok(BuiltArtifact { target, digest, path })
+}
+
+/// Refuses an artifact whose header says it cannot run on `target`.
+fn check_artifact(target: Target, path: &std::path::Path) -> Result<(), BuildError> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(mirari_core::artifact::ARM64_HEADER_BYTES);
+    std::fs::File::open(path)
+        .and_then(|file| file.take(mirari_core::artifact::ARM64_HEADER_BYTES as u64).read_to_end(&mut head))
+        .map_err(|source| BuildError::ReadArtifact { target, path: path.to_owned(), source })?;
+    mirari_core::artifact::check(target, &head).map_err(|source| BuildError::BadArtifact {
+        target,
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Runs one command with `sh`, its stderr merged into stdout, each line sent as progress.
@@ -107,9 +136,13 @@ mod tests {
     use mirari_core::config::AppConfig;
 
     fn project(dir: &std::path::Path, build: &str) -> Project {
+        project_for(dir, Target::Unix, build)
+    }
+
+    fn project_for(dir: &std::path::Path, target: Target, build: &str) -> Project {
         let text = format!(
-            "[app]\nname = \"t\"\nversion = \"1\"\ntargets = [\"unix\"]\n\
-             [build.targets.unix]\nconfigure = \"echo configuring $MIRARI_TARGET\"\n\
+            "[app]\nname = \"t\"\nversion = \"1\"\ntargets = [\"{target}\"]\n\
+             [build.targets.{target}]\nconfigure = \"echo configuring $MIRARI_TARGET\"\n\
              build = \"{build}\"\nartifact = \"out/app\"\n"
         );
         Project {
@@ -143,6 +176,24 @@ mod tests {
         let lazy = project(app.path(), "true");
         let error = build_target(&lazy, Target::Unix, &store, &mut |_| {}).unwrap_err();
         assert!(matches!(error, BuildError::NoArtifact { .. }), "{error}");
+    }
+
+    #[test]
+    fn refuses_an_rpi_artifact_that_is_not_an_arm64_image_and_stores_nothing() {
+        let app = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(&app.path().join("store")).unwrap();
+        let elf = project_for(app.path(), Target::Rpi, "mkdir -p out && printf ELF%061d 0 > out/app");
+        let error = build_target(&elf, Target::Rpi, &store, &mut |_| {}).unwrap_err();
+        assert_eq!(
+            mirari_core::errors::chain(&error),
+            format!(
+                "rpi: refusing the artifact {}/out/app: an rpi artifact must be a Linux arm64 Image \
+                 (what U-Boot's booti boots): it has no ARM\\x64 magic at byte 56 (an ELF file needs \
+                 objcopy -O binary)",
+                app.path().display()
+            )
+        );
+        assert!(store.list().unwrap().is_empty(), "nothing is stored");
     }
 
     #[test]

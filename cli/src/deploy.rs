@@ -14,7 +14,9 @@ use mirari_core::digest::Digest;
 use mirari_core::health::Health;
 use mirari_core::instance::{ExitStatus, Phase};
 use mirari_core::network::Network;
-use mirari_core::registry::{AppVersion, Command, DeploymentSpec, Placement, Request, RevisionCause, UpdatePolicy};
+use mirari_core::registry::{
+    AppVersion, Command, DeploymentSpec, Placement, Rejection, Request, RevisionCause, UpdatePolicy,
+};
 use mirari_core::target::Target;
 use mirari_proto::agent::{self as wire_agent, build_event};
 use mirari_proto::blob_stream;
@@ -179,6 +181,11 @@ pub async fn deploy(
         "{} does not list target `{target}`",
         project.config_path.display()
     );
+    // The registry refuses this too; saying so before the build saves the operator a wait.
+    if !target.has_interfaces() && !config.run.networks.is_empty() {
+        let refusal = Rejection::NoInterfaces { target, networks: config.run.networks.clone() };
+        anyhow::bail!("{}: {refusal}", project.config_path.display());
+    }
     let files = images::bake_all(&project, &store)?;
     let bundle = bundle::create(&project, &store)?;
     let mut blobs: Vec<Digest> = vec![bundle];

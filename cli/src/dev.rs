@@ -165,6 +165,8 @@ pub async fn run(dir: Option<PathBuf>, bridge: &str, subnet: Ipv4Cidr) -> anyhow
         console_bytes: 256 * 1024,
         shim_program: std::env::current_exe().context("cannot find the mirari binary")?,
         kvm_device: "/dev/kvm".into(),
+        rpi_board: mirari_agent::backends::rpi::plan::Board::Virt,
+        rpi_u_boot: None,
         networks: networked
             .then(|| HostNetwork { name: NETWORK.into(), bridge: bridge.into(), local: Some(local_network) })
             .into_iter()

@@ -6,6 +6,7 @@
 //! coordinator and CLI call into this crate and perform the effects it asks for.
 //!
 //! - [`ids`], [`digest`], [`target`]: the small value types every layer shares.
+//! - [`artifact`]: what a target's artifact must look like (an `rpi` one is an arm64 Image).
 //! - [`clock`]: the one place clocks are read, by the drivers at the edge.
 //! - [`errors`]: an error and its causes in one line, for people and for wire statuses.
 //! - [`config`]: `mirari.toml`, parsed and validated with file:line:column errors.
@@ -28,6 +29,7 @@
 //! - [`rng`]: a seeded random number generator for simulations.
 
 pub mod args;
+pub mod artifact;
 pub mod clock;
 pub mod config;
 pub mod digest;

@@ -37,6 +37,13 @@ impl Target {
         }
     }
 
+    /// Whether this target's backend gives instances network interfaces (`[[network]]`).
+    /// bhyve's taps are set up with FreeBSD's ifconfig, which the agent does not speak yet; the
+    /// rpi boards' only NIC carries their netboot.
+    pub const fn has_interfaces(self) -> bool {
+        !matches!(self, Target::Freebsd | Target::Rpi)
+    }
+
     /// The known names, comma separated, for error messages.
     pub fn known_names() -> String {
         Self::ALL.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")

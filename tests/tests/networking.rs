@@ -212,6 +212,83 @@ fn js_instances_answer_http_and_are_readopted_after_their_agents_are_killed() {
     });
 }
 
+/// Waits until `count` instances of `app` run; returns them by ID.
+fn wait_running(cluster: &Cluster, app: &str, count: usize) -> BTreeMap<String, Value> {
+    eventually(DEADLINE, &format!("{count} running instances of {app}"), || {
+        let listed = instances(&cluster.status()?, app);
+        let running = listed.values().filter(|i| i["desired"] == "running" && i["observed"] == "running").count();
+        if running == count && listed.len() == count { Ok(listed) } else { Err(format!("{listed:?}")) }
+    })
+}
+
+/// The payload process of every instance alive on the cluster's hosts, by instance ID.
+fn live_processes(cluster: &Cluster) -> BTreeMap<String, u64> {
+    cluster.agents.iter().flat_map(|a| mirari_tests::sampler::live_processes(&a.state_dir)).collect()
+}
+
+/// Each instance's console shows U-Boot, then the example's lines up to `beat`.
+fn rpi_consoles_show<'a>(cluster: &Cluster, ids: impl Iterator<Item = &'a String>, beat: &str) {
+    for id in ids {
+        let console = eventually(DEADLINE, &format!("{beat} on the console"), || {
+            let text = stdout(&cluster.mirari(&["console", id]));
+            if text.contains(beat) { Ok(text) } else { Err(text) }
+        });
+        assert!(console.contains("U-Boot"), "booted by U-Boot: {console}");
+        assert!(console.contains("hello: boot args: greeting=hello-from-mirari version=0.1.0"), "{console}");
+        assert!(console.contains("hello: file motd.txt (42 bytes)"), "{console}");
+        assert!(console.contains("hello: files: 3 entries"), "{console}");
+    }
+}
+
+/// The example's arm64 Image on emulated boards (U-Boot netbooting QEMU's `virt` by TFTP): a
+/// deployment with a network is refused before anything is built (the rpi target has no
+/// interfaces); without one, two boards boot, their consoles show the example's lines, and
+/// agents killed with SIGKILL re-adopt the very QEMU processes.
+#[test]
+fn rpi_boards_boot_the_example_under_u_boot_and_are_readopted_after_their_agents_are_killed() {
+    let mut cluster = cluster();
+    let out = cluster.mirari(&["cluster", "deploy", "-t", "rpi", "--count", "2"]);
+    assert!(!out.status.success(), "a network on rpi must be refused");
+    assert!(
+        stderr(&out).contains(
+            "target `rpi` cannot give instances network interfaces yet, and this version has [[network]] service"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    edit_config(&cluster, "[[network]]\nname = \"service\"\n", "");
+    edit_config(&cluster, "\"--ipv4={net.service.cidr}\", \"--ipv4-gateway={net.service.gateway}\", ", "");
+    let health = std::fs::read_to_string(cluster.app_dir.join("mirari.toml")).unwrap();
+    let (before, after) = health.split_once("[health]").expect("a [health] table");
+    let rest = after.split_once("\n\n").map_or("", |(_, rest)| rest);
+    std::fs::write(cluster.app_dir.join("mirari.toml"), format!("{before}{rest}")).unwrap();
+
+    let out = cluster.mirari(&["cluster", "deploy", "-t", "rpi", "--count", "2", "--placement", "spread"]);
+    assert!(out.status.success(), "deploy failed: {}{}", stdout(&out), stderr(&out));
+    let instances_before = wait_running(&cluster, "hello", 2);
+    rpi_consoles_show(&cluster, instances_before.keys(), "hello: heartbeat 1");
+    let qemu_before = live_processes(&cluster);
+    assert_eq!(qemu_before.keys().collect::<Vec<_>>(), instances_before.keys().collect::<Vec<_>>());
+
+    for agent in &mut cluster.agents {
+        let applied = agent.assignments_applied();
+        agent.kill_agent();
+        agent.restart();
+        agent.wait_assignments_after(applied);
+    }
+    let instances_after = wait_running(&cluster, "hello", 2);
+    assert_eq!(instances_after.keys().collect::<Vec<_>>(), instances_before.keys().collect::<Vec<_>>(), "re-adopted");
+    assert_eq!(live_processes(&cluster), qemu_before, "the same QEMU processes run on");
+    rpi_consoles_show(&cluster, instances_before.keys(), "hello: heartbeat 20");
+
+    let out = cluster.mirari(&["cluster", "stop", "hello"]);
+    assert!(out.status.success(), "stop failed: {}", stderr(&out));
+    eventually(DEADLINE, "the boards to be gone", || {
+        let left = live_processes(&cluster);
+        if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+    });
+}
+
 #[test]
 fn a_hung_instance_is_restarted_and_a_lost_host_keeps_its_addresses_until_declared_down() {
     let cluster = cluster();

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Backend, BackendError, Capabilities, ConsoleStream, Ended, Fingerprint, Handle, Inspection, Launch, Recovered,
-    StopOutcome, shimmed,
+    StopOutcome, find_program, shimmed,
 };
 use crate::supervisor::client::{Payload, ShimLauncher};
 use crate::supervisor::protocol::ShimInfo;
@@ -239,18 +239,6 @@ fn unavailable_reason(missing: &[String], vmm_dir: &Path, vmm_present: bool, os:
     }
     (!vmm_present)
         .then(|| format!("{} does not exist: the vmm kernel module is not loaded (kldload vmm)", vmm_dir.display()))
-}
-
-/// Where `program` is: itself if it names a path, else the first executable of that name on
-/// PATH.
-fn find_program(program: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |path: &Path| path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if program.components().count() > 1 {
-        return executable(program).then(|| program.to_owned());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| executable(candidate))
 }
 
 #[derive(Debug, Clone)]

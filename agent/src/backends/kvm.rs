@@ -19,25 +19,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mirari_core::spec::Accelerator;
 use mirari_core::target::Target;
-use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use super::qmp::Qmp;
 use super::{
     Backend, BackendError, Capabilities, ConsoleStream, Ended, Fingerprint, Handle, Inspection, Launch, Recovered,
-    StopOutcome, links, shimmed, version_output,
+    StopOutcome, links, qemu, shimmed,
 };
 use crate::supervisor::client::{Payload, ShimLauncher};
-use crate::supervisor::protocol::{ShimInfo, ShimPaths};
+use crate::supervisor::protocol::ShimInfo;
 use crate::supervisor::shim::StderrTo;
 
 const TARGET: Target = Target::Kvm;
 /// QEMU's legacy IDE controller has two channels of two disks each.
 const MAX_FILE_IMAGES: usize = 4;
-/// How long QEMU may take to open its QMP socket after it started.
-const QMP_READY_TIMEOUT: Duration = Duration::from_secs(15);
-/// After `quit`, how long to wait before killing QEMU outright.
-const QUIT_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct KvmBackend {
@@ -61,10 +55,6 @@ impl KvmBackend {
     pub fn with_kvm_device(mut self, path: impl Into<PathBuf>) -> Self {
         self.kvm_device = path.into();
         self
-    }
-
-    fn qmp_socket(launch: &Launch) -> PathBuf {
-        launch.dir.join("qmp.sock")
     }
 
     fn accelerator(&self, wanted: Accelerator) -> Result<&'static str, BackendError> {
@@ -114,53 +104,17 @@ impl KvmBackend {
             "-device".into(),
             "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
             "-qmp".into(),
-            format!("unix:{},server=on,wait=off", Self::qmp_socket(launch).display()).into(),
+            qemu::qmp_option(launch).into(),
         ]
         .into();
         for (index, file) in launch.files.iter().enumerate() {
             // snapshot=on: guest writes go to a throwaway overlay, the image is never changed
             // (QEMU's IDE disks refuse readonly=on).
             argv.push("-drive".into());
-            argv.push(format!("file={},format=raw,if=ide,index={index},snapshot=on", escape_drive_path(file)).into());
+            argv.push(format!("file={},format=raw,if=ide,index={index},snapshot=on", qemu::escape_path(file)).into());
         }
         argv.extend(nic_args(launch).into_iter().map(OsString::from));
         Ok(argv)
-    }
-
-    async fn qmp(launch: &Launch) -> Result<Qmp, BackendError> {
-        Qmp::connect(&Self::qmp_socket(launch))
-            .await
-            .map_err(|e| BackendError::Failed { target: TARGET, message: format!("QMP: {e}") })
-    }
-
-    /// Starts QEMU under a shim and waits until it is ready; kills it if it does not get there.
-    async fn run_qemu(&self, launch: &Launch, payload: &Payload) -> Result<ShimInfo, BackendError> {
-        let shim = self.launcher.spawn(payload).await?;
-        if let Err(error) = self.wait_until_ready(launch).await {
-            let _ = shimmed::kill(TARGET, &shim, Signal::SIGKILL);
-            return Err(error);
-        }
-        Ok(shim)
-    }
-
-    /// Waits for QEMU to open QMP; if it dies instead, its stderr says why.
-    async fn wait_until_ready(&self, launch: &Launch) -> Result<(), BackendError> {
-        let deadline = tokio::time::Instant::now() + QMP_READY_TIMEOUT;
-        loop {
-            if Qmp::connect(&Self::qmp_socket(launch)).await.is_ok() {
-                return Ok(());
-            }
-            let exited = !matches!(
-                crate::supervisor::client::run_state(&launch.dir),
-                crate::supervisor::client::RunState::Running(_)
-            );
-            if exited || tokio::time::Instant::now() >= deadline {
-                let stderr = std::fs::read_to_string(ShimPaths::new(&launch.dir).stderr_log()).unwrap_or_default();
-                let why = if exited { "QEMU exited" } else { "QEMU did not open QMP in time" };
-                return Err(BackendError::Failed { target: TARGET, message: format!("{why}: {}", stderr.trim()) });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }
 
@@ -176,11 +130,6 @@ fn nic_args(launch: &Launch) -> Vec<String> {
         ]
     });
     nics.collect()
-}
-
-/// QEMU's `-drive` option separates with commas; a comma in a path is written twice.
-fn escape_drive_path(path: &Path) -> String {
-    path.display().to_string().replace(',', ",,")
 }
 
 /// Why KVM cannot be used here, or `None` if it can.
@@ -206,12 +155,6 @@ fn kvm_api_version(file: &std::fs::File) -> nix::Result<i32> {
     unsafe { kvm_get_api_version_ioctl(file.as_raw_fd()) }
 }
 
-async fn qemu_version(qemu: &Path) -> Option<String> {
-    let text = version_output(qemu).await?;
-    // "QEMU emulator version 7.2.22 (Debian ...)"
-    text.split_whitespace().skip_while(|w| *w != "version").nth(1).map(str::to_owned)
-}
-
 #[async_trait]
 impl Backend for KvmBackend {
     fn target(&self) -> Target {
@@ -220,7 +163,7 @@ impl Backend for KvmBackend {
 
     async fn fingerprint(&self) -> Fingerprint {
         let mut attributes = BTreeMap::new();
-        let Some(version) = qemu_version(&self.qemu).await else {
+        let Some(version) = qemu::version(&self.qemu).await else {
             return Fingerprint {
                 target: TARGET,
                 unavailable: Some(format!("{} was not found; install qemu-system-x86", self.qemu.display())),
@@ -247,7 +190,6 @@ impl Backend for KvmBackend {
     async fn start(&self, launch: &Launch) -> Result<Handle, BackendError> {
         let accelerator = self.accelerator(launch.spec.run.accelerator)?;
         let argv = self.qemu_argv(launch, accelerator)?;
-        let _ = std::fs::remove_file(Self::qmp_socket(launch));
         links::create_taps(launch).await.map_err(BackendError::network(TARGET))?;
         let payload = Payload {
             dir: launch.dir.clone(),
@@ -257,7 +199,7 @@ impl Backend for KvmBackend {
             env: Vec::new(),
             stderr: StderrTo::Log,
         };
-        match self.run_qemu(launch, &payload).await {
+        match qemu::start(TARGET, &self.launcher, launch, &payload).await {
             Ok(shim) => Ok(Handle::encode(&KvmHandle { shim, accelerator: accelerator.to_owned() })),
             Err(error) => {
                 links::undo(launch).await;
@@ -284,37 +226,20 @@ impl Backend for KvmBackend {
 
     async fn stop(&self, launch: &Launch, handle: &Handle, timeout: Duration) -> Result<StopOutcome, BackendError> {
         let KvmHandle { shim, .. } = handle.decode(TARGET)?;
-        let qmp = |command: &'static str| async move {
-            if let Ok(mut qmp) = Self::qmp(launch).await {
-                let _ = qmp.execute(command).await;
-            }
-        };
         let ask = async {
-            qmp("system_powerdown").await;
+            qemu::send(launch, "system_powerdown").await;
             Ok(())
         };
-        shimmed::stop(TARGET, launch, &shim, timeout, ask, (qmp("quit"), QUIT_GRACE)).await
+        shimmed::stop(TARGET, launch, &shim, timeout, ask, (qemu::send(launch, "quit"), qemu::QUIT_GRACE)).await
     }
 
     async fn inspect(&self, launch: &Launch, handle: &Handle) -> Result<Inspection, BackendError> {
         let KvmHandle { shim, accelerator } = handle.decode(TARGET)?;
-        let status = match Self::qmp(launch).await {
-            Ok(mut qmp) => qmp
-                .execute("query-status")
-                .await
-                .ok()
-                .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| "unknown".into()),
-            Err(_) => "unreachable".into(),
-        };
-        Ok(Inspection {
-            running: shim.payload.is_alive() && status == "running",
-            detail: format!("qemu pid {}, accel {accelerator}, status {status}", shim.payload.pid),
-        })
+        Ok(qemu::inspect(launch, &shim, &format!("accel {accelerator}")).await)
     }
 
     async fn destroy(&self, launch: &Launch) -> Result<(), BackendError> {
-        let _ = std::fs::remove_file(Self::qmp_socket(launch));
+        let _ = std::fs::remove_file(qemu::qmp_socket(launch));
         links::release(launch).await.map_err(BackendError::network(TARGET))?;
         shimmed::destroy(TARGET, launch)
     }

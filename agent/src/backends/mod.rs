@@ -12,7 +12,9 @@ pub mod js;
 pub mod kvm;
 pub mod links;
 pub mod process;
+pub mod qemu;
 pub mod qmp;
+pub mod rpi;
 mod shimmed;
 pub mod unix;
 pub mod xen;
@@ -187,6 +189,18 @@ async fn run_tool(target: Target, argv: &[OsString], timeout: Duration) -> Resul
         return Err(BackendError::Failed { target, message: format!("`{shown}` failed: {}", stderr.trim()) });
     }
     Ok(output.stdout)
+}
+
+/// Where `program` is: itself if it names a path, else the first executable of that name on
+/// PATH.
+fn find_program(program: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &Path| path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.components().count() > 1 {
+        return executable(program).then(|| program.to_owned());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| executable(candidate))
 }
 
 /// What `program --version` printed, or `None` if it could not run or failed.

@@ -26,6 +26,8 @@ pub struct Example {
     pub kernel: PathBuf,
     /// The JavaScript bundle for node.
     pub js: PathBuf,
+    /// The arm64 Image for U-Boot.
+    pub rpi: PathBuf,
     /// The `data/` directory as a ustar image.
     pub image: PathBuf,
 }
@@ -50,7 +52,7 @@ pub fn example() -> &'static Example {
             .arg("-s")
             .arg("-C")
             .arg(&build)
-            .args(["unix", "kvm", "js"])
+            .args(["unix", "kvm", "js", "rpi"])
             .status()
             .unwrap();
         assert!(status.success(), "building the example failed");
@@ -68,6 +70,7 @@ pub fn example() -> &'static Example {
             unix: build.join("_build/hello"),
             kernel: build.join("_build/hello.elf"),
             js: build.join("_build/hello.js"),
+            rpi: build.join("_build/hello-rpi.img"),
             image,
         }
     })
@@ -85,6 +88,7 @@ pub fn launch(target: Target, id: InstanceId, dir: &Path, args: &[&str], acceler
     let artifact = match target {
         Target::Unix | Target::Freebsd => &example.unix,
         Target::Js => &example.js,
+        Target::Rpi => &example.rpi,
         _ => &example.kernel,
     };
     Launch {

@@ -478,3 +478,26 @@ fn networks_are_declared_once_and_kept_while_used() {
     let register = Command::RegisterApp { version: bad };
     assert!(matches!(registry.apply(index + 7, &request(index + 7, register)), Err(Rejection::Invalid(_))));
 }
+
+#[test]
+fn a_target_without_interfaces_is_refused_for_a_version_with_networks() {
+    let (mut registry, index) = networked(1);
+    let mut version = app("2");
+    version.artifacts.insert(Target::Rpi, Digest::of(b"rpi"));
+    version.run.networks = vec!["service".into()];
+    let register = Command::RegisterApp { version };
+    registry.apply(index + 1, &request(index + 1, register)).unwrap();
+    let deploy = Command::Deploy {
+        spec: DeploymentSpec { target: Target::Rpi, ..spec("2", 1) },
+        at_ms: 7,
+        by: "test".into(),
+        cause: crate::registry::RevisionCause::Deploy,
+    };
+    let refusal = registry.apply(index + 2, &request(index + 2, deploy)).unwrap_err();
+    assert_eq!(
+        refusal.to_string(),
+        "target `rpi` cannot give instances network interfaces yet, and this version has [[network]] service; \
+         deploy it to another target, or without [[network]]"
+    );
+    assert_eq!(registry.deployment("hello").unwrap().spec.version, "1", "the running deployment is untouched");
+}

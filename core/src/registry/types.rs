@@ -490,6 +490,12 @@ pub enum Rejection {
     UnknownVersion { app: String, version: String },
     #[error("app `{app}` version `{version}` was not built for target `{target}`")]
     NotBuiltFor { app: String, version: String, target: Target },
+    #[error(
+        "target `{target}` cannot give instances network interfaces yet, and this version has [[network]] {}; \
+         deploy it to another target, or without [[network]]",
+        networks.join(", ")
+    )]
+    NoInterfaces { target: Target, networks: Vec<String> },
     #[error("app `{0}` is not deployed")]
     NotDeployed(String),
     #[error("the plan was made for generation {planned} of `{app}`, which is now at {current}")]

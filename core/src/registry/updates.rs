@@ -54,6 +54,9 @@ impl Registry {
                 target: spec.target,
             });
         };
+        if !spec.target.has_interfaces() && !version.run.networks.is_empty() {
+            return Err(Rejection::NoInterfaces { target: spec.target, networks: version.run.networks.clone() });
+        }
         if let Some(unknown) = version.run.networks.iter().find(|n| !self.networks.contains_key(*n)) {
             return Err(Rejection::UnknownNetwork(unknown.clone()));
         }

@@ -121,6 +121,24 @@ TAR_FN long tar_walk(tar_read_fn rd, void *ctx, tar_visit_fn visit, void *vctx)
 	return count;
 }
 
+/* An image already in memory (the kernels' boot modules), read as a tar_read_fn
+ * with ctx = &struct tar_memory: only whole blocks, as unix's pread. */
+struct tar_memory {
+	const unsigned char *base;
+	uint64_t size;
+};
+
+TAR_FN int tar_read_memory(void *ctx, uint64_t n, unsigned char *buf)
+{
+	const struct tar_memory *img = ctx;
+
+	if (n >= img->size / TAR_BLOCK)
+		return -1;
+	for (int i = 0; i < TAR_BLOCK; i++)
+		buf[i] = img->base[n * TAR_BLOCK + i];
+	return 0;
+}
+
 struct tar_lister {
 	tar_file_fn out;
 	void *ctx;

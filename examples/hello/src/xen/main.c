@@ -12,24 +12,9 @@
 
 #define NET_TICK_NS (10 * 1000000ull) /* net_tick at least this often */
 
-struct image {
-	const unsigned char *base;
-	uint64_t size;
-};
-
-static struct image image; /* read by tar_list, then by the HTTP server */
+static struct tar_memory image; /* read by tar_list, then by the HTTP server */
 static int serving;
 static uint32_t timer_port;
-
-static int read_block(void *ctx, uint64_t n, unsigned char *buf)
-{
-	const struct image *img = ctx;
-
-	if (n >= img->size / TAR_BLOCK) /* only whole blocks, as unix's pread */
-		return -1;
-	memcpy(buf, img->base + n * TAR_BLOCK, TAR_BLOCK);
-	return 0;
-}
 
 static void print_file(void *ctx, const char *path, uint64_t size)
 {
@@ -50,7 +35,7 @@ static void list_files(const struct hvm_start_info *si)
 		return;
 	}
 	image.size = mod->size;
-	kprintf("hello: files: %lu entries\n", (unsigned long)tar_list(read_block, print_file, &image));
+	kprintf("hello: files: %lu entries\n", (unsigned long)tar_list(tar_read_memory, print_file, &image));
 }
 
 /* Xen time in ms for net_tick (any counting-up clock will do), with only
@@ -86,7 +71,7 @@ static void net_start(void)
 		kprintf("hello: net: %s, not serving\n", why);
 		return;
 	}
-	net_init(&cfg, netfront_transmit, read_block, &image); /* prints "serving on" */
+	net_init(&cfg, netfront_transmit, tar_read_memory, &image); /* prints "serving on" */
 	serving = 1;
 }
 
