@@ -386,7 +386,7 @@ fn network_mistakes_are_reported_where_they_are() {
     edit_config(&cluster, "{net.backend.gateway}", "{net.backend.gatewy}");
     let out = cluster.mirari(&["configure"]);
     let text = stderr(&out);
-    assert!(text.contains("mirari.toml:41:") && text.contains("unknown placeholder `{net.backend.gatewy}`"), "{text}");
+    assert!(text.contains("mirari.toml:48:") && text.contains("unknown placeholder `{net.backend.gatewy}`"), "{text}");
 }
 
 #[test]

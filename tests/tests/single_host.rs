@@ -23,13 +23,13 @@ fn bad_config_is_reported_with_line_and_column() {
     let out = world.mirari(&["configure"]);
     assert!(!out.status.success());
     let text = stderr(&out);
-    assert!(text.contains("mirari.toml:36:1: unknown field `memory_mb`"), "{text}");
-    assert!(text.contains("36 | memory_mb = 32"), "{text}");
+    assert!(text.contains("mirari.toml:43:1: unknown field `memory_mb`"), "{text}");
+    assert!(text.contains("43 | memory_mb = 32"), "{text}");
 
     world.edit_config("memory_mb = 32", "memory_mib = 32");
-    world.edit_config(r#"targets = ["unix", "kvm", "xen", "js"]"#, r#"targets = ["unix", "hvt"]"#);
+    world.edit_config(r#"targets = ["unix", "kvm", "xen", "js", "rpi"]"#, r#"targets = ["unix", "hvt"]"#);
     let text = stderr(&world.mirari(&["build"]));
-    assert!(text.contains("mirari.toml:8:20: unknown target `hvt`"), "{text}");
+    assert!(text.contains("mirari.toml:9:20: unknown target `hvt`"), "{text}");
     assert!(text.contains("known targets: unix, kvm, xen, freebsd"), "{text}");
 }
 
@@ -39,7 +39,7 @@ fn builds_are_reproducible() {
     let first = world.build();
     std::fs::remove_dir_all(world.app_dir().join("_build")).unwrap();
     let second = world.mirari_json(&["build"]);
-    assert_eq!(first.as_array().unwrap().len(), 4);
+    assert_eq!(first.as_array().unwrap().len(), 5);
     for (a, b) in first.as_array().unwrap().iter().zip(second.as_array().unwrap()) {
         assert_eq!(a["target"], b["target"]);
         assert_eq!(a["sha256"], b["sha256"], "rebuilding {} changed its hash", a["target"]);
