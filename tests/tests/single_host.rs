@@ -233,3 +233,27 @@ fn console_follows_an_instance_to_its_end_and_the_host_says_what_it_cannot_run()
     let unix = host["backends"].as_array().unwrap().iter().find(|b| b["target"] == "unix").unwrap().clone();
     assert_eq!(unix["capabilities"], serde_json::json!(["graceful-stop", "recover"]), "{unix}");
 }
+
+/// `mirari host` fingerprints the rpi backend with its board, and says what is missing.
+#[test]
+fn the_host_names_the_rpi_board_and_says_why_one_cannot_boot() {
+    let backend_of = |world: &World| {
+        let host = world.mirari_json(&["host"]);
+        host["backends"].as_array().unwrap().iter().find(|b| b["target"] == "rpi").unwrap().clone()
+    };
+    let mut world = World::new();
+    world.start_agent();
+    let virt = backend_of(&world);
+    assert_eq!(virt["available"], true, "{virt}");
+    assert_eq!(virt["attributes"]["board"], "virt", "{virt}");
+    assert_eq!(virt["capabilities"], serde_json::json!(["graceful-stop", "recover", "enforces-resources"]), "{virt}");
+    world.kill_agent();
+
+    world.start_agent_with(&["--rpi-board", "raspi3b", "--rpi-u-boot", "/nonexistent/u-boot.bin"]);
+    let pi = backend_of(&world);
+    assert_eq!(pi["available"], false, "{pi}");
+    assert_eq!(
+        pi["reason"], "U-Boot for raspi3b is missing at /nonexistent/u-boot.bin; run deploy/rpi/install-u-boot-rpi.sh",
+        "{pi}"
+    );
+}
