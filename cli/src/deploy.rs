@@ -403,12 +403,17 @@ pub(crate) async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -
             })
         })
         .collect::<anyhow::Result<_>>()?;
+    // One pass over the instances, not one per host.
+    let mut running_on: BTreeMap<&str, usize> = BTreeMap::new();
+    for instance in instances.iter().filter(|i| i.observed == Phase::Running) {
+        *running_on.entry(instance.host.as_str()).or_default() += 1;
+    }
     let hosts = status
         .hosts
         .iter()
         .map(|h| {
             let host = log_codec::host_from_pb(h)?;
-            let running = instances.iter().filter(|i| i.host == host.id.0 && i.observed == Phase::Running).count();
+            let running = running_on.get(host.id.0.as_str()).copied().unwrap_or(0);
             Ok(HostView {
                 status: host_state(&host).to_owned(),
                 id: host.id.0,

@@ -269,7 +269,13 @@ impl Backend for RpiBackend {
         let layout = self.plan_layout(launch)?;
         std::fs::create_dir_all(&launch.dir).map_err(io("create the instance directory".into()))?;
         Self::remove_boot_media(launch);
-        let media = self.prepare(launch, &layout).await?;
+        let media = match self.prepare(launch, &layout).await {
+            Ok(media) => media,
+            Err(error) => {
+                Self::remove_boot_media(launch);
+                return Err(error);
+            }
+        };
         let machine = plan::Machine {
             qemu: &self.qemu,
             board: self.board,

@@ -272,9 +272,9 @@ pub fn qemu_argv(machine: &Machine<'_>, launch: &Launch) -> Vec<OsString> {
     match machine.board {
         Board::Virt => argv.extend([
             // acpi=off: the power button is then the device tree's GPIO key, which the guest
-            // can read without an ACPI interpreter.
+            // can read without an ACPI interpreter; the guest's timer wake-up is GICv2's.
             "-machine".into(),
-            "virt,acpi=off".into(),
+            "virt,acpi=off,gic-version=2".into(),
             "-accel".into(),
             "tcg".into(),
             "-cpu".into(),

@@ -132,7 +132,9 @@ fn argv_of(board: Board, layout: &Layout) -> Vec<String> {
 fn the_virt_board_netboots_from_a_restricted_user_network() {
     let layout = layout(Board::Virt, EXAMPLE, Some(1), 32).unwrap();
     let argv = argv_of(Board::Virt, &layout).join(" ");
-    assert!(argv.starts_with("qemu-system-aarch64 -name mirari-1122334455667788 -machine virt,acpi=off -accel tcg"));
+    assert!(argv.starts_with(
+        "qemu-system-aarch64 -name mirari-1122334455667788 -machine virt,acpi=off,gic-version=2 -accel tcg"
+    ));
     assert!(argv.contains(" -smp 1 -bios /fw/u-boot.bin -netdev user,id=boot,restrict=on,tftp=/run/i/boot "), "{argv}");
     assert!(argv.contains(" -serial stdio -m 96 -nodefaults "), "{argv}");
     assert!(argv.contains(" -semihosting-config enable=on,target=native -qmp unix:"), "{argv}");
