@@ -7,6 +7,7 @@ mod cluster_cmds;
 mod coordinators;
 mod deploy;
 mod dev;
+mod docs;
 mod output;
 mod project_cmds;
 mod rollout_cmds;
@@ -15,7 +16,7 @@ mod tls_cmds;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mirari_core::target::Target;
 use mirari_proto::endpoint::Endpoint;
 
@@ -24,22 +25,25 @@ use crate::output::Format;
 /// Mirari deploys unikernel applications: one mirari.toml describes an app; `configure` checks
 /// and installs what its build needs and bakes its file images, `build` compiles it for each
 /// target, and `run` starts instances on the local agent, each with a unique ID.
+/// Where `--help` lists the options every command takes, apart from the command's own.
+const GLOBAL: &str = "Global options";
+
 #[derive(Debug, Parser)]
 #[command(name = "mirari", version)]
 struct Cli {
     /// The agent to talk to: unix:/path or host:port
     /// [default: unix:/run/mirari/agent.sock for root, else $XDG_RUNTIME_DIR/mirari/agent.sock]
-    #[arg(long, global = true, env = "MIRARI_AGENT")]
+    #[arg(long, global = true, env = "MIRARI_AGENT", help_heading = GLOBAL)]
     agent: Option<Endpoint>,
     /// Coordinators to talk to for `cluster` commands: host:port or unix:/path, comma separated
     /// [default: the socket of `mirari dev`, unix:/var/lib/mirari/dev/coordinator.sock for root,
     /// else in $XDG_STATE_HOME/mirari/dev]
-    #[arg(long, global = true, env = "MIRARI_ADDR", value_delimiter = ',')]
+    #[arg(long, global = true, env = "MIRARI_ADDR", value_delimiter = ',', help_heading = GLOBAL)]
     coordinator: Vec<Endpoint>,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = GLOBAL)]
     tls: mirari_proto::tls::TlsArgs,
     /// Output format for results
-    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table, help_heading = GLOBAL)]
     output: Format,
     #[command(subcommand)]
     command: Command,
@@ -131,6 +135,17 @@ enum Command {
         #[arg(long, default_value = "10.89.0.0/24")]
         subnet: mirari_core::network::Ipv4Cidr,
     },
+    /// Print a shell completion script, e.g. `mirari completions bash > /etc/bash_completion.d/mirari`
+    Completions {
+        /// The shell to complete for
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: mirari.1 and one per subcommand (mirari-cluster-deploy.1, ...)
+    Man {
+        /// The directory to write them to (made if missing)
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// Supervises one instance's process (started by `mirari dev`'s agent, not by people)
     #[command(hide = true)]
     Shim(mirari_agent::supervisor::shim::ShimArgs),
@@ -160,6 +175,7 @@ enum TlsCommand {
 enum CaAction {
     /// Create the CA: ca.pem and ca-key.pem (mode 0600) in --dir
     Create {
+        /// Where to write ca.pem and ca-key.pem
         #[arg(long, default_value = ".")]
         dir: PathBuf,
         /// The CA's name [default: "Mirari CA" and a random suffix, so two clusters' CAs never share a name]
@@ -232,33 +248,44 @@ enum ClusterCommand {
     },
     /// Let a rollout waiting on its canaries replace the remaining instances
     Promote {
+        /// The deployed app
         app: String,
+        /// Give up waiting for the rollout after this long
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
     /// Every version of an app ever deployed: digests, when, by whom, and how it ended
-    History { app: String },
+    History {
+        /// The app
+        app: String,
+    },
     /// Roll back to an earlier version from the history, with the same rolling update
     Rollback {
+        /// The deployed app
         app: String,
         /// The version (its registry name or label) [default: the last healthy one before the current]
         #[arg(long)]
         to: Option<String>,
+        /// Give up waiting for the rollout after this long
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
     /// Change how many instances of a deployed app run
     Scale {
+        /// The deployed app
         app: String,
         /// How many instances should run
         #[arg(value_parser = instance_count)]
         count: u32,
+        /// Give up waiting for the instances after this long
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
     /// Stop every instance of a deployed app
     Stop {
+        /// The deployed app
         app: String,
+        /// Give up waiting for its instances to end after this long
         #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
@@ -291,14 +318,22 @@ enum HostsAction {
     /// Stop placing instances on HOST and move its instances elsewhere, each replacement
     /// healthy before the old one stops; what is left at the deadline is stopped
     Drain {
+        /// The host's name in the cluster
         host: String,
+        /// How long its instances may take to move; what is left then is stopped
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         deadline: std::time::Duration,
     },
     /// Let a drained host take instances again
-    Eligible { host: String },
+    Eligible {
+        /// The host's name in the cluster
+        host: String,
+    },
     /// Forget a host that is down, or drained and empty
-    Remove { host: String },
+    Remove {
+        /// The host's name in the cluster
+        host: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -347,6 +382,7 @@ enum MembersAction {
     List,
     /// Add a coordinator; start it first (without --bootstrap) with the same --id
     Add {
+        /// The new coordinator's raft ID (its --id)
         #[arg(long)]
         id: u64,
         /// The new coordinator's address (host:port)
@@ -355,6 +391,7 @@ enum MembersAction {
     },
     /// Remove a coordinator from the group
     Remove {
+        /// The coordinator's raft ID
         #[arg(long)]
         id: u64,
     },
@@ -367,6 +404,20 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let documented = match &cli.command {
+        Command::Completions { shell } => Some(docs::completions(*shell, Cli::command(), &mut std::io::stdout())),
+        Command::Man { out } => Some(docs::man_pages(Cli::command(), out)),
+        _ => None,
+    };
+    if let Some(result) = documented {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {}", chain(&error));
                 ExitCode::FAILURE
             }
         };
@@ -423,7 +474,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let out_dir = out_dir.unwrap_or_else(|| ca_dir.clone());
             tls_cmds::create_cert(&tls_cmds::CertRequest { ca_dir, out_dir, role, name, dns, ips: ip, days })
         }
-        Command::Shim(_) => unreachable!("handled before the runtime starts"),
+        Command::Shim(_) | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
         Command::Stop { id } => agent_cmds::stop(&agent, &id, format).await,
         Command::Host => agent_cmds::host(&agent, format).await,
         Command::Cluster(command) => {
@@ -486,5 +539,34 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument of every visible command, with the command's path.
+    fn arguments(command: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
+        for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+            out.push((path.to_owned(), arg.clone()));
+        }
+        for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+            arguments(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help_text() {
+        let mut all = Vec::new();
+        let mut command = Cli::command();
+        command.build();
+        arguments(&command, "mirari", &mut all);
+        let missing: Vec<String> = all
+            .iter()
+            .filter(|(_, arg)| arg.get_help().is_none() && !["help", "version"].contains(&arg.get_id().as_str()))
+            .map(|(path, arg)| format!("{path}: {}", arg.get_id()))
+            .collect();
+        assert!(missing.is_empty(), "arguments without help text:\n{}", missing.join("\n"));
     }
 }

@@ -2,6 +2,7 @@
 //! build, run on unix and kvm, console, stop (graceful and forced), the restart policy, and
 //! recovery after the agent is killed with SIGKILL.
 
+use std::process::Command;
 use std::time::Duration;
 
 use mirari_tests::{World, eventually, stderr, stdout};
@@ -256,4 +257,37 @@ fn the_host_names_the_rpi_board_and_says_why_one_cannot_boot() {
         pi["reason"], "U-Boot for raspi3b is missing at /nonexistent/u-boot.bin; run deploy/rpi/install-u-boot-rpi.sh",
         "{pi}"
     );
+}
+
+/// Completion scripts and man pages come from the same definitions as `--help`.
+#[test]
+fn the_cli_writes_shell_completions_and_man_pages() {
+    let world = World::new();
+    let script = stdout(&world.mirari(&["completions", "bash"]));
+    let path = world.root.path().join("mirari.bash");
+    std::fs::write(&path, &script).unwrap();
+    // Sourced in bash, it completes `mirari cluster de` to `deploy`.
+    let completion = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(mirari cluster de); COMP_CWORD=2; _mirari mirari de cluster; echo \"${{COMPREPLY[@]}}\"",
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(completion.status.success(), "{}", stderr(&completion));
+    assert_eq!(stdout(&completion).trim(), "deploy", "{}", stderr(&completion));
+    for shell in ["zsh", "fish"] {
+        let out = world.mirari(&["completions", shell]);
+        assert!(out.status.success() && stdout(&out).contains("rollback"), "{shell}: {}", stderr(&out));
+    }
+
+    let pages = world.root.path().join("man");
+    let out = world.mirari(&["man", "--out", pages.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deploy = std::fs::read_to_string(pages.join("mirari-cluster-deploy.1")).unwrap();
+    assert!(deploy.contains(".TH mirari-cluster-deploy 1"), "{deploy}");
+    assert!(deploy.contains("max\\-parallel"), "{deploy}");
+    assert!(pages.join("mirari.1").exists() && pages.join("mirari-cluster-hosts-drain.1").exists());
+    assert!(!pages.join("mirari-shim.1").exists(), "hidden commands have no page");
 }
