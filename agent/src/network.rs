@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::str::FromStr;
 
 use mirari_core::ids::InstanceId;
@@ -74,26 +73,11 @@ impl FromStr for HostNetwork {
     }
 }
 
-/// The `networks` of an agent config file (`--config`): a list in the `--network` flag's
-/// syntax, `networks = ["service=br0", "dev=mirari0,subnet=10.89.0.0/24"]`. Other keys are the
-/// file's own business.
-pub fn from_config_file(path: &Path) -> Result<Vec<HostNetwork>, String> {
-    #[derive(serde::Deserialize)]
-    struct File {
-        #[serde(default)]
-        networks: Vec<toml::Spanned<String>>,
+/// In the agent's config file a network is written as its flag is: `network = ["service=br0"]`.
+impl<'de> serde::Deserialize<'de> for HostNetwork {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        mirari_core::config::deserialize_from_str(deserializer)
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file: File = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    file.networks
-        .iter()
-        .map(|flag| {
-            flag.get_ref().parse().map_err(|e: HostNetworkError| {
-                let at = mirari_core::config::Location::of(&text, flag.span());
-                format!("{}:{}:{}: {e}", path.display(), at.line, at.column)
-            })
-        })
-        .collect()
 }
 
 /// Why a bridge cannot carry instances' interfaces, or `None` when it can: it exists, is a
@@ -230,21 +214,6 @@ mod tests {
         );
         assert!(allocate_local(&networks, &["bare".into()], &ids, &held).unwrap_err().contains("has no subnet"));
         assert!(allocate_local(&networks, &["other".into()], &ids, &held).unwrap_err().contains("carries no network"));
-    }
-
-    #[test]
-    fn config_files_list_networks_and_say_where_one_is_wrong() {
-        let dir = std::env::temp_dir().join(format!("mirari-netconf-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("agent.toml");
-        std::fs::write(&path, "[tls]\nca = \"x\"\n").unwrap();
-        assert_eq!(from_config_file(&path).unwrap(), []);
-        std::fs::write(&path, "networks = [\"service=br0\",\n  \"Bad=br1\"]\n").unwrap();
-        let error = from_config_file(&path).unwrap_err();
-        assert!(error.starts_with(&format!("{}:2:3: --network `Bad=br1`", path.display())), "{error}");
-        std::fs::write(&path, "networks = [\"service=br0\"]\n").unwrap();
-        assert_eq!(from_config_file(&path).unwrap()[0].bridge, "br0");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -57,6 +57,13 @@ impl FromStr for Endpoint {
     }
 }
 
+/// In a config file an endpoint is written as on the command line.
+impl<'de> serde::Deserialize<'de> for Endpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        mirari_core::config::deserialize_from_str(deserializer)
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -7,6 +7,7 @@
 //!   arrives.
 //! - [`endpoint`]: addresses (`unix:/path` or `host:port`), connecting and serving on them.
 //! - [`tls`]: mutual TLS, certificates and the roles they carry.
+//! - [`daemon_config`]: the daemons' `--config` files, one struct for their flags and keys.
 //! - [`auth`]: which role may call which RPC, checked for every server in one place.
 //! - [`blob_stream`]: blobs as chunk streams, sent from and received into a blob store.
 
@@ -40,6 +41,7 @@ pub use generated::mirari::registry::v1 as registry;
 pub mod auth;
 pub mod blob_stream;
 pub mod convert;
+pub mod daemon_config;
 pub mod endpoint;
 pub mod log_codec;
 pub mod tls;

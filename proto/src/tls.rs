@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
+use mirari_core::config::ConfigError;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use serde::Deserialize;
@@ -114,8 +115,13 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
     #[error("the client certificate verifier cannot be built")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
-    #[error("{}: {reason}", path.display())]
-    ConfigFile { path: PathBuf, reason: String },
+    #[error(transparent)]
+    ConfigFile(Box<ConfigError>),
+    #[error(
+        "TLS needs all three of the CA certificate (--tls-ca), this process's certificate (--tls-cert) and its \
+         key (--tls-key), or none of them; a config file's [tls] table names them ca, cert and key"
+    )]
+    Incomplete,
 }
 
 /// Where a process finds its CA certificate, its certificate and its key.
@@ -127,7 +133,8 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// A config file's `[tls]` table (other tables are the file's own business).
+/// A config file's `[tls]` table, as the `mirari` CLI reads it (other tables are the file's
+/// own business: it may be a daemon's).
 #[derive(Debug, Deserialize)]
 struct ConfigFile {
     tls: Option<TlsFiles>,
@@ -139,19 +146,19 @@ impl TlsFiles {
         ca: Option<PathBuf>,
         cert: Option<PathBuf>,
         key: Option<PathBuf>,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Option<Self>, TlsError> {
         match (ca, cert, key) {
             (Some(ca), Some(cert), Some(key)) => Ok(Some(Self { ca, cert, key })),
             (None, None, None) => Ok(None),
-            _ => Err("TLS needs all three of the CA certificate, the certificate and the key".into()),
+            _ => Err(TlsError::Incomplete),
         }
     }
 
     /// The `[tls]` table of a TOML config file (`ca`, `cert`, `key`), if it has one.
     pub fn from_config_file(path: &Path) -> Result<Option<Self>, TlsError> {
         let text = std::fs::read_to_string(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
-        let file: ConfigFile =
-            toml::from_str(&text).map_err(|e| TlsError::ConfigFile { path: path.to_owned(), reason: e.to_string() })?;
+        let file: ConfigFile = mirari_core::config::parse_toml(&path.display().to_string(), &text)
+            .map_err(|e| TlsError::ConfigFile(Box::new(e)))?;
         Ok(file.tls)
     }
 
@@ -290,9 +297,11 @@ pub(crate) enum PreflightError {
     Untrusted(String),
 }
 
-/// The TLS options every Mirari binary takes.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct TlsArgs {
+/// The TLS flags every Mirari binary takes. In a daemon's config file they are its `[tls]`
+/// table (`ca`, `cert`, `key`; see [`crate::daemon_config`]), each one overridden by its flag.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFlags {
     /// The cluster CA's certificate
     #[arg(long = "tls-ca", env = "MIRARI_CACERT", global = true)]
     pub ca: Option<PathBuf>,
@@ -302,6 +311,21 @@ pub struct TlsArgs {
     /// This process's private key
     #[arg(long = "tls-key", env = "MIRARI_KEY", global = true)]
     pub key: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    /// The three files, or `None` when none is given.
+    pub fn files(&self) -> Result<Option<TlsFiles>, TlsError> {
+        TlsFiles::from_parts(self.ca.clone(), self.cert.clone(), self.key.clone())
+    }
+}
+
+/// The TLS options of the `mirari` CLI and `mirari-bench`: the flags, else the `[tls]` table
+/// of a config file (the daemons read their whole file instead, [`crate::daemon_config`]).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    #[command(flatten)]
+    pub flags: TlsFlags,
     /// A TOML config file whose [tls] table names ca, cert and key
     #[arg(long = "config", env = "MIRARI_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -310,10 +334,7 @@ pub struct TlsArgs {
 impl TlsArgs {
     /// The TLS files, from the flags (or their environment variables), else the config file.
     pub fn files(&self) -> Result<Option<TlsFiles>, TlsError> {
-        let config_error = |reason: String| TlsError::ConfigFile { path: "--tls-*".into(), reason };
-        if let Some(files) =
-            TlsFiles::from_parts(self.ca.clone(), self.cert.clone(), self.key.clone()).map_err(config_error)?
-        {
+        if let Some(files) = self.flags.files()? {
             return Ok(Some(files));
         }
         match &self.config {
@@ -358,12 +379,12 @@ mod tests {
         assert_eq!(files.cert, PathBuf::from("/pki/h1.pem"));
         std::fs::write(&path, "[tls]\nca = \"/pki/ca.pem\"\n").unwrap();
         let error = TlsFiles::from_config_file(&path).unwrap_err().to_string();
-        assert!(error.contains("missing field `cert`"), "{error}");
+        assert!(error.starts_with(&format!("{}:1:1: missing field `cert`", path.display())), "{error}");
     }
 
     #[test]
     fn all_or_no_paths() {
-        assert_eq!(TlsFiles::from_parts(None, None, None), Ok(None));
-        assert!(TlsFiles::from_parts(Some("ca".into()), None, None).is_err());
+        assert_eq!(TlsFiles::from_parts(None, None, None).unwrap(), None);
+        assert!(matches!(TlsFiles::from_parts(Some("ca".into()), None, None), Err(TlsError::Incomplete)));
     }
 }

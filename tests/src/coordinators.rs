@@ -16,6 +16,28 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
+/// A port free on 127.0.0.1 (TCP and UDP) below Linux's ephemeral range (32768 and up), for an
+/// address written into a config file before its process starts: an ephemeral port may be
+/// given to any outgoing connection meanwhile, one below the range only to another listener.
+/// Each call in a test process tries the next port, from a start that differs per process.
+pub fn fixed_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 32_768 - FIRST;
+    static TRIED: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % COUNT;
+    loop {
+        let tried = TRIED.fetch_add(1, Ordering::Relaxed);
+        assert!(tried < COUNT, "no free port from {FIRST} to 32767 on 127.0.0.1");
+        let port = (FIRST + (start + tried) % COUNT) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Coordinator {
     pub id: u64,

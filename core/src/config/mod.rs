@@ -63,12 +63,17 @@
 //!
 //! Boot arguments may hold placeholders filled per instance: `{net.service.cidr}`,
 //! `{net.service.gateway}`, `{instance.id}` and the others listed in [`crate::args`].
+//!
+//! The daemons' config files (`mirari-agent --config`, `mirari-coordinator --config`) are read
+//! with the same machinery: [`parse_toml`] into their own serde shape, errors located alike.
 
 mod error;
 mod raw;
 
 use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::ops::Range;
+use std::str::FromStr;
 
 use toml::Spanned;
 
@@ -131,7 +136,7 @@ impl AppConfig {
     /// Parses and validates the text of a config file. `path` is only used in error messages.
     pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
         let cx = Cx { path, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| cx.toml_error(&e))?;
+        let raw: RawConfig = parse_toml(path, text)?;
         let name = cx.check_name(&raw.app.name, "app name")?;
         let version = cx.non_empty(&raw.app.version, "app version")?;
         if version.len() > limits::MAX_NAME_BYTES || version.contains(char::is_whitespace) || version.contains('#') {
@@ -153,6 +158,37 @@ impl AppConfig {
         let after = cx.after(&raw.app.after, &name)?;
         Ok(Self { name, version, targets, requires, builds, files, run, update, reschedule, after })
     }
+}
+
+/// Deserializes the text of a TOML file into `T`, or says where it is wrong: a syntax error, an
+/// unknown key (for a shape that denies them: `unknown field \`x\`, expected one of ...`), a
+/// missing one, a wrong type or a value `T` refuses. `path` is only used in error messages.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(path: &str, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| Cx { path, text }.toml_error(&e))
+}
+
+/// Deserializes a string with the type's `FromStr`, so a value in a config file is written as
+/// its flag would be and refused with the same message (located by [`parse_toml`]). A type
+/// implements `Deserialize` with it as its whole body.
+pub fn deserialize_from_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: FromStr,
+    T::Err: Display,
+{
+    // Parsed inside the visitor, so the error is raised while the value is being read and toml
+    // locates it at the value (after it, toml knows only the enclosing array or table).
+    struct Parse<T>(std::marker::PhantomData<T>);
+    impl<T: FromStr<Err: Display>> serde::de::Visitor<'_> for Parse<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
+            text.parse().map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_str(Parse(std::marker::PhantomData))
 }
 
 /// Parsing context: the file's path and text, to turn spans into located errors.

@@ -253,3 +253,14 @@ fn update_and_after_mistakes_point_at_their_place() {
     assert_eq!(message, "invalid app version");
     assert!(help.unwrap().contains("`#`"));
 }
+
+#[test]
+fn an_error_on_a_very_long_line_shows_the_part_around_it() {
+    let long = format!("\"{}\", 5", "x".repeat(10_000));
+    let error = parse(&EXAMPLE.replace(r#""mode=demo""#, &long)).expect_err("an integer among the args");
+    assert_eq!((error.location.line, error.location.column), (26, 10_035));
+    let text = error.to_string();
+    assert!(text.len() < 400, "{text}");
+    assert!(text.starts_with("mirari.toml:26:10035: invalid type: integer `5`, expected a string\n"), "{text}");
+    assert!(text.contains("\n26 | …xxxx") && text.contains("xxxx\", 5]\n   | "), "{text}");
+}
