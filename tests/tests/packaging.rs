@@ -8,8 +8,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use mirari_tests::{stderr, stdout};
+use mirari_tests::{eventually, stderr, stdout};
 
 const PACKAGES: [&str; 3] = ["mirari", "mirari-agent", "mirari-coordinator"];
 
@@ -52,9 +53,29 @@ fn the_packages_install_their_binaries_units_man_pages_and_completions() {
         let version = run(Command::new(binary).arg("--version"));
         assert!(stdout(&version).contains(env!("CARGO_PKG_VERSION")), "{binary}: {}", stdout(&version));
     }
-    for config in ["/etc/mirari/agent.toml", "/etc/mirari/coordinator.toml"] {
-        assert!(Path::new(config).is_file(), "{config} is installed");
-    }
+    // The shipped config files are read as they are: the agent serves (its state and socket
+    // moved by flags, which win over the file), the coordinator asks for the id it lacks.
+    let scratch = tempfile::tempdir().unwrap();
+    let socket = format!("unix:{}", scratch.path().join("agent.sock").display());
+    let mut agent = Command::new("/usr/bin/mirari-agent")
+        .args(["--config", "/etc/mirari/agent.toml", "--listen", &socket, "--state-dir"])
+        .arg(scratch.path().join("state"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let host = eventually(Duration::from_secs(30), "the packaged agent to answer", || {
+        let out = Command::new("/usr/bin/mirari").args(["--agent", &socket, "host"]).output().unwrap();
+        if out.status.success() { Ok(stdout(&out)) } else { Err(stderr(&out)) }
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(host.contains("unix"), "{host}");
+    let coordinator = Command::new("/usr/bin/mirari-coordinator")
+        .args(["--config", "/etc/mirari/coordinator.toml"])
+        .output()
+        .unwrap();
+    assert!(!coordinator.status.success());
+    assert!(stderr(&coordinator).contains("give --id N, or id = N in --config"), "{}", stderr(&coordinator));
     let page = run(Command::new("man").args(["-w", "mirari-cluster-deploy"]));
     assert!(stdout(&page).contains("/usr/share/man/man1/mirari-cluster-deploy.1"), "{}", stdout(&page));
     for completion in [
