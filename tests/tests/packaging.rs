@@ -75,7 +75,7 @@ fn the_packages_install_their_binaries_units_man_pages_and_completions() {
         .output()
         .unwrap();
     assert!(!coordinator.status.success());
-    assert!(stderr(&coordinator).contains("give --id N, or id = N in --config"), "{}", stderr(&coordinator));
+    assert!(stderr(&coordinator).contains("--id N, or id = N in --config"), "{}", stderr(&coordinator));
     let page = run(Command::new("man").args(["-w", "mirari-cluster-deploy"]));
     assert!(stdout(&page).contains("/usr/share/man/man1/mirari-cluster-deploy.1"), "{}", stdout(&page));
     for completion in [
