@@ -72,6 +72,10 @@ struct Cli {
     /// from the cluster network's range (repeatable; also `networks = [...]` in --config)
     #[arg(long = "network")]
     networks: Vec<HostNetwork>,
+    /// Serve Prometheus metrics at http://ADDR/metrics. Plain HTTP without authentication:
+    /// bind it to loopback or a management network [default: no metrics]
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(subcommand)]
@@ -134,6 +138,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             networks.extend(cli.networks);
             networks
         },
+        http_listen: cli.http_listen,
     };
     let endpoint = cli.listen.unwrap_or_else(paths::default_agent_endpoint);
     let files = cli.tls.files()?;

@@ -40,6 +40,10 @@ struct Cli {
     /// records of the app's healthy instances, TTL 5 s [default: no DNS]
     #[arg(long, value_name = "ADDR")]
     dns_listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics. Plain HTTP without authentication:
+    /// bind it to loopback or a management network [default: no metrics]
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -82,6 +86,7 @@ async fn run() -> anyhow::Result<()> {
         snapshot_every: cli.snapshot_every,
         leases: Default::default(),
         dns_listen: cli.dns_listen,
+        http_listen: cli.http_listen,
     };
     tracing::info!(id = config.id, %advertise, data_dir = %config.data_dir.display(), "mirari-coordinator starting");
     server::run(config, listener, shutdown_signal()).await.context("the coordinator stopped")
