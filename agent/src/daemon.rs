@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use mirari_core::lease::LeaseTiming;
 use mirari_core::registry::{Host, HostId, HostStatus, Resources};
+use mirari_metrics::{MetricsError, MetricsListener};
 use mirari_proto::auth::{self, Guarded};
 use mirari_proto::endpoint::{Endpoint, Listener};
 
@@ -32,6 +33,8 @@ pub enum DaemonError {
     Agent(#[from] AgentError),
     #[error("the agent API server failed")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Runs the agent until `shutdown` resolves (or its driver has to stop). Instances keep
@@ -54,6 +57,10 @@ pub async fn run(
             }
         }
     }
+    let metrics_listener = match config.http_listen {
+        Some(address) => Some(MetricsListener::bind(address).await?),
+        None => None,
+    };
     let networks = runtime::usable_networks(&config);
     let cluster = join.as_ref().map(|join| {
         let backends: BTreeSet<_> = fingerprints.iter().filter(|f| f.unavailable.is_none()).map(|f| f.target).collect();
@@ -81,10 +88,20 @@ pub async fn run(
     });
     let endpoint = listener.local_endpoint().map_or_else(|_| "?".into(), |e: Endpoint| e.to_string());
     tracing::info!(%endpoint, state_dir = %config.state_dir.display(), "mirari-agent serving");
+    let metrics_served = {
+        let registry = crate::metrics::registry(&agent);
+        async move {
+            match metrics_listener {
+                Some(listener) => mirari_metrics::serve(listener, registry).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
     let service = Guarded::new(AgentService::new(agent, builder).into_server(), auth::agent_policy);
     let router = mirari_proto::endpoint::server().add_service(service);
     tokio::select! {
         served = listener.serve(router, shutdown) => served?,
+        Err(metrics) = metrics_served => return Err(metrics.into()),
         ended = driver => return Err(match ended {
             Ok(Err(error)) => DaemonError::Agent(error),
             _ => DaemonError::Agent(AgentError::Stopped),

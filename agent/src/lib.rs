@@ -9,6 +9,7 @@
 //! - [`console`]: per-instance bounded console buffers.
 //! - [`service`]: the gRPC service over the runtime.
 //! - [`daemon`]: runtime + API + cluster link, as the binary and `mirari dev` run them.
+//! - [`metrics`]: the `mirari_agent_*` series served on `--http-listen`.
 //! - [`paths`]: default locations of the state directory and socket.
 
 pub mod backends;
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod console;
 pub mod daemon;
 pub mod machine;
+pub mod metrics;
 pub mod network;
 pub mod paths;
 pub mod probe;

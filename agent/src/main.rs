@@ -99,6 +99,10 @@ struct Settings {
     // `networks` is what config files said before every flag could be set in them.
     #[serde(default, alias = "networks")]
     network: Vec<HostNetwork>,
+    /// Serve Prometheus metrics at http://ADDR/metrics. Plain HTTP without authentication:
+    /// bind it to loopback or a management network [default: no metrics]
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     #[serde(default)]
     tls: TlsFlags,
@@ -172,6 +176,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         rpi_board: settings.rpi_board.unwrap_or(DEFAULT_RPI_BOARD),
         rpi_u_boot: settings.rpi_u_boot,
         networks: settings.network,
+        http_listen: settings.http_listen,
     };
     let endpoint = settings.listen.unwrap_or_else(paths::default_agent_endpoint);
     let files = settings.tls.files()?;
@@ -255,6 +260,7 @@ memory_mib = 2048
 vcpus = 4
 max_instances = 8
 network = ["service=br0", "dev=mirari0,subnet=10.89.0.0/24"]
+http_listen = "127.0.0.1:9101"
 
 [tls]
 ca = "/pki/ca.pem"
@@ -283,6 +289,7 @@ key = "/pki/h1-key.pem"
             vcpus: Some(4),
             max_instances: Some(8),
             network: vec!["service=br0".parse().unwrap(), "dev=mirari0,subnet=10.89.0.0/24".parse().unwrap()],
+            http_listen: Some("127.0.0.1:9101".parse().unwrap()),
             tls: TlsFlags {
                 ca: Some("/pki/ca.pem".into()),
                 cert: Some("/pki/h1.pem".into()),

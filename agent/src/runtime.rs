@@ -40,6 +40,7 @@ use crate::backends::{Backend, BackendError, Ended, Fingerprint, Launch, Recover
 use crate::cluster::{self, ClusterConfig};
 use crate::console::ConsoleBuffer;
 use crate::machine::{self, Effect, Host, Input, Now};
+use crate::metrics::AgentMetrics;
 use crate::network::{self, HostNetwork};
 use crate::probe;
 use crate::state::{InstanceRecord, Origin, StateError, StateStore};
@@ -65,6 +66,8 @@ pub struct AgentConfig {
     pub rpi_u_boot: Option<PathBuf>,
     /// Which bridge carries which network (`--network`).
     pub networks: Vec<HostNetwork>,
+    /// Where the daemon serves `GET /metrics` (plain HTTP), if anywhere.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +183,7 @@ struct Inner {
     /// Bumped after every input the driver handled, for callers waiting on a state.
     changes: watch::Sender<u64>,
     cluster: Option<ClusterConfig>,
+    metrics: AgentMetrics,
 }
 
 /// The driver's end: an error if it had to stop (a record could not be persisted).
@@ -202,6 +206,8 @@ impl Agent {
         let backends = backends(&config).into_iter().map(|b| (b.target(), b)).collect();
         let records = store.load_all()?;
         sweep_leaked_links(&records).await;
+        let metrics = AgentMetrics::default();
+        metrics.note_records(&records);
         let consoles = records
             .iter()
             .map(|record| {
@@ -231,6 +237,7 @@ impl Agent {
                 commands,
                 changes: watch::channel(0).0,
                 cluster,
+                metrics,
             }),
         };
         let (ended, end) = oneshot::channel();
@@ -251,6 +258,16 @@ impl Agent {
 
     pub fn blobs(&self) -> &BlobStore {
         &self.inner.blobs
+    }
+
+    /// What the runtime counts, for the daemon's metrics registry.
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.inner.metrics
+    }
+
+    /// Where an instance's runs keep their files (the shim's `shim.json` among them).
+    pub fn instance_dir(&self, id: InstanceId) -> PathBuf {
+        self.inner.config.state_dir.join("instances").join(id.to_string())
     }
 
     fn host(&self) -> std::sync::RwLockReadGuard<'_, Host> {
@@ -372,7 +389,7 @@ impl Agent {
         let blobs = &self.inner.blobs;
         Launch {
             id: record.id,
-            dir: self.inner.config.state_dir.join("instances").join(record.id.to_string()),
+            dir: self.instance_dir(record.id),
             artifact: blobs.path(&record.spec.artifact),
             files: record.spec.files.iter().map(|f| blobs.path(&f.digest)).collect(),
             spec: record.spec.clone(),
@@ -407,6 +424,9 @@ impl Agent {
                 input = from_tasks.recv() => (input.expect("the driver holds a sender"), None),
                 () = sleep => (Input::Tick, None),
             };
+            if matches!(input, Input::Ended { .. }) {
+                self.inner.metrics.exits.inc();
+            }
             let effects = {
                 let mut host = self.inner.host.write().expect("host lock");
                 host.handle(Self::now(), input)
@@ -435,17 +455,26 @@ impl Agent {
                         .await
                         .map_err(|_| AgentError::Stopped)?
                         .inspect_err(|error| tracing::error!(%error, "cannot persist instance records: stopping"))?;
+                    self.inner.metrics.note_records(new.iter().chain(&changed));
                     self.sync_consoles(new.iter().chain(&changed));
                 }
-                Effect::Start(record) => self.spawn_start(record, inputs.clone()),
+                Effect::Start(record) => {
+                    self.inner.metrics.starts.inc();
+                    self.spawn_start(record, inputs.clone());
+                }
                 Effect::Watch(record) => self.spawn_watch(record, inputs.clone()),
                 Effect::Stop { record, handle, timeout_secs } => {
                     let (agent, inputs) = (self.clone(), inputs.clone());
                     tokio::spawn(async move {
                         let launch = agent.launch(&record);
                         let outcome = match agent.inner.backends.get(&record.spec.target) {
-                            Some(backend) => backend
-                                .stop(&launch, &handle, Duration::from_secs(timeout_secs))
+                            Some(backend) => agent
+                                .metrics()
+                                .time(
+                                    record.spec.target,
+                                    "stop",
+                                    backend.stop(&launch, &handle, Duration::from_secs(timeout_secs)),
+                                )
                                 .await
                                 .map(|stopped| stopped == StopOutcome::Forced)
                                 .map_err(|error| error.to_string()),
@@ -459,7 +488,9 @@ impl Agent {
                     tokio::spawn(async move {
                         let launch = agent.launch(&record);
                         let destroyed = match agent.inner.backends.get(&record.spec.target) {
-                            Some(backend) => backend.destroy(&launch).await,
+                            Some(backend) => {
+                                agent.metrics().time(record.spec.target, "destroy", backend.destroy(&launch)).await
+                            }
                             None => Ok(()),
                         };
                         if let Err(error) = &destroyed {
@@ -555,13 +586,17 @@ impl Agent {
             let outcome = match (agent.usable_backend(record.spec.target), missing) {
                 (Err(error), _) => Err(error.to_string()),
                 (Ok(_), Some(path)) => Err(format!("{} is missing from the blob store", path.display())),
-                (Ok(backend), None) => match backend.start(&launch).await {
-                    Ok(handle) => {
-                        let detail = backend.inspect(&launch, &handle).await.map(|i| i.detail).unwrap_or_default();
-                        Ok((handle, detail))
+                (Ok(backend), None) => {
+                    match agent.metrics().time(record.spec.target, "start", backend.start(&launch)).await {
+                        Ok(handle) => {
+                            let inspected =
+                                agent.metrics().time(record.spec.target, "inspect", backend.inspect(&launch, &handle));
+                            let detail = inspected.await.map(|i| i.detail).unwrap_or_default();
+                            Ok((handle, detail))
+                        }
+                        Err(error) => Err(error.to_string()),
                     }
-                    Err(error) => Err(error.to_string()),
-                },
+                }
             };
             if let Err(message) = &outcome {
                 tracing::warn!(id = %record.id, %message, "instance did not start");
@@ -576,14 +611,20 @@ impl Agent {
         tokio::spawn(async move {
             let launch = agent.launch(&record);
             let Some(backend) = agent.inner.backends.get(&record.spec.target).cloned() else { return };
-            if let (Ok(mut frames), Some(console)) = (backend.console(&launch, 0).await, agent.console(record.id)) {
-                while let Some(frame) = frames.next().await {
-                    console.push(&frame.data);
-                }
-            }
+            agent.read_console(backend.as_ref(), &launch, record.id).await;
             let ended = backend.wait(&launch).await;
             let _ = inputs.send(Input::Ended { id: record.id, ended, context: String::new() });
         });
+    }
+
+    /// Copies a run's console into the instance's buffer until the console ends.
+    async fn read_console(&self, backend: &dyn Backend, launch: &Launch, id: InstanceId) {
+        if let (Ok(mut frames), Some(console)) = (backend.console(launch, 0).await, self.console(id)) {
+            while let Some(frame) = frames.next().await {
+                self.inner.metrics.console_bytes.inc_by(frame.data.len() as u64);
+                console.push(&frame.data);
+            }
+        }
     }
 
     /// Finds a run that was live when the agent last ran: re-adopted, or ended meanwhile.
@@ -598,14 +639,11 @@ impl Agent {
                 let _ = inputs.send(Input::Ended { id, ended: Ended::Lost, context });
                 return;
             };
-            let input = match backend.recover(&launch, record.handle.as_ref()).await {
+            let recovered = backend.recover(&launch, record.handle.as_ref());
+            let input = match agent.metrics().time(record.spec.target, "recover", recovered).await {
                 Ok(Recovered::Running(handle)) => Input::Adopted { id, handle },
                 Ok(Recovered::Ended(ended)) => {
-                    if let (Ok(mut frames), Some(console)) = (backend.console(&launch, 0).await, agent.console(id)) {
-                        while let Some(frame) = frames.next().await {
-                            console.push(&frame.data);
-                        }
-                    }
+                    agent.read_console(backend.as_ref(), &launch, id).await;
                     Input::Ended { id, ended, context: down }
                 }
                 Err(error) => {

@@ -149,6 +149,7 @@ pub async fn run(dir: Option<PathBuf>, bridge: &str, subnet: Ipv4Cidr) -> anyhow
         snapshot_every: 10_000,
         leases: Default::default(),
         dns_listen: None,
+        http_listen: None,
     };
     let (cluster_network, local_network) = dev_networks(subnet)?;
     let networked = is_root();
@@ -171,6 +172,7 @@ pub async fn run(dir: Option<PathBuf>, bridge: &str, subnet: Ipv4Cidr) -> anyhow
             .then(|| HostNetwork { name: NETWORK.into(), bridge: bridge.into(), local: Some(local_network) })
             .into_iter()
             .collect(),
+        http_listen: None,
     };
     let join = JoinConfig {
         coordinators: vec![coordinator_endpoint.clone()],

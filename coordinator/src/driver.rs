@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mirari_core::registry::{ApplyResult, Request};
 use raft::StateRole;
@@ -28,6 +28,7 @@ use crate::consensus::RaftMessage;
 use crate::consensus::machine::Machine;
 use crate::consensus::node::{Applied, MembershipChange, Node, NodeError, Refused};
 use crate::consensus::storage::Backing;
+use crate::metrics::CoordinatorMetrics;
 use crate::transport::Transport;
 
 /// How long a read barrier waits for raft's answer before asking again.
@@ -96,6 +97,7 @@ pub struct RaftHandle {
     inputs: mpsc::Sender<Input>,
     status: watch::Receiver<RaftStatus>,
     machine: Arc<RwLock<Machine>>,
+    metrics: Arc<CoordinatorMetrics>,
 }
 
 impl std::fmt::Debug for Input {
@@ -121,6 +123,11 @@ impl RaftHandle {
         self.status()
     }
 
+    /// The counters and histograms the coordinator's loops update.
+    pub fn metrics(&self) -> &CoordinatorMetrics {
+        &self.metrics
+    }
+
     /// The replicated state as this node has applied it.
     pub fn machine(&self) -> RwLockReadGuard<'_, Machine> {
         self.machine.read().expect("state machine lock")
@@ -132,9 +139,12 @@ impl RaftHandle {
 
     /// Commits `request` through raft; resolves once this node has applied it.
     pub async fn propose(&self, request: Request) -> Result<ApplyResult, ProposeError> {
+        let started = Instant::now();
         let (reply, answer) = oneshot::channel();
         self.inputs.send(Input::Propose(Box::new(request), reply)).await.map_err(|_| ProposeError::Stopped)?;
-        Ok(answer.await.map_err(|_| ProposeError::Stopped)??.result)
+        let applied = answer.await.map_err(|_| ProposeError::Stopped)??;
+        self.metrics.proposal_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(applied.result)
     }
 
     pub async fn change_membership(&self, change: MembershipChange) -> Result<ApplyResult, ProposeError> {
@@ -174,16 +184,20 @@ impl DeliveryReporter {
     }
 }
 
-/// Starts the driver for `node` on a thread of its own. The returned receiver gets the
-/// driver's end: an error if the node can no longer make progress safely (its disk failed).
+/// Starts the driver for `node` on a thread of its own, counting into `metrics`. The returned
+/// receiver gets the driver's end: an error if the node can no longer make progress safely
+/// (its disk failed).
 pub fn spawn<B: Backing>(
     node: Node<B>,
     transport: Transport,
     tick: Duration,
+    metrics: CoordinatorMetrics,
 ) -> (RaftHandle, oneshot::Receiver<Result<(), NodeError>>) {
     let (inputs, receiver) = mpsc::channel(INPUT_QUEUE);
     let status = watch::channel(RaftStatus::default()).0;
-    let handle = RaftHandle { inputs, status: status.subscribe(), machine: node.shared_machine() };
+    let metrics = Arc::new(metrics);
+    let handle =
+        RaftHandle { inputs, status: status.subscribe(), machine: node.shared_machine(), metrics: metrics.clone() };
     transport.attach(handle.delivery_reporter());
     let driver = Driver {
         node,
@@ -198,6 +212,7 @@ pub fn spawn<B: Backing>(
         learned_addresses: HashMap::new(),
         disk_failure: None,
         retry_write_at: tokio::time::Instant::now(),
+        metrics,
     };
     let (ended, end) = oneshot::channel();
     let runtime =
@@ -232,6 +247,7 @@ struct Driver<B: Backing> {
     disk_failure: Option<String>,
     /// When a stalled node tries its write again.
     retry_write_at: tokio::time::Instant,
+    metrics: Arc<CoordinatorMetrics>,
 }
 
 impl<B: Backing> Driver<B> {
@@ -326,6 +342,13 @@ impl<B: Backing> Driver<B> {
         while self.node.has_ready() && (!self.node.is_stalled() || retry_due) {
             let mut output = self.node.handle_ready()?;
             let stalled = output.stalled.take();
+            for took in &output.apply_durations {
+                self.metrics.apply_seconds.observe(took.as_secs_f64());
+            }
+            if let Some(snapshot) = output.snapshot {
+                self.metrics.snapshot_bytes.set(i64::try_from(snapshot.bytes).unwrap_or(i64::MAX));
+                self.metrics.snapshot_seconds.observe(snapshot.duration.as_secs_f64());
+            }
             {
                 let machine = self.node.machine();
                 if let Some(cluster_id) = &machine.cluster_id {
@@ -427,6 +450,9 @@ impl<B: Backing> Driver<B> {
             applied_index: self.node.applied_index(),
             disk_failure: self.disk_failure.clone(),
         };
+        if status.leader.is_some() && status.leader != self.status.borrow().leader {
+            self.metrics.leader_changes.inc();
+        }
         self.status.send_if_modified(|current| {
             let changed = *current != status;
             *current = status;

@@ -84,8 +84,13 @@ async fn expire_leases(raft: &RaftHandle, leases: &Leases, timing: LeaseTiming) 
     for host in expired {
         tracing::warn!(%host, "lease expired: declaring the host down; its instances will be replaced");
         let command = Command::SetHostStatus { host: host.clone(), status: HostStatus::Down, at_ms: clock::wall_ms() };
-        if let Err(error) = raft.propose(Request { request_id: fresh_request_id("down"), command }).await {
-            tracing::debug!(%host, %error, "could not declare the host down yet");
+        match raft.propose(Request { request_id: fresh_request_id("down"), command }).await {
+            // Counted once it is in the registry: until then the table names the host every round.
+            Ok(Ok(_)) => {
+                raft.metrics().leases_expired.inc();
+            }
+            Ok(Err(_)) => {}
+            Err(error) => tracing::debug!(%host, %error, "could not declare the host down yet"),
         }
     }
 }
@@ -136,7 +141,10 @@ async fn schedule(raft: &RaftHandle) {
                 at_ms: clock::wall_ms(),
             };
             match raft.propose(Request { request_id: fresh_request_id("place"), command }).await {
-                Ok(Ok(_)) => tracing::info!(app = %plan.app, placed, "placed instances"),
+                Ok(Ok(_)) => {
+                    raft.metrics().placements.inc_by(placed as u64);
+                    tracing::info!(app = %plan.app, placed, "placed instances")
+                }
                 Ok(Err(rejection)) => tracing::debug!(app = %plan.app, %rejection, "plan refused; planning again"),
                 Err(error) => {
                     tracing::debug!(app = %plan.app, %error, "plan not committed");

@@ -9,6 +9,7 @@
 //! - [`blobs`]: blobs stored on a majority of coordinators.
 //! - [`agents`]: builds on agents, and consoles proxied from them.
 //! - [`status`]: the cluster status the CLI shows.
+//! - [`metrics`]: the `mirari_coordinator_*` series served on `--http-listen`.
 //! - [`server`]: putting it together: `run(config, listener, shutdown)`.
 
 pub mod agents;
@@ -17,6 +18,7 @@ pub mod consensus;
 pub mod dns;
 pub mod driver;
 pub mod leader;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod status;

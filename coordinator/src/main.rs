@@ -61,6 +61,10 @@ struct Settings {
     /// records of the app's healthy instances, TTL 5 s [default: no DNS]
     #[arg(long, value_name = "ADDR")]
     dns_listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics. Plain HTTP without authentication:
+    /// bind it to loopback or a management network [default: no metrics]
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     #[serde(default)]
     tls: TlsFlags,
@@ -116,6 +120,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         snapshot_every: settings.snapshot_every.unwrap_or(DEFAULT_SNAPSHOT_EVERY),
         leases: Default::default(),
         dns_listen: settings.dns_listen,
+        http_listen: settings.http_listen,
     };
     tracing::info!(id = config.id, %advertise, data_dir = %config.data_dir.display(), "mirari-coordinator starting");
     server::run(config, listener, shutdown_signal()).await.context("the coordinator stopped")
@@ -150,6 +155,7 @@ bootstrap = true
 tick_ms = 50
 snapshot_every = 500
 dns_listen = "10.0.0.2:53"
+http_listen = "127.0.0.1:9100"
 
 [tls]
 ca = "/pki/ca.pem"
@@ -168,6 +174,7 @@ key = "/pki/c2-key.pem"
             tick_ms: Some(50),
             snapshot_every: Some(500),
             dns_listen: Some("10.0.0.2:53".parse().unwrap()),
+            http_listen: Some("127.0.0.1:9100".parse().unwrap()),
             tls: TlsFlags {
                 ca: Some("/pki/ca.pem".into()),
                 cert: Some("/pki/c2.pem".into()),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use mirari_blobs::{BlobError, BlobStore};
+use mirari_metrics::{MetricsError, MetricsListener};
 use mirari_proto::auth::{self, Guarded};
 use mirari_proto::coordinator::{self as pb, coordinator_client::CoordinatorClient};
 use mirari_proto::endpoint::{Endpoint, Listener};
@@ -21,6 +22,7 @@ use crate::consensus::redb_store::RedbBacking;
 use crate::consensus::storage::{RaftLog, StoreError};
 use crate::dns::{self, DnsError, DnsListener};
 use crate::driver;
+use crate::metrics::CoordinatorMetrics;
 use crate::service::{CoordinatorService, PeerService};
 use crate::transport::Transport;
 
@@ -38,6 +40,8 @@ pub struct CoordinatorConfig {
     pub leases: LeaseTiming,
     /// Where to answer DNS for the apps' healthy instances (UDP and TCP), if anywhere.
     pub dns_listen: Option<SocketAddr>,
+    /// Where to serve `GET /metrics` (plain HTTP), if anywhere.
+    pub http_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,8 @@ pub enum ServerError {
     Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
     Dns(#[from] DnsError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     #[error("the raft driver stopped unexpectedly")]
     DriverGone,
     #[error(
@@ -105,7 +111,9 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
+    let metrics = CoordinatorMetrics::default();
     let (backing, state) = RedbBacking::open(&config.data_dir.join("raft.redb"))?;
+    let backing = backing.observe_commits(metrics.fsync_seconds.clone());
     backing.claim_node_id(config.id)?;
     let log = RaftLog::new(state, backing);
     let empty = log.read().conf_state.voters.is_empty() && log.read().last_index() == 0;
@@ -143,8 +151,12 @@ pub async fn run(
         }
         None => None,
     };
+    let metrics_listener = match config.http_listen {
+        Some(address) => Some(MetricsListener::bind(address).await?),
+        None => None,
+    };
     let transport = Transport::new(config.id, config.advertise.clone());
-    let (raft, driver_end) = driver::spawn(node, transport, config.tick);
+    let (raft, driver_end) = driver::spawn(node, transport, config.tick, metrics.clone());
     let blob_store = BlobStore::open(&config.data_dir.join("blobs")).map_err(ServerError::Blobs)?;
     let blobs = ReplicatedBlobs::new(blob_store, raft.clone());
     tokio::spawn(blobs.clone().keep_replicated());
@@ -160,6 +172,15 @@ pub async fn run(
             }
         }
     };
+    let metrics_served = {
+        let registry = metrics.registry(raft.clone());
+        async move {
+            match metrics_listener {
+                Some(listener) => mirari_metrics::serve(listener, registry).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
     let router = mirari_proto::endpoint::server()
         .add_service(Guarded::new(PeerService::new(raft.clone(), blobs.clone()).into_server(), auth::peer_policy))
         .add_service(Guarded::new(
@@ -169,6 +190,7 @@ pub async fn run(
     tokio::select! {
         served = listener.serve(router, shutdown) => Ok(served?),
         Err(dns) = dns_served => Err(dns.into()),
+        Err(metrics) = metrics_served => Err(metrics.into()),
         driver = driver_end => match driver {
             Ok(Ok(())) | Err(_) => Err(ServerError::DriverGone),
             Ok(Err(error)) => Err(error.into()),

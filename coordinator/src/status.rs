@@ -23,15 +23,7 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo, now_ms: u64) -> p
             let has_health_check =
                 registry.app_version(app, &deployment.spec.version).is_some_and(|version| version.run.health.is_some());
             let stopped = deployment.desired == Desired::Stopped;
-            let empty = if stopped {
-                0
-            } else {
-                registry.empty_slot_count(app, &deployment.spec.version, deployment.spec.count)
-            };
-            // A dry run to say why slots are empty; it plans at most what is empty.
-            let dry_run = (empty > 0)
-                .then(|| scheduler::plan(registry, app, empty as usize, now_ms, &mut || InstanceId::from_u64(0)))
-                .flatten();
+            let dry_run = dry_run(registry, deployment, now_ms);
             let unplaced = dry_run.as_ref().map_or(0, |plan| plan.unplaced);
             pb::DeploymentStatus {
                 spec: Some(log_codec::deployment_to_pb(&deployment.spec)),
@@ -86,6 +78,18 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo, now_ms: u64) -> p
             })
             .collect(),
     }
+}
+
+/// The scheduler's plan for a running deployment's empty slots, made only to say how many stay
+/// unplaced and why (`None` when it is stopped or has none empty). It plans at most what is
+/// empty.
+pub fn dry_run(registry: &Registry, deployment: &Deployment, now_ms: u64) -> Option<scheduler::Plan> {
+    if deployment.desired == Desired::Stopped {
+        return None;
+    }
+    let (app, spec) = (&deployment.spec.app, &deployment.spec);
+    let empty = registry.empty_slot_count(app, &spec.version, spec.count);
+    (empty > 0).then(|| scheduler::plan(registry, app, empty as usize, now_ms, &mut || InstanceId::from_u64(0)))?
 }
 
 fn rollout_status(registry: &Registry, deployment: &Deployment, rollout: &Rollout, now_ms: u64) -> pb::RolloutStatus {

@@ -178,6 +178,7 @@ async fn answers_healthy_instances_and_says_what_does_not_exist() {
         snapshot_every: 10_000,
         leases: LeaseTiming { ttl: hour, grace: hour, ..LeaseTiming::default() },
         dns_listen: Some(dns),
+        http_listen: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let coordinator = tokio::spawn(server::run(config, listener, async {

@@ -41,6 +41,32 @@ impl Plan {
         let parts: Vec<String> = self.reasons.iter().map(|(reason, hosts)| reason.describe(*hosts)).collect();
         parts.join(", ")
     }
+
+    /// The unplaced slots by the kind of reason that holds them ([`Infeasible::kind`]): slots
+    /// given up on count as `gave_up`; the rest go to a cluster-wide reason if there is one,
+    /// else to the reason the most hosts gave (ties to the first in order), else `no_hosts`.
+    /// A slot counts once, so the values add up to `unplaced`.
+    pub fn unplaced_by_kind(&self) -> BTreeMap<&'static str, u32> {
+        let mut kinds = BTreeMap::new();
+        if self.unplaced == 0 {
+            return kinds;
+        }
+        let gave_up = self.reasons.iter().find(|(r, _)| matches!(r, Infeasible::GaveUp(_))).map_or(0, |(_, n)| *n);
+        let gave_up = gave_up.min(self.unplaced);
+        if gave_up > 0 {
+            kinds.insert("gave_up", gave_up);
+        }
+        let rest = self.unplaced - gave_up;
+        if rest > 0 {
+            let others = || self.reasons.iter().filter(|(r, _)| !matches!(r, Infeasible::GaveUp(_)));
+            let wide = others().find(|(r, _)| r.is_cluster_wide());
+            // The most hosts, and among equals the first: `max_by_key` keeps the last maximum.
+            let most = others().rev().max_by_key(|(_, hosts)| **hosts);
+            let kind = wide.or(most).map_or("no_hosts", |(reason, _)| reason.kind());
+            *kinds.entry(kind).or_default() += rest;
+        }
+        kinds
+    }
 }
 
 /// A feasible host in the heap; the greatest key is the best choice.
@@ -503,5 +529,55 @@ mod tests {
         assert!(world.registry.instances().all(|i| i.host.0 == "a"), "only a carries the network");
         assert_eq!(last.unplaced, 2);
         assert_eq!(last.explain(), "1 host lacks network service, network service has no free address");
+    }
+
+    fn plan_with(unplaced: u32, reasons: &[(Infeasible, u32)]) -> Plan {
+        Plan {
+            app: "a".into(),
+            generation: 1,
+            placements: Vec::new(),
+            unplaced,
+            reasons: reasons.iter().cloned().collect(),
+        }
+    }
+
+    #[test]
+    fn unplaced_slots_count_once_under_the_kind_that_holds_them() {
+        assert!(plan_with(0, &[(Infeasible::LacksMemory, 3)]).unplaced_by_kind().is_empty());
+        let none = plan_with(2, &[]).unplaced_by_kind();
+        assert_eq!(none, BTreeMap::from([("no_hosts", 2)]));
+        // The reason most hosts gave; between equals the first in order.
+        let hosts = plan_with(4, &[(Infeasible::Down, 1), (Infeasible::LacksMemory, 2), (Infeasible::Full, 2)]);
+        assert_eq!(hosts.unplaced_by_kind(), BTreeMap::from([("lacks_memory", 4)]));
+        // A cluster-wide reason holds every slot, however many hosts gave others.
+        let pool = plan_with(3, &[(Infeasible::LacksMemory, 5), (Infeasible::NoAddress("service".into()), 1)]);
+        assert_eq!(pool.unplaced_by_kind(), BTreeMap::from([("no_address", 3)]));
+        // Slots given up on are theirs; the rest go to the hosts' reason.
+        let gave_up = plan_with(3, &[(Infeasible::GaveUp(5), 1), (Infeasible::LacksBackend(Target::Xen), 2)]);
+        assert_eq!(gave_up.unplaced_by_kind(), BTreeMap::from([("gave_up", 1), ("lacks_backend", 2)]));
+        let waiting = plan_with(2, &[(Infeasible::Waiting("db".into()), 1)]);
+        assert_eq!(waiting.unplaced_by_kind().values().sum::<u32>(), 2);
+    }
+
+    #[test]
+    fn every_reason_kind_is_listed() {
+        let reasons = [
+            Infeasible::Down,
+            Infeasible::Draining,
+            Infeasible::LacksBackend(Target::Unix),
+            Infeasible::LacksLabel("k".into(), "v".into()),
+            Infeasible::LacksNetwork("n".into()),
+            Infeasible::LacksMemory,
+            Infeasible::LacksVcpus,
+            Infeasible::Full,
+            Infeasible::NoAddress("n".into()),
+            Infeasible::UnknownNetwork("n".into()),
+            Infeasible::Waiting("a".into()),
+            Infeasible::GaveUp(1),
+        ];
+        for reason in &reasons {
+            assert!(Infeasible::KINDS.contains(&reason.kind()), "{reason:?}");
+        }
+        assert_eq!(Infeasible::KINDS.len(), reasons.len() + 1, "and no_hosts");
     }
 }

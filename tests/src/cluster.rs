@@ -22,6 +22,8 @@ pub struct ClusterAgent {
     pub name: String,
     pub host: TestHost,
     pub state_dir: PathBuf,
+    /// Where it serves `GET /metrics` (`--http-listen`).
+    pub metrics_address: String,
     address: String,
     join: String,
     log: PathBuf,
@@ -37,6 +39,7 @@ impl ClusterAgent {
             host: host.clone(),
             state_dir: dir.join(name),
             address: format!("{}:{}", host.ip, free_port()),
+            metrics_address: format!("{}:{}", host.ip, crate::metrics::free_low_port()),
             join: join.to_owned(),
             log: dir.join(format!("{name}.log")),
             child: None,
@@ -59,6 +62,7 @@ impl ClusterAgent {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(["--listen", &self.address, "--join", &self.join, "--name", &self.name, "--max-instances", "16"])
+            .args(["--http-listen", &self.metrics_address])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

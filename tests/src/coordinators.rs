@@ -45,6 +45,8 @@ pub struct Coordinator {
     pub address: String,
     /// Where it answers DNS for the apps' healthy instances (`--dns-listen`).
     pub dns_address: String,
+    /// Where it serves `GET /metrics` (`--http-listen`).
+    pub metrics_address: String,
     pub data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -93,6 +95,7 @@ impl Coordinator {
             log: dir.join(format!("coordinator-{id}.log")),
             address,
             dns_address: format!("{}:{}", host.ip, free_port()),
+            metrics_address: format!("{}:{}", host.ip, crate::metrics::free_low_port()),
             child: None,
         };
         coordinator.spawn(bootstrap);
@@ -111,6 +114,8 @@ impl Coordinator {
             .arg(&self.address)
             .arg("--dns-listen")
             .arg(&self.dns_address)
+            .arg("--http-listen")
+            .arg(&self.metrics_address)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);

@@ -3,7 +3,8 @@
 //!
 //! [`netns`] makes test hosts out of network namespaces; [`coordinators`] runs coordinator
 //! processes on them; [`sampler`] watches the real instance processes on every host;
-//! [`disk`] gives a coordinator a small disk to fill up.
+//! [`disk`] gives a coordinator a small disk to fill up; [`metrics`] scrapes the daemons'
+//! `/metrics`.
 //!
 //! The binaries come from the cargo target directory; `./test.sh` builds them before the tests.
 //! Waiting is always a poll with a deadline ([`eventually`]), never a fixed sleep.
@@ -19,6 +20,7 @@ pub mod cluster;
 pub mod coordinators;
 pub mod disk;
 pub mod linearizability;
+pub mod metrics;
 pub mod netns;
 pub mod pki;
 pub mod proxy;
@@ -300,13 +302,26 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// `GET path` from `address` (an IP, port 80), as a client on this machine: the status code
 /// and the body, or why not. Times out after 3 s.
 pub fn http_get(address: &str, path: &str) -> Result<(u16, String), String> {
+    http_request(&format!("{address}:80"), path).map(|answer| (answer.status, answer.body))
+}
+
+/// An HTTP answer: its status, its head (status line and headers) and its body.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// `GET path` over HTTP/1.0 at `socket` (`IP:PORT`), within 3 s per step.
+pub fn http_request(socket: &str, path: &str) -> Result<HttpAnswer, String> {
     use std::io::{Read, Write};
-    let socket: std::net::SocketAddr = format!("{address}:80").parse().map_err(|e| format!("{address}: {e}"))?;
+    let socket: std::net::SocketAddr = socket.parse().map_err(|e| format!("{socket}: {e}"))?;
     let timeout = Duration::from_secs(3);
     let mut stream = std::net::TcpStream::connect_timeout(&socket, timeout).map_err(|e| format!("{socket}: {e}"))?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", socket.ip()).as_bytes())
         .map_err(|e| format!("{socket}: {e}"))?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).map_err(|e| format!("{socket}: {e}"))?;
@@ -314,7 +329,7 @@ pub fn http_get(address: &str, path: &str) -> Result<(u16, String), String> {
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{socket}: no HTTP answer: {text:?}"))?;
     let status =
         head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("{socket}: {head:?}"))?;
-    Ok((status, body.to_owned()))
+    Ok(HttpAnswer { status, head: head.to_owned(), body: body.to_owned() })
 }
 
 /// Asks the DNS server at `server` (`IP:PORT`, over UDP) for the A records of `name`: the

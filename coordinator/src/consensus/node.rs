@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use mirari_core::registry::{ApplyResult, Outcome, Rejection, Request};
 use protobuf::Message as _;
@@ -105,6 +106,19 @@ pub struct Output {
     /// The log could not be written: the node stalled, and the next `handle_ready` writes it
     /// again. What it applied before the write is in `applied` all the same.
     pub stalled: Option<StoreError>,
+    /// How long applying each entry took, in the order applied (for the apply latency metric).
+    pub apply_durations: Vec<Duration>,
+    /// The snapshot this ready took and stored, if it took one.
+    pub snapshot: Option<SnapshotTaken>,
+}
+
+/// A snapshot of the state machine that was taken and stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotTaken {
+    /// The encoded state machine's size.
+    pub bytes: u64,
+    /// Encoding it and storing it (with the log compaction) together.
+    pub duration: Duration,
 }
 
 /// A change to the raft membership.
@@ -411,7 +425,7 @@ impl<B: Backing> Node<B> {
         for (peer, status) in snapshot_reports {
             self.raw.report_snapshot(peer, status);
         }
-        self.maybe_snapshot();
+        output.snapshot = self.maybe_snapshot();
         Ok(output)
     }
 
@@ -424,6 +438,7 @@ impl<B: Backing> Node<B> {
     fn apply(&mut self, entries: Vec<Entry>, output: &mut Output) -> Result<(), NodeError> {
         for entry in entries {
             fail::fail_point!("raft::apply");
+            let started = Instant::now();
             let index = entry.index;
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => self.machine_mut().registry.skip(index),
@@ -448,6 +463,7 @@ impl<B: Backing> Node<B> {
                     output.applied.push(Applied { index, request_id, result });
                 }
             }
+            output.apply_durations.push(started.elapsed());
         }
         Ok(())
     }
@@ -486,16 +502,17 @@ impl<B: Backing> Node<B> {
     /// Takes and stores a snapshot when one is due. A failure is logged and the snapshot tried
     /// again once a tenth of the snapshot interval more has been applied: the log only grows
     /// meanwhile.
-    fn maybe_snapshot(&mut self) {
+    fn maybe_snapshot(&mut self) -> Option<SnapshotTaken> {
         let applied = self.applied_index();
         if self.snapshot_retry_at.is_some_and(|at| applied < at) {
-            return;
+            return None;
         }
         match self.snapshot_if_due() {
             Ok(stored) => {
-                if stored && self.snapshot_retry_at.take().is_some() {
+                if stored.is_some() && self.snapshot_retry_at.take().is_some() {
                     tracing::info!("a snapshot of the state machine was stored again");
                 }
+                stored
             }
             Err(error) => {
                 if self.snapshot_retry_at.is_none() {
@@ -503,20 +520,22 @@ impl<B: Backing> Node<B> {
                 }
                 // Encoding the whole state machine is not free: not again at every ready.
                 self.snapshot_retry_at = Some(applied + (self.config.snapshot_every / 10).max(1));
+                None
             }
         }
     }
 
-    /// Takes and stores a snapshot if one is due; returns whether it did.
-    fn snapshot_if_due(&mut self) -> Result<bool, NodeError> {
+    /// Takes and stores a snapshot if one is due; returns it if it did.
+    fn snapshot_if_due(&mut self) -> Result<Option<SnapshotTaken>, NodeError> {
         let applied = self.applied_index();
         let (last_snapshot, first_index) = {
             let state = self.log.read();
             (state.snapshot.get_metadata().index, state.first_index())
         };
         if !self.snapshot_due && applied < last_snapshot + self.config.snapshot_every {
-            return Ok(false);
+            return Ok(None);
         }
+        let started = Instant::now();
         let term = raft::Storage::term(&self.log, applied)?;
         let mut snapshot = Snapshot::default();
         let meta = snapshot.mut_metadata();
@@ -528,7 +547,7 @@ impl<B: Backing> Node<B> {
         fail::fail_point!("raft::snapshot");
         self.log.save_snapshot(&snapshot, compact_to)?;
         self.snapshot_due = false;
-        Ok(true)
+        Ok(Some(SnapshotTaken { bytes: snapshot.data.len() as u64, duration: started.elapsed() }))
     }
 }
 

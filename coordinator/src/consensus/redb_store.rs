@@ -8,9 +8,15 @@
 //! After a failed write (a full disk, an I/O error) redb refuses every later operation until
 //! the database is reopened, so the backing closes it and the next write reopens it: a node
 //! whose disk fills up goes on once space returns.
+//!
+//! The time each write's commit takes (redb's fsync) goes into the histogram given with
+//! [`RedbBacking::observe_commits`], the `fsync` latency of the coordinator's metrics.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use prometheus_client::metrics::histogram::Histogram;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -30,6 +36,8 @@ pub struct RedbBacking {
     /// `None` after a failed write, until the next write reopens it.
     db: Mutex<Option<Database>>,
     path: PathBuf,
+    /// Where the commit latency of every write goes, if anywhere.
+    commits: Option<Histogram>,
 }
 
 fn seal(bytes: &[u8]) -> Vec<u8> {
@@ -41,7 +49,7 @@ fn seal(bytes: &[u8]) -> Vec<u8> {
 impl RedbBacking {
     /// Opens (or creates) the log at `path` and loads it, verifying every checksum.
     pub fn open(path: &Path) -> Result<(Self, LogState), StoreError> {
-        let backing = Self { db: Mutex::new(None), path: path.to_owned() };
+        let backing = Self { db: Mutex::new(None), path: path.to_owned(), commits: None };
         let state = {
             let db = backing.database()?;
             let db = db.as_ref().expect("just opened");
@@ -52,6 +60,12 @@ impl RedbBacking {
             backing.load(db)?
         };
         Ok((backing, state))
+    }
+
+    /// Observes the duration of every write's commit (its fsync), in seconds, in `histogram`.
+    pub fn observe_commits(mut self, histogram: Histogram) -> Self {
+        self.commits = Some(histogram);
+        self
     }
 
     /// The open database, opening it if it is not (at start, or after a failed write).
@@ -213,7 +227,11 @@ impl RedbBacking {
             }
         }
         fail::fail_point!("redb::commit");
+        let started = Instant::now();
         txn.commit().map_err(|e| self.db_error(e))?;
+        if let Some(commits) = &self.commits {
+            commits.observe(started.elapsed().as_secs_f64());
+        }
         fail::fail_point!("redb::committed");
         Ok(())
     }

@@ -777,6 +777,52 @@ pub enum Infeasible {
 }
 
 impl Infeasible {
+    /// Every [`Infeasible::kind`], and `no_hosts` (no host registered at all), in a fixed order:
+    /// the bounded set of reasons a metric may be labelled with.
+    pub const KINDS: [&'static str; 13] = [
+        "no_hosts",
+        "down",
+        "draining",
+        "lacks_backend",
+        "lacks_label",
+        "lacks_network",
+        "lacks_memory",
+        "lacks_vcpus",
+        "full",
+        "no_address",
+        "unknown_network",
+        "waiting",
+        "gave_up",
+    ];
+
+    /// The reason's kind without its particulars (which backend, label or app), for labels
+    /// whose number of values must stay bounded.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Infeasible::Down => "down",
+            Infeasible::Draining => "draining",
+            Infeasible::LacksBackend(_) => "lacks_backend",
+            Infeasible::LacksLabel(..) => "lacks_label",
+            Infeasible::LacksNetwork(_) => "lacks_network",
+            Infeasible::LacksMemory => "lacks_memory",
+            Infeasible::LacksVcpus => "lacks_vcpus",
+            Infeasible::Full => "full",
+            Infeasible::NoAddress(_) => "no_address",
+            Infeasible::UnknownNetwork(_) => "unknown_network",
+            Infeasible::Waiting(_) => "waiting",
+            Infeasible::GaveUp(_) => "gave_up",
+        }
+    }
+
+    /// Whether the reason is not a host's (a pool, a network, a dependency, the reschedule
+    /// policy): such a reason holds every slot it applies to, whatever the hosts.
+    pub const fn is_cluster_wide(&self) -> bool {
+        matches!(
+            self,
+            Infeasible::NoAddress(_) | Infeasible::UnknownNetwork(_) | Infeasible::Waiting(_) | Infeasible::GaveUp(_)
+        )
+    }
+
     /// "1 host lacks memory", "3 hosts lack backend xen".
     pub fn describe(&self, hosts: u32) -> String {
         let one = hosts == 1;
