@@ -203,6 +203,18 @@ impl TestHost {
         }
     }
 
+    /// Refuses this host's outgoing TCP connections to `port` (needs namespaces): its agent's
+    /// health checks of its own instances fail, while everything else works.
+    pub fn refuse_outgoing_tcp(&self, port: u16) {
+        let netns = self.netns.as_ref().expect("only a namespace's traffic can be refused");
+        let port = port.to_string();
+        let rule = ["OUTPUT", "-p", "tcp", "--dport", &port, "-j", "REJECT"];
+        assert!(
+            run(&[&["ip", "netns", "exec", netns, "iptables", "-A"][..], &rule[..]].concat()),
+            "iptables failed in {netns} (is iptables installed?)"
+        );
+    }
+
     /// Restores every link of this host.
     pub fn heal(&self) {
         if let Some(netns) = &self.netns {

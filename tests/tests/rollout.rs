@@ -505,6 +505,11 @@ fn a_dependent_app_waits_for_health_and_mistakes_change_nothing() {
     std::thread::scope(|scope| {
         let _stop = StopOnDrop(&stop);
         scope.spawn(|| watch_status(&cluster, &stop, &samples));
+        // hello's health checks fail until web has said it waits: hello stays `starting`
+        // (its checks' grace period), however fast it would otherwise get healthy.
+        for agent in &cluster.agents {
+            agent.host.refuse_outgoing_tcp(80);
+        }
         let mut hello = cluster.mirari_command(&base).spawn().expect("deploy hello");
         eventually(DEADLINE, "hello's deployment", || {
             let status = cluster.status()?;
@@ -516,8 +521,19 @@ fn a_dependent_app_waits_for_health_and_mistakes_change_nothing() {
                 .map(|_| ())
                 .ok_or_else(|| "not yet".to_owned())
         });
-        let out =
-            cluster.mirari_command(&[&base[..], &["-f", web_config.to_str().unwrap()]].concat()).output().unwrap();
+        let mut web = cluster.mirari_command(&[&base[..], &["-f", web_config.to_str().unwrap()]].concat());
+        let web =
+            web.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("deploy web");
+        eventually(DEADLINE, "web to wait for hello", || {
+            let status = cluster.status()?;
+            let web = status["deployments"].as_array().into_iter().flatten().find(|d| d["app"] == "web");
+            let reason = web.map(|d| d["unplaced_reason"].to_string()).unwrap_or_default();
+            if reason.contains("waiting for hello to be healthy") { Ok(()) } else { Err(reason) }
+        });
+        for agent in &cluster.agents {
+            agent.host.heal();
+        }
+        let out = web.wait_with_output().unwrap();
         assert!(out.status.success(), "deploying web failed: {}", stderr(&out));
         assert!(hello.wait().unwrap().success());
     });
