@@ -43,8 +43,13 @@ impl ConsoleBuffer {
 
     /// What is kept, then (if `follow`) new output until the instance is finished.
     pub fn read(self: std::sync::Arc<Self>, follow: bool) -> impl Stream<Item = RingRead> + Send {
+        self.read_from(0, follow)
+    }
+
+    /// The same from stream offset `from` on (or the oldest kept).
+    pub fn read_from(self: std::sync::Arc<Self>, from: u64, follow: bool) -> impl Stream<Item = RingRead> + Send {
         let updates = self.state.subscribe();
-        futures::stream::unfold((self, updates, 0u64), move |(console, mut updates, next)| async move {
+        futures::stream::unfold((self, updates, from), move |(console, mut updates, next)| async move {
             loop {
                 let (_, finished) = *updates.borrow_and_update();
                 let read = console.ring.lock().expect("console lock").read_from(next, MAX_READ);
@@ -78,5 +83,16 @@ mod tests {
 
         let snapshot: Vec<u8> = console.read(false).map(|r| r.bytes).concat().await;
         assert_eq!(snapshot, b"boot\nheartbeat 1\n");
+    }
+
+    #[tokio::test]
+    async fn reads_from_an_offset_or_the_oldest_kept() {
+        let console = Arc::new(ConsoleBuffer::new(8));
+        console.push(b"0123456789");
+        console.set_finished(true);
+        let from_offset: Vec<u8> = console.clone().read_from(7, true).map(|r| r.bytes).concat().await;
+        assert_eq!(from_offset, b"789");
+        let overtaken: Vec<RingRead> = console.read_from(1, false).collect().await;
+        assert_eq!((overtaken[0].dropped, overtaken[0].bytes.as_slice()), (1, b"23456789".as_slice()));
     }
 }

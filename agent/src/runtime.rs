@@ -115,7 +115,7 @@ fn backends(config: &AgentConfig) -> Vec<Arc<dyn Backend>> {
         Arc::new(UnixBackend::new(launcher.clone())),
         Arc::new(JsBackend::new(launcher.clone())),
         Arc::new(KvmBackend::new(launcher.clone()).with_kvm_device(&config.kvm_device)),
-        Arc::new(XenBackend::new(config.shim_program.clone())),
+        Arc::new(XenBackend::new(config.shim_program.clone(), config.console_bytes)),
         Arc::new(rpi_backend(launcher.clone(), config)),
         Arc::new(BhyveBackend::new(launcher)),
     ]

@@ -5,6 +5,15 @@
 //! fence keepers before the host is declared down, the same with dom0's CPUs starved (never
 //! more domains than instances), and stop.
 //!
+//! Before all that, on the same host, the backend conformance suite runs against the xen
+//! backend: `xen_backend_conforms_on_a_xen_dom0` in `agent/tests/conformance.rs`, ignored
+//! elsewhere because only a dom0 has `xl`. Its test binary (found with `cargo test --workspace
+//! --test conformance --no-run`, the build `./test.sh` makes, so nothing is rebuilt; or given
+//! as `MIRARI_CONFORMANCE_BIN`) goes into the image with the example's sources and runs in
+//! dom0, told where things are there by the environment variables that
+//! `agent/tests/support/mod.rs` documents. dom0 is Debian 12 like the build machine (glibc
+//! 2.36), so the binary runs there as built.
+//!
 //! Ignored by default (it builds a disk image, boots Xen and builds the example in dom0:
 //! several minutes). Run it with
 //! `cargo build --workspace --bins && cargo test -p mirari-tests --test xen -- --ignored --nocapture`.
@@ -103,6 +112,28 @@ impl Drop for Testhost {
     }
 }
 
+/// The conformance suite's test binary: `MIRARI_CONFORMANCE_BIN`, or cargo's build of it (built
+/// now if it is not up to date).
+fn conformance_binary() -> PathBuf {
+    if let Some(given) = std::env::var_os("MIRARI_CONFORMANCE_BIN") {
+        return given.into();
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = run(Command::new(cargo)
+        .args(["test", "--locked", "--workspace", "--test", "conformance", "--no-run", "--message-format=json"])
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml")));
+    stdout(&out)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact" && message["target"]["name"] == "conformance")
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .expect("cargo names the conformance test binary")
+}
+
+/// Where the conformance suite goes in dom0 (beside `/usr/local/bin/mirari-agent`).
+const CONFORMANCE_DIR: &str = "/root/conformance";
+
 #[test]
 #[ignore = "boots a nested Xen host under QEMU TCG; see the module docs"]
 fn deploys_watches_readopts_and_stops_xen_domains() {
@@ -123,6 +154,15 @@ fn deploys_watches_readopts_and_stops_xen_domains() {
     fs::create_dir_all(extra.join("etc/mirari")).unwrap();
     fs::create_dir_all(extra.join("etc/systemd/system")).unwrap();
     fs::copy(bin("mirari-agent"), extra.join("usr/local/bin/mirari-agent")).unwrap();
+    // The conformance suite: its binary and the example's sources, which it builds there.
+    let conformance = extra.join(CONFORMANCE_DIR.trim_start_matches('/'));
+    fs::create_dir_all(&conformance).unwrap();
+    fs::copy(conformance_binary(), conformance.join("conformance")).unwrap();
+    mirari_tests::copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello"),
+        &conformance.join("hello"),
+    );
+    let _ = fs::remove_dir_all(conformance.join("hello/_build"));
     let agent = pki.issue("agent", "xen-testhost", &["127.0.0.1"]);
     fs::copy(&agent.ca, extra.join("etc/mirari/ca.pem")).unwrap();
     fs::copy(&agent.cert, extra.join("etc/mirari/agent.pem")).unwrap();
@@ -157,6 +197,21 @@ fn deploys_watches_readopts_and_stops_xen_domains() {
         "400",
     ]));
     eprintln!("dom0 ready: {:?}", started.elapsed());
+
+    // The conformance suite's xen subject, against this dom0's Xen (it cleans up its domains).
+    let suite = dom0(
+        &host.state,
+        &format!(
+            "cd {CONFORMANCE_DIR} && MIRARI_EXAMPLE_DIR={CONFORMANCE_DIR}/hello MIRARI_EXAMPLE_GOALS=xen \
+             MIRARI_AGENT_BIN=/usr/local/bin/mirari-agent MIRARI_TEST_SCRATCH={CONFORMANCE_DIR}/scratch \
+             timeout 600 ./conformance --ignored --exact xen_backend_conforms_on_a_xen_dom0 --nocapture 2>&1"
+        ),
+    )
+    .unwrap_or_else(|failed| panic!("the conformance suite failed in dom0:\n{failed}"));
+    eprintln!("{suite}");
+    assert!(suite.contains("test result: ok. 1 passed"), "the xen subject did not run: {suite}");
+    assert!(mirari_domains(&host.state).is_empty(), "the conformance suite left domains behind");
+    eprintln!("conformance suite passed in dom0: {:?}", started.elapsed());
 
     let cli = |args: &[&str]| -> Output {
         let mut command = Command::new(bin("mirari"));
@@ -198,7 +253,10 @@ fn deploys_watches_readopts_and_stops_xen_domains() {
     let _ = fs::remove_dir_all(dir.path().join("hello/_build"));
     let deployed =
         cli(&["cluster", "deploy", "-f", "hello/mirari.toml", "-t", "xen", "--count", "2", "--timeout", "10m"]);
-    assert!(deployed.status.success(), "deploy failed: {}", stderr(&deployed));
+    if !deployed.status.success() {
+        let journal = dom0(&host.state, "journalctl -u mirari-agent --no-pager | tail -n 60; xl list");
+        panic!("deploy failed: {}\nthe agent in dom0:\n{}", stderr(&deployed), journal.unwrap_or_else(|e| e));
+    }
     eprintln!("deployed: {:?}", started.elapsed());
     let status: serde_json::Value =
         serde_json::from_slice(&cli(&["cluster", "status", "--output", "json"]).stdout).unwrap();

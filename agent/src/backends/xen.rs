@@ -11,16 +11,25 @@
 //! makes and removes the vifs with the domain.
 //!
 //! Exit detection watches xenstore's `@releaseDomain` (fired when a domain shuts down or dies)
-//! instead of polling; the console is the domain's console pty, whose path xenconsoled puts in
-//! xenstore. The exit code is Xen's shutdown reason: 0 for a power-off, 3 for a crash.
+//! instead of polling. The exit code is Xen's shutdown reason: 0 for a power-off, 3 for a crash;
+//! a domain that a stop forced off (`xl destroy`, which leaves no reason) ended as a killed
+//! process does, with signal 9.
+//!
+//! The console is the domain's console pty, whose path xenconsoled puts in xenstore. A pty has
+//! one stream (two readers would split the output between them), so one task per domain reads
+//! it into a bounded ring from the domain's start until it is gone, and `console` serves that
+//! ring from any offset: a run's whole console, also once it ended, until `destroy`.
 //!
 //! A cluster domain gets a fence keeper beside it ([`super::domain_fence`]): it destroys the
 //! domain once the host's fencing deadline passes, even if the agent is dead or frozen.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,13 +37,14 @@ use futures::StreamExt;
 use mirari_core::instance::ExitStatus;
 use mirari_core::target::Target;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
+use tokio::io::unix::AsyncFd;
 
 use super::xenstore::Xenstore;
 use super::{
     Backend, BackendError, Capabilities, ConsoleStream, Ended, Fingerprint, Handle, Inspection, Launch, Recovered,
     StopOutcome, links,
 };
+use crate::console::ConsoleBuffer;
 use crate::supervisor::client::ConsoleFrame;
 use crate::supervisor::proc::ProcessId;
 
@@ -47,6 +57,27 @@ const STATE_RECHECK: Duration = Duration::from_secs(2);
 const TAGS: &str = "/local/domain/0/mirari/instances";
 /// In the instance directory: the fence keeper's process identity.
 const KEEPER_FILE: &str = "domain-fence.json";
+/// In the instance directory: written (with the domain ID) before a stop forces the domain off
+/// with `xl destroy`, which leaves Xen no shutdown reason to read. A start removes it.
+const FORCED_FILE: &str = "forced-off";
+/// How a domain that was forced off ended: as a killed process does.
+const FORCED_OFF: ExitStatus = ExitStatus::Signal(nix::sys::signal::Signal::SIGKILL as i32);
+/// Once a domain stopped running, how long its console is still read for lines on their way
+/// (the guest's last output passes through xenconsoled after it shut down).
+const CONSOLE_DRAIN: Duration = Duration::from_millis(500);
+
+/// The console of every domain this process reads, by domain name (unique on the host). Shared
+/// by every backend value in the process, so that two (a restarted agent's stand-in in a test
+/// beside the first) never read one pty at once.
+static CONSOLES: LazyLock<tokio::sync::Mutex<BTreeMap<String, DomainConsole>>> = LazyLock::new(Default::default);
+
+/// One domain's console: the ring its reading task fills, for the domain with this ID (a
+/// restarted instance's next domain has the same name and another ID).
+#[derive(Debug)]
+struct DomainConsole {
+    domid: u32,
+    buffer: Arc<ConsoleBuffer>,
+}
 
 #[derive(Debug, Clone)]
 pub struct XenBackend {
@@ -54,6 +85,8 @@ pub struct XenBackend {
     /// The `mirari-agent` binary, whose `domain-fence` subcommand keeps a cluster domain's
     /// fencing deadline.
     agent_program: PathBuf,
+    /// How much of each domain's console is kept.
+    console_bytes: usize,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -99,9 +132,83 @@ fn domain_name(launch: &Launch) -> String {
     format!("mirari-{}", launch.id)
 }
 
+/// How a domain that no longer exists ended: forced off by a stop, or nobody knows.
+fn gone(launch: &Launch) -> Ended {
+    if launch.dir.join(FORCED_FILE).exists() { Ended::Exited(FORCED_OFF) } else { Ended::Lost }
+}
+
+/// Opens a console pty for reading without blocking a thread (a blocking read of a quiet pty
+/// would never return, and would hold up the runtime's shutdown for good). O_NOCTTY: the agent
+/// must not make a guest's pty its controlling terminal, or the hang-up when the domain goes
+/// would kill it with SIGHUP.
+#[allow(unsafe_code)]
+fn open_pty(tty: &str) -> Result<AsyncFd<std::fs::File>, BackendError> {
+    let io = |source| BackendError::Io { target: TARGET, action: format!("open the console {tty}"), source };
+    let flags = nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_NONBLOCK;
+    let pty = std::fs::OpenOptions::new().read(true).custom_flags(flags.bits()).open(tty).map_err(io)?;
+    // SAFETY: the `File` owns its descriptor, which stays open (and the same) until the
+    // `AsyncFd`, which owns the `File`, is dropped.
+    unsafe { AsyncFd::register_with_interest(pty, tokio::io::Interest::READABLE) }.map_err(|e| io(e.into_parts().1))
+}
+
+/// One read of what the pty has; 0 or an error (EIO) once xenconsoled closed it.
+async fn read_pty(pty: &AsyncFd<std::fs::File>, chunk: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        let mut ready = pty.readable().await?;
+        if let Ok(read) = ready.try_io(|pty| pty.get_ref().read(chunk)) {
+            return read;
+        }
+    }
+}
+
 impl XenBackend {
-    pub fn new(agent_program: PathBuf) -> Self {
-        Self { xl: "xl".into(), agent_program }
+    /// `console_bytes`: how much of each domain's console is kept.
+    pub fn new(agent_program: PathBuf, console_bytes: usize) -> Self {
+        Self { xl: "xl".into(), agent_program, console_bytes }
+    }
+
+    /// The console of domain `domid` (named `name`): the ring being filled from its pty, which
+    /// this starts reading unless it already is.
+    async fn read_console(&self, name: &str, domid: u32) -> Result<Arc<ConsoleBuffer>, BackendError> {
+        let mut consoles = CONSOLES.lock().await;
+        if let Some(kept) = consoles.get(name).filter(|kept| kept.domid == domid) {
+            return Ok(kept.buffer.clone());
+        }
+        let xenstore = Xenstore::connect_default().await.map_err(|e| failed(format!("xenstore: {e}")))?;
+        let tty = xenstore
+            .read_string(&format!("/local/domain/{domid}/console/tty"))
+            .await
+            .map_err(|e| failed(format!("xenstore: {e}")))?
+            .ok_or_else(|| failed(format!("domain {name} has no console pty in xenstore yet")))?;
+        let pty = open_pty(&tty)?;
+        let buffer = Arc::new(ConsoleBuffer::new(self.console_bytes));
+        consoles.insert(name.to_owned(), DomainConsole { domid, buffer: buffer.clone() });
+        tokio::spawn(self.clone().fill_console(name.to_owned(), pty, buffer.clone()));
+        Ok(buffer)
+    }
+
+    /// Reads the pty into the ring until the domain no longer runs (the pty stays open while a
+    /// preserved domain sits shut down), and then what is still on its way.
+    async fn fill_console(self, name: String, pty: AsyncFd<std::fs::File>, buffer: Arc<ConsoleBuffer>) {
+        let mut chunk = vec![0u8; 16 * 1024];
+        let stopped = self.stopped_running(&name);
+        tokio::pin!(stopped);
+        // Until the domain stops running, or xenconsoled closes the pty (0 or EIO: it is gone).
+        let closed = loop {
+            tokio::select! {
+                read = read_pty(&pty, &mut chunk) => match read {
+                    Ok(n @ 1..) => buffer.push(&chunk[..n]),
+                    _ => break true,
+                },
+                _ = &mut stopped => break false,
+            }
+        };
+        if !closed {
+            while let Ok(Ok(n @ 1..)) = tokio::time::timeout(CONSOLE_DRAIN, read_pty(&pty, &mut chunk)).await {
+                buffer.push(&chunk[..n]);
+            }
+        }
+        buffer.set_finished(true);
     }
 
     /// Makes sure a fence keeper watches cluster domain `domid` (started after `xl create`,
@@ -202,8 +309,32 @@ impl XenBackend {
         Ok(config.join("\n") + "\n")
     }
 
-    /// Waits until the domain is no longer running; how it ended.
-    async fn ended(&self, name: &str) -> Ended {
+    /// Asks domain `domid` (if it still is `name`) to power off, the PV way: `control/shutdown =
+    /// "poweroff"` in its xenstore tree, which the guest acts on and acknowledges by emptying it
+    /// (what `xl shutdown` writes). Written with our own client, at once: `xl` itself can take
+    /// seconds to start on a busy dom0, and a short stop timeout would be spent before the guest
+    /// was even asked.
+    async fn ask_to_power_off(&self, name: &str, domid: u32) -> Result<(), BackendError> {
+        let xenstore_failed = |e: super::xenstore::XenstoreError| failed(format!("xenstore: {e}"));
+        let xenstore = Xenstore::connect_default().await.map_err(xenstore_failed)?;
+        let home = format!("/local/domain/{domid}");
+        let named = xenstore.read_string(&format!("{home}/name")).await.map_err(xenstore_failed)?;
+        if named.as_deref() != Some(name) {
+            return Err(failed(format!("domain {domid} is not {name} (it is {named:?})")));
+        }
+        xenstore.write(&format!("{home}/control/shutdown"), b"poweroff").await.map_err(xenstore_failed)
+    }
+
+    /// Waits until the run's domain is no longer running; how it ended.
+    async fn ended(&self, launch: &Launch) -> Ended {
+        match self.stopped_running(&domain_name(launch)).await {
+            Some(ended) => ended,
+            None => gone(launch),
+        }
+    }
+
+    /// Waits until the domain is no longer running; how it ended, or `None` if it is gone.
+    async fn stopped_running(&self, name: &str) -> Option<Ended> {
         // A watch makes exit detection prompt; the periodic look is a fallback for a lost
         // xenstore connection.
         let mut watch = match Xenstore::connect_default().await {
@@ -214,10 +345,10 @@ impl XenBackend {
         };
         loop {
             match self.state(name).await {
-                Ok(None) => return Ended::Lost,
+                Ok(None) => return None,
                 Ok(Some((_, state))) => {
                     if let Some(ended) = state.ended() {
-                        return ended;
+                        return Some(ended);
                     }
                 }
                 Err(_) => {}
@@ -249,6 +380,15 @@ fn parse_list(listing: &str, name: &str) -> Option<(u32, DomainState)> {
         DomainState::Running
     };
     Some((domid, state))
+}
+
+fn remove_if_present(path: &std::path::Path) -> Result<(), BackendError> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(BackendError::Io { target: TARGET, action: format!("remove {}", path.display()), source: error })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `xl info`'s `key : value` lines.
@@ -323,6 +463,7 @@ impl Backend for XenBackend {
         if self.state(&name).await?.is_some() {
             self.xl(&["destroy", &name]).await?;
         }
+        remove_if_present(&launch.dir.join(FORCED_FILE))?;
         self.xl(&["create", &config_path.display().to_string()]).await?;
         let (domid, _) = self
             .state(&name)
@@ -330,6 +471,10 @@ impl Backend for XenBackend {
             .ok_or_else(|| failed(format!("domain {name} vanished right after it was created")))?;
         if let Ok(xenstore) = Xenstore::connect_default().await {
             let _ = xenstore.write(&format!("{TAGS}/{}", launch.id), domid.to_string().as_bytes()).await;
+        }
+        // From the first line on; `console` tries again if the pty is not known yet.
+        if let Err(error) = self.read_console(&name, domid).await {
+            tracing::warn!(domain = %name, %error, "the console is not read yet");
         }
         if let Err(error) = self.keep_fenced(launch, domid) {
             // Unfenced, a cluster domain could outlive a dead agent's lease: not started.
@@ -342,7 +487,7 @@ impl Backend for XenBackend {
     async fn recover(&self, launch: &Launch, _handle: Option<&Handle>) -> Result<Recovered, BackendError> {
         let name = domain_name(launch);
         Ok(match self.state(&name).await? {
-            None => Recovered::Ended(Ended::Lost),
+            None => Recovered::Ended(gone(launch)),
             Some((_, state)) if state.ended().is_some() => Recovered::Ended(state.ended().unwrap_or(Ended::Lost)),
             Some((domid, _)) => {
                 self.keep_fenced(launch, domid)?;
@@ -351,70 +496,45 @@ impl Backend for XenBackend {
         })
     }
 
-    async fn console(&self, launch: &Launch, _from: u64) -> Result<ConsoleStream, BackendError> {
+    async fn console(&self, launch: &Launch, from: u64) -> Result<ConsoleStream, BackendError> {
         let name = domain_name(launch);
-        let Some((domid, _)) = self.state(&name).await? else { return Ok(futures::stream::empty().boxed()) };
-        let xenstore = Xenstore::connect_default().await.map_err(|e| failed(format!("xenstore: {e}")))?;
-        let tty = xenstore
-            .read_string(&format!("/local/domain/{domid}/console/tty"))
-            .await
-            .map_err(|e| failed(format!("xenstore: {e}")))?
-            .ok_or_else(|| failed(format!("domain {name} has no console pty in xenstore yet")))?;
-        // O_NOCTTY: the agent must not make a guest's pty its controlling terminal, or the
-        // hang-up when the domain goes would kill it with SIGHUP.
-        let mut options = tokio::fs::OpenOptions::new();
-        options.read(true).custom_flags(nix::fcntl::OFlag::O_NOCTTY.bits());
-        let mut pty = options.open(&tty).await.map_err(|e| BackendError::Io {
-            target: TARGET,
-            action: format!("open the console {tty}"),
-            source: e,
-        })?;
-        // The pty stays open while a preserved domain sits shut down: the stream ends when the
-        // domain stops running, not when the pty closes.
-        let (frames, receiver) = tokio::sync::mpsc::channel(64);
-        let backend = self.clone();
-        tokio::spawn(async move {
-            let mut offset = 0u64;
-            let mut buffer = vec![0u8; 16 * 1024];
-            let ended = backend.ended(&name);
-            tokio::pin!(ended);
-            loop {
-                tokio::select! {
-                    read = pty.read(&mut buffer) => match read {
-                        Ok(n @ 1..) => {
-                            let frame = ConsoleFrame { offset, data: buffer[..n].to_vec() };
-                            offset += n as u64;
-                            if frames.send(frame).await.is_err() {
-                                return;
-                            }
-                        }
-                        _ => return,
-                    },
-                    _ = &mut ended => return,
-                }
-            }
+        let buffer = match self.state(&name).await? {
+            Some((domid, _)) => self.read_console(&name, domid).await?,
+            // Gone (forced off, say): what it printed is kept until `destroy`.
+            None => match CONSOLES.lock().await.get(&name) {
+                Some(kept) => kept.buffer.clone(),
+                None => return Ok(futures::stream::empty().boxed()),
+            },
+        };
+        let frames = buffer.read_from(from, true).filter_map(|read| {
+            let offset = read.next - read.bytes.len() as u64;
+            futures::future::ready((!read.bytes.is_empty()).then_some(ConsoleFrame { offset, data: read.bytes }))
         });
-        Ok(tokio_stream::wrappers::ReceiverStream::new(receiver).boxed())
+        Ok(frames.boxed())
     }
 
     async fn wait(&self, launch: &Launch) -> Ended {
-        self.ended(&domain_name(launch)).await
+        self.ended(launch).await
     }
 
-    async fn stop(&self, launch: &Launch, _handle: &Handle, timeout: Duration) -> Result<StopOutcome, BackendError> {
+    async fn stop(&self, launch: &Launch, handle: &Handle, timeout: Duration) -> Result<StopOutcome, BackendError> {
         let name = domain_name(launch);
-        // The PV protocol: xl writes control/shutdown=poweroff for the guest to act on, and
-        // waits (up to a minute) for the guest to acknowledge. The stop timeout is ours, so the
-        // request runs beside the wait and is dropped (killed) when the wait is over.
-        let shutdown = ["shutdown", name.as_str()];
-        let asking = self.xl(&shutdown);
+        let domid = handle.decode::<XenHandle>(TARGET)?.domid;
+        // The request runs beside the wait: the guest may end before it is acknowledged.
+        let asking = async {
+            if self.ask_to_power_off(&name, domid).await.is_err() {
+                // Without xenstore, through the toolstack (which waits up to a minute for the
+                // guest to acknowledge; dropped, so killed, when the wait is over).
+                let _ = self.xl(&["shutdown", &name]).await;
+            }
+        };
         let ended = tokio::time::timeout(timeout, async {
             tokio::pin!(asking);
             let mut asked = false;
             loop {
                 tokio::select! {
-                    ended = self.ended(&name) => return ended,
-                    _ = &mut asking, if !asked => asked = true,
+                    ended = self.stopped_running(&name) => return ended,
+                    () = &mut asking, if !asked => asked = true,
                 }
             }
         })
@@ -422,10 +542,19 @@ impl Backend for XenBackend {
         if ended.is_ok() {
             return Ok(StopOutcome::Graceful);
         }
-        if self.state(&name).await?.is_some() {
-            self.xl(&["destroy", &name]).await?;
+        match self.state(&name).await? {
+            // It shut down on its own after all, just now.
+            Some((_, DomainState::Ended { .. })) => Ok(StopOutcome::Graceful),
+            Some((domid, _)) => {
+                let forced = launch.dir.join(FORCED_FILE);
+                mirari_blobs::write_atomically(&forced, domid.to_string().as_bytes()).map_err(|source| {
+                    BackendError::Io { target: TARGET, action: format!("write {}", forced.display()), source }
+                })?;
+                self.xl(&["destroy", &name]).await?;
+                Ok(StopOutcome::Forced)
+            }
+            None => Ok(StopOutcome::Forced),
         }
-        Ok(StopOutcome::Forced)
     }
 
     async fn inspect(&self, launch: &Launch, _handle: &Handle) -> Result<Inspection, BackendError> {
@@ -447,7 +576,8 @@ impl Backend for XenBackend {
         if let Ok(xenstore) = Xenstore::connect_default().await {
             let _ = xenstore.rm(&format!("{TAGS}/{}", launch.id)).await;
         }
-        Ok(())
+        CONSOLES.lock().await.remove(&name);
+        remove_if_present(&launch.dir.join(FORCED_FILE))
     }
 }
 
@@ -468,6 +598,19 @@ mod tests {
         assert_eq!(parse_list(listing, "mirari-00000000000000cc"), Some((5, DomainState::Ended { reason: 3 })));
         assert_eq!(parse_list(listing, "mirari-00000000000000dd"), None);
         assert_eq!(DomainState::Ended { reason: 3 }.ended(), Some(Ended::Exited(ExitStatus::Code(3))));
+    }
+
+    #[test]
+    fn a_domain_gone_after_a_forced_stop_was_killed_and_any_other_is_lost() {
+        let mut launch = crate::backends::testing::launch(TARGET, 0xab, &[]);
+        let dir = tempfile::tempdir().unwrap();
+        launch.dir = dir.path().to_owned();
+        assert_eq!(gone(&launch), Ended::Lost);
+        std::fs::write(dir.path().join(FORCED_FILE), "7").unwrap();
+        assert_eq!(gone(&launch), Ended::Exited(ExitStatus::Signal(9)));
+        remove_if_present(&dir.path().join(FORCED_FILE)).unwrap();
+        remove_if_present(&dir.path().join(FORCED_FILE)).unwrap();
+        assert_eq!(gone(&launch), Ended::Lost);
     }
 
     #[test]

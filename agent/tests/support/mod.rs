@@ -1,5 +1,16 @@
 //! What the agent's integration tests share: the example app built once per test binary, a
 //! shim launcher, and reading a console until a line shows up.
+//!
+//! The paths come from cargo at compile time. A test binary copied to another machine (the
+//! xen subject of the conformance suite runs inside a Xen dom0, see `tests/tests/xen.rs`) is
+//! told where things are there instead, by environment variables read only when set:
+//!
+//! | variable | what | default |
+//! | --- | --- | --- |
+//! | `MIRARI_EXAMPLE_DIR` | the `examples/hello` sources | the workspace's |
+//! | `MIRARI_EXAMPLE_GOALS` | the `make` goals built, space-separated | `unix kvm js xen` |
+//! | `MIRARI_AGENT_BIN` | the `mirari-agent` binary (the shim, the fence keeper) | cargo's build of it |
+//! | `MIRARI_TEST_SCRATCH` | where the example is built | `CARGO_TARGET_TMPDIR` |
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -24,6 +35,8 @@ pub struct Example {
     pub unix: PathBuf,
     /// The multiboot kernel.
     pub kernel: PathBuf,
+    /// The Xen PVH kernel.
+    pub xen: PathBuf,
     /// The JavaScript bundle for node.
     pub js: PathBuf,
     /// The arm64 Image for U-Boot.
@@ -32,11 +45,18 @@ pub struct Example {
     pub image: PathBuf,
 }
 
+/// `variable`'s value if it is set, else `default` (see the module docs).
+fn overridden(variable: &str, default: &str) -> String {
+    std::env::var(variable).unwrap_or_else(|_| default.to_owned())
+}
+
 pub fn example() -> &'static Example {
     static BUILT: OnceLock<Example> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello");
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(env!("CARGO_CRATE_NAME"));
+        let root =
+            PathBuf::from(overridden("MIRARI_EXAMPLE_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello")));
+        let out =
+            Path::new(&overridden("MIRARI_TEST_SCRATCH", env!("CARGO_TARGET_TMPDIR"))).join(env!("CARGO_CRATE_NAME"));
         let build = out.join("hello");
         let _ = std::fs::remove_dir_all(&out);
         std::fs::create_dir_all(&build).unwrap();
@@ -48,11 +68,13 @@ pub fn example() -> &'static Example {
             .status()
             .unwrap();
         assert!(status.success());
+        let jobs = std::thread::available_parallelism().map_or(1, usize::from);
         let status = std::process::Command::new("make")
             .arg("-s")
+            .arg(format!("-j{jobs}"))
             .arg("-C")
             .arg(&build)
-            .args(["unix", "kvm", "js", "rpi"])
+            .args(overridden("MIRARI_EXAMPLE_GOALS", "unix kvm js xen rpi").split_whitespace())
             .status()
             .unwrap();
         assert!(status.success(), "building the example failed");
@@ -69,6 +91,7 @@ pub fn example() -> &'static Example {
         Example {
             unix: build.join("_build/hello"),
             kernel: build.join("_build/hello.elf"),
+            xen: build.join("_build/hello-xen.elf"),
             js: build.join("_build/hello.js"),
             rpi: build.join("_build/hello-rpi.img"),
             image,
@@ -76,8 +99,16 @@ pub fn example() -> &'static Example {
     })
 }
 
+/// The `mirari-agent` binary: the shim of the shimmed backends, the xen backend's fence keeper.
+pub fn agent_program() -> PathBuf {
+    overridden("MIRARI_AGENT_BIN", env!("CARGO_BIN_EXE_mirari-agent")).into()
+}
+
+/// How much of each instance's console a backend keeps.
+pub const CONSOLE_BYTES: usize = 64 * 1024;
+
 pub fn launcher() -> ShimLauncher {
-    ShimLauncher { program: env!("CARGO_BIN_EXE_mirari-agent").into(), console_bytes: 64 * 1024 }
+    ShimLauncher { program: agent_program(), console_bytes: CONSOLE_BYTES }
 }
 
 /// A launch of the example as instance `id` of `target` in `dir`, with the image and `args`
@@ -89,6 +120,7 @@ pub fn launch(target: Target, id: InstanceId, dir: &Path, args: &[&str], acceler
         Target::Unix | Target::Freebsd => &example.unix,
         Target::Js => &example.js,
         Target::Rpi => &example.rpi,
+        Target::Xen => &example.xen,
         _ => &example.kernel,
     };
     Launch {

@@ -15,6 +15,7 @@
 static struct tar_memory image; /* read by tar_list, then by the HTTP server */
 static int serving;
 static uint32_t timer_port;
+static uint32_t stop_port; /* xenstore's, once control/shutdown is watched */
 
 static void print_file(void *ctx, const char *path, uint64_t size)
 {
@@ -93,9 +94,12 @@ static int str_eq(const char *a, const char *b)
 /*
  * Graceful stop, the PV way: `xl shutdown` writes "poweroff" to our
  * control/shutdown and waits (up to a minute) for the guest to acknowledge
- * by emptying it; `xl reboot` writes "reboot". We look once per heartbeat.
- * Acting on a value only when it changes keeps a request that stays set
- * (say the acknowledgement failed) from being reported every second.
+ * by emptying it; `xl reboot` writes "reboot". We watch the key, so we look
+ * as soon as it changes (as the kvm kernel sees its power button at the
+ * next tick: a supervisor may give a stop a second or less), or once per
+ * heartbeat if the watch could not be set. Acting on a value only when it
+ * changes keeps a request that stays set (say the acknowledgement failed)
+ * from being reported every second.
  */
 static void check_stop(void)
 {
@@ -126,20 +130,28 @@ static __attribute__((noreturn)) void exit_failure(void)
 }
 
 /* Sleep until Xen's clock reaches deadline, or (when serving) a vif
- * event comes: arm the one-shot timer and block in SCHEDOP_poll on the
- * VIRQ_TIMER port and the vif's. The poll's own timeout is the same
- * deadline, a second way out should the VIRQ ever be lost. The vif port
- * is cleared by netfront_poll, after which it looks at its rings. */
+ * event comes, or (when watching) a xenstore one: arm the one-shot timer
+ * and block in SCHEDOP_poll on the VIRQ_TIMER port and the others. The
+ * poll's own timeout is the same deadline, a second way out should the
+ * VIRQ ever be lost. The vif port is cleared by netfront_poll, after
+ * which it looks at its rings; the xenstore port by xs_watch_fired. */
 static void sleep_until(uint64_t deadline)
 {
-	uint32_t ports[2] = { timer_port, serving ? netfront_port() : 0 };
+	uint32_t ports[3] = { timer_port }, n = 1, i;
 
+	if (serving)
+		ports[n++] = netfront_port();
+	if (stop_port)
+		ports[n++] = stop_port;
 	xen_set_timer(deadline);
 	for (;;) {
 		evtchn_clear(timer_port);
-		if ((int64_t)(xen_time() - deadline) >= 0 || (serving && evtchn_pending(ports[1])))
+		if ((int64_t)(xen_time() - deadline) >= 0)
 			return;
-		evtchn_wait_any(ports, serving ? 2 : 1, deadline);
+		for (i = 1; i < n; i++)
+			if (evtchn_pending(ports[i]))
+				return;
+		evtchn_wait_any(ports, n, deadline);
 	}
 }
 
@@ -181,6 +193,7 @@ __attribute__((noreturn)) void xen_main(const struct hvm_start_info *si)
 	} else {
 		xs_write("control/feature-poweroff", "1");
 		xs_write("control/feature-reboot", "1");
+		stop_port = xs_watch("control/shutdown", "stop");
 	}
 	net_start();
 
@@ -199,6 +212,8 @@ __attribute__((noreturn)) void xen_main(const struct hvm_start_info *si)
 		else
 			sleep_until(next);
 		net_poll();
+		if (stop_port && xs_watch_fired())
+			check_stop();
 
 		now = xen_time();
 		if ((int64_t)(now - next) >= 0) {
@@ -212,7 +227,8 @@ __attribute__((noreturn)) void xen_main(const struct hvm_start_info *si)
 				exit_failure();
 			if (serving && stop_serving_after && beat == stop_serving_after)
 				net_stop_serving(); /* prints "http: stopped serving" */
-			check_stop();
+			if (!stop_port)
+				check_stop();
 		}
 	}
 }

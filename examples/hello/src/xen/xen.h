@@ -213,6 +213,7 @@ struct xsd_sockmsg {
 };
 
 #define XS_READ         2
+#define XS_WATCH        4
 #define XS_WRITE        11
 #define XS_WATCH_EVENT  15
 #define XS_ERROR        16
@@ -343,6 +344,8 @@ void console_flush(void);
 int xs_init(void);
 int xs_read(const char *path, char *value, uint32_t max);
 int xs_write(const char *path, const char *value);
+uint32_t xs_watch(const char *path, const char *token);
+int xs_watch_fired(void);
 
 /* netfront.c: the first PV network device (device/vif/0) */
 const char *netfront_init(uint8_t mac[6]); /* 0, or why not ("no vif") */
