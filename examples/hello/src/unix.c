@@ -427,10 +427,6 @@ int main(int argc, char **argv)
 				finish(0);
 		}
 		if (flood)
-			printf("hello: flood %lu %s\n", ++flood_seq,
-			       "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-			       "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-			       "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-			       "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
+			printf("hello: flood %lu %s\n", ++flood_seq, FLOOD_TEXT);
 	}
 }

@@ -10,6 +10,12 @@
 #include "../net/http.h" /* HTTP_VERSION_MAX */
 
 static int ignore_stop, flood;
+/* What every `flood` line carries after its number: 248 characters. */
+#define FLOOD_TEXT                                                             \
+	"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"      \
+	"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"      \
+	"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"      \
+	"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 static uint32_t exit_after, stop_serving_after;
 /* --ipv4=A.B.C.D/P (host byte order; ipv4_prefix stays -1 without a valid
  * one), --ipv4-gateway=G (0: none), --http-port=N. */

@@ -90,11 +90,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
 	for (;;) {
 		if (flood) {
 			poll_interrupts();
-			kprintf("hello: flood %u %s\n", ++flood_seq,
-				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
+			kprintf("hello: flood %u %s\n", ++flood_seq, FLOOD_TEXT);
 		} else {
 			wait_for_tick();
 		}

@@ -313,11 +313,7 @@ void rpi_main(const unsigned char *fdt)
 		int stop;
 
 		if (flood)
-			kprintf("hello: flood %u %s\n", ++flood_seq,
-				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
+			kprintf("hello: flood %u %s\n", ++flood_seq, FLOOD_TEXT);
 		if (!flood || (int64_t)(now() - next_tick) >= 0) {
 			wait_for_tick();
 			ticks++;

@@ -202,11 +202,7 @@ __attribute__((noreturn)) void xen_main(const struct hvm_start_info *si)
 		uint64_t now;
 
 		if (flood)
-			kprintf("hello: flood %u %s\n", ++flood_seq,
-				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-				"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
+			kprintf("hello: flood %u %s\n", ++flood_seq, FLOOD_TEXT);
 		else if (serving && (int64_t)(next - xen_time()) > (int64_t)NET_TICK_NS)
 			sleep_until(xen_time() + NET_TICK_NS);
 		else
