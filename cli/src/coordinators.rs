@@ -23,7 +23,7 @@ pub struct Coordinators {
 }
 
 /// Failures that another attempt (perhaps on another coordinator) may not meet.
-fn is_passing(status: &Status) -> bool {
+pub(crate) fn is_passing(status: &Status) -> bool {
     matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown)
 }
 
@@ -63,7 +63,8 @@ impl Coordinators {
             .context(format!("no coordinator answered at {}; set --coordinator or MIRARI_ADDR", self.listed())))
     }
 
-    fn next(&mut self) {
+    /// Drops the current connection: the next call goes to the next coordinator.
+    pub(crate) fn next(&mut self) {
         self.client = None;
         self.current += 1;
     }

@@ -8,6 +8,7 @@ mod coordinators;
 mod deploy;
 mod dev;
 mod docs;
+mod events_cmds;
 mod output;
 mod project_cmds;
 mod rollout_cmds;
@@ -289,6 +290,25 @@ enum ClusterCommand {
         #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// What the registry's log changed, event by event: deployments, placements, rollouts,
+    /// hosts up, down and draining, instances' phases and health
+    Events {
+        /// Keep printing events as they happen (moving to another coordinator if this one goes away)
+        #[arg(long, short)]
+        follow: bool,
+        /// Only events about this app
+        #[arg(long)]
+        app: Option<String>,
+        /// Only events about this host
+        #[arg(long)]
+        host: Option<String>,
+        /// Start at this raft index (every coordinator keeps the newest 20,000 events)
+        #[arg(long, value_name = "INDEX")]
+        from: Option<u64>,
+        /// Without --from: start with the newest N events
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        last: u32,
+    },
     /// Deployments (desired, placed, running, unplaced and why), hosts and instances
     Status {
         /// Serve from the contacted coordinator's state without confirming it is current
@@ -536,6 +556,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 ClusterCommand::Network { action: Some(NetworkAction::Remove { name }) } => {
                     deploy::remove_network(&mut connection, &name, format).await
+                }
+                ClusterCommand::Events { follow, app, host, from, last } => {
+                    let options = events_cmds::EventsOptions { follow, app, host, from, last };
+                    events_cmds::events(&mut connection, options, format).await
                 }
             }
         }

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use mirari_core::registry::{ApplyResult, Request};
+use mirari_core::registry::{ApplyResult, Event, Request};
 use raft::StateRole;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -28,11 +28,14 @@ use crate::consensus::RaftMessage;
 use crate::consensus::machine::Machine;
 use crate::consensus::node::{Applied, MembershipChange, Node, NodeError, Refused};
 use crate::consensus::storage::Backing;
+use crate::events::{EVENTS_KEPT, EventLog, Filter, Gone, Position};
 use crate::metrics::CoordinatorMetrics;
 use crate::transport::Transport;
 
 /// How long a read barrier waits for raft's answer before asking again.
 const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
+/// How many events a reader of the stream is sent per look at the log.
+const EVENT_BATCH: usize = 256;
 /// How many inputs may queue for the driver before callers wait.
 const INPUT_QUEUE: usize = 4096;
 /// How often a stalled node tries its failed write again.
@@ -97,6 +100,7 @@ pub struct RaftHandle {
     inputs: mpsc::Sender<Input>,
     status: watch::Receiver<RaftStatus>,
     machine: Arc<RwLock<Machine>>,
+    events: Arc<RwLock<EventLog>>,
     metrics: Arc<CoordinatorMetrics>,
 }
 
@@ -131,6 +135,60 @@ impl RaftHandle {
     /// The replicated state as this node has applied it.
     pub fn machine(&self) -> RwLockReadGuard<'_, Machine> {
         self.machine.read().expect("state machine lock")
+    }
+
+    /// The events of the entries this node applied (a bounded window of the newest).
+    pub fn events(&self) -> RwLockReadGuard<'_, EventLog> {
+        self.events.read().expect("event log lock")
+    }
+
+    /// The events from `from` on (the oldest held if `None`) that pass `filter`, in order; with
+    /// `follow`, then each new one as it is applied. Ends with [`Gone`] if the reader falls
+    /// so far behind that the events it would read next were dropped.
+    pub fn watch_events(
+        &self,
+        from: Option<Position>,
+        filter: Filter,
+        follow: bool,
+    ) -> tokio_stream::wrappers::ReceiverStream<Result<Event, Gone>> {
+        let (sender, receiver) = mpsc::channel(EVENT_BATCH);
+        let mut raft = self.clone();
+        tokio::spawn(async move {
+            let mut from = from;
+            loop {
+                // The batch and where the log ends, read together: nothing slips between them.
+                let read = {
+                    let log = raft.events();
+                    log.read(from, &filter, EVENT_BATCH).map(|batch| (batch, log.end()))
+                };
+                let (batch, end) = match read {
+                    Ok(read) => read,
+                    Err(gone) => {
+                        let _ = sender.send(Err(gone)).await;
+                        return;
+                    }
+                };
+                let caught_up = batch.len() < EVENT_BATCH;
+                for event in batch {
+                    from = Some(Position::after(&event));
+                    if sender.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                if caught_up {
+                    // Events the filter skipped need not be read again.
+                    from = Some(from.map_or(end, |from| from.max(end)));
+                    if !follow {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = raft.status_changed() => {}
+                        () = sender.closed() => return,
+                    }
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(receiver)
     }
 
     pub async fn step(&self, from: u64, address: String, messages: Vec<RaftMessage>) -> Result<(), ProposeError> {
@@ -196,8 +254,14 @@ pub fn spawn<B: Backing>(
     let (inputs, receiver) = mpsc::channel(INPUT_QUEUE);
     let status = watch::channel(RaftStatus::default()).0;
     let metrics = Arc::new(metrics);
-    let handle =
-        RaftHandle { inputs, status: status.subscribe(), machine: node.shared_machine(), metrics: metrics.clone() };
+    let events = Arc::new(RwLock::new(EventLog::new(EVENTS_KEPT, node.applied_index())));
+    let handle = RaftHandle {
+        inputs,
+        status: status.subscribe(),
+        machine: node.shared_machine(),
+        events: events.clone(),
+        metrics: metrics.clone(),
+    };
     transport.attach(handle.delivery_reporter());
     let driver = Driver {
         node,
@@ -212,6 +276,7 @@ pub fn spawn<B: Backing>(
         learned_addresses: HashMap::new(),
         disk_failure: None,
         retry_write_at: tokio::time::Instant::now(),
+        events,
         metrics,
     };
     let (ended, end) = oneshot::channel();
@@ -247,6 +312,7 @@ struct Driver<B: Backing> {
     disk_failure: Option<String>,
     /// When a stalled node tries its write again.
     retry_write_at: tokio::time::Instant,
+    events: Arc<RwLock<EventLog>>,
     metrics: Arc<CoordinatorMetrics>,
 }
 
@@ -358,6 +424,15 @@ impl<B: Backing> Driver<B> {
                     let address =
                         machine.members.get(&message.to).or_else(|| self.learned_addresses.get(&message.to)).cloned();
                     self.transport.send(message, address);
+                }
+            }
+            {
+                let mut events = self.events.write().expect("event log lock");
+                if let Some(index) = output.installed_snapshot {
+                    events.restart_at(index);
+                }
+                for entry in output.events {
+                    events.append(entry.index, entry.at_ms, entry.kinds);
                 }
             }
             for applied in output.applied {

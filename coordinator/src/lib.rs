@@ -9,6 +9,7 @@
 //! - [`blobs`]: blobs stored on a majority of coordinators.
 //! - [`agents`]: builds on agents, and consoles proxied from them.
 //! - [`status`]: the cluster status the CLI shows.
+//! - [`events`]: the window of applied events the event stream reads.
 //! - [`metrics`]: the `mirari_coordinator_*` series served on `--http-listen`.
 //! - [`server`]: putting it together: `run(config, listener, shutdown)`.
 
@@ -17,6 +18,7 @@ pub mod blobs;
 pub mod consensus;
 pub mod dns;
 pub mod driver;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod server;

@@ -28,6 +28,7 @@ use crate::blobs::ReplicatedBlobs;
 use crate::consensus::decode_message;
 use crate::consensus::node::MembershipChange;
 use crate::driver::{ProposeError, RaftHandle};
+use crate::events::{Filter, Position};
 use crate::leader::{LeaseTiming, Leases, fresh_request_id};
 use crate::status::cluster_status;
 use crate::transport::MAX_RAFT_MESSAGE_BYTES;
@@ -646,6 +647,31 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: RpcRequest<wire_agent::EventsRequest>,
     ) -> Result<Response<wire_agent::EventsResponse>, Status> {
         Ok(Response::new(self.agents.events(&self.raft, request.into_inner()).await?))
+    }
+
+    type WatchEventsStream = BoxStream<'static, Result<pb::ClusterEvent, Status>>;
+
+    async fn watch_events(
+        &self,
+        request: RpcRequest<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let request = request.into_inner();
+        let wanted = |text: String| Some(text).filter(|text| !text.is_empty());
+        let filter = Filter { app: wanted(request.app), host: wanted(request.host).map(HostId) };
+        let from = match (request.from_index, request.tail) {
+            (0, 0) => None,
+            (0, tail) => Some(self.raft.events().tail_start(tail as usize, &filter)),
+            (index, _) => Some(Position { index, offset: request.from_offset }),
+        };
+        let events = self.raft.watch_events(from, filter, request.follow);
+        Ok(Response::new(
+            events
+                .map(|event| match event {
+                    Ok(event) => Ok(pb::ClusterEvent::from(&event)),
+                    Err(gone) => Err(Status::failed_precondition(gone.to_string())),
+                })
+                .boxed(),
+        ))
     }
 }
 

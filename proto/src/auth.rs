@@ -52,7 +52,7 @@ pub fn agent_policy(_: &str) -> &'static [Role] {
 /// The coordinator API. Coordinators may call everything (they forward for each other).
 pub fn coordinator_policy(path: &str) -> &'static [Role] {
     match method(path) {
-        "GetClusterInfo" | "ListHosts" | "GetStatus" | "GetEvents" => READERS,
+        "GetClusterInfo" | "ListHosts" | "GetStatus" | "GetEvents" | "WatchEvents" => READERS,
         "RegisterHost" | "Heartbeat" | "ReportInstances" | "WatchAssignments" | "FetchBlob" => AGENTS,
         "AddMember" | "RemoveMember" | "Propose" | "PutBlob" | "MissingBlobs" | "Build" | "StreamConsole" => OPERATORS,
         _ => COORDINATORS,

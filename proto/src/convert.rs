@@ -419,3 +419,19 @@ mod tests {
         }
     }
 }
+
+impl From<&mirari_core::registry::Event> for crate::coordinator::ClusterEvent {
+    fn from(event: &mirari_core::registry::Event) -> Self {
+        let kind = &event.kind;
+        Self {
+            index: event.index,
+            offset: event.offset,
+            at_ms: event.at_ms,
+            kind: kind.name().to_owned(),
+            app: kind.app().unwrap_or_default().to_owned(),
+            host: kind.host().map(|host| host.0.clone()).unwrap_or_default(),
+            instance: kind.instance().map_or(0, InstanceId::as_u64),
+            text: kind.to_string(),
+        }
+    }
+}

@@ -110,6 +110,18 @@ pub struct Output {
     pub apply_durations: Vec<Duration>,
     /// The snapshot this ready took and stored, if it took one.
     pub snapshot: Option<SnapshotTaken>,
+    /// What the applied entries changed, entry by entry.
+    pub events: Vec<EntryEvents>,
+    /// The index of the snapshot (sent by the leader) that replaced the state machine, if one did.
+    pub installed_snapshot: Option<u64>,
+}
+
+/// The events of one applied entry, and the time the entry carried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntryEvents {
+    pub index: u64,
+    pub at_ms: Option<u64>,
+    pub kinds: Vec<mirari_core::registry::EventKind>,
 }
 
 /// A snapshot of the state machine that was taken and stored.
@@ -403,6 +415,7 @@ impl<B: Backing> Node<B> {
                     return Ok(self.stall(stalled, output, error));
                 }
                 *self.machine_mut() = Machine::decode(&snapshot.data)?;
+                output.installed_snapshot = Some(snapshot.get_metadata().index);
             }
             self.apply(stalled.ready.take_committed_entries(), &mut output)?;
             stalled.applied = true;
@@ -444,7 +457,11 @@ impl<B: Backing> Node<B> {
                 EntryType::EntryNormal if entry.data.is_empty() => self.machine_mut().registry.skip(index),
                 EntryType::EntryNormal => match mirari_proto::log_codec::decode(&entry.data) {
                     Ok(request) => {
-                        let result = self.machine_mut().registry.apply(index, &request);
+                        let mut machine = self.machine_mut();
+                        let result = machine.registry.apply(index, &request);
+                        let kinds = machine.registry.take_events();
+                        drop(machine);
+                        output.events.push(EntryEvents { index, at_ms: request.command.at_ms(), kinds });
                         output.applied.push(Applied { index, request_id: request.request_id, result });
                     }
                     Err(error) => {

@@ -7,6 +7,7 @@
 //! ID seen recently returns the recorded result instead of applying twice, so a client may
 //! retry a write whose answer it lost.
 
+mod events;
 mod types;
 mod updates;
 
@@ -15,6 +16,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::events::{Event, EventKind};
 pub use self::types::*;
 use crate::args;
 use crate::ids::InstanceId;
@@ -48,6 +50,9 @@ pub struct Registry {
     /// committed to the instances it holds, and which instance holds each slot.
     #[serde(skip)]
     derived: Derived,
+    /// What the entry being applied changed.
+    #[serde(skip)]
+    journal: events::Journal,
 }
 
 /// Whether an instance holds its slot, its host's resources and its addresses: while it should run, and
@@ -261,6 +266,7 @@ impl Registry {
     /// a retried request too, advances the applied index: read barriers wait for it.
     pub fn apply(&mut self, index: u64, request: &Request) -> ApplyResult {
         self.applied_index = index;
+        self.journal = events::Journal::default();
         if let Some((_, result)) = self.recent_requests.get(&request.request_id) {
             return result.clone();
         }
@@ -282,6 +288,7 @@ impl Registry {
     /// change or a new leader's empty entry).
     pub fn skip(&mut self, index: u64) {
         self.applied_index = index;
+        self.journal = events::Journal::default();
     }
 
     fn apply_command(&mut self, command: &Command) -> ApplyResult {
@@ -322,6 +329,8 @@ impl Registry {
             return Err(Rejection::Invalid("host ID is empty".into()));
         }
         let mut host = host.clone();
+        let known = self.hosts.get(&host.id);
+        self.journal_registration(&host, known.map(|k| k.status));
         if let Some(known) = self.hosts.get(&host.id) {
             host.registered_at_ms = known.registered_at_ms;
             // A drain is the operators' to end, not the agent's.
@@ -342,6 +351,10 @@ impl Registry {
         }
         host.status = status;
         host.status_changed_at_ms = at_ms;
+        self.note(match status {
+            HostStatus::Down => EventKind::HostDown { host: id.clone() },
+            HostStatus::Up => EventKind::HostUp { host: id.clone() },
+        });
         if status == HostStatus::Down {
             // Its instances are lost; their slots free up for replacements elsewhere. If the
             // host comes back, it is told these instances are obsolete.
@@ -369,6 +382,7 @@ impl Registry {
             }
             None => {
                 self.networks.insert(network.name.clone(), network.clone());
+                self.note(EventKind::NetworkCreated { network: network.name.clone() });
                 Ok(Outcome::Done)
             }
         }
@@ -394,6 +408,7 @@ impl Registry {
             });
         }
         self.networks.remove(name);
+        self.note(EventKind::NetworkRemoved { network: name.to_owned() });
         Ok(Outcome::Done)
     }
 
@@ -402,6 +417,7 @@ impl Registry {
         deployment.spec.count = count;
         deployment.desired = Desired::Running;
         deployment.generation += 1;
+        self.note(EventKind::Scaled { app: app.to_owned(), count });
         self.trim_slots(app, count);
         Ok(Outcome::Done)
     }
@@ -410,6 +426,7 @@ impl Registry {
         let deployment = self.deployments.get_mut(app).ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
         deployment.desired = Desired::Stopped;
         deployment.generation += 1;
+        self.note(EventKind::DeploymentStopped { app: app.to_owned() });
         let live: Vec<InstanceId> = self.live_of(app).map(|i| i.id).collect();
         self.stop_instances(live, "the deployment was stopped");
         Ok(Outcome::Done)
@@ -494,6 +511,13 @@ impl Registry {
                 self.address_cursors.insert(interface.network.clone(), next);
             }
             self.index(&instance, Held::of(&instance), true);
+            self.note(EventKind::Placed {
+                app: app.to_owned(),
+                version: instance.version.clone(),
+                instance: placed.id,
+                host: placed.host.clone(),
+                slot: placed.slot,
+            });
             self.instances.insert(placed.id, instance);
         }
         Ok(Outcome::Placed(placements.iter().map(|p| p.id).collect()))
@@ -542,8 +566,10 @@ impl Registry {
     fn update(&mut self, id: InstanceId, change: impl FnOnce(&mut InstanceEntry)) {
         let Some(instance) = self.instances.get_mut(&id) else { return };
         let (before, desired) = (Held::of(instance), instance.desired);
+        let (phase, health) = (instance.observed, instance.health);
         change(instance);
         let instance = instance.clone();
+        self.journal_change(&instance, desired, phase, health);
         let after = Held::of(&instance);
         if before != after {
             self.index(&instance, before, false);

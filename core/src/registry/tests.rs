@@ -1,5 +1,6 @@
 use super::*;
 use crate::digest::Digest;
+use crate::health::Health;
 use crate::spec::RunPolicy;
 use crate::target::Target;
 
@@ -500,4 +501,49 @@ fn a_target_without_interfaces_is_refused_for_a_version_with_networks() {
          deploy it to another target, or without [[network]]"
     );
     assert_eq!(registry.deployment("hello").unwrap().spec.version, "1", "the running deployment is untouched");
+}
+
+/// The events each entry's application noted, as `kind: text` lines.
+fn events_of(registry: &mut Registry) -> Vec<String> {
+    registry.take_events().iter().map(|event| format!("{}: {event}", event.name())).collect()
+}
+
+#[test]
+fn applying_an_entry_tells_what_it_changed_as_events() {
+    let mut registry = Registry::default();
+    registry.apply(1, &request(1, Command::RegisterHost { host: host("a", 256, &[Target::Unix]) })).unwrap();
+    assert_eq!(events_of(&mut registry), ["host.registered: host a registered at a:7070"]);
+    registry.apply(2, &request(2, Command::RegisterApp { version: app("1") })).unwrap();
+    assert!(events_of(&mut registry).is_empty(), "registering a version changes nothing that runs");
+    let deploy = Command::Deploy { spec: spec("1", 1), at_ms: 5, by: "alice".into(), cause: RevisionCause::Deploy };
+    registry.apply(3, &request(3, deploy)).unwrap();
+    assert_eq!(events_of(&mut registry), ["deployment.deployed: hello version 1 deployed ×1 by alice"]);
+    place(&mut registry, 4, vec![placed(1, 0, "a")]).unwrap();
+    let id = InstanceId::from_u64(1);
+    assert_eq!(events_of(&mut registry), [format!("instance.placed: hello {id} (version 1, slot 0) placed on a")]);
+
+    let running = InstanceReport { health: Health::Healthy, revision: 1, ..report(1, Phase::Running) };
+    reported(&mut registry, 5, "a", vec![running.clone()]);
+    assert_eq!(
+        events_of(&mut registry),
+        [format!("instance.phase: hello {id} on a: running"), format!("instance.health: hello {id} on a is healthy")]
+    );
+    reported(&mut registry, 6, "a", vec![running]);
+    assert!(events_of(&mut registry).is_empty(), "the same state again is no event");
+
+    let down = Command::SetHostStatus { host: HostId("a".into()), status: HostStatus::Down, at_ms: 50 };
+    registry.apply(7, &request(7, down)).unwrap();
+    assert_eq!(
+        events_of(&mut registry),
+        [
+            "host.down: host a is down: its instances are lost".to_owned(),
+            format!("instance.stopping: hello {id} on a asked to stop: host a is down"),
+            format!("instance.phase: hello {id} on a: lost (host a is down)"),
+        ]
+    );
+    // A retried request applies nothing again, so it tells nothing.
+    registry.apply(8, &request(7, Command::Scale { app: "hello".into(), count: 3 })).unwrap();
+    assert!(events_of(&mut registry).is_empty());
+    registry.apply(9, &request(9, Command::StopDeployment { app: "hello".into() })).unwrap();
+    assert_eq!(events_of(&mut registry), ["deployment.stopped: hello stopped"]);
 }

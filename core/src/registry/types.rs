@@ -456,6 +456,23 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The time the command carries, if it carries one.
+    pub fn at_ms(&self) -> Option<u64> {
+        match self {
+            Command::SetHostStatus { at_ms, .. }
+            | Command::Deploy { at_ms, .. }
+            | Command::Place { at_ms, .. }
+            | Command::Deregister { at_ms, .. }
+            | Command::ReportInstances { at_ms, .. }
+            | Command::FinishRollout { at_ms, .. } => Some(*at_ms),
+            Command::RegisterHost { host } => Some(host.registered_at_ms),
+            Command::DrainHost { drain: Some(drain), .. } => Some(drain.since_ms),
+            _ => None,
+        }
+    }
+}
+
 /// A command and the client's request ID: a retried request is applied once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {

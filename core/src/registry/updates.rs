@@ -118,6 +118,12 @@ impl Registry {
             deployment.failures.clear();
         }
         self.deployments.insert(spec.app.clone(), deployment);
+        self.note(EventKind::Deployed {
+            app: spec.app.clone(),
+            version: spec.version.clone(),
+            count: spec.count,
+            by: by.to_owned(),
+        });
         if retargeted {
             // Slots are filled per version; another target of the same version is not a
             // replacement the rollout can pair slot by slot, so the old ones stop at once.
@@ -172,6 +178,7 @@ impl Registry {
         match &mut deployment.rollout {
             Some(rollout) if !rollout.promoted && rollout.failed.is_none() => {
                 rollout.promoted = true;
+                self.note(EventKind::Promoted { app: app.to_owned() });
                 Ok(Outcome::Done)
             }
             _ => Err(Rejection::NothingToPromote(app.to_owned())),
@@ -185,10 +192,16 @@ impl Registry {
         failure: Option<&str>,
         at_ms: u64,
     ) -> ApplyResult {
-        let deployment = self.deployments.get_mut(app).ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
+        let deployment = self.deployments.get(app).ok_or_else(|| Rejection::NotDeployed(app.to_owned()))?;
         if !deployment.rollout.as_ref().is_some_and(|r| r.version == version && r.failed.is_none()) {
             return Err(Rejection::Invalid(format!("`{app}` has no rollout of version `{version}` under way")));
         }
+        self.note(EventKind::RolloutFinished {
+            app: app.to_owned(),
+            version: version.to_owned(),
+            failure: failure.map(str::to_owned),
+        });
+        let deployment = self.deployments.get_mut(app).expect("checked above");
         // The rollout's history entry: still rolling, or (after a revert deployed over it)
         // superseded at this very moment.
         let mark = |deployment: &mut Deployment, was: RevisionOutcome, outcome: RevisionOutcome| {
@@ -237,7 +250,13 @@ impl Registry {
 
     pub(super) fn drain_host(&mut self, id: &HostId, drain: Option<Drain>) -> ApplyResult {
         let host = self.hosts.get_mut(id).ok_or_else(|| Rejection::UnknownHost(id.clone()))?;
+        let was_draining = host.drain.is_some();
         host.drain = drain;
+        match (was_draining, drain.is_some()) {
+            (false, true) => self.note(EventKind::HostDraining { host: id.clone() }),
+            (true, false) => self.note(EventKind::HostEligible { host: id.clone() }),
+            _ => {}
+        }
         let live: Vec<(InstanceId, bool)> = self
             .placed_on(id)
             .filter(|i| i.desired == Desired::Running)
@@ -266,6 +285,7 @@ impl Registry {
         self.derived.host_versions.remove(id);
         self.derived.placed.remove(id);
         self.derived.used.remove(id);
+        self.note(EventKind::HostRemoved { host: id.clone() });
         Ok(Outcome::Done)
     }
 
