@@ -123,7 +123,12 @@ async fn await_host(endpoint: Endpoint, name: &str) {
     }
 }
 
-pub async fn run(dir: Option<PathBuf>, bridge: &str, subnet: Ipv4Cidr) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    dir: Option<PathBuf>,
+    bridge: &str,
+    subnet: Ipv4Cidr,
+    http_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,raft=warn".into()),
@@ -149,7 +154,7 @@ pub async fn run(dir: Option<PathBuf>, bridge: &str, subnet: Ipv4Cidr) -> anyhow
         snapshot_every: 10_000,
         leases: Default::default(),
         dns_listen: None,
-        http_listen: None,
+        http_listen,
     };
     let (cluster_network, local_network) = dev_networks(subnet)?;
     let networked = is_root();
@@ -193,6 +198,15 @@ pub async fn run(dir: Option<PathBuf>, bridge: &str, subnet: Ipv4Cidr) -> anyhow
          stop with Ctrl-C (instances keep running; the next `mirari dev` re-adopts them)",
         dir.display()
     );
+    match http_listen {
+        Some(address) if address.ip().is_loopback() => {
+            eprintln!("  web console: http://{address}/ (metrics at /metrics)")
+        }
+        Some(address) => {
+            eprintln!("  metrics: http://{address}/metrics (no web console: it is served on loopback only)")
+        }
+        None => eprintln!("  web console: add --http-listen 127.0.0.1:9400"),
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|s| *s).await;

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use mirari_proto::convert::ClusterEventJson;
 use mirari_proto::coordinator as pb;
-use serde::Serialize;
 use tonic::Code;
 
 use crate::coordinators::{Coordinators, is_passing};
@@ -25,22 +25,6 @@ pub struct EventsOptions {
     pub from: Option<u64>,
     /// Without `from`: how many of the newest events to start with.
     pub last: u32,
-}
-
-/// An event as `--output json` prints it: one object per line.
-#[derive(Debug, Serialize)]
-struct EventLine<'a> {
-    index: u64,
-    offset: u32,
-    at_ms: u64,
-    kind: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    app: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    host: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    instance: Option<String>,
-    text: &'a str,
 }
 
 pub async fn events(
@@ -124,18 +108,7 @@ async fn stream_once(
 fn print_event(out: &mut impl std::io::Write, event: &pb::ClusterEvent, format: Format) -> std::io::Result<()> {
     match format {
         Format::Json => {
-            let instance =
-                (event.instance != 0).then(|| mirari_core::ids::InstanceId::from_u64(event.instance).to_string());
-            let line = EventLine {
-                index: event.index,
-                offset: event.offset,
-                at_ms: event.at_ms,
-                kind: &event.kind,
-                app: &event.app,
-                host: &event.host,
-                instance,
-                text: &event.text,
-            };
+            let line = ClusterEventJson::from(event);
             writeln!(out, "{}", serde_json::to_string(&line).expect("an event serializes"))?;
         }
         Format::Table => {

@@ -135,6 +135,10 @@ enum Command {
         /// part, `mirari run` instances from the top 55
         #[arg(long, default_value = "10.89.0.0/24")]
         subnet: mirari_core::network::Ipv4Cidr,
+        /// Serve the coordinator's web console and metrics here, e.g. 127.0.0.1:9400 (the console
+        /// only on a loopback address)
+        #[arg(long, value_name = "ADDR")]
+        http_listen: Option<std::net::SocketAddr>,
     },
     /// Print a shell completion script, e.g. `mirari completions bash > /etc/bash_completion.d/mirari`
     Completions {
@@ -483,7 +487,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ps => agent_cmds::ps(&agent, format).await,
         Command::Console { id, follow } => agent_cmds::console(&agent, &coordinators, &id, follow).await,
         Command::Logs { id } => agent_cmds::logs(&agent, &coordinators, &id, format).await,
-        Command::Dev { dir, bridge, subnet } => dev::run(dir, &bridge, subnet).await,
+        Command::Dev { dir, bridge, subnet, http_listen } => dev::run(dir, &bridge, subnet, http_listen).await,
         Command::Tls(TlsCommand::Ca { action: CaAction::Create { dir, name, days } }) => {
             let name = name.unwrap_or_else(|| format!("Mirari CA {:08x}", rand::random::<u32>()));
             tls_cmds::create_ca(&dir, &name, days)

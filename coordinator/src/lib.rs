@@ -11,6 +11,7 @@
 //! - [`status`]: the cluster status the CLI shows.
 //! - [`events`]: the window of applied events the event stream reads.
 //! - [`metrics`]: the `mirari_coordinator_*` series served on `--http-listen`.
+//! - [`web`]: the web console beside `/metrics` on a loopback `--http-listen`.
 //! - [`server`]: putting it together: `run(config, listener, shutdown)`.
 
 pub mod agents;
@@ -25,3 +26,4 @@ pub mod server;
 pub mod service;
 pub mod status;
 pub mod transport;
+pub mod web;

@@ -13,6 +13,7 @@ use mirari_proto::auth::{self, Guarded};
 use mirari_proto::coordinator::{self as pb, coordinator_client::CoordinatorClient};
 use mirari_proto::endpoint::{Endpoint, Listener};
 
+use crate::agents::AgentClients;
 use crate::blobs::ReplicatedBlobs;
 use crate::leader::{self, LeaseTiming, Leases};
 
@@ -25,6 +26,7 @@ use crate::driver;
 use crate::metrics::CoordinatorMetrics;
 use crate::service::{CoordinatorService, PeerService};
 use crate::transport::Transport;
+use crate::web;
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -172,11 +174,22 @@ pub async fn run(
             }
         }
     };
+    let agents = Arc::new(AgentClients::default());
     let metrics_served = {
-        let registry = metrics.registry(raft.clone());
+        let mut routes = mirari_metrics::router(metrics.registry(raft.clone()));
+        match metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            Some(address) if address.ip().is_loopback() => {
+                tracing::info!(%address, "serving the web console on http://{address}/");
+                routes = routes.merge(web::router(raft.clone(), agents.clone()));
+            }
+            Some(address) => {
+                tracing::info!(%address, "no web console on a non-loopback --http-listen (it has no authentication): reach a loopback one through ssh -L");
+            }
+            None => {}
+        }
         async move {
             match metrics_listener {
-                Some(listener) => mirari_metrics::serve(listener, registry).await,
+                Some(listener) => mirari_metrics::serve_with(listener, routes).await,
                 None => std::future::pending().await,
             }
         }
@@ -184,7 +197,7 @@ pub async fn run(
     let router = mirari_proto::endpoint::server()
         .add_service(Guarded::new(PeerService::new(raft.clone(), blobs.clone()).into_server(), auth::peer_policy))
         .add_service(Guarded::new(
-            CoordinatorService::new(raft, leases, config.leases, blobs).into_server(),
+            CoordinatorService::new(raft, leases, config.leases, blobs, agents).into_server(),
             auth::coordinator_policy,
         ));
     tokio::select! {

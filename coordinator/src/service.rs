@@ -119,7 +119,7 @@ pub struct CoordinatorService {
     leases: Arc<Leases>,
     timing: LeaseTiming,
     blobs: ReplicatedBlobs,
-    agents: AgentClients,
+    agents: Arc<AgentClients>,
 }
 
 fn status_of(error: ProposeError, leader_address: Option<String>) -> Status {
@@ -156,8 +156,14 @@ fn applied_response(result: mirari_core::registry::ApplyResult) -> pb::ProposeRe
 }
 
 impl CoordinatorService {
-    pub fn new(raft: RaftHandle, leases: Arc<Leases>, timing: LeaseTiming, blobs: ReplicatedBlobs) -> Self {
-        Self { raft, leaders: Mutex::new(HashMap::new()), leases, timing, blobs, agents: AgentClients::default() }
+    pub fn new(
+        raft: RaftHandle,
+        leases: Arc<Leases>,
+        timing: LeaseTiming,
+        blobs: ReplicatedBlobs,
+        agents: Arc<AgentClients>,
+    ) -> Self {
+        Self { raft, leaders: Mutex::new(HashMap::new()), leases, timing, blobs, agents }
     }
 
     /// Requests are small (a registry entry, a heartbeat, a blob chunk); answers may be large
@@ -323,20 +329,7 @@ impl CoordinatorService {
     }
 
     fn cluster_info(&self) -> pb::ClusterInfo {
-        let status = self.raft.status();
-        let machine = self.raft.machine();
-        pb::ClusterInfo {
-            id: status.id,
-            role: status.role.to_owned(),
-            term: status.term,
-            leader_id: status.leader.unwrap_or_default(),
-            leader_address: status.leader.and_then(|l| machine.members.get(&l).cloned()).unwrap_or_default(),
-            commit_index: status.commit_index,
-            applied_index: status.applied_index,
-            members: machine.members.iter().map(|(&id, address)| pb::Member { id, address: address.clone() }).collect(),
-            cluster_id: machine.cluster_id.clone().unwrap_or_default(),
-            disk_failure: status.disk_failure.clone().unwrap_or_default(),
-        }
+        cluster_info(&self.raft)
     }
 
     async fn change_membership(
@@ -672,6 +665,24 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 })
                 .boxed(),
         ))
+    }
+}
+
+/// This node's view of the raft group: its role, term, indexes, the leader and the members.
+pub fn cluster_info(raft: &RaftHandle) -> pb::ClusterInfo {
+    let status = raft.status();
+    let machine = raft.machine();
+    pb::ClusterInfo {
+        id: status.id,
+        role: status.role.to_owned(),
+        term: status.term,
+        leader_id: status.leader.unwrap_or_default(),
+        leader_address: status.leader.and_then(|l| machine.members.get(&l).cloned()).unwrap_or_default(),
+        commit_index: status.commit_index,
+        applied_index: status.applied_index,
+        members: machine.members.iter().map(|(&id, address)| pb::Member { id, address: address.clone() }).collect(),
+        cluster_id: machine.cluster_id.clone().unwrap_or_default(),
+        disk_failure: status.disk_failure.clone().unwrap_or_default(),
     }
 }
 

@@ -11,39 +11,7 @@ use mirari_proto::coordinator as pb;
 use mirari_proto::log_codec;
 
 pub fn cluster_status(registry: &Registry, read: pb::ReadInfo, now_ms: u64) -> pb::ClusterStatus {
-    let deployments = registry
-        .deployments()
-        .map(|deployment| {
-            let app = &deployment.spec.app;
-            let live = || registry.live_of(app);
-            let placed = live().count() as u32;
-            let running = live().filter(|i| i.observed == Phase::Running).count() as u32;
-            let failed = live().filter(|i| i.observed == Phase::Failed).count() as u32;
-            let healthy = live().filter(|i| i.observed == Phase::Running && i.health == Health::Healthy).count() as u32;
-            let has_health_check =
-                registry.app_version(app, &deployment.spec.version).is_some_and(|version| version.run.health.is_some());
-            let stopped = deployment.desired == Desired::Stopped;
-            let dry_run = dry_run(registry, deployment, now_ms);
-            let unplaced = dry_run.as_ref().map_or(0, |plan| plan.unplaced);
-            pb::DeploymentStatus {
-                spec: Some(log_codec::deployment_to_pb(&deployment.spec)),
-                stopped,
-                generation: deployment.generation,
-                placed,
-                running,
-                failed,
-                unplaced,
-                unplaced_reason: dry_run
-                    .filter(|plan| plan.unplaced > 0)
-                    .map(|plan| plan.explain())
-                    .unwrap_or_default(),
-                healthy,
-                has_health_check,
-                rollout: deployment.rollout.as_ref().map(|r| rollout_status(registry, deployment, r, now_ms)),
-                history: deployment.history.iter().map(revision_status).collect(),
-            }
-        })
-        .collect();
+    let deployments = registry.deployments().map(|d| deployment_status(registry, d, now_ms)).collect();
     let instances = registry
         .instances()
         .filter(|i| registry::holds_slot(i) || i.observed.is_live())
@@ -77,6 +45,36 @@ pub fn cluster_status(registry: &Registry, read: pb::ReadInfo, now_ms: u64) -> p
                 held: registry.addresses_held(&network.name) as u64,
             })
             .collect(),
+    }
+}
+
+/// One deployment's counts (placed, running, healthy, failed, unplaced and why), rollout and
+/// history.
+pub fn deployment_status(registry: &Registry, deployment: &Deployment, now_ms: u64) -> pb::DeploymentStatus {
+    let app = &deployment.spec.app;
+    let live = || registry.live_of(app);
+    let placed = live().count() as u32;
+    let running = live().filter(|i| i.observed == Phase::Running).count() as u32;
+    let failed = live().filter(|i| i.observed == Phase::Failed).count() as u32;
+    let healthy = live().filter(|i| i.observed == Phase::Running && i.health == Health::Healthy).count() as u32;
+    let has_health_check =
+        registry.app_version(app, &deployment.spec.version).is_some_and(|version| version.run.health.is_some());
+    let stopped = deployment.desired == Desired::Stopped;
+    let dry_run = dry_run(registry, deployment, now_ms);
+    let unplaced = dry_run.as_ref().map_or(0, |plan| plan.unplaced);
+    pb::DeploymentStatus {
+        spec: Some(log_codec::deployment_to_pb(&deployment.spec)),
+        stopped,
+        generation: deployment.generation,
+        placed,
+        running,
+        failed,
+        unplaced,
+        unplaced_reason: dry_run.filter(|plan| plan.unplaced > 0).map(|plan| plan.explain()).unwrap_or_default(),
+        healthy,
+        has_health_check,
+        rollout: deployment.rollout.as_ref().map(|r| rollout_status(registry, deployment, r, now_ms)),
+        history: deployment.history.iter().map(revision_status).collect(),
     }
 }
 

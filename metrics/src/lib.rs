@@ -66,10 +66,15 @@ impl MetricsListener {
 
 /// Serves `registry` on `listener` until the future is dropped (it ends only on an error).
 pub async fn serve(listener: MetricsListener, registry: Registry) -> Result<(), MetricsError> {
+    serve_with(listener, router(registry)).await
+}
+
+/// Serves `routes` ([`router`] merged with a daemon's own) on `listener`.
+pub async fn serve_with(listener: MetricsListener, routes: Router) -> Result<(), MetricsError> {
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "serving metrics on http://{address}/metrics (plain HTTP, no authentication)");
     }
-    axum::serve(listener.listener, router(registry)).await.map_err(MetricsError::Serve)
+    axum::serve(listener.listener, routes).await.map_err(MetricsError::Serve)
 }
 
 struct Scraped {

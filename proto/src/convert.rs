@@ -435,3 +435,34 @@ impl From<&mirari_core::registry::Event> for crate::coordinator::ClusterEvent {
         }
     }
 }
+
+/// A cluster event as JSON, the same for `mirari cluster events -o json` and the web console.
+#[derive(Debug, serde::Serialize)]
+pub struct ClusterEventJson<'a> {
+    pub index: u64,
+    pub offset: u32,
+    pub at_ms: u64,
+    pub kind: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub app: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub host: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    pub text: &'a str,
+}
+
+impl<'a> From<&'a crate::coordinator::ClusterEvent> for ClusterEventJson<'a> {
+    fn from(event: &'a crate::coordinator::ClusterEvent) -> Self {
+        Self {
+            index: event.index,
+            offset: event.offset,
+            at_ms: event.at_ms,
+            kind: &event.kind,
+            app: &event.app,
+            host: &event.host,
+            instance: (event.instance != 0).then(|| InstanceId::from_u64(event.instance).to_string()),
+            text: &event.text,
+        }
+    }
+}
