@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds a .deb per binary (mirari, mirari-agent, mirari-coordinator) with cargo-deb, from a
-# release build, and prints their paths. The CLI's man pages and shell completions are made by
-# the built `mirari` itself, so they match its --help. Prints each .deb's absolute path.
+# release build, and prints their paths. Each binary writes its own man pages (and the CLI its
+# shell completions), so they match its --help. Prints each .deb's absolute path.
 # Usage: deploy/package.sh            (installs cargo-deb with `cargo install` if missing)
 set -eu
 cd "$(dirname "$0")/.."
@@ -10,7 +10,9 @@ cargo build --release --locked --bins
 docs=target/release/package
 rm -rf "$docs"
 mkdir -p "$docs/completions"
-target/release/mirari man --out "$docs/man"
+for binary in mirari mirari-agent mirari-coordinator; do
+	"target/release/$binary" man --out "$docs/man/$binary"
+done
 target/release/mirari completions bash >"$docs/completions/mirari"
 target/release/mirari completions zsh >"$docs/completions/_mirari"
 target/release/mirari completions fish >"$docs/completions/mirari.fish"

@@ -139,6 +139,12 @@ enum Command {
     /// agent beside each one, not by people).
     #[command(hide = true)]
     DomainFence(DomainFenceArgs),
+    /// Write man pages: mirari-agent.1 and one per subcommand
+    Man {
+        /// The directory to write them to (made if missing)
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -147,6 +153,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Some(Command::Shim(args)) => shim::run(args).map_err(Into::into),
         Some(Command::DomainFence(args)) => domain_fence::run(args),
+        Some(Command::Man { out }) => mirari_proto::man::man_pages(Cli::command(), &out).map_err(Into::into),
         None => cli.config.load::<Settings>(&matches).map_err(Into::into).and_then(|settings| {
             tracing_subscriber::fmt()
                 .with_env_filter(

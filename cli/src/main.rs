@@ -434,7 +434,7 @@ fn main() -> ExitCode {
     }
     let documented = match &cli.command {
         Command::Completions { shell } => Some(docs::completions(*shell, Cli::command(), &mut std::io::stdout())),
-        Command::Man { out } => Some(docs::man_pages(Cli::command(), out)),
+        Command::Man { out } => Some(mirari_proto::man::man_pages(Cli::command(), out).map_err(Into::into)),
         _ => None,
     };
     if let Some(result) = documented {

@@ -22,6 +22,18 @@ struct Cli {
     settings: Settings,
     #[command(flatten)]
     config: ConfigFlag,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Write man pages: mirari-coordinator.1 and one per subcommand
+    Man {
+        /// The directory to write them to (made if missing)
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
@@ -73,10 +85,13 @@ struct Settings {
 fn main() -> std::process::ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
-    let result = cli.config.load::<Settings>(&matches).map_err(Into::into).and_then(|settings| {
-        let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
-        runtime.block_on(run(settings))
-    });
+    let result = match cli.command {
+        Some(Command::Man { out }) => mirari_proto::man::man_pages(Cli::command(), &out).map_err(Into::into),
+        None => cli.config.load::<Settings>(&matches).map_err(Into::into).and_then(|settings| {
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+            runtime.block_on(run(settings))
+        }),
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -8,6 +8,7 @@
 //! - [`endpoint`]: addresses (`unix:/path` or `host:port`), connecting and serving on them.
 //! - [`tls`]: mutual TLS, certificates and the roles they carry.
 //! - [`daemon_config`]: the daemons' `--config` files, one struct for their flags and keys.
+//! - [`man`]: man pages from the clap definitions of the CLI and the daemons.
 //! - [`auth`]: which role may call which RPC, checked for every server in one place.
 //! - [`blob_stream`]: blobs as chunk streams, sent from and received into a blob store.
 
@@ -44,4 +45,5 @@ pub mod convert;
 pub mod daemon_config;
 pub mod endpoint;
 pub mod log_codec;
+pub mod man;
 pub mod tls;

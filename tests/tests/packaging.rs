@@ -76,8 +76,10 @@ fn the_packages_install_their_binaries_units_man_pages_and_completions() {
         .unwrap();
     assert!(!coordinator.status.success());
     assert!(stderr(&coordinator).contains("--id N, or id = N in --config"), "{}", stderr(&coordinator));
-    let page = run(Command::new("man").args(["-w", "mirari-cluster-deploy"]));
-    assert!(stdout(&page).contains("/usr/share/man/man1/mirari-cluster-deploy.1"), "{}", stdout(&page));
+    for name in ["mirari-cluster-deploy", "mirari-agent", "mirari-coordinator"] {
+        let page = run(Command::new("man").args(["-w", name]));
+        assert!(stdout(&page).contains(&format!("/usr/share/man/man1/{name}.1")), "{}", stdout(&page));
+    }
     for completion in [
         "/usr/share/bash-completion/completions/mirari",
         "/usr/share/zsh/vendor-completions/_mirari",
