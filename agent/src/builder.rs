@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use mirari_blobs::BlobStore;
+use mirari_build::cache::{self, BuildCache};
 use mirari_build::project::Project;
 use mirari_build::{BuildEvent, archive, driver, requirements};
 use mirari_core::digest::Digest;
@@ -23,6 +24,8 @@ pub struct Builder {
     pub blobs: BlobStore,
     /// Where bundles are unpacked, one directory per build.
     pub scratch: PathBuf,
+    /// The artifacts of earlier builds, by what went into them.
+    pub cache: BuildCache,
     pub host: String,
 }
 
@@ -57,12 +60,30 @@ impl Builder {
             .prefix("build-")
             .tempdir_in(&self.scratch)
             .map_err(|e| Status::internal(format!("build directory: {e}")))?;
-        let (project, store, host) = (self.unpack(&job, bundle, dir.path())?, self.blobs.clone(), self.host.clone());
-        let missing = requirements::check(&requirements::requirements_of(&project));
+        let (project, host) = (self.unpack(&job, bundle, dir.path())?, &self.host);
+        let requires = requirements::requirements_of(&project);
+        let missing = requirements::check(&requires);
         if !missing.is_empty() {
             let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
             return Err(Status::failed_precondition(format!("host {host} cannot build {target}: {}", list.join("; "))));
         }
+        let key = cache::build_key(bundle, &job.config_toml, target, &cache::toolchain(&requires));
+        let cached = self.cache.get(key).filter(|artifact| !job.rebuild && self.blobs.contains(artifact));
+        let artifact = match cached {
+            Some(artifact) => artifact,
+            None => {
+                let artifact = self.run_build(project, target, events).await?;
+                if let Err(error) = self.cache.put(key, artifact) {
+                    tracing::warn!(%error, "could not remember the build for reuse");
+                }
+                artifact
+            }
+        };
+        self.send_artifact(artifact, cached.is_some(), events).await
+    }
+
+    async fn run_build(&self, project: Project, target: Target, events: &Events) -> Result<Digest, Status> {
+        let (store, host) = (self.blobs.clone(), self.host.clone());
         let progress = events.clone();
         let built = tokio::task::spawn_blocking(move || {
             driver::build_target(&project, target, &store, &mut |e| {
@@ -78,7 +99,12 @@ impl Builder {
         .await
         .map_err(|e| Status::internal(format!("the build task failed: {e}")))?
         .map_err(|e| Status::aborted(format!("host {host}: {e}")))?;
-        let path = self.blobs.path(&built.digest);
+        Ok(built.digest)
+    }
+
+    /// Streams the artifact back, then says it is done (and whether it was built earlier).
+    async fn send_artifact(&self, artifact: Digest, cached: bool, events: &Events) -> Result<(), Status> {
+        let path = self.blobs.path(&artifact);
         let mut file = tokio::fs::File::open(&path).await.map_err(|e| Status::internal(format!("artifact: {e}")))?;
         let mut size = 0u64;
         loop {
@@ -93,7 +119,7 @@ impl Builder {
                 return Ok(());
             }
         }
-        let done = pb::BuildDone { artifact_sha256: built.digest.to_string(), size, host: self.host.clone() };
+        let done = pb::BuildDone { artifact_sha256: artifact.to_string(), size, host: self.host.clone(), cached };
         let _ = events.send(event(build_event::Event::Done(done))).await;
         Ok(())
     }

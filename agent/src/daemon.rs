@@ -84,6 +84,7 @@ pub async fn run(
         coordinators: cluster.coordinators.clone(),
         blobs: agent.blobs().clone(),
         scratch: config.state_dir.join("builds"),
+        cache: mirari_build::cache::BuildCache::new(config.state_dir.join("build-cache")),
         host: join.name.clone(),
     });
     let endpoint = listener.local_endpoint().map_or_else(|_| "?".into(), |e: Endpoint| e.to_string());

@@ -8,12 +8,14 @@
 //! - [`archive`]: deterministic tar archives of a directory.
 //! - [`images`]: baking file directories into deterministic read-only tar images.
 //! - [`bundle`]: an app's sources as one content-addressed archive, to build elsewhere.
+//! - [`cache`]: which builds can be reused: keys of bundle, config, target and toolchain.
 //! - [`driver`]: running the `command` or `mirage` build for one target.
 //! - [`manifest`]: what configure and build produced (digests per target), read by `run`.
 //! - [`process`]: running a command with its output streamed as progress.
 
 pub mod archive;
 pub mod bundle;
+pub mod cache;
 pub mod driver;
 pub mod images;
 pub mod manifest;

@@ -86,12 +86,14 @@ async fn build(
     project: &Project,
     bundle: Digest,
     target: Target,
+    rebuild: bool,
 ) -> anyhow::Result<Digest> {
     let job = wire_agent::BuildJob {
         bundle_sha256: bundle.to_string(),
         config_toml: std::fs::read_to_string(&project.config_path)?,
         config_path: project.config_path.display().to_string(),
         target: target.name().to_owned(),
+        rebuild,
     };
     eprintln!("==> building {target} on a cluster host");
     let done = coordinators
@@ -110,7 +112,15 @@ async fn build(
             Err(tonic::Status::unavailable("the build stream ended early"))
         })
         .await?;
-    eprintln!("built {target} on host {}: sha256 {}", done.host, done.artifact_sha256);
+    if done.cached {
+        eprintln!(
+            "reused {target} built earlier on host {} from the same sources, config and toolchain: sha256 {} \
+             (--rebuild to build again)",
+            done.host, done.artifact_sha256
+        );
+    } else {
+        eprintln!("built {target} on host {}: sha256 {}", done.host, done.artifact_sha256);
+    }
     Ok(done.artifact_sha256.parse()?)
 }
 
@@ -120,6 +130,8 @@ pub struct DeployOptions {
     pub count: u32,
     pub placement: Placement,
     pub timeout: Duration,
+    /// Build even if an artifact of the same inputs exists.
+    pub rebuild: bool,
     pub update: UpdateOverrides,
 }
 
@@ -191,7 +203,7 @@ pub async fn deploy(
     let mut blobs: Vec<Digest> = vec![bundle];
     blobs.extend(files.iter().map(|f| f.digest));
     upload(coordinators, &store, &blobs).await?;
-    let artifact = build(coordinators, &project, bundle, target).await?;
+    let artifact = build(coordinators, &project, bundle, target, options.rebuild).await?;
 
     let version = AppVersion {
         app: config.name.clone(),

@@ -248,6 +248,10 @@ enum ClusterCommand {
         /// Give up waiting for the rollout after this long
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// Build even if the host built the same sources, config and toolchain before (the
+        /// toolchain is what the config's [requires] names)
+        #[arg(long)]
+        rebuild: bool,
         #[command(flatten)]
         update: deploy::UpdateOverrides,
     },
@@ -507,12 +511,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut connection = coordinators::Coordinators::new(&coordinators);
             let coordinators = &coordinators;
             match command {
-                ClusterCommand::Deploy { app, target, count, placement, timeout, update } => {
+                ClusterCommand::Deploy { app, target, count, placement, timeout, rebuild, update } => {
                     let placement = match placement {
                         PlacementArg::Binpack => mirari_core::registry::Placement::Binpack,
                         PlacementArg::Spread => mirari_core::registry::Placement::Spread,
                     };
-                    let options = deploy::DeployOptions { target, count, placement, timeout, update };
+                    let options = deploy::DeployOptions { target, count, placement, timeout, rebuild, update };
                     deploy::deploy(&mut connection, &app, options, format).await
                 }
                 ClusterCommand::Promote { app, timeout } => {

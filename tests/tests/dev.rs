@@ -76,6 +76,14 @@ fn dev_makes_a_network_and_its_instances_answer_at_their_addresses() {
     let (_dev, _dir, n, mirari) = start_dev(&[]);
     let out = mirari(&["cluster", "deploy", "-t", "unix", "--count", "2"]);
     assert!(out.status.success(), "deploy failed: {}", stderr(&out));
+    assert!(stderr(&out).contains("built unix on host"), "{}", stderr(&out));
+    // Deployed again as it is: the build is reused and nothing rolls out; --rebuild builds.
+    let again = mirari(&["cluster", "deploy", "-t", "unix", "--count", "2"]);
+    assert!(again.status.success(), "deploy failed: {}", stderr(&again));
+    assert!(stderr(&again).contains("reused unix built earlier on host"), "{}", stderr(&again));
+    assert!(stderr(&again).contains("is unchanged"), "{}", stderr(&again));
+    let rebuilt = mirari(&["cluster", "deploy", "-t", "unix", "--count", "2", "--rebuild"]);
+    assert!(stderr(&rebuilt).contains("built unix on host"), "{}", stderr(&rebuilt));
     let status: Value = serde_json::from_slice(&mirari(&["cluster", "status", "--output", "json"]).stdout).unwrap();
     let instances = status["instances"].as_array().unwrap();
     assert_eq!(instances.len(), 2);
