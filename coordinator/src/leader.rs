@@ -1,5 +1,5 @@
 //! What only the leader does: keep agents' leases, declare hosts down when a lease runs out,
-//! move rollouts and drains on, and schedule empty slots.
+//! move rollouts and drains on, schedule empty slots, and forget instances that ended long ago.
 //!
 //! The decisions are `mirari_core`'s: the lease table ([`LeaseTable`]), the rollout planner
 //! ([`rollout::plan`]) and the scheduler's rounds. This task only reads the clock, asks them, and proposes what they return. Leases
@@ -15,6 +15,7 @@ use mirari_core::clock;
 use mirari_core::ids::InstanceId;
 pub use mirari_core::lease::{LeaseTable, LeaseTiming};
 use mirari_core::registry::{Command, Host, HostStatus, Request};
+use mirari_core::retention::{self, Retention};
 use mirari_core::{rollout, scheduler};
 
 use crate::driver::RaftHandle;
@@ -41,6 +42,10 @@ const PLANS_PER_ROUND: usize = 20;
 const DUTY_INTERVAL: Duration = Duration::from_millis(200);
 /// Without registry changes, it still re-plans this often (a host may have freed up).
 const RESCHEDULE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often it looks for ended instances past their retention.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(10);
+/// Most instances one entry forgets.
+const FORGOTTEN_PER_ENTRY: usize = 5000;
 
 /// A request ID for a command the leader makes on its own.
 pub fn fresh_request_id(what: &str) -> String {
@@ -52,6 +57,7 @@ pub async fn run(raft: RaftHandle, leases: Arc<Leases>, timing: LeaseTiming) {
     let mut leading = false;
     let mut scheduled_at_index = 0;
     let mut scheduled_at = Instant::now();
+    let mut retained_at = Instant::now();
     let mut interval = tokio::time::interval(DUTY_INTERVAL);
     loop {
         interval.tick().await;
@@ -73,6 +79,25 @@ pub async fn run(raft: RaftHandle, leases: Arc<Leases>, timing: LeaseTiming) {
             scheduled_at = Instant::now();
             schedule(&raft).await;
         }
+        if retained_at.elapsed() > RETENTION_INTERVAL {
+            retained_at = Instant::now();
+            forget_ended(&raft).await;
+        }
+    }
+}
+
+/// Forgets the ended instances past their retention ([`retention::forgettable`]).
+async fn forget_ended(raft: &RaftHandle) {
+    let ids =
+        retention::forgettable(&raft.machine().registry, clock::wall_ms(), Retention::default(), FORGOTTEN_PER_ENTRY);
+    if ids.is_empty() {
+        return;
+    }
+    let count = ids.len();
+    let command = Command::ForgetInstances { ids };
+    match raft.propose(Request { request_id: fresh_request_id("forget"), command }).await {
+        Ok(_) => tracing::info!(count, "forgot instances that ended past their retention"),
+        Err(error) => tracing::debug!(%error, "could not forget ended instances yet"),
     }
 }
 

@@ -23,6 +23,7 @@
 //! - [`registry`]: the cluster registry, the state machine the coordinators replicate.
 //! - [`discovery`]: the addresses that answer for an app (the coordinators' DNS).
 //! - [`scheduler`]: registry + deployment -> a placement plan.
+//! - [`retention`]: registry + time -> the ended instances the registry keeps no longer.
 //! - [`rollout`]: registry + time -> the commands that replace instances slot by slot (rolling
 //!   updates, canaries, automatic revert, drains).
 //! - [`ring`]: the bounded byte ring that holds console output.
@@ -44,6 +45,7 @@ pub mod network;
 pub mod reconcile;
 pub mod registry;
 pub mod restart;
+pub mod retention;
 pub mod ring;
 pub mod rng;
 pub mod rollout;

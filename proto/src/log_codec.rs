@@ -77,6 +77,9 @@ fn command_to_pb(command: &Command) -> PbCommand {
         Command::Deregister { ids, at_ms } => {
             PbCommand::Deregister(pb::Deregister { ids: ids.iter().map(|id| id.as_u64()).collect(), at_ms: *at_ms })
         }
+        Command::ForgetInstances { ids } => {
+            PbCommand::ForgetInstances(pb::ForgetInstances { ids: ids.iter().map(|id| id.as_u64()).collect() })
+        }
         Command::StopInstances { ids, reason } => PbCommand::StopInstances(pb::StopInstances {
             ids: ids.iter().map(|id| id.as_u64()).collect(),
             reason: reason.clone(),
@@ -149,6 +152,9 @@ fn command_from_pb(command: &PbCommand) -> Result<Command, WireError> {
         },
         PbCommand::Deregister(c) => {
             Command::Deregister { ids: c.ids.iter().copied().map(InstanceId::from_u64).collect(), at_ms: c.at_ms }
+        }
+        PbCommand::ForgetInstances(c) => {
+            Command::ForgetInstances { ids: c.ids.iter().copied().map(InstanceId::from_u64).collect() }
         }
         PbCommand::StopInstances(c) => Command::StopInstances {
             ids: c.ids.iter().copied().map(InstanceId::from_u64).collect(),
@@ -514,6 +520,7 @@ mod tests {
             },
             Command::StopInstances { ids: vec![InstanceId::from_u64(1)], reason: "scaled down".into() },
             Command::Deregister { ids: vec![InstanceId::from_u64(1)], at_ms: 11 },
+            Command::ForgetInstances { ids: vec![InstanceId::from_u64(1), InstanceId::from_u64(2)] },
             Command::ReportInstances {
                 host: HostId("a".into()),
                 reports: vec![InstanceReport {

@@ -18,6 +18,7 @@ use mirari_coordinator::consensus::storage::{RaftLog, SimulatedDisk};
 use mirari_core::ids::InstanceId;
 use mirari_core::lease::{LeaseTable, LeaseTiming};
 use mirari_core::registry::{ApplyResult, Command, HostId, HostStatus, Registry, Request};
+use mirari_core::retention::{self, Retention};
 use mirari_core::rng::SplitMix64;
 use mirari_core::{rollout, scheduler};
 
@@ -25,6 +26,8 @@ use crate::net::{Addr, Answer, Ms, Network, Payload, Rpc};
 
 pub const TICK_MS: Ms = 100;
 const DUTY_MS: Ms = 200;
+/// Ended instances are forgotten 3 s after their release, beyond 3 per app at once.
+const SIM_RETENTION: Retention = Retention { keep_for_ms: 3_000, keep_per_app: 3 };
 const STREAM_RECHECK_MS: Ms = 1_000;
 /// A read barrier not answered by then is asked again (raft drops some silently).
 const READ_RETRY_MS: Ms = 500;
@@ -298,7 +301,7 @@ impl SimCoordinator {
 
     fn duties(&mut self, rng: &mut SplitMix64, now: Ms, placements: &mut BTreeMap<InstanceId, Planned>) {
         let node = self.node.as_mut().expect("up");
-        let (expired, steps, plans) = {
+        let (expired, steps, plans, forget) = {
             let machine = node.machine();
             let registry = &machine.registry;
             let expired = self.leases.expired(registry, now, self.timing.down_after());
@@ -309,8 +312,15 @@ impl SimCoordinator {
                     return id;
                 }
             };
-            (expired, rollout::plan(registry, now), scheduler::plan_round(registry, 5000, now, &mut mint))
+            let plans = scheduler::plan_round(registry, 5000, now, &mut mint);
+            // Far shorter than a real cluster's, so forgetting runs under every fault too.
+            let forget = retention::forgettable(registry, now, SIM_RETENTION, 5000);
+            (expired, rollout::plan(registry, now), plans, forget)
         };
+        if !forget.is_empty() {
+            let request_id = format!("forget-{}-{}", self.id, rng.next_u64());
+            let _ = node.propose(&Request { request_id, command: Command::ForgetInstances { ids: forget } });
+        }
         for host in expired {
             self.trace.push_back(format!("{now:>6} coordinator-{}: declares {host} down", self.id));
             let command = Command::SetHostStatus { host, status: HostStatus::Down, at_ms: now };

@@ -312,6 +312,14 @@ impl Registry {
                 self.stop_instances(ids.iter().copied(), reason);
                 Ok(Outcome::Done)
             }
+            Command::ForgetInstances { ids } => {
+                for id in ids {
+                    if self.instances.get(id).is_some_and(|i| !holds_slot(i) && !i.observed.is_live()) {
+                        self.instances.remove(id);
+                    }
+                }
+                Ok(Outcome::Done)
+            }
             Command::ReportInstances { host, reports, at_ms } => self.report(host, reports, *at_ms),
             Command::CreateNetwork { network } => self.create_network(network),
             Command::RemoveNetwork { name } => self.remove_network(name),
@@ -366,6 +374,7 @@ impl Registry {
                     ask_to_stop(instance, index, &reason);
                     instance.observed = Phase::Lost;
                     instance.released = true;
+                    instance.released_at_ms.get_or_insert(at_ms);
                 });
             }
         }
@@ -504,6 +513,7 @@ impl Registry {
                 healthy_since_ms: None,
                 deregistered_at_ms: None,
                 migrating: false,
+                released_at_ms: None,
             };
             self.minted.insert(placed.id);
             for interface in &instance.interfaces {
@@ -605,6 +615,7 @@ impl Registry {
                     && report.assignments_index >= instance.stopped_at_index
                 {
                     instance.released = true;
+                    instance.released_at_ms.get_or_insert(at_ms);
                 }
                 instance.observed = report.phase;
                 instance.restarts = report.restarts;

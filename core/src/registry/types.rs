@@ -337,6 +337,10 @@ pub struct InstanceEntry {
     /// replacement has been healthy for the update policy's `min_healthy_time`.
     #[serde(default)]
     pub migrating: bool,
+    /// When it was released (the time of the report or the host's loss that released it);
+    /// `None` while it holds its slot, and for instances released before this was kept.
+    #[serde(default)]
+    pub released_at_ms: Option<u64>,
 }
 
 /// A placement decided by the scheduler: instance `id` fills `slot` on `host`.
@@ -413,6 +417,11 @@ pub enum Command {
     Deregister {
         ids: Vec<InstanceId>,
         at_ms: u64,
+    },
+    /// Instances that ended for good and are kept no longer ([`crate::retention`]); one still
+    /// holding its slot or live is kept.
+    ForgetInstances {
+        ids: Vec<InstanceId>,
     },
     /// Instances that should stop (scaled away, replaced, obsolete).
     StopInstances {
