@@ -377,7 +377,7 @@ pub(crate) struct InstanceView {
 pub(crate) async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::Result<StatusView> {
     let status = coordinators
         .call("reading the cluster status", async |mut client| {
-            Ok(client.get_status(pb::StatusRequest { stale }).await?.into_inner())
+            Ok(client.get_status(pb::StatusRequest { stale, ..Default::default() }).await?.into_inner())
         })
         .await?;
     let read = status.read.unwrap_or_default();
