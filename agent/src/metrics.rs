@@ -36,18 +36,6 @@ use crate::supervisor::protocol::ShimPaths;
 /// The prefix of every series.
 pub const PREFIX: &str = "mirari_agent";
 
-/// Every phase, in the order the gauges list them.
-pub const PHASES: [Phase; 8] = [
-    Phase::Pending,
-    Phase::Starting,
-    Phase::Running,
-    Phase::Stopping,
-    Phase::Exited,
-    Phase::Stopped,
-    Phase::Failed,
-    Phase::Lost,
-];
-
 /// Every health, in the order the gauges list them.
 pub const HEALTHS: [Health; 4] = [Health::None, Health::Starting, Health::Healthy, Health::Unhealthy];
 
@@ -198,7 +186,7 @@ impl Collector for InstanceCollector {
             "Instance records by phase.",
             None,
             MetricType::Gauge,
-            PHASES.map(|phase| {
+            Phase::ALL.map(|phase| {
                 let n = records.iter().filter(|r| r.lifecycle.phase == phase).count() as u64;
                 ([("phase", phase.name())], ConstGauge::new(n))
             }),
@@ -253,8 +241,8 @@ mod tests {
     fn labels_are_the_bounded_names() {
         let healths: Vec<&str> = HEALTHS.iter().map(|h| health_label(*h)).collect();
         assert_eq!(healths, ["none", "starting", "healthy", "unhealthy"]);
-        let phases: std::collections::BTreeSet<&str> = PHASES.iter().map(|p| p.name()).collect();
-        assert_eq!(phases.len(), PHASES.len(), "every phase once");
+        let phases: std::collections::BTreeSet<&str> = Phase::ALL.iter().map(|p| p.name()).collect();
+        assert_eq!(phases.len(), Phase::ALL.len(), "every phase once");
     }
 
     #[tokio::test]

@@ -240,7 +240,7 @@ pub async fn deploy(
             config.name,
             digest.short()
         );
-        return status(coordinators, false, format).await;
+        return status(coordinators, false, &StatusQuery::default(), format).await;
     }
     eprintln!("==> deploying {}@{name} on {target}: {} instance(s)", config.name, options.count);
     crate::rollout_cmds::await_rollout(coordinators, &config.name, &name, options.timeout, format).await
@@ -266,7 +266,7 @@ pub async fn scale(
     let command = Command::Scale { app: app.to_owned(), count };
     propose(coordinators, "scaling", Request { request_id: request_id("scale"), command }).await?;
     eprintln!("==> scaled {app} to {count}");
-    let status = fetch_status(coordinators, false).await?;
+    let status = fetch_summary(coordinators, false).await?;
     let version = status.deployments.iter().find(|d| d.app == app).map(|d| d.version.clone()).unwrap_or_default();
     crate::rollout_cmds::await_rollout(coordinators, app, &version, timeout, format).await
 }
@@ -285,11 +285,13 @@ pub async fn stop(
     .await?;
     eprintln!("==> stopping {app}");
     let deadline = Instant::now() + timeout;
+    let of_app = InstanceFilter { app: Some(app.to_owned()), ..Default::default() };
     loop {
-        let status = fetch_status(coordinators, false).await?;
-        let live = status.instances.iter().filter(|i| i.app == app && i.observed.is_live()).count();
+        let (instances, _) = fetch_instances(coordinators, false, &of_app, None).await?;
+        let live = instances.iter().filter(|i| i.observed.is_live()).count();
         if live == 0 {
-            output::print_tables(format, &status, status_tables);
+            let summary = fetch_summary(coordinators, false).await?;
+            show(coordinators, summary, false, &StatusQuery::default(), format).await?;
             return Ok(ExitCode::SUCCESS);
         }
         anyhow::ensure!(Instant::now() < deadline, "{live} instance(s) of {app} still run after {timeout:?}");
@@ -322,7 +324,13 @@ pub struct StatusView {
     pub(crate) deployments: Vec<DeploymentView>,
     hosts: Vec<HostView>,
     networks: Vec<NetworkView>,
+    /// The instances the hosts hold, by observed phase.
+    phases: BTreeMap<Phase, u64>,
+    /// Those of the filters, or every one; read page by page after the rest, so not one
+    /// snapshot with it.
     pub(crate) instances: Vec<InstanceView>,
+    /// How many instances match the filters (more than `instances` holds past `--limit`).
+    matched: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -357,13 +365,20 @@ pub(crate) struct DeploymentView {
     pub(crate) spec: DeploymentSpec,
 }
 
+/// A host, with what the instances it holds use of its capacity.
 #[derive(Debug, Serialize)]
 struct HostView {
     id: String,
     status: String,
     address: String,
     backends: Vec<Target>,
-    running: usize,
+    instances: u32,
+    max_instances: u32,
+    running: u32,
+    memory_mib_used: u64,
+    memory_mib: u64,
+    vcpus_used: u32,
+    vcpus: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -386,52 +401,98 @@ pub(crate) struct InstanceView {
     message: String,
 }
 
-pub(crate) async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -> anyhow::Result<StatusView> {
+impl TryFrom<&pb::InstanceStatus> for InstanceView {
+    type Error = anyhow::Error;
+
+    fn try_from(i: &pb::InstanceStatus) -> anyhow::Result<Self> {
+        Ok(InstanceView {
+            id: mirari_core::ids::InstanceId::from_u64(i.id).to_string(),
+            app: i.app.clone(),
+            version: i.version.clone(),
+            target: i.target.clone(),
+            slot: i.slot,
+            host: i.host.clone(),
+            desired: if i.desired_running { "running" } else { "stopped" },
+            observed: Phase::try_from(i.observed())?,
+            addresses: i.interfaces.iter().map(|i| i.address.clone()).collect(),
+            health: i.health().into(),
+            migrating: i.migrating,
+            restarts: i.restarts,
+            last_exit: i.last_exit.as_ref().and_then(Option::from),
+            message: i.message.clone(),
+        })
+    }
+}
+
+/// Which instances to list; what is not given matches any.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct InstanceFilter {
+    /// Only instances of this app (lists instances)
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Only instances on this host (lists instances)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only instances in this observed state: pending, starting, running, stopping, exited,
+    /// stopped, failed or lost (lists instances)
+    #[arg(long)]
+    pub state: Option<Phase>,
+}
+
+impl InstanceFilter {
+    fn is_empty(&self) -> bool {
+        self.app.is_none() && self.host.is_none() && self.state.is_none()
+    }
+}
+
+/// What `cluster status` shows besides the summary.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StatusQuery {
+    /// List instances instead of the summary (a filter or --limit does too). `--output json`
+    /// has the summary and every instance (or those of the filters) either way
+    #[arg(long)]
+    pub instances: bool,
+    #[command(flatten)]
+    pub filter: InstanceFilter,
+    /// List at most N instances, and say how many more match
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+}
+
+impl StatusQuery {
+    fn lists_instances(&self) -> bool {
+        self.instances || self.limit.is_some() || !self.filter.is_empty()
+    }
+}
+
+/// Reads everything but the instances (`instances` stays empty).
+pub(crate) async fn fetch_summary(coordinators: &mut Coordinators, stale: bool) -> anyhow::Result<StatusView> {
+    let request = pb::StatusRequest { stale, view: pb::StatusView::Summary.into(), ..Default::default() };
     let status = coordinators
         .call("reading the cluster status", async |mut client| {
-            Ok(client.get_status(pb::StatusRequest { stale }).await?.into_inner())
+            Ok(client.get_status(request.clone()).await?.into_inner())
         })
         .await?;
     let read = status.read.unwrap_or_default();
-    let instances: Vec<InstanceView> = status
-        .instances
-        .iter()
-        .map(|i| {
-            Ok(InstanceView {
-                id: mirari_core::ids::InstanceId::from_u64(i.id).to_string(),
-                app: i.app.clone(),
-                version: i.version.clone(),
-                target: i.target.clone(),
-                slot: i.slot,
-                host: i.host.clone(),
-                desired: if i.desired_running { "running" } else { "stopped" },
-                observed: Phase::try_from(i.observed())?,
-                addresses: i.interfaces.iter().map(|i| i.address.clone()).collect(),
-                health: i.health().into(),
-                migrating: i.migrating,
-                restarts: i.restarts,
-                last_exit: i.last_exit.as_ref().and_then(Option::from),
-                message: i.message.clone(),
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    // One pass over the instances, not one per host.
-    let mut running_on: BTreeMap<&str, usize> = BTreeMap::new();
-    for instance in instances.iter().filter(|i| i.observed == Phase::Running) {
-        *running_on.entry(instance.host.as_str()).or_default() += 1;
-    }
+    let usage: BTreeMap<&str, &pb::HostUsage> = status.host_usage.iter().map(|u| (u.host.as_str(), u)).collect();
     let hosts = status
         .hosts
         .iter()
         .map(|h| {
             let host = log_codec::host_from_pb(h)?;
-            let running = running_on.get(host.id.0.as_str()).copied().unwrap_or(0);
+            let used = usage.get(host.id.0.as_str()).copied().cloned().unwrap_or_default();
             Ok(HostView {
                 status: host_state(&host).to_owned(),
                 id: host.id.0,
                 address: host.address,
                 backends: host.backends.into_iter().collect(),
-                running,
+                instances: used.instances,
+                max_instances: host.capacity.instances,
+                running: used.running,
+                memory_mib_used: used.memory_mib,
+                memory_mib: host.capacity.memory_mib,
+                vcpus_used: used.vcpus,
+                vcpus: host.capacity.vcpus,
             })
         })
         .collect::<anyhow::Result<_>>()?;
@@ -468,6 +529,8 @@ pub(crate) async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -
             Ok(NetworkView { network, pool_size: n.pool_size, held: n.held })
         })
         .collect::<anyhow::Result<_>>()?;
+    let phases =
+        status.phases.iter().map(|p| Ok((Phase::try_from(p.phase())?, p.count))).collect::<anyhow::Result<_>>()?;
     Ok(StatusView {
         served_by: read.served_by,
         stale: read.stale,
@@ -475,8 +538,47 @@ pub(crate) async fn fetch_status(coordinators: &mut Coordinators, stale: bool) -
         deployments,
         hosts,
         networks,
-        instances,
+        phases,
+        instances: Vec::new(),
+        matched: 0,
     })
+}
+
+/// Reads the instances that match `filter`, page by page, up to `limit`; and how many match.
+pub(crate) async fn fetch_instances(
+    coordinators: &mut Coordinators,
+    stale: bool,
+    filter: &InstanceFilter,
+    limit: Option<u64>,
+) -> anyhow::Result<(Vec<InstanceView>, u64)> {
+    let (mut instances, mut matched) = (Vec::new(), 0);
+    let mut request = pb::StatusRequest {
+        stale,
+        view: pb::StatusView::Instances.into(),
+        app: filter.app.clone().unwrap_or_default(),
+        host: filter.host.clone().unwrap_or_default(),
+        state: filter.state.map(|phase| phase.name().to_owned()).unwrap_or_default(),
+        ..Default::default()
+    };
+    loop {
+        // As many as the coordinator gives (it caps the size), or what is left of the limit.
+        let left = limit.map(|limit| limit.saturating_sub(instances.len() as u64));
+        request.page_size = left.map_or(u32::MAX, |left| u32::try_from(left).unwrap_or(u32::MAX));
+        let page = coordinators
+            .call("reading the instances", async |mut client| {
+                Ok(client.get_status(request.clone()).await?.into_inner())
+            })
+            .await?;
+        matched = page.matched.unwrap_or(matched);
+        for instance in &page.instances {
+            instances.push(InstanceView::try_from(instance)?);
+        }
+        let full = limit.is_some_and(|limit| instances.len() as u64 >= limit);
+        if page.next_page_token.is_empty() || full {
+            return Ok((instances, matched));
+        }
+        request.page_token = page.next_page_token;
+    }
 }
 
 /// "up", "down", or "draining" while a drain is set.
@@ -488,7 +590,9 @@ pub(crate) fn host_state(host: &mirari_core::registry::Host) -> &'static str {
     }
 }
 
-pub(crate) fn status_tables(status: &StatusView) -> Vec<Table> {
+/// The summary: deployments, hosts with what their instances use, networks, and the instances
+/// by state.
+fn summary_tables(status: &StatusView) -> Vec<Table> {
     let mut deployments = Table::new(&[
         "APP", "VERSION", "TARGET", "DESIRED", "PLACED", "RUNNING", "HEALTHY", "FAILED", "UNPLACED", "ROLLOUT",
     ]);
@@ -512,11 +616,43 @@ pub(crate) fn status_tables(status: &StatusView) -> Vec<Table> {
             d.rollout.as_ref().map_or("-".into(), crate::rollout_cmds::RolloutView::describe),
         ]);
     }
-    let mut hosts = Table::new(&["HOST", "STATUS", "ADDRESS", "BACKENDS", "RUNNING"]);
+    let mut hosts = Table::new(&["HOST", "STATUS", "ADDRESS", "BACKENDS", "INSTANCES", "RUNNING", "MEMORY", "VCPUS"]);
     for h in &status.hosts {
         let backends: Vec<&str> = h.backends.iter().map(|b| b.name()).collect();
-        hosts.row(vec![h.id.clone(), h.status.clone(), h.address.clone(), backends.join(","), h.running.to_string()]);
+        hosts.row(vec![
+            h.id.clone(),
+            h.status.clone(),
+            h.address.clone(),
+            backends.join(","),
+            format!("{}/{}", h.instances, h.max_instances),
+            h.running.to_string(),
+            format!("{}/{} MiB", h.memory_mib_used, h.memory_mib),
+            format!("{}/{}", h.vcpus_used, h.vcpus),
+        ]);
     }
+    let mut tables = vec![deployments, hosts];
+    if !status.networks.is_empty() {
+        tables.push(networks_table(&status.networks));
+    }
+    // All of them, then one column per state some instance is in.
+    let states: Vec<String> = status.phases.keys().map(|phase| phase.name().to_uppercase()).collect();
+    let mut headers = vec!["INSTANCES"];
+    headers.extend(states.iter().map(String::as_str));
+    let mut totals = Table::new(&headers);
+    let mut counts = vec![status.phases.values().sum::<u64>().to_string()];
+    counts.extend(status.phases.values().map(u64::to_string));
+    totals.row(counts);
+    tables.push(totals);
+    if !status.phases.is_empty() {
+        tables.push(Table::new(&[
+            "list them: mirari cluster status --instances [--app APP] [--host HOST] [--state STATE]",
+        ]));
+    }
+    tables
+}
+
+/// The instances, and how many more match when `--limit` left some out.
+fn instance_tables(status: &StatusView) -> Vec<Table> {
     let mut instances =
         Table::new(&["INSTANCE", "APP", "SLOT", "HOST", "ADDRESS", "STATE", "HEALTH", "RESTARTS", "DETAIL"]);
     for i in &status.instances {
@@ -542,11 +678,12 @@ pub(crate) fn status_tables(status: &StatusView) -> Vec<Table> {
             detail,
         ]);
     }
-    let mut tables = vec![deployments, hosts];
-    if !status.networks.is_empty() {
-        tables.push(networks_table(&status.networks));
+    let mut tables = vec![instances];
+    let more = status.matched.saturating_sub(status.instances.len() as u64);
+    if more > 0 {
+        let line = format!("{more} more instance(s) match; --limit {} lists them all", status.matched);
+        tables.push(Table::new(&[&line]));
     }
-    tables.push(instances);
     tables
 }
 
@@ -564,7 +701,7 @@ fn networks_table(networks: &[NetworkView]) -> Table {
 }
 
 pub async fn networks(coordinators: &mut Coordinators, format: Format) -> anyhow::Result<ExitCode> {
-    let status = fetch_status(coordinators, false).await?;
+    let status = fetch_summary(coordinators, false).await?;
     output::print(format, &status.networks, |networks| networks_table(networks));
     Ok(ExitCode::SUCCESS)
 }
@@ -590,8 +727,31 @@ pub async fn remove_network(coordinators: &mut Coordinators, name: &str, format:
     networks(coordinators, format).await
 }
 
-pub async fn status(coordinators: &mut Coordinators, stale: bool, format: Format) -> anyhow::Result<ExitCode> {
-    let status = fetch_status(coordinators, stale).await?;
-    output::print_tables(format, &status, status_tables);
+/// `cluster status`: the summary, or the instances `query` asks for; `--output json` has both.
+pub async fn status(
+    coordinators: &mut Coordinators,
+    stale: bool,
+    query: &StatusQuery,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let summary = fetch_summary(coordinators, stale).await?;
+    show(coordinators, summary, stale, query, format).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a status as `cluster status` would, from its summary already read: the instances are
+/// read now if they are shown.
+pub(crate) async fn show(
+    coordinators: &mut Coordinators,
+    mut status: StatusView,
+    stale: bool,
+    query: &StatusQuery,
+    format: Format,
+) -> anyhow::Result<()> {
+    let lists = query.lists_instances();
+    if lists || format == Format::Json {
+        (status.instances, status.matched) = fetch_instances(coordinators, stale, &query.filter, query.limit).await?;
+    }
+    output::print_tables(format, &status, if lists { instance_tables } else { summary_tables });
+    Ok(())
 }

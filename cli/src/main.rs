@@ -317,11 +317,16 @@ enum ClusterCommand {
         #[arg(long, value_name = "N", default_value_t = 20)]
         last: u32,
     },
-    /// Deployments (desired, placed, running, unplaced and why), hosts and instances
+    /// Deployments (desired, placed, running, unplaced and why), hosts (instances, memory and
+    /// vCPUs used), networks and instances by state; or, with --instances or a filter, the
+    /// instances. `--output json` has both: the summary and every instance (those of the filters,
+    /// at most --limit), read from the coordinators a page at a time
     Status {
         /// Serve from the contacted coordinator's state without confirming it is current
         #[arg(long)]
         stale: bool,
+        #[command(flatten)]
+        query: deploy::StatusQuery,
     },
     /// List the hosts in the registry; drain, make eligible or remove one
     Hosts {
@@ -530,7 +535,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     deploy::scale(&mut connection, &app, count, timeout, format).await
                 }
                 ClusterCommand::Stop { app, timeout } => deploy::stop(&mut connection, &app, timeout, format).await,
-                ClusterCommand::Status { stale } => deploy::status(&mut connection, stale, format).await,
+                ClusterCommand::Status { stale, query } => deploy::status(&mut connection, stale, &query, format).await,
                 ClusterCommand::Info => cluster_cmds::info(coordinators, format).await,
                 ClusterCommand::Members { action: None | Some(MembersAction::List) } => {
                     cluster_cmds::members(coordinators, format).await

@@ -13,7 +13,7 @@ use mirari_proto::coordinator as pb;
 use serde::Serialize;
 
 use crate::coordinators::Coordinators;
-use crate::deploy::{self, DeploymentView, StatusView};
+use crate::deploy::{self, DeploymentView, InstanceFilter, StatusQuery, StatusView};
 use crate::output::{self, Format, Table};
 
 const POLL: Duration = Duration::from_millis(500);
@@ -113,7 +113,7 @@ pub async fn await_rollout(
     let deadline = Instant::now() + timeout;
     let mut last_line = String::new();
     loop {
-        let status = deploy::fetch_status(coordinators, false).await?;
+        let status = deploy::fetch_summary(coordinators, false).await?;
         let deployment = deployment(&status, app)?;
         let entry = deployment.history.iter().rev().find(|r| r.version == version);
         let line = deploy::progress_line(deployment);
@@ -121,33 +121,29 @@ pub async fn await_rollout(
             eprintln!("    {line}");
             last_line = line;
         }
-        let done = |code| {
-            output::print_tables(format, &status, deploy::status_tables);
-            Ok(code)
-        };
         // Every slot runs (healthy, with a health check): a deploy that only changed the count
         // waits for that too.
         let ready = deployment.healthy.unwrap_or(deployment.running) >= deployment.desired_count
             && deployment.placed >= deployment.desired_count;
-        match (entry.map(|e| e.outcome.as_str()), &deployment.rollout) {
+        let outcome = match (entry.map(|e| e.outcome.as_str()), &deployment.rollout) {
             (Some("promoted"), None) if ready => {
                 eprintln!("==> {app}@{version} runs in every slot, healthy");
-                return done(ExitCode::SUCCESS);
+                Some(ExitCode::SUCCESS)
             }
             (Some("reverted"), _) => {
                 let reason = entry.and_then(|e| e.reason.clone()).unwrap_or_default();
                 eprintln!("error: the update to {version} failed ({reason}); reverted to {}", deployment.version);
-                return done(ExitCode::FAILURE);
+                Some(ExitCode::FAILURE)
             }
             (Some("failed"), _) => {
                 let reason = entry.and_then(|e| e.reason.clone()).unwrap_or_default();
                 eprintln!("error: the update to {version} failed: {reason}");
                 eprintln!("hint: deploy a fix, or go back with `mirari cluster rollback {app}`");
-                return done(ExitCode::FAILURE);
+                Some(ExitCode::FAILURE)
             }
             (Some("superseded"), _) => {
                 eprintln!("==> another version of {app} was deployed meanwhile: {}", deployment.version);
-                return done(ExitCode::FAILURE);
+                Some(ExitCode::FAILURE)
             }
             (_, Some(rollout))
                 if rollout.awaiting_promotion
@@ -159,14 +155,18 @@ pub async fn await_rollout(
                      finish with `mirari cluster promote {app}`",
                     rollout.settled
                 );
-                return done(ExitCode::SUCCESS);
+                Some(ExitCode::SUCCESS)
             }
-            _ => {}
+            _ => None,
+        };
+        let timed_out = outcome.is_none() && Instant::now() >= deadline;
+        if outcome.is_some() || timed_out {
+            deploy::show(coordinators, status, false, &StatusQuery::default(), format).await?;
         }
-        if Instant::now() >= deadline {
-            output::print_tables(format, &status, deploy::status_tables);
-            anyhow::bail!("the rollout of {app}@{version} did not finish within {timeout:?}: {last_line}");
+        if let Some(code) = outcome {
+            return Ok(code);
         }
+        anyhow::ensure!(!timed_out, "the rollout of {app}@{version} did not finish within {timeout:?}: {last_line}");
         tokio::time::sleep(POLL).await;
     }
 }
@@ -179,14 +179,14 @@ pub async fn promote(
 ) -> anyhow::Result<ExitCode> {
     let command = Command::Promote { app: app.to_owned() };
     deploy::propose(coordinators, "promoting", Request { request_id: deploy::request_id("promote"), command }).await?;
-    let status = deploy::fetch_status(coordinators, false).await?;
+    let status = deploy::fetch_summary(coordinators, false).await?;
     let version = deployment(&status, app)?.version.clone();
     eprintln!("==> promoted {app}@{version}: replacing the remaining instances");
     await_rollout(coordinators, app, &version, timeout, format).await
 }
 
 pub async fn history(coordinators: &mut Coordinators, app: &str, format: Format) -> anyhow::Result<ExitCode> {
-    let status = deploy::fetch_status(coordinators, false).await?;
+    let status = deploy::fetch_summary(coordinators, false).await?;
     let history = &deployment(&status, app)?.history;
     let now = mirari_core::clock::wall_ms();
     output::print(format, history, |history| {
@@ -228,7 +228,7 @@ pub async fn rollback(
     timeout: Duration,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    let status = deploy::fetch_status(coordinators, false).await?;
+    let status = deploy::fetch_summary(coordinators, false).await?;
     let current = deployment(&status, app)?;
     let history = &current.history;
     let target = match to {
@@ -281,16 +281,18 @@ pub async fn drain(
     );
     let give_up = Instant::now() + deadline + Duration::from_secs(30);
     let mut last = usize::MAX;
+    let on_host = InstanceFilter { host: Some(host.to_owned()), ..Default::default() };
     loop {
-        let status = deploy::fetch_status(coordinators, false).await?;
-        let left = status.instances.iter().filter(|i| i.host == host && i.observed.is_live()).count();
+        let (instances, _) = deploy::fetch_instances(coordinators, false, &on_host, None).await?;
+        let left = instances.iter().filter(|i| i.observed.is_live()).count();
         if left != last {
             eprintln!("    {host}: {left} instance(s) left");
             last = left;
         }
         if left == 0 {
             eprintln!("==> {host} is drained; `mirari cluster hosts remove {host}` forgets it");
-            output::print_tables(format, &status, deploy::status_tables);
+            let summary = deploy::fetch_summary(coordinators, false).await?;
+            deploy::show(coordinators, summary, false, &StatusQuery::default(), format).await?;
             return Ok(ExitCode::SUCCESS);
         }
         anyhow::ensure!(Instant::now() < give_up, "{left} instance(s) still run on {host} past its drain deadline");
@@ -301,7 +303,7 @@ pub async fn drain(
 pub async fn eligible(coordinators: &mut Coordinators, host: &str, format: Format) -> anyhow::Result<ExitCode> {
     set_drain(coordinators, host, None).await?;
     eprintln!("==> {host} takes new instances again");
-    deploy::status(coordinators, false, format).await
+    deploy::status(coordinators, false, &StatusQuery::default(), format).await
 }
 
 async fn set_drain(coordinators: &mut Coordinators, host: &str, drain: Option<Drain>) -> anyhow::Result<()> {
@@ -316,5 +318,5 @@ pub async fn remove_host(coordinators: &mut Coordinators, host: &str, format: Fo
     let what = format!("removing {host}");
     deploy::propose(coordinators, &what, Request { request_id: deploy::request_id("remove-host"), command }).await?;
     eprintln!("==> removed {host} from the registry (an agent that registers again under its name comes back)");
-    deploy::status(coordinators, false, format).await
+    deploy::status(coordinators, false, &StatusQuery::default(), format).await
 }

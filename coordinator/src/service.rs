@@ -30,7 +30,7 @@ use crate::consensus::node::MembershipChange;
 use crate::driver::{ProposeError, RaftHandle};
 use crate::events::{Filter, Position};
 use crate::leader::{LeaseTiming, Leases, fresh_request_id};
-use crate::status::cluster_status;
+use crate::status::{Query, cluster_status};
 use crate::transport::MAX_RAFT_MESSAGE_BYTES;
 
 /// A status of 100,000 instances is a large message.
@@ -622,8 +622,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn get_status(&self, request: RpcRequest<pb::StatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
-        let read = self.read_barrier(request.into_inner().stale).await?;
-        Ok(Response::new(cluster_status(&self.raft.machine().registry, read, clock::wall_ms())))
+        let request = request.into_inner();
+        let query = Query::try_from(&request)?;
+        let read = self.read_barrier(request.stale).await?;
+        Ok(Response::new(cluster_status(&self.raft.machine().registry, &query, read, clock::wall_ms())))
     }
 
     type StreamConsoleStream = BoxStream<'static, Result<wire_agent::ConsoleChunk, Status>>;

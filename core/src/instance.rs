@@ -1,6 +1,7 @@
 //! Observed state of an instance: where it is in its lifecycle and how it ended.
 
 use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +60,18 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in lifecycle order.
+    pub const ALL: [Phase; 8] = [
+        Phase::Pending,
+        Phase::Starting,
+        Phase::Running,
+        Phase::Stopping,
+        Phase::Exited,
+        Phase::Stopped,
+        Phase::Failed,
+        Phase::Lost,
+    ];
+
     pub const fn name(self) -> &'static str {
         match self {
             Phase::Pending => "pending",
@@ -88,5 +101,40 @@ impl Phase {
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// A name that is no phase's; it says which names are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state `{text}`: expected one of {}", Phase::ALL.map(Phase::name).join(", "))]
+pub struct ParsePhaseError {
+    text: String,
+}
+
+impl FromStr for Phase {
+    type Err = ParsePhaseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Phase::ALL
+            .into_iter()
+            .find(|phase| phase.name() == text)
+            .ok_or_else(|| ParsePhaseError { text: text.to_owned() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_phase_parses_from_its_name_and_an_unknown_name_lists_them() {
+        for phase in Phase::ALL {
+            assert_eq!(phase.name().parse(), Ok(phase));
+        }
+        let error = "runing".parse::<Phase>().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "unknown state `runing`: expected one of pending, starting, running, stopping, exited, stopped, failed, lost"
+        );
     }
 }

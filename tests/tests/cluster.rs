@@ -1,6 +1,7 @@
 //! The cluster end to end: 3 coordinators and 3 agents, each on its own host (a network
 //! namespace with its own address; these tests need root). Deploy, scale, lose a host,
-//! partition a host, and lose the coordinator leader mid-deploy.
+//! partition a host, and lose the coordinator leader mid-deploy; and what `cluster status`
+//! shows of a deployment (one coordinator and two agents are enough for that).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
@@ -35,6 +36,75 @@ fn edit_config(cluster: &Cluster, from: &str, to: &str) {
 
 fn spread(per_host: &BTreeMap<String, usize>) -> Vec<usize> {
     per_host.values().copied().collect()
+}
+
+/// The rows of an instance table: lines that start with an instance ID.
+fn instance_rows(text: &str) -> Vec<&str> {
+    let is_id = |word: &str| word.len() == 16 && word.bytes().all(|b| b.is_ascii_hexdigit());
+    text.lines().filter(|line| line.split_whitespace().next().is_some_and(is_id)).collect()
+}
+
+#[test]
+fn status_summarizes_and_lists_the_instances_it_is_asked_for() {
+    let cluster = Cluster::start(1, 2);
+    assert!(cluster.network.isolated(), "the cluster tests need network namespaces: run them as root");
+    let out = cluster.mirari(&["cluster", "deploy", "-t", "unix", "--count", "4", "--placement", "spread"]);
+    assert!(out.status.success(), "deploy failed: {}", stderr(&out));
+    assert_eq!(spread(&cluster.wait_running("hello", 4)), [2, 2]);
+    let text = |args: &[&str]| {
+        let out = cluster.mirari(&[&["cluster", "status"], args].concat());
+        assert!(out.status.success(), "cluster status {args:?} failed: {}", stderr(&out));
+        stdout(&out)
+    };
+
+    // The summary counts the instances without listing them.
+    let summary = text(&[]);
+    assert!(instance_rows(&summary).is_empty(), "{summary}");
+    for agent in &cluster.agents {
+        let row = summary.lines().find(|l| l.starts_with(&format!("{} ", agent.name))).expect(&summary);
+        assert!(row.contains(" 2/16 "), "{} holds 2 of its 16 slots: {summary}", agent.name);
+    }
+    let totals = summary.lines().skip_while(|l| !l.starts_with("INSTANCES")).take(2).collect::<Vec<_>>();
+    assert_eq!(totals[0].split_whitespace().collect::<Vec<_>>(), ["INSTANCES", "RUNNING"], "{summary}");
+    assert_eq!(totals[1].split_whitespace().collect::<Vec<_>>(), ["4", "4"], "{summary}");
+    assert!(summary.contains("mirari cluster status --instances"), "{summary}");
+
+    // The instances, narrowed by the coordinators.
+    assert_eq!(instance_rows(&text(&["--instances"])).len(), 4);
+    assert_eq!(instance_rows(&text(&["--instances", "--app", "hello"])).len(), 4);
+    assert_eq!(instance_rows(&text(&["--app", "nope"])).len(), 0);
+    assert_eq!(instance_rows(&text(&["--state", "running"])).len(), 4);
+    assert_eq!(instance_rows(&text(&["--state", "failed"])).len(), 0);
+    let host = cluster.agents[1].name.as_str();
+    let on_host = text(&["--host", host]);
+    assert_eq!(instance_rows(&on_host).len(), 2);
+    assert!(instance_rows(&on_host).iter().all(|row| row.contains(&format!(" {host} "))), "{on_host}");
+    let limited = text(&["--limit", "1"]);
+    assert_eq!(instance_rows(&limited).len(), 1, "{limited}");
+    assert!(limited.contains("3 more instance(s) match; --limit 4 lists them all"), "{limited}");
+    let out = cluster.mirari(&["cluster", "status", "--state", "runing"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown state `runing`: expected one of pending, starting, running"),
+        "{}",
+        stderr(&out)
+    );
+
+    // JSON: the summary and every instance, or those of the filters.
+    let json = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_str(&text(&[args, &["--output", "json"]].concat())).unwrap()
+    };
+    let all = json(&[]);
+    assert_eq!(all["instances"].as_array().unwrap().len(), 4);
+    assert_eq!((all["matched"].as_u64(), all["phases"]["running"].as_u64()), (Some(4), Some(4)));
+    assert_eq!(all["deployments"][0]["running"], 4);
+    let held: Vec<u64> = all["hosts"].as_array().unwrap().iter().map(|h| h["instances"].as_u64().unwrap()).collect();
+    assert_eq!(held, [2, 2]);
+    let filtered = json(&["--host", host]);
+    let instances = filtered["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 2);
+    assert!(instances.iter().all(|i| i["host"] == host), "{filtered}");
+    assert_eq!(filtered["hosts"].as_array().unwrap().len(), 2, "the summary stays whole");
 }
 
 #[test]

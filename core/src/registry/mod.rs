@@ -13,6 +13,7 @@ mod updates;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
+use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
@@ -172,6 +173,13 @@ impl Registry {
 
     pub fn instances(&self) -> impl Iterator<Item = &InstanceEntry> {
         self.instances.values()
+    }
+
+    /// The instances after `after` (all of them for `None`), by ID: where a listing that
+    /// stopped at `after` goes on, however many were placed or stopped meanwhile.
+    pub fn instances_after(&self, after: Option<InstanceId>) -> impl Iterator<Item = &InstanceEntry> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.instances.range((from, Bound::Unbounded)).map(|(_, instance)| instance)
     }
 
     pub fn instance(&self, id: InstanceId) -> Option<&InstanceEntry> {
