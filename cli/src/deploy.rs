@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::AppArgs;
 use crate::coordinators::Coordinators;
 use crate::output::{self, Format, Table};
+use crate::progress::Progress;
 use crate::project_cmds;
 
 const POLL: Duration = Duration::from_millis(500);
@@ -67,13 +68,19 @@ async fn upload(coordinators: &mut Coordinators, store: &BlobStore, digests: &[D
         let size = std::fs::metadata(store.path(&digest))
             .with_context(|| format!("blob {digest} is not in the local store"))?
             .len();
-        eprintln!("uploading {} ({size} bytes) to the coordinators", digest.short());
+        let progress =
+            Progress::bytes(&format!("uploading {} ({size} bytes) to the coordinators", digest.short()), size);
         coordinators
             .call("uploading a blob", async |mut client| {
                 let chunks = blob_stream::send(store, digest)
                     .await
                     .ok_or_else(|| tonic::Status::not_found(format!("blob {digest} left the local store")))?;
-                client.put_blob(chunks.filter_map(|c| std::future::ready(c.ok()))).await.map(|_| ())
+                progress.restart();
+                let count = progress.byte_counter();
+                let counted = chunks
+                    .filter_map(|c| std::future::ready(c.ok()))
+                    .inspect(move |chunk| count(chunk.data.len() as u64));
+                client.put_blob(counted).await.map(|_| ())
             })
             .await?;
     }
@@ -95,16 +102,14 @@ async fn build(
         target: target.name().to_owned(),
         rebuild,
     };
-    eprintln!("==> building {target} on a cluster host");
+    let progress = Progress::steps(&format!("==> building {target} on a cluster host"));
     let done = coordinators
         .call(&format!("building {target}"), async |mut client| {
             let mut events = client.build(job.clone()).await?.into_inner();
             while let Some(event) = events.message().await? {
                 match event.event {
-                    Some(build_event::Event::Step(step)) => {
-                        eprintln!("[{}/{}] {}", step.index, step.total, step.what)
-                    }
-                    Some(build_event::Event::Output(line)) => eprintln!("    {line}"),
+                    Some(build_event::Event::Step(step)) => progress.step(step.index, step.total, &step.what),
+                    Some(build_event::Event::Output(line)) => progress.println(&format!("    {line}")),
                     Some(build_event::Event::Done(done)) => return Ok(done),
                     Some(build_event::Event::ArtifactChunk(_)) | None => {}
                 }
@@ -112,6 +117,7 @@ async fn build(
             Err(tonic::Status::unavailable("the build stream ended early"))
         })
         .await?;
+    progress.clear();
     if done.cached {
         eprintln!(
             "reused {target} built earlier on host {} from the same sources, config and toolchain: sha256 {} \

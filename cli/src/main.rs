@@ -10,6 +10,7 @@ mod dev;
 mod docs;
 mod events_cmds;
 mod output;
+mod progress;
 mod project_cmds;
 mod rollout_cmds;
 mod tls_cmds;

@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::coordinators::Coordinators;
 use crate::deploy::{self, DeploymentView, InstanceFilter, StatusQuery, StatusView};
 use crate::output::{self, Format, Table};
+use crate::progress::Progress;
 
 const POLL: Duration = Duration::from_millis(500);
 
@@ -112,13 +113,14 @@ pub async fn await_rollout(
 ) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + timeout;
     let mut last_line = String::new();
+    let progress = Progress::waiting(&format!("==> waiting for {app}@{version} to run in every slot"));
     loop {
         let status = deploy::fetch_summary(coordinators, false).await?;
         let deployment = deployment(&status, app)?;
         let entry = deployment.history.iter().rev().find(|r| r.version == version);
         let line = deploy::progress_line(deployment);
         if line != last_line {
-            eprintln!("    {line}");
+            progress.status(&line);
             last_line = line;
         }
         // Every slot runs (healthy, with a health check): a deploy that only changed the count
@@ -127,22 +129,26 @@ pub async fn await_rollout(
             && deployment.placed >= deployment.desired_count;
         let outcome = match (entry.map(|e| e.outcome.as_str()), &deployment.rollout) {
             (Some("promoted"), None) if ready => {
-                eprintln!("==> {app}@{version} runs in every slot, healthy");
+                progress.println(&format!("==> {app}@{version} runs in every slot, healthy"));
                 Some(ExitCode::SUCCESS)
             }
             (Some("reverted"), _) => {
                 let reason = entry.and_then(|e| e.reason.clone()).unwrap_or_default();
-                eprintln!("error: the update to {version} failed ({reason}); reverted to {}", deployment.version);
+                progress.println(&format!(
+                    "error: the update to {version} failed ({reason}); reverted to {}",
+                    deployment.version
+                ));
                 Some(ExitCode::FAILURE)
             }
             (Some("failed"), _) => {
                 let reason = entry.and_then(|e| e.reason.clone()).unwrap_or_default();
-                eprintln!("error: the update to {version} failed: {reason}");
-                eprintln!("hint: deploy a fix, or go back with `mirari cluster rollback {app}`");
+                progress.println(&format!("error: the update to {version} failed: {reason}"));
+                progress.println(&format!("hint: deploy a fix, or go back with `mirari cluster rollback {app}`"));
                 Some(ExitCode::FAILURE)
             }
             (Some("superseded"), _) => {
-                eprintln!("==> another version of {app} was deployed meanwhile: {}", deployment.version);
+                progress
+                    .println(&format!("==> another version of {app} was deployed meanwhile: {}", deployment.version));
                 Some(ExitCode::FAILURE)
             }
             (_, Some(rollout))
@@ -150,17 +156,18 @@ pub async fn await_rollout(
                     && rollout.replacements >= rollout.canary.min(rollout.outdated)
                     && rollout.settled == rollout.replacements =>
             {
-                eprintln!(
+                progress.println(&format!(
                     "==> {} canary instance(s) of {app}@{version} are healthy beside the old ones; \
                      finish with `mirari cluster promote {app}`",
                     rollout.settled
-                );
+                ));
                 Some(ExitCode::SUCCESS)
             }
             _ => None,
         };
         let timed_out = outcome.is_none() && Instant::now() >= deadline;
         if outcome.is_some() || timed_out {
+            progress.clear();
             deploy::show(coordinators, status, false, &StatusQuery::default(), format).await?;
         }
         if let Some(code) = outcome {

@@ -104,7 +104,8 @@ fn report(id: u64, health: Health) -> InstanceReport {
 async fn placed(client: &mut CoordinatorClient<Channel>, app: &str, count: usize) -> Vec<(u64, Ipv4Addr)> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let status = client.get_status(pb::StatusRequest { stale: true, ..Default::default() }).await.unwrap().into_inner();
+        let status =
+            client.get_status(pb::StatusRequest { stale: true, ..Default::default() }).await.unwrap().into_inner();
         let instances: Vec<(u64, Ipv4Addr)> = status
             .instances
             .iter()

@@ -111,7 +111,10 @@ async fn client(
                     Ok::<_, String>(None)
                 }
                 Op::Read => {
-                    let status = client.get_status(StatusRequest { stale: false, ..Default::default() }).await.map_err(|e| e.to_string())?;
+                    let status = client
+                        .get_status(StatusRequest { stale: false, ..Default::default() })
+                        .await
+                        .map_err(|e| e.to_string())?;
                     let status = status.into_inner();
                     let mut known = slots.lock().expect("slots");
                     for instance in &status.instances {

@@ -4,7 +4,7 @@
 //! the hosts hold (the registry keeps them by host), never one per host, and none over the
 //! instances that have ended.
 
-mod instances;
+pub mod instances;
 
 use std::collections::BTreeMap;
 

@@ -3,11 +3,12 @@
 
 use mirari_core::health::Health;
 use mirari_core::instance::Desired;
-use mirari_core::registry::{self, HostStatus, Registry, Resources};
+use mirari_core::registry::{HostStatus, Registry, Resources};
 use mirari_proto::coordinator as pb;
 use serde::Serialize;
 
 use crate::status::deployment_status;
+use crate::status::instances::is_listed;
 
 #[derive(Debug, Serialize)]
 pub struct Overview {
@@ -114,7 +115,7 @@ pub struct Instance {
 }
 
 pub fn overview(registry: &Registry, info: pb::ClusterInfo, now_ms: u64, max_instances: usize) -> Overview {
-    let held = || registry.instances().filter(|i| registry::holds_slot(i) || i.observed.is_live());
+    let held = || registry.instances().filter(|i| is_listed(i));
     Overview {
         node: Node {
             id: info.id,
