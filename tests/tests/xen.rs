@@ -118,11 +118,21 @@ fn conformance_binary() -> PathBuf {
     if let Some(given) = std::env::var_os("MIRARI_CONFORMANCE_BIN") {
         return given.into();
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = run(Command::new(cargo)
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo
         .args(["test", "--locked", "--workspace", "--test", "conformance", "--no-run", "--message-format=json"])
         .arg("--manifest-path")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml")));
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"));
+    // What cargo set for this test process describes this crate; seen by the build, it would
+    // rebuild units (and the next plain build rebuild them back).
+    for (key, _) in std::env::vars() {
+        let this_crate =
+            ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_", "CARGO_CRATE_", "CARGO_PRIMARY_", "CARGO_TARGET_TMPDIR"];
+        if this_crate.iter().any(|prefix| key.starts_with(prefix)) || key == "CARGO_RUSTC_CURRENT_DIR" {
+            cargo.env_remove(key);
+        }
+    }
+    let out = run(&mut cargo);
     stdout(&out)
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
