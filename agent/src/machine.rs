@@ -46,6 +46,21 @@ pub const FETCH_RETRY_MS: u64 = 1_000;
 /// Look at everything at least this often.
 const RECHECK_MS: u64 = 5_000;
 
+/// How long records of instances that ended for good are kept after their last change, and how
+/// many of them at most (the newest); then they and their directories are forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepEnded {
+    pub for_ms: u64,
+    pub at_most: usize,
+}
+
+impl Default for KeepEnded {
+    /// An hour, and 100: enough for `ps` and `logs` after a bad night.
+    fn default() -> Self {
+        Self { for_ms: 3_600_000, at_most: 100 }
+    }
+}
+
 /// The two clocks, read by the driver: wall time for records and people, boot time for
 /// deadlines (it never jumps).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +205,9 @@ pub enum Effect {
         probe: Probe,
         timeout_ms: u64,
     },
+    /// Delete these records and what they left on the host (their instance directories,
+    /// consoles): they ended for good past their [`KeepEnded`] retention. Their IDs stay minted.
+    Forget(Vec<InstanceId>),
 }
 
 /// A backend operation under way for an instance's run; the reconciler leaves it alone
@@ -263,6 +281,9 @@ struct Link {
     /// Ended instances the cluster asked this host to stop, to report again with at least
     /// this assignments index: that report confirms the stop.
     confirm_stop: BTreeMap<InstanceId, u64>,
+    /// What the last assignment set applied asks this host to stop: the cluster has not let
+    /// these go yet.
+    stopping_applied: BTreeSet<InstanceId>,
     reporting: bool,
     /// A report failed: send again at `next_report_ms`.
     report_retry: bool,
@@ -299,6 +320,7 @@ pub struct Host {
     link: Option<Link>,
     /// Numbers the runs whose health is checked.
     runs_checked: u64,
+    keep_ended: KeepEnded,
 }
 
 impl Host {
@@ -348,13 +370,19 @@ impl Host {
             reported: HashMap::new(),
             never_ran: BTreeSet::new(),
             confirm_stop: BTreeMap::new(),
+            stopping_applied: BTreeSet::new(),
             reporting: false,
             report_retry: false,
             next_report_ms: 0,
             assigned: None,
             generation: 0,
         });
-        (Self { instances, link, runs_checked: 0 }, effects)
+        (Self { instances, link, runs_checked: 0, keep_ended: KeepEnded::default() }, effects)
+    }
+
+    /// Keeps ended records as `keep` says instead of [`KeepEnded::default`].
+    pub fn set_keep_ended(&mut self, keep: KeepEnded) {
+        self.keep_ended = keep;
     }
 
     pub fn records(&self) -> impl Iterator<Item = &InstanceRecord> {
@@ -427,7 +455,58 @@ impl Host {
         self.reconcile(now, &mut step);
         self.probe(now, &mut step);
         self.report(now, &mut step);
+        self.forget_ended(now, &mut step);
         step.finish(self)
+    }
+
+    /// Forgets records that ended for good: asked to stop, ended, released, and (for cluster
+    /// instances) gone from the cluster's current assignments with their end reported, so the
+    /// cluster has let them go too and never assigns them again. Kept as [`KeepEnded`] says.
+    fn forget_ended(&mut self, now: Now, step: &mut Step) {
+        let current = self.assignments_current(now);
+        let link = self.link.as_ref();
+        let still_named = |id: &InstanceId| {
+            link.is_some_and(|link| link.confirm_stop.contains_key(id) || link.stopping_applied.contains(id))
+        };
+        let reported =
+            |t: &Tracked| link.is_some_and(|link| link.reported.get(&t.record.id) == Some(&t.record.revision));
+        let mut ended: Vec<(u64, InstanceId)> = self
+            .instances
+            .iter()
+            .filter(|(id, t)| {
+                let lifecycle = &t.record.lifecycle;
+                let done = !t.is_busy()
+                    && t.record.handle.is_none()
+                    && lifecycle.desired == Desired::Stopped
+                    && lifecycle.phase.has_ended();
+                let let_go = match t.record.origin {
+                    Origin::Local => true,
+                    Origin::Cluster => current && !still_named(id) && reported(t),
+                };
+                done && let_go
+            })
+            .map(|(id, t)| (t.record.events.back().map_or(t.record.created_at_ms, |e| e.at_ms), *id))
+            .collect();
+        // Newest first: the first `at_most` within the retention stay.
+        ended.sort_by(|a, b| b.cmp(a));
+        let keep = self.keep_ended;
+        let forget: Vec<InstanceId> = ended
+            .iter()
+            .enumerate()
+            .filter(|(rank, (changed_ms, _))| {
+                *rank >= keep.at_most || now.wall_ms.saturating_sub(*changed_ms) >= keep.for_ms
+            })
+            .map(|(_, (_, id))| *id)
+            .collect();
+        for id in &forget {
+            self.instances.remove(id);
+            if let Some(link) = self.link.as_mut() {
+                link.reported.remove(id);
+            }
+        }
+        if !forget.is_empty() {
+            step.forget = forget;
+        }
     }
 
     fn apply(&mut self, now: Now, input: Input, step: &mut Step) {
@@ -835,6 +914,7 @@ impl Host {
             link.never_ran.extend(unknown);
             let index = link.assignments_index;
             link.confirm_stop.extend(ended.into_iter().map(|id| (id, index)));
+            link.stopping_applied = stopping.iter().copied().collect();
         }
         let wanted: BTreeMap<InstanceId, &InstanceSpec> = assigned.iter().map(|(id, spec)| (*id, spec)).collect();
         for (id, spec) in &wanted {
@@ -1004,6 +1084,7 @@ struct Step {
     watch: Vec<InstanceId>,
     stop: Vec<(InstanceId, Handle, u64)>,
     release: Vec<(InstanceId, Option<Handle>)>,
+    forget: Vec<InstanceId>,
 }
 
 impl Step {
@@ -1026,6 +1107,9 @@ impl Step {
         );
         effects.extend(self.watch.iter().filter_map(record).map(Effect::Watch));
         effects.extend(self.start.iter().filter_map(record).map(Effect::Start));
+        if !self.forget.is_empty() {
+            effects.push(Effect::Forget(self.forget));
+        }
         effects
     }
 }

@@ -458,6 +458,24 @@ impl Agent {
                     self.inner.metrics.note_records(new.iter().chain(&changed));
                     self.sync_consoles(new.iter().chain(&changed));
                 }
+                Effect::Forget(ids) => {
+                    let store = self.inner.store.clone();
+                    let forgotten = ids.clone();
+                    tokio::task::spawn_blocking(move || store.forget(&forgotten))
+                        .await
+                        .map_err(|_| AgentError::Stopped)?
+                        .inspect_err(|error| tracing::error!(%error, "cannot delete instance records: stopping"))?;
+                    let mut consoles = self.inner.consoles.lock().expect("consoles lock");
+                    for id in &ids {
+                        consoles.remove(id);
+                        if let Err(error) = std::fs::remove_dir_all(self.instance_dir(*id))
+                            && error.kind() != std::io::ErrorKind::NotFound
+                        {
+                            tracing::warn!(%id, %error, "could not delete the directory of a forgotten instance");
+                        }
+                    }
+                    tracing::info!(instances = ids.len(), "forgot instances that ended past their retention");
+                }
                 Effect::Start(record) => {
                     self.inner.metrics.starts.inc();
                     self.spawn_start(record, inputs.clone());

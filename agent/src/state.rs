@@ -164,6 +164,18 @@ impl StateStore {
         }
         txn.commit().map_err(db_err)
     }
+
+    /// Deletes records, in one fsync'd transaction; their IDs stay minted.
+    pub fn forget(&self, ids: &[InstanceId]) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut instances = txn.open_table(INSTANCES).map_err(db_err)?;
+            for id in ids {
+                instances.remove(id.as_u64()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
 }
 
 fn db_err<E: Into<redb::Error>>(error: E) -> StateError {

@@ -3,10 +3,10 @@
 //! processes that behave as shims do: they outlive the agent, and a cluster instance's process
 //! is killed once the host's fencing deadline passes, whether or not the agent is alive.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use mirari_agent::backends::{Ended, Handle};
-use mirari_agent::machine::{Cluster, Effect, Host, Input, Now};
+use mirari_agent::machine::{Cluster, Effect, Host, Input, KeepEnded, Now};
 use mirari_agent::state::{InstanceRecord, Origin};
 use mirari_core::ids::InstanceId;
 use mirari_core::instance::ExitStatus;
@@ -84,6 +84,8 @@ pub struct SimAgent {
     pub frozen_until: Option<Ms>,
     /// The agent's records as its disk holds them.
     disk: BTreeMap<InstanceId, InstanceRecord>,
+    /// Records the agent forgot: none of their IDs may be created again.
+    forgotten: BTreeSet<InstanceId>,
     /// Inputs waiting for their time (answers, backend events).
     inbox: Vec<(Ms, Input)>,
     coordinators: Vec<u64>,
@@ -109,6 +111,7 @@ impl SimAgent {
             machine: None,
             frozen_until: None,
             disk: BTreeMap::new(),
+            forgotten: BTreeSet::new(),
             inbox: Vec::new(),
             coordinators,
             current: index,
@@ -153,7 +156,9 @@ impl SimAgent {
     /// Starts (or restarts) the agent from what its disk holds.
     pub fn start(&mut self, net: &mut Network, rng: &mut SplitMix64, now: Ms) {
         let cluster = Cluster { host: self.info(), timing: self.timing, lease_ran_out: now >= self.fence_deadline };
-        let (machine, first) = Host::open(self.disk.values().cloned().collect(), Some(cluster), Self::now(now));
+        let (mut machine, first) = Host::open(self.disk.values().cloned().collect(), Some(cluster), Self::now(now));
+        // Far shorter than a real agent's, so forgetting runs under every fault too.
+        machine.set_keep_ended(KeepEnded { for_ms: 3_000, at_most: 3 });
         self.machine = Some(machine);
         self.perform(net, rng, now, first);
     }
@@ -322,7 +327,7 @@ impl SimAgent {
             Effect::Persist { new, changed } => {
                 for record in new {
                     assert!(
-                        !self.disk.contains_key(&record.id),
+                        !self.disk.contains_key(&record.id) && !self.forgotten.contains(&record.id),
                         "host {}: instance ID {} created twice",
                         self.index,
                         record.id
@@ -331,6 +336,12 @@ impl SimAgent {
                 }
                 for record in changed {
                     self.disk.insert(record.id, record);
+                }
+            }
+            Effect::Forget(ids) => {
+                for id in ids {
+                    self.disk.remove(&id);
+                    self.forgotten.insert(id);
                 }
             }
             Effect::Start(record) => {

@@ -142,6 +142,7 @@ fn kinds(effects: &[Effect]) -> Vec<&'static str> {
             Effect::FetchBlobs { .. } => "fetch-blobs",
             Effect::FenceDeadline { .. } => "fence-deadline",
             Effect::Probe { .. } => "probe",
+            Effect::Forget(_) => "forget",
         })
         .collect()
 }
@@ -603,4 +604,108 @@ fn a_late_probe_answer_from_an_earlier_run_changes_nothing() {
     agent.started(1);
     assert_eq!(agent.input(Input::Probed { id: id(1), run: old_run, result: Ok(()) }), []);
     assert_eq!(agent.host.record(id(1)).unwrap().health, Health::Starting);
+}
+
+/// The IDs an effect list forgets.
+fn forgotten(effects: &[Effect]) -> Vec<InstanceId> {
+    effects
+        .iter()
+        .filter_map(|e| if let Effect::Forget(ids) = e { Some(ids.clone()) } else { None })
+        .flatten()
+        .collect()
+}
+
+/// Answers every report the effects send (and those that follow) as delivered; returns the
+/// effects of the last answer.
+fn deliver_reports(agent: &mut Agent, mut effects: Vec<Effect>) -> Vec<Effect> {
+    while let Some(reports) =
+        effects.iter().find_map(|e| if let Effect::Report(r) = e { Some(r.clone()) } else { None })
+    {
+        effects = agent.input(Input::Reported { reports, ok: true });
+    }
+    effects
+}
+
+const HOUR_MS: u64 = 3_600_000;
+
+#[test]
+fn a_local_instance_that_ended_is_forgotten_after_the_retention() {
+    let mut agent = Agent::local();
+    agent.input(Input::Run { instances: vec![(id(1), spec())] });
+    agent.started(1);
+    agent.input(Input::Stop { id: id(1) });
+    agent.input(Input::StopReturned { id: id(1), outcome: Ok(false), timeout_secs: 10 });
+    agent.input(Input::Ended { id: id(1), ended: Ended::Exited(ExitStatus::Signal(15)), context: String::new() });
+    assert!(forgotten(&agent.input(Input::Released { id: id(1), handle: Some(handle(1)), ok: true })).is_empty());
+    agent.at(agent.now.boot_ms + HOUR_MS - 1);
+    assert!(forgotten(&agent.tick()).is_empty(), "kept for the hour");
+    agent.at(agent.now.boot_ms + 1);
+    assert_eq!(forgotten(&agent.tick()), [id(1)]);
+    assert!(agent.host.record(id(1)).is_none());
+}
+
+#[test]
+fn beyond_the_count_the_oldest_ended_records_go_at_once() {
+    let mut agent = Agent::local();
+    agent.host.set_keep_ended(KeepEnded { for_ms: HOUR_MS, at_most: 1 });
+    let mut gone = Vec::new();
+    for n in 1..=3 {
+        agent.input(Input::Run { instances: vec![(id(n), spec())] });
+        agent.started(n);
+        agent.input(Input::Stop { id: id(n) });
+        agent.input(Input::StopReturned { id: id(n), outcome: Ok(false), timeout_secs: 10 });
+        agent.input(Input::Ended { id: id(n), ended: Ended::Exited(ExitStatus::Signal(15)), context: String::new() });
+        agent.at(agent.now.boot_ms + 1_000);
+        gone.extend(forgotten(&agent.input(Input::Released { id: id(n), handle: Some(handle(n)), ok: true })));
+    }
+    assert_eq!(gone, [id(1), id(2)], "the newest stays");
+    assert!(agent.host.record(id(3)).is_some());
+}
+
+#[test]
+fn a_cluster_instance_is_forgotten_only_once_the_cluster_let_it_go() {
+    let mut agent = Agent::joined();
+    // A short retention, so the lease (3 s) holds throughout.
+    agent.host.set_keep_ended(KeepEnded { for_ms: 1_000, at_most: 100 });
+    let effects = agent.assign(&[1, 2, 3]);
+    deliver_reports(&mut agent, effects);
+    for n in 1..=3 {
+        let effects = agent.started(n);
+        deliver_reports(&mut agent, effects);
+    }
+    // The cluster asks for 1 and 2 to stop; they end and are released.
+    let epoch = agent.host.lease_epoch();
+    let index = agent.index();
+    let effects =
+        agent.input(Input::Assigned { epoch, index, instances: vec![(id(3), spec())], stopping: vec![id(1), id(2)] });
+    let Some(Effect::FetchBlobs { generation, .. }) = effects.last().cloned() else { panic!("{effects:?}") };
+    let effects = agent.input(Input::BlobsFetched { generation, ok: true });
+    deliver_reports(&mut agent, effects);
+    for n in [1, 2] {
+        let effects = agent.input(Input::StopReturned { id: id(n), outcome: Ok(false), timeout_secs: 10 });
+        deliver_reports(&mut agent, effects);
+        let effects = agent.input(Input::Ended {
+            id: id(n),
+            ended: Ended::Exited(ExitStatus::Signal(15)),
+            context: String::new(),
+        });
+        deliver_reports(&mut agent, effects);
+        let effects = agent.input(Input::Released { id: id(n), handle: Some(handle(n)), ok: true });
+        assert!(forgotten(&deliver_reports(&mut agent, effects)).is_empty(), "the cluster still names them");
+    }
+    agent.at(agent.now.boot_ms + 1_500);
+    let effects = agent.tick();
+    assert!(forgotten(&effects).is_empty(), "still in the set to stop: {effects:?}");
+    // The cluster lets them go (it saw their ends): past the retention, both go.
+    let epoch = agent.host.lease_epoch();
+    let index = agent.index();
+    let effects = agent.input(Input::Assigned { epoch, index, instances: vec![(id(3), spec())], stopping: vec![] });
+    let Some(Effect::FetchBlobs { generation, .. }) = effects.last().cloned() else { panic!("{effects:?}") };
+    let fetched = agent.input(Input::BlobsFetched { generation, ok: true });
+    let effects = deliver_reports(&mut agent, fetched);
+    let mut gone = forgotten(&effects);
+    gone.extend(forgotten(&agent.tick()));
+    gone.sort();
+    assert_eq!(gone, [id(1), id(2)]);
+    assert_eq!(agent.phase(3), Phase::Running, "what runs is kept");
 }
