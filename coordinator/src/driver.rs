@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::consensus::RaftMessage;
 use crate::consensus::machine::Machine;
-use crate::consensus::node::{Applied, MembershipChange, Node, NodeError, Refused};
+use crate::consensus::node::{Applied, MembershipChange, Node, NodeError, Refused, Replication};
 use crate::consensus::storage::Backing;
 use crate::events::{EVENTS_KEPT, EventLog, Filter, Gone, Position};
 use crate::metrics::CoordinatorMetrics;
@@ -52,6 +52,8 @@ pub struct RaftStatus {
     pub applied_index: u64,
     /// Why the data directory cannot be written, while it cannot.
     pub disk_failure: Option<String>,
+    /// Each member's replication, while this node leads.
+    pub replication: Vec<Replication>,
 }
 
 /// Why a write did not go through here.
@@ -524,6 +526,7 @@ impl<B: Backing> Driver<B> {
             commit_index: self.node.commit_index(),
             applied_index: self.node.applied_index(),
             disk_failure: self.disk_failure.clone(),
+            replication: self.node.replication(),
         };
         if status.leader.is_some() && status.leader != self.status.borrow().leader {
             self.metrics.leader_changes.inc();

@@ -685,6 +685,11 @@ pub fn cluster_info(raft: &RaftHandle) -> pb::ClusterInfo {
         members: machine.members.iter().map(|(&id, address)| pb::Member { id, address: address.clone() }).collect(),
         cluster_id: machine.cluster_id.clone().unwrap_or_default(),
         disk_failure: status.disk_failure.clone().unwrap_or_default(),
+        replication: status
+            .replication
+            .iter()
+            .map(|r| pb::MemberReplication { id: r.id, matched: r.matched, state: r.state.to_owned() })
+            .collect(),
     }
 }
 

@@ -37,10 +37,16 @@ function render(view) {
     `coordinator ${node.id}: ${node.role}, term ${node.term}, ${leader}, applied ${node.applied_index} / committed ${node.commit_index}` +
     (node.disk_failure ? ` — disk failure: ${node.disk_failure}` : "");
   $("raft").className = "raft " + (node.disk_failure || !node.leader_id ? "bad" : "ok");
-  fill("members", node.members.map((m) => row([
-    cell(String(m.id)), cell(m.address, "mono"),
-    cell(m.id === node.leader_id ? "leader" : m.id === node.id ? node.role : "follower"),
-  ])));
+  // Only the leader knows how far each member's log matches its own.
+  fill("members", node.members.map((m) => {
+    const behind = m.matched === null ? null : Math.max(0, node.commit_index - m.matched);
+    return row([
+      cell(String(m.id)), cell(m.address, "mono"),
+      cell(m.id === node.leader_id ? "leader" : m.id === node.id ? node.role : "follower"),
+      cell(m.matched === null ? "—" : `${m.matched} (${m.replication})`),
+      cell(behind === null ? "—" : String(behind), behind === null ? "muted" : behind > 100 ? "bad" : "ok"),
+    ], { "data-member": String(m.id) });
+  }));
   fill("hosts", view.hosts.map((h) => row([
     cell(h.id), cell(h.status, h.status === "up" ? "ok" : h.status === "down" ? "bad" : "warn"),
     cell(h.backends.join(" ")),

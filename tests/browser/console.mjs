@@ -34,6 +34,7 @@ try {
   const instances = await running.evaluateAll((rows) => rows.map((row) => row.dataset.instance));
   const hosts = await page.locator("#hosts tbody tr").evaluateAll((rows) => rows.map((row) => row.dataset.host));
   const raft = await page.locator("#raft").textContent();
+  const members = await page.locator("#members tbody tr").evaluateAll((rows) => rows.map((row) => row.textContent));
   await page.locator("#events li[data-kind='instance.placed']").first().waitFor({ timeout: TIMEOUT });
   const events = await page.locator("#events li").evaluateAll((items) => items.map((item) => item.dataset.kind));
 
@@ -50,7 +51,7 @@ try {
   );
   const later = Math.max(...beats(await consoleText()));
   await page.screenshot({ path: screenshot, fullPage: true });
-  console.log(JSON.stringify({ raft, hosts, instances, events, console_instance: await page.locator("#console-id").textContent(), first, later, problems }));
+  console.log(JSON.stringify({ raft, members, hosts, instances, events, console_instance: await page.locator("#console-id").textContent(), first, later, problems }));
 } finally {
   await browser.close();
 }

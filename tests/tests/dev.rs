@@ -149,6 +149,9 @@ fn the_web_console_shows_the_instances_and_a_live_console_in_a_browser() {
     assert_eq!(listed, ids, "the page lists the running instances: {seen}");
     assert_eq!(seen["hosts"].as_array().unwrap().len(), 1, "{seen}");
     assert!(seen["raft"].as_str().unwrap().contains("leader"), "{seen}");
+    // The leader's view of its members' logs: the only one here matches it, replicating.
+    let members = seen["members"].as_array().unwrap();
+    assert!(members.len() == 1 && members[0].as_str().unwrap().contains("(replicate)"), "{members:?}");
     let events: Vec<&str> = seen["events"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
     assert!(events.contains(&"deployment.deployed") && events.contains(&"instance.placed"), "{events:?}");
     assert!(ids.contains(&seen["console_instance"].as_str().unwrap().to_owned()), "{seen}");

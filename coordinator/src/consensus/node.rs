@@ -133,6 +133,17 @@ pub struct SnapshotTaken {
     pub duration: Duration,
 }
 
+/// The leader's view of one member's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replication {
+    pub id: u64,
+    /// The last index known to match the leader's log.
+    pub matched: u64,
+    /// probe (finding where the logs agree), replicate (streaming entries) or snapshot (being
+    /// sent one).
+    pub state: &'static str,
+}
+
 /// A change to the raft membership.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MembershipChange {
@@ -277,6 +288,30 @@ impl<B: Backing> Node<B> {
         let mut voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
         voters.sort_unstable();
         voters
+    }
+
+    /// How far each member's log matches the leader's (empty unless this node leads), by ID.
+    pub fn replication(&self) -> Vec<Replication> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let mut members: Vec<Replication> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(&id, progress)| Replication {
+                id,
+                matched: progress.matched,
+                state: match progress.state {
+                    raft::ProgressState::Probe => "probe",
+                    raft::ProgressState::Replicate => "replicate",
+                    raft::ProgressState::Snapshot => "snapshot",
+                },
+            })
+            .collect();
+        members.sort_by_key(|r| r.id);
+        members
     }
 
     /// The leader's view of each peer's replication, for diagnostics.

@@ -38,6 +38,10 @@ pub struct Node {
 pub struct Member {
     pub id: u64,
     pub address: String,
+    /// Known on the leader: the last index of its log that matches the leader's, and how it is
+    /// being replicated (probe, replicate, snapshot).
+    pub matched: Option<u64>,
+    pub replication: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -124,7 +128,19 @@ pub fn overview(registry: &Registry, info: pb::ClusterInfo, now_ms: u64, max_ins
             leader_id: info.leader_id,
             commit_index: info.commit_index,
             applied_index: info.applied_index,
-            members: info.members.into_iter().map(|m| Member { id: m.id, address: m.address }).collect(),
+            members: info
+                .members
+                .into_iter()
+                .map(|m| {
+                    let replication = info.replication.iter().find(|r| r.id == m.id);
+                    Member {
+                        id: m.id,
+                        address: m.address,
+                        matched: replication.map(|r| r.matched),
+                        replication: replication.map(|r| r.state.clone()),
+                    }
+                })
+                .collect(),
             disk_failure: info.disk_failure,
         },
         hosts: registry
