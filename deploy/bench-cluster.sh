@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: a real 3-coordinator cluster (loopback, fsync on) with many simulated hosts.
 # Prints placements committed per second until INSTANCES instances are placed and acknowledged
-# as running, each coordinator's memory per instance, and how long `mirari cluster status
-# --output json` takes at that size.
+# as running, each coordinator's memory per instance, and how long `mirari cluster status` takes
+# at that size: its default summary, a page of 1,000 instances, and everything as JSON.
 #   deploy/bench-cluster.sh [INSTANCES] [HOSTS]      (defaults 100000 and 1000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,12 +28,18 @@ for i in 0 1 2; do
   awk -v id=$((i + 1)) -v b="${before[$i]}" -v a="$after" -v n="$instances" \
     'BEGIN { printf "coordinator %d: RSS %.0f MiB -> %.0f MiB, %.0f bytes per instance\n", id, b/1024, a/1024, (a-b)*1024/n }'
 done
-for mode in "" "--stale"; do
+# The default view (the summary), a page of the instance list, and everything.
+time_status() {
+  local label="$1"; shift
   for run in 1 2 3; do
     start=$(date +%s.%N)
-    "$bin/mirari" cluster status --output json $mode > "$work/status.json"
+    "$bin/mirari" cluster status "$@" > "$work/status.out"
     end=$(date +%s.%N)
-    awk -v s="$start" -v e="$end" -v m="${mode:-linearizable}" -v r="$run" -v size="$(stat -c %s "$work/status.json")" \
-      'BEGIN { printf "mirari cluster status --output json (%s) run %d: %.2f s, %.1f MB\n", m, r, e-s, size/1e6 }'
+    awk -v s="$start" -v e="$end" -v l="$label" -v r="$run" -v size="$(stat -c %s "$work/status.out")" \
+      'BEGIN { printf "mirari cluster status %s run %d: %.3f s, %.2f MB\n", l, r, e-s, size/1e6 }'
   done
-done
+}
+time_status "(summary)"
+time_status "--instances --limit 1000" --instances --limit 1000
+time_status "--output json (linearizable)" --output json
+time_status "--output json --stale" --output json --stale

@@ -275,11 +275,20 @@ mod simulated {
     /// One simulated host: register, watch assignments, acknowledge them as running.
     async fn host(mut client: CoordinatorClient<Channel>, name: String, counters: Arc<Counters>) -> anyhow::Result<()> {
         let mut host = super::host(&name);
-        host.capacity = Resources { memory_mib: 1 << 30, vcpus: 1 << 20, instances: 1 << 20 };
+        // As large as a host may say it is (the instance count is bounded on the wire).
+        let instances = mirari_core::limits::MAX_INSTANCES_PER_HOST;
+        host.capacity = Resources { memory_mib: 1 << 30, vcpus: 1 << 20, instances };
+        let mut told = false;
         loop {
             let request = pb::RegisterHostRequest { host: Some(log_codec::host_to_pb(&host)) };
-            if client.register_host(request).await.is_ok() {
-                break;
+            match client.register_host(request).await {
+                Ok(_) => break,
+                // Said once per host: a refusal that lasts would otherwise look like a hang.
+                Err(status) if !told => {
+                    eprintln!("simulated host {name}: registering failed ({}); trying again", status.message());
+                    told = true;
+                }
+                Err(_) => {}
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
