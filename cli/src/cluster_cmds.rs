@@ -22,6 +22,12 @@ struct MemberView {
     id: u64,
     address: String,
     leader: bool,
+    /// Told by the leader only: the last index of the member's log that matches its own, and
+    /// how it is being replicated (probe, replicate, snapshot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    matched: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replication: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,17 +61,33 @@ impl From<pb::ClusterInfo> for InfoView {
             members: info
                 .members
                 .into_iter()
-                .map(|m| MemberView { leader: Some(m.id) == leader, id: m.id, address: m.address })
+                .map(|m| {
+                    let replication = info.replication.iter().find(|r| r.id == m.id);
+                    MemberView {
+                        leader: Some(m.id) == leader,
+                        id: m.id,
+                        address: m.address,
+                        matched: replication.map(|r| r.matched),
+                        replication: replication.map(|r| r.state.clone()),
+                    }
+                })
                 .collect(),
         }
     }
 }
 
 fn members_table(info: &InfoView) -> Table {
-    let mut table = Table::new(&["ID", "ADDRESS", "ROLE"]);
+    // Only the leader knows how far each member's log matches its own.
+    let mut table = Table::new(&["ID", "ADDRESS", "ROLE", "MATCHED (LEADER'S VIEW)"]);
     for member in &info.members {
         let role = if member.leader { "leader" } else { "voter" };
-        table.row(vec![member.id.to_string(), member.address.clone(), role.into()]);
+        let matched = match (member.matched, &member.replication) {
+            (Some(matched), Some(state)) => {
+                format!("{matched} ({state}, {} behind)", info.commit_index.saturating_sub(matched))
+            }
+            _ => "-".into(),
+        };
+        table.row(vec![member.id.to_string(), member.address.clone(), role.into(), matched]);
     }
     table
 }

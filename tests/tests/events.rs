@@ -37,6 +37,17 @@ fn position(event: &Value) -> (u64, u64) {
 fn a_followed_event_stream_tells_a_deploy_a_host_loss_and_a_scale_and_resumes_on_another_coordinator() {
     let mut cluster = Cluster::start(3, 2);
     assert!(cluster.network.isolated(), "the cluster tests need network namespaces: run them as root");
+    // The raft group's health as its leader tells it: every member's log matches, replicating.
+    let leader = cluster.leader().expect("a leader");
+    eventually(DEADLINE, "the leader's view of its members", || {
+        let members = cluster.coordinators[leader].cli_json(&["cluster", "members"])?;
+        let replicating = members.as_array().unwrap().iter().filter(|m| m["replication"] == "replicate").count();
+        if replicating == 3 && members.as_array().unwrap().iter().all(|m| m["matched"].as_u64() > Some(0)) {
+            Ok(())
+        } else {
+            Err(members.to_string())
+        }
+    });
 
     // Started from the newest event (the network's creation), before anything is deployed.
     let dir = cluster.dir.path().to_owned();
