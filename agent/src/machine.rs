@@ -448,6 +448,7 @@ impl Host {
     /// Applies one input; returns what to do, in order.
     pub fn handle(&mut self, now: Now, input: Input) -> Vec<Effect> {
         let mut step = Step::default();
+        let input_was_tick = matches!(input, Input::Tick);
         self.apply(now, input, &mut step);
         self.expire_lease(now, &mut step);
         self.retry_fetch(now, &mut step);
@@ -455,7 +456,10 @@ impl Host {
         self.reconcile(now, &mut step);
         self.probe(now, &mut step);
         self.report(now, &mut step);
-        self.forget_ended(now, &mut step);
+        // Retention is counted in minutes: looked at when time passes, not on every input.
+        if input_was_tick {
+            self.forget_ended(now, &mut step);
+        }
         step.finish(self)
     }
 

@@ -16,6 +16,7 @@
 pub mod overview;
 
 use std::convert::Infallible;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +38,7 @@ use crate::driver::RaftHandle;
 use crate::events::{Filter, Position};
 
 /// How many instances the overview lists (it says how many there are in all).
-pub const OVERVIEW_INSTANCES: usize = 1000;
+pub const OVERVIEW_INSTANCES: NonZeroUsize = NonZeroUsize::new(1000).unwrap();
 /// How many of the newest events a new reader of `/api/events` starts with.
 const EVENTS_FIRST: usize = 200;
 

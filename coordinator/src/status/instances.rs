@@ -80,7 +80,7 @@ impl TryFrom<&pb::StatusRequest> for Query {
 }
 
 /// Whether the status names an instance: it holds its slot, or something of it may still run.
-pub fn is_listed(instance: &InstanceEntry) -> bool {
+fn is_listed(instance: &InstanceEntry) -> bool {
     registry::holds_slot(instance) || instance.observed.is_live()
 }
 

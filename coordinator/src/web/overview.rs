@@ -1,14 +1,15 @@
 //! What the web console's page shows, as JSON: this node's raft view, hosts with capacity and
 //! use, deployments with counts and rollout progress, networks, and instances.
 
-use mirari_core::health::Health;
+use std::num::NonZeroUsize;
+
 use mirari_core::instance::Desired;
 use mirari_core::registry::{HostStatus, Registry, Resources};
 use mirari_proto::coordinator as pb;
 use serde::Serialize;
 
 use crate::status::deployment_status;
-use crate::status::instances::is_listed;
+use crate::status::instances::{self, Filter};
 
 #[derive(Debug, Serialize)]
 pub struct Overview {
@@ -19,7 +20,7 @@ pub struct Overview {
     /// The first instances that should run or still hold their slot, by ID.
     pub instances: Vec<Instance>,
     /// How many there are in all.
-    pub instances_total: usize,
+    pub instances_total: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -118,8 +119,9 @@ pub struct Instance {
     pub message: String,
 }
 
-pub fn overview(registry: &Registry, info: pb::ClusterInfo, now_ms: u64, max_instances: usize) -> Overview {
-    let held = || registry.instances().filter(|i| is_listed(i));
+pub fn overview(registry: &Registry, info: pb::ClusterInfo, now_ms: u64, max_instances: NonZeroUsize) -> Overview {
+    // The first page of what `cluster status` lists, and how many it lists in all.
+    let listed = instances::page(registry, &Filter::default(), None, max_instances);
     Overview {
         node: Node {
             id: info.id,
@@ -196,8 +198,9 @@ pub fn overview(registry: &Registry, info: pb::ClusterInfo, now_ms: u64, max_ins
                 held: registry.addresses_held(&network.name) as u64,
             })
             .collect(),
-        instances: held()
-            .take(max_instances)
+        instances: listed
+            .instances
+            .into_iter()
             .map(|i| Instance {
                 id: i.id.to_string(),
                 app: i.app.clone(),
@@ -206,22 +209,13 @@ pub fn overview(registry: &Registry, info: pb::ClusterInfo, now_ms: u64, max_ins
                 slot: i.slot,
                 desired: if i.desired == Desired::Running { "running" } else { "stopped" },
                 phase: i.observed.name(),
-                health: health_name(i.health),
+                health: i.health.name(),
                 addresses: i.interfaces.iter().map(|interface| interface.address.to_string()).collect(),
                 restarts: i.restarts,
                 message: i.message.clone(),
             })
             .collect(),
-        instances_total: held().count(),
-    }
-}
-
-fn health_name(health: Health) -> &'static str {
-    match health {
-        Health::None => "none",
-        Health::Starting => "starting",
-        Health::Healthy => "healthy",
-        Health::Unhealthy => "unhealthy",
+        instances_total: listed.matched.unwrap_or_default(),
     }
 }
 
@@ -247,7 +241,12 @@ mod tests {
         };
         let request = Request { request_id: "r1".into(), command: Command::RegisterHost { host } };
         registry.apply(1, &request).unwrap();
-        let view = overview(&registry, pb::ClusterInfo { id: 1, role: "leader".into(), ..Default::default() }, 0, 0);
+        let view = overview(
+            &registry,
+            pb::ClusterInfo { id: 1, role: "leader".into(), ..Default::default() },
+            0,
+            NonZeroUsize::MIN,
+        );
         assert_eq!((view.hosts.len(), view.hosts[0].status, view.hosts[0].capacity.memory_mib), (1, "up", 1024));
         assert_eq!((view.hosts[0].used.instances, view.instances_total), (0, 0));
         let json = serde_json::to_value(&view).unwrap();
