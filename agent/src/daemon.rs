@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use mirari_core::lease::LeaseTiming;
-use mirari_core::registry::{Host, HostId, HostStatus, Resources};
+use mirari_core::registry::{Host, Resources};
 use mirari_metrics::{MetricsError, MetricsListener};
 use mirari_proto::auth::{self, Guarded};
 use mirari_proto::endpoint::{Endpoint, Listener};
@@ -65,16 +65,9 @@ pub async fn run(
     let cluster = join.as_ref().map(|join| {
         let backends: BTreeSet<_> = fingerprints.iter().filter(|f| f.unavailable.is_none()).map(|f| f.target).collect();
         let host = Host {
-            id: HostId(join.name.clone()),
-            address: join.advertise.clone(),
-            backends,
-            capacity: join.capacity,
             labels: join.labels.clone(),
             networks: networks.keys().cloned().collect(),
-            status: HostStatus::Up,
-            registered_at_ms: 0,
-            status_changed_at_ms: 0,
-            drain: None,
+            ..Host::up(&join.name, join.advertise.clone(), backends, join.capacity)
         };
         tracing::info!(host = %join.name, advertise = %join.advertise, "joining the cluster");
         ClusterConfig { coordinators: Coordinators::new(join.coordinators.clone()), host, timing: join.timing }

@@ -54,8 +54,7 @@ mod tests {
     use super::*;
     use crate::instance::{Desired, Phase};
     use crate::registry::{
-        Command, DeploymentSpec, Host, HostId, HostStatus, InstanceReport, PlacedInstance, Placement, Request,
-        Resources,
+        Command, DeploymentSpec, Host, HostId, InstanceReport, PlacedInstance, Placement, Request, Resources,
     };
     use crate::spec::RunPolicy;
     use crate::target::Target;
@@ -68,18 +67,8 @@ mod tests {
     /// A registry with `count` instances of `hello` on one host, placed and running.
     fn running(count: u32) -> Registry {
         let mut registry = Registry::default();
-        let host = Host {
-            id: HostId("h".into()),
-            address: "h:1".into(),
-            backends: [Target::Unix].into(),
-            capacity: Resources { memory_mib: 1 << 20, vcpus: 1 << 10, instances: 1000 },
-            labels: Default::default(),
-            networks: Default::default(),
-            status: HostStatus::Up,
-            registered_at_ms: 0,
-            status_changed_at_ms: 0,
-            drain: None,
-        };
+        let capacity = Resources { memory_mib: 1 << 20, vcpus: 1 << 10, instances: 1000 };
+        let host = Host::up("h", "h:1", [Target::Unix], capacity);
         apply(&mut registry, Command::RegisterHost { host });
         let version = registry::AppVersion {
             app: "hello".into(),

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use mirari_core::digest::Digest;
 use mirari_core::instance::ExitStatus;
-use mirari_core::registry::{HostId, HostStatus, Resources};
+use mirari_core::registry::Resources;
 use mirari_core::spec::RunPolicy;
 use mirari_core::target::Target;
 
@@ -31,18 +31,7 @@ fn handle(n: u64) -> Handle {
 }
 
 fn host() -> registry::Host {
-    registry::Host {
-        id: HostId("h1".into()),
-        address: "10.0.0.1:7401".into(),
-        backends: [Target::Unix].into(),
-        capacity: Resources { memory_mib: 1024, vcpus: 8, instances: 16 },
-        labels: Default::default(),
-        networks: Default::default(),
-        status: HostStatus::Up,
-        registered_at_ms: 0,
-        status_changed_at_ms: 0,
-        drain: None,
-    }
+    registry::Host::up("h1", "10.0.0.1:7401", [Target::Unix], Resources { memory_mib: 1024, vcpus: 8, instances: 16 })
 }
 
 const LEASE: Lease = Lease { ttl_ms: 3_000, register_again: false };

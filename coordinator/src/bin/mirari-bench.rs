@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mirari_core::registry::{Command, Host, HostId, HostStatus, Request, Resources};
+use mirari_core::registry::{Command, Host, Request, Resources};
 use mirari_core::target::Target;
 use mirari_proto::coordinator::ProposeRequest;
 use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
@@ -218,18 +218,8 @@ async fn raft(
 }
 
 fn host(name: &str) -> Host {
-    Host {
-        id: HostId(name.to_owned()),
-        address: format!("{name}.bench.invalid:7070"),
-        backends: [Target::Unix].into(),
-        capacity: Resources { memory_mib: 1024, vcpus: 2, instances: 8 },
-        labels: BTreeMap::new(),
-        networks: Default::default(),
-        status: HostStatus::Up,
-        registered_at_ms: 0,
-        status_changed_at_ms: 0,
-        drain: None,
-    }
+    let capacity = Resources { memory_mib: 1024, vcpus: 2, instances: 8 };
+    Host::up(name, format!("{name}.bench.invalid:7070"), [Target::Unix], capacity)
 }
 
 /// Simulated hosts: the protocol of an agent without any instance behind it, so one process can

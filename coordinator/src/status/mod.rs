@@ -202,8 +202,8 @@ fn revision_status(revision: &Revision) -> pb::RevisionStatus {
 #[cfg(test)]
 pub(crate) mod tests {
     use mirari_core::registry::{
-        AppVersion, Command, DeploymentSpec, Host, HostId, HostStatus, InstanceReport, PlacedInstance, Placement,
-        Request, Resources, RevisionCause,
+        AppVersion, Command, DeploymentSpec, Host, HostId, InstanceReport, PlacedInstance, Placement, Request,
+        Resources, RevisionCause,
     };
     use mirari_core::spec::RunPolicy;
     use mirari_core::target::Target;
@@ -259,18 +259,8 @@ pub(crate) mod tests {
     pub(crate) fn registry() -> Registry {
         let mut registry = Registry::default();
         for name in HOSTS {
-            let host = Host {
-                id: HostId(name.into()),
-                address: format!("{name}:1"),
-                backends: [Target::Unix].into(),
-                capacity: Resources { memory_mib: 1 << 20, vcpus: 1_000, instances: 1_000 },
-                labels: Default::default(),
-                networks: Default::default(),
-                status: HostStatus::Up,
-                registered_at_ms: 0,
-                status_changed_at_ms: 0,
-                drain: None,
-            };
+            let capacity = Resources { memory_mib: 1 << 20, vcpus: 1_000, instances: 1_000 };
+            let host = Host::up(name, format!("{name}:1"), [Target::Unix], capacity);
             apply(&mut registry, Command::RegisterHost { host });
         }
         for (app, count) in [("web", 200), ("api", 100)] {

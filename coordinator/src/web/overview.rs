@@ -222,23 +222,13 @@ pub fn overview(registry: &Registry, info: pb::ClusterInfo, now_ms: u64, max_ins
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mirari_core::registry::{Command, HostId, Request};
+    use mirari_core::registry::{Command, Request};
 
     #[test]
     fn hosts_show_their_use_and_instances_are_capped_with_the_total() {
         let mut registry = Registry::default();
-        let host = mirari_core::registry::Host {
-            id: HostId("h1".into()),
-            address: "h1:7070".into(),
-            backends: [mirari_core::target::Target::Unix].into(),
-            capacity: Resources { memory_mib: 1024, vcpus: 4, instances: 8 },
-            labels: Default::default(),
-            networks: Default::default(),
-            status: HostStatus::Up,
-            registered_at_ms: 1,
-            status_changed_at_ms: 1,
-            drain: None,
-        };
+        let capacity = Resources { memory_mib: 1024, vcpus: 4, instances: 8 };
+        let host = mirari_core::registry::Host::up("h1", "h1:7070", [mirari_core::target::Target::Unix], capacity);
         let request = Request { request_id: "r1".into(), command: Command::RegisterHost { host } };
         registry.apply(1, &request).unwrap();
         let view = overview(

@@ -59,6 +59,30 @@ pub struct Host {
     pub drain: Option<Drain>,
 }
 
+impl Host {
+    /// A host that is up, with no labels, networks or drain; the registry stamps its times when
+    /// it registers it.
+    pub fn up(
+        id: &str,
+        address: impl Into<String>,
+        backends: impl IntoIterator<Item = Target>,
+        capacity: Resources,
+    ) -> Self {
+        Self {
+            id: HostId(id.to_owned()),
+            address: address.into(),
+            backends: backends.into_iter().collect(),
+            capacity,
+            labels: BTreeMap::new(),
+            networks: BTreeSet::new(),
+            status: HostStatus::Up,
+            registered_at_ms: 0,
+            status_changed_at_ms: 0,
+            drain: None,
+        }
+    }
+}
+
 /// A host being emptied: each of its instances is replaced elsewhere, the new one healthy before
 /// the old one is stopped; whatever is left at the deadline is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
