@@ -43,8 +43,8 @@ mod tests {
     use crate::ids::InstanceId;
     use crate::network::{Interface, Ipv4Cidr, MacAddress, Network};
     use crate::registry::{
-        AppVersion, Command, DeploymentSpec, Host, HostId, HostStatus, InstanceReport, PlacedInstance, Placement,
-        Request, Resources,
+        AppVersion, Command, DeploymentSpec, Host, HostId, HostStatus, InstanceReport, PlacedInstance, Request,
+        Resources,
     };
     use crate::spec::RunPolicy;
     use crate::target::Target;
@@ -87,16 +87,7 @@ mod tests {
     }
 
     fn deploy(app: &str, version: &str, count: u32) -> Command {
-        let spec = DeploymentSpec {
-            app: app.into(),
-            version: version.into(),
-            target: Target::Unix,
-            count,
-            placement: Placement::Binpack,
-            update: Default::default(),
-            reschedule: Default::default(),
-            after: Vec::new(),
-        };
+        let spec = DeploymentSpec::new(app, version, Target::Unix, count);
         Command::Deploy { spec, at_ms: 5, by: "test".into(), cause: crate::registry::RevisionCause::Deploy }
     }
 
@@ -114,6 +105,7 @@ mod tests {
             registered_at_ms: 1,
             status_changed_at_ms: 1,
             drain: None,
+            provider: None,
         };
         let mut registry = Registry::default();
         apply(

@@ -70,21 +70,25 @@ pub struct LeaseTable {
 }
 
 impl LeaseTable {
-    /// This node became leader at `now_ms`: every host that is up starts a fresh lease, since
-    /// the previous leader's renewals are unknown here.
+    /// This node became leader at `now_ms`: every agent's host that is up starts a fresh lease,
+    /// since the previous leader's renewals are unknown here. Providers hold no leases: no agent
+    /// runs there, the leader itself drives them.
     pub fn start_leading(&mut self, registry: &Registry, now_ms: u64) {
         self.heard_at.clear();
         self.by_time.clear();
         self.condemned.clear();
-        for host in registry.hosts().filter(|h| h.status == HostStatus::Up) {
+        for host in registry.hosts().filter(|h| h.status == HostStatus::Up && h.provider.is_none()) {
             self.record(&host.id, now_ms);
         }
     }
 
     /// A renewal from `host` (its record in the registry, which shows it up) was received at
     /// `now_ms`. Returns whether the lease is renewed: not for a host found expired that has
-    /// not been declared down since.
+    /// not been declared down since, nor for a provider.
     pub fn renew(&mut self, host: &Host, now_ms: u64) -> bool {
+        if host.provider.is_some() {
+            return false;
+        }
         if let Some(&changed_at) = self.condemned.get(&host.id) {
             if Self::still_condemned(Some(host), changed_at) {
                 return false;
@@ -151,6 +155,7 @@ mod tests {
             registered_at_ms: at_ms,
             status_changed_at_ms: at_ms,
             drain: None,
+            provider: None,
         }
     }
 

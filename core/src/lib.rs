@@ -18,6 +18,8 @@
 //! - [`lease`]: leases between agents and the coordinator leader: timing (the fencing margin)
 //!   and the leader's table of renewals.
 //! - [`limits`]: the largest sizes and counts accepted from the wire and from config files.
+//! - [`provider`]: cloud providers beside hosts, and registry + what the cloud lists -> the
+//!   launches and terminations the leader makes there.
 //! - [`restart`]: what the restart policy says after an exit.
 //! - [`reconcile`]: desired + observed instances -> the actions an agent must take.
 //! - [`registry`]: the cluster registry, the state machine the coordinators replicate.
@@ -42,6 +44,7 @@ pub mod instance;
 pub mod lease;
 pub mod limits;
 pub mod network;
+pub mod provider;
 pub mod reconcile;
 pub mod registry;
 pub mod restart;

@@ -53,9 +53,7 @@ pub fn forgettable(registry: &Registry, now_ms: u64, retention: Retention, max: 
 mod tests {
     use super::*;
     use crate::instance::{Desired, Phase};
-    use crate::registry::{
-        Command, DeploymentSpec, Host, HostId, InstanceReport, PlacedInstance, Placement, Request, Resources,
-    };
+    use crate::registry::{Command, DeploymentSpec, Host, HostId, InstanceReport, PlacedInstance, Request, Resources};
     use crate::spec::RunPolicy;
     use crate::target::Target;
 
@@ -79,16 +77,7 @@ mod tests {
             constraints: Default::default(),
         };
         apply(&mut registry, Command::RegisterApp { version });
-        let spec = DeploymentSpec {
-            app: "hello".into(),
-            version: "1".into(),
-            target: Target::Unix,
-            count,
-            placement: Placement::Binpack,
-            update: Default::default(),
-            reschedule: Default::default(),
-            after: vec![],
-        };
+        let spec = DeploymentSpec::new("hello", "1", Target::Unix, count);
         apply(
             &mut registry,
             Command::Deploy { spec, at_ms: 0, by: "t".into(), cause: registry::RevisionCause::Deploy },

@@ -1,7 +1,9 @@
 //! The scheduler: which host fills each empty slot of a deployment.
 //!
 //! Pure: an immutable registry in, a plan out. Feasibility (host up, backend, labels, networks,
-//! memory, vCPUs, instance slots), then a choice among feasible hosts: first the host running the fewest
+//! memory, vCPUs, instance slots; a provider's machine size and limit), then a choice among feasible
+//! hosts: agents' hosts before providers (a deployment bursts to a provider only when no host can
+//! take the instance, unless it asks for the provider by name), then the host running the fewest
 //! instances of this deployment (so a deployment spreads over hosts), then by the placement
 //! policy: `binpack` prefers the host that will be fullest, `spread` the emptiest. Ties go to
 //! the smaller host ID, so the same registry always gives the same plan. Each placed instance
@@ -17,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use crate::ids::InstanceId;
 use crate::instance::Desired;
 use crate::network::MacAddress;
-use crate::registry::{HostId, Infeasible, PlacedInstance, Placement, Registry, Resources, feasible};
+use crate::registry::{Demand, HostId, Infeasible, PlacedInstance, Placement, Registry, Resources, feasible};
 use crate::rollout;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +74,9 @@ impl Plan {
 /// A feasible host in the heap; the greatest key is the best choice.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Candidate {
+    /// Agents' hosts before providers: a deployment bursts to a provider's machines only when
+    /// no host can take its instance.
+    on_premises: bool,
     siblings: Reverse<u32>,
     fit: i64,
     host: Reverse<HostId>,
@@ -134,11 +139,18 @@ pub fn plan(
             Placement::Spread => -fill,
         }
     };
+    let demand = Demand {
+        target: spec.target,
+        need,
+        constraints: &version.constraints,
+        networks,
+        provider: spec.provider.as_deref(),
+    };
     let mut planned: BTreeMap<HostId, Resources> = BTreeMap::new();
     let mut heap = BinaryHeap::new();
     for host in registry.hosts() {
         let used = registry.used(&host.id).plus(need);
-        match feasible(host, used, spec.target, &version.constraints, networks) {
+        match feasible(host, used, &demand) {
             Ok(()) => {
                 // Instances of the version placed: the ones a rollout replaces are on their way out.
                 let siblings = registry
@@ -146,6 +158,7 @@ pub fn plan(
                     .filter(|i| i.app == app && i.version == spec.version && !i.migrating)
                     .count() as u32;
                 heap.push(Candidate {
+                    on_premises: host.provider.is_none(),
                     siblings: Reverse(siblings),
                     fit: fit(host, used),
                     host: Reverse(host.id.clone()),
@@ -187,14 +200,15 @@ pub fn plan(
             continue;
         }
         let avoid = deployment.failures.get(&slot).map(|f| &f.hosts);
-        let Some(Candidate { siblings, host: Reverse(host_id), .. }) = pop_avoiding(&mut heap, avoid) else {
+        let Some(Candidate { on_premises, siblings, host: Reverse(host_id), .. }) = pop_avoiding(&mut heap, avoid)
+        else {
             out_of_hosts = true;
             break;
         };
         let host = registry.host(&host_id).expect("candidates are registered hosts");
         let extra = planned.get(&host_id).copied().unwrap_or_default().plus(need);
         let used = registry.used(&host_id).plus(extra);
-        if let Err(reason) = feasible(host, used, spec.target, &version.constraints, networks) {
+        if let Err(reason) = feasible(host, used, &demand) {
             // Full now, with this plan's earlier placements on it: drop it, try the slot again.
             *plan.reasons.entry(reason).or_default() += 1;
             continue;
@@ -220,7 +234,12 @@ pub fn plan(
         considered += 1;
         planned.insert(host_id.clone(), extra);
         let next_used = used.plus(need);
-        heap.push(Candidate { siblings: Reverse(siblings.0 + 1), fit: fit(host, next_used), host: Reverse(host_id) });
+        heap.push(Candidate {
+            on_premises,
+            siblings: Reverse(siblings.0 + 1),
+            fit: fit(host, next_used),
+            host: Reverse(host_id),
+        });
         pending = slots.next();
     }
     if out_of_hosts {
@@ -304,6 +323,7 @@ mod tests {
             registered_at_ms: 0,
             status_changed_at_ms: 0,
             drain: None,
+            provider: None,
         }
     }
 
@@ -327,7 +347,12 @@ mod tests {
                 version: AppVersion {
                     app: "hello".into(),
                     version: "1".into(),
-                    artifacts: [(Target::Unix, Digest::of(b"u")), (Target::Xen, Digest::of(b"x"))].into(),
+                    artifacts: [
+                        (Target::Unix, Digest::of(b"u")),
+                        (Target::Xen, Digest::of(b"x")),
+                        (Target::Kvm, Digest::of(b"k")),
+                    ]
+                    .into(),
                     files: vec![],
                     run: RunPolicy { memory_mib: 100, ..RunPolicy::default() },
                     constraints: BTreeMap::new(),
@@ -343,16 +368,7 @@ mod tests {
         }
 
         fn deploy(&mut self, target: Target, count: u32, placement: Placement) {
-            let spec = DeploymentSpec {
-                app: "hello".into(),
-                version: "1".into(),
-                target,
-                count,
-                placement,
-                update: Default::default(),
-                reschedule: Default::default(),
-                after: Vec::new(),
-            };
+            let spec = DeploymentSpec { placement, ..DeploymentSpec::new("hello", "1", target, count) };
             self.apply(deploy(spec));
         }
 
@@ -403,16 +419,7 @@ mod tests {
             let mut other = world.registry.app_version("hello", "1").unwrap().clone();
             other.app = "other".into();
             world.apply(Command::RegisterApp { version: other });
-            let spec = DeploymentSpec {
-                app: "other".into(),
-                version: "1".into(),
-                target: Target::Unix,
-                count: 1,
-                placement,
-                update: Default::default(),
-                reschedule: Default::default(),
-                after: Vec::new(),
-            };
+            let spec = DeploymentSpec { placement, ..DeploymentSpec::new("other", "1", Target::Unix, 1) };
             world.apply(deploy(spec));
             let place =
                 PlacedInstance { id: InstanceId::from_u64(999), slot: 0, host: HostId("b".into()), interfaces: vec![] };
@@ -511,16 +518,8 @@ mod tests {
         version.version = "2".into();
         version.run.networks = vec!["service".into()];
         world.apply(Command::RegisterApp { version });
-        let spec = DeploymentSpec {
-            app: "hello".into(),
-            version: "2".into(),
-            target: Target::Unix,
-            count: 7,
-            placement: Placement::Spread,
-            update: Default::default(),
-            reschedule: Default::default(),
-            after: Vec::new(),
-        };
+        let spec =
+            DeploymentSpec { placement: Placement::Spread, ..DeploymentSpec::new("hello", "2", Target::Unix, 7) };
         world.apply(deploy(spec));
         let last = world.schedule();
         let addresses: std::collections::BTreeSet<String> =
@@ -559,6 +558,58 @@ mod tests {
         assert_eq!(waiting.unplaced_by_kind().values().sum::<u32>(), 2);
     }
 
+    fn with_provider(hosts: &[Host], max_instances: u32) -> World {
+        let mut world = World::new(hosts);
+        let provider = crate::provider::Provider::ec2("us-east-1", "t3.micro", max_instances);
+        world.apply(Command::AddProvider { name: HostId("aws1".into()), provider, at_ms: 0 });
+        world
+    }
+
+    #[test]
+    fn a_deployment_bursts_to_a_provider_only_when_the_hosts_are_full() {
+        let small = Host {
+            capacity: Resources { memory_mib: 10_000, vcpus: 64, instances: 2 },
+            ..host("a", 0, &[Target::Kvm])
+        };
+        let mut world = with_provider(&[small], 3);
+        world.deploy(Target::Kvm, 4, Placement::Spread);
+        world.schedule();
+        assert_eq!(world.per_host(), BTreeMap::from([("a".into(), 2), ("aws1".into(), 2)]));
+        let on = |slot: u32| world.registry.live_of("hello").find(|i| i.slot == slot).map(|i| i.host.0.clone());
+        // The host's instances fill the first slots, so scaling down stops the provider's first.
+        assert_eq!(
+            [on(0), on(1), on(2), on(3)],
+            [Some("a".into()), Some("a".into()), Some("aws1".into()), Some("aws1".into())]
+        );
+
+        world.apply(Command::Scale { app: "hello".into(), count: 7 });
+        let last = world.schedule();
+        assert_eq!(world.per_host(), BTreeMap::from([("a".into(), 2), ("aws1".into(), 3)]));
+        assert_eq!(last.unplaced, 2);
+        assert_eq!(last.explain(), "1 host is full, provider aws1 at its 3-instance limit");
+    }
+
+    #[test]
+    fn a_deployment_that_names_a_provider_runs_only_there_on_machines_it_fits() {
+        let mut world = with_provider(&[host("a", 10_000, &[Target::Kvm])], 5);
+        let spec =
+            DeploymentSpec { provider: Some("aws1".into()), ..DeploymentSpec::new("hello", "1", Target::Kvm, 2) };
+        world.apply(deploy(spec));
+        world.schedule();
+        assert_eq!(world.per_host(), BTreeMap::from([("a".into(), 0), ("aws1".into(), 2)]));
+
+        // t3.micro machines have 1024 MiB: a bigger instance fits none of them.
+        let mut big = world.registry.app_version("hello", "1").unwrap().clone();
+        big.version = "2".into();
+        big.run.memory_mib = 2048;
+        world.apply(Command::RegisterApp { version: big });
+        let spec =
+            DeploymentSpec { provider: Some("aws1".into()), ..DeploymentSpec::new("hello", "2", Target::Kvm, 2) };
+        world.apply(deploy(spec));
+        let plan = world.schedule();
+        assert_eq!(plan.explain(), "1 host is not provider aws1, provider aws1's t3.micro machines are too small");
+    }
+
     #[test]
     fn every_reason_kind_is_listed() {
         let reasons = [
@@ -574,6 +625,9 @@ mod tests {
             Infeasible::UnknownNetwork("n".into()),
             Infeasible::Waiting("a".into()),
             Infeasible::GaveUp(1),
+            Infeasible::ProviderFull(HostId("p".into()), 1),
+            Infeasible::NotTheProvider("p".into()),
+            Infeasible::MachineTooSmall(HostId("p".into()), "t3.nano".into()),
         ];
         for reason in &reasons {
             assert!(Infeasible::KINDS.contains(&reason.kind()), "{reason:?}");

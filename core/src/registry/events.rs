@@ -30,23 +30,84 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum EventKind {
-    HostRegistered { host: HostId, address: String, again: bool },
-    HostUp { host: HostId },
-    HostDown { host: HostId },
-    HostDraining { host: HostId },
-    HostEligible { host: HostId },
-    HostRemoved { host: HostId },
-    Deployed { app: String, version: String, count: u32, by: String },
-    Scaled { app: String, count: u32 },
-    DeploymentStopped { app: String },
-    Promoted { app: String },
-    RolloutFinished { app: String, version: String, failure: Option<String> },
-    Placed { app: String, version: String, instance: InstanceId, host: HostId, slot: u32 },
-    InstanceStopping { app: String, instance: InstanceId, host: HostId, reason: String },
-    InstancePhase { app: String, instance: InstanceId, host: HostId, phase: Phase, message: String },
-    InstanceHealth { app: String, instance: InstanceId, host: HostId, health: Health },
-    NetworkCreated { network: String },
-    NetworkRemoved { network: String },
+    HostRegistered {
+        host: HostId,
+        address: String,
+        again: bool,
+    },
+    HostUp {
+        host: HostId,
+    },
+    HostDown {
+        host: HostId,
+    },
+    HostDraining {
+        host: HostId,
+    },
+    HostEligible {
+        host: HostId,
+    },
+    HostRemoved {
+        host: HostId,
+    },
+    Deployed {
+        app: String,
+        version: String,
+        count: u32,
+        by: String,
+    },
+    Scaled {
+        app: String,
+        count: u32,
+    },
+    DeploymentStopped {
+        app: String,
+    },
+    Promoted {
+        app: String,
+    },
+    RolloutFinished {
+        app: String,
+        version: String,
+        failure: Option<String>,
+    },
+    Placed {
+        app: String,
+        version: String,
+        instance: InstanceId,
+        host: HostId,
+        slot: u32,
+    },
+    InstanceStopping {
+        app: String,
+        instance: InstanceId,
+        host: HostId,
+        reason: String,
+    },
+    InstancePhase {
+        app: String,
+        instance: InstanceId,
+        host: HostId,
+        phase: Phase,
+        message: String,
+    },
+    InstanceHealth {
+        app: String,
+        instance: InstanceId,
+        host: HostId,
+        health: Health,
+    },
+    NetworkCreated {
+        network: String,
+    },
+    NetworkRemoved {
+        network: String,
+    },
+    /// A provider's API failing (`condition` set: why) or working again.
+    ProviderCondition {
+        host: HostId,
+        condition: Option<String>,
+    },
 }
 
 impl EventKind {
@@ -70,6 +131,7 @@ impl EventKind {
             EventKind::InstanceHealth { .. } => "instance.health",
             EventKind::NetworkCreated { .. } => "network.created",
             EventKind::NetworkRemoved { .. } => "network.removed",
+            EventKind::ProviderCondition { .. } => "provider.condition",
         }
     }
 
@@ -98,6 +160,7 @@ impl EventKind {
             | EventKind::HostDraining { host }
             | EventKind::HostEligible { host }
             | EventKind::HostRemoved { host }
+            | EventKind::ProviderCondition { host, .. }
             | EventKind::Placed { host, .. }
             | EventKind::InstanceStopping { host, .. }
             | EventKind::InstancePhase { host, .. }
@@ -162,6 +225,10 @@ impl fmt::Display for EventKind {
             }
             EventKind::NetworkCreated { network } => write!(f, "network {network} created"),
             EventKind::NetworkRemoved { network } => write!(f, "network {network} removed"),
+            EventKind::ProviderCondition { host, condition: Some(why) } => {
+                write!(f, "provider {host} cannot launch: {why}")
+            }
+            EventKind::ProviderCondition { host, condition: None } => write!(f, "provider {host} launches again"),
         }
     }
 }

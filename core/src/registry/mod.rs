@@ -337,12 +337,17 @@ impl Registry {
             }
             Command::DrainHost { host, drain } => self.drain_host(host, *drain),
             Command::RemoveHost { host } => self.remove_host(host),
+            Command::AddProvider { name, provider, at_ms } => self.add_provider(name, provider, *at_ms),
+            Command::SetProviderCondition { name, condition } => self.set_provider_condition(name, condition),
         }
     }
 
     fn register_host(&mut self, host: &Host) -> ApplyResult {
         if host.id.0.is_empty() {
             return Err(Rejection::Invalid("host ID is empty".into()));
+        }
+        if host.provider.is_some() || self.hosts.get(&host.id).is_some_and(|known| known.provider.is_some()) {
+            return Err(Rejection::IsAProvider(host.id.clone()));
         }
         let mut host = host.clone();
         let known = self.hosts.get(&host.id);
@@ -474,6 +479,13 @@ impl Registry {
         let need = Resources { memory_mib: u64::from(version.run.memory_mib), vcpus: version.run.vcpus, instances: 1 };
         let constraints = version.constraints.clone();
         let networks = version.run.networks.clone();
+        let demand = Demand {
+            target: spec.target,
+            need,
+            constraints: &constraints,
+            networks: &networks,
+            provider: spec.provider.as_deref(),
+        };
 
         // Check the whole plan before changing anything, accumulating what it adds per host.
         let mut adding: BTreeMap<&HostId, Resources> = BTreeMap::new();
@@ -494,7 +506,7 @@ impl Registry {
             let extra = adding.entry(&placed.host).or_default();
             *extra = extra.plus(need);
             let used = self.used(&host.id).plus(*extra);
-            if let Err(reason) = feasible(host, used, spec.target, &constraints, &networks) {
+            if let Err(reason) = feasible(host, used, &demand) {
                 return Err(Rejection::Infeasible { host: host.id.clone(), reason: reason.describe(1) });
             }
             self.check_interfaces(placed, &networks, &mut addresses)?;
@@ -819,12 +831,18 @@ pub enum Infeasible {
     /// Not a host's fault: the slot's instances failed this many times, as often as the
     /// reschedule policy allows.
     GaveUp(u32),
+    /// A provider that has launched as many machines as it may.
+    ProviderFull(HostId, u32),
+    /// Not the provider the deployment asks for.
+    NotTheProvider(String),
+    /// A provider whose machines (of this instance type) are smaller than an instance.
+    MachineTooSmall(HostId, String),
 }
 
 impl Infeasible {
     /// Every [`Infeasible::kind`], and `no_hosts` (no host registered at all), in a fixed order:
     /// the bounded set of reasons a metric may be labelled with.
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 16] = [
         "no_hosts",
         "down",
         "draining",
@@ -838,6 +856,9 @@ impl Infeasible {
         "unknown_network",
         "waiting",
         "gave_up",
+        "provider_full",
+        "not_the_provider",
+        "machine_too_small",
     ];
 
     /// The reason's kind without its particulars (which backend, label or app), for labels
@@ -856,6 +877,9 @@ impl Infeasible {
             Infeasible::UnknownNetwork(_) => "unknown_network",
             Infeasible::Waiting(_) => "waiting",
             Infeasible::GaveUp(_) => "gave_up",
+            Infeasible::ProviderFull(..) => "provider_full",
+            Infeasible::NotTheProvider(_) => "not_the_provider",
+            Infeasible::MachineTooSmall(..) => "machine_too_small",
         }
     }
 
@@ -895,24 +919,44 @@ impl Infeasible {
                     if one { "is" } else { "are" }
                 )
             }
+            Infeasible::ProviderFull(provider, max) => format!("provider {provider} at its {max}-instance limit"),
+            Infeasible::MachineTooSmall(provider, instance_type) => {
+                format!("provider {provider}'s {instance_type} machines are too small")
+            }
+            Infeasible::NotTheProvider(provider) => {
+                format!("{hosts} {subject} {} not provider {provider}", if one { "is" } else { "are" })
+            }
         }
     }
 }
 
-/// Whether `host` can run an instance of `target` on `networks` with `used` committed in total.
-pub fn feasible(
-    host: &Host,
-    used: Resources,
-    target: crate::target::Target,
-    constraints: &BTreeMap<String, String>,
-    networks: &[String],
-) -> Result<(), Infeasible> {
+/// What a deployment's instance asks of the place that takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Demand<'a> {
+    pub target: crate::target::Target,
+    /// One instance's share.
+    pub need: Resources,
+    pub constraints: &'a BTreeMap<String, String>,
+    pub networks: &'a [String],
+    /// The provider the deployment must run at, if it asks for one.
+    pub provider: Option<&'a str>,
+}
+
+/// Whether `host` can take an instance that asks for `demand`, with `used` committed in total
+/// (the instance included).
+pub fn feasible(host: &Host, used: Resources, demand: &Demand) -> Result<(), Infeasible> {
+    if let Some(provider) = demand.provider
+        && (host.provider.is_none() || host.id.0 != provider)
+    {
+        return Err(Infeasible::NotTheProvider(provider.to_owned()));
+    }
     if host.status != HostStatus::Up {
         return Err(Infeasible::Down);
     }
     if host.drain.is_some() {
         return Err(Infeasible::Draining);
     }
+    let (target, constraints, networks) = (demand.target, demand.constraints, demand.networks);
     if !host.backends.contains(&target) {
         return Err(Infeasible::LacksBackend(target));
     }
@@ -927,6 +971,16 @@ pub fn feasible(
     }
     if used.vcpus > host.capacity.vcpus {
         return Err(Infeasible::LacksVcpus);
+    }
+    if let Some(provider) = &host.provider {
+        // Each instance gets a machine of its own: it must fit one.
+        let machine = provider.machine().unwrap_or_default();
+        if demand.need.memory_mib > machine.memory_mib || demand.need.vcpus > machine.vcpus {
+            return Err(Infeasible::MachineTooSmall(host.id.clone(), provider.instance_type.clone()));
+        }
+        if used.instances > host.capacity.instances {
+            return Err(Infeasible::ProviderFull(host.id.clone(), host.capacity.instances));
+        }
     }
     if used.instances > host.capacity.instances {
         return Err(Infeasible::Full);

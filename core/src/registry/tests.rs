@@ -16,6 +16,7 @@ fn host(name: &str, memory_mib: u64, backends: &[Target]) -> Host {
         registered_at_ms: 1,
         status_changed_at_ms: 1,
         drain: None,
+        provider: None,
     }
 }
 
@@ -58,16 +59,7 @@ fn deployed(count: u32) -> (Registry, u64) {
 }
 
 fn spec(version: &str, count: u32) -> DeploymentSpec {
-    DeploymentSpec {
-        app: "hello".into(),
-        version: version.into(),
-        target: Target::Unix,
-        count,
-        placement: Placement::Binpack,
-        update: Default::default(),
-        reschedule: Default::default(),
-        after: Vec::new(),
-    }
+    DeploymentSpec::new("hello", version, Target::Unix, count)
 }
 
 fn request(n: u64, command: Command) -> Request {

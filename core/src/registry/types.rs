@@ -10,6 +10,7 @@ use crate::health::Health;
 use crate::ids::InstanceId;
 use crate::instance::{Desired, ExitStatus, Phase};
 use crate::network::{Interface, Network};
+use crate::provider::Provider;
 use crate::spec::{FileImageRef, InstanceSpec, RunPolicy};
 use crate::target::Target;
 
@@ -57,6 +58,10 @@ pub struct Host {
     /// Set by `hosts drain`: the host takes no new instances, and its instances move elsewhere.
     #[serde(default)]
     pub drain: Option<Drain>,
+    /// Set for a cloud provider's account (`cluster providers add`): no agent runs there, the
+    /// leader launches a machine per instance ([`crate::provider`]).
+    #[serde(default)]
+    pub provider: Option<Provider>,
 }
 
 impl Host {
@@ -79,6 +84,7 @@ impl Host {
             registered_at_ms: 0,
             status_changed_at_ms: 0,
             drain: None,
+            provider: None,
         }
     }
 }
@@ -153,6 +159,28 @@ pub struct DeploymentSpec {
     /// Apps whose deployments must be healthy before this one's instances are placed.
     #[serde(default)]
     pub after: Vec<String>,
+    /// The provider whose machines must run its instances (`--provider`); without one, its
+    /// instances go to hosts, and to a provider when the hosts are full.
+    #[serde(default)]
+    pub provider: Option<String>,
+}
+
+impl DeploymentSpec {
+    /// `count` instances of `app`'s `version` on `target`, with the default placement, update,
+    /// reschedule policies, no ordering and no provider.
+    pub fn new(app: &str, version: &str, target: Target, count: u32) -> Self {
+        Self {
+            app: app.to_owned(),
+            version: version.to_owned(),
+            target,
+            count,
+            placement: Placement::default(),
+            update: UpdatePolicy::default(),
+            reschedule: ReschedulePolicy::default(),
+            after: Vec::new(),
+            provider: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -483,9 +511,21 @@ pub enum Command {
         host: HostId,
         drain: Option<Drain>,
     },
-    /// Forgets a host that is down or drained and holds no instances.
+    /// Forgets a host that is down or drained and holds no instances, or a provider that
+    /// holds none.
     RemoveHost {
         host: HostId,
+    },
+    /// Adds a cloud provider under `name`, or changes its settings; it is up from then on.
+    AddProvider {
+        name: HostId,
+        provider: Provider,
+        at_ms: u64,
+    },
+    /// What the leader last found of a provider's API: why it cannot launch, or `None`.
+    SetProviderCondition {
+        name: HostId,
+        condition: Option<String>,
     },
 }
 
@@ -498,7 +538,8 @@ impl Command {
             | Command::Place { at_ms, .. }
             | Command::Deregister { at_ms, .. }
             | Command::ReportInstances { at_ms, .. }
-            | Command::FinishRollout { at_ms, .. } => Some(*at_ms),
+            | Command::FinishRollout { at_ms, .. }
+            | Command::AddProvider { at_ms, .. } => Some(*at_ms),
             Command::RegisterHost { host } => Some(host.registered_at_ms),
             Command::DrainHost { drain: Some(drain), .. } => Some(drain.since_ms),
             _ => None,
@@ -572,6 +613,12 @@ pub enum Rejection {
     Ordering { app: String, after: String, why: String },
     #[error("host `{host}` cannot be removed: {why}")]
     HostInUse { host: HostId, why: String },
+    #[error("unknown provider `{0}` (mirari cluster providers list shows them)")]
+    UnknownProvider(String),
+    #[error("`{0}` is a provider, not an agent's host")]
+    IsAProvider(HostId),
+    #[error("`{0}` is an agent's host, not a provider")]
+    NotAProvider(HostId),
     #[error("invalid command: {0}")]
     Invalid(String),
 }

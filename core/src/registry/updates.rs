@@ -60,6 +60,22 @@ impl Registry {
         if let Some(unknown) = version.run.networks.iter().find(|n| !self.networks.contains_key(*n)) {
             return Err(Rejection::UnknownNetwork(unknown.clone()));
         }
+        if let Some(name) = &spec.provider {
+            let host = self.hosts.get(&HostId(name.clone())).filter(|host| host.provider.is_some());
+            let host = host.ok_or_else(|| Rejection::UnknownProvider(name.clone()))?;
+            if !host.backends.contains(&spec.target) {
+                return Err(Rejection::Invalid(format!(
+                    "provider `{name}` runs {} images; deploy with -t kvm",
+                    host.backends.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            if !version.run.networks.is_empty() {
+                return Err(Rejection::Invalid(format!(
+                    "provider `{name}` carries no cluster networks, and this version has [[network]] {}",
+                    version.run.networks.join(", ")
+                )));
+            }
+        }
         if spec.update.max_parallel == 0 {
             return Err(Rejection::Invalid("the update policy's max_parallel must be at least 1".into()));
         }
@@ -274,10 +290,21 @@ impl Registry {
         let host = self.hosts.get(id).ok_or_else(|| Rejection::UnknownHost(id.clone()))?;
         let held = self.placed_on(id).count();
         if held > 0 {
-            let why = format!("it holds {held} instance(s); drain it first (mirari cluster hosts drain {id})");
+            let why = match host.provider {
+                Some(_) => format!("it holds {held} instance(s); stop or scale down what runs there first"),
+                None => format!("it holds {held} instance(s); drain it first (mirari cluster hosts drain {id})"),
+            };
             return Err(Rejection::HostInUse { host: id.clone(), why });
         }
-        if host.status == HostStatus::Up && host.drain.is_none() {
+        if let Some(deployment) = self
+            .deployments
+            .values()
+            .find(|d| d.desired == Desired::Running && d.spec.provider.as_deref() == Some(id.0.as_str()))
+        {
+            let why = format!("deployment `{}` runs only there", deployment.spec.app);
+            return Err(Rejection::HostInUse { host: id.clone(), why });
+        }
+        if host.status == HostStatus::Up && host.drain.is_none() && host.provider.is_none() {
             let why = format!("it is up and not drained; drain it first (mirari cluster hosts drain {id})");
             return Err(Rejection::HostInUse { host: id.clone(), why });
         }
@@ -286,6 +313,50 @@ impl Registry {
         self.derived.placed.remove(id);
         self.derived.used.remove(id);
         self.note(EventKind::HostRemoved { host: id.clone() });
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn add_provider(
+        &mut self,
+        name: &HostId,
+        provider: &crate::provider::Provider,
+        at_ms: u64,
+    ) -> ApplyResult {
+        provider.validate().map_err(|why| Rejection::Invalid(format!("provider `{name}`: {why}")))?;
+        crate::provider::check_name(&name.0).map_err(Rejection::Invalid)?;
+        let known = self.hosts.get(name);
+        if known.is_some_and(|host| host.provider.is_none()) {
+            return Err(Rejection::NotAProvider(name.clone()));
+        }
+        let mut provider = provider.clone();
+        // The condition is the leader's finding, not the operator's setting.
+        provider.condition = known.and_then(|host| host.provider.as_ref()).and_then(|p| p.condition.clone());
+        let host = Host {
+            address: format!("{} {}", provider.kind.name(), provider.region),
+            backends: BTreeSet::from([crate::target::Target::Kvm]),
+            capacity: provider.capacity(),
+            registered_at_ms: known.map_or(at_ms, |host| host.registered_at_ms),
+            status_changed_at_ms: known.map_or(at_ms, |host| host.status_changed_at_ms),
+            drain: known.and_then(|host| host.drain),
+            provider: Some(provider),
+            ..Host::up(&name.0, "", [], Resources::default())
+        };
+        if known == Some(&host) {
+            return Ok(Outcome::Unchanged);
+        }
+        self.journal_registration(&host, known.map(|k| k.status));
+        self.hosts.insert(name.clone(), host);
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn set_provider_condition(&mut self, name: &HostId, condition: &Option<String>) -> ApplyResult {
+        let host = self.hosts.get_mut(name).ok_or_else(|| Rejection::UnknownProvider(name.0.clone()))?;
+        let provider = host.provider.as_mut().ok_or_else(|| Rejection::NotAProvider(name.clone()))?;
+        if provider.condition == *condition {
+            return Ok(Outcome::Unchanged);
+        }
+        provider.condition.clone_from(condition);
+        self.note(EventKind::ProviderCondition { host: name.clone(), condition: condition.clone() });
         Ok(Outcome::Done)
     }
 

@@ -29,6 +29,7 @@ fn host(name: &str) -> Host {
         registered_at_ms: 0,
         status_changed_at_ms: 0,
         drain: None,
+        provider: None,
     }
 }
 
@@ -53,14 +54,9 @@ fn version(app: &str, label: &str) -> AppVersion {
 
 fn spec(app: &str, version: &str, count: u32) -> DeploymentSpec {
     DeploymentSpec {
-        app: app.into(),
-        version: version.into(),
-        target: Target::Unix,
-        count,
         placement: Placement::Spread,
         update: quick(),
-        reschedule: ReschedulePolicy::default(),
-        after: Vec::new(),
+        ..DeploymentSpec::new(app, version, Target::Unix, count)
     }
 }
 
