@@ -165,8 +165,11 @@ pub async fn hosts(coordinators: &[Endpoint], stale: bool, format: Format) -> an
     let hosts = response
         .hosts
         .iter()
-        .map(|h| {
-            let host = log_codec::host_from_pb(h)?;
+        .map(log_codec::host_from_pb)
+        // Providers have a command of their own (`cluster providers`).
+        .filter(|host| host.as_ref().map_or(true, |host| host.provider.is_none()))
+        .map(|host| {
+            let host = host?;
             Ok(HostView {
                 status: crate::deploy::host_state(&host).to_owned(),
                 id: host.id.0,

@@ -130,7 +130,7 @@ async fn build(
     Ok(done.artifact_sha256.parse()?)
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DeployOptions {
     pub target: Option<Target>,
     pub count: u32,
@@ -138,6 +138,7 @@ pub struct DeployOptions {
     pub timeout: Duration,
     /// Build even if an artifact of the same inputs exists.
     pub rebuild: bool,
+    pub provider: Option<String>,
     pub update: UpdateOverrides,
 }
 
@@ -230,14 +231,12 @@ pub async fn deploy(
         eprintln!("registered {}@{name} (digest {})", config.name, digest.short());
     }
     let spec = DeploymentSpec {
-        app: config.name.clone(),
-        version: name.clone(),
-        target,
-        count: options.count,
         placement: options.placement,
         update: options.update.apply(config.update),
         reschedule: config.reschedule,
         after: config.after.clone(),
+        provider: options.provider.clone(),
+        ..DeploymentSpec::new(&config.name, &name, target, options.count)
     };
     let deployed = deploy_spec(coordinators, spec, RevisionCause::Deploy).await?;
     if deployed.unchanged {

@@ -12,6 +12,7 @@ mod events_cmds;
 mod output;
 mod progress;
 mod project_cmds;
+mod provider_cmds;
 mod rollout_cmds;
 mod tls_cmds;
 
@@ -253,6 +254,10 @@ enum ClusterCommand {
         /// toolchain is what the config's [requires] names)
         #[arg(long)]
         rebuild: bool,
+        /// Run the instances only on this provider's machines (mirari cluster providers list)
+        /// [default: on hosts, bursting to a provider when they are full]
+        #[arg(long)]
+        provider: Option<String>,
         #[command(flatten)]
         update: deploy::UpdateOverrides,
     },
@@ -342,6 +347,30 @@ enum ClusterCommand {
     Network {
         #[command(subcommand)]
         action: Option<NetworkAction>,
+    },
+    /// Add, list or remove cloud providers: accounts whose machines run instances (one each)
+    /// when the hosts are full, or only there for a deployment that names one (--provider)
+    Providers {
+        /// Serve from the contacted coordinator's state without confirming it is current
+        #[arg(long)]
+        stale: bool,
+        #[command(subcommand)]
+        action: Option<ProvidersAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProvidersAction {
+    /// List the providers, with why one cannot launch (the default)
+    List,
+    /// Add a provider, or change its settings. Credentials come from the standard chain of the
+    /// coordinators' environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, instance
+    /// metadata); only the raft leader calls the provider's API
+    Add(provider_cmds::ProviderArgs),
+    /// Forget a provider that runs no instances and that no deployment names
+    Remove {
+        /// The provider's name
+        name: String,
     },
 }
 
@@ -517,12 +546,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut connection = coordinators::Coordinators::new(&coordinators);
             let coordinators = &coordinators;
             match command {
-                ClusterCommand::Deploy { app, target, count, placement, timeout, rebuild, update } => {
+                ClusterCommand::Deploy { app, target, count, placement, timeout, rebuild, provider, update } => {
                     let placement = match placement {
                         PlacementArg::Binpack => mirari_core::registry::Placement::Binpack,
                         PlacementArg::Spread => mirari_core::registry::Placement::Spread,
                     };
-                    let options = deploy::DeployOptions { target, count, placement, timeout, rebuild, update };
+                    let options =
+                        deploy::DeployOptions { target, count, placement, timeout, rebuild, provider, update };
                     deploy::deploy(&mut connection, &app, options, format).await
                 }
                 ClusterCommand::Promote { app, timeout } => {
@@ -570,6 +600,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 ClusterCommand::Network { action: Some(NetworkAction::Remove { name }) } => {
                     deploy::remove_network(&mut connection, &name, format).await
+                }
+                ClusterCommand::Providers { stale, action: None | Some(ProvidersAction::List) } => {
+                    provider_cmds::list(&mut connection, stale, format).await
+                }
+                ClusterCommand::Providers { action: Some(ProvidersAction::Add(args)), .. } => {
+                    provider_cmds::add(&mut connection, args, format).await
+                }
+                ClusterCommand::Providers { action: Some(ProvidersAction::Remove { name }), .. } => {
+                    provider_cmds::remove(&mut connection, &name, format).await
                 }
                 ClusterCommand::Events { follow, app, host, from, last } => {
                     let options = events_cmds::EventsOptions { follow, app, host, from, last };

@@ -210,7 +210,7 @@ impl RequestHandler for ServiceZone {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mirari_core::registry::{AppVersion, Command, DeploymentSpec, Placement, Request as RegistryRequest};
+    use mirari_core::registry::{AppVersion, Command, DeploymentSpec, Request as RegistryRequest};
     use mirari_core::spec::RunPolicy;
     use mirari_core::target::Target;
 
@@ -228,16 +228,7 @@ mod tests {
             run: RunPolicy::default(),
             constraints: Default::default(),
         };
-        let spec = DeploymentSpec {
-            app: "hello".into(),
-            version: "1".into(),
-            target: Target::Unix,
-            count: 1,
-            placement: Placement::Binpack,
-            update: Default::default(),
-            reschedule: Default::default(),
-            after: Vec::new(),
-        };
+        let spec = DeploymentSpec::new("hello", "1", Target::Unix, 1);
         let mut registry = Registry::default();
         for (index, command) in [
             Command::RegisterApp { version },

@@ -423,11 +423,12 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 | Command::Promote { .. }
                 | Command::DrainHost { .. }
                 | Command::RemoveHost { .. }
+                | Command::AddProvider { .. }
         );
         let role = caller.as_ref().map(|c| c.identity.role);
         if role == Some(Some(mirari_proto::tls::Role::Operator)) && !for_people {
             return Err(Status::permission_denied(
-                "an operator certificate may only propose app, deployment, network and host eligibility changes",
+                "an operator certificate may only propose app, deployment, network, provider and host eligibility changes",
             ));
         }
         // Who deployed, and when, is this coordinator's to say, not the client's; a request a
@@ -436,6 +437,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
             && role != Some(Some(mirari_proto::tls::Role::Coordinator))
         {
             *by = caller.as_ref().and_then(|c| c.identity.name.clone()).unwrap_or_else(|| "local".to_owned());
+            *at_ms = clock::wall_ms();
+        }
+        if let Command::AddProvider { at_ms, .. } = &mut decoded.command
+            && role != Some(Some(mirari_proto::tls::Role::Coordinator))
+        {
             *at_ms = clock::wall_ms();
         }
         let entry = log_codec::encode(&decoded);

@@ -17,7 +17,7 @@ use mirari_core::ids::InstanceId;
 use mirari_core::instance::Phase;
 use mirari_core::network::Network;
 use mirari_core::registry::{
-    AppVersion, Command, DeploymentSpec, Host, HostId, HostStatus, InstanceReport, Placement, Request, Resources,
+    AppVersion, Command, DeploymentSpec, Host, HostId, HostStatus, InstanceReport, Request, Resources,
 };
 use mirari_core::spec::RunPolicy;
 use mirari_core::target::Target;
@@ -74,16 +74,7 @@ fn version(app: &str, checked: bool) -> AppVersion {
 }
 
 fn deploy(app: &str, count: u32) -> Command {
-    let spec = DeploymentSpec {
-        app: app.into(),
-        version: "1".into(),
-        target: Target::Unix,
-        count,
-        placement: Placement::Binpack,
-        update: Default::default(),
-        reschedule: Default::default(),
-        after: Vec::new(),
-    };
+    let spec = DeploymentSpec::new(app, "1", Target::Unix, count);
     Command::Deploy { spec, at_ms: 1, by: "test".into(), cause: mirari_core::registry::RevisionCause::Deploy }
 }
 
@@ -205,6 +196,7 @@ async fn answers_healthy_instances_and_says_what_does_not_exist() {
         registered_at_ms: 1,
         status_changed_at_ms: 1,
         drain: None,
+        provider: None,
     };
     propose(&mut client, "network", Command::CreateNetwork { network }).await;
     propose(&mut client, "host", Command::RegisterHost { host }).await;

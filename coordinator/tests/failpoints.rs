@@ -225,6 +225,7 @@ fn host(name: &str) -> Host {
         registered_at_ms: 0,
         status_changed_at_ms: 0,
         drain: None,
+        provider: None,
     }
 }
 

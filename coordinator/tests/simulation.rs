@@ -224,14 +224,8 @@ impl Sim {
             2 => Command::RegisterApp { version: app() },
             3 => Command::Deploy {
                 spec: DeploymentSpec {
-                    app: "app".into(),
-                    version: "1".into(),
-                    target: Target::Unix,
-                    count: SLOTS,
                     placement: Placement::Spread,
-                    update: Default::default(),
-                    reschedule: Default::default(),
-                    after: Vec::new(),
+                    ..DeploymentSpec::new("app", "1", Target::Unix, SLOTS)
                 },
                 at_ms: 0,
                 by: "test".into(),
@@ -465,6 +459,7 @@ fn host(name: &str) -> Host {
         registered_at_ms: 0,
         status_changed_at_ms: 0,
         drain: None,
+        provider: None,
     }
 }
 

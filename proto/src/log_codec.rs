@@ -3,6 +3,7 @@
 use mirari_core::ids::InstanceId;
 use mirari_core::instance::Phase;
 use mirari_core::network::Network;
+use mirari_core::provider::{MAX_PROVIDER_INSTANCES, Provider, ProviderKind};
 use mirari_core::registry::{
     AppVersion, Command, DeploymentSpec, Drain, Host, HostId, HostStatus, InstanceReport, PlacedInstance, Placement,
     Request, ReschedulePolicy, Resources, RevisionCause, UpdatePolicy,
@@ -104,6 +105,17 @@ fn command_to_pb(command: &Command) -> PbCommand {
             PbCommand::DrainHost(pb::DrainHost { host: host.0.clone(), drain: drain.map(drain_to_pb) })
         }
         Command::RemoveHost { host } => PbCommand::RemoveHost(pb::RemoveHost { host: host.0.clone() }),
+        Command::AddProvider { name, provider, at_ms } => PbCommand::AddProvider(pb::AddProvider {
+            name: name.0.clone(),
+            provider: Some(provider_to_pb(provider)),
+            at_ms: *at_ms,
+        }),
+        Command::SetProviderCondition { name, condition } => {
+            PbCommand::SetProviderCondition(pb::SetProviderCondition {
+                name: name.0.clone(),
+                condition: condition.clone().unwrap_or_default(),
+            })
+        }
     }
 }
 
@@ -180,7 +192,54 @@ fn command_from_pb(command: &PbCommand) -> Result<Command, WireError> {
             Command::DrainHost { host: HostId(name("drain_host.host", &c.host)?), drain: c.drain.map(drain_from_pb) }
         }
         PbCommand::RemoveHost(c) => Command::RemoveHost { host: HostId(name("remove_host.host", &c.host)?) },
+        PbCommand::AddProvider(c) => Command::AddProvider {
+            name: HostId(name("add_provider.name", &c.name)?),
+            provider: provider_from_pb(
+                c.provider.as_ref().ok_or_else(|| invalid("add_provider.provider", "missing"))?,
+            )?,
+            at_ms: c.at_ms,
+        },
+        PbCommand::SetProviderCondition(c) => Command::SetProviderCondition {
+            name: HostId(name("set_provider_condition.name", &c.name)?),
+            condition: optional_text("set_provider_condition.condition", &c.condition)?,
+        },
     })
+}
+
+pub fn provider_to_pb(provider: &Provider) -> pb::Provider {
+    pb::Provider {
+        kind: provider.kind.name().to_owned(),
+        region: provider.region.clone(),
+        endpoint: provider.endpoint.clone().unwrap_or_default(),
+        instance_type: provider.instance_type.clone(),
+        max_instances: provider.max_instances,
+        subnet: provider.subnet.clone().unwrap_or_default(),
+        security_groups: provider.security_groups.clone(),
+        condition: provider.condition.clone().unwrap_or_default(),
+    }
+}
+
+pub fn provider_from_pb(provider: &pb::Provider) -> Result<Provider, WireError> {
+    bounded("provider.security_groups", provider.security_groups.len(), limits::MAX_LABELS)?;
+    Ok(Provider {
+        kind: ProviderKind::parse(&provider.kind).map_err(|why| invalid("provider.kind", why))?,
+        region: name("provider.region", &provider.region)?,
+        endpoint: optional_text("provider.endpoint", &provider.endpoint)?,
+        instance_type: name("provider.instance_type", &provider.instance_type)?,
+        max_instances: bounded("provider.max_instances", provider.max_instances, MAX_PROVIDER_INSTANCES)?,
+        subnet: optional_text("provider.subnet", &provider.subnet)?,
+        security_groups: provider
+            .security_groups
+            .iter()
+            .map(|group| name("provider.security_groups", group))
+            .collect::<Result<_, _>>()?,
+        condition: optional_text("provider.condition", &provider.condition)?,
+    })
+}
+
+/// Bounded free text where empty means none.
+fn optional_text(field: &'static str, text: &str) -> Result<Option<String>, WireError> {
+    Ok(Some(bounded_text(field, text)?).filter(|text| !text.is_empty()))
 }
 
 pub fn network_to_pb(network: &Network) -> pb::Network {
@@ -278,6 +337,7 @@ pub fn host_to_pb(host: &Host) -> pb::Host {
         status_changed_at_ms: host.status_changed_at_ms,
         networks: host.networks.iter().cloned().collect(),
         drain: host.drain.map(drain_to_pb),
+        provider: host.provider.as_ref().map(provider_to_pb),
     }
 }
 
@@ -315,6 +375,7 @@ pub fn host_from_pb(host: &pb::Host) -> Result<Host, WireError> {
         registered_at_ms: host.registered_at_ms,
         status_changed_at_ms: host.status_changed_at_ms,
         drain: host.drain.map(drain_from_pb),
+        provider: host.provider.as_ref().map(provider_from_pb).transpose()?,
     })
 }
 
@@ -380,6 +441,7 @@ pub fn deployment_to_pb(spec: &DeploymentSpec) -> pb::DeploymentSpec {
             delay_ms: spec.reschedule.delay_ms,
         }),
         after: spec.after.clone(),
+        provider: spec.provider.clone().unwrap_or_default(),
     }
 }
 
@@ -428,6 +490,10 @@ pub fn deployment_from_pb(spec: &pb::DeploymentSpec) -> Result<DeploymentSpec, W
             },
         },
         after: app_names("deployment.after", &spec.after)?,
+        provider: Some(&spec.provider)
+            .filter(|provider| !provider.is_empty())
+            .map(|provider| name("deployment.provider", provider))
+            .transpose()?,
     })
 }
 
@@ -466,7 +532,9 @@ mod tests {
             registered_at_ms: 3,
             status_changed_at_ms: 4,
             drain: Some(Drain { since_ms: 5, deadline_ms: 300_005 }),
+            provider: None,
         };
+        let provider_host = Host { provider: Some(Provider::ec2("eu-west-1", "t3.nano", 2)), ..host.clone() };
         let app = AppVersion {
             app: "hello".into(),
             version: "1".into(),
@@ -492,9 +560,11 @@ mod tests {
             },
             reschedule: ReschedulePolicy { attempts: 2, delay_ms: 1_000 },
             after: vec!["db".into()],
+            provider: Some("aws1".into()),
         };
         let commands = [
             Command::RegisterHost { host },
+            Command::RegisterHost { host: provider_host },
             Command::SetHostStatus { host: HostId("a".into()), status: HostStatus::Down, at_ms: 9 },
             Command::RegisterApp { version: app },
             Command::Deploy { spec: spec.clone(), at_ms: 5, by: "alice".into(), cause: RevisionCause::Deploy },
@@ -556,6 +626,19 @@ mod tests {
             Command::DrainHost { host: HostId("a".into()), drain: Some(Drain { since_ms: 1, deadline_ms: 2 }) },
             Command::DrainHost { host: HostId("a".into()), drain: None },
             Command::RemoveHost { host: HostId("a".into()) },
+            Command::AddProvider {
+                name: HostId("aws1".into()),
+                provider: Provider {
+                    endpoint: Some("http://127.0.0.1:5000".into()),
+                    subnet: Some("subnet-1".into()),
+                    security_groups: vec!["sg-1".into(), "sg-2".into()],
+                    condition: Some("AuthFailure: no".into()),
+                    ..Provider::ec2("us-east-1", "t3.micro", 20)
+                },
+                at_ms: 7,
+            },
+            Command::SetProviderCondition { name: HostId("aws1".into()), condition: Some("Throttled".into()) },
+            Command::SetProviderCondition { name: HostId("aws1".into()), condition: None },
         ];
         for command in commands {
             let request = Request { request_id: "r-1".into(), command };

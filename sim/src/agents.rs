@@ -146,6 +146,7 @@ impl SimAgent {
             registered_at_ms: 0,
             status_changed_at_ms: 0,
             drain: None,
+            provider: None,
         }
     }
 

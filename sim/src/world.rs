@@ -247,15 +247,10 @@ impl World {
             let app = APPS[self.rng.below(APPS.len() as u64) as usize].to_owned();
             let command = match self.rng.below(10) {
                 0..=3 => Command::Deploy {
-                    spec: DeploymentSpec {
-                        app,
-                        version: "1".into(),
-                        target: Target::Unix,
-                        count: self.rng.between(1, 6) as u32,
-                        placement: if self.rng.chance(50) { Placement::Spread } else { Placement::Binpack },
-                        update: Default::default(),
-                        reschedule: Default::default(),
-                        after: Vec::new(),
+                    spec: {
+                        let count = self.rng.between(1, 6) as u32;
+                        let placement = if self.rng.chance(50) { Placement::Spread } else { Placement::Binpack };
+                        DeploymentSpec { placement, ..DeploymentSpec::new(&app, "1", Target::Unix, count) }
                     },
                     at_ms: self.now,
                     by: "test".into(),

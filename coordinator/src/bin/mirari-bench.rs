@@ -381,14 +381,8 @@ mod simulated {
         propose(&mut client, Request { request_id: "bench-app".into(), command: Command::RegisterApp { version } })
             .await?;
         let spec = DeploymentSpec {
-            app: "bench".into(),
-            version: "1".into(),
-            target: Target::Unix,
-            count: instances,
             placement: Placement::Spread,
-            update: Default::default(),
-            reschedule: Default::default(),
-            after: Vec::new(),
+            ..DeploymentSpec::new("bench", "1", Target::Unix, instances)
         };
         let deployed = Instant::now();
         propose(

@@ -678,6 +678,7 @@ mod tests {
             registered_at_ms: 0,
             status_changed_at_ms: 0,
             drain: None,
+            provider: None,
         };
         Request { request_id: request_id.into(), command: Command::RegisterHost { host } }
     }

@@ -273,16 +273,8 @@ pub(crate) mod tests {
                 constraints: Default::default(),
             };
             apply(&mut registry, Command::RegisterApp { version });
-            let spec = DeploymentSpec {
-                app: app.into(),
-                version: "1".into(),
-                target: Target::Unix,
-                count: 0,
-                placement: Placement::Spread,
-                update: Default::default(),
-                reschedule: Default::default(),
-                after: Vec::new(),
-            };
+            let spec =
+                DeploymentSpec { placement: Placement::Spread, ..DeploymentSpec::new(app, "1", Target::Unix, 0) };
             apply(&mut registry, Command::Deploy { spec, at_ms: 1, by: "test".into(), cause: RevisionCause::Deploy });
             grow(&mut registry, app, count);
         }
