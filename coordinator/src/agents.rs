@@ -21,6 +21,12 @@ use tonic::transport::Channel;
 use crate::blobs::ReplicatedBlobs;
 use crate::driver::RaftHandle;
 
+/// Where an instance runs.
+enum Place {
+    Agent { host: HostId, address: String },
+    Provider { provider: mirari_core::provider::Provider, cluster: String, name: HostId },
+}
+
 #[derive(Debug, Default)]
 pub struct AgentClients {
     clients: Mutex<HashMap<String, AgentClient<Channel>>>,
@@ -46,25 +52,47 @@ impl AgentClients {
         self.clients.lock().expect("agent clients lock").remove(address);
     }
 
-    /// The agent that runs (or ran) the instance a person means by `prefix`.
-    async fn agent_of(&self, raft: &RaftHandle, prefix: &str) -> Result<(InstanceId, AgentClient<Channel>), Status> {
-        let (id, host, address) = {
-            let machine = raft.machine();
-            let registry = &machine.registry;
-            let id = ids::resolve_prefix(prefix, registry.instances().map(|i| i.id))
-                .map_err(|e| Status::not_found(e.to_string()))?;
-            let host = registry.instance(id).expect("resolved").host.clone();
-            let address = registry.host(&host).map(|h| h.address.clone()).unwrap_or_default();
-            (id, host, address)
+    /// Where the instance a person means by `prefix` runs (or ran).
+    fn place_of(raft: &RaftHandle, prefix: &str) -> Result<(InstanceId, Place), Status> {
+        let machine = raft.machine();
+        let registry = &machine.registry;
+        let id =
+            ids::resolve_prefix(prefix, registry.instances().map(|i| i.id)).map_err(|e| Status::not_found(e.to_string()))?;
+        let host_id = registry.instance(id).expect("resolved").host.clone();
+        let host = registry.host(&host_id);
+        let place = match host.and_then(|h| h.provider.clone()) {
+            Some(provider) => {
+                Place::Provider { provider, cluster: machine.cluster_id.clone().unwrap_or_default(), name: host_id }
+            }
+            None => Place::Agent { address: host.map(|h| h.address.clone()).unwrap_or_default(), host: host_id },
         };
-        Ok((id, self.get(&host, &address).await?))
+        Ok((id, place))
     }
 
+    /// The agent that runs (or ran) the instance a person means by `prefix`.
+    async fn agent_of(&self, raft: &RaftHandle, prefix: &str) -> Result<(InstanceId, AgentClient<Channel>), Status> {
+        match Self::place_of(raft, prefix)? {
+            (id, Place::Agent { host, address }) => Ok((id, self.get(&host, &address).await?)),
+            (id, Place::Provider { name, .. }) => Err(Status::failed_precondition(format!(
+                "instance {id} runs on provider {name}'s machine: no agent keeps its lifecycle log (mirari console {id} shows the machine's console)"
+            ))),
+        }
+    }
+
+    /// An instance's console: streamed from its agent, or, for a provider's machine, what the
+    /// provider kept of it (once: providers keep the console, they do not stream it).
     pub async fn console(
         &self,
         raft: &RaftHandle,
         request: pb::ConsoleRequest,
     ) -> Result<BoxStream<'static, Result<pb::ConsoleChunk, Status>>, Status> {
+        if let (id, Place::Provider { provider, cluster, name }) = Self::place_of(raft, &request.id)? {
+            let text = crate::providers::console(&provider, &cluster, id).await.map_err(|error| {
+                Status::unavailable(format!("the console of instance {id} at provider {name}: {error}"))
+            })?;
+            let chunk = pb::ConsoleChunk { data: text.into_bytes(), dropped: 0 };
+            return Ok(futures::stream::iter([Ok(chunk)]).boxed());
+        }
         let (id, mut agent) = self.agent_of(raft, &request.id).await?;
         let stream =
             agent.stream_console(pb::ConsoleRequest { id: id.to_string(), follow: request.follow }).await?.into_inner();
@@ -132,7 +160,7 @@ impl AgentClients {
         let registry = &machine.registry;
         let mut hosts: Vec<(usize, HostId, String)> = registry
             .hosts()
-            .filter(|h| h.status == HostStatus::Up && h.backends.contains(&target))
+            .filter(|h| h.status == HostStatus::Up && h.provider.is_none() && h.backends.contains(&target))
             .map(|h| {
                 let busy = registry.placed_on(&h.id).filter(|i| i.desired == Desired::Running).count();
                 (busy, h.id.clone(), h.address.clone())

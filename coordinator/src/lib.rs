@@ -6,6 +6,8 @@
 //! - [`transport`]: raft messages to peers over gRPC.
 //! - [`service`]: the peer and coordinator gRPC services.
 //! - [`leader`]: the leader's duties: agent leases, declaring hosts down, scheduling.
+//! - [`providers`]: the leader's duty at cloud providers: a machine per instance there, launched
+//!   from a disk image of the app, and what those machines do, reported.
 //! - [`blobs`]: blobs stored on a majority of coordinators.
 //! - [`agents`]: builds on agents, and consoles proxied from them.
 //! - [`status`]: the cluster status the CLI shows.
@@ -22,6 +24,7 @@ pub mod driver;
 pub mod events;
 pub mod leader;
 pub mod metrics;
+pub mod providers;
 pub mod server;
 pub mod service;
 pub mod status;

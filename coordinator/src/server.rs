@@ -16,6 +16,7 @@ use mirari_proto::endpoint::{Endpoint, Listener};
 use crate::agents::AgentClients;
 use crate::blobs::ReplicatedBlobs;
 use crate::leader::{self, LeaseTiming, Leases};
+use crate::providers::Providers;
 
 use crate::consensus::logger;
 use crate::consensus::node::{Node, NodeConfig, NodeError};
@@ -165,6 +166,8 @@ pub async fn run(
     tokio::spawn(blobs.clone().keep_collecting());
     let leases = Arc::new(Leases::default());
     tokio::spawn(leader::run(raft.clone(), leases.clone(), config.leases));
+    let providers = Providers::new(raft.clone(), blobs.store().clone(), config.data_dir.join("images"));
+    tokio::spawn(providers.run());
     let dns_served = {
         let raft = raft.clone();
         async move {

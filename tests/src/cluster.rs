@@ -29,11 +29,13 @@ pub struct ClusterAgent {
     log: PathBuf,
     child: Option<Child>,
     identity: Identity,
+    max_instances: u32,
 }
 
 impl ClusterAgent {
-    fn start(name: &str, host: &TestHost, dir: &Path, join: &str, pki: &Pki) -> Self {
+    fn start(name: &str, host: &TestHost, dir: &Path, join: &str, pki: &Pki, max_instances: u32) -> Self {
         let mut agent = Self {
+            max_instances,
             identity: pki.issue("agent", name, &[&host.ip]),
             name: name.to_owned(),
             host: host.clone(),
@@ -61,7 +63,8 @@ impl ClusterAgent {
         let child = command
             .arg("--state-dir")
             .arg(&self.state_dir)
-            .args(["--listen", &self.address, "--join", &self.join, "--name", &self.name, "--max-instances", "16"])
+            .args(["--listen", &self.address, "--join", &self.join, "--name", &self.name])
+            .args(["--max-instances", &self.max_instances.to_string()])
             .args(["--http-listen", &self.metrics_address])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -154,6 +157,23 @@ fn processes_under(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// How a [`Cluster`] is made.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub coordinators: usize,
+    pub agents: usize,
+    /// Agents that reach the coordinators through a [`Proxy`] (the first ones).
+    pub proxied: usize,
+    /// Each agent's `--max-instances`.
+    pub agent_max_instances: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { coordinators: 3, agents: 2, proxied: 0, agent_max_instances: 16 }
+    }
+}
+
 #[derive(Debug)]
 pub struct Cluster {
     pub coordinators: Vec<Coordinator>,
@@ -167,13 +187,19 @@ pub struct Cluster {
 impl Cluster {
     /// `coordinators` coordinators and `agents` agents, each on its own host.
     pub fn start(coordinators: usize, agents: usize) -> Self {
-        Self::start_proxied(coordinators, agents, 0).0
+        Self::start_with(Options { coordinators, agents, ..Options::default() }).0
     }
 
     /// Like [`Cluster::start`]; the first `proxied` agents reach the coordinators through a
     /// [`Proxy`] each (on this machine, returned per agent and coordinator), so a test can slow
     /// their links down or silence them.
     pub fn start_proxied(coordinators: usize, agents: usize, proxied: usize) -> (Self, Vec<Vec<Proxy>>) {
+        Self::start_with(Options { coordinators, agents, proxied, ..Options::default() })
+    }
+
+    /// A cluster as `options` say; see [`Cluster::start_proxied`] for the proxies.
+    pub fn start_with(options: Options) -> (Self, Vec<Vec<Proxy>>) {
+        let Options { coordinators, agents, proxied, agent_max_instances } = options;
         let network = Network::new(coordinators + agents);
         let dir = tempfile::Builder::new().prefix("mirari-cluster-").tempdir().expect("scratch dir");
         let hosts = network.hosts().to_vec();
@@ -181,7 +207,7 @@ impl Cluster {
         // Valid at this machine's address too, which is where proxied agents reach them.
         let start = |id: u64, host: &TestHost, bootstrap: bool| {
             let identity = pki.issue("coordinator", &format!("coordinator-{id}"), &[&host.ip, network.gateway()]);
-            Coordinator::start_with_identity(id, host, dir.path(), bootstrap, &pki, identity)
+            Coordinator::start_with_identity(id, host, dir.path(), bootstrap, &pki, identity, Vec::new())
         };
         let mut nodes = vec![start(1, &hosts[0], true)];
         eventually(DEADLINE, "coordinator 1 to lead", || {
@@ -204,7 +230,8 @@ impl Cluster {
                     Some(proxies) => proxies.iter().map(|p| p.address.as_str()).collect::<Vec<_>>().join(","),
                     None => direct.join(","),
                 };
-                ClusterAgent::start(&format!("agent-{i}"), &hosts[coordinators + i], dir.path(), &join, &pki)
+                let name = format!("agent-{i}");
+                ClusterAgent::start(&name, &hosts[coordinators + i], dir.path(), &join, &pki, agent_max_instances)
             })
             .collect();
         let app_dir = dir.path().join("hello");

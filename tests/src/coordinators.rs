@@ -53,6 +53,8 @@ pub struct Coordinator {
     identity: Identity,
     /// The identity `cli_json` uses.
     operator: Identity,
+    /// Set in its environment besides this process's own (a cloud provider's credentials).
+    pub env: Vec<(String, String)>,
 }
 
 impl Coordinator {
@@ -60,10 +62,11 @@ impl Coordinator {
     /// certificate from `pki`.
     pub fn start(id: u64, host: &TestHost, dir: &std::path::Path, bootstrap: bool, pki: &Pki) -> Self {
         let identity = pki.issue("coordinator", &format!("coordinator-{id}"), &[&host.ip]);
-        Self::start_with_identity(id, host, dir, bootstrap, pki, identity)
+        Self::start_with_identity(id, host, dir, bootstrap, pki, identity, Vec::new())
     }
 
-    /// Like [`Coordinator::start`], with a certificate made by the caller.
+    /// Like [`Coordinator::start`], with a certificate made by the caller and `env` added to
+    /// its environment.
     pub fn start_with_identity(
         id: u64,
         host: &TestHost,
@@ -71,11 +74,13 @@ impl Coordinator {
         bootstrap: bool,
         pki: &Pki,
         identity: Identity,
+        env: Vec<(String, String)>,
     ) -> Self {
-        Self::start_at(id, host, free_port(), dir, bootstrap, pki, identity)
+        Self::start_at(id, host, free_port(), dir, bootstrap, pki, identity, env)
     }
 
     /// Like [`Coordinator::start_with_identity`], listening on `port`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start_at(
         id: u64,
         host: &TestHost,
@@ -84,6 +89,7 @@ impl Coordinator {
         bootstrap: bool,
         pki: &Pki,
         identity: Identity,
+        env: Vec<(String, String)>,
     ) -> Self {
         let address = format!("{}:{port}", host.ip);
         let mut coordinator = Self {
@@ -97,6 +103,7 @@ impl Coordinator {
             dns_address: format!("{}:{}", host.ip, free_port()),
             metrics_address: format!("{}:{}", host.ip, crate::metrics::free_low_port()),
             child: None,
+            env,
         };
         coordinator.spawn(bootstrap);
         coordinator
@@ -116,6 +123,7 @@ impl Coordinator {
             .arg(&self.dns_address)
             .arg("--http-listen")
             .arg(&self.metrics_address)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);

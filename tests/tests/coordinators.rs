@@ -321,7 +321,7 @@ fn a_node_started_on_another_clusters_data_directory_is_refused() {
     let start = |id: u64, bootstrap: bool| {
         let host = &network.hosts()[id as usize - 1];
         let identity = pki.issue("coordinator", &format!("coordinator-{id}"), &[&host.ip]);
-        Coordinator::start_at(id, host, ports[id as usize - 1], dir_b.path(), bootstrap, &pki, identity)
+        Coordinator::start_at(id, host, ports[id as usize - 1], dir_b.path(), bootstrap, &pki, identity, Vec::new())
     };
     let mut b = vec![start(1, true)];
     eventually(DEADLINE, "B's node 1 to lead", || leader_of(&b).filter(|&l| l == 1).ok_or("no leader".to_owned()));

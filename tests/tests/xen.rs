@@ -155,7 +155,8 @@ fn deploys_watches_readopts_and_stops_xen_domains() {
 
     // The coordinator, outside, answering dom0 at 10.0.2.2 (QEMU's address for this machine).
     let coordinator_identity = pki.issue("coordinator", "coordinator-1", &["127.0.0.1", "10.0.2.2"]);
-    let coordinator = Coordinator::start_with_identity(1, &outside, dir.path(), true, &pki, coordinator_identity);
+    let coordinator =
+        Coordinator::start_with_identity(1, &outside, dir.path(), true, &pki, coordinator_identity, Vec::new());
     let coordinator_port = coordinator.address.rsplit_once(':').unwrap().1.to_owned();
 
     // The agent, inside dom0, in the image: binary, certificate, systemd unit.
