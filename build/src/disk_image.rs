@@ -394,8 +394,13 @@ impl Tools<'_> {
             _ => DiskImageError::Spawn { tool: tool.program, source },
         })?;
         if let (Some(bytes), Some(mut stdin)) = (bytes, child.stdin.take()) {
-            // Small (a config file): the pipe takes it whole, whatever the tool does first.
-            stdin.write_all(bytes).map_err(|source| DiskImageError::Spawn { tool: tool.program, source })?;
+            // A tool that ended without reading its input says why in its status and stderr.
+            match stdin.write_all(bytes) {
+                Err(source) if source.kind() != io::ErrorKind::BrokenPipe => {
+                    return Err(DiskImageError::Spawn { tool: tool.program, source });
+                }
+                _ => {}
+            }
         }
         let output = child.wait_with_output().map_err(|source| DiskImageError::Spawn { tool: tool.program, source })?;
         if output.status.success() {
@@ -650,6 +655,11 @@ mod tests {
         assert_eq!(
             failing.to_string(),
             "sh failed (exit status: 3) writing the disk image /images/app.img: from stdin"
+        );
+        let early = tools.run(shell, &["-c", "echo no input wanted >&2; exit 1"], Input::Bytes(&vec![b'x'; 1 << 20]));
+        assert_eq!(
+            early.unwrap_err().to_string(),
+            "sh failed (exit status: 1) writing the disk image /images/app.img: no input wanted"
         );
     }
 
