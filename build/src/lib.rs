@@ -9,6 +9,7 @@
 //! - [`images`]: baking file directories into deterministic read-only tar images.
 //! - [`bundle`]: an app's sources as one content-addressed archive, to build elsewhere.
 //! - [`cache`]: which builds can be reused: keys of bundle, config, target and toolchain.
+//! - [`disk_image`]: a kvm kernel, its boot arguments and file images as a BIOS-bootable disk.
 //! - [`driver`]: running the `command` or `mirage` build for one target.
 //! - [`manifest`]: what configure and build produced (digests per target), read by `run`.
 //! - [`process`]: running a command with its output streamed as progress.
@@ -16,6 +17,7 @@
 pub mod archive;
 pub mod bundle;
 pub mod cache;
+pub mod disk_image;
 pub mod driver;
 pub mod images;
 pub mod manifest;

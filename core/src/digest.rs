@@ -1,7 +1,7 @@
 //! Content digests: the sha256 that names every artifact and file image.
 
-use std::fmt;
 use std::str::FromStr;
+use std::{fmt, io};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -40,6 +40,18 @@ impl Hasher {
 
     pub fn finish(self) -> Digest {
         Digest(self.0.finalize().into())
+    }
+}
+
+/// So a reader's bytes can be hashed with `io::copy`.
+impl io::Write for Hasher {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -95,6 +107,9 @@ mod tests {
         hasher.update(b"a");
         hasher.update(b"bc");
         assert_eq!(hasher.finish(), digest);
+        let mut hasher = Hasher::default();
+        std::io::copy(&mut &b"abc"[..], &mut hasher).unwrap();
+        assert_eq!(hasher.finish(), digest, "hashing through io::copy");
         assert_eq!(digest.to_string().parse::<Digest>(), Ok(digest));
         assert_eq!(format!("sha256:{digest}").parse::<Digest>(), Ok(digest));
         assert!("abc".parse::<Digest>().is_err());

@@ -1,7 +1,8 @@
 /*
- * hello, kernel build: boots under QEMU via multiboot and behaves like the
- * unix build, with the multiboot command line for argv, the IDE disk for
- * the block device and the ACPI power button for SIGTERM.
+ * hello, kernel build: boots via multiboot (QEMU -kernel, or a bootloader
+ * such as syslinux's mboot.c32 from a disk) and behaves like the unix build,
+ * with the multiboot command line for argv, the first boot module or else
+ * the IDE disk for the block device and the ACPI power button for SIGTERM.
  */
 #include "kernel.h"
 #include "../ustar.h"
@@ -9,17 +10,28 @@
 
 #define MB_BOOT_MAGIC 0x2badb002
 #define MB_INFO_CMDLINE (1u << 2)
+#define MB_INFO_MODS (1u << 3)
 
 struct multiboot_info {
-	uint32_t flags, mem_lower, mem_upper, boot_device, cmdline;
+	uint32_t flags, mem_lower, mem_upper, boot_device, cmdline, mods_count, mods_addr;
 	/* further fields unused */
+};
+
+struct multiboot_module {
+	uint32_t start, end, cmdline, reserved;
 };
 
 #include "knobs.h"
 
+/* The first boot module, when a bootloader loaded the image into memory
+ * (booted from a disk, the IDE disk is the boot disk, not the image). */
+static struct tar_memory module;
+
 static int read_block(void *ctx, uint64_t n, unsigned char *buf)
 {
 	(void)ctx;
+	if (module.base)
+		return tar_read_memory(&module, n, buf);
 	return n >> 28 ? -1 : ata_read((uint32_t)n, buf); /* LBA28 limit */
 }
 
@@ -76,7 +88,13 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
 	kprintf("hello: boot args: %s\n", args);
 	parse_args(args);
 
-	if (ata_init() < 0)
+	if (magic == MB_BOOT_MAGIC && (mbi->flags & MB_INFO_MODS) && mbi->mods_count) {
+		const struct multiboot_module *mod = (const void *)mbi->mods_addr;
+
+		module.base = (const unsigned char *)mod->start;
+		module.size = mod->end - mod->start;
+	}
+	if (!module.base && ata_init() < 0)
 		kprintf("hello: files: none attached\n");
 	else
 		kprintf("hello: files: %lu entries\n", (unsigned long)tar_list(read_block, print_file, 0));
