@@ -132,6 +132,12 @@ pub struct Providers {
     failing: HashMap<HostId, BTreeMap<InstanceId, String>>,
 }
 
+impl fmt::Debug for Providers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Providers").field("connected", &self.clouds.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+    }
+}
+
 impl Providers {
     pub fn new(raft: RaftHandle, blobs: BlobStore, work_dir: PathBuf) -> Self {
         Self { raft, blobs, images: image::Images::new(work_dir), clouds: HashMap::new(), failing: HashMap::new() }
