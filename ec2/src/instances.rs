@@ -11,7 +11,7 @@ use aws_sdk_ec2::types::{Filter, Instance, InstanceStateName, InstanceType, Reso
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::error::Ec2Error;
+use crate::error::{Ec2Error, Ec2ErrorKind};
 use crate::{Ec2, tags};
 
 /// What EC2 accepts as user data, before base64.
@@ -234,7 +234,7 @@ impl Ec2 {
         match output.instances() {
             [instance] => Ok(Ec2Instance::from_sdk(instance)),
             other => Err(Ec2Error::new(
-                crate::Ec2ErrorKind::Other,
+                Ec2ErrorKind::Other,
                 "UnexpectedResponse",
                 format!("asked for one instance, got {}", other.len()),
                 OPERATION,
@@ -269,7 +269,7 @@ impl Ec2 {
         let encoded = output.output().unwrap_or_default();
         let bytes = BASE64.decode(encoded.trim()).map_err(|e| {
             Ec2Error::new(
-                crate::Ec2ErrorKind::Other,
+                Ec2ErrorKind::Other,
                 "UnexpectedResponse",
                 format!("console output is not base64: {e}"),
                 OPERATION,

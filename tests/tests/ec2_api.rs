@@ -310,3 +310,25 @@ fn digest_of_prefix(path: &Path, length: u64) -> (Digest, bool) {
     }
     (hasher.finish(), rest_is_zero)
 }
+
+#[test]
+fn https_endpoints_are_spoken_to_in_tls() {
+    // Run as the others for the credentials in its environment (the SDK signs before it
+    // connects); moto itself is not asked.
+    moto::run(Secret::Right, |_moto| async move {
+        // A server that answers in plain HTTP where TLS is expected.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
+        let port = listener.local_addr().expect("bound").port();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Ok((mut client, _)) = listener.accept().await {
+                let _ = client.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+            }
+        });
+        let ec2 = Ec2::connect(&settings(&format!("https://127.0.0.1:{port}"))).await.expect("connect");
+        // rustls (on ring) did the handshake, and the failure is one of reaching EC2.
+        let error = ec2.describe_cluster("prod").await.expect_err("no TLS there");
+        assert_eq!((error.kind, error.code.as_str()), (Ec2ErrorKind::Unreachable, "DispatchFailure"), "{error}");
+        assert!(error.message.contains("TLS handshake failed"), "{error}");
+    });
+}
