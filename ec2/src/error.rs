@@ -63,6 +63,11 @@ impl Ec2Error {
         Self::new(Ec2ErrorKind::Invalid, "InvalidInput", message, operation)
     }
 
+    /// An answer that does not hold what it should.
+    pub(crate) fn unexpected(operation: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Ec2ErrorKind::Other, "UnexpectedResponse", message, operation)
+    }
+
     /// A local file that could not be read or written (`doing` says which and how).
     pub(crate) fn io(operation: &'static str, doing: String, source: std::io::Error) -> Self {
         Self { source: Some(source), ..Self::new(Ec2ErrorKind::Io, "Io", doing, operation) }

@@ -153,7 +153,6 @@ impl Ec2 {
                 format!("{} is larger than a snapshot can be (64 TiB)", raw.display()),
             ));
         }
-        let digest_tag = || Tag::builder().key(tags::IMAGE_DIGEST).value(digest.to_string()).build();
 
         let started = self
             .ebs
@@ -164,7 +163,8 @@ impl Ec2 {
             .send()
             .await
             .map_err(|e| Ec2Error::from_sdk("StartSnapshot", e))?;
-        let snapshot = started.snapshot_id().unwrap_or_default().to_owned();
+        let snapshot =
+            started.snapshot_id().ok_or_else(|| Ec2Error::unexpected("StartSnapshot", "no snapshot ID"))?.to_owned();
 
         let made = async {
             let changed = self.put_blocks(&snapshot, file, raw, digest).await?;
@@ -176,7 +176,8 @@ impl Ec2 {
                 .await
                 .map_err(|e| Ec2Error::from_sdk("CompleteSnapshot", e))?;
             self.wait_for_snapshot(&snapshot).await?;
-            self.register(&snapshot, name, digest_tag()).await
+            self.register(&snapshot, name, Tag::builder().key(tags::IMAGE_DIGEST).value(digest.to_string()).build())
+                .await
         }
         .await;
         match made {
@@ -296,7 +297,7 @@ impl Ec2 {
             .send()
             .await
             .map_err(|e| Ec2Error::from_sdk("RegisterImage", e))?;
-        let ami = registered.image_id().unwrap_or_default().to_owned();
+        let ami = registered.image_id().ok_or_else(|| Ec2Error::unexpected("RegisterImage", "no image ID"))?.to_owned();
         // EC2 tags the AMI as it registers it; moto 5.2 ignores RegisterImage's tags, so tag it
         // again (idempotent) or find_image would never find it there.
         let tagged = self.ec2.create_tags().resources(&ami).tags(digest).send().await;
@@ -322,13 +323,7 @@ impl Ec2 {
                 let gib =
                     page.volume_size().and_then(|gib| u64::try_from(gib).ok()).filter(|gib| *gib <= MAX_VOLUME_GIB);
                 let gib = gib.ok_or_else(|| {
-                    let size = page.volume_size();
-                    Ec2Error::new(
-                        Ec2ErrorKind::Other,
-                        "UnexpectedResponse",
-                        format!("volume size {size:?} GiB"),
-                        OPERATION,
-                    )
+                    Ec2Error::unexpected(OPERATION, format!("volume size {:?} GiB", page.volume_size()))
                 })?;
                 file.set_len(gib * GIB).await.map_err(writing)?;
                 sized = true;
@@ -356,7 +351,7 @@ impl Ec2 {
             .send()
             .await
             .map_err(|e| Ec2Error::from_sdk(OPERATION, e))?;
-        let bad = |message: String| Ec2Error::new(Ec2ErrorKind::Other, "UnexpectedResponse", message, OPERATION);
+        let bad = |message: String| Ec2Error::unexpected(OPERATION, message);
         let mut data = Vec::with_capacity(BLOCK);
         while let Some(chunk) = output.block_data.try_next().await.map_err(|e| bad(format!("block {index}: {e}")))? {
             if data.len() + chunk.len() > BLOCK {

@@ -11,7 +11,7 @@ use aws_sdk_ec2::types::{Filter, Instance, InstanceStateName, InstanceType, Reso
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::error::{Ec2Error, Ec2ErrorKind};
+use crate::error::Ec2Error;
 use crate::{Ec2, tags};
 
 /// What EC2 accepts as user data, before base64.
@@ -233,12 +233,7 @@ impl Ec2 {
         let output = request.send().await.map_err(|e| Ec2Error::from_sdk(OPERATION, e))?;
         match output.instances() {
             [instance] => Ok(Ec2Instance::from_sdk(instance)),
-            other => Err(Ec2Error::new(
-                Ec2ErrorKind::Other,
-                "UnexpectedResponse",
-                format!("asked for one instance, got {}", other.len()),
-                OPERATION,
-            )),
+            other => Err(Ec2Error::unexpected(OPERATION, format!("asked for one instance, got {}", other.len()))),
         }
     }
 
@@ -267,14 +262,9 @@ impl Ec2 {
             .await
             .map_err(|e| Ec2Error::from_sdk(OPERATION, e))?;
         let encoded = output.output().unwrap_or_default();
-        let bytes = BASE64.decode(encoded.trim()).map_err(|e| {
-            Ec2Error::new(
-                Ec2ErrorKind::Other,
-                "UnexpectedResponse",
-                format!("console output is not base64: {e}"),
-                OPERATION,
-            )
-        })?;
+        let bytes = BASE64
+            .decode(encoded.trim())
+            .map_err(|e| Ec2Error::unexpected(OPERATION, format!("console output is not base64: {e}")))?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 }
