@@ -4,7 +4,8 @@
 //! [`netns`] makes test hosts out of network namespaces; [`coordinators`] runs coordinator
 //! processes on them; [`sampler`] watches the real instance processes on every host;
 //! [`disk`] gives a coordinator a small disk to fill up; [`metrics`] scrapes the daemons'
-//! `/metrics`.
+//! `/metrics`; with the `ec2` feature, [`moto`] runs the EC2 stand-in and [`fault_proxy`] puts
+//! EC2's errors under load between it and the product.
 //!
 //! The binaries come from the cargo target directory; `./test.sh` builds them before the tests.
 //! Waiting is always a poll with a deadline ([`eventually`]), never a fixed sleep.
@@ -19,8 +20,12 @@ use serde_json::Value;
 pub mod cluster;
 pub mod coordinators;
 pub mod disk;
+#[cfg(feature = "ec2")]
+pub mod fault_proxy;
 pub mod linearizability;
 pub mod metrics;
+#[cfg(feature = "ec2")]
+pub mod moto;
 pub mod netns;
 pub mod pki;
 pub mod proxy;
