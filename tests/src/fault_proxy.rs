@@ -1,13 +1,14 @@
 //! An HTTP/1.1 proxy in front of moto that answers chosen EC2 actions with the errors real EC2
 //! gives under load (throttling, no capacity), refuses connections on demand, and counts the
-//! requests of each action, so a test can check that the SDK retried and how the product
-//! classified what it finally got.
+//! requests of each action and keeps their bodies, so a test can check that the SDK retried
+//! (and what it sent, where moto ignores it) and how the product classified what it finally
+//! got.
 //!
 //! Each client connection carries one request: the proxy forwards it unchanged (the signature
 //! covers the `Host` the client used, which moto checks) on a connection of its own, and both
 //! answers say `Connection: close`, so a client never reuses a connection the proxy is about to
 //! refuse. EC2's query protocol names the action in the form body (`Action=RunInstances`);
-//! requests without one (EBS) pass and are counted under `""`.
+//! requests without one (EBS) pass uncounted.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -52,8 +53,8 @@ impl Fault {
 struct Shared {
     /// Per action: the fault and how many more requests get it.
     faults: Mutex<BTreeMap<String, (Fault, u32)>>,
-    /// Per action: requests seen, faulted or forwarded.
-    counts: Mutex<BTreeMap<String, u32>>,
+    /// Per EC2 action: the form body of every request seen, faulted or forwarded.
+    bodies: Mutex<BTreeMap<String, Vec<String>>>,
     refusing: AtomicBool,
 }
 
@@ -98,7 +99,13 @@ impl FaultProxy {
 
     /// Requests seen for `action`, faulted or forwarded.
     pub fn requests(&self, action: &str) -> u32 {
-        self.shared.counts.lock().expect("counts").get(action).copied().unwrap_or(0)
+        let count = self.bodies(action).len();
+        u32::try_from(count).expect("fewer than 2^32 requests")
+    }
+
+    /// The form body of every request for `action`, in the order they came.
+    pub fn bodies(&self, action: &str) -> Vec<String> {
+        self.shared.bodies.lock().expect("bodies").get(action).cloned().unwrap_or_default()
     }
 
     /// Closes the listening socket: every connection from now on is refused, as by a host
@@ -118,7 +125,10 @@ fn relay(client: TcpStream, upstream: &str, shared: &Shared) -> io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let (head, body) = read_request(&mut reader)?;
     let action = action_of(&body);
-    *shared.counts.lock().expect("counts").entry(action.clone()).or_default() += 1;
+    if !action.is_empty() {
+        let form = String::from_utf8_lossy(&body).into_owned();
+        shared.bodies.lock().expect("bodies").entry(action.clone()).or_default().push(form);
+    }
     let fault = {
         let mut faults = shared.faults.lock().expect("faults");
         match faults.get_mut(&action) {

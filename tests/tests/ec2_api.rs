@@ -158,11 +158,31 @@ fn a_raw_image_becomes_an_ami_whose_snapshot_holds_the_same_bytes() {
         let dir = tempfile::tempdir().expect("scratch dir");
         let raw = dir.path().join("disk.raw");
         let (digest, data_blocks) = write_image(&raw);
-        let ec2 = Ec2::connect(&settings(&moto.endpoint)).await.expect("connect");
+        // Through the proxy, which keeps what RegisterImage sent: moto keeps only its name.
+        let proxy = FaultProxy::start(moto.endpoint.trim_start_matches("http://"));
+        let ec2 = Ec2::connect(&settings(&proxy.endpoint)).await.expect("connect");
         assert_eq!(ec2.find_image(&digest).await.expect("find image"), None);
 
         let image = ec2.upload_image(&raw, &digest, "mirari-hello-test").await.expect("upload");
         assert!(image.ami.starts_with("ami-") && image.snapshot.starts_with("snap-"), "{image:?}");
+        let registered = proxy.bodies("RegisterImage");
+        let sent: Vec<&str> = registered.first().expect("RegisterImage went through the proxy").split('&').collect();
+        let snapshot_pair = format!("BlockDeviceMapping.1.Ebs.SnapshotId={}", image.snapshot);
+        let digest_pair = format!("TagSpecification.1.Tag.1.Value={digest}");
+        for expected in [
+            "Name=mirari-hello-test",
+            "Architecture=x86_64",
+            "VirtualizationType=hvm",
+            "BootMode=legacy-bios",
+            "RootDeviceName=%2Fdev%2Fxvda",
+            "BlockDeviceMapping.1.DeviceName=%2Fdev%2Fxvda",
+            &snapshot_pair,
+            "TagSpecification.1.ResourceType=image",
+            "TagSpecification.1.Tag.1.Key=mirari%3Aimage-digest",
+            &digest_pair,
+        ] {
+            assert!(sent.contains(&expected), "RegisterImage sent no {expected}: {sent:?}");
+        }
         assert_eq!(ec2.find_image(&digest).await.expect("find image").as_deref(), Some(image.ami.as_str()));
         assert_eq!(ec2.find_image(&Digest::of(b"another image")).await.expect("find image"), None);
 
@@ -230,6 +250,10 @@ fn throttled_launches_are_retried_with_back_off() {
         proxy.fail_next("RunInstances", 2, Fault::Throttle);
         let launched = ec2.launch(&launch("prod", "00000000000000d1", &image)).await.expect("launch after 2 throttles");
         assert_eq!(proxy.requests("RunInstances"), 3, "two throttled attempts, then the one that passed");
+        // Every attempt carried the launch's client token, so EC2 makes one instance however many
+        // reach it (moto does not deduplicate by token, so it is checked on the wire).
+        let token = "ClientToken=prod-00000000000000d1";
+        assert!(proxy.bodies("RunInstances").iter().all(|body| body.split('&').any(|pair| pair == token)));
         assert_eq!(ec2.describe_cluster("prod").await.expect("describe").len(), 1, "one instance for three attempts");
         assert_eq!(launched.instance_id.as_deref(), Some("00000000000000d1"));
 
