@@ -129,12 +129,34 @@ impl Provider {
                 known.join(", ")
             ));
         }
-        if let Some(endpoint) = &self.endpoint
-            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        {
-            return Err(format!("--endpoint `{endpoint}` is not an http:// or https:// URL"));
+        if let Some(endpoint) = &self.endpoint {
+            check_endpoint(endpoint)?;
+        }
+        if let Some(subnet) = &self.subnet {
+            check_resource_id(subnet, "subnet", "subnet")?;
+        }
+        for group in &self.security_groups {
+            check_resource_id(group, "sg", "security group")?;
         }
         Ok(())
+    }
+}
+
+/// An API endpoint: `http://HOST[:PORT]` or `https://HOST[:PORT]`.
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let rest = endpoint.strip_prefix("https://").or_else(|| endpoint.strip_prefix("http://"));
+    match rest {
+        Some(rest) if !rest.is_empty() => Ok(()),
+        _ => Err(format!("endpoint `{endpoint}` is not a URL: expected http://HOST[:PORT] or https://HOST[:PORT]")),
+    }
+}
+
+/// `PREFIX-` and hexadecimal digits, as EC2 resource IDs are (`subnet-0a1b`, `sg-89ef`).
+pub fn check_resource_id(id: &str, prefix: &str, what: &str) -> Result<(), String> {
+    let digits = id.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('-'));
+    match digits {
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
+        _ => Err(format!("`{id}` is not a {what} ID: expected `{prefix}-` and hexadecimal digits")),
     }
 }
 
@@ -156,17 +178,18 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// A region name as the cloud spells them: `us-east-1`, `eu-central-2`, `us-gov-west-1`.
+/// A region name as the cloud spells them: two letters, one or more words, a number
+/// (`us-east-1`, `eu-central-2`, `us-gov-west-1`).
 pub fn validate_region(region: &str) -> Result<(), String> {
+    let refuse = || Err(format!("region `{region}` is not a region name: expected e.g. `us-east-1` or `eu-west-3`"));
     let parts: Vec<&str> = region.split('-').collect();
-    let well_formed = parts.len() >= 3
-        && parts[0].len() == 2
-        && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
-        && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
-        && !parts[parts.len() - 1].is_empty();
-    match well_formed {
-        true => Ok(()),
-        false => Err(format!("region `{region}` is not a region name like us-east-1")),
+    let [country, words @ .., number] = parts.as_slice() else { return refuse() };
+    let lower = |part: &&str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase());
+    let digits = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+    if country.len() == 2 && lower(country) && !words.is_empty() && words.iter().all(lower) && digits {
+        Ok(())
+    } else {
+        refuse()
     }
 }
 

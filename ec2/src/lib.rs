@@ -29,7 +29,7 @@ pub mod settings;
 pub use error::{Ec2Error, Ec2ErrorKind};
 pub use image::Image;
 pub use instances::{Ec2Instance, Ec2State, Launch};
-pub use settings::{Ec2Settings, validate_region};
+pub use settings::Ec2Settings;
 
 /// Attempts per call, the first included, before its error is returned.
 pub const MAX_ATTEMPTS: u32 = 4;

@@ -1,6 +1,9 @@
 //! Where and how instances are launched: the region, an endpoint override, the instance type and
 //! the network placement. Checked here, where the settings are decoded, so a typo is refused
-//! with what was wrong before any call is made.
+//! with what was wrong before any call is made; the checks are the registry's own
+//! (`mirari_core::provider`), which refuses the same mistakes when a provider is added.
+
+use mirari_core::provider::{check_endpoint, check_resource_id, validate_region};
 
 /// How to reach EC2 and what to launch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,37 +26,16 @@ impl Ec2Settings {
     pub fn validate(&self) -> Result<(), String> {
         validate_region(&self.region)?;
         if let Some(endpoint) = &self.endpoint {
-            let rest = endpoint.strip_prefix("https://").or_else(|| endpoint.strip_prefix("http://"));
-            if rest.is_none_or(str::is_empty) {
-                return Err(format!(
-                    "endpoint `{endpoint}` is not a URL: expected http://HOST[:PORT] or https://HOST[:PORT]"
-                ));
-            }
+            check_endpoint(endpoint)?;
         }
         validate_instance_type(&self.instance_type)?;
         if let Some(subnet) = &self.subnet {
-            validate_resource_id(subnet, "subnet", "subnet")?;
+            check_resource_id(subnet, "subnet", "subnet")?;
         }
         for group in &self.security_groups {
-            validate_resource_id(group, "sg", "security group")?;
+            check_resource_id(group, "sg", "security group")?;
         }
         Ok(())
-    }
-}
-
-/// An AWS region name: two letters, one or more words, a number (`us-east-1`,
-/// `us-gov-west-1`, `ap-southeast-2`), i.e. `^[a-z]{2}(-[a-z]+)+-\d+$`.
-pub fn validate_region(region: &str) -> Result<(), String> {
-    let refuse =
-        || Err(format!("region `{region}` is not an AWS region name: expected e.g. `us-east-1` or `eu-west-3`"));
-    let parts: Vec<&str> = region.split('-').collect();
-    let [country, words @ .., number] = parts.as_slice() else { return refuse() };
-    let lower = |part: &&str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase());
-    let digits = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
-    if country.len() == 2 && lower(country) && !words.is_empty() && words.iter().all(lower) && digits {
-        Ok(())
-    } else {
-        refuse()
     }
 }
 
@@ -71,15 +53,6 @@ fn validate_instance_type(instance_type: &str) -> Result<(), String> {
     }
 }
 
-/// `PREFIX-` and hexadecimal digits, as EC2 resource IDs are.
-fn validate_resource_id(id: &str, prefix: &str, what: &str) -> Result<(), String> {
-    let digits = id.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('-'));
-    match digits {
-        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
-        _ => Err(format!("`{id}` is not a {what} ID: expected `{prefix}-` and hexadecimal digits")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,17 +64,6 @@ mod tests {
             instance_type: "t3.micro".to_owned(),
             subnet: Some("subnet-0123abcd".to_owned()),
             security_groups: vec!["sg-89ef".to_owned()],
-        }
-    }
-
-    #[test]
-    fn region_names_follow_aws_syntax() {
-        for good in ["us-east-1", "eu-west-3", "ap-southeast-2", "us-gov-west-1", "il-central-1"] {
-            assert_eq!(validate_region(good), Ok(()), "{good}");
-        }
-        for bad in ["", "us-east", "useast1", "US-EAST-1", "u-east-1", "us--1", "us-east-1a", "us-east-", "-east-1"] {
-            let error = validate_region(bad).expect_err(bad);
-            assert!(error.contains(&format!("`{bad}`")) && error.contains("us-east-1"), "{error}");
         }
     }
 

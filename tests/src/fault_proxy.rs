@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crate::coordinators::fixed_port;
@@ -56,6 +56,15 @@ struct Shared {
     /// Per EC2 action: the form body of every request seen, faulted or forwarded.
     bodies: Mutex<BTreeMap<String, Vec<String>>>,
     refusing: AtomicBool,
+    hold: Mutex<Hold>,
+    released: Condvar,
+}
+
+/// Answers kept back: the request went through, its answer waits for [`FaultProxy::release`].
+#[derive(Debug, Default)]
+struct Hold {
+    action: Option<String>,
+    held: u32,
 }
 
 /// The proxy: `endpoint` is the URL to give the client instead of moto's.
@@ -71,9 +80,15 @@ impl FaultProxy {
     /// Listens on 127.0.0.1 (a port below the ephemeral range) and forwards to `upstream`
     /// (`HOST:PORT`).
     pub fn start(upstream: &str) -> Self {
+        Self::start_on("127.0.0.1", upstream)
+    }
+
+    /// Like [`FaultProxy::start`], listening on `ip` (where test hosts in namespaces reach
+    /// this machine).
+    pub fn start_on(ip: &str, upstream: &str) -> Self {
         let port = fixed_port();
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("the fault proxy listens");
-        let address = format!("127.0.0.1:{port}");
+        let listener = TcpListener::bind((ip, port)).expect("the fault proxy listens");
+        let address = format!("{ip}:{port}");
         let shared = Arc::new(Shared::default());
         let (upstream, state) = (upstream.to_owned(), shared.clone());
         let accepting = std::thread::spawn(move || {
@@ -95,6 +110,23 @@ impl FaultProxy {
     /// for it before).
     pub fn fail_next(&self, action: &str, count: u32, fault: Fault) {
         self.shared.faults.lock().expect("faults").insert(action.to_owned(), (fault, count));
+    }
+
+    /// Forwards the requests for `action` but keeps their answers back until [`Self::release`]:
+    /// the server acted, the client does not know yet.
+    pub fn hold(&self, action: &str) {
+        self.shared.hold.lock().expect("hold").action = Some(action.to_owned());
+    }
+
+    /// Answers kept back so far.
+    pub fn held(&self) -> u32 {
+        self.shared.hold.lock().expect("hold").held
+    }
+
+    /// Lets the answers kept back go, and keeps no more.
+    pub fn release(&self) {
+        self.shared.hold.lock().expect("hold").action = None;
+        self.shared.released.notify_all();
     }
 
     /// Requests seen for `action`, faulted or forwarded.
@@ -150,6 +182,11 @@ fn relay(client: TcpStream, upstream: &str, shared: &Shared) -> io::Result<()> {
             server.read_to_end(&mut answer)?;
             let split = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(answer.len(), |at| at + 4);
             let (answer_head, answer_body) = answer.split_at(split);
+            let mut hold = shared.hold.lock().expect("hold");
+            if hold.action.as_deref() == Some(action.as_str()) {
+                hold.held += 1;
+                let _released = shared.released.wait_while(hold, |hold| hold.action.is_some()).expect("hold");
+            }
             client.write_all(with_connection_close(&String::from_utf8_lossy(answer_head)).as_bytes())?;
             client.write_all(answer_body)?;
         }

@@ -234,4 +234,6 @@ where
     let (printed, errors) = (stdout(&out), stderr(&out));
     assert!(out.status.success(), "{test} failed in its child process:\n{printed}\n{errors}");
     assert!(printed.contains("1 passed"), "the child process ran no test named {test}:\n{printed}\n{errors}");
+    // What the body printed, for `--nocapture` (libtest keeps it otherwise).
+    eprint!("{errors}");
 }

@@ -123,6 +123,21 @@ fn background(cluster: &Cluster, args: &[&str]) -> std::process::Child {
     cluster.mirari_command(args).stdout(log.try_clone().expect("log fd")).stderr(log).spawn().expect("start mirari")
 }
 
+/// Every byte of `path` from `offset` on is zero.
+fn assert_only_zeros_after(path: &Path, offset: u64) {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(path).expect("open");
+    file.seek(std::io::SeekFrom::Start(offset)).expect("seek");
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = file.read(&mut buffer).expect("read");
+        if read == 0 {
+            return;
+        }
+        assert!(buffer[..read].iter().all(|b| *b == 0), "{} holds more than the image", path.display());
+    }
+}
+
 fn sha256_of(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
     String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_owned()
@@ -172,13 +187,12 @@ async fn scenario(env: MotoEnv) {
     assert_eq!(images.len(), 1, "one image for one version: {images:?}");
     let digest = sha256_of(&images[0]);
     assert_eq!(images[0].file_stem().unwrap().to_string_lossy(), digest);
-    let amis = env.call(
-        "ec2",
-        "describe_images",
-        json!({ "Owners": ["self"], "Filters": [{ "Name": "tag:mirari:image-digest", "Values": [digest] }] }),
-    );
-    let ami = &amis["Images"][0];
-    let snapshot = ami["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"].as_str().expect("the AMI's snapshot").to_owned();
+    let tagged = json!([{ "Name": "tag:mirari:image-digest", "Values": [digest] }]);
+    let amis = env.call("ec2", "describe_images", json!({ "Owners": ["self"], "Filters": tagged }));
+    assert_eq!(amis["Images"].as_array().map(Vec::len), Some(1), "one AMI for the image: {amis}");
+    // moto keeps no block device mapping of a registered image: the snapshot is found by its tag.
+    let snapshots = env.call("ec2", "describe_snapshots", json!({ "OwnerIds": ["self"], "Filters": tagged }));
+    let snapshot = snapshots["Snapshots"][0]["SnapshotId"].as_str().expect("the image's snapshot").to_owned();
     let read_back = cluster.dir.path().join("snapshot.raw");
     let settings = mirari_ec2::Ec2Settings {
         region: REGION.into(),
@@ -189,6 +203,10 @@ async fn scenario(env: MotoEnv) {
     };
     let ec2 = mirari_ec2::Ec2::connect(&settings).await.expect("an EC2 client");
     ec2.read_snapshot(&snapshot, &read_back).await.expect("the snapshot reads back");
+    // The volume is whole GiB: the image, then zeros.
+    let image_len = std::fs::metadata(&images[0]).expect("the image").len();
+    assert_only_zeros_after(&read_back, image_len);
+    std::fs::OpenOptions::new().write(true).open(&read_back).and_then(|f| f.set_len(image_len)).expect("truncate");
     assert_eq!(sha256_of(&read_back), digest, "the snapshot holds the image, byte for byte");
     let printed = boot(&images[0], "hello: heartbeat 2");
     assert!(printed.contains("greeting=hello-from-mirari"), "{printed}");

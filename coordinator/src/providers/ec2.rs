@@ -36,6 +36,9 @@ fn machine(instance: Ec2Instance) -> Machine {
             Ec2State::Stopped => MachineState::Stopped,
             Ec2State::ShuttingDown => MachineState::ShuttingDown,
             Ec2State::Terminated => MachineState::Terminated,
+            // A state this SDK does not know yet: alive, so it is neither launched again nor
+            // taken for gone.
+            Ec2State::Unknown(_) => MachineState::Pending,
         },
         reason: instance.state_reason,
         cloud_id: instance.ec2_id,

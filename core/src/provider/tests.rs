@@ -163,20 +163,26 @@ fn operators_input_is_checked_with_the_field_at_fault() {
     let ok = Provider::ec2("eu-central-2", "t3.micro", 4);
     assert_eq!(ok.validate(), Ok(()));
     assert_eq!(ok.capacity(), Resources { memory_mib: 4096, vcpus: 8, instances: 4 });
-    assert_eq!(validate_region("us-gov-west-1"), Ok(()));
-    for region in ["useast1", "US-EAST-1", "us-east", "us-east-x", "u-east-1"] {
-        assert!(
-            Provider::ec2(region, "t3.micro", 1).validate().unwrap_err().contains("is not a region name"),
-            "{region}"
-        );
+    for good in ["us-east-1", "eu-west-3", "ap-southeast-2", "us-gov-west-1", "il-central-1"] {
+        assert_eq!(validate_region(good), Ok(()), "{good}");
+    }
+    for bad in ["", "us-east", "useast1", "US-EAST-1", "u-east-1", "us--1", "us-east-1a", "us-east-", "-east-1"] {
+        let error = Provider::ec2(bad, "t3.micro", 1).validate().expect_err(bad);
+        assert!(error.contains(&format!("`{bad}`")) && error.contains("us-east-1"), "{error}");
     }
     assert_eq!(Provider::ec2("us-east-1", "t3.micro", 0).validate(), Err("--max-instances must be at least 1".into()));
     assert!(Provider::ec2("us-east-1", "t3.micro", 20_000).validate().unwrap_err().contains("above the limit"));
     assert!(
         Provider::ec2("us-east-1", "x9.huge", 1).validate().unwrap_err().starts_with("unknown instance type `x9.huge`")
     );
-    let endpoint = Provider { endpoint: Some("localhost:5000".into()), ..ok };
-    assert!(endpoint.validate().unwrap_err().contains("not an http:// or https:// URL"));
+    for (bad, expected) in [
+        (Provider { endpoint: Some("localhost:5000".into()), ..ok.clone() }, "endpoint `localhost:5000` is not a URL"),
+        (Provider { endpoint: Some("http://".into()), ..ok.clone() }, "endpoint `http://` is not a URL"),
+        (Provider { subnet: Some("sub-1".into()), ..ok.clone() }, "`sub-1` is not a subnet ID"),
+        (Provider { security_groups: vec!["default".into()], ..ok }, "`default` is not a security group ID"),
+    ] {
+        assert!(bad.validate().unwrap_err().contains(expected), "{bad:?}");
+    }
     assert!(check_name("aws1").is_ok());
     assert!(check_name("1aws").is_err() && check_name("").is_err() && check_name("AWS").is_err());
 }
