@@ -56,8 +56,8 @@ impl AgentClients {
     fn place_of(raft: &RaftHandle, prefix: &str) -> Result<(InstanceId, Place), Status> {
         let machine = raft.machine();
         let registry = &machine.registry;
-        let id =
-            ids::resolve_prefix(prefix, registry.instances().map(|i| i.id)).map_err(|e| Status::not_found(e.to_string()))?;
+        let id = ids::resolve_prefix(prefix, registry.instances().map(|i| i.id))
+            .map_err(|e| Status::not_found(e.to_string()))?;
         let host_id = registry.instance(id).expect("resolved").host.clone();
         let host = registry.host(&host_id);
         let place = match host.and_then(|h| h.provider.clone()) {

@@ -196,13 +196,18 @@ impl Network {
     }
 }
 
+/// 1 to `max` lowercase letters, digits and `-`, starting with a letter: the names of networks
+/// and providers.
+pub(crate) fn is_lowercase_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 /// Network names: 1 to 32 lowercase letters, digits and `-`, starting with a letter.
 pub fn check_name(name: &str) -> Result<(), NetworkError> {
-    let valid = !name.is_empty()
-        && name.len() <= MAX_NETWORK_NAME_BYTES
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if valid {
+    if is_lowercase_name(name, MAX_NETWORK_NAME_BYTES) {
         Ok(())
     } else {
         Err(NetworkError::Invalid(format!(

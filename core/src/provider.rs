@@ -166,11 +166,7 @@ pub const MAX_PROVIDER_NAME_BYTES: usize = 63;
 /// Provider names: 1 to 63 lowercase letters, digits and `-`, starting with a letter (the name
 /// is also the value of every machine's `mirari:provider` tag).
 pub fn check_name(name: &str) -> Result<(), String> {
-    let valid = !name.is_empty()
-        && name.len() <= MAX_PROVIDER_NAME_BYTES
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    match valid {
+    match crate::network::is_lowercase_name(name, MAX_PROVIDER_NAME_BYTES) {
         true => Ok(()),
         false => Err(format!(
             "invalid provider name `{name}`: use 1 to {MAX_PROVIDER_NAME_BYTES} lowercase letters, digits and `-`, starting with a letter"

@@ -394,7 +394,7 @@ impl SimAgent {
                 };
                 self.deliver(now, input);
             }
-            Effect::Register(host) => self.call(net, rng, now, CallKind::Register, Rpc::Register(host)),
+            Effect::Register(host) => self.call(net, rng, now, CallKind::Register, Rpc::Register(Box::new(host))),
             Effect::Renew => self.call(net, rng, now, CallKind::Renew, Rpc::Renew),
             Effect::Report(reports) => {
                 self.call(net, rng, now, CallKind::Report(reports.clone()), Rpc::Report(reports))

@@ -201,7 +201,7 @@ impl SimCoordinator {
                     Rpc::Register(host) if leads => {
                         let request = Request {
                             request_id: format!("register-{id}-{call}-{}", rng.next_u64()),
-                            command: Command::RegisterHost { host: host.clone() },
+                            command: Command::RegisterHost { host: (*host).clone() },
                         };
                         if node.propose(&request).is_ok() {
                             self.waiting.insert(

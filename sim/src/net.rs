@@ -22,7 +22,7 @@ pub enum Addr {
 /// What an agent asks a coordinator.
 #[derive(Debug, Clone)]
 pub enum Rpc {
-    Register(Host),
+    Register(Box<Host>),
     Renew,
     Report(Vec<InstanceReport>),
     /// Open assignment stream `stream`.

@@ -36,7 +36,12 @@ fn machines(env: &MotoEnv) -> BTreeMap<String, Vec<String>> {
                 continue;
             }
             let tag = |key: &str| {
-                instance["Tags"].as_array().into_iter().flatten().find(|t| t["Key"] == key).and_then(|t| t["Value"].as_str())
+                instance["Tags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|t| t["Key"] == key)
+                    .and_then(|t| t["Value"].as_str())
             };
             assert_eq!(tag("mirari:provider"), Some(PROVIDER), "{instance}");
             assert_eq!(tag("mirari:app"), Some("hello"), "{instance}");
@@ -68,8 +73,8 @@ fn settled(cluster: &Cluster, env: &MotoEnv, agent: usize, ec2: usize) -> BTreeS
         let on_ec2 = running.get(PROVIDER).cloned().unwrap_or_default();
         let on_host = running.get("agent-0").map_or(0, BTreeSet::len);
         let machines = machines(env);
-        let agreed = machines.keys().cloned().collect::<BTreeSet<_>>() == on_ec2
-            && machines.values().all(|ids| ids.len() == 1);
+        let agreed =
+            machines.keys().cloned().collect::<BTreeSet<_>>() == on_ec2 && machines.values().all(|ids| ids.len() == 1);
         if on_host == agent && on_ec2.len() == ec2 && agreed {
             Ok(on_ec2)
         } else {
@@ -163,14 +168,22 @@ async fn scenario(env: MotoEnv) {
         cluster.mirari(&[&args[..], &["--max-instances", max, "--instance-type", "t3.micro"]].concat())
     };
     let out = add("useast1", "4");
-    assert!(!out.status.success() && stderr(&out).contains("region `useast1` is not a region name"), "{}", stderr(&out));
+    assert!(
+        !out.status.success() && stderr(&out).contains("region `useast1` is not a region name"),
+        "{}",
+        stderr(&out)
+    );
     let out = add(REGION, "0");
     assert!(!out.status.success() && stderr(&out).contains("--max-instances must be at least 1"), "{}", stderr(&out));
     ok(add(REGION, "4"), "providers add");
     let listed = provider(&cluster);
     assert_eq!((listed["name"].as_str(), listed["max_instances"].as_u64()), (Some(PROVIDER), Some(4)), "{listed}");
     refused(&cluster, &["cluster", "deploy", "-t", "kvm", "--provider", "nope"], "unknown provider `nope`");
-    refused(&cluster, &["cluster", "deploy", "-t", "unix", "--provider", PROVIDER], "runs kvm images; deploy with -t kvm");
+    refused(
+        &cluster,
+        &["cluster", "deploy", "-t", "unix", "--provider", PROVIDER],
+        "runs kvm images; deploy with -t kvm",
+    );
 
     // 4 instances, the host takes 2: the other 2 burst to EC2.
     ok(cluster.mirari(&["cluster", "deploy", "-t", "kvm", "--count", "4"]), "deploy");
@@ -211,6 +224,11 @@ async fn scenario(env: MotoEnv) {
     let printed = boot(&images[0], "hello: heartbeat 2");
     assert!(printed.contains("greeting=hello-from-mirari"), "{printed}");
 
+    // The console of an instance on EC2 is what EC2 kept of it.
+    let on_ec2 = first.iter().next().unwrap();
+    let out = cluster.mirari(&["console", on_ec2]);
+    assert!(out.status.success() && !out.stdout.is_empty(), "console of {on_ec2}: {}", stderr(&out));
+
     // Throttled launches are retried, and succeed.
     let launches = proxy.requests("RunInstances");
     proxy.fail_next("RunInstances", 2, Fault::Throttle);
@@ -218,6 +236,33 @@ async fn scenario(env: MotoEnv) {
     let second = settled(&cluster, &env, 2, 3);
     assert!(first.is_subset(&second));
     assert_eq!(proxy.requests("RunInstances"), launches + 3, "2 throttled, then launched");
+
+    // No capacity: the provider and the waiting instance say so; once there is, it launches.
+    proxy.fail_next("RunInstances", 12, Fault::NoCapacity);
+    let mut scaling = background(&cluster, &["cluster", "scale", "hello", "6"]);
+    eventually(DEADLINE, "the provider's condition", || {
+        let condition = provider(&cluster)["condition"].as_str().map(str::to_owned).unwrap_or_default();
+        if condition.starts_with("InsufficientInstanceCapacity") { Ok(()) } else { Err(condition) }
+    });
+    let waiting = eventually(DEADLINE, "the waiting instance's message", || {
+        let status = cluster.status()?;
+        let pending = status["instances"].as_array().into_iter().flatten().find(|i| i["observed"] == "pending");
+        let message = pending.and_then(|i| i["message"].as_str()).unwrap_or_default().to_owned();
+        if message.contains("launch failed, retrying: InsufficientInstanceCapacity") {
+            Ok(message)
+        } else {
+            Err(message)
+        }
+    });
+    eprintln!("an instance waiting for capacity: {waiting}");
+    settled(&cluster, &env, 2, 4);
+    assert!(scaling.wait().expect("scale 6 ends").success());
+    eventually(DEADLINE, "the condition to clear", || {
+        let listed = provider(&cluster);
+        if listed["condition"].is_null() { Ok(()) } else { Err(listed.to_string()) }
+    });
+    ok(cluster.mirari(&["cluster", "scale", "hello", "5"]), "scale 5");
+    let second = settled(&cluster, &env, 2, 3);
 
     // A machine terminated behind Mirari's back: its instance fails, a new one replaces it.
     let victim = first.iter().next().unwrap().clone();
@@ -232,9 +277,13 @@ async fn scenario(env: MotoEnv) {
     // The leader killed between RunInstances and its report: the next leader adopts the machine.
     proxy.hold("RunInstances");
     let mut scaling = background(&cluster, &["cluster", "scale", "hello", "6"]);
-    eventually(DEADLINE, "a launch held at the proxy", || {
-        if proxy.held() >= 1 { Ok(()) } else { Err("none yet".into()) }
-    });
+    eventually(
+        DEADLINE,
+        "a launch held at the proxy",
+        || {
+            if proxy.held() >= 1 { Ok(()) } else { Err("none yet".into()) }
+        },
+    );
     let leader = cluster.leader().expect("a leader");
     cluster.coordinators[leader].kill();
     proxy.release();
@@ -258,7 +307,9 @@ async fn scenario(env: MotoEnv) {
     let mut deploying = background(&cluster, &["cluster", "deploy", "-t", "kvm", "--count", "3"]);
     let condition = eventually(DEADLINE, "the provider's condition", || {
         let condition = provider(&cluster)["condition"].as_str().map(str::to_owned);
-        condition.filter(|c| c.contains("AuthFailure") || c.contains("SignatureDoesNotMatch")).ok_or_else(|| "ok".into())
+        condition
+            .filter(|c| c.contains("AuthFailure") || c.contains("SignatureDoesNotMatch"))
+            .ok_or_else(|| "ok".into())
     });
     eprintln!("the provider's condition with a wrong secret: {condition}");
     for coordinator in &mut cluster.coordinators {
