@@ -130,6 +130,8 @@ pub struct Providers {
     clouds: HashMap<HostId, (Provider, Arc<dyn Cloud>)>,
     /// Why launches failed so far, per provider and instance, for the instances' messages.
     failing: HashMap<HostId, BTreeMap<InstanceId, String>>,
+    /// The provider's image of each raw disk, once found or uploaded.
+    uploaded: HashMap<(HostId, Digest), String>,
 }
 
 impl fmt::Debug for Providers {
@@ -140,7 +142,14 @@ impl fmt::Debug for Providers {
 
 impl Providers {
     pub fn new(raft: RaftHandle, blobs: BlobStore, work_dir: PathBuf) -> Self {
-        Self { raft, blobs, images: image::Images::new(work_dir), clouds: HashMap::new(), failing: HashMap::new() }
+        Self {
+            raft,
+            blobs,
+            images: image::Images::new(work_dir),
+            clouds: HashMap::new(),
+            failing: HashMap::new(),
+            uploaded: HashMap::new(),
+        }
     }
 
     /// Reconciles every provider whenever this node leads, until the process ends.
@@ -152,13 +161,17 @@ impl Providers {
             if self.raft.status().role != "leader" {
                 self.clouds.clear();
                 self.failing.clear();
+                self.uploaded.clear();
                 continue;
             }
             let providers: Vec<(HostId, Provider)> = {
                 let machine = self.raft.machine();
                 machine.registry.hosts().filter_map(|h| Some((h.id.clone(), h.provider.clone()?))).collect()
             };
-            self.clouds.retain(|name, _| providers.iter().any(|(known, _)| known == name));
+            let known = |name: &HostId| providers.iter().any(|(provider, _)| provider == name);
+            self.clouds.retain(|name, _| known(name));
+            self.failing.retain(|name, _| known(name));
+            self.uploaded.retain(|(name, _), _| known(name));
             for (name, settings) in providers {
                 let condition = match self.reconcile(&name, &settings).await {
                     Ok(()) => None,
@@ -232,8 +245,15 @@ impl Providers {
         planned: &Planned,
     ) -> Result<(), Stop> {
         let raw = self.images.raw(&self.blobs, &planned.source).await.map_err(Stop::Failed)?;
-        self.confirm_leading().await?;
-        let image = cloud.image(raw.digest, &raw.path).await?;
+        let image = match self.uploaded.get(&(name.clone(), raw.digest)) {
+            Some(image) => image.clone(),
+            None => {
+                self.confirm_leading().await?;
+                let image = cloud.image(raw.digest, &raw.path).await?;
+                self.uploaded.insert((name.clone(), raw.digest), image.clone());
+                image
+            }
+        };
         if let Some(machine) = cloud.find(cluster, planned.instance).await? {
             tracing::info!(provider = %name, instance = %planned.instance, machine = %machine.cloud_id, "adopted a machine launched before");
             return Ok(());
@@ -247,7 +267,12 @@ impl Providers {
             image,
             user_data: planned.source.boot_args.join(" ").into_bytes(),
         };
-        let machine = cloud.launch(&launch).await?;
+        let machine = cloud.launch(&launch).await.inspect_err(|error| {
+            // The image may have been deregistered behind Mirari's back: look for it again.
+            if error.kind == CloudErrorKind::Invalid {
+                self.uploaded.remove(&(name.clone(), raw.digest));
+            }
+        })?;
         tracing::info!(provider = %name, instance = %planned.instance, machine = %machine.cloud_id, "launched a machine");
         Ok(())
     }
