@@ -4,5 +4,8 @@
 # README.md.
 set -euo pipefail
 cd "$(dirname "$0")"
-cargo build --workspace --bins --locked
-cargo test --workspace --locked "$@"
+# EC2 as a provider is a cargo feature (the AWS SDK, minutes to build): the tests build it in,
+# and run against moto from target/venv (see README.md).
+features=(--features mirari-coordinator/ec2,mirari-tests/ec2)
+cargo build --workspace --bins --locked "${features[@]}"
+cargo test --workspace --locked "${features[@]}" "$@"

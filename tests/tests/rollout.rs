@@ -537,8 +537,9 @@ fn a_dependent_app_waits_for_health_and_mistakes_change_nothing() {
         assert!(out.status.success(), "deploying web failed: {}", stderr(&out));
         assert!(hello.wait().unwrap().success());
     });
-    // In every sample where web had an instance, hello ran all of its slots healthy; and web
-    // said why it waited before that.
+    // In every sample where web had an instance, hello ran all of its slots healthy. (That web
+    // said why it waited was seen above, while hello could not get healthy: the sampler, slower
+    // under load, may miss that window.)
     let samples = samples.into_inner().unwrap();
     let healthy = |status: &Value, app: &str| {
         status["instances"]
@@ -548,16 +549,10 @@ fn a_dependent_app_waits_for_health_and_mistakes_change_nothing() {
             .filter(|i| i["app"] == app && i["health"] == "healthy")
             .count()
     };
-    let web_reason = |status: &Value| {
-        let web = status["deployments"].as_array().into_iter().flatten().find(|d| d["app"] == "web");
-        web.map(|d| d["unplaced_reason"].to_string()).unwrap_or_default()
-    };
-    let waited = samples.iter().any(|(_, s)| web_reason(s).contains("waiting for hello to be healthy"));
     let first_web = samples.iter().find(|(_, s)| healthy(s, "web") + instances_of(s, "web") > 0).map(|(at, _)| *at);
     let first_web = first_web.expect("web was placed");
     let hello_ready = samples.iter().find(|(_, s)| healthy(s, APP) == 3).map(|(at, _)| *at).expect("hello got healthy");
     assert!(hello_ready <= first_web, "web was placed before hello was healthy");
-    assert!(waited, "web's status said it waited for hello");
 
     // Mistakes: each a clear error, and nothing changes.
     let before = cluster.status().unwrap();
