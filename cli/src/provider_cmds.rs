@@ -40,6 +40,14 @@ pub struct ProviderArgs {
     /// Security groups of the machines (comma separated) [default: the default group]
     #[arg(long, value_delimiter = ',')]
     pub security_group: Vec<String>,
+    /// A tag every machine carries besides Mirari's own, e.g. team=edge (repeatable)
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+}
+
+fn parse_tag(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("`{text}` is not KEY=VALUE"))?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 impl ProviderArgs {
@@ -52,6 +60,7 @@ impl ProviderArgs {
             max_instances: self.max_instances,
             subnet: self.subnet,
             security_groups: self.security_group,
+            tags: self.tags.into_iter().collect(),
             condition: None,
         };
         // The registry refuses these too; saying so here names the flag without a round trip.
@@ -102,6 +111,7 @@ struct ProviderView {
     max_instances: u32,
     subnet: Option<String>,
     security_groups: Vec<String>,
+    tags: std::collections::BTreeMap<String, String>,
     status: String,
     /// Why it cannot launch now, as the leader last found.
     condition: Option<String>,
@@ -127,6 +137,7 @@ async fn read(coordinators: &mut Coordinators, stale: bool) -> anyhow::Result<Ve
             max_instances: provider.max_instances,
             subnet: provider.subnet,
             security_groups: provider.security_groups,
+            tags: provider.tags,
             status,
             condition: provider.condition,
         });

@@ -50,6 +50,9 @@ pub struct Provider {
     pub max_instances: u32,
     pub subnet: Option<String>,
     pub security_groups: Vec<String>,
+    /// Tags every machine carries besides Mirari's own (cost allocation, ownership).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
     /// Why the provider cannot launch now (`AuthFailure: …`), as the leader last found; `None`
     /// while its calls succeed.
     #[serde(default)]
@@ -74,6 +77,15 @@ const INSTANCE_TYPES: [(&str, u64, u32); 14] = [
     ("r5.large", 16384, 2),
 ];
 
+/// Tags an operator may give a provider's machines: EC2 allows 50 per instance, Mirari's own
+/// take 4.
+pub const MAX_PROVIDER_TAGS: usize = 40;
+/// The longest tag key and value EC2 takes.
+const MAX_TAG_KEY_BYTES: usize = 128;
+const MAX_TAG_VALUE_BYTES: usize = 256;
+/// Tag key prefixes that are not the operator's: Mirari's, and the cloud's own.
+const RESERVED_TAG_PREFIXES: [&str; 2] = ["mirari:", "aws:"];
+
 /// Most machines one provider may be given.
 pub const MAX_PROVIDER_INSTANCES: u32 = crate::limits::MAX_INSTANCES_PER_HOST;
 
@@ -89,6 +101,7 @@ impl Provider {
             max_instances,
             subnet: None,
             security_groups: Vec::new(),
+            tags: BTreeMap::new(),
             condition: None,
         }
     }
@@ -138,8 +151,27 @@ impl Provider {
         for group in &self.security_groups {
             check_resource_id(group, "sg", "security group")?;
         }
-        Ok(())
+        check_tags(&self.tags)
     }
+}
+
+/// The operator's tags for a provider's machines, as EC2 takes them.
+fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), String> {
+    if tags.len() > MAX_PROVIDER_TAGS {
+        return Err(format!("{} tags: a provider's machines take at most {MAX_PROVIDER_TAGS}", tags.len()));
+    }
+    for (key, value) in tags {
+        if key.is_empty() || key.len() > MAX_TAG_KEY_BYTES {
+            return Err(format!("tag key `{key}` must have 1 to {MAX_TAG_KEY_BYTES} bytes"));
+        }
+        if let Some(prefix) = RESERVED_TAG_PREFIXES.iter().find(|prefix| key.starts_with(*prefix)) {
+            return Err(format!("tag key `{key}`: keys starting with `{prefix}` are reserved"));
+        }
+        if value.len() > MAX_TAG_VALUE_BYTES {
+            return Err(format!("tag `{key}` has a value of {} bytes: at most {MAX_TAG_VALUE_BYTES}", value.len()));
+        }
+    }
+    Ok(())
 }
 
 /// An API endpoint: `http://HOST[:PORT]` or `https://HOST[:PORT]`.

@@ -216,6 +216,7 @@ pub fn provider_to_pb(provider: &Provider) -> pb::Provider {
         subnet: provider.subnet.clone().unwrap_or_default(),
         security_groups: provider.security_groups.clone(),
         condition: provider.condition.clone().unwrap_or_default(),
+        tags: provider.tags.clone().into_iter().collect(),
     }
 }
 
@@ -234,6 +235,7 @@ pub fn provider_from_pb(provider: &pb::Provider) -> Result<Provider, WireError> 
             .map(|group| name("provider.security_groups", group))
             .collect::<Result<_, _>>()?,
         condition: optional_text("provider.condition", &provider.condition)?,
+        tags: labels("provider.tags", &provider.tags)?,
     })
 }
 
@@ -632,6 +634,7 @@ mod tests {
                     endpoint: Some("http://127.0.0.1:5000".into()),
                     subnet: Some("subnet-1".into()),
                     security_groups: vec!["sg-1".into(), "sg-2".into()],
+                    tags: [("team".to_owned(), "edge".to_owned())].into(),
                     condition: Some("AuthFailure: no".into()),
                     ..Provider::ec2("us-east-1", "t3.micro", 20)
                 },

@@ -45,6 +45,7 @@ fn machines(env: &MotoEnv) -> BTreeMap<String, Vec<String>> {
             };
             assert_eq!(tag("mirari:provider"), Some(PROVIDER), "{instance}");
             assert_eq!(tag("mirari:app"), Some("hello"), "{instance}");
+            assert_eq!(tag("team"), Some("edge"), "the provider's own tag: {instance}");
             let id = tag("mirari:instance-id").expect("every machine carries its instance ID").to_owned();
             machines.entry(id).or_default().push(instance["InstanceId"].as_str().unwrap().to_owned());
         }
@@ -165,7 +166,8 @@ async fn scenario(env: MotoEnv) {
     // Bad input is refused with what and where.
     let add = |region: &str, max: &str| {
         let args = ["cluster", "providers", "add", "ec2", PROVIDER, "--region", region, "--endpoint", &proxy.endpoint];
-        cluster.mirari(&[&args[..], &["--max-instances", max, "--instance-type", "t3.micro"]].concat())
+        let settings = ["--max-instances", max, "--instance-type", "t3.micro", "--tag", "team=edge"];
+        cluster.mirari(&[&args[..], &settings[..]].concat())
     };
     let out = add("useast1", "4");
     assert!(

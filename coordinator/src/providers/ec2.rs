@@ -11,6 +11,8 @@ use super::{Cloud, CloudError, CloudErrorKind, Launch};
 
 pub struct Ec2Cloud {
     ec2: Ec2,
+    /// The operator's tags for every machine.
+    tags: std::collections::BTreeMap<String, String>,
 }
 
 impl Ec2Cloud {
@@ -22,7 +24,7 @@ impl Ec2Cloud {
             subnet: provider.subnet.clone(),
             security_groups: provider.security_groups.clone(),
         };
-        Ok(Self { ec2: Ec2::connect(&settings).await? })
+        Ok(Self { ec2: Ec2::connect(&settings).await?, tags: provider.tags.clone() })
     }
 }
 
@@ -83,7 +85,7 @@ impl Cloud for Ec2Cloud {
             // Real EC2 answers a retried launch with the first one's machine; the look-up by
             // tag before each launch covers endpoints that ignore it.
             client_token: format!("mirari-{instance}"),
-            extra_tags: Default::default(),
+            extra_tags: self.tags.clone(),
         };
         Ok(machine(self.ec2.launch(&request).await?))
     }

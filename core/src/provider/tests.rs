@@ -179,7 +179,11 @@ fn operators_input_is_checked_with_the_field_at_fault() {
         (Provider { endpoint: Some("localhost:5000".into()), ..ok.clone() }, "endpoint `localhost:5000` is not a URL"),
         (Provider { endpoint: Some("http://".into()), ..ok.clone() }, "endpoint `http://` is not a URL"),
         (Provider { subnet: Some("sub-1".into()), ..ok.clone() }, "`sub-1` is not a subnet ID"),
-        (Provider { security_groups: vec!["default".into()], ..ok }, "`default` is not a security group ID"),
+        (Provider { security_groups: vec!["default".into()], ..ok.clone() }, "`default` is not a security group ID"),
+        (Provider { tags: [("mirari:app".into(), "x".into())].into(), ..ok.clone() }, "`mirari:` are reserved"),
+        (Provider { tags: [("aws:owner".into(), "x".into())].into(), ..ok.clone() }, "`aws:` are reserved"),
+        (Provider { tags: [("team".into(), "v".repeat(257))].into(), ..ok.clone() }, "at most 256"),
+        (Provider { tags: (0..41).map(|i| (format!("k{i}"), String::new())).collect(), ..ok }, "41 tags"),
     ] {
         assert!(bad.validate().unwrap_err().contains(expected), "{bad:?}");
     }
