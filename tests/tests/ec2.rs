@@ -6,7 +6,8 @@
 //! Mirari's back (replaced), the leader killed between a launch and its report (adopted, no
 //! duplicate, no orphan), a scale down (EC2 first) and a stop. The image the machines boot is
 //! the raw disk the leader made, which boots in QEMU here, and the snapshot read back from EBS
-//! has its sha256. Wrong credentials show as the provider's condition, and clear when fixed.
+//! has its sha256. Wrong credentials show as the provider's condition, and clear when fixed; the
+//! provider is removed once nothing runs there.
 //!
 //! Needs the `ec2` feature and a coordinator built with it:
 //! `cargo build -p mirari-coordinator --features ec2 && cargo test -p mirari-tests --features ec2 --test ec2`.
@@ -326,4 +327,14 @@ async fn scenario(env: MotoEnv) {
         let listed = provider(&cluster);
         if listed["condition"].is_null() { Ok(()) } else { Err(listed.to_string()) }
     });
+
+    // A provider is removed only once nothing runs there.
+    let remove = ["cluster", "providers", "remove", PROVIDER];
+    refused(&cluster, &remove, "it holds 1 instance(s); stop or scale down what runs there first");
+    ok(cluster.mirari(&["cluster", "stop", "hello"]), "stop");
+    settled(&cluster, &env, 0, 0);
+    ok(cluster.mirari(&remove), "providers remove");
+    let out = cluster.mirari(&["cluster", "providers", "--output", "json"]);
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).ok(), Some(json!([])), "{}", stderr(&out));
+    refused(&cluster, &remove, "unknown provider `aws1`");
 }
