@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 instances="${1:-100000}"
 hosts="${2:-1000}"
 source deploy/lib/coordinators.sh
+start_coordinators
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 export MIRARI_ADDR="$all"
-before=(); for pid in "${pids[@]}"; do before+=("$(rss_kib "$pid")"); done
+before=(); for pid in "${coordinator_pids[@]}"; do before+=("$(rss_kib "$pid")"); done
 
 echo "3 coordinators on loopback (fsync on), $hosts simulated hosts, $instances instances:"
 # The simulated hosts stay up (--hold) while the cluster is measured at full size.
@@ -24,7 +25,7 @@ until grep -q "acknowledged as running" "$work/bench.out"; do
 done
 cat "$work/bench.out"
 for i in 0 1 2; do
-  after="$(rss_kib "${pids[$i]}")"
+  after="$(rss_kib "${coordinator_pids[$i]}")"
   awk -v id=$((i + 1)) -v b="${before[$i]}" -v a="$after" -v n="$instances" \
     'BEGIN { printf "coordinator %d: RSS %.0f MiB -> %.0f MiB, %.0f bytes per instance\n", id, b/1024, a/1024, (a-b)*1024/n }'
 done

@@ -408,6 +408,9 @@ impl<B: Backing> Driver<B> {
     fn drain_ready(&mut self) -> Result<(), NodeError> {
         let retry_due = tokio::time::Instant::now() >= self.retry_write_at;
         while self.node.has_ready() && (!self.node.is_stalled() || retry_due) {
+            // On their way to the followers while this node writes the same entries.
+            let early = self.node.take_early_messages();
+            self.send(early);
             let mut output = self.node.handle_ready()?;
             let stalled = output.stalled.take();
             for took in &output.apply_durations {
@@ -417,17 +420,7 @@ impl<B: Backing> Driver<B> {
                 self.metrics.snapshot_bytes.set(i64::try_from(snapshot.bytes).unwrap_or(i64::MAX));
                 self.metrics.snapshot_seconds.observe(snapshot.duration.as_secs_f64());
             }
-            {
-                let machine = self.node.machine();
-                if let Some(cluster_id) = &machine.cluster_id {
-                    self.transport.learn_cluster_id(cluster_id);
-                }
-                for message in output.messages {
-                    let address =
-                        machine.members.get(&message.to).or_else(|| self.learned_addresses.get(&message.to)).cloned();
-                    self.transport.send(message, address);
-                }
-            }
+            self.send(output.messages);
             {
                 let mut events = self.events.write().expect("event log lock");
                 if let Some(index) = output.installed_snapshot {
@@ -479,6 +472,20 @@ impl<B: Backing> Driver<B> {
         }
         self.publish_status();
         Ok(())
+    }
+
+    fn send(&self, messages: Vec<RaftMessage>) {
+        if messages.is_empty() {
+            return;
+        }
+        let machine = self.node.machine();
+        if let Some(cluster_id) = &machine.cluster_id {
+            self.transport.learn_cluster_id(cluster_id);
+        }
+        for message in messages {
+            let address = machine.members.get(&message.to).or_else(|| self.learned_addresses.get(&message.to)).cloned();
+            self.transport.send(message, address);
+        }
     }
 
     fn on_stalled(&mut self, error: &crate::consensus::storage::StoreError) {

@@ -178,11 +178,14 @@ impl Sim {
             };
             if self.rng.chance(40) {
                 // Crash in the middle of its next write: the write lands nothing.
+                // Its leader's appends may already be on their way to the others.
                 self.disks[&victim].fail_writes(true);
                 if let Some(node) = self.nodes.get_mut(&victim).and_then(Option::as_mut)
                     && node.has_ready()
                 {
+                    let early = node.take_early_messages();
                     let _ = node.handle_ready();
+                    self.send(early);
                 }
             }
             self.nodes.insert(victim, None);
@@ -294,22 +297,30 @@ impl Sim {
         }
     }
 
+    /// Puts messages on the network, each delivered 1 to 3 steps later.
+    fn send(&mut self, messages: Vec<RaftMessage>) {
+        for message in messages {
+            let delay = 1 + self.rng.below(3);
+            self.network.push(InFlight { deliver_at: self.step + delay, message });
+        }
+    }
+
     fn process_ready(&mut self, id: u64) {
         let Some(node) = self.nodes.get_mut(&id).and_then(Option::as_mut) else {
             return;
         };
+        // As the driver does: the leader's appends leave while it writes them.
+        let early = node.take_early_messages();
         let output = match node.handle_ready() {
             Ok(output) => output,
             Err(e) => self.fail(format!("node {id} ready failed: {e}")),
         };
+        self.send(early);
         if output.stalled.is_some() {
             self.stalls += 1;
         }
-        let was_leader = node.is_leader();
-        for message in output.messages {
-            let delay = 1 + self.rng.below(3);
-            self.network.push(InFlight { deliver_at: self.step + delay, message });
-        }
+        let was_leader = self.nodes[&id].as_ref().is_some_and(Node::is_leader);
+        self.send(output.messages);
         for applied in output.applied {
             let Some(write) = self.writes.get_mut(&applied.request_id) else {
                 continue;

@@ -11,6 +11,7 @@
 //! - [`man`]: man pages from the clap definitions of the CLI and the daemons.
 //! - [`auth`]: which role may call which RPC, checked for every server in one place.
 //! - [`blob_stream`]: blobs as chunk streams, sent from and received into a blob store.
+//! - [`etcd`]: etcd's `KV.Put`, for the benchmarks that run etcd beside Mirari as an anchor.
 
 #![allow(missing_debug_implementations)] // generated gRPC clients and servers
 
@@ -33,8 +34,12 @@ mod generated {
             }
         }
     }
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
 }
 
+pub use generated::etcdserverpb as etcd;
 pub use generated::mirari::agent::v1 as agent;
 pub use generated::mirari::coordinator::v1 as coordinator;
 pub use generated::mirari::registry::v1 as registry;

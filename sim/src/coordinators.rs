@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use mirari_agent::machine::Lease;
-use mirari_coordinator::consensus::logger;
+use mirari_coordinator::consensus::{RaftMessage, logger};
 use mirari_coordinator::consensus::node::{Node, NodeConfig, Output};
 use mirari_coordinator::consensus::storage::{RaftLog, SimulatedDisk};
 use mirari_core::ids::InstanceId;
@@ -270,6 +270,10 @@ impl SimCoordinator {
             if !node.has_ready() {
                 break;
             }
+            // As the driver does: the leader's appends leave while it writes them.
+            let early = node.take_early_messages();
+            self.send_raft(net, rng, now, early);
+            let Some(node) = self.node.as_mut() else { return applied };
             match node.handle_ready() {
                 Ok(output) => self.handled(net, rng, now, output, &mut applied),
                 Err(error) => panic!("coordinator {}: a ready failed with a working disk: {error}", self.id),
@@ -379,11 +383,15 @@ impl SimCoordinator {
         self.reads.insert(self.next_read, std::mem::take(&mut self.reads_to_ask));
     }
 
-    fn handled(&mut self, net: &mut Network, rng: &mut SplitMix64, now: Ms, output: Output, applied: &mut Applied) {
-        for message in output.messages {
+    fn send_raft(&self, net: &mut Network, rng: &mut SplitMix64, now: Ms, messages: Vec<RaftMessage>) {
+        for message in messages {
             let to = message.to;
             net.send(rng, now, Addr::Coordinator(self.id), Addr::Coordinator(to), Payload::Raft(Box::new(message)));
         }
+    }
+
+    fn handled(&mut self, net: &mut Network, rng: &mut SplitMix64, now: Ms, output: Output, applied: &mut Applied) {
+        self.send_raft(net, rng, now, output.messages);
         let leads = self.is_leader();
         for entry in output.applied {
             let Some(waiting) = self.waiting.remove(&entry.request_id) else { continue };

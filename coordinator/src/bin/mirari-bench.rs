@@ -1,6 +1,8 @@
 //! `mirari-bench`: load generators that measure a running cluster. Benchmarks measure; tests
 //! assert. `mirari-bench raft` drives committed writes through the coordinators' raft group
-//! from N concurrent clients and prints throughput and latency percentiles.
+//! (or, as the anchor, through an etcd cluster) from N concurrent clients and prints throughput,
+//! latency percentiles and the longest time no write was acknowledged (a failover, when the
+//! script kills the leader meanwhile).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -9,12 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use mirari_core::registry::{Command, Host, Request, Resources};
 use mirari_core::target::Target;
 use mirari_proto::coordinator::ProposeRequest;
 use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
 use mirari_proto::endpoint::Endpoint;
+use mirari_proto::etcd::PutRequest;
+use mirari_proto::etcd::kv_client::KvClient;
 use mirari_proto::log_codec;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
@@ -30,13 +34,25 @@ struct Cli {
     tls: mirari_proto::tls::TlsArgs,
 }
 
+/// Which store `mirari-bench raft` writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Store {
+    /// Mirari's coordinators: each write registers a host
+    Mirari,
+    /// etcd, the anchor: each write puts that same entry's bytes under a key of its own
+    Etcd,
+}
+
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Committed writes per second and their latency through the raft group
     Raft {
-        /// Coordinators, comma separated (host:port)
+        /// Coordinators (or etcd members), comma separated (host:port)
         #[arg(long, value_delimiter = ',', required = true)]
         coordinators: Vec<Endpoint>,
+        /// What listens at those addresses
+        #[arg(long, value_enum, default_value_t = Store::Mirari)]
+        store: Store,
         /// Concurrent clients, each with one write in flight
         #[arg(long, default_value_t = 16)]
         clients: usize,
@@ -49,6 +65,10 @@ enum BenchCommand {
         /// Prefix of the written host names, so several runs do not collide
         #[arg(long, default_value = "bench")]
         prefix: String,
+        /// A write not acknowledged within this is tried again on the next member, as a client
+        /// with a deadline does (etcd holds a write to a member whose leader died for seconds)
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        attempt_timeout: Duration,
         /// Print JSON instead of a line of text
         #[arg(long)]
         json: bool,
@@ -82,8 +102,9 @@ async fn main() -> anyhow::Result<()> {
         mirari_proto::tls::set_client_identity(mirari_proto::tls::ClientTls::load(&files)?);
     }
     match cli.command {
-        BenchCommand::Raft { coordinators, clients, duration, acked_file, prefix, json } => {
-            raft(coordinators, clients, duration, acked_file, prefix, json).await
+        BenchCommand::Raft { coordinators, store, clients, duration, acked_file, prefix, attempt_timeout, json } => {
+            let load = Load { coordinators, store, clients, duration, prefix, attempt_timeout };
+            raft(load, acked_file, json).await
         }
         BenchCommand::Cluster { coordinators, hosts, instances, timeout, hold } => {
             simulated::run(coordinators, hosts, instances, timeout).await?;
@@ -93,33 +114,60 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// One client's connection, which moves to the next coordinator when one fails.
+/// A connection to one member of the store under test.
+enum Connection {
+    Mirari(CoordinatorClient<Channel>),
+    Etcd(KvClient<Channel>),
+}
+
+impl Connection {
+    /// Writes `entry` (under `key`, for etcd); whether it was acknowledged within `timeout`.
+    async fn write(&mut self, key: &str, entry: &[u8], timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.write_once(key, entry)).await.unwrap_or(false)
+    }
+
+    async fn write_once(&mut self, key: &str, entry: &[u8]) -> bool {
+        match self {
+            Connection::Mirari(client) => matches!(
+                client.propose(ProposeRequest { entry: entry.to_vec() }).await,
+                Ok(response) if response.get_ref().rejected.is_empty()
+            ),
+            Connection::Etcd(client) => {
+                let put = PutRequest { key: key.as_bytes().to_vec(), value: entry.to_vec(), ..Default::default() };
+                client.put(put).await.is_ok()
+            }
+        }
+    }
+}
+
+/// One client's connection, which moves to the next member when one fails.
 struct Client {
     coordinators: Arc<Vec<Endpoint>>,
+    store: Store,
+    attempt_timeout: Duration,
     current: usize,
-    connection: Option<CoordinatorClient<Channel>>,
+    connection: Option<Connection>,
 }
 
 impl Client {
-    /// Writes `request` until some coordinator acknowledges it (retrying with the same
-    /// request ID, which the registry applies once).
+    /// Writes `request` until some member acknowledges it (retrying with the same request ID,
+    /// which the registry applies once).
     async fn write(&mut self, request: &Request, deadline: Instant) -> Option<u32> {
         let entry = log_codec::encode(request);
         let mut retries = 0;
         while Instant::now() < deadline {
             if self.connection.is_none() {
                 let endpoint = &self.coordinators[self.current % self.coordinators.len()];
-                self.connection = tokio::time::timeout(Duration::from_secs(1), endpoint.connect())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .map(CoordinatorClient::new);
+                let channel = tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await.ok().and_then(Result::ok);
+                self.connection = channel.map(|channel| match self.store {
+                    Store::Mirari => Connection::Mirari(CoordinatorClient::new(channel)),
+                    Store::Etcd => Connection::Etcd(KvClient::new(channel)),
+                });
             }
-            if let Some(connection) = self.connection.as_mut() {
-                match connection.propose(ProposeRequest { entry: entry.clone() }).await {
-                    Ok(response) if response.get_ref().rejected.is_empty() => return Some(retries),
-                    Ok(_) | Err(_) => {}
-                }
+            if let Some(connection) = self.connection.as_mut()
+                && connection.write(&request.request_id, &entry, self.attempt_timeout).await
+            {
+                return Some(retries);
             }
             retries += 1;
             self.connection = None;
@@ -130,15 +178,27 @@ impl Client {
     }
 }
 
-async fn raft(
+/// The load of one `mirari-bench raft` run.
+struct Load {
     coordinators: Vec<Endpoint>,
+    store: Store,
     clients: usize,
     duration: Duration,
-    acked_file: Option<PathBuf>,
     prefix: String,
-    json: bool,
-) -> anyhow::Result<()> {
-    let coordinators = Arc::new(coordinators);
+    attempt_timeout: Duration,
+}
+
+/// What one client saw: when each of its writes was acknowledged, how long each took, and how
+/// often it had to try again.
+#[derive(Default)]
+struct Seen {
+    acknowledged_at: Vec<Instant>,
+    latencies: Vec<Duration>,
+    retries: u64,
+}
+
+async fn raft(load: Load, acked_file: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let coordinators = Arc::new(load.coordinators);
     let acked = match &acked_file {
         Some(path) => Some(Arc::new(Mutex::new(
             std::fs::OpenOptions::new()
@@ -150,15 +210,20 @@ async fn raft(
         None => None,
     };
     let started = Instant::now();
-    let stop_at = started + duration;
+    let stop_at = started + load.duration;
     let mut tasks = Vec::new();
-    for client_index in 0..clients {
-        let mut client = Client { coordinators: coordinators.clone(), current: client_index, connection: None };
+    for client_index in 0..load.clients {
+        let mut client = Client {
+            coordinators: coordinators.clone(),
+            store: load.store,
+            attempt_timeout: load.attempt_timeout,
+            current: client_index,
+            connection: None,
+        };
         let acked = acked.clone();
-        let prefix = prefix.clone();
+        let prefix = load.prefix.clone();
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut retries = 0u64;
+            let mut seen = Seen::default();
             let mut seq = 0u64;
             while Instant::now() < stop_at {
                 seq += 1;
@@ -169,8 +234,9 @@ async fn raft(
                 // A write in flight when time is up may still finish: give it a grace period.
                 match client.write(&request, stop_at + Duration::from_secs(30)).await {
                     Some(attempts) => {
-                        latencies.push(sent.elapsed());
-                        retries += u64::from(attempts);
+                        seen.acknowledged_at.push(Instant::now());
+                        seen.latencies.push(sent.elapsed());
+                        seen.retries += u64::from(attempts);
                         if let Some(file) = &acked {
                             let _ = writeln!(file.lock().await, "{name}");
                         }
@@ -178,18 +244,20 @@ async fn raft(
                     None => break,
                 }
             }
-            (latencies, retries)
+            seen
         }));
     }
-    let mut latencies = Vec::new();
-    let mut retries = 0;
+    let mut all = Seen::default();
     for task in tasks {
-        let (client_latencies, client_retries) = task.await?;
-        latencies.extend(client_latencies);
-        retries += client_retries;
+        let seen = task.await?;
+        all.acknowledged_at.extend(seen.acknowledged_at);
+        all.latencies.extend(seen.latencies);
+        all.retries += seen.retries;
     }
     let elapsed = started.elapsed();
+    let Seen { mut acknowledged_at, mut latencies, retries } = all;
     latencies.sort();
+    acknowledged_at.sort();
     let percentile = |p: f64| -> f64 {
         if latencies.is_empty() {
             return 0.0;
@@ -197,21 +265,35 @@ async fn raft(
         let index = ((latencies.len() as f64 - 1.0) * p).round() as usize;
         latencies[index].as_secs_f64() * 1000.0
     };
+    // From the start, between acknowledgements, and from the last one to the end.
+    let longest_gap = std::iter::once(started)
+        .chain(acknowledged_at.iter().copied())
+        .zip(acknowledged_at.iter().copied().chain(std::iter::once(started + elapsed)))
+        .map(|(before, after)| after.saturating_duration_since(before))
+        .max()
+        .unwrap_or_default();
     let report = BTreeMap::from([
-        ("clients", clients as f64),
+        ("clients", load.clients as f64),
         ("writes", latencies.len() as f64),
         ("seconds", elapsed.as_secs_f64()),
         ("writes_per_second", latencies.len() as f64 / elapsed.as_secs_f64()),
         ("p50_ms", percentile(0.50)),
         ("p99_ms", percentile(0.99)),
+        ("longest_gap_ms", longest_gap.as_secs_f64() * 1000.0),
         ("retries", retries as f64),
     ]);
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "clients {:>4}  writes {:>7}  {:>8.0} writes/s  p50 {:>7.2} ms  p99 {:>7.2} ms  retries {}",
-            clients, report["writes"], report["writes_per_second"], report["p50_ms"], report["p99_ms"], retries
+            "clients {:>4}  writes {:>7}  {:>8.0} writes/s  p50 {:>7.2} ms  p99 {:>7.2} ms  longest gap {:>7.1} ms  retries {}",
+            load.clients,
+            report["writes"],
+            report["writes_per_second"],
+            report["p50_ms"],
+            report["p99_ms"],
+            report["longest_gap_ms"],
+            retries
         );
     }
     Ok(())

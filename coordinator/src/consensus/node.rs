@@ -3,7 +3,9 @@
 //! The caller ticks it, steps in messages, proposes, and calls [`Node::handle_ready`], which
 //! follows raft-rs's `five_mem_node` order exactly: send the leader's messages, install an
 //! incoming snapshot, apply committed entries, persist entries and hard state, and only then
-//! hand out the messages that depend on them. The async driver and the deterministic
+//! hand out the messages that depend on them. A caller that can send while the node writes
+//! takes the leader's messages first ([`Node::take_early_messages`]): the leader's disk write
+//! and its followers' then overlap, as raft allows. The async driver and the deterministic
 //! simulation both drive this same type.
 //!
 //! A write that fails (a full disk) stalls the node rather than stopping it: the `Ready` is
@@ -46,7 +48,7 @@ impl NodeConfig {
     pub fn new(id: u64) -> Self {
         Self {
             id,
-            election_tick: 10,
+            election_tick: 8,
             election_range: None,
             heartbeat_tick: 2,
             snapshot_every: 10_000,
@@ -162,12 +164,15 @@ pub struct Node<B: Backing> {
     snapshot_due: bool,
     /// A ready whose write failed, to be written again before anything else.
     stalled: Option<Stalled>,
+    /// A ready whose early messages were handed out, finished by the next `handle_ready`.
+    started: Option<Stalled>,
     /// While snapshots of our own state fail to be stored: the applied index to try again at.
     snapshot_retry_at: Option<u64>,
 }
 
-/// A ready taken from raft whose write failed, and how far it got. raft hands a ready's
-/// entries out once, so it must be finished, not taken again.
+/// A ready taken from raft and not yet finished (its early messages handed out, or its write
+/// failed), and how far it got. raft hands a ready's entries out once, so it must be
+/// finished, not taken again.
 struct Stalled {
     ready: Ready,
     /// Its snapshot is installed and its committed entries applied; only the write is left.
@@ -234,6 +239,7 @@ impl<B: Backing> Node<B> {
             config,
             snapshot_due: false,
             stalled: None,
+            started: None,
             snapshot_retry_at: None,
         })
     }
@@ -423,7 +429,7 @@ impl<B: Backing> Node<B> {
     }
 
     pub fn has_ready(&self) -> bool {
-        self.stalled.is_some() || self.raw.has_ready()
+        self.stalled.is_some() || self.started.is_some() || self.raw.has_ready()
     }
 
     /// Whether a write failed and is waiting to be tried again.
@@ -431,10 +437,25 @@ impl<B: Backing> Node<B> {
         self.stalled.is_some()
     }
 
-    /// Processes one `Ready` (or finishes a stalled one): see the module docs for the order.
+    /// Takes the next `Ready` and hands out the messages that need not wait for this node's
+    /// disk write: a leader's appends and heartbeats (raft-rs lets a leader send them before
+    /// it persists). The next [`Node::handle_ready`] finishes that ready. Nothing is taken from
+    /// a stalled node, or while a taken ready is unfinished.
+    pub fn take_early_messages(&mut self) -> Vec<Message> {
+        if self.stalled.is_some() || self.started.is_some() || !self.raw.has_ready() {
+            return Vec::new();
+        }
+        let mut ready = self.raw.ready();
+        let messages = ready.take_messages();
+        self.started = Some(Stalled { ready, applied: false, snapshot_reports: Vec::new() });
+        messages
+    }
+
+    /// Processes one `Ready` (or finishes a stalled or started one): see the module docs for
+    /// the order.
     pub fn handle_ready(&mut self) -> Result<Output, NodeError> {
         let mut output = Output::default();
-        let mut stalled = match self.stalled.take() {
+        let mut stalled = match self.stalled.take().or_else(|| self.started.take()) {
             Some(stalled) => stalled,
             None if self.raw.has_ready() => {
                 let mut ready = self.raw.ready();

@@ -193,8 +193,23 @@ impl<B: Backing> RaftLog<B> {
         Ok(())
     }
 
-    /// Appends entries (replacing a conflicting suffix) and records the hard state.
+    /// Appends entries (replacing a conflicting suffix) and records the hard state. A hard
+    /// state that only moves the commit index forward is not worth a disk write of its own
+    /// (an fsync on every commit, on the leader's path to answering): it is kept as
+    /// [`Self::set_commit`] keeps it.
     pub fn persist(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StoreError> {
+        if entries.is_empty()
+            && let Some(hs) = hard_state
+        {
+            let commit_only = {
+                let stored = &self.read().hard_state;
+                hs.term == stored.term && hs.vote == stored.vote && hs.commit >= stored.commit
+            };
+            if commit_only {
+                self.set_commit(hs.commit);
+                return Ok(());
+            }
+        }
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
@@ -293,5 +308,30 @@ impl<B: Backing> raft::Storage for RaftLog<B> {
             return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
         Ok(state.snapshot.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
+        HardState { term, vote, commit, ..HardState::default() }
+    }
+
+    #[test]
+    fn a_commit_alone_is_held_in_memory_and_a_vote_is_written() {
+        let disk = Arc::new(SimulatedDisk::default());
+        let log = RaftLog::new(LogState::default(), disk.clone());
+        log.persist(&[], Some(&hard_state(2, 1, 0))).unwrap();
+        assert_eq!(disk.durable().hard_state, hard_state(2, 1, 0));
+
+        log.persist(&[], Some(&hard_state(2, 1, 5))).unwrap();
+        assert_eq!(log.read().hard_state.commit, 5, "raft reads the commit it was told");
+        assert_eq!(disk.durable().hard_state.commit, 0, "no write for a commit alone");
+
+        // A new term (with its vote) must survive a crash; the commit goes along with it.
+        log.persist(&[], Some(&hard_state(3, 2, 5))).unwrap();
+        assert_eq!(disk.durable().hard_state, hard_state(3, 2, 5));
     }
 }
