@@ -20,15 +20,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use mirari_core::registry::{ApplyResult, Event, Request};
+use mirari_core::registry::{ApplyResult, Event, HostId, Request};
 use raft::StateRole;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::consensus::RaftMessage;
 use crate::consensus::machine::Machine;
 use crate::consensus::node::{Applied, MembershipChange, Node, NodeError, Refused, Replication};
 use crate::consensus::storage::Backing;
 use crate::events::{EVENTS_KEPT, EventLog, Filter, Gone, Position};
+use crate::host_changes::HostChanges;
 use crate::metrics::CoordinatorMetrics;
 use crate::transport::Transport;
 
@@ -101,6 +102,9 @@ enum Input {
 pub struct RaftHandle {
     inputs: mpsc::Sender<Input>,
     status: watch::Receiver<RaftStatus>,
+    /// The leader this node knows of (changes far less often than the status).
+    leader: watch::Receiver<Option<u64>>,
+    host_changes: Arc<HostChanges>,
     machine: Arc<RwLock<Machine>>,
     events: Arc<RwLock<EventLog>>,
     metrics: Arc<CoordinatorMetrics>,
@@ -127,6 +131,34 @@ impl RaftHandle {
     pub async fn status_changed(&mut self) -> RaftStatus {
         let _ = self.status.changed().await;
         self.status()
+    }
+
+    /// The term this node leads in, if it leads (cheaper than [`Self::status`]: no copy).
+    pub fn leading_term(&self) -> Option<u64> {
+        let status = self.status.borrow();
+        (status.role == "leader").then_some(status.term)
+    }
+
+    /// The leader this node knows of, if any.
+    pub fn leader(&self) -> Option<u64> {
+        *self.leader.borrow()
+    }
+
+    /// Waits until this node knows of another leader than `leader` (or of none), and returns
+    /// it. Unlike [`Self::status_changed`], not woken by every commit.
+    pub async fn leader_other_than(&self, leader: Option<u64>) -> Option<u64> {
+        let mut watch = self.leader.clone();
+        let known = watch.wait_for(|known| *known != leader).await.map(|known| *known);
+        match known {
+            Ok(known) => known,
+            // The driver stopped: there will be no leader here.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// A wake-up for each applied change to what `host` must run or stop.
+    pub fn host_changes(&self, host: &HostId) -> Arc<Notify> {
+        self.host_changes.subscribe(host)
     }
 
     /// The counters and histograms the coordinator's loops update.
@@ -255,11 +287,15 @@ pub fn spawn<B: Backing>(
 ) -> (RaftHandle, oneshot::Receiver<Result<(), NodeError>>) {
     let (inputs, receiver) = mpsc::channel(INPUT_QUEUE);
     let status = watch::channel(RaftStatus::default()).0;
+    let leader = watch::channel(None).0;
+    let host_changes = Arc::new(HostChanges::default());
     let metrics = Arc::new(metrics);
     let events = Arc::new(RwLock::new(EventLog::new(EVENTS_KEPT, node.applied_index())));
     let handle = RaftHandle {
         inputs,
         status: status.subscribe(),
+        leader: leader.subscribe(),
+        host_changes: host_changes.clone(),
         machine: node.shared_machine(),
         events: events.clone(),
         metrics: metrics.clone(),
@@ -269,6 +305,8 @@ pub fn spawn<B: Backing>(
         node,
         transport,
         status,
+        leader,
+        host_changes,
         pending: HashMap::new(),
         reads_to_ask: Vec::new(),
         awaiting_read_state: BTreeMap::new(),
@@ -297,6 +335,8 @@ struct Driver<B: Backing> {
     node: Node<B>,
     transport: Transport,
     status: watch::Sender<RaftStatus>,
+    leader: watch::Sender<Option<u64>>,
+    host_changes: Arc<HostChanges>,
     /// Callers waiting for their entry to be applied, by request ID.
     pending: HashMap<String, Vec<oneshot::Sender<ProposeResult>>>,
     /// Read barriers that arrived in the current batch of inputs: one ReadIndex asks for all.
@@ -430,6 +470,10 @@ impl<B: Backing> Driver<B> {
                     events.append(entry.index, entry.at_ms, entry.kinds);
                 }
             }
+            match output.installed_snapshot {
+                Some(_) => self.host_changes.all_changed(),
+                None => self.host_changes.changed(&output.changed_hosts),
+            }
             for applied in output.applied {
                 for reply in self.pending.remove(&applied.request_id).unwrap_or_default() {
                     let _ = reply.send(Ok(applied.clone()));
@@ -538,6 +582,7 @@ impl<B: Backing> Driver<B> {
         if status.leader.is_some() && status.leader != self.status.borrow().leader {
             self.metrics.leader_changes.inc();
         }
+        self.leader.send_if_modified(|known| std::mem::replace(known, status.leader) != status.leader);
         self.status.send_if_modified(|current| {
             let changed = *current != status;
             *current = status;

@@ -2,6 +2,7 @@
 //!
 //! - [`consensus`]: the raft node, its log storage and state machine (no I/O besides the disk).
 //! - [`driver`]: the task that owns the raft node, and the handle the rest uses.
+//! - [`host_changes`]: wakes the watchers of a host's assignments when they changed.
 //! - [`dns`]: service discovery over DNS (`APP.service.mirari.`) from the applied registry.
 //! - [`transport`]: raft messages to peers over gRPC.
 //! - [`service`]: the peer and coordinator gRPC services.
@@ -22,6 +23,7 @@ pub mod consensus;
 pub mod dns;
 pub mod driver;
 pub mod events;
+pub mod host_changes;
 pub mod leader;
 pub mod metrics;
 pub mod providers;

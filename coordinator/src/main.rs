@@ -63,7 +63,7 @@ struct Settings {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     bootstrap: Option<bool>,
     /// Raft tick in milliseconds: the leader sends heartbeats every 2 ticks, and followers
-    /// elect another after 8 to 16 ticks without hearing from it (0.4 to 0.8 s by default)
+    /// elect another after 12 to 24 ticks without hearing from it (0.6 to 1.2 s by default)
     /// [default: 50]
     #[arg(long)]
     tick_ms: Option<u64>,

@@ -116,6 +116,8 @@ impl peer_server::Peer for PeerService {
 pub struct CoordinatorService {
     raft: RaftHandle,
     leaders: Mutex<HashMap<String, CoordinatorClient<Channel>>>,
+    /// Held while connecting to a leader, so calls arriving together make one connection.
+    connecting: tokio::sync::Mutex<()>,
     leases: Arc<Leases>,
     timing: LeaseTiming,
     blobs: ReplicatedBlobs,
@@ -163,7 +165,7 @@ impl CoordinatorService {
         blobs: ReplicatedBlobs,
         agents: Arc<AgentClients>,
     ) -> Self {
-        Self { raft, leaders: Mutex::new(HashMap::new()), leases, timing, blobs, agents }
+        Self { raft, leaders: Mutex::new(HashMap::new()), connecting: tokio::sync::Mutex::new(()), leases, timing, blobs, agents }
     }
 
     /// Requests are small (a registry entry, a heartbeat, a blob chunk); answers may be large
@@ -184,14 +186,12 @@ impl CoordinatorService {
     /// request arrived, the earliest moment it can count from.
     async fn heartbeat_here(&self, host: HostId) -> Result<Result<pb::Lease, Status>, ProposeError> {
         let received_ms = clock::boot_ms();
-        let before = self.raft.status();
-        if before.role != "leader" {
-            return Err(ProposeError::NotLeader { leader: before.leader });
-        }
+        let Some(term) = self.raft.leading_term() else {
+            return Err(ProposeError::NotLeader { leader: self.raft.leader() });
+        };
         self.raft.read_barrier().await?;
-        let after = self.raft.status();
-        if after.role != "leader" || after.term != before.term {
-            return Err(ProposeError::NotLeader { leader: after.leader });
+        if self.raft.leading_term() != Some(term) {
+            return Err(ProposeError::NotLeader { leader: self.raft.leader() });
         }
         let renewed = {
             let machine = self.raft.machine();
@@ -211,14 +211,19 @@ impl CoordinatorService {
     }
 
     fn leader_address(&self) -> Option<String> {
-        let leader = self.raft.status().leader?;
+        let leader = self.raft.leader()?;
         self.raft.machine().members.get(&leader).cloned()
     }
 
     /// A client for the leader's API at `address`, connected once and kept.
     async fn leader_client(&self, address: &str) -> Result<CoordinatorClient<Channel>, Status> {
-        if let Some(client) = self.leaders.lock().expect("leaders lock").get(address) {
-            return Ok(client.clone());
+        let kept = || self.leaders.lock().expect("leaders lock").get(address).cloned();
+        if let Some(client) = kept() {
+            return Ok(client);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(client) = kept() {
+            return Ok(client);
         }
         let endpoint: Endpoint = address.parse().map_err(|e| Status::internal(format!("leader address: {e}")))?;
         let channel = endpoint
@@ -269,12 +274,11 @@ impl CoordinatorService {
         let mut tried: Option<String> = None;
         let mut last = Status::unavailable("no leader is elected right now; retry shortly");
         loop {
-            let leader = self.raft.status().leader;
+            let leader = self.raft.leader();
             let known = self.leader_address().filter(|address| tried.as_ref() != Some(address));
             let Some(address) = known else {
                 // No leader known, or only the one that just failed: wait for the next election.
-                let mut raft = self.raft.clone();
-                if tokio::time::timeout_at(give_up, raft.status_changed()).await.is_err() {
+                if tokio::time::timeout_at(give_up, self.raft.leader_other_than(leader)).await.is_err() {
                     return Err(last);
                 }
                 tried = None;
@@ -283,14 +287,16 @@ impl CoordinatorService {
             let attempt = tokio::time::timeout_at(give_up, async {
                 tokio::select! {
                     answer = async { remote(self.leader_client(&address).await?).await } => answer,
-                    () = self.leader_moves_from(leader) => Err(Status::unavailable("the leader changed")),
+                    _ = self.raft.leader_other_than(leader) => Err(Status::unavailable("the leader changed")),
                 }
             });
             match attempt.await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(status)) if !is_unreachable(&status) => return Err(status),
+                // The kept connection stays: a leader slow to answer is no broken connection,
+                // and a broken one reconnects by itself (a new one per timeout would cost a
+                // TLS handshake each, under exactly the load that makes calls time out).
                 outcome => {
-                    self.leaders.lock().expect("leaders lock").remove(&address);
                     last = match outcome {
                         Ok(Err(status)) => status,
                         _ => Status::unavailable(format!("the leader at {address} did not answer in time; retry")),
@@ -301,14 +307,6 @@ impl CoordinatorService {
                     tried = Some(address);
                 }
             }
-        }
-    }
-
-    /// Resolves once this node knows of a leader other than `leader`.
-    async fn leader_moves_from(&self, leader: Option<u64>) {
-        let mut raft = self.raft.clone();
-        while raft.status().leader == leader {
-            raft.status_changed().await;
         }
     }
 
@@ -546,7 +544,8 @@ impl coordinator_server::Coordinator for CoordinatorService {
             self.assignments(&host)
         };
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
-        let mut raft = self.raft.clone();
+        let raft = self.raft.clone();
+        let changes = raft.host_changes(&host);
         tokio::spawn(async move {
             let mut last = first.clone();
             if sender.send(Ok(first)).await.is_err() {
@@ -555,7 +554,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
             let mut seen_version = raft.machine().registry.host_version(&host);
             let mut looked_at = tokio::time::Instant::now();
             loop {
-                let _ = tokio::time::timeout(ASSIGNMENT_RECHECK, raft.status_changed()).await;
+                let _ = tokio::time::timeout(ASSIGNMENT_RECHECK, changes.notified()).await;
                 tokio::time::sleep(ASSIGNMENT_MIN_INTERVAL).await;
                 if sender.is_closed() {
                     return;

@@ -1,6 +1,9 @@
 //! The raft transport: messages to peers over gRPC, one sender task and queue per peer.
 //!
 //! Sending never blocks the raft driver: a full queue drops the message (raft retransmits).
+//! The senders and their connections run on a thread of their own, so heartbeats leave on
+//! time however busy the coordinator's API is (thousands of agents' calls would otherwise
+//! delay them past the election timeout, and leaders would step down under load).
 //! Each sender batches what is queued into one RPC, and reports back whether a snapshot
 //! arrived and when a peer is unreachable, as raft-rs needs to know.
 
@@ -35,9 +38,11 @@ struct Inner {
     self_address: String,
     peers: Mutex<HashMap<u64, Peer>>,
     reporter: OnceLock<DeliveryReporter>,
-    /// The runtime the senders run on (not the raft driver's thread, whose disk writes must
-    /// not hold up sending).
+    /// The runtime the senders run on: its own thread (not the raft driver's, whose disk
+    /// writes must not hold up sending, nor the API's).
     runtime: tokio::runtime::Handle,
+    /// Dropped with the transport, which ends the senders' thread.
+    _stop: tokio::sync::oneshot::Sender<()>,
     /// This node's cluster, once it knows it (from its bootstrap or first snapshot).
     cluster_id: OnceLock<String>,
 }
@@ -49,15 +54,17 @@ struct Peer {
 }
 
 impl Transport {
-    /// A transport whose senders run on the current tokio runtime.
+    /// A transport whose senders run on a thread of their own, until it is dropped.
     pub fn new(self_id: u64, self_address: String) -> Self {
+        let (runtime, stop) = senders_thread();
         Self {
             inner: Arc::new(Inner {
                 self_id,
                 self_address,
                 peers: Mutex::new(HashMap::new()),
                 reporter: OnceLock::new(),
-                runtime: tokio::runtime::Handle::current(),
+                runtime,
+                _stop: stop,
                 cluster_id: OnceLock::new(),
             }),
         }
@@ -162,4 +169,18 @@ impl Transport {
         }
         client.as_mut()
     }
+}
+
+/// Starts the senders' thread and runtime; it runs until the returned sender is dropped.
+fn senders_thread() -> (tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("the raft senders' runtime");
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("raft-transport".into())
+        .spawn(move || {
+            let _ = runtime.block_on(stopped);
+        })
+        .expect("the raft senders' thread");
+    (handle, stop)
 }

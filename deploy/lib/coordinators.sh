@@ -5,6 +5,7 @@
 #                        coordinator_pids (arrays)
 #   stop_coordinators    kills that group and removes its data
 #   leader_index         prints the index (0-2) of the coordinator that leads
+# COORDINATOR_ARGS adds flags to every coordinator (e.g. "--tick-ms 100").
 # Afterwards: $bin, $work, $pki, bench_tls (the load generator's TLS flags), pids (everything
 # started, killed on exit); `mirari` runs as an operator.
 # shellcheck shell=bash
@@ -39,7 +40,7 @@ start_coordinators() {
     coordinator_addresses+=("$address")
     flag=""; [ "$id" = 1 ] && flag="--bootstrap"
     rm -rf "$work/n$id"
-    RUST_LOG="${RUST_LOG:-warn}" "$bin/mirari-coordinator" --id "$id" --data-dir "$work/n$id" --listen "$address" $flag \
+    RUST_LOG="${RUST_LOG:-warn}" "$bin/mirari-coordinator" --id "$id" --data-dir "$work/n$id" --listen "$address" $flag ${COORDINATOR_ARGS:-} \
       --tls-cert "$pki/coordinator-$id.pem" --tls-key "$pki/coordinator-$id-key.pem" 2>"$work/n$id.log" &
     coordinator_pids+=($!) pids+=($!)
   done

@@ -325,6 +325,9 @@ mod simulated {
     use tonic::transport::Channel;
 
     const MAX_MESSAGE_BYTES: usize = 256 << 20;
+    /// Simulated hosts that share one connection. A real agent has a connection of its own;
+    /// thousands of hosts' streams on a few connections would measure HTTP/2 flow control.
+    const HOSTS_PER_CONNECTION: usize = 50;
 
     #[derive(Default)]
     struct Counters {
@@ -333,9 +336,10 @@ mod simulated {
         acknowledged: AtomicUsize,
     }
 
-    async fn clients(coordinators: &[Endpoint]) -> anyhow::Result<Vec<CoordinatorClient<Channel>>> {
+    /// `count` connections, spread over the coordinators in turn.
+    async fn clients(coordinators: &[Endpoint], count: usize) -> anyhow::Result<Vec<CoordinatorClient<Channel>>> {
         let mut clients = Vec::new();
-        for endpoint in coordinators {
+        for endpoint in coordinators.iter().cycle().take(count.max(1)) {
             let client = CoordinatorClient::new(endpoint.connect().await?)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -433,7 +437,7 @@ mod simulated {
         instances: u32,
         timeout: Duration,
     ) -> anyhow::Result<()> {
-        let clients = clients(&coordinators).await?;
+        let clients = clients(&coordinators, hosts.div_ceil(HOSTS_PER_CONNECTION).max(coordinators.len())).await?;
         let counters = Arc::new(Counters::default());
         let started = Instant::now();
         for index in 0..hosts {

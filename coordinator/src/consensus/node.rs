@@ -16,7 +16,7 @@
 //! of our own state is retried later. A membership change that cannot be stored still stops
 //! the node (it fails halfway through applying entries, which cannot be taken again).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,7 @@ impl NodeConfig {
     pub fn new(id: u64) -> Self {
         Self {
             id,
-            election_tick: 8,
+            election_tick: 12,
             election_range: None,
             heartbeat_tick: 2,
             snapshot_every: 10_000,
@@ -116,6 +116,9 @@ pub struct Output {
     pub events: Vec<EntryEvents>,
     /// The index of the snapshot (sent by the leader) that replaced the state machine, if one did.
     pub installed_snapshot: Option<u64>,
+    /// The hosts whose assignments the applied entries changed (after an installed snapshot,
+    /// those changed since it: every host may have changed).
+    pub changed_hosts: BTreeSet<mirari_core::registry::HostId>,
 }
 
 /// The events of one applied entry, and the time the entry carried.
@@ -516,6 +519,7 @@ impl<B: Backing> Node<B> {
                         let mut machine = self.machine_mut();
                         let result = machine.registry.apply(index, &request);
                         let kinds = machine.registry.take_events();
+                        output.changed_hosts.append(&mut machine.registry.take_changed_hosts());
                         drop(machine);
                         output.events.push(EntryEvents { index, at_ms: request.command.at_ms(), kinds });
                         output.applied.push(Applied { index, request_id: request.request_id, result });
@@ -605,7 +609,7 @@ impl<B: Backing> Node<B> {
             let state = self.log.read();
             (state.snapshot.get_metadata().index, state.first_index())
         };
-        if !self.snapshot_due && applied < last_snapshot + self.config.snapshot_every {
+        if !self.snapshot_due && applied < next_snapshot_at(last_snapshot, self.config.snapshot_every, self.config.id) {
             return Ok(None);
         }
         let started = Instant::now();
@@ -624,10 +628,31 @@ impl<B: Backing> Node<B> {
     }
 }
 
+/// The applied index of this member's next snapshot after one at `last`: every `every`
+/// entries, each member at its own offset. Taking a snapshot holds a member's raft task up;
+/// members that took theirs at the same index would all stop answering at once, and the
+/// leader, hearing from no majority, would step down.
+fn next_snapshot_at(last: u64, every: u64, id: u64) -> u64 {
+    let every = every.max(1);
+    let offset = (id % 8) * every / 8;
+    (last.saturating_sub(offset) / every + 1) * every + offset
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::consensus::logger;
+
+    #[test]
+    fn members_take_snapshots_at_indexes_of_their_own() {
+        let at = |id| next_snapshot_at(0, 10_000, id);
+        assert_eq!([at(1), at(2), at(3)], [11_250, 12_500, 13_750]);
+        assert_eq!(next_snapshot_at(1_250, 10_000, 1), 11_250);
+        assert_eq!(next_snapshot_at(2_500, 10_000, 2), 12_500);
+        // Off schedule (after a membership change): back on it at the next of its own.
+        assert_eq!(next_snapshot_at(12_000, 10_000, 1), 21_250);
+        assert_eq!(next_snapshot_at(11_000, 10_000, 1), 11_250);
+    }
     use crate::consensus::storage::{InMemory, LogState};
     use mirari_core::registry::Command;
 

@@ -93,9 +93,11 @@ struct Derived {
     /// Bumped whenever what a host must run or stop changes, so watchers can tell cheaply
     /// whether to look again.
     host_versions: BTreeMap<HostId, u64>,
+    /// Hosts whose version was bumped since [`Registry::take_changed_hosts`] last took them.
+    changed_hosts: BTreeSet<HostId>,
 }
 
-/// Host versions are counters local to each replica (they restart when a snapshot is loaded),
+/// Host versions (and the hosts changed lately) are local to each replica (they restart when a snapshot is loaded),
 /// so they take no part in comparing registries; everything else is derived from `instances`.
 impl PartialEq for Derived {
     fn eq(&self, other: &Self) -> bool {
@@ -605,7 +607,7 @@ impl Registry {
             self.index(&instance, before, false);
             self.index(&instance, after, true);
         } else if before.holds && desired != instance.desired {
-            *self.derived.host_versions.entry(instance.host.clone()).or_default() += 1;
+            self.bump_host_version(&instance.host);
         }
     }
 
@@ -714,7 +716,18 @@ impl Registry {
                 ids.remove(&id);
             },
         );
+        self.bump_host_version(host);
+    }
+
+    fn bump_host_version(&mut self, host: &HostId) {
         *self.derived.host_versions.entry(host.clone()).or_default() += 1;
+        self.derived.changed_hosts.insert(host.clone());
+    }
+
+    /// The hosts whose assignments changed since the last call (what their watchers should
+    /// look at again), and forgets them.
+    pub fn take_changed_hosts(&mut self) -> BTreeSet<HostId> {
+        std::mem::take(&mut self.derived.changed_hosts)
     }
 
     fn need_of(&self, instance: &InstanceEntry) -> Resources {

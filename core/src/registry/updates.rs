@@ -310,6 +310,7 @@ impl Registry {
         }
         self.hosts.remove(id);
         self.derived.host_versions.remove(id);
+        self.derived.changed_hosts.insert(id.clone());
         self.derived.placed.remove(id);
         self.derived.used.remove(id);
         self.note(EventKind::HostRemoved { host: id.clone() });
