@@ -5,6 +5,7 @@
 #                        coordinator_pids (arrays)
 #   stop_coordinators    kills that group and removes its data
 #   leader_index         prints the index (0-2) of the coordinator that leads
+#   first_member CHECK   prints the first index (0-2) for which `CHECK INDEX` succeeds
 # COORDINATOR_ARGS adds flags to every coordinator (e.g. "--tick-ms 100").
 # Afterwards: $bin, $work, $pki, bench_tls (the load generator's TLS flags), pids (everything
 # started, killed on exit); `mirari` runs as an operator.
@@ -52,19 +53,29 @@ start_coordinators() {
   all="$(IFS=,; echo "${coordinator_addresses[*]}")"
 }
 
-leader_index() {
-  local i info
+# first_member CHECK: prints the first index (0-2) for which `CHECK INDEX` succeeds.
+first_member() {
+  local i
   for i in 0 1 2; do
-    info="$("$bin/mirari" cluster info --coordinator "${coordinator_addresses[$i]}" -o json 2>/dev/null)" || continue
-    if grep -q '"role": "leader"' <<<"$info"; then
-      echo "$i"; return
-    fi
+    if "$1" "$i"; then echo "$i"; return; fi
   done
   return 1
 }
 
-stop_coordinators() {
-  kill "${coordinator_pids[@]}" 2>/dev/null || true
-  wait "${coordinator_pids[@]}" 2>/dev/null || true
-  rm -rf "$work"/n[123]
+coordinator_leads() {
+  local info
+  info="$("$bin/mirari" cluster info --coordinator "${coordinator_addresses[$1]}" -o json 2>/dev/null)" || return 1
+  grep -q '"role": "leader"' <<<"$info"
 }
+
+leader_index() { first_member coordinator_leads; }
+
+# stop_members PIDS_ARRAY PREFIX: kills a 3-member cluster and removes $work/PREFIX{1,2,3}.
+stop_members() {
+  local -n members="$1"
+  kill "${members[@]}" 2>/dev/null || true
+  wait "${members[@]}" 2>/dev/null || true
+  rm -rf "$work/$2"[123]
+}
+
+stop_coordinators() { stop_members coordinator_pids n; }

@@ -37,20 +37,13 @@ start_etcd() {
   etcd_all="$(IFS=,; echo "${etcd_addresses[*]}")"
 }
 
-etcd_leader_index() {
-  local i metrics
-  for i in 0 1 2; do
-    # Read whole before grep: `grep -q` would stop reading early and fail the pipeline.
-    metrics="$(curl -sf "http://${etcd_metrics[$i]}/metrics" 2>/dev/null)" || continue
-    if grep -q '^etcd_server_is_leader 1' <<<"$metrics"; then
-      echo "$i"; return
-    fi
-  done
-  return 1
+etcd_leads() {
+  local metrics
+  # Read whole before grep: `grep -q` would stop reading early and fail the pipeline.
+  metrics="$(curl -sf "http://${etcd_metrics[$1]}/metrics" 2>/dev/null)" || return 1
+  grep -q '^etcd_server_is_leader 1' <<<"$metrics"
 }
 
-stop_etcd() {
-  kill "${etcd_pids[@]}" 2>/dev/null || true
-  wait "${etcd_pids[@]}" 2>/dev/null || true
-  rm -rf "$work"/e[123]
-}
+etcd_leader_index() { first_member etcd_leads; }
+
+stop_etcd() { stop_members etcd_pids e; }

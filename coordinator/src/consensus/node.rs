@@ -642,6 +642,8 @@ fn next_snapshot_at(last: u64, every: u64, id: u64) -> u64 {
 mod tests {
     use super::*;
     use crate::consensus::logger;
+    use crate::consensus::storage::{InMemory, LogState};
+    use mirari_core::registry::Command;
 
     #[test]
     fn members_take_snapshots_at_indexes_of_their_own() {
@@ -653,8 +655,6 @@ mod tests {
         assert_eq!(next_snapshot_at(12_000, 10_000, 1), 21_250);
         assert_eq!(next_snapshot_at(11_000, 10_000, 1), 11_250);
     }
-    use crate::consensus::storage::{InMemory, LogState};
-    use mirari_core::registry::Command;
 
     /// A bootstrapped single node, elected.
     fn leader() -> Node<InMemory> {
