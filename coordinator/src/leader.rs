@@ -7,12 +7,10 @@
 //! a log entry a second per host); a new leader gives every host a fresh lease when it takes
 //! over. Only changes (a host down, a placement) go through raft.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mirari_core::clock;
-use mirari_core::ids::InstanceId;
 pub use mirari_core::lease::{LeaseTable, LeaseTiming};
 use mirari_core::registry::{Command, Host, HostStatus, Request};
 use mirari_core::retention::{self, Retention};
@@ -145,13 +143,8 @@ async fn schedule(raft: &RaftHandle) {
         let plans = {
             let machine = raft.machine();
             let registry = &machine.registry;
-            let mut minted = HashSet::new();
-            let mut mint = || loop {
-                let id = InstanceId::from_u64(rand::random::<u64>());
-                if !registry.was_minted(id) && minted.insert(id) {
-                    return id;
-                }
-            };
+            let mut fresh = registry.fresh_ids();
+            let mut mint = || fresh.next().expect("2^64 instance IDs");
             scheduler::plan_round(registry, PLACEMENTS_PER_ENTRY, clock::wall_ms(), &mut mint)
         };
         if plans.is_empty() {

@@ -64,6 +64,7 @@ struct Sim {
     stalls: u64,
     writes: BTreeMap<String, Write>,
     next_write: u64,
+    next_serial: u64,
     minted: Vec<u64>,
     leaders: BTreeMap<u64, u64>,
     committed: BTreeMap<u64, (u64, Digest)>,
@@ -89,6 +90,7 @@ impl Sim {
             stalls: 0,
             writes: BTreeMap::new(),
             next_write: 0,
+            next_serial: 0,
             minted: Vec::new(),
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
@@ -236,9 +238,14 @@ impl Sim {
             },
             _ if self.rng.chance(50) => Command::RegisterHost { host: host(&format!("h-{n}")) },
             _ => {
-                // Sometimes try to reuse an ID minted before: it must be refused.
+                // Sometimes try to reuse an ID minted before: it must be refused. Otherwise the
+                // next serial, as a leader mints (skipping some, as lost plans do), or an ID
+                // from elsewhere, which the registry keeps apart.
                 let id = if !self.minted.is_empty() && self.rng.chance(10) {
                     self.minted[self.rng.below(self.minted.len() as u64) as usize]
+                } else if self.rng.chance(50) {
+                    self.next_serial += 1 + self.rng.below(3);
+                    InstanceId::from_serial(self.next_serial).as_u64()
                 } else {
                     self.rng.next_u64()
                 };

@@ -1,9 +1,11 @@
 //! Instance identifiers.
 //!
-//! An instance ID is 64 bits shown as 16 lowercase hex digits. Whoever mints one (the local
-//! agent for `mirari run`, the raft leader in a cluster) draws it from a random source it owns
-//! and checks it against every ID it has ever minted, so IDs are never reused. People may type
-//! any unique prefix of an ID, as with git hashes.
+//! An instance ID is 64 bits shown as 16 lowercase hex digits. Whoever mints one checks it
+//! against every ID it has ever minted, so IDs are never reused. The local agent (`mirari run`)
+//! draws its IDs from a random source. A cluster's leader mints the n-th ID of the cluster from
+//! n ([`InstanceId::from_serial`]): a bijection that scatters the digits, so the registry knows
+//! every ID it ever minted from one counter, however many instances came and went. People may
+//! type any unique prefix of an ID, as with git hashes.
 
 use std::fmt;
 use std::str::FromStr;
@@ -22,6 +24,34 @@ impl InstanceId {
     pub const fn as_u64(self) -> u64 {
         self.0
     }
+
+    /// The ID minted `serial`-th: `serial` times an odd constant, modulo 2^64, so consecutive
+    /// serials differ in their leading digits and every serial has its own ID.
+    pub const fn from_serial(serial: u64) -> Self {
+        Self(serial.wrapping_mul(SCATTER))
+    }
+
+    /// The serial this ID was minted from (every ID has one: the mapping is a bijection).
+    pub const fn serial(self) -> u64 {
+        self.0.wrapping_mul(UNSCATTER)
+    }
+}
+
+/// The 64-bit golden ratio, odd, so multiplying by it permutes the u64s.
+const SCATTER: u64 = 0x9e37_79b9_7f4a_7c15;
+/// Its inverse modulo 2^64.
+const UNSCATTER: u64 = inverse_mod_2_64(SCATTER);
+
+/// Newton's iteration for the inverse of an odd number modulo 2^64: `x = odd` is right in its
+/// low 3 bits, and each step doubles the bits that are right.
+const fn inverse_mod_2_64(odd: u64) -> u64 {
+    let mut x = odd;
+    let mut step = 0;
+    while step < 5 {
+        x = x.wrapping_mul(2u64.wrapping_sub(odd.wrapping_mul(x)));
+        step += 1;
+    }
+    x
 }
 
 impl fmt::Display for InstanceId {
@@ -97,6 +127,18 @@ mod tests {
         assert_eq!(id.to_string(), "3f9a2c1d0b7e6a54");
         assert_eq!("3f9a2c1d0b7e6a54".parse::<InstanceId>(), Ok(id));
         assert_eq!(InstanceId::from_u64(1).to_string(), "0000000000000001");
+    }
+
+    #[test]
+    fn serials_map_to_scattered_ids_and_back() {
+        assert_eq!(SCATTER.wrapping_mul(UNSCATTER), 1);
+        for serial in [0, 1, 2, 3, 1_000_000, u64::MAX] {
+            assert_eq!(InstanceId::from_serial(serial).serial(), serial);
+        }
+        assert_eq!(InstanceId::from_u64(0x3f9a_2c1d_0b7e_6a54).serial().wrapping_mul(SCATTER), 0x3f9a_2c1d_0b7e_6a54);
+        let leading: std::collections::BTreeSet<char> =
+            (1..=16).map(|serial| InstanceId::from_serial(serial).to_string().remove(0)).collect();
+        assert!(leading.len() >= 12, "consecutive IDs start with different digits: {leading:?}");
     }
 
     #[test]

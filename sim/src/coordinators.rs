@@ -309,13 +309,9 @@ impl SimCoordinator {
             let machine = node.machine();
             let registry = &machine.registry;
             let expired = self.leases.expired(registry, now, self.timing.down_after());
-            let mut minted = BTreeSet::new();
-            let mut mint = || loop {
-                let id = InstanceId::from_u64(rng.next_u64());
-                if !registry.was_minted(id) && !placements.contains_key(&id) && minted.insert(id) {
-                    return id;
-                }
-            };
+            // Past the IDs of plans proposed and not yet applied, as a leader's next round is.
+            let mut fresh = registry.fresh_ids().filter(|id| !placements.contains_key(id));
+            let mut mint = || fresh.next().expect("2^64 instance IDs");
             let plans = scheduler::plan_round(registry, 5000, now, &mut mint);
             // Far shorter than a real cluster's, so forgetting runs under every fault too.
             let forget = retention::forgettable(registry, now, SIM_RETENTION, 5000);

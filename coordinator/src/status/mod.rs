@@ -232,7 +232,7 @@ pub(crate) mod tests {
         let placements: Vec<PlacedInstance> = (0..more)
             .map(|n| PlacedInstance {
                 // An odd multiplier is a bijection on u64: distinct counters, distinct IDs.
-                id: InstanceId::from_u64((minted + u64::from(n) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                id: InstanceId::from_serial(minted + u64::from(n) + 1),
                 slot: from + n,
                 host: HostId(HOSTS[(from + n) as usize % HOSTS.len()].into()),
                 interfaces: Vec::new(),

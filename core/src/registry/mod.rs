@@ -3,7 +3,9 @@
 //! Hosts, networks, applications, deployments and instances. [`Registry::apply`] takes the raft index and
 //! a [`Request`] and is deterministic: no clock, no randomness, ordered maps; every replica that
 //! applies the same log holds the same registry. IDs are minted by the leader and fixed in the
-//! log entry; the registry refuses an ID it has seen before, so none is ever reused. A request
+//! log entry; the registry refuses an ID it has seen before, so none is ever reused. The leader
+//! mints them from a serial ([`Registry::fresh_ids`]), so the registry remembers every ID it
+//! took with one number, not one entry per instance that ever ran. A request
 //! ID seen recently returns the recorded result instead of applying twice, so a client may
 //! retry a write whose answer it lost.
 
@@ -30,6 +32,10 @@ pub const DEDUP_WINDOW: u64 = 100_000;
 
 pub type ApplyResult = Result<Outcome, Rejection>;
 
+/// How far past [`Registry::fresh_ids`] a placed ID's serial may lie and still move the serial:
+/// far more than leaders mint before their plans are applied, far less than the 2^64 serials.
+const SERIALS_AHEAD: u64 = 1 << 32;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Registry {
     hosts: BTreeMap<HostId, Host>,
@@ -41,8 +47,15 @@ pub struct Registry {
     apps: BTreeMap<String, BTreeMap<String, AppVersion>>,
     deployments: BTreeMap<String, Deployment>,
     instances: BTreeMap<InstanceId, InstanceEntry>,
-    /// Every instance ID ever placed.
-    minted: BTreeSet<InstanceId>,
+    /// The serial after the highest one an ID placed was minted from
+    /// ([`InstanceId::from_serial`]): every ID of a lower serial was taken or is never minted.
+    #[serde(default)]
+    next_serial: u64,
+    /// IDs placed whose serials lie far beyond `next_serial` (IDs drawn at random before
+    /// leaders minted from serials, or another client's), one by one: taking their serials
+    /// would leap the counter forward. Leaders never add to it.
+    #[serde(default, rename = "minted")]
+    minted_apart: BTreeSet<InstanceId>,
     /// Recently applied request IDs and their results, oldest first for eviction.
     recent_requests: BTreeMap<String, (u64, ApplyResult)>,
     request_order: VecDeque<(u64, String)>,
@@ -189,7 +202,25 @@ impl Registry {
     }
 
     pub fn was_minted(&self, id: InstanceId) -> bool {
-        self.minted.contains(&id)
+        id.serial() < self.next_serial || self.minted_apart.contains(&id)
+    }
+
+    /// The IDs a leader may place next, in order: each one is taken once a placement of it is
+    /// applied, and so is every ID before it.
+    pub fn fresh_ids(&self) -> impl Iterator<Item = InstanceId> + '_ {
+        // Serial 0 is ID 0, which stands for "no instance" in dry runs.
+        (self.next_serial.max(1)..=u64::MAX).map(InstanceId::from_serial).filter(|id| !self.minted_apart.contains(id))
+    }
+
+    /// Marks a placed ID as taken: by moving the serial past it, or, for an ID whose serial lies
+    /// beyond what leaders mint, apart.
+    fn take_id(&mut self, id: InstanceId) {
+        let serial = id.serial();
+        if serial < self.next_serial.saturating_add(SERIALS_AHEAD) {
+            self.next_serial = self.next_serial.max(serial.saturating_add(1));
+        } else {
+            self.minted_apart.insert(id);
+        }
     }
 
     /// What a host has committed to instances that should run.
@@ -495,7 +526,7 @@ impl Registry {
         let mut slots = BTreeSet::new();
         let mut addresses = BTreeSet::new();
         for placed in placements {
-            if self.minted.contains(&placed.id) || !ids.insert(placed.id) {
+            if self.was_minted(placed.id) || !ids.insert(placed.id) {
                 return Err(Rejection::IdReused(placed.id));
             }
             if placed.slot >= spec.count {
@@ -537,7 +568,7 @@ impl Registry {
                 migrating: false,
                 released_at_ms: None,
             };
-            self.minted.insert(placed.id);
+            self.take_id(placed.id);
             for interface in &instance.interfaces {
                 let next = Ipv4Addr::from(u32::from(interface.address.address).wrapping_add(1));
                 self.address_cursors.insert(interface.network.clone(), next);

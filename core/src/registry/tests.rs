@@ -130,6 +130,52 @@ fn a_plan_for_an_older_generation_is_refused() {
 }
 
 #[test]
+fn ids_minted_from_serials_are_remembered_by_one_number_however_many_instances_came_and_went() {
+    let (mut registry, mut index) = deployed(1);
+    let mut next = |index: &mut u64| {
+        *index += 1;
+        *index
+    };
+    let mut lifetimes = Vec::new();
+    for _ in 0..300 {
+        let id = registry.fresh_ids().next().unwrap();
+        let placement = PlacedInstance { id, slot: 0, host: HostId("a".into()), interfaces: vec![] };
+        place(&mut registry, next(&mut index), vec![placement]).unwrap();
+        let i = next(&mut index);
+        registry.apply(i, &request(i, Command::Scale { app: "hello".into(), count: 0 })).unwrap();
+        reported(&mut registry, next(&mut index), "a", vec![report(id.as_u64(), Phase::Stopped)]);
+        let i = next(&mut index);
+        registry.apply(i, &request(i, Command::ForgetInstances { ids: vec![id] })).unwrap();
+        let i = next(&mut index);
+        registry.apply(i, &request(i, Command::Scale { app: "hello".into(), count: 1 })).unwrap();
+        lifetimes.push(id);
+    }
+    assert_eq!(registry.instances().count(), 0, "every one was forgotten");
+    assert_eq!(lifetimes.iter().map(|id| id.serial()).collect::<Vec<_>>(), (1..=300).collect::<Vec<_>>());
+    assert!(registry.minted_apart.is_empty(), "nothing is kept per instance");
+    assert!(lifetimes.iter().all(|id| registry.was_minted(*id)));
+    let reused = PlacedInstance { id: lifetimes[17], slot: 0, host: HostId("a".into()), interfaces: vec![] };
+    assert_eq!(place(&mut registry, next(&mut index), vec![reused]), Err(Rejection::IdReused(lifetimes[17])));
+
+    // An ID from elsewhere (drawn at random, as before serials) is kept apart, and refused again.
+    let random = InstanceId::from_u64(0x3f9a_2c1d_0b7e_6a54);
+    let placement = PlacedInstance { id: random, slot: 0, host: HostId("a".into()), interfaces: vec![] };
+    place(&mut registry, next(&mut index), vec![placement.clone()]).unwrap();
+    assert_eq!(registry.minted_apart.iter().copied().collect::<Vec<_>>(), [random]);
+    assert_eq!(registry.fresh_ids().next().map(InstanceId::serial), Some(301), "the serial did not leap");
+    assert_eq!(place(&mut registry, next(&mut index), vec![placement]), Err(Rejection::IdReused(random)));
+
+    // A snapshot holds both, and a snapshot from before serials (its IDs under "minted") loads.
+    let copy: Registry = serde_json::from_slice(&serde_json::to_vec(&registry).unwrap()).unwrap();
+    assert!(copy.was_minted(lifetimes[299]) && copy.was_minted(random));
+    assert!(!copy.was_minted(copy.fresh_ids().next().unwrap()));
+    let mut old = serde_json::to_value(&registry).unwrap();
+    old.as_object_mut().unwrap().remove("next_serial");
+    let old: Registry = serde_json::from_value(old).unwrap();
+    assert!(old.was_minted(random));
+}
+
+#[test]
 fn retried_requests_apply_once() {
     let (mut registry, index) = deployed(3);
     let generation = registry.deployment("hello").unwrap().generation;
