@@ -80,6 +80,7 @@ fn suite<B: Backing>(mut log: RaftLog<B>, mut reopen: impl FnMut(RaftLog<B>) -> 
     ));
     assert_eq!(log.term(7).unwrap(), 2);
     assert_eq!(&log.snapshot(0, 0).unwrap().data[..], b"state at 7");
+    assert!(log.read().snapshot.data.is_empty(), "the data is the backing's alone");
     assert!(matches!(log.snapshot(8, 0), Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))));
     log = check_durable(log);
     assert_eq!(log.initial_state().unwrap().hard_state.commit, 7);
@@ -98,7 +99,7 @@ fn suite<B: Backing>(mut log: RaftLog<B>, mut reopen: impl FnMut(RaftLog<B>) -> 
 
 #[test]
 fn in_memory_log_conforms() {
-    suite(RaftLog::new(LogState::default(), InMemory), |log| log);
+    suite(RaftLog::new(LogState::default(), InMemory::default()), |log| log);
 }
 
 #[test]

@@ -219,7 +219,7 @@ impl<B: Backing> Node<B> {
 
     /// Starts the node from whatever the log holds (its latest snapshot, then its entries).
     pub fn new(config: NodeConfig, log: RaftLog<B>, logger: &slog::Logger) -> Result<Self, NodeError> {
-        let snapshot = log.read().snapshot.clone();
+        let snapshot = log.snapshot_with_data()?;
         let machine = if snapshot.data.is_empty() { Machine::default() } else { Machine::decode(&snapshot.data)? };
         let raft_config = raft::Config {
             id: config.id,
@@ -658,7 +658,7 @@ mod tests {
 
     /// A bootstrapped single node, elected.
     fn leader() -> Node<InMemory> {
-        let log = RaftLog::new(LogState::default(), InMemory);
+        let log = RaftLog::new(LogState::default(), InMemory::default());
         Node::bootstrap(&log, "test", &BTreeMap::from([(1, "node-1".to_owned())])).unwrap();
         let mut node = Node::new(NodeConfig::new(1), log, &logger::silent()).unwrap();
         node.campaign().unwrap();
@@ -681,15 +681,19 @@ mod tests {
 
     /// A disk whose writes of a new membership (outside a snapshot) fail once it is armed.
     #[derive(Debug, Default)]
-    struct FailingDisk(std::sync::atomic::AtomicBool);
+    struct FailingDisk(std::sync::atomic::AtomicBool, InMemory);
 
     impl Backing for FailingDisk {
         fn write(&self, batch: &crate::consensus::storage::WriteBatch<'_>) -> Result<(), StoreError> {
             let membership = batch.conf_state.is_some() && batch.snapshot.is_none();
             match membership && self.0.load(std::sync::atomic::Ordering::SeqCst) {
                 true => Err(StoreError::Corrupt { path: "disk".into(), what: "the disk failed".into() }),
-                false => Ok(()),
+                false => self.1.write(batch),
             }
+        }
+
+        fn snapshot(&self) -> Result<Snapshot, StoreError> {
+            self.1.snapshot()
         }
     }
 

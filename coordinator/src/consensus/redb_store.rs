@@ -184,6 +184,16 @@ impl Backing for RedbBacking {
         }
         written
     }
+
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let db = self.database()?;
+        let txn = db.as_ref().expect("open").begin_read().map_err(|e| self.db_error(e))?;
+        let meta = txn.open_table(META).map_err(|e| self.db_error(e))?;
+        match meta.get(SNAPSHOT).map_err(|e| self.db_error(e))? {
+            Some(value) => self.decode("the snapshot", value.value()),
+            None => Ok(Snapshot::default()),
+        }
+    }
 }
 
 impl RedbBacking {

@@ -1,13 +1,15 @@
 //! The raft log store: an in-memory view that raft reads, kept in step with a durable backing.
 //!
 //! [`RaftLog`] implements `raft::Storage` once, over a [`LogState`] held in memory (entries
-//! since the last snapshot, hard state, conf state, the latest snapshot). Every change goes
-//! through [`Backing::write`] first, in one batch, and only then into memory: what raft reads
-//! is always what is durable. The backing is redb on disk ([`super::redb_store`]); a
+//! since the last snapshot, hard state, conf state, the latest snapshot's metadata). Every
+//! change goes through [`Backing::write`] first, in one batch, and only then into memory: what
+//! raft reads is always what is durable. A snapshot's data (the whole registry) stays on the
+//! backing alone, read back when raft sends it to a follower that lags: memory holds the
+//! registry once, not once more as its last snapshot. The backing is redb on disk ([`super::redb_store`]); a
 //! [`SimulatedDisk`] that loses what was not written when a simulated node crashes; or
 //! nothing ([`InMemory`]) where nothing crashes.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -44,7 +46,8 @@ pub enum StoreError {
 pub struct LogState {
     pub hard_state: HardState,
     pub conf_state: ConfState,
-    /// The latest snapshot (metadata and the state machine's data).
+    /// The latest snapshot: in a [`RaftLog`], its metadata alone (its data is the backing's,
+    /// [`Backing::snapshot`]); as a backing's whole content, its data too.
     pub snapshot: Snapshot,
     /// Entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
@@ -73,8 +76,9 @@ impl LogState {
         Ok(self.entries[(index - self.first_index()) as usize].term)
     }
 
-    /// Applies one write, as a disk that took it would hold it.
-    fn apply(&mut self, batch: &WriteBatch<'_>) {
+    /// Applies one write, as a disk that took it would hold it (`data`: the snapshot's data
+    /// too, or its metadata alone).
+    fn apply(&mut self, batch: &WriteBatch<'_>, data: SnapshotData) {
         if let Some(first) = batch.entries.first() {
             self.entries.retain(|e| e.index < first.index);
             self.entries.extend_from_slice(batch.entries);
@@ -89,9 +93,26 @@ impl LogState {
             self.conf_state = conf_state.clone();
         }
         if let Some(snapshot) = batch.snapshot {
-            self.snapshot = snapshot.clone();
+            self.snapshot = match data {
+                SnapshotData::Keep => snapshot.clone(),
+                SnapshotData::Leave => metadata_of(snapshot),
+            };
         }
     }
+}
+
+/// Whether a [`LogState`] holds its snapshot's data, or leaves it to the backing.
+#[derive(Debug, Clone, Copy)]
+enum SnapshotData {
+    Keep,
+    Leave,
+}
+
+/// A snapshot with its metadata and no data.
+fn metadata_of(snapshot: &Snapshot) -> Snapshot {
+    let mut kept = Snapshot::default();
+    kept.set_metadata(snapshot.get_metadata().clone());
+    kept
 }
 
 /// One durable write: everything a `Ready` asks to persist, together.
@@ -111,15 +132,28 @@ pub struct WriteBatch<'a> {
 pub trait Backing: Send + Sync + 'static {
     /// Makes `batch` durable (fsync'd) before returning.
     fn write(&self, batch: &WriteBatch<'_>) -> Result<(), StoreError>;
+
+    /// The snapshot written last, data and all (an empty one before any).
+    fn snapshot(&self) -> Result<Snapshot, StoreError>;
 }
 
-/// No disk: memory is the disk (tests of raft itself, where nothing crashes).
+/// No disk: memory is the disk (tests of raft itself, where nothing crashes). It holds only
+/// the snapshot, which the log leaves to its backing.
 #[derive(Debug, Default)]
-pub struct InMemory;
+pub struct InMemory {
+    snapshot: Mutex<Snapshot>,
+}
 
 impl Backing for InMemory {
-    fn write(&self, _: &WriteBatch<'_>) -> Result<(), StoreError> {
+    fn write(&self, batch: &WriteBatch<'_>) -> Result<(), StoreError> {
+        if let Some(snapshot) = batch.snapshot {
+            *self.snapshot.lock().expect("snapshot lock") = snapshot.clone();
+        }
         Ok(())
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        Ok(self.snapshot.lock().expect("snapshot lock").clone())
     }
 }
 
@@ -151,8 +185,12 @@ impl Backing for Arc<SimulatedDisk> {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(StoreError::Failed("the simulated disk failed the write".into()));
         }
-        self.durable.lock().expect("disk lock").apply(batch);
+        self.durable.lock().expect("disk lock").apply(batch, SnapshotData::Keep);
         Ok(())
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        Ok(self.durable.lock().expect("disk lock").snapshot.clone())
     }
 }
 
@@ -169,7 +207,10 @@ impl<B> Clone for RaftLog<B> {
 }
 
 impl<B: Backing> RaftLog<B> {
-    pub fn new(state: LogState, backing: B) -> Self {
+    /// A log over what `backing` holds (`state`, read from it), keeping the snapshot's
+    /// metadata alone in memory.
+    pub fn new(mut state: LogState, backing: B) -> Self {
+        state.snapshot = metadata_of(&state.snapshot);
         Self { state: Arc::new(RwLock::new(state)), backing: Arc::new(backing) }
     }
 
@@ -189,8 +230,13 @@ impl<B: Backing> RaftLog<B> {
     /// Makes `batch` durable, then holds it in memory.
     fn write(&self, batch: &WriteBatch<'_>) -> Result<(), StoreError> {
         self.backing.write(batch)?;
-        self.write_lock().apply(batch);
+        self.write_lock().apply(batch, SnapshotData::Leave);
         Ok(())
+    }
+
+    /// The latest snapshot, data and all, as the backing holds it.
+    pub fn snapshot_with_data(&self) -> Result<Snapshot, StoreError> {
+        self.backing.snapshot()
     }
 
     /// Appends entries (replacing a conflicting suffix) and records the hard state. A hard
@@ -303,11 +349,10 @@ impl<B: Backing> raft::Storage for RaftLog<B> {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let state = self.read();
-        if state.snapshot.get_metadata().index < request_index {
+        if self.read().snapshot.get_metadata().index < request_index {
             return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
-        Ok(state.snapshot.clone())
+        self.snapshot_with_data().map_err(|error| raft::Error::Store(StorageError::Other(Box::new(error))))
     }
 }
 
