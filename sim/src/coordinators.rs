@@ -8,7 +8,7 @@
 //! call with a failure instead of forwarding it (the agent then tries the next one).
 
 use crate::world::Planned;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use mirari_agent::machine::Lease;

@@ -132,7 +132,7 @@ fn a_plan_for_an_older_generation_is_refused() {
 #[test]
 fn ids_minted_from_serials_are_remembered_by_one_number_however_many_instances_came_and_went() {
     let (mut registry, mut index) = deployed(1);
-    let mut next = |index: &mut u64| {
+    let next = |index: &mut u64| {
         *index += 1;
         *index
     };
