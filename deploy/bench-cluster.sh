@@ -10,9 +10,8 @@ instances="${1:-100000}"
 hosts="${2:-1000}"
 source deploy/lib/coordinators.sh
 start_coordinators
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 export MIRARI_ADDR="$all"
-before=(); for pid in "${coordinator_pids[@]}"; do before+=("$(rss_kib "$pid")"); done
+read -r -a before <<<"$(coordinator_rss)"
 
 echo "3 coordinators on loopback (fsync on), $hosts simulated hosts, $instances instances:"
 # The simulated hosts stay up (--hold) while the cluster is measured at full size.
@@ -24,9 +23,9 @@ until grep -q "acknowledged as running" "$work/bench.out"; do
   sleep 0.5
 done
 cat "$work/bench.out"
+read -r -a after <<<"$(coordinator_rss)"
 for i in 0 1 2; do
-  after="$(rss_kib "${coordinator_pids[$i]}")"
-  awk -v id=$((i + 1)) -v b="${before[$i]}" -v a="$after" -v n="$instances" \
+  awk -v id=$((i + 1)) -v b="${before[$i]}" -v a="${after[$i]}" -v n="$instances" \
     'BEGIN { printf "coordinator %d: RSS %.0f MiB -> %.0f MiB, %.0f bytes per instance\n", id, b/1024, a/1024, (a-b)*1024/n }'
 done
 # The default view (the summary), a page of the instance list, and everything.

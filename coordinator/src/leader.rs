@@ -84,18 +84,32 @@ pub async fn run(raft: RaftHandle, leases: Arc<Leases>, timing: LeaseTiming) {
     }
 }
 
-/// Forgets the ended instances past their retention ([`retention::forgettable`]).
+/// Forgets the ended instances past their retention ([`retention::forgettable`]), an entry at a
+/// time until fewer than an entry holds are left: a cluster whose instances churn ends more
+/// between two rounds than one entry forgets.
 async fn forget_ended(raft: &RaftHandle) {
-    let ids =
-        retention::forgettable(&raft.machine().registry, clock::wall_ms(), Retention::default(), FORGOTTEN_PER_ENTRY);
-    if ids.is_empty() {
-        return;
-    }
-    let count = ids.len();
-    let command = Command::ForgetInstances { ids };
-    match raft.propose(Request { request_id: fresh_request_id("forget"), command }).await {
-        Ok(_) => tracing::info!(count, "forgot instances that ended past their retention"),
-        Err(error) => tracing::debug!(%error, "could not forget ended instances yet"),
+    loop {
+        let ids = retention::forgettable(
+            &raft.machine().registry,
+            clock::wall_ms(),
+            Retention::default(),
+            FORGOTTEN_PER_ENTRY,
+        );
+        let count = ids.len();
+        if count == 0 {
+            return;
+        }
+        let command = Command::ForgetInstances { ids };
+        match raft.propose(Request { request_id: fresh_request_id("forget"), command }).await {
+            Ok(_) => tracing::info!(count, "forgot instances that ended past their retention"),
+            Err(error) => {
+                tracing::debug!(%error, "could not forget ended instances yet");
+                return;
+            }
+        }
+        if count < FORGOTTEN_PER_ENTRY {
+            return;
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 #   stop_coordinators    kills that group and removes its data
 #   leader_index         prints the index (0-2) of the coordinator that leads
 #   first_member CHECK   prints the first index (0-2) for which `CHECK INDEX` succeeds
+#   coordinator_rss      prints each coordinator's resident memory in KiB, space separated
 # COORDINATOR_ARGS adds flags to every coordinator (e.g. "--tick-ms 100").
 # Afterwards: $bin, $work, $pki, bench_tls (the load generator's TLS flags), pids (everything
 # started, killed on exit); `mirari` runs as an operator.
@@ -51,6 +52,12 @@ start_coordinators() {
       --coordinator "${coordinator_addresses[0]}" >/dev/null 2>&1; do sleep 0.2; done
   done
   all="$(IFS=,; echo "${coordinator_addresses[*]}")"
+}
+
+coordinator_rss() {
+  local pid
+  for pid in "${coordinator_pids[@]}"; do awk '/^VmRSS:/ { printf "%s ", $2 }' "/proc/$pid/status"; done
+  echo
 }
 
 # first_member CHECK: prints the first index (0-2) for which `CHECK INDEX` succeeds.

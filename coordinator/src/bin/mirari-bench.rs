@@ -2,7 +2,9 @@
 //! assert. `mirari-bench raft` drives committed writes through the coordinators' raft group
 //! (or, as the anchor, through an etcd cluster) from N concurrent clients and prints throughput,
 //! latency percentiles and the longest time no write was acknowledged (a failover, when the
-//! script kills the leader meanwhile).
+//! script kills the leader meanwhile). `mirari-bench cluster` places instances on thousands of
+//! simulated hosts; `mirari-bench churn` then has them stopped and replaced, lifetime after
+//! lifetime.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -92,6 +94,28 @@ enum BenchCommand {
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         hold: Duration,
     },
+    /// Instance lifetimes on simulated hosts: deploys INSTANCES instances as `cluster` does,
+    /// then stops every instance as soon as its host reports it running, so the scheduler
+    /// replaces it, until LIFETIMES instances have ended. Prints a line every EVERY lifetimes
+    /// (scripts sample the coordinators' memory on each)
+    Churn {
+        /// Coordinators, comma separated (host:port)
+        #[arg(long, value_delimiter = ',', required = true)]
+        coordinators: Vec<Endpoint>,
+        #[arg(long, default_value_t = 1000)]
+        hosts: usize,
+        /// Instances running at any time (the deployment's count)
+        #[arg(long, default_value_t = 10_000)]
+        instances: u32,
+        /// Instances that end in all
+        #[arg(long, default_value_t = 1_000_000)]
+        lifetimes: usize,
+        #[arg(long, default_value_t = 100_000)]
+        every: usize,
+        /// Give up after this long
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[tokio::main]
@@ -107,9 +131,13 @@ async fn main() -> anyhow::Result<()> {
             raft(load, acked_file, json).await
         }
         BenchCommand::Cluster { coordinators, hosts, instances, timeout, hold } => {
-            simulated::run(coordinators, hosts, instances, timeout).await?;
+            simulated::deploy(coordinators, hosts, instances, timeout).await?;
             tokio::time::sleep(hold).await;
             Ok(())
+        }
+        BenchCommand::Churn { coordinators, hosts, instances, lifetimes, every, timeout } => {
+            let cluster = simulated::deploy(coordinators, hosts, instances, timeout).await?;
+            cluster.churn(lifetimes, every, timeout).await
         }
     }
 }
@@ -308,7 +336,7 @@ fn host(name: &str) -> Host {
 /// stand in for a thousand hosts. Only this benchmark uses them.
 mod simulated {
     use std::collections::HashSet;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
 
@@ -329,11 +357,26 @@ mod simulated {
     /// thousands of hosts' streams on a few connections would measure HTTP/2 flow control.
     const HOSTS_PER_CONNECTION: usize = 50;
 
+    /// Most instances one churn entry stops.
+    const STOPS_PER_ENTRY: usize = 1000;
+
     #[derive(Default)]
     struct Counters {
         registered: AtomicUsize,
         assigned: AtomicUsize,
         acknowledged: AtomicUsize,
+        /// Instances reported stopped after their host heard of the stop.
+        ended: AtomicUsize,
+        /// Instances reported running since the churn last took them.
+        running: Mutex<Vec<u64>>,
+    }
+
+    /// An assignment set as a host heard it: its registry index, the instances to run, and
+    /// those to stop.
+    struct Heard {
+        index: u64,
+        run: Vec<u64>,
+        stop: Vec<u64>,
     }
 
     /// `count` connections, spread over the coordinators in turn.
@@ -348,7 +391,8 @@ mod simulated {
         Ok(clients)
     }
 
-    /// One simulated host: register, watch assignments, acknowledge them as running.
+    /// One simulated host: register, watch assignments, report what it must run as running and
+    /// what it must stop as stopped, every second.
     async fn host(mut client: CoordinatorClient<Channel>, name: String, counters: Arc<Counters>) -> anyhow::Result<()> {
         let mut host = super::host(&name);
         // As large as a host may say it is (the instance count is bounded on the wire).
@@ -370,7 +414,7 @@ mod simulated {
         }
         counters.registered.fetch_add(1, Ordering::Relaxed);
         // As a real agent does, heartbeats never wait on the assignment stream.
-        let (assigned, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<Vec<u64>>();
+        let (assigned, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<Heard>();
         let mut watcher = client.clone();
         let watched = name.clone();
         tokio::spawn(async move {
@@ -379,46 +423,69 @@ mod simulated {
                 if let Ok(response) = watcher.watch_assignments(request).await {
                     let mut stream = response.into_inner();
                     while let Ok(Some(set)) = stream.message().await {
-                        let _ = assigned.send(set.instances.iter().map(|a| a.id).collect());
+                        if !set.unchanged {
+                            let run = set.instances.iter().map(|a| a.id).collect();
+                            let _ = assigned.send(Heard { index: set.index, run, stop: set.stopping });
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        let mut known: HashSet<u64> = HashSet::new();
-        let mut pending: Vec<u64> = Vec::new();
+        // Instances listed to run or to stop, as last heard (so the host forgets the rest).
+        let mut listed: HashSet<u64> = HashSet::new();
+        let mut started: Vec<u64> = Vec::new();
+        // To report stopped, with the index of the set that said so; then reported.
+        let mut stopping: Vec<(u64, u64)> = Vec::new();
+        let mut stopped: HashSet<u64> = HashSet::new();
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                set = arrivals.recv() => {
-                    let Some(set) = set else { return Ok(()) };
-                    for id in set {
-                        if known.insert(id) {
-                            pending.push(id);
+                heard = arrivals.recv() => {
+                    let Some(heard) = heard else { return Ok(()) };
+                    let mut now_listed = HashSet::with_capacity(heard.run.len() + heard.stop.len());
+                    for id in heard.run {
+                        if !listed.contains(&id) {
+                            started.push(id);
                             counters.assigned.fetch_add(1, Ordering::Relaxed);
                         }
+                        now_listed.insert(id);
                     }
+                    for id in heard.stop {
+                        if !stopped.contains(&id) && !stopping.iter().any(|&(s, _)| s == id) {
+                            stopping.push((id, heard.index));
+                        }
+                        now_listed.insert(id);
+                    }
+                    stopped.retain(|id| now_listed.contains(id));
+                    listed = now_listed;
                 }
                 _ = ticker.tick() => {
-                    let reports = pending
-                        .iter()
-                        .map(|&id| mirari_proto::registry::InstanceReport {
+                    let report = |id: u64, phase: Phase, revision: u64, assignments_index: u64| {
+                        mirari_proto::registry::InstanceReport {
                             id,
-                            phase: wire_agent::Phase::from(Phase::Running).into(),
-                            revision: 1,
+                            phase: wire_agent::Phase::from(phase).into(),
+                            revision,
+                            assignments_index,
                             ..Default::default()
-                        })
+                        }
+                    };
+                    let reports: Vec<_> = started
+                        .iter()
+                        .map(|&id| report(id, Phase::Running, 1, 0))
+                        .chain(stopping.iter().map(|&(id, index)| report(id, Phase::Stopped, 2, index)))
                         .collect();
-                    let sent = pending.len();
                     let _ = client.heartbeat(pb::HeartbeatRequest { host: name.clone() }).await;
-                    if sent > 0
+                    if !reports.is_empty()
                         && client
                             .report_instances(pb::ReportInstancesRequest { host: name.clone(), reports })
                             .await
                             .is_ok()
                     {
-                        pending.drain(..sent);
-                        counters.acknowledged.fetch_add(sent, Ordering::Relaxed);
+                        counters.acknowledged.fetch_add(started.len(), Ordering::Relaxed);
+                        counters.ended.fetch_add(stopping.len(), Ordering::Relaxed);
+                        counters.running.lock().expect("running lock").append(&mut started);
+                        stopped.extend(stopping.drain(..).map(|(id, _)| id));
                     }
                 }
             }
@@ -431,12 +498,20 @@ mod simulated {
         Ok(())
     }
 
-    pub async fn run(
+    /// Simulated hosts with a deployment running on them.
+    pub struct Cluster {
+        client: CoordinatorClient<Channel>,
+        counters: Arc<Counters>,
+    }
+
+    /// Registers `hosts` simulated hosts, deploys `instances` instances on them, and prints how
+    /// long placing them and hearing them run took.
+    pub async fn deploy(
         coordinators: Vec<Endpoint>,
         hosts: usize,
         instances: u32,
         timeout: Duration,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Cluster> {
         let clients = clients(&coordinators, hosts.div_ceil(HOSTS_PER_CONNECTION).max(coordinators.len())).await?;
         let counters = Arc::new(Counters::default());
         let started = Instant::now();
@@ -527,6 +602,52 @@ mod simulated {
         // Scripts wait for this line before measuring the cluster at this size.
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
-        Ok(())
+        Ok(Cluster { client, counters })
+    }
+
+    impl Cluster {
+        /// Stops every instance its host reports running, so the scheduler replaces it, until
+        /// `lifetimes` instances have ended; prints a line every `every` of them.
+        pub async fn churn(mut self, lifetimes: usize, every: usize, timeout: Duration) -> anyhow::Result<()> {
+            use std::io::Write as _;
+            let started = Instant::now();
+            let ended_before = self.counters.ended.load(Ordering::Relaxed);
+            println!("lifetimes 0 ended after 0.0 s");
+            let _ = std::io::stdout().flush();
+            let (mut next_line, mut entries, run) = (every.max(1), 0u64, rand::random::<u64>());
+            loop {
+                let ended = self.counters.ended.load(Ordering::Relaxed) - ended_before;
+                while ended >= next_line && next_line <= lifetimes {
+                    let seconds = started.elapsed().as_secs_f64();
+                    println!("lifetimes {next_line} ended after {seconds:.1} s: {:.0}/s", next_line as f64 / seconds);
+                    let _ = std::io::stdout().flush();
+                    next_line += every.max(1);
+                }
+                if ended >= lifetimes {
+                    return Ok(());
+                }
+                anyhow::ensure!(started.elapsed() < timeout, "timed out after {ended} lifetimes");
+                let ids: Vec<u64> = {
+                    let mut running = self.counters.running.lock().expect("running lock");
+                    let take = running.len().min(STOPS_PER_ENTRY);
+                    running.drain(..take).collect()
+                };
+                if ids.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                entries += 1;
+                let command = Command::StopInstances {
+                    ids: ids.iter().copied().map(mirari_core::ids::InstanceId::from_u64).collect(),
+                    reason: "churn".into(),
+                };
+                let request = Request { request_id: format!("churn-{run:016x}-{entries}"), command };
+                if let Err(error) = propose(&mut self.client, request).await {
+                    eprintln!("stopping {} instances failed ({error:#}); trying again", ids.len());
+                    self.counters.running.lock().expect("running lock").extend(ids);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
     }
 }
