@@ -20,6 +20,9 @@ const INSTANCES: TableDefinition<u64, &[u8]> = TableDefinition::new("instances")
 const MINTED_IDS: TableDefinition<u64, ()> = TableDefinition::new("minted_ids");
 /// Events kept per instance; older ones are dropped.
 const MAX_EVENTS: usize = 200;
+/// redb's page cache. The agent reads its records once, at start (and the minted IDs when it
+/// mints one); the default (1 GiB) would keep every page it ever wrote in memory.
+const CACHE_BYTES: usize = 8 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -119,7 +122,7 @@ pub struct StateStore {
 impl StateStore {
     pub fn open(path: &Path) -> Result<Self, StateError> {
         let open_error = |e: redb::Error| StateError::Open { path: path.to_owned(), source: e };
-        let db = Database::create(path).map_err(|e| open_error(e.into()))?;
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| open_error(e.into()))?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(INSTANCES).map_err(db_err)?;
         txn.open_table(MINTED_IDS).map_err(db_err)?;
