@@ -245,7 +245,8 @@ impl Sim {
                     self.minted[self.rng.below(self.minted.len() as u64) as usize]
                 } else if self.rng.chance(50) {
                     self.next_serial += 1 + self.rng.below(3);
-                    InstanceId::from_serial(self.next_serial).as_u64()
+                    let base = mirari_coordinator::consensus::machine::serial_base(Some("simulation"));
+                    InstanceId::from_serial(base.wrapping_add(self.next_serial)).as_u64()
                 } else {
                     self.rng.next_u64()
                 };

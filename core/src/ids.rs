@@ -3,8 +3,9 @@
 //! An instance ID is 64 bits shown as 16 lowercase hex digits. Whoever mints one checks it
 //! against every ID it has ever minted, so IDs are never reused. The local agent (`mirari run`)
 //! draws its IDs from a random source. A cluster's leader mints the n-th ID of the cluster from
-//! n ([`InstanceId::from_serial`]): a bijection that scatters the digits, so the registry knows
-//! every ID it ever minted from one counter, however many instances came and went. People may
+//! the cluster's own base plus n ([`InstanceId::from_serial`]): a bijection that scatters the
+//! digits, so the registry knows every ID it ever minted from one counter, however many
+//! instances came and went, and two clusters mint different IDs. People may
 //! type any unique prefix of an ID, as with git hashes.
 
 use std::fmt;

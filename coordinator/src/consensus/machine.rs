@@ -66,8 +66,18 @@ impl Machine {
             other => return Err(SnapshotError::UnknownFormat(other)),
         };
         machine.registry.rebuild_derived();
+        machine.registry.set_serial_base(serial_base(machine.cluster_id.as_deref()));
         Ok(machine)
     }
+}
+
+/// Where a cluster's instance ID serials start: from its ID, so every replica agrees and two
+/// clusters differ (0 for data from before cluster IDs existed).
+pub fn serial_base(cluster_id: Option<&str>) -> u64 {
+    cluster_id.map_or(0, |id| {
+        let digest = mirari_core::digest::Digest::of(id.as_bytes());
+        u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"))
+    })
 }
 
 #[cfg(test)]
@@ -76,6 +86,16 @@ mod tests {
     use mirari_core::ids::InstanceId;
     use mirari_core::instance::Phase;
     use mirari_core::registry::HostId;
+
+    #[test]
+    fn each_cluster_mints_instance_ids_of_its_own() {
+        let first_id = |cluster: &str| {
+            let machine = Machine { cluster_id: Some(cluster.into()), ..Machine::default() };
+            Machine::decode(&machine.encode()).unwrap().registry.fresh_ids().next().unwrap()
+        };
+        assert_eq!(first_id("a"), first_id("a"), "every replica of a cluster mints the same");
+        assert_ne!(first_id("a"), first_id("b"));
+    }
 
     #[test]
     fn reads_a_snapshot_written_by_the_first_format() {

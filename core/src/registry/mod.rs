@@ -48,9 +48,15 @@ pub struct Registry {
     deployments: BTreeMap<String, Deployment>,
     instances: BTreeMap<InstanceId, InstanceEntry>,
     /// The serial after the highest one an ID placed was minted from
-    /// ([`InstanceId::from_serial`]): every ID of a lower serial was taken or is never minted.
+    /// ([`InstanceId::from_serial`]), counted from `serial_base`: every ID of a lower serial
+    /// was taken or is never minted.
     #[serde(default)]
     next_serial: u64,
+    /// Where this cluster's serials start ([`Registry::set_serial_base`]), so two clusters (two
+    /// `mirari dev` on one machine, whose instances share its namespace and interface names)
+    /// never mint the same IDs. Not state: every replica derives it from the cluster's identity.
+    #[serde(skip)]
+    serial_base: u64,
     /// IDs placed whose serials lie far beyond `next_serial` (IDs drawn at random before
     /// leaders minted from serials, or another client's), one by one: taking their serials
     /// would leap the counter forward. Leaders never add to it.
@@ -202,20 +208,33 @@ impl Registry {
     }
 
     pub fn was_minted(&self, id: InstanceId) -> bool {
-        id.serial() < self.next_serial || self.minted_apart.contains(&id)
+        self.serial_of(id) < self.next_serial || self.minted_apart.contains(&id)
+    }
+
+    /// Counts this cluster's serials from `base` (a number of its own, the same on every
+    /// replica); set before anything is applied.
+    pub fn set_serial_base(&mut self, base: u64) {
+        self.serial_base = base;
     }
 
     /// The IDs a leader may place next, in order: each one is taken once a placement of it is
     /// applied, and so is every ID before it.
     pub fn fresh_ids(&self) -> impl Iterator<Item = InstanceId> + '_ {
-        // Serial 0 is ID 0, which stands for "no instance" in dry runs.
-        (self.next_serial.max(1)..=u64::MAX).map(InstanceId::from_serial).filter(|id| !self.minted_apart.contains(id))
+        // Serial 0 of base 0 is ID 0, which stands for "no instance" in dry runs.
+        (self.next_serial.max(1)..=u64::MAX)
+            .map(|serial| InstanceId::from_serial(self.serial_base.wrapping_add(serial)))
+            .filter(|id| !self.minted_apart.contains(id))
+    }
+
+    /// An ID's serial, counted from this cluster's base.
+    fn serial_of(&self, id: InstanceId) -> u64 {
+        id.serial().wrapping_sub(self.serial_base)
     }
 
     /// Marks a placed ID as taken: by moving the serial past it, or, for an ID whose serial lies
     /// beyond what leaders mint, apart.
     fn take_id(&mut self, id: InstanceId) {
-        let serial = id.serial();
+        let serial = self.serial_of(id);
         if serial < self.next_serial.saturating_add(SERIALS_AHEAD) {
             self.next_serial = self.next_serial.max(serial.saturating_add(1));
         } else {

@@ -157,6 +157,13 @@ fn ids_minted_from_serials_are_remembered_by_one_number_however_many_instances_c
     let reused = PlacedInstance { id: lifetimes[17], slot: 0, host: HostId("a".into()), interfaces: vec![] };
     assert_eq!(place(&mut registry, next(&mut index), vec![reused]), Err(Rejection::IdReused(lifetimes[17])));
 
+    // Another cluster counts from a base of its own: it mints none of these.
+    let (mut other, _) = deployed(1);
+    other.set_serial_base(0x51f1_5e0d_2c4b_7a93);
+    let theirs: Vec<InstanceId> = other.fresh_ids().take(300).collect();
+    assert!(theirs.iter().all(|id| !lifetimes.contains(id) && !registry.was_minted(*id)));
+    assert!(lifetimes.iter().all(|id| !other.was_minted(*id)));
+
     // An ID from elsewhere (drawn at random, as before serials) is kept apart, and refused again.
     let random = InstanceId::from_u64(0x3f9a_2c1d_0b7e_6a54);
     let placement = PlacedInstance { id: random, slot: 0, host: HostId("a".into()), interfaces: vec![] };
