@@ -36,7 +36,8 @@ done < <("$bin/mirari-bench" "${bench_tls[@]}" churn --coordinators "$all" --hos
   --instances "$instances" --lifetimes "$lifetimes" --every "$every")
 [ "$ended" -ge "$lifetimes" ] || { echo "the churn stopped after $ended lifetimes"; exit 1; }
 for i in 0 1 2; do
-  awk -v id=$((i + 1)) -v e="${empty[$i]}" -v s="${started[$i]}" -v f="${first[$i]:-${started[$i]}}" -v l="${last[$i]}" -v n="$instances" \
+  awk -v id=$((i + 1)) -v e="${empty[$i]}" -v s="${started[$i]}" -v f="${first[$i]:-${started[$i]}}" -v l="${last[$i]}" \
+    -v n="$instances" -v every="$every" \
     'BEGIN { printf "coordinator %d: RSS %.0f MiB as the churn began, %.0f MiB after the first %s, %.0f MiB at the end: %.2fx the first; %.0f bytes per live instance\n",
-      id, s/1024, f/1024, "'"$every"'", l/1024, l/f, (l-e)*1024/n }'
+      id, s/1024, f/1024, every, l/1024, l/f, (l-e)*1024/n }'
 done

@@ -32,6 +32,8 @@ use mirari_core::spec::RunPolicy;
 use mirari_core::target::Target;
 use raft::eraftpb::MessageType;
 
+/// The ID every node is bootstrapped with; the client mints from its serial base as a leader would.
+const CLUSTER_ID: &str = "simulation";
 const STEPS: u64 = 500;
 const SETTLE_STEPS: u64 = 3_000;
 const SLOTS: u32 = mirari_core::limits::MAX_INSTANCES_PER_DEPLOYMENT;
@@ -98,7 +100,7 @@ impl Sim {
         };
         for &id in &ids {
             let disk = Arc::new(SimulatedDisk::default());
-            Node::bootstrap(&RaftLog::new(disk.durable(), disk.clone()), "simulation", &members).expect("bootstrap");
+            Node::bootstrap(&RaftLog::new(disk.durable(), disk.clone()), CLUSTER_ID, &members).expect("bootstrap");
             sim.disks.insert(id, disk);
             sim.start(id);
         }
@@ -245,7 +247,7 @@ impl Sim {
                     self.minted[self.rng.below(self.minted.len() as u64) as usize]
                 } else if self.rng.chance(50) {
                     self.next_serial += 1 + self.rng.below(3);
-                    let base = mirari_coordinator::consensus::machine::serial_base(Some("simulation"));
+                    let base = mirari_coordinator::consensus::machine::serial_base(Some(CLUSTER_ID));
                     InstanceId::from_serial(base.wrapping_add(self.next_serial)).as_u64()
                 } else {
                     self.rng.next_u64()

@@ -614,14 +614,15 @@ mod simulated {
             let ended_before = self.counters.ended.load(Ordering::Relaxed);
             println!("lifetimes 0 ended after 0.0 s");
             let _ = std::io::stdout().flush();
-            let (mut next_line, mut entries, run) = (every.max(1), 0u64, rand::random::<u64>());
+            let every = every.max(1);
+            let (mut next_line, mut entries, run) = (every, 0u64, rand::random::<u64>());
             loop {
                 let ended = self.counters.ended.load(Ordering::Relaxed) - ended_before;
                 while ended >= next_line && next_line <= lifetimes {
                     let seconds = started.elapsed().as_secs_f64();
                     println!("lifetimes {next_line} ended after {seconds:.1} s: {:.0}/s", next_line as f64 / seconds);
                     let _ = std::io::stdout().flush();
-                    next_line += every.max(1);
+                    next_line += every;
                 }
                 if ended >= lifetimes {
                     return Ok(());
