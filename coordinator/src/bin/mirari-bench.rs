@@ -4,7 +4,8 @@
 //! latency percentiles and the longest time no write was acknowledged (a failover, when the
 //! script kills the leader meanwhile). `mirari-bench cluster` places instances on thousands of
 //! simulated hosts; `mirari-bench churn` then has them stopped and replaced, lifetime after
-//! lifetime.
+//! lifetime. `mirari-bench consoles` tells when real instances printed a line, for timing
+//! their starts against raw QEMU and a shell loop.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -116,6 +117,23 @@ enum BenchCommand {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// When instances printed a line: follows the consoles of IDS on an agent until each shows
+    /// MARKER, then prints the moment the last one did, in seconds since the Unix epoch (a
+    /// script times a start from its own clock)
+    Consoles {
+        /// The agent running them: unix:/path or host:port
+        #[arg(long)]
+        agent: Endpoint,
+        /// Instance IDs, comma separated
+        #[arg(long, value_delimiter = ',', required = true)]
+        ids: Vec<String>,
+        /// The text every console must show
+        #[arg(long)]
+        marker: String,
+        /// Give up after this long
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[tokio::main]
@@ -138,6 +156,11 @@ async fn main() -> anyhow::Result<()> {
         BenchCommand::Churn { coordinators, hosts, instances, lifetimes, every, timeout } => {
             let cluster = simulated::deploy(coordinators, hosts, instances, timeout).await?;
             cluster.churn(lifetimes, every, timeout).await
+        }
+        BenchCommand::Consoles { agent, ids, marker, timeout } => {
+            let last = consoles::last_marked(&agent, ids, &marker, timeout).await?;
+            println!("{:.3}", last.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64());
+            Ok(())
         }
     }
 }
@@ -650,5 +673,53 @@ mod simulated {
                 }
             }
         }
+    }
+}
+
+/// Following many instances' consoles at once, over one connection to their agent.
+mod consoles {
+    use std::time::{Duration, SystemTime};
+
+    use anyhow::{Context, bail};
+    use mirari_proto::agent::ConsoleRequest;
+    use mirari_proto::agent::agent_client::AgentClient;
+    use mirari_proto::endpoint::Endpoint;
+
+    /// When the last of `ids` printed `marker` (each console read from its start).
+    pub async fn last_marked(agent: &Endpoint, ids: Vec<String>, marker: &str, timeout: Duration) -> anyhow::Result<SystemTime> {
+        let client = AgentClient::new(agent.connect().await?);
+        let waits = ids.into_iter().map(|id| {
+            let client = client.clone();
+            async move { marked(client, &id, marker.as_bytes()).await.with_context(|| format!("instance {id}")) }
+        });
+        let marked = tokio::time::timeout(timeout, futures::future::try_join_all(waits))
+            .await
+            .with_context(|| format!("not every console showed {marker:?} within {timeout:?}"))??;
+        Ok(marked.into_iter().max().unwrap_or_else(SystemTime::now))
+    }
+
+    /// When one instance's console first showed `marker`. An instance the agent does not know
+    /// yet (the coordinators placed it, the agent has not started it) is asked for again.
+    async fn marked(mut client: AgentClient<tonic::transport::Channel>, id: &str, marker: &[u8]) -> anyhow::Result<SystemTime> {
+        let request = ConsoleRequest { id: id.to_owned(), follow: true };
+        let mut chunks = loop {
+            match client.stream_console(request.clone()).await {
+                Ok(response) => break response.into_inner(),
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        };
+        // What was read, less what can no longer begin the marker.
+        let mut tail: Vec<u8> = Vec::new();
+        while let Some(chunk) = chunks.message().await? {
+            tail.extend_from_slice(&chunk.data);
+            if tail.windows(marker.len()).any(|window| window == marker) {
+                return Ok(SystemTime::now());
+            }
+            tail.drain(..tail.len().saturating_sub(marker.len()));
+        }
+        bail!("the console ended before it showed {:?}", String::from_utf8_lossy(marker))
     }
 }
