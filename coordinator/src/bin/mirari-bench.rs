@@ -687,6 +687,9 @@ mod consoles {
 
     /// When the last of `ids` printed `marker` (each console read from its start).
     pub async fn last_marked(agent: &Endpoint, ids: Vec<String>, marker: &str, timeout: Duration) -> anyhow::Result<SystemTime> {
+        if marker.is_empty() {
+            bail!("--marker is empty: give the text the consoles must show");
+        }
         let client = AgentClient::new(agent.connect().await?);
         let waits = ids.into_iter().map(|id| {
             let client = client.clone();
