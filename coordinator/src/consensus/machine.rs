@@ -2,8 +2,10 @@
 //! cluster's identity.
 //!
 //! Snapshot data is versioned: `MIRSNAP\0`, a little-endian `u16` format number, then the
-//! payload. Format 1's payload is the machine as JSON. Data without the header is format 0,
-//! the bare JSON of the first releases. Every format ever written stays readable, so a node
+//! payload. Formats 1 and 2's payload is the machine as JSON; format 2's registry keeps its
+//! dedup window by request key, where format 1's kept the request IDs (a release that reads
+//! only format 1 says so rather than failing on the missing field). Data without the header is
+//! format 0, the bare JSON of the first releases. Every format ever written stays readable, so a node
 //! upgraded in place starts from the snapshot its previous version left.
 
 use std::collections::BTreeMap;
@@ -13,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 8] = b"MIRSNAP\0";
 /// The format this version writes.
-pub const SNAPSHOT_FORMAT: u16 = 1;
+pub const SNAPSHOT_FORMAT: u16 = 2;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Machine {
@@ -62,7 +64,7 @@ impl Machine {
             None => (0, bytes),
         };
         let mut machine: Self = match format {
-            0 | 1 => serde_json::from_slice(payload).map_err(|source| SnapshotError::Json { format, source })?,
+            0..=2 => serde_json::from_slice(payload).map_err(|source| SnapshotError::Json { format, source })?,
             other => return Err(SnapshotError::UnknownFormat(other)),
         };
         machine.registry.rebuild_derived();
@@ -112,6 +114,7 @@ mod tests {
             Some(InstanceId::from_u64(0xdef)),
             "derived indexes rebuilt"
         );
+        assert!(registry.remembers("r3"), "the dedup window, kept by request ID then, is kept by key now");
         // Written again, it round-trips through the current format.
         let again = Machine::decode(&machine.encode()).unwrap();
         assert_eq!(again, machine);

@@ -10,25 +10,25 @@
 //! retry a write whose answer it lost.
 
 mod events;
+mod recent;
 mod types;
 mod updates;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
 pub use self::events::{Event, EventKind};
+pub use self::recent::DEDUP_WINDOW;
+use self::recent::RecentRequests;
 pub use self::types::*;
 use crate::args;
 use crate::ids::InstanceId;
 use crate::instance::{Desired, Phase};
 use crate::network::{MacAddress, Network};
 use crate::spec::InstanceSpec;
-
-/// How many log entries a request ID is remembered for.
-pub const DEDUP_WINDOW: u64 = 100_000;
 
 pub type ApplyResult = Result<Outcome, Rejection>;
 
@@ -62,9 +62,13 @@ pub struct Registry {
     /// would leap the counter forward. Leaders never add to it.
     #[serde(default, rename = "minted")]
     minted_apart: BTreeSet<InstanceId>,
-    /// Recently applied request IDs and their results, oldest first for eviction.
-    recent_requests: BTreeMap<String, (u64, ApplyResult)>,
-    request_order: VecDeque<(u64, String)>,
+    /// Requests applied within the dedup window and their results.
+    #[serde(default)]
+    recent: RecentRequests,
+    /// The window as snapshots kept it before [`RecentRequests`], by request ID: read, moved into
+    /// `recent` by [`Registry::rebuild_derived`], never written.
+    #[serde(default, rename = "recent_requests", skip_serializing)]
+    recent_by_id: BTreeMap<String, (u64, ApplyResult)>,
     applied_index: u64,
     /// Derived from `instances` (rebuilt after a snapshot is loaded): what each host has
     /// committed to the instances it holds, and which instance holds each slot.
@@ -272,7 +276,7 @@ impl Registry {
 
     /// Whether a request with this ID was applied within the dedup window.
     pub fn remembers(&self, request_id: &str) -> bool {
-        self.recent_requests.contains_key(request_id)
+        self.recent.get(request_id).is_some()
     }
 
     /// Changes whenever what `host` must run or stop changes.
@@ -315,6 +319,9 @@ impl Registry {
 
     /// Rebuilds derived indexes; call after deserializing a snapshot.
     pub fn rebuild_derived(&mut self) {
+        if !self.recent_by_id.is_empty() {
+            self.recent = RecentRequests::from_ids(std::mem::take(&mut self.recent_by_id));
+        }
         self.derived = Derived::default();
         let holding: Vec<InstanceEntry> = self.instances.values().filter(|i| holds_slot(i)).cloned().collect();
         for instance in &holding {
@@ -327,20 +334,11 @@ impl Registry {
     pub fn apply(&mut self, index: u64, request: &Request) -> ApplyResult {
         self.applied_index = index;
         self.journal = events::Journal::default();
-        if let Some((_, result)) = self.recent_requests.get(&request.request_id) {
+        if let Some(result) = self.recent.get(&request.request_id) {
             return result.clone();
         }
         let result = self.apply_command(&request.command);
-        self.recent_requests.insert(request.request_id.clone(), (index, result.clone()));
-        self.request_order.push_back((index, request.request_id.clone()));
-        while let Some((oldest, _)) = self.request_order.front() {
-            if index.saturating_sub(*oldest) < DEDUP_WINDOW {
-                break;
-            }
-            if let Some((_, id)) = self.request_order.pop_front() {
-                self.recent_requests.remove(&id);
-            }
-        }
+        self.recent.record(index, &request.request_id, result.clone());
         result
     }
 

@@ -201,8 +201,38 @@ fn request_ids_are_forgotten_after_the_window() {
     let command = Command::RegisterHost { host: host("a", 1, &[]) };
     registry.apply(1, &Request { request_id: "r".into(), command: command.clone() }).unwrap();
     registry.apply(2 + DEDUP_WINDOW, &Request { request_id: "other".into(), command }).unwrap();
-    assert!(!registry.recent_requests.contains_key("r"));
-    assert_eq!(registry.request_order.len(), 1);
+    assert!(!registry.remembers("r"));
+    assert!(registry.remembers("other"));
+    assert_eq!(registry.recent.len(), 1);
+}
+
+#[test]
+fn a_snapshot_that_kept_request_ids_themselves_still_answers_their_retries() {
+    let (mut registry, index) = deployed(3);
+    let generation = registry.deployment("hello").unwrap().generation;
+    let command = Command::Place { app: "hello".into(), generation, placements: vec![placed(1, 0, "a")], at_ms: 1 };
+    let first = registry.apply(index + 1, &Request { request_id: "once".into(), command: command.clone() });
+    // The window as releases before keys wrote it: request ID -> [index, result], plus the order.
+    let mut old = serde_json::to_value(&registry).unwrap();
+    let window = old.as_object_mut().unwrap().remove("recent").unwrap();
+    let by_id: serde_json::Map<String, serde_json::Value> = window
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let applied_at = entry[0].as_u64().unwrap();
+            let id = if applied_at == index + 1 { "once".to_owned() } else { format!("earlier-{applied_at}") };
+            (id, serde_json::json!([applied_at, entry[2]]))
+        })
+        .collect();
+    let order: Vec<_> = by_id.iter().map(|(id, entry)| serde_json::json!([entry[0], id])).collect();
+    old["recent_requests"] = by_id.into();
+    old["request_order"] = order.into();
+    let mut restored: Registry = serde_json::from_value(old).unwrap();
+    restored.rebuild_derived();
+    let retry = restored.apply(index + 2, &Request { request_id: "once".into(), command });
+    assert_eq!(retry, first);
+    assert_eq!(restored.instances().count(), 1);
 }
 
 fn report(id: u64, phase: Phase) -> InstanceReport {
