@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use mirari_core::registry::{ApplyResult, Event, HostId, Request};
+use mirari_core::registry::{ApplyResult, Event, EventKind, HostId, Request};
 use raft::StateRole;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
@@ -105,6 +105,8 @@ pub struct RaftHandle {
     /// The leader this node knows of (changes far less often than the status).
     leader: watch::Receiver<Option<u64>>,
     host_changes: Arc<HostChanges>,
+    /// Woken when an applied entry asked for placements ([`EventKind::asks_for_placement`]).
+    placement_wanted: Arc<Notify>,
     machine: Arc<RwLock<Machine>>,
     events: Arc<RwLock<EventLog>>,
     metrics: Arc<CoordinatorMetrics>,
@@ -159,6 +161,13 @@ impl RaftHandle {
     /// A wake-up for each applied change to what `host` must run or stop.
     pub fn host_changes(&self, host: &HostId) -> Arc<Notify> {
         self.host_changes.subscribe(host)
+    }
+
+    /// Waits until an applied entry asks for placements (a deploy, a scale, a promotion): the
+    /// leader plans them at once rather than at its next round. One that came while nobody
+    /// waited is kept.
+    pub async fn placement_wanted(&self) {
+        self.placement_wanted.notified().await;
     }
 
     /// The counters and histograms the coordinator's loops update.
@@ -289,6 +298,7 @@ pub fn spawn<B: Backing>(
     let status = watch::channel(RaftStatus::default()).0;
     let leader = watch::channel(None).0;
     let host_changes = Arc::new(HostChanges::default());
+    let placement_wanted = Arc::new(Notify::new());
     let metrics = Arc::new(metrics);
     let events = Arc::new(RwLock::new(EventLog::new(EVENTS_KEPT, node.applied_index())));
     let handle = RaftHandle {
@@ -296,6 +306,7 @@ pub fn spawn<B: Backing>(
         status: status.subscribe(),
         leader: leader.subscribe(),
         host_changes: host_changes.clone(),
+        placement_wanted: placement_wanted.clone(),
         machine: node.shared_machine(),
         events: events.clone(),
         metrics: metrics.clone(),
@@ -307,6 +318,7 @@ pub fn spawn<B: Backing>(
         status,
         leader,
         host_changes,
+        placement_wanted,
         pending: HashMap::new(),
         reads_to_ask: Vec::new(),
         awaiting_read_state: BTreeMap::new(),
@@ -337,6 +349,7 @@ struct Driver<B: Backing> {
     status: watch::Sender<RaftStatus>,
     leader: watch::Sender<Option<u64>>,
     host_changes: Arc<HostChanges>,
+    placement_wanted: Arc<Notify>,
     /// Callers waiting for their entry to be applied, by request ID.
     pending: HashMap<String, Vec<oneshot::Sender<ProposeResult>>>,
     /// Read barriers that arrived in the current batch of inputs: one ReadIndex asks for all.
@@ -467,6 +480,9 @@ impl<B: Backing> Driver<B> {
                     events.restart_at(index);
                 }
                 for entry in output.events {
+                    if entry.kinds.iter().any(EventKind::asks_for_placement) {
+                        self.placement_wanted.notify_one();
+                    }
                     events.append(entry.index, entry.at_ms, entry.kinds);
                 }
             }

@@ -36,7 +36,8 @@ impl Leases {
 const PLACEMENTS_PER_ENTRY: usize = 5000;
 /// Most plans committed in one duty round, so lease checks are never starved.
 const PLANS_PER_ROUND: usize = 20;
-/// The leader looks at leases and empty slots this often.
+/// The leader looks at leases and empty slots this often, and plans at once when an entry asks
+/// for placements ([`RaftHandle::placement_wanted`]).
 const DUTY_INTERVAL: Duration = Duration::from_millis(200);
 /// Without registry changes, it still re-plans this often (a host may have freed up).
 const RESCHEDULE_INTERVAL: Duration = Duration::from_secs(2);
@@ -58,10 +59,20 @@ pub async fn run(raft: RaftHandle, leases: Arc<Leases>, timing: LeaseTiming) {
     let mut retained_at = Instant::now();
     let mut interval = tokio::time::interval(DUTY_INTERVAL);
     loop {
-        interval.tick().await;
+        let placement_wanted = tokio::select! {
+            _ = interval.tick() => false,
+            () = raft.placement_wanted() => true,
+        };
         let status = raft.status();
         if status.role != "leader" {
             leading = false;
+            continue;
+        }
+        if placement_wanted && leading {
+            // An operator waits for these instances: only the plan, the rest keeps its rounds.
+            scheduled_at_index = status.applied_index;
+            scheduled_at = Instant::now();
+            schedule(&raft).await;
             continue;
         }
         if !leading {

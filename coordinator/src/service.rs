@@ -553,9 +553,13 @@ impl coordinator_server::Coordinator for CoordinatorService {
             }
             let mut seen_version = raft.machine().registry.host_version(&host);
             let mut looked_at = tokio::time::Instant::now();
+            let mut woke_at = looked_at;
             loop {
                 let _ = tokio::time::timeout(ASSIGNMENT_RECHECK, changes.notified()).await;
-                tokio::time::sleep(ASSIGNMENT_MIN_INTERVAL).await;
+                // The first change after a quiet spell is looked at at once; changes close
+                // together are taken together, one look per `ASSIGNMENT_MIN_INTERVAL`.
+                tokio::time::sleep_until(woke_at + ASSIGNMENT_MIN_INTERVAL).await;
+                woke_at = tokio::time::Instant::now();
                 if sender.is_closed() {
                     return;
                 }

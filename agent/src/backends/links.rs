@@ -308,9 +308,10 @@ async fn delete_link(name: &str) -> Result<(), LinkError> {
 
 /// Runs `plan` after checking its link names are free; removes what it made if a step fails.
 async fn set_up(launch: &Launch, names: &[String], plan: &[Command]) -> Result<(), LinkError> {
-    check_free(&list_links().await?, names, launch.id)?;
+    let links = list_links().await?;
+    check_free(&links, names, launch.id)?;
     // Whatever an earlier start of this instance left goes first, so each step starts clean.
-    release(launch).await?;
+    release_listed(launch, &links).await?;
     for step in plan {
         if let Err(error) = ip(step).await {
             undo(launch).await;
@@ -344,10 +345,15 @@ pub async fn release(launch: &Launch) -> Result<(), LinkError> {
     if launch.spec.interfaces.is_empty() {
         return Ok(());
     }
+    release_listed(launch, &list_links().await?).await
+}
+
+/// [`release`], given the host's links as listed a moment ago.
+async fn release_listed(launch: &Launch, links: &[Link]) -> Result<(), LinkError> {
     if netns_path(launch.id).exists() {
         delete_namespace(&netns_name(launch.id)).await?;
     }
-    for name in links_of(&list_links().await?, launch.id) {
+    for name in links_of(links, launch.id) {
         if let Err(error) = delete_link(&name).await {
             // The kernel removes a deleted namespace's veth pairs in the background, so a host
             // end listed a moment ago may be gone by the time it is deleted: the outcome wanted.

@@ -111,6 +111,12 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Whether the leader should plan placements at once rather than at its next round: an
+    /// operator asked for instances (a deploy, a scale, a promotion) and waits to see them.
+    pub fn asks_for_placement(&self) -> bool {
+        matches!(self, EventKind::Deployed { .. } | EventKind::Scaled { .. } | EventKind::Promoted { .. })
+    }
+
     /// A short dotted name for filtering and display, e.g. `instance.phase`.
     pub fn name(&self) -> &'static str {
         match self {
