@@ -5,6 +5,7 @@
 #   guest's first line, against KVM raw QEMUs started by a shell loop with the command line the
 #   agent gave QEMU;
 # - UNIX unix instances likewise, against a shell loop starting the same executable UNIX times;
+#   the agent runs at nice -5 as its systemd unit runs it (its guests at 0, like the anchors');
 # - `mirari cluster deploy` of the example, unchanged (its build cached), on `mirari dev`, until
 #   the instance's first heartbeat, against one raw QEMU, with the agent's command line and a
 #   tap on the same bridge, booting to its first heartbeat.
@@ -104,7 +105,7 @@ cp -r examples/hello "$work/storm"
   mirari build -t unix >/dev/null 2>&1
 )
 agent_sock="unix:$work/agent.sock"
-"$bin/mirari-agent" --state-dir "$work/agent" --listen "$agent_sock" \
+nice -n -5 "$bin/mirari-agent" --state-dir "$work/agent" --listen "$agent_sock" \
   --max-instances $((kvm_count + unix_count)) --vcpus $((kvm_count + unix_count)) 2>"$work/agent.log" &
 pids+=($!)
 export MIRARI_AGENT="$agent_sock"

@@ -221,3 +221,38 @@ async fn kvm_backend_refuses_kvm_where_it_is_missing() {
     let fingerprint = backend.fingerprint().await;
     assert_eq!(fingerprint.attributes.get("accelerators").map(String::as_str), Some("tcg"));
 }
+
+/// Guests never run above nice 0: the agent's unit runs it (and so its shims) at `Nice=-5` so
+/// starts, stops and fencing come before a busy host's guests, and the shim puts its payload
+/// back at 0. A shim at lower priority keeps its payload there.
+#[tokio::test(flavor = "current_thread")]
+#[allow(unsafe_code)]
+async fn a_payload_runs_at_nice_zero_however_high_its_shim_runs() {
+    use mirari_agent::supervisor::client::{self, Payload, RunState};
+    use mirari_agent::supervisor::shim::StderrTo;
+
+    // Linux keeps a nice value per thread, and a child forked from this one inherits it.
+    async fn payload_nice_under_a_shim_at(nice: i32) -> String {
+        // SAFETY: setpriority(2) on this thread only; no memory is involved.
+        assert_eq!(unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, nice) }, 0, "needs root");
+        let scratch = tempfile::tempdir().unwrap();
+        let payload = Payload {
+            dir: scratch.path().join("run"),
+            fence: None,
+            netns: None,
+            // Field 19 of stat is the nice value; `cut` inherits the payload's.
+            argv: ["/bin/sh", "-c", "echo shim $(cut -d' ' -f19 /proc/$PPID/stat) payload $(cut -d' ' -f19 /proc/self/stat)"]
+                .map(Into::into)
+                .to_vec(),
+            env: Vec::new(),
+            stderr: StderrTo::Console,
+        };
+        launcher().spawn(&payload).await.expect("the shim starts");
+        assert!(matches!(client::wait(&payload.dir).await, RunState::Exited(_)));
+        let console = std::fs::read_to_string(mirari_agent::supervisor::protocol::ShimPaths::new(&payload.dir).console_tail());
+        console.unwrap().trim().to_owned()
+    }
+    let high = payload_nice_under_a_shim_at(-5).await;
+    let low = payload_nice_under_a_shim_at(5).await;
+    assert_eq!((high.as_str(), low.as_str()), ("shim -5 payload 0", "shim 5 payload 5"));
+}

@@ -103,6 +103,7 @@ async fn supervise(args: ShimArgs) -> Result<(), ShimError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     die_with_this_thread(&mut command);
+    run_at_no_higher_priority(&mut command);
     if let Some(netns) = &args.netns {
         let namespace =
             fs::File::open(netns).map_err(failed(format!("open the network namespace {}", netns.display())))?;
@@ -188,6 +189,26 @@ fn die_with_this_thread(command: &mut Command) {
     // is async-signal-safe, and allocates nothing.
     unsafe {
         command.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from));
+    }
+}
+
+/// Runs the payload at nice 0 when the shim runs at a higher priority (the agent's unit sets
+/// `Nice=-5`): the agent and the shims, which start, stop and fence instances, then come before
+/// the guests, so a host busy with guests still starts the next one and fences on time. A shim
+/// at nice 0 or lower priority leaves its payload where it is.
+#[allow(unsafe_code)]
+fn run_at_no_higher_priority(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec; it only calls getpriority(2)
+    // and setpriority(2), which are async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            use nix::libc::{PRIO_PROCESS, getpriority, setpriority};
+            // getpriority may return -1 as a value: a nice of -1 is reset too, so no errno check.
+            if getpriority(PRIO_PROCESS, 0) < 0 && setpriority(PRIO_PROCESS, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
