@@ -42,9 +42,7 @@ impl RecentRequests {
     /// Records the result of the request applied at `index` and forgets those that fell out of
     /// the window.
     pub(super) fn record(&mut self, index: u64, request_id: &str, result: ApplyResult) {
-        let key = RequestKey::of(request_id);
-        self.results.insert(key, (index, result));
-        self.order.push_back((index, key));
+        self.push(index, RequestKey::of(request_id), result);
         while let Some(&(oldest, key)) = self.order.front() {
             if index.saturating_sub(oldest) < DEDUP_WINDOW {
                 break;
@@ -61,10 +59,15 @@ impl RecentRequests {
         by_index.sort_by_key(|(index, key, _)| (*index, *key));
         let mut recent = Self::default();
         for (index, key, result) in by_index {
-            recent.results.insert(key, (index, result));
-            recent.order.push_back((index, key));
+            recent.push(index, key, result);
         }
         recent
+    }
+
+    /// Adds a request applied after every one held.
+    fn push(&mut self, index: u64, key: RequestKey, result: ApplyResult) {
+        self.results.insert(key, (index, result));
+        self.order.push_back((index, key));
     }
 
     #[cfg(test)]
@@ -90,9 +93,7 @@ impl<'de> Deserialize<'de> for RecentRequests {
         let remembered = Vec::<Remembered>::deserialize(deserializer)?;
         let mut recent = Self::default();
         for (index, key, result) in remembered {
-            let key = parse_key(&key).map_err(serde::de::Error::custom)?;
-            recent.results.insert(key, (index, result));
-            recent.order.push_back((index, key));
+            recent.push(index, parse_key(&key).map_err(serde::de::Error::custom)?, result);
         }
         Ok(recent)
     }

@@ -182,11 +182,16 @@ fn ids_minted_from_serials_are_remembered_by_one_number_however_many_instances_c
     assert!(old.was_minted(random));
 }
 
+/// A plan placing instance 1 in slot 0 of `hello` on host `a`.
+fn place_first_slot(registry: &Registry) -> Command {
+    let generation = registry.deployment("hello").unwrap().generation;
+    Command::Place { app: "hello".into(), generation, placements: vec![placed(1, 0, "a")], at_ms: 1 }
+}
+
 #[test]
 fn retried_requests_apply_once() {
     let (mut registry, index) = deployed(3);
-    let generation = registry.deployment("hello").unwrap().generation;
-    let command = Command::Place { app: "hello".into(), generation, placements: vec![placed(1, 0, "a")], at_ms: 1 };
+    let command = place_first_slot(&registry);
     let first = registry.apply(index + 1, &Request { request_id: "once".into(), command: command.clone() });
     let retry = registry.apply(index + 2, &Request { request_id: "once".into(), command });
     assert_eq!(first, retry);
@@ -209,8 +214,7 @@ fn request_ids_are_forgotten_after_the_window() {
 #[test]
 fn a_snapshot_that_kept_request_ids_themselves_still_answers_their_retries() {
     let (mut registry, index) = deployed(3);
-    let generation = registry.deployment("hello").unwrap().generation;
-    let command = Command::Place { app: "hello".into(), generation, placements: vec![placed(1, 0, "a")], at_ms: 1 };
+    let command = place_first_slot(&registry);
     let first = registry.apply(index + 1, &Request { request_id: "once".into(), command: command.clone() });
     // The window as releases before keys wrote it: request ID -> [index, result], plus the order.
     let mut old = serde_json::to_value(&registry).unwrap();
