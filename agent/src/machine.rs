@@ -662,7 +662,7 @@ impl Host {
                         tracing::info!(host = %link.host.id, "joined the cluster");
                         link.registered = true;
                         link.reported.clear();
-                        link.next_call_ms = sent_ms + millis(link.timing.heartbeat);
+                        link.next_call_ms = sent_ms + millis(link.timing.heartbeat_for(lease.ttl_ms));
                         self.extend_lease(now, sent_ms, lease, step);
                     }
                     Err(()) => link.next_call_ms = now.boot_ms + RETRY_MS,
@@ -678,7 +678,8 @@ impl Host {
                         link.next_call_ms = now.boot_ms;
                     }
                     Ok(lease) => {
-                        link.next_call_ms = sent_ms + millis(link.timing.heartbeat);
+                        // A large cluster grants longer leases, to be renewed as much less often.
+                        link.next_call_ms = sent_ms + millis(link.timing.heartbeat_for(lease.ttl_ms));
                         self.extend_lease(now, sent_ms, lease, step);
                     }
                     Err(()) => link.next_call_ms = now.boot_ms + RETRY_MS,

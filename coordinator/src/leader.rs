@@ -12,23 +12,27 @@ use std::time::{Duration, Instant};
 
 use mirari_core::clock;
 pub use mirari_core::lease::{LeaseTable, LeaseTiming};
-use mirari_core::registry::{Command, Host, HostStatus, Request};
+use mirari_core::registry::{Command, Host, HostStatus, Registry, Request};
 use mirari_core::retention::{self, Retention};
 use mirari_core::{rollout, scheduler};
 
 use crate::driver::RaftHandle;
 
 /// The leader's lease table, shared by the heartbeat handler and the duties task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Leases {
     table: Mutex<LeaseTable>,
 }
 
 impl Leases {
-    /// A renewal from `host` (its registry record, up), received at `received_ms` (boot
-    /// clock). Returns whether the lease is renewed (see [`LeaseTable::renew`]).
-    pub fn renew(&self, host: &Host, received_ms: u64) -> bool {
-        self.table.lock().expect("leases lock").renew(host, received_ms)
+    pub fn new(timing: LeaseTiming) -> Self {
+        Self { table: Mutex::new(LeaseTable::new(timing)) }
+    }
+
+    /// A renewal from `host` (its record in `registry`, up), received at `received_ms` (boot
+    /// clock). Returns the ttl granted, if the lease is renewed (see [`LeaseTable::renew`]).
+    pub fn renew(&self, registry: &Registry, host: &Host, received_ms: u64) -> Option<Duration> {
+        self.table.lock().expect("leases lock").renew(registry, host, received_ms)
     }
 }
 
@@ -52,7 +56,7 @@ pub fn fresh_request_id(what: &str) -> String {
 }
 
 /// Runs the leader's duties whenever this node leads, until the process ends.
-pub async fn run(raft: RaftHandle, leases: Arc<Leases>, timing: LeaseTiming) {
+pub async fn run(raft: RaftHandle, leases: Arc<Leases>) {
     let mut leading = false;
     let mut scheduled_at_index = 0;
     let mut scheduled_at = Instant::now();
@@ -81,7 +85,7 @@ pub async fn run(raft: RaftHandle, leases: Arc<Leases>, timing: LeaseTiming) {
             leases.table.lock().expect("leases lock").start_leading(&machine.registry, clock::boot_ms());
             leading = true;
         }
-        expire_leases(&raft, &leases, timing).await;
+        expire_leases(&raft, &leases).await;
         advance_rollouts(&raft).await;
         if status.applied_index != scheduled_at_index || scheduled_at.elapsed() > RESCHEDULE_INTERVAL {
             scheduled_at_index = status.applied_index;
@@ -124,10 +128,10 @@ async fn forget_ended(raft: &RaftHandle) {
     }
 }
 
-async fn expire_leases(raft: &RaftHandle, leases: &Leases, timing: LeaseTiming) {
+async fn expire_leases(raft: &RaftHandle, leases: &Leases) {
     let expired = {
         let machine = raft.machine();
-        leases.table.lock().expect("leases lock").expired(&machine.registry, clock::boot_ms(), timing.down_after())
+        leases.table.lock().expect("leases lock").expired(&machine.registry, clock::boot_ms())
     };
     for host in expired {
         tracing::warn!(%host, "lease expired: declaring the host down; its instances will be replaced");

@@ -164,8 +164,8 @@ pub async fn run(
     let blobs = ReplicatedBlobs::new(blob_store, raft.clone());
     tokio::spawn(blobs.clone().keep_replicated());
     tokio::spawn(blobs.clone().keep_collecting());
-    let leases = Arc::new(Leases::default());
-    tokio::spawn(leader::run(raft.clone(), leases.clone(), config.leases));
+    let leases = Arc::new(Leases::new(config.leases));
+    tokio::spawn(leader::run(raft.clone(), leases.clone()));
     let providers = Providers::new(raft.clone(), blobs.store().clone(), config.data_dir.join("images"));
     tokio::spawn(providers.run());
     let dns_served = {
@@ -200,7 +200,7 @@ pub async fn run(
     let router = mirari_proto::endpoint::server()
         .add_service(Guarded::new(PeerService::new(raft.clone(), blobs.clone()).into_server(), auth::peer_policy))
         .add_service(Guarded::new(
-            CoordinatorService::new(raft, leases, config.leases, blobs, agents).into_server(),
+            CoordinatorService::new(raft, leases, blobs, agents).into_server(),
             auth::coordinator_policy,
         ));
     tokio::select! {

@@ -29,7 +29,7 @@ use crate::consensus::decode_message;
 use crate::consensus::node::MembershipChange;
 use crate::driver::{ProposeError, RaftHandle};
 use crate::events::{Filter, Position};
-use crate::leader::{LeaseTiming, Leases, fresh_request_id};
+use crate::leader::{Leases, fresh_request_id};
 use crate::status::{Query, cluster_status};
 use crate::transport::MAX_RAFT_MESSAGE_BYTES;
 
@@ -119,7 +119,6 @@ pub struct CoordinatorService {
     /// Held while connecting to a leader, so calls arriving together make one connection.
     connecting: tokio::sync::Mutex<()>,
     leases: Arc<Leases>,
-    timing: LeaseTiming,
     blobs: ReplicatedBlobs,
     agents: Arc<AgentClients>,
 }
@@ -157,15 +156,19 @@ fn applied_response(result: mirari_core::registry::ApplyResult) -> pb::ProposeRe
     }
 }
 
+/// A lease of `ttl`, as granted.
+fn granted(ttl: Duration) -> pb::Lease {
+    pb::Lease { ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX), register_again: false }
+}
+
 impl CoordinatorService {
     pub fn new(
         raft: RaftHandle,
         leases: Arc<Leases>,
-        timing: LeaseTiming,
         blobs: ReplicatedBlobs,
         agents: Arc<AgentClients>,
     ) -> Self {
-        Self { raft, leaders: Mutex::new(HashMap::new()), connecting: tokio::sync::Mutex::new(()), leases, timing, blobs, agents }
+        Self { raft, leaders: Mutex::new(HashMap::new()), connecting: tokio::sync::Mutex::new(()), leases, blobs, agents }
     }
 
     /// Requests are small (a registry entry, a heartbeat, a blob chunk); answers may be large
@@ -174,10 +177,6 @@ impl CoordinatorService {
         coordinator_server::CoordinatorServer::new(self)
             .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_STATUS_BYTES)
-    }
-
-    fn lease(&self, register_again: bool) -> pb::Lease {
-        pb::Lease { ttl_ms: u64::try_from(self.timing.ttl.as_millis()).unwrap_or(u64::MAX), register_again }
     }
 
     /// The heartbeat, on the leader: renews the lease of a host that is up, once this node has
@@ -196,12 +195,12 @@ impl CoordinatorService {
         let renewed = {
             let machine = self.raft.machine();
             let record = machine.registry.host(&host).filter(|h| h.status == HostStatus::Up);
-            record.map(|record| self.leases.renew(record, received_ms))
+            record.map(|record| self.leases.renew(&machine.registry, record, received_ms))
         };
         Ok(match renewed {
-            None => Ok(self.lease(true)),
-            Some(true) => Ok(self.lease(false)),
-            Some(false) => Err(being_declared_down(&host)),
+            None => Ok(pb::Lease { ttl_ms: 0, register_again: true }),
+            Some(Some(ttl)) => Ok(granted(ttl)),
+            Some(None) => Err(being_declared_down(&host)),
         })
     }
 
@@ -481,9 +480,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
             tracing::info!(host = %id, "host registered");
             let renewed = {
                 let machine = self.raft.machine();
-                machine.registry.host(&id).is_some_and(|record| self.leases.renew(record, received_ms))
+                machine.registry.host(&id).and_then(|record| self.leases.renew(&machine.registry, record, received_ms))
             };
-            Ok(if renewed { Ok(self.lease(false)) } else { Err(being_declared_down(&id)) })
+            Ok(renewed.map(granted).ok_or_else(|| being_declared_down(&id)))
         };
         self.on_leader(forwarded, REGISTER_DEADLINE, local, |mut leader| {
             let body = body.clone();

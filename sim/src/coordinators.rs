@@ -10,6 +10,7 @@
 use crate::world::Planned;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use mirari_agent::machine::Lease;
 use mirari_coordinator::consensus::{RaftMessage, logger};
@@ -93,7 +94,7 @@ impl SimCoordinator {
             id,
             node: None,
             disk,
-            leases: LeaseTable::default(),
+            leases: LeaseTable::new(timing),
             led_in_term: None,
             waiting: BTreeMap::new(),
             reads_to_ask: Vec::new(),
@@ -129,7 +130,7 @@ impl SimCoordinator {
         };
         let log = RaftLog::new(self.disk.durable(), self.disk.clone());
         self.node = Some(Node::new(config, log, &logger::silent()).expect("a simulated node restarts from its disk"));
-        self.leases = LeaseTable::default();
+        self.leases = LeaseTable::new(self.timing);
         self.led_in_term = None;
         self.waiting.clear();
         self.reads_to_ask.clear();
@@ -177,8 +178,9 @@ impl SimCoordinator {
         net.send(rng, now, Addr::Coordinator(from), Addr::Agent(agent), Payload::Answer { call, answer });
     }
 
-    fn lease(&self, register_again: bool) -> Answer {
-        Answer::Lease(Lease { ttl_ms: u64::try_from(self.timing.ttl.as_millis()).unwrap_or(u64::MAX), register_again })
+    fn lease(ttl: Option<Duration>) -> Answer {
+        let ttl_ms = ttl.map_or(0, |ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        Answer::Lease(Lease { ttl_ms, register_again: ttl.is_none() })
     }
 
     /// Handles a packet addressed to this coordinator.
@@ -308,7 +310,7 @@ impl SimCoordinator {
         let (expired, steps, plans, forget) = {
             let machine = node.machine();
             let registry = &machine.registry;
-            let expired = self.leases.expired(registry, now, self.timing.down_after());
+            let expired = self.leases.expired(registry, now);
             // Past the IDs of plans proposed and not yet applied, as a leader's next round is.
             let mut fresh = registry.fresh_ids().filter(|id| !placements.contains_key(id));
             let mut mint = || fresh.next().expect("2^64 instance IDs");
@@ -395,12 +397,13 @@ impl SimCoordinator {
                 Waiting::Client if leads => applied.acked.push((entry.request_id, entry.result)),
                 Waiting::Client => {}
                 Waiting::Register { agent, call, host, received } => {
-                    let renewed = entry.result.is_ok() && {
+                    let renewed = entry.result.is_ok().then(|| {
                         let node = self.node.as_ref().expect("up");
                         let machine = node.machine();
-                        machine.registry.host(&host).is_some_and(|record| self.leases.renew(record, received))
-                    };
-                    let answer = if renewed { self.lease(false) } else { Answer::Failed };
+                        let registry = &machine.registry;
+                        registry.host(&host).and_then(|record| self.leases.renew(registry, record, received))
+                    });
+                    let answer = renewed.flatten().map_or(Answer::Failed, |ttl| Self::lease(Some(ttl)));
                     Self::answer(net, rng, now, self.id, agent, call, answer);
                 }
                 Waiting::Report { agent, call } => {
@@ -435,15 +438,15 @@ impl SimCoordinator {
                     let renewed = {
                         let machine = node.machine();
                         let record = machine.registry.host(&host).filter(|h| h.status == HostStatus::Up);
-                        record.map(|record| self.leases.renew(record, received))
+                        record.map(|record| self.leases.renew(&machine.registry, record, received))
                     };
                     let answer = match renewed {
-                        None => self.lease(true),
-                        Some(true) => {
+                        None => Self::lease(None),
+                        Some(Some(ttl)) => {
                             self.note(now, format!("renews {host}'s lease, received at {received}"));
-                            self.lease(false)
+                            Self::lease(Some(ttl))
                         }
-                        Some(false) => {
+                        Some(None) => {
                             self.note(now, format!("refuses {host} a lease: it is being declared down"));
                             Answer::Failed
                         }

@@ -415,17 +415,20 @@ mod simulated {
     }
 
     /// One simulated host: register, watch assignments, report what it must run as running and
-    /// what it must stop as stopped, every second.
+    /// what it must stop as stopped, every second, and renew its lease when due.
     async fn host(mut client: CoordinatorClient<Channel>, name: String, counters: Arc<Counters>) -> anyhow::Result<()> {
         let mut host = super::host(&name);
         // As large as a host may say it is (the instance count is bounded on the wire).
         let instances = mirari_core::limits::MAX_INSTANCES_PER_HOST;
         host.capacity = Resources { memory_mib: 1 << 30, vcpus: 1 << 20, instances };
         let mut told = false;
-        loop {
+        // Renewed as often as the granted lease asks, as a real agent does.
+        let timing = mirari_core::lease::LeaseTiming::default();
+        let mut renew_at = loop {
             let request = pb::RegisterHostRequest { host: Some(log_codec::host_to_pb(&host)) };
+            let sent = Instant::now();
             match client.register_host(request).await {
-                Ok(_) => break,
+                Ok(lease) => break sent + timing.heartbeat_for(lease.into_inner().ttl_ms),
                 // Said once per host: a refusal that lasts would otherwise look like a hang.
                 Err(status) if !told => {
                     eprintln!("simulated host {name}: registering failed ({}); trying again", status.message());
@@ -434,7 +437,7 @@ mod simulated {
                 Err(_) => {}
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        };
         counters.registered.fetch_add(1, Ordering::Relaxed);
         // As a real agent does, heartbeats never wait on the assignment stream.
         let (assigned, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<Heard>();
@@ -498,7 +501,13 @@ mod simulated {
                         .map(|&id| report(id, Phase::Running, 1, 0))
                         .chain(stopping.iter().map(|&(id, index)| report(id, Phase::Stopped, 2, index)))
                         .collect();
-                    let _ = client.heartbeat(pb::HeartbeatRequest { host: name.clone() }).await;
+                    if Instant::now() >= renew_at {
+                        let sent = Instant::now();
+                        renew_at = match client.heartbeat(pb::HeartbeatRequest { host: name.clone() }).await {
+                            Ok(lease) => sent + timing.heartbeat_for(lease.into_inner().ttl_ms),
+                            Err(_) => sent + timing.heartbeat,
+                        };
+                    }
                     if !reports.is_empty()
                         && client
                             .report_instances(pb::ReportInstancesRequest { host: name.clone(), reports })

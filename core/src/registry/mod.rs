@@ -70,6 +70,11 @@ pub struct Registry {
     #[serde(default, rename = "recent_requests", skip_serializing)]
     recent_by_id: BTreeMap<String, (u64, ApplyResult)>,
     applied_index: u64,
+    /// The most hosts registered at once (providers included): lease timing grows with it
+    /// ([`crate::lease::LeaseTiming::for_hosts`]), and it never shrinks, so a new leader's
+    /// leases outlast those granted before however many hosts were removed since.
+    #[serde(default)]
+    most_hosts: usize,
     /// Derived from `instances` (rebuilt after a snapshot is loaded): what each host has
     /// committed to the instances it holds, and which instance holds each slot.
     #[serde(skip)]
@@ -140,6 +145,16 @@ impl Registry {
 
     pub fn hosts(&self) -> impl Iterator<Item = &Host> {
         self.hosts.values()
+    }
+
+    /// The most hosts registered at once, ever.
+    pub fn most_hosts(&self) -> usize {
+        self.most_hosts.max(self.hosts.len())
+    }
+
+    fn insert_host(&mut self, host: Host) {
+        self.hosts.insert(host.id.clone(), host);
+        self.most_hosts = self.most_hosts();
     }
 
     pub fn host(&self, id: &HostId) -> Option<&Host> {
@@ -411,7 +426,7 @@ impl Registry {
                 host.status_changed_at_ms = known.status_changed_at_ms;
             }
         }
-        self.hosts.insert(host.id.clone(), host);
+        self.insert_host(host);
         Ok(Outcome::Done)
     }
 

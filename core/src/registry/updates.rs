@@ -346,7 +346,7 @@ impl Registry {
             return Ok(Outcome::Unchanged);
         }
         self.journal_registration(&host, known.map(|k| k.status));
-        self.hosts.insert(name.clone(), host);
+        self.insert_host(host);
         Ok(Outcome::Done)
     }
 
