@@ -34,12 +34,17 @@ pub struct Progress {
     /// naming them, then (after the shutdown delay) they stop, each with why.
     pub deregisters: Vec<InstanceId>,
     pub stops: Vec<(InstanceId, String)>,
-    /// The rollout failed, and why.
-    pub failure: Option<String>,
+}
+
+/// Where a rollout under way goes next ([`verdict`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It failed, and why.
+    Failed(String),
     /// Every slot runs the deployment's version, settled, and nothing outdated is left.
-    pub complete: bool,
+    Complete,
     /// The canaries are all settled and the policy promotes them on its own.
-    pub promote: bool,
+    Promote,
 }
 
 /// A replacement is settled once it has run healthy for `min_healthy_ms` without a break.
@@ -50,7 +55,8 @@ fn settled(instance: &InstanceEntry, now_ms: u64, min_healthy_ms: u64) -> bool {
 }
 
 /// Where `deployment`'s replacements stand at `now_ms`. Without a rollout or migrating instances
-/// the work is constant; with one, in proportion to the app's instances.
+/// the work is constant; with one, in proportion to the outdated instances (the scheduler asks
+/// on every round, however many instances of the new version there are).
 pub fn progress(registry: &Registry, deployment: &Deployment, now_ms: u64) -> Progress {
     let spec = &deployment.spec;
     let policy = spec.update;
@@ -61,14 +67,11 @@ pub fn progress(registry: &Registry, deployment: &Deployment, now_ms: u64) -> Pr
     }
     let promoted = rollout.is_none_or(|r| r.promoted);
     let mut outdated: BTreeMap<u32, Vec<&InstanceEntry>> = BTreeMap::new();
-    for instance in registry.live_of(&spec.app) {
-        if (instance.version != spec.version || instance.migrating) && instance.slot < spec.count {
-            outdated.entry(instance.slot).or_default().push(instance);
-        }
+    for instance in registry.outdated_of(&spec.app, &spec.version).filter(|i| i.slot < spec.count) {
+        outdated.entry(instance.slot).or_default().push(instance);
     }
-    let filler = |slot: u32| registry.slot_filler(&spec.app, &spec.version, slot).and_then(|id| registry.instance(id));
     for (slot, old) in &outdated {
-        let Some(new) = filler(*slot) else { continue };
+        let Some(new) = filler(registry, deployment, *slot) else { continue };
         progress.replacements += 1;
         if !settled(new, now_ms, policy.min_healthy_time_ms) {
             continue;
@@ -99,22 +102,46 @@ pub fn progress(registry: &Registry, deployment: &Deployment, now_ms: u64) -> Pr
         _ => policy.max_parallel.saturating_sub(unsettled),
     };
     progress.outdated_slots = outdated.keys().copied().collect();
-    let Some(rollout) = rollout.filter(|r| r.failed.is_none()) else { return progress };
-
-    progress.failure = failure(registry, deployment, now_ms);
-    if progress.failure.is_some() {
-        return progress;
-    }
-    let all_settled =
-        || (0..spec.count).all(|slot| filler(slot).is_some_and(|new| settled(new, now_ms, policy.min_healthy_time_ms)));
-    // With nothing outdated there is nothing to be a canary beside: promotion is moot.
-    progress.complete = outdated.is_empty() && all_settled();
-    progress.promote = !rollout.promoted
-        && policy.auto_promote
-        && !outdated.is_empty()
-        && progress.replacements >= policy.canary.min(outdated.len() as u32)
-        && progress.settled == progress.replacements;
     progress
+}
+
+/// Where the rollout under way goes next, its replacements standing as `progress` says (of
+/// the same registry and time): `None` while it has neither failed nor finished, nor is to be
+/// promoted. Its failure checks are in proportion to the instances of the rollout's version:
+/// the leader asks at its own pace, not the scheduler's.
+pub fn verdict(registry: &Registry, deployment: &Deployment, progress: &Progress, now_ms: u64) -> Option<Verdict> {
+    if deployment.desired != Desired::Running {
+        return None;
+    }
+    let rollout = deployment.rollout.as_ref().filter(|r| r.failed.is_none())?;
+    if let Some(failure) = failure(registry, deployment, now_ms) {
+        return Some(Verdict::Failed(failure));
+    }
+    let (spec, policy) = (&deployment.spec, deployment.spec.update);
+    let outdated = progress.outdated_slots.len() as u32;
+    let all_settled = || {
+        (0..spec.count)
+            .all(|slot| filler(registry, deployment, slot).is_some_and(|new| settled(new, now_ms, policy.min_healthy_time_ms)))
+    };
+    // With nothing outdated there is nothing to be a canary beside: promotion is moot.
+    if outdated == 0 && all_settled() {
+        Some(Verdict::Complete)
+    } else if !rollout.promoted
+        && policy.auto_promote
+        && outdated > 0
+        && progress.replacements >= policy.canary.min(outdated)
+        && progress.settled == progress.replacements
+    {
+        Some(Verdict::Promote)
+    } else {
+        None
+    }
+}
+
+/// The instance of the deployment's version that fills `slot`.
+fn filler<'a>(registry: &'a Registry, deployment: &Deployment, slot: u32) -> Option<&'a InstanceEntry> {
+    let spec = &deployment.spec;
+    registry.slot_filler(&spec.app, &spec.version, slot).and_then(|id| registry.instance(id))
 }
 
 /// Why the rollout under way failed, if it did: one of its new instances restarted, failed,
@@ -123,9 +150,7 @@ fn failure(registry: &Registry, deployment: &Deployment, now_ms: u64) -> Option<
     let spec = &deployment.spec;
     let rollout = deployment.rollout.as_ref()?;
     let deadline = spec.update.healthy_deadline_ms;
-    let new = registry
-        .live_of(&spec.app)
-        .filter(|i| i.version == rollout.version && i.placed_at_ms >= rollout.started_at_ms && !i.migrating);
+    let new = registry.fillers_of(&spec.app, &rollout.version).filter(|i| i.placed_at_ms >= rollout.started_at_ms);
     for instance in new {
         let what = if instance.health == Health::Unhealthy {
             "turned unhealthy"
@@ -158,6 +183,7 @@ pub fn plan(registry: &Registry, now_ms: u64) -> Vec<Command> {
     for deployment in registry.deployments() {
         let app = deployment.spec.app.clone();
         let progress = progress(registry, deployment, now_ms);
+        let verdict = verdict(registry, deployment, &progress, now_ms);
         if !progress.deregisters.is_empty() {
             commands.push(Command::Deregister { ids: progress.deregisters, at_ms: now_ms });
         }
@@ -165,12 +191,15 @@ pub fn plan(registry: &Registry, now_ms: u64) -> Vec<Command> {
             commands.push(Command::StopInstances { ids: vec![id], reason });
         }
         let version = || deployment.spec.version.clone();
-        if let Some(failure) = progress.failure {
-            commands.push(Command::FinishRollout { app, version: version(), failure: Some(failure), at_ms: now_ms });
-        } else if progress.complete {
-            commands.push(Command::FinishRollout { app, version: version(), failure: None, at_ms: now_ms });
-        } else if progress.promote {
-            commands.push(Command::Promote { app });
+        match verdict {
+            Some(Verdict::Failed(failure)) => {
+                commands.push(Command::FinishRollout { app, version: version(), failure: Some(failure), at_ms: now_ms })
+            }
+            Some(Verdict::Complete) => {
+                commands.push(Command::FinishRollout { app, version: version(), failure: None, at_ms: now_ms })
+            }
+            Some(Verdict::Promote) => commands.push(Command::Promote { app }),
+            None => {}
         }
     }
     for host in registry.hosts().filter(|h| h.drain.is_some_and(|d| now_ms >= d.deadline_ms)) {

@@ -304,6 +304,29 @@ impl Registry {
         self.derived.slots.get(app)?.get(&(version.to_owned(), slot)).copied()
     }
 
+    /// The instances of `app` that should run and fill a slot of `version` (none migrating).
+    /// The work is in proportion to them, not to the app's other versions.
+    pub fn fillers_of<'a>(&'a self, app: &str, version: &str) -> impl Iterator<Item = &'a InstanceEntry> + 'a {
+        let range = (Bound::Included((version.to_owned(), 0)), Bound::Included((version.to_owned(), u32::MAX)));
+        let ids = self.derived.slots.get(app).into_iter().flat_map(move |slots| slots.range(range.clone()));
+        ids.filter_map(|(_, id)| self.instances.get(id)).filter(|i| i.desired == Desired::Running)
+    }
+
+    /// The instances of `app` that should run and are outdated against `version`: of another
+    /// version, or migrating off a draining host. The work is in proportion to them and to the
+    /// other versions' instances still holding their slots, never to the instances of `version`.
+    pub fn outdated_of<'a>(&'a self, app: &str, version: &str) -> impl Iterator<Item = &'a InstanceEntry> + 'a {
+        let slots = self.derived.slots.get(app);
+        let below = (Bound::Unbounded, Bound::Excluded((version.to_owned(), 0)));
+        let above = (Bound::Excluded((version.to_owned(), u32::MAX)), Bound::Unbounded);
+        let other_versions = slots.into_iter().flat_map(move |s| s.range(below.clone()).chain(s.range(above.clone())));
+        let other_versions = other_versions
+            .filter_map(|(_, id)| self.instances.get(id))
+            .filter(|i| i.desired == Desired::Running);
+        let migrating = self.derived.migrating.get(app).into_iter().flatten().filter_map(|id| self.instances.get(id));
+        other_versions.chain(migrating)
+    }
+
     fn filled_below<'a>(&'a self, app: &str, version: &str, count: u32) -> impl Iterator<Item = u32> + 'a {
         let range = (version.to_owned(), 0)..(version.to_owned(), count);
         self.derived.slots.get(app).into_iter().flat_map(move |slots| slots.range(range.clone())).map(|((_, s), _)| *s)

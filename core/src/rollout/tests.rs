@@ -142,12 +142,30 @@ impl World {
 
     /// The planner's commands now, applied; each summarized (a stop names what it stops).
     fn advance(&mut self) -> Vec<String> {
+        self.check_indexes();
         let commands = plan(&self.registry, self.now_ms);
         let summaries: Vec<String> = commands.iter().map(|c| self.summary(c)).collect();
         for command in commands {
             self.apply(command).expect("the planner's commands apply");
         }
         summaries
+    }
+
+    /// The registry's indexes the planner reads name what a walk over every live instance
+    /// finds: outdated ones (of another version, or migrating) and each version's fillers.
+    fn check_indexes(&self) {
+        for deployment in self.registry.deployments() {
+            let (app, version) = (&deployment.spec.app, &deployment.spec.version);
+            let live = || self.registry.live_of(app);
+            let walked: BTreeSet<InstanceId> =
+                live().filter(|i| &i.version != version || i.migrating).map(|i| i.id).collect();
+            let indexed: BTreeSet<InstanceId> = self.registry.outdated_of(app, version).map(|i| i.id).collect();
+            assert_eq!(indexed, walked, "outdated instances of {app}");
+            let walked: BTreeSet<InstanceId> =
+                live().filter(|i| &i.version == version && !i.migrating).map(|i| i.id).collect();
+            let indexed: BTreeSet<InstanceId> = self.registry.fillers_of(app, version).map(|i| i.id).collect();
+            assert_eq!(indexed, walked, "instances filling {app}@{version}'s slots");
+        }
     }
 
     fn summary(&self, command: &Command) -> String {
