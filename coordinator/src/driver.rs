@@ -322,6 +322,7 @@ pub fn spawn<B: Backing>(
         pending: HashMap::new(),
         reads_to_ask: Vec::new(),
         awaiting_read_state: BTreeMap::new(),
+        prune_reads_at: tokio::time::Instant::now(),
         awaiting_apply: Vec::new(),
         next_read: 0,
         next_membership: 0,
@@ -356,6 +357,8 @@ struct Driver<B: Backing> {
     reads_to_ask: Vec<ReadReply>,
     /// Read barriers waiting for raft to confirm an index, by read context.
     awaiting_read_state: BTreeMap<u64, Vec<ReadReply>>,
+    /// When those whose callers gave up are next dropped.
+    prune_reads_at: tokio::time::Instant,
     /// Read barriers waiting for the state machine to reach an index.
     awaiting_apply: Vec<(u64, ReadReply)>,
     next_read: u64,
@@ -509,11 +512,17 @@ impl<B: Backing> Driver<B> {
                 tracing::info!(was = %failure, "the data directory can be written again; this coordinator takes part again");
             }
         }
-        // Callers that gave up (their deadline passed) no longer wait.
-        self.awaiting_read_state.retain(|_, replies| {
-            replies.retain(|reply| !reply.is_closed());
-            !replies.is_empty()
-        });
+        // Callers that gave up (their deadline passed) no longer wait. Looked for once a retry
+        // period, not after every batch: with thousands of reads waiting under load, that scan
+        // was the driver's largest cost, and it delayed its answers to the leader.
+        let now = tokio::time::Instant::now();
+        if now >= self.prune_reads_at {
+            self.prune_reads_at = now + READ_INDEX_RETRY;
+            self.awaiting_read_state.retain(|_, replies| {
+                replies.retain(|reply| !reply.is_closed());
+                !replies.is_empty()
+            });
+        }
         let applied = self.node.applied_index();
         let (ready, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.awaiting_apply).into_iter().partition(|(index, _)| *index <= applied);

@@ -67,7 +67,8 @@ struct Settings {
     /// [default: 50]
     #[arg(long)]
     tick_ms: Option<u64>,
-    /// Take a snapshot and compact the log after this many entries [default: 10000]
+    /// Take a snapshot and compact the log after this many entries, doubled for every doubling
+    /// of the state machine past 4 MiB [default: 10000]
     #[arg(long)]
     snapshot_every: Option<u64>,
     /// Answer DNS on this address (UDP and TCP, host:port): `APP.service.mirari` gives the A

@@ -120,8 +120,9 @@ pub fn verdict(registry: &Registry, deployment: &Deployment, progress: &Progress
     let (spec, policy) = (&deployment.spec, deployment.spec.update);
     let outdated = progress.outdated_slots.len() as u32;
     let all_settled = || {
-        (0..spec.count)
-            .all(|slot| filler(registry, deployment, slot).is_some_and(|new| settled(new, now_ms, policy.min_healthy_time_ms)))
+        (0..spec.count).all(|slot| {
+            filler(registry, deployment, slot).is_some_and(|new| settled(new, now_ms, policy.min_healthy_time_ms))
+        })
     };
     // With nothing outdated there is nothing to be a canary beside: promotion is moot.
     if outdated == 0 && all_settled() {

@@ -37,7 +37,8 @@ pub struct NodeConfig {
     /// thread's RNG; a simulation pins distinct ranges per node to stay deterministic.
     pub election_range: Option<(usize, usize)>,
     pub heartbeat_tick: usize,
-    /// Take a snapshot after this many applied entries.
+    /// Take a snapshot after this many applied entries, or more for a large state machine
+    /// ([`snapshot_interval`]).
     pub snapshot_every: u64,
     /// Entries kept before a snapshot, so a slightly lagging follower gets entries, not a
     /// snapshot.
@@ -171,6 +172,8 @@ pub struct Node<B: Backing> {
     started: Option<Stalled>,
     /// While snapshots of our own state fail to be stored: the applied index to try again at.
     snapshot_retry_at: Option<u64>,
+    /// The size of the last snapshot this node took (0 before its first since it started).
+    snapshot_bytes: u64,
 }
 
 /// A ready taken from raft and not yet finished (its early messages handed out, or its write
@@ -244,6 +247,7 @@ impl<B: Backing> Node<B> {
             stalled: None,
             started: None,
             snapshot_retry_at: None,
+            snapshot_bytes: 0,
         })
     }
 
@@ -609,7 +613,8 @@ impl<B: Backing> Node<B> {
             let state = self.log.read();
             (state.snapshot.get_metadata().index, state.first_index())
         };
-        if !self.snapshot_due && applied < next_snapshot_at(last_snapshot, self.config.snapshot_every, self.config.id) {
+        let every = snapshot_interval(self.config.snapshot_every, self.snapshot_bytes);
+        if !self.snapshot_due && applied < next_snapshot_at(last_snapshot, every, self.config.id) {
             return Ok(None);
         }
         let started = Instant::now();
@@ -624,8 +629,28 @@ impl<B: Backing> Node<B> {
         fail::fail_point!("raft::snapshot");
         self.log.save_snapshot(&snapshot, compact_to)?;
         self.snapshot_due = false;
-        Ok(Some(SnapshotTaken { bytes: snapshot.data.len() as u64, duration: started.elapsed() }))
+        self.snapshot_bytes = snapshot.data.len() as u64;
+        Ok(Some(SnapshotTaken { bytes: self.snapshot_bytes, duration: started.elapsed() }))
     }
+}
+
+/// Snapshot bytes a base interval of entries may pay for: past this size, the interval grows.
+const SNAPSHOT_BYTES_PER_INTERVAL: u64 = 4 << 20;
+
+/// Entries between snapshots when the last one took `bytes`: `every`, doubled as often as it
+/// takes to encode no more than [`SNAPSHOT_BYTES_PER_INTERVAL`] per `every` entries. A snapshot
+/// encodes the whole state machine, so a fixed interval would make every entry cost in
+/// proportion to the registry (at 100,000 instances under load, tens of MB every few seconds,
+/// each holding the raft task up); this way the encoding per entry stays bounded, and the log
+/// kept meanwhile grows with the state it is replayed onto.
+/// Powers of two, so members whose snapshots are about as large keep their staggered indexes.
+fn snapshot_interval(every: u64, bytes: u64) -> u64 {
+    let every = every.max(1);
+    let mut interval = every;
+    while interval / every * SNAPSHOT_BYTES_PER_INTERVAL < bytes && interval < u64::MAX / 2 {
+        interval *= 2;
+    }
+    interval
 }
 
 /// The applied index of this member's next snapshot after one at `last`: every `every`
@@ -654,6 +679,15 @@ mod tests {
         // Off schedule (after a membership change): back on it at the next of its own.
         assert_eq!(next_snapshot_at(12_000, 10_000, 1), 21_250);
         assert_eq!(next_snapshot_at(11_000, 10_000, 1), 11_250);
+    }
+
+    #[test]
+    fn a_larger_state_machine_is_snapshotted_less_often() {
+        assert_eq!(snapshot_interval(10_000, 0), 10_000);
+        assert_eq!(snapshot_interval(10_000, 4 << 20), 10_000);
+        assert_eq!(snapshot_interval(10_000, (4 << 20) + 1), 20_000);
+        assert_eq!(snapshot_interval(10_000, 40 << 20), 160_000);
+        assert_eq!(snapshot_interval(0, 1 << 40), 1 << 18);
     }
 
     /// A bootstrapped single node, elected.

@@ -320,9 +320,8 @@ impl Registry {
         let below = (Bound::Unbounded, Bound::Excluded((version.to_owned(), 0)));
         let above = (Bound::Excluded((version.to_owned(), u32::MAX)), Bound::Unbounded);
         let other_versions = slots.into_iter().flat_map(move |s| s.range(below.clone()).chain(s.range(above.clone())));
-        let other_versions = other_versions
-            .filter_map(|(_, id)| self.instances.get(id))
-            .filter(|i| i.desired == Desired::Running);
+        let other_versions =
+            other_versions.filter_map(|(_, id)| self.instances.get(id)).filter(|i| i.desired == Desired::Running);
         let migrating = self.derived.migrating.get(app).into_iter().flatten().filter_map(|id| self.instances.get(id));
         other_versions.chain(migrating)
     }
