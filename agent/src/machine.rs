@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use mirari_core::clock::millis;
 use mirari_core::digest::Digest;
 use mirari_core::health::{Health, HealthTracker, Probe};
 use mirari_core::ids::InstanceId;
@@ -1049,10 +1050,6 @@ impl Host {
             step.effects.push(Effect::Report(reports));
         }
     }
-}
-
-fn millis(duration: std::time::Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn blobs_of(instances: &[(InstanceId, InstanceSpec)]) -> Vec<Digest> {

@@ -158,7 +158,7 @@ fn applied_response(result: mirari_core::registry::ApplyResult) -> pb::ProposeRe
 
 /// A lease of `ttl`, as granted.
 fn granted(ttl: Duration) -> pb::Lease {
-    pb::Lease { ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX), register_again: false }
+    pb::Lease { ttl_ms: mirari_core::clock::millis(ttl), register_again: false }
 }
 
 impl CoordinatorService {

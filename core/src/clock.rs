@@ -2,11 +2,16 @@
 //! as a value, and the drivers at the edge read it here and pass it in (a simulation passes
 //! virtual time instead).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch: timestamps kept in records and shown to people.
 pub fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, millis)
+}
+
+/// A duration in whole milliseconds, as times and ttls travel (saturating past `u64::MAX`).
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Milliseconds since the host booted (`CLOCK_BOOTTIME`): never jumps, counts time suspended,

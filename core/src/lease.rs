@@ -29,6 +29,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use crate::clock::millis;
 use crate::registry::{Host, HostId, HostStatus, Registry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +85,6 @@ impl LeaseTiming {
 
 fn clamp_ms(ms: u128) -> u64 {
     u64::try_from(ms).unwrap_or(u64::MAX)
-}
-
-fn millis(duration: Duration) -> u64 {
-    clamp_ms(duration.as_millis())
 }
 
 impl Default for LeaseTiming {

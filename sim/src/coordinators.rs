@@ -179,7 +179,7 @@ impl SimCoordinator {
     }
 
     fn lease(ttl: Option<Duration>) -> Answer {
-        let ttl_ms = ttl.map_or(0, |ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let ttl_ms = ttl.map_or(0, mirari_core::clock::millis);
         Answer::Lease(Lease { ttl_ms, register_again: ttl.is_none() })
     }
 
