@@ -107,8 +107,8 @@ pub fn progress(registry: &Registry, deployment: &Deployment, now_ms: u64) -> Pr
 
 /// Where the rollout under way goes next, its replacements standing as `progress` says (of
 /// the same registry and time): `None` while it has neither failed nor finished, nor is to be
-/// promoted. Its failure checks are in proportion to the instances of the rollout's version:
-/// the leader asks at its own pace, not the scheduler's.
+/// promoted. Its checks are in proportion to the rollout version's instances that are not
+/// healthy yet or in trouble, not to all of them.
 pub fn verdict(registry: &Registry, deployment: &Deployment, progress: &Progress, now_ms: u64) -> Option<Verdict> {
     if deployment.desired != Desired::Running {
         return None;
@@ -117,15 +117,10 @@ pub fn verdict(registry: &Registry, deployment: &Deployment, progress: &Progress
     if let Some(failure) = failure(registry, deployment, now_ms) {
         return Some(Verdict::Failed(failure));
     }
-    let (spec, policy) = (&deployment.spec, deployment.spec.update);
+    let policy = deployment.spec.update;
     let outdated = progress.outdated_slots.len() as u32;
-    let all_settled = || {
-        (0..spec.count).all(|slot| {
-            filler(registry, deployment, slot).is_some_and(|new| settled(new, now_ms, policy.min_healthy_time_ms))
-        })
-    };
     // With nothing outdated there is nothing to be a canary beside: promotion is moot.
-    if outdated == 0 && all_settled() {
+    if outdated == 0 && all_settled(registry, deployment, now_ms) {
         Some(Verdict::Complete)
     } else if !rollout.promoted
         && policy.auto_promote
@@ -145,23 +140,45 @@ fn filler<'a>(registry: &'a Registry, deployment: &Deployment, slot: u32) -> Opt
     registry.slot_filler(&spec.app, &spec.version, slot).and_then(|id| registry.instance(id))
 }
 
+/// Whether every slot below the deployment's count is filled by an instance of its version
+/// that is settled: in proportion to the instances not healthy yet (the registry's
+/// [`Readiness`](crate::registry::Readiness)),
+/// unless instances of the version still fill slots at or above the count (scaled down, not yet
+/// ended), when each slot is looked at.
+fn all_settled(registry: &Registry, deployment: &Deployment, now_ms: u64) -> bool {
+    let spec = &deployment.spec;
+    let Some(readiness) = registry.readiness(&spec.app, &spec.version) else { return spec.count == 0 };
+    if registry.last_filled_slot(&spec.app, &spec.version).is_some_and(|slot| slot >= spec.count) {
+        return (0..spec.count).all(|slot| {
+            filler(registry, deployment, slot).is_some_and(|new| settled(new, now_ms, spec.update.min_healthy_time_ms))
+        });
+    }
+    // No slot is filled twice, so as many fillers below the count as slots fill them all.
+    readiness.fillers() == spec.count as usize
+        && readiness
+            .all_healthy_since()
+            .is_some_and(|since| now_ms.saturating_sub(since) >= spec.update.min_healthy_time_ms)
+}
+
 /// Why the rollout under way failed, if it did: one of its new instances restarted, failed,
-/// turned unhealthy, or is not healthy by the deadline.
+/// turned unhealthy, or is not healthy by the deadline. In proportion to those in trouble.
 fn failure(registry: &Registry, deployment: &Deployment, now_ms: u64) -> Option<String> {
     let spec = &deployment.spec;
     let rollout = deployment.rollout.as_ref()?;
     let deadline = spec.update.healthy_deadline_ms;
-    let new = registry.fillers_of(&spec.app, &rollout.version).filter(|i| i.placed_at_ms >= rollout.started_at_ms);
-    for instance in new {
-        let what = if instance.health == Health::Unhealthy {
-            "turned unhealthy"
-        } else if instance.restarts > 0 {
-            "restarted"
-        } else if instance.healthy_since_ms.is_none() && now_ms.saturating_sub(instance.placed_at_ms) > deadline {
-            "was not healthy in time"
-        } else {
-            continue;
-        };
+    let readiness = registry.readiness(&spec.app, &rollout.version);
+    let troubled = readiness.and_then(|r| r.troubled_since(rollout.started_at_ms).next());
+    let failed = match troubled.and_then(|id| registry.instance(id)) {
+        Some(instance) if instance.health == Health::Unhealthy => Some((instance, "turned unhealthy")),
+        Some(instance) => Some((instance, "restarted")),
+        // The first placed of those not healthy yet is the first to be late.
+        None => readiness
+            .and_then(|r| r.first_waiting_since(rollout.started_at_ms))
+            .filter(|(placed_at_ms, _)| now_ms.saturating_sub(*placed_at_ms) > deadline)
+            .and_then(|(_, id)| registry.instance(id))
+            .map(|instance| (instance, "was not healthy in time")),
+    };
+    if let Some((instance, what)) = failed {
         let detail = if instance.message.is_empty() { String::new() } else { format!(": {}", instance.message) };
         return Some(format!("instance {} on host {} {what}{detail}", instance.id, instance.host));
     }

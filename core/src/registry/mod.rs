@@ -10,21 +10,25 @@
 //! retry a write whose answer it lost.
 
 mod events;
+mod readiness;
 mod recent;
 mod types;
 mod updates;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::ops::Bound;
+use std::ops::{Bound, RangeInclusive};
 
 use serde::{Deserialize, Serialize};
 
 pub use self::events::{Event, EventKind};
+pub use self::readiness::Readiness;
+use self::readiness::Standing;
 pub use self::recent::DEDUP_WINDOW;
 use self::recent::RecentRequests;
 pub use self::types::*;
 use crate::args;
+use crate::health::Health;
 use crate::ids::InstanceId;
 use crate::instance::{Desired, Phase};
 use crate::network::{MacAddress, Network};
@@ -113,6 +117,8 @@ struct Derived {
     live: BTreeMap<String, BTreeSet<InstanceId>>,
     /// App -> the instances that should run and are migrating off a draining host.
     migrating: BTreeMap<String, BTreeSet<InstanceId>>,
+    /// App -> version -> how far the instances filling its slots are on their way to settled.
+    readiness: BTreeMap<String, BTreeMap<String, Readiness>>,
     /// Network -> address -> the instance holding it.
     addresses: BTreeMap<String, BTreeMap<Ipv4Addr, InstanceId>>,
     /// Instances each host holds: those it must run, and those it must stop that have not
@@ -133,6 +139,7 @@ impl PartialEq for Derived {
             && self.slots == other.slots
             && self.live == other.live
             && self.migrating == other.migrating
+            && self.readiness == other.readiness
             && self.placed == other.placed
             && self.addresses == other.addresses
     }
@@ -304,10 +311,20 @@ impl Registry {
         self.derived.slots.get(app)?.get(&(version.to_owned(), slot)).copied()
     }
 
+    /// How far the instances filling `app`'s slots of `version` are on their way to settled.
+    pub fn readiness(&self, app: &str, version: &str) -> Option<&Readiness> {
+        self.derived.readiness.get(app)?.get(version)
+    }
+
+    /// The highest slot of `app` an instance of `version` fills.
+    pub fn last_filled_slot(&self, app: &str, version: &str) -> Option<u32> {
+        self.derived.slots.get(app)?.range(slots_of(version)).next_back().map(|((_, slot), _)| *slot)
+    }
+
     /// The instances of `app` that should run and fill a slot of `version` (none migrating).
     /// The work is in proportion to them, not to the app's other versions.
     pub fn fillers_of<'a>(&'a self, app: &str, version: &str) -> impl Iterator<Item = &'a InstanceEntry> + 'a {
-        let range = (Bound::Included((version.to_owned(), 0)), Bound::Included((version.to_owned(), u32::MAX)));
+        let range = slots_of(version);
         let ids = self.derived.slots.get(app).into_iter().flat_map(move |slots| slots.range(range.clone()));
         ids.filter_map(|(_, id)| self.instances.get(id)).filter(|i| i.desired == Desired::Running)
     }
@@ -363,6 +380,7 @@ impl Registry {
         let holding: Vec<InstanceEntry> = self.instances.values().filter(|i| holds_slot(i)).cloned().collect();
         for instance in &holding {
             self.index(instance, Held::of(instance), true);
+            self.stand(instance, Standing::of(instance), true);
         }
     }
 
@@ -616,7 +634,7 @@ impl Registry {
                 stopped_at_index: 0,
                 released: false,
                 interfaces: placed.interfaces.clone(),
-                health: crate::health::Health::None,
+                health: Health::None,
                 healthy_since_ms: None,
                 deregistered_at_ms: None,
                 migrating: false,
@@ -628,6 +646,7 @@ impl Registry {
                 self.address_cursors.insert(interface.network.clone(), next);
             }
             self.index(&instance, Held::of(&instance), true);
+            self.stand(&instance, Standing::of(&instance), true);
             self.note(EventKind::Placed {
                 app: app.to_owned(),
                 version: instance.version.clone(),
@@ -682,7 +701,7 @@ impl Registry {
     /// host's assignments change when what it must do does.
     fn update(&mut self, id: InstanceId, change: impl FnOnce(&mut InstanceEntry)) {
         let Some(instance) = self.instances.get_mut(&id) else { return };
-        let (before, desired) = (Held::of(instance), instance.desired);
+        let (before, desired, standing) = (Held::of(instance), instance.desired, Standing::of(instance));
         let (phase, health) = (instance.observed, instance.health);
         change(instance);
         let instance = instance.clone();
@@ -693,6 +712,11 @@ impl Registry {
             self.index(&instance, after, true);
         } else if before.holds && desired != instance.desired {
             self.bump_host_version(&instance.host);
+        }
+        let now_standing = Standing::of(&instance);
+        if standing != now_standing {
+            self.stand(&instance, standing, false);
+            self.stand(&instance, now_standing, true);
         }
     }
 
@@ -715,6 +739,7 @@ impl Registry {
             if report.revision < instance.reported_revision {
                 continue;
             }
+            let checked = self.health_checked(instance);
             self.update(report.id, |instance| {
                 instance.reported_revision = report.revision;
                 if instance.desired == Desired::Stopped
@@ -731,8 +756,9 @@ impl Registry {
                 if !report.message.is_empty() {
                     instance.message = report.message.clone();
                 }
+                let healthy = instance.observed == Phase::Running && (instance.health == Health::Healthy || !checked);
+                instance.healthy_since_ms = healthy.then(|| instance.healthy_since_ms.unwrap_or(at_ms));
             });
-            self.note_health(report.id, at_ms);
             self.note_failure(report.id, at_ms);
         }
         Ok(Outcome::Done)
@@ -804,6 +830,19 @@ impl Registry {
         self.bump_host_version(host);
     }
 
+    /// Adds an instance's standing to (or takes it out of) its version's [`Readiness`].
+    fn stand(&mut self, instance: &InstanceEntry, standing: Option<Standing>, add: bool) {
+        let Some(standing) = standing else { return };
+        let (version, id) = (&instance.version, instance.id);
+        change_set(
+            &mut self.derived.readiness,
+            &instance.app,
+            add,
+            |versions| versions.entry(version.clone()).or_default().change(id, standing, true),
+            |versions| change_set(versions, version, false, |_| {}, |readiness| readiness.change(id, standing, false)),
+        );
+    }
+
     fn bump_host_version(&mut self, host: &HostId) {
         *self.derived.host_versions.entry(host.clone()).or_default() += 1;
         self.derived.changed_hosts.insert(host.clone());
@@ -820,6 +859,11 @@ impl Registry {
         let (memory_mib, vcpus) = run.unwrap_or((0, 0));
         Resources { memory_mib: u64::from(memory_mib), vcpus, instances: 1 }
     }
+}
+
+/// The keys of every slot of `version` in [`Derived::slots`].
+fn slots_of(version: &str) -> RangeInclusive<(String, u32)> {
+    (version.to_owned(), 0)..=(version.to_owned(), u32::MAX)
 }
 
 /// Adds to (`add`) or removes from the collection under `key`, dropping the entry once empty.
@@ -848,6 +892,12 @@ trait IsEmpty {
 impl<T> IsEmpty for BTreeSet<T> {
     fn is_empty(&self) -> bool {
         BTreeSet::is_empty(self)
+    }
+}
+
+impl IsEmpty for Readiness {
+    fn is_empty(&self) -> bool {
+        Readiness::is_empty(self)
     }
 }
 

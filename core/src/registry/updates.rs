@@ -361,21 +361,10 @@ impl Registry {
         Ok(Outcome::Done)
     }
 
-    /// Keeps an instance's `healthy_since` in step with what its reports say.
-    pub(super) fn note_health(&mut self, id: InstanceId, at_ms: u64) {
-        let checked = self
-            .instances
-            .get(&id)
-            .and_then(|i| self.app_version(&i.app, &i.version))
-            .is_none_or(|v| v.run.health.is_some());
-        let Some(instance) = self.instances.get_mut(&id) else { return };
-        let healthy =
-            instance.observed == Phase::Running && (instance.health == crate::health::Health::Healthy || !checked);
-        instance.healthy_since_ms = match (healthy, instance.healthy_since_ms) {
-            (true, Some(since)) => Some(since),
-            (true, None) => Some(at_ms),
-            (false, _) => None,
-        };
+    /// Whether instances of `instance`'s version are health-checked (an unknown version counts
+    /// as checked): unchecked, running is healthy.
+    pub(super) fn health_checked(&self, instance: &InstanceEntry) -> bool {
+        self.app_version(&instance.app, &instance.version).is_none_or(|v| v.run.health.is_some())
     }
 
     /// An instance of the deployed version that failed for good (its restart policy gave up)

@@ -165,7 +165,49 @@ impl World {
                 live().filter(|i| &i.version == version && !i.migrating).map(|i| i.id).collect();
             let indexed: BTreeSet<InstanceId> = self.registry.fillers_of(app, version).map(|i| i.id).collect();
             assert_eq!(indexed, walked, "instances filling {app}@{version}'s slots");
+            for known in self.registry.apps().filter(|v| &v.app == app) {
+                self.check_readiness(app, &known.version);
+            }
         }
+        let mut rebuilt = self.registry.clone();
+        rebuilt.rebuild_derived();
+        assert!(rebuilt == self.registry, "the indexes kept as entries apply equal those rebuilt from scratch");
+    }
+
+    /// The readiness index of `app@version` says what a walk over its slots' fillers finds.
+    fn check_readiness(&self, app: &str, version: &str) {
+        let fillers: Vec<&InstanceEntry> = (0..=self.registry.last_filled_slot(app, version).unwrap_or(0))
+            .filter_map(|slot| self.registry.slot_filler(app, version, slot))
+            .map(|id| self.instance(id))
+            .collect();
+        let Some(readiness) = self.registry.readiness(app, version) else {
+            assert!(fillers.is_empty(), "{app}@{version} has fillers but no readiness");
+            return;
+        };
+        let running = |i: &&&InstanceEntry| i.desired == Desired::Running;
+        assert_eq!(readiness.fillers(), fillers.len(), "fillers of {app}@{version}");
+        let troubled: BTreeSet<InstanceId> = fillers
+            .iter()
+            .filter(running)
+            .filter(|i| i.health == Health::Unhealthy || i.restarts > 0)
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(readiness.troubled_since(0).collect::<BTreeSet<_>>(), troubled, "troubled of {app}@{version}");
+        let first_waiting = fillers
+            .iter()
+            .filter(running)
+            .filter(|i| i.healthy_since_ms.is_none())
+            .map(|i| (i.placed_at_ms, i.id))
+            .min();
+        assert_eq!(readiness.first_waiting_since(0), first_waiting, "first waiting of {app}@{version}");
+        let all_healthy =
+            fillers.iter().all(|i| running(&i) && i.observed == Phase::Running && i.healthy_since_ms.is_some());
+        let last_healthy = fillers.iter().filter_map(|i| i.healthy_since_ms).max().unwrap_or(0);
+        assert_eq!(
+            readiness.all_healthy_since(),
+            all_healthy.then_some(last_healthy),
+            "healthy since, {app}@{version}"
+        );
     }
 
     fn summary(&self, command: &Command) -> String {
