@@ -142,20 +142,20 @@ fn filler<'a>(registry: &'a Registry, deployment: &Deployment, slot: u32) -> Opt
 
 /// Whether every slot below the deployment's count is filled by an instance of its version
 /// that is settled: in proportion to the instances not healthy yet (the registry's
-/// [`Readiness`](crate::registry::Readiness)),
+/// [`Fillers`](crate::registry::Fillers)),
 /// unless instances of the version still fill slots at or above the count (scaled down, not yet
 /// ended), when each slot is looked at.
 fn all_settled(registry: &Registry, deployment: &Deployment, now_ms: u64) -> bool {
     let spec = &deployment.spec;
-    let Some(readiness) = registry.readiness(&spec.app, &spec.version) else { return spec.count == 0 };
+    let Some(fillers) = registry.slot_fillers(&spec.app, &spec.version) else { return spec.count == 0 };
     if registry.last_filled_slot(&spec.app, &spec.version).is_some_and(|slot| slot >= spec.count) {
         return (0..spec.count).all(|slot| {
             filler(registry, deployment, slot).is_some_and(|new| settled(new, now_ms, spec.update.min_healthy_time_ms))
         });
     }
     // No slot is filled twice, so as many fillers below the count as slots fill them all.
-    readiness.fillers() == spec.count as usize
-        && readiness
+    fillers.count() == spec.count as usize
+        && fillers
             .all_healthy_since()
             .is_some_and(|since| now_ms.saturating_sub(since) >= spec.update.min_healthy_time_ms)
 }
@@ -166,13 +166,13 @@ fn failure(registry: &Registry, deployment: &Deployment, now_ms: u64) -> Option<
     let spec = &deployment.spec;
     let rollout = deployment.rollout.as_ref()?;
     let deadline = spec.update.healthy_deadline_ms;
-    let readiness = registry.readiness(&spec.app, &rollout.version);
-    let troubled = readiness.and_then(|r| r.troubled_since(rollout.started_at_ms).next());
+    let fillers = registry.slot_fillers(&spec.app, &rollout.version);
+    let troubled = fillers.and_then(|r| r.troubled_since(rollout.started_at_ms).next());
     let failed = match troubled.and_then(|id| registry.instance(id)) {
         Some(instance) if instance.health == Health::Unhealthy => Some((instance, "turned unhealthy")),
         Some(instance) => Some((instance, "restarted")),
         // The first placed of those not healthy yet is the first to be late.
-        None => readiness
+        None => fillers
             .and_then(|r| r.first_waiting_since(rollout.started_at_ms))
             .filter(|(placed_at_ms, _)| now_ms.saturating_sub(*placed_at_ms) > deadline)
             .and_then(|(_, id)| registry.instance(id))

@@ -148,15 +148,14 @@ pub fn plan(
     };
     let mut planned: BTreeMap<HostId, Resources> = BTreeMap::new();
     let mut heap = BinaryHeap::new();
+    let fillers = registry.slot_fillers(app, &spec.version);
     for host in registry.hosts() {
         let used = registry.used(&host.id).plus(need);
         match feasible(host, used, &demand) {
             Ok(()) => {
-                // Instances of the version placed: the ones a rollout replaces are on their way out.
-                let siblings = registry
-                    .placed_on(&host.id)
-                    .filter(|i| i.app == app && i.version == spec.version && !i.migrating)
-                    .count() as u32;
+                // Instances of the version filling slots: the ones a rollout replaces, and
+                // those migrating, are on their way out.
+                let siblings = fillers.map_or(0, |f| f.on(&host.id));
                 heap.push(Candidate {
                     on_premises: host.provider.is_none(),
                     siblings: Reverse(siblings),

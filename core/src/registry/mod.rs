@@ -10,7 +10,7 @@
 //! retry a write whose answer it lost.
 
 mod events;
-mod readiness;
+mod fillers;
 mod recent;
 mod types;
 mod updates;
@@ -22,8 +22,8 @@ use std::ops::{Bound, RangeInclusive};
 use serde::{Deserialize, Serialize};
 
 pub use self::events::{Event, EventKind};
-pub use self::readiness::Readiness;
-use self::readiness::Standing;
+pub use self::fillers::Fillers;
+use self::fillers::Standing;
 pub use self::recent::DEDUP_WINDOW;
 use self::recent::RecentRequests;
 pub use self::types::*;
@@ -118,7 +118,7 @@ struct Derived {
     /// App -> the instances that should run and are migrating off a draining host.
     migrating: BTreeMap<String, BTreeSet<InstanceId>>,
     /// App -> version -> how far the instances filling its slots are on their way to settled.
-    readiness: BTreeMap<String, BTreeMap<String, Readiness>>,
+    fillers: BTreeMap<String, BTreeMap<String, Fillers>>,
     /// Network -> address -> the instance holding it.
     addresses: BTreeMap<String, BTreeMap<Ipv4Addr, InstanceId>>,
     /// Instances each host holds: those it must run, and those it must stop that have not
@@ -139,7 +139,7 @@ impl PartialEq for Derived {
             && self.slots == other.slots
             && self.live == other.live
             && self.migrating == other.migrating
-            && self.readiness == other.readiness
+            && self.fillers == other.fillers
             && self.placed == other.placed
             && self.addresses == other.addresses
     }
@@ -312,8 +312,8 @@ impl Registry {
     }
 
     /// How far the instances filling `app`'s slots of `version` are on their way to settled.
-    pub fn readiness(&self, app: &str, version: &str) -> Option<&Readiness> {
-        self.derived.readiness.get(app)?.get(version)
+    pub fn slot_fillers(&self, app: &str, version: &str) -> Option<&Fillers> {
+        self.derived.fillers.get(app)?.get(version)
     }
 
     /// The highest slot of `app` an instance of `version` fills.
@@ -365,9 +365,15 @@ impl Registry {
         })
     }
 
-    /// How many slots below `count` no instance of `version` fills.
+    /// How many slots below `count` no instance of `version` fills: a lookup, unless instances
+    /// of `version` fill slots at or above `count` (scaled down, not yet ended), when the filled
+    /// slots below it are counted.
     pub fn empty_slot_count(&self, app: &str, version: &str, count: u32) -> u32 {
-        let filled = self.filled_below(app, version, count).count();
+        let filled = match self.slot_fillers(app, version) {
+            None => 0,
+            Some(fillers) if self.last_filled_slot(app, version).is_some_and(|slot| slot < count) => fillers.count(),
+            Some(_) => self.filled_below(app, version, count).count(),
+        };
         count - u32::try_from(filled).unwrap_or(count)
     }
 
@@ -830,17 +836,18 @@ impl Registry {
         self.bump_host_version(host);
     }
 
-    /// Adds an instance's standing to (or takes it out of) its version's [`Readiness`].
+    /// Adds an instance that fills a slot, with its standing, to (or takes it out of) its
+    /// version's [`Fillers`].
     fn stand(&mut self, instance: &InstanceEntry, standing: Option<Standing>, add: bool) {
         let Some(standing) = standing else { return };
-        let (version, id) = (&instance.version, instance.id);
-        change_set(
-            &mut self.derived.readiness,
-            &instance.app,
-            add,
-            |versions| versions.entry(version.clone()).or_default().change(id, standing, true),
-            |versions| change_set(versions, version, false, |_| {}, |readiness| readiness.change(id, standing, false)),
-        );
+        let (version, host, id) = (&instance.version, &instance.host, instance.id);
+        let change = |fillers: &mut Fillers| {
+            fillers.change(id, standing, add);
+            fillers.count_on(host, add);
+        };
+        let add_to = |versions: &mut BTreeMap<String, Fillers>| change(versions.entry(version.clone()).or_default());
+        let take_from = |versions: &mut BTreeMap<String, Fillers>| change_set(versions, version, false, |_| {}, change);
+        change_set(&mut self.derived.fillers, &instance.app, add, add_to, take_from);
     }
 
     fn bump_host_version(&mut self, host: &HostId) {
@@ -895,9 +902,9 @@ impl<T> IsEmpty for BTreeSet<T> {
     }
 }
 
-impl IsEmpty for Readiness {
+impl IsEmpty for Fillers {
     fn is_empty(&self) -> bool {
-        Readiness::is_empty(self)
+        Fillers::is_empty(self)
     }
 }
 

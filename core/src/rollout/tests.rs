@@ -166,7 +166,7 @@ impl World {
             let indexed: BTreeSet<InstanceId> = self.registry.fillers_of(app, version).map(|i| i.id).collect();
             assert_eq!(indexed, walked, "instances filling {app}@{version}'s slots");
             for known in self.registry.apps().filter(|v| &v.app == app) {
-                self.check_readiness(app, &known.version);
+                self.check_fillers(app, &known.version);
             }
         }
         let mut rebuilt = self.registry.clone();
@@ -174,40 +174,43 @@ impl World {
         assert!(rebuilt == self.registry, "the indexes kept as entries apply equal those rebuilt from scratch");
     }
 
-    /// The readiness index of `app@version` says what a walk over its slots' fillers finds.
-    fn check_readiness(&self, app: &str, version: &str) {
+    /// The index of the fillers of `app@version` says what a walk over its slots' fillers finds.
+    fn check_fillers(&self, app: &str, version: &str) {
         let fillers: Vec<&InstanceEntry> = (0..=self.registry.last_filled_slot(app, version).unwrap_or(0))
             .filter_map(|slot| self.registry.slot_filler(app, version, slot))
             .map(|id| self.instance(id))
             .collect();
-        let Some(readiness) = self.registry.readiness(app, version) else {
-            assert!(fillers.is_empty(), "{app}@{version} has fillers but no readiness");
+        let Some(indexed) = self.registry.slot_fillers(app, version) else {
+            assert!(fillers.is_empty(), "{app}@{version} has fillers but no index of them");
             return;
         };
         let running = |i: &&&InstanceEntry| i.desired == Desired::Running;
-        assert_eq!(readiness.fillers(), fillers.len(), "fillers of {app}@{version}");
+        assert_eq!(indexed.count(), fillers.len(), "fillers of {app}@{version}");
+        for host in self.registry.hosts() {
+            let on_host = fillers.iter().filter(|i| i.host == host.id).count() as u32;
+            assert_eq!(indexed.on(&host.id), on_host, "fillers of {app}@{version} on {}", host.id);
+        }
+        let count = self.registry.deployment(app).map_or(0, |d| d.spec.count);
+        let empty = (0..count).filter(|slot| self.registry.slot_filler(app, version, *slot).is_none()).count() as u32;
+        assert_eq!(self.registry.empty_slot_count(app, version, count), empty, "empty slots of {app}@{version}");
         let troubled: BTreeSet<InstanceId> = fillers
             .iter()
             .filter(running)
             .filter(|i| i.health == Health::Unhealthy || i.restarts > 0)
             .map(|i| i.id)
             .collect();
-        assert_eq!(readiness.troubled_since(0).collect::<BTreeSet<_>>(), troubled, "troubled of {app}@{version}");
+        assert_eq!(indexed.troubled_since(0).collect::<BTreeSet<_>>(), troubled, "troubled of {app}@{version}");
         let first_waiting = fillers
             .iter()
             .filter(running)
             .filter(|i| i.healthy_since_ms.is_none())
             .map(|i| (i.placed_at_ms, i.id))
             .min();
-        assert_eq!(readiness.first_waiting_since(0), first_waiting, "first waiting of {app}@{version}");
+        assert_eq!(indexed.first_waiting_since(0), first_waiting, "first waiting of {app}@{version}");
         let all_healthy =
             fillers.iter().all(|i| running(&i) && i.observed == Phase::Running && i.healthy_since_ms.is_some());
         let last_healthy = fillers.iter().filter_map(|i| i.healthy_since_ms).max().unwrap_or(0);
-        assert_eq!(
-            readiness.all_healthy_since(),
-            all_healthy.then_some(last_healthy),
-            "healthy since, {app}@{version}"
-        );
+        assert_eq!(indexed.all_healthy_since(), all_healthy.then_some(last_healthy), "healthy since, {app}@{version}");
     }
 
     fn summary(&self, command: &Command) -> String {
@@ -382,6 +385,27 @@ fn a_first_deploy_places_every_slot_at_once_and_completes_once_each_settled() {
     assert_eq!(world.deployment("hello").rollout, None);
     assert_eq!(world.history("hello"), ["1 by alice: promoted"]);
     assert!(world.advance().is_empty(), "done: nothing more to do");
+}
+
+#[test]
+fn a_deploy_scaled_down_before_it_settled_completes_once_the_slots_kept_settled() {
+    let mut world = World::new(&["a", "b", "c"]);
+    world.register(version("hello", "1"));
+    world.deploy(hello(3)).unwrap();
+    assert_eq!(world.schedule("hello"), ["1/0@a", "1/1@b", "1/2@c"]);
+    let kept = world.filler("hello", "1", 0);
+    world.apply(Command::Scale { app: "hello".into(), count: 1 }).unwrap();
+    // The two scaled away are asked to stop and hold their slots, above the count, until they end.
+    assert_eq!(world.registry.empty_slot_count("hello", "1", 1), 0);
+    assert_eq!(world.registry.last_filled_slot("hello", "1"), Some(2));
+    world.healthy([kept]);
+    world.wait(SETTLE_MS - 1);
+    assert!(world.advance().is_empty(), "slot 0 healthy, not yet settled");
+    world.wait(1);
+    assert_eq!(world.advance(), ["finish 1"], "slot 0 settled: the stopping ones are not the deployment's");
+    world.end_stopped();
+    assert_eq!(world.registry.last_filled_slot("hello", "1"), Some(0));
+    assert!(world.advance().is_empty());
 }
 
 #[test]

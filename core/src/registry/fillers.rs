@@ -1,17 +1,17 @@
-//! How far the instances filling a version's slots are on their way to settled, kept as the
-//! registry applies entries: what a rollout's verdict asks ([`crate::rollout::verdict`]), at a
-//! cost in proportion to the instances not yet healthy or in trouble, never to all of the
-//! version's (which at 100,000 instances held the registry for hundreds of milliseconds, every
-//! leader round, and the raft driver waiting for it).
+//! The instances filling a version's slots, kept as the registry applies entries: how many on
+//! each host (what the scheduler spreads by), and how far they are on their way to settled
+//! (what a rollout's verdict asks, [`crate::rollout::verdict`]). Both cost a lookup, never a
+//! walk over the version's instances: at 100,000 instances such walks held the registry for
+//! hundreds of milliseconds a round, the raft driver waiting to apply behind them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeFrom;
 
 use crate::health::Health;
 use crate::ids::InstanceId;
 use crate::instance::{Desired, Phase};
 
-use super::{InstanceEntry, fills_slot};
+use super::{HostId, InstanceEntry, fills_slot};
 
 /// Where one instance that fills a slot stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,11 +50,13 @@ impl Standing {
     }
 }
 
-/// The instances filling one version's slots, by how far they are on their way to settled.
-/// Each slot has at most one (a placement refuses a taken slot; an instance back from a drain
+/// The instances filling one version's slots, by host and by how far they are on their way to
+/// settled. Each slot has at most one (a placement refuses a taken slot; an instance back from a drain
 /// takes its slot back only when no replacement filled it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Readiness {
+pub struct Fillers {
+    /// How many on each host.
+    hosts: BTreeMap<HostId, u32>,
     /// Those not yet healthy, by when they were placed.
     waiting: BTreeSet<(u64, InstanceId)>,
     /// Those healthy, by since when.
@@ -65,10 +67,15 @@ pub struct Readiness {
     neither: usize,
 }
 
-impl Readiness {
+impl Fillers {
     /// How many slots are filled.
-    pub fn fillers(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.waiting.len() + self.healthy.len() + self.neither
+    }
+
+    /// How many slots instances on `host` fill.
+    pub fn on(&self, host: &HostId) -> u32 {
+        self.hosts.get(host).copied().unwrap_or_default()
     }
 
     /// The instances placed at or after `since_ms` that turned unhealthy or restarted, first
@@ -88,6 +95,7 @@ impl Readiness {
         (self.waiting.is_empty() && self.neither == 0).then(|| self.healthy.last().map_or(0, |(since, _)| *since))
     }
 
+    /// Adds (or takes out) a filler's standing.
     pub(super) fn change(&mut self, id: InstanceId, standing: Standing, add: bool) {
         let placed = (standing.placed_at_ms, id);
         let set_change = |set: &mut BTreeSet<(u64, InstanceId)>, key| {
@@ -108,8 +116,20 @@ impl Readiness {
         }
     }
 
+    /// Counts (or stops counting) a filler on `host`.
+    pub(super) fn count_on(&mut self, host: &HostId, add: bool) {
+        if add {
+            *self.hosts.entry(host.clone()).or_default() += 1;
+        } else if let Some(count) = self.hosts.get_mut(host) {
+            *count -= 1;
+            if *count == 0 {
+                self.hosts.remove(host);
+            }
+        }
+    }
+
     pub(super) fn is_empty(&self) -> bool {
-        self.fillers() == 0 && self.troubled.is_empty()
+        self.count() == 0 && self.troubled.is_empty()
     }
 }
 
