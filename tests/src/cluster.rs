@@ -41,7 +41,7 @@ impl ClusterAgent {
             host: host.clone(),
             state_dir: dir.join(name),
             address: format!("{}:{}", host.ip, free_port()),
-            metrics_address: format!("{}:{}", host.ip, crate::metrics::free_low_port()),
+            metrics_address: format!("{}:{}", host.ip, free_port()),
             join: join.to_owned(),
             log: dir.join(format!("{name}.log")),
             child: None,

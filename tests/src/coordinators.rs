@@ -11,16 +11,13 @@ use crate::netns::TestHost;
 use crate::pki::{Identity, Pki};
 use crate::{bin, eventually};
 
-/// A free TCP port on this machine (loopback hosts share the port space).
+/// A port free on 127.0.0.1 (TCP and UDP) below Linux's ephemeral range (32768 and up), the one
+/// source of every port the harness gives a daemon: the address goes into a config file before
+/// its process starts, and an ephemeral port may meanwhile be given to any outgoing connection
+/// (in that host's namespace too), one below the range only to another listener. Each call in a
+/// test process tries the next port, from a start that differs per process, so no two calls in
+/// one process return the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-/// A port free on 127.0.0.1 (TCP and UDP) below Linux's ephemeral range (32768 and up), for an
-/// address written into a config file before its process starts: an ephemeral port may be
-/// given to any outgoing connection meanwhile, one below the range only to another listener.
-/// Each call in a test process tries the next port, from a start that differs per process.
-pub fn fixed_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const FIRST: u32 = 20_000;
     const COUNT: u32 = 32_768 - FIRST;
@@ -101,7 +98,7 @@ impl Coordinator {
             log: dir.join(format!("coordinator-{id}.log")),
             address,
             dns_address: format!("{}:{}", host.ip, free_port()),
-            metrics_address: format!("{}:{}", host.ip, crate::metrics::free_low_port()),
+            metrics_address: format!("{}:{}", host.ip, free_port()),
             child: None,
             env,
         };

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use crate::coordinators::fixed_port;
+use crate::coordinators::free_port;
 
 /// An error EC2 answers with, injected instead of forwarding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +86,7 @@ impl FaultProxy {
     /// Like [`FaultProxy::start`], listening on `ip` (where test hosts in namespaces reach
     /// this machine).
     pub fn start_on(ip: &str, upstream: &str) -> Self {
-        let port = fixed_port();
+        let port = free_port();
         let listener = TcpListener::bind((ip, port)).expect("the fault proxy listens");
         let address = format!("{ip}:{port}");
         let shared = Arc::new(Shared::default());

@@ -1,30 +1,7 @@
 //! The daemons' `/metrics` for end-to-end tests: where they serve it, and a scrape parsed by a
 //! Prometheus text parser (`prometheus-parse`), not by our own code.
 
-use std::sync::atomic::{AtomicU16, Ordering};
-
 use prometheus_parse::{Scrape, Value};
-
-/// Where the harness's metrics ports start. Below the kernel's ephemeral range (32768 up, where
-/// every other port of the harness comes from, see `free_port`), so an outgoing connection of
-/// any process can never hold one.
-const LOW_PORTS: std::ops::Range<u16> = 20_000..32_000;
-
-/// A port below the ephemeral range that is free on this machine now. Spread by process ID, so
-/// test binaries running at once rarely try the same ones.
-pub fn free_low_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let span = LOW_PORTS.end - LOW_PORTS.start;
-    let base = (std::process::id() % u32::from(span)) as u16;
-    loop {
-        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(offset < span, "no free port below 32000");
-        let port = LOW_PORTS.start + (base + offset) % span;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 /// One scrape of `GET /metrics` at `address` (`IP:PORT`), parsed.
 #[derive(Debug)]

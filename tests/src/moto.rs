@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::coordinators::fixed_port;
+use crate::coordinators::free_port;
 use crate::{eventually, http_request, stderr, stdout};
 
 /// Set in the child process that runs a test's body: moto's endpoint URL.
@@ -121,7 +121,7 @@ impl Moto {
 
         let dir = tempfile::Builder::new().prefix("mirari-moto-").tempdir().expect("scratch dir");
         let log = fs::File::create(dir.path().join("moto.log")).expect("moto log");
-        let port = fixed_port();
+        let port = free_port();
         let process = Command::new(&python)
             .arg(script("server.py"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])

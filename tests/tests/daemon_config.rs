@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use mirari_tests::coordinators::fixed_port;
+use mirari_tests::coordinators::free_port;
 use mirari_tests::pki::{Identity, Pki};
 use mirari_tests::{bin, eventually, resolve, stderr};
 use serde_json::Value;
@@ -89,7 +89,7 @@ fn mirari_json(pki: &Pki, address: &str, args: &[&str]) -> Result<Value, String>
 /// A bootstrapped coordinator with ID 7 whose settings all come from its config file; its
 /// address and DNS address.
 fn coordinator(dir: &Path, pki: &Pki) -> (Daemon, String, String) {
-    let (address, dns) = (format!("127.0.0.1:{}", fixed_port()), format!("127.0.0.1:{}", fixed_port()));
+    let (address, dns) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
     let identity = pki.issue("coordinator", "coordinator-7", &["127.0.0.1"]);
     let config = format!(
         "id = 7\ndata_dir = \"{}\"\nlisten = \"{address}\"\nbootstrap = true\ntick_ms = 50\ndns_listen = \"{dns}\"\n\n{}",
@@ -133,7 +133,7 @@ fn the_agent_runs_from_its_config_file() {
     let dir = tempfile::Builder::new().prefix("mirari-daemon-config-").tempdir().expect("scratch dir");
     let pki = Pki::new(dir.path());
     let (_coordinator, coordinator_address, _) = coordinator(dir.path(), &pki);
-    let agent_address = format!("127.0.0.1:{}", fixed_port());
+    let agent_address = format!("127.0.0.1:{}", free_port());
     let state_dir = dir.path().join("agent-state");
     let identity = pki.issue("agent", "configured-host", &["127.0.0.1"]);
     let config = format!(

@@ -115,7 +115,7 @@ fn the_web_console_shows_the_instances_and_a_live_console_in_a_browser() {
         browser.join("node_modules/playwright-core").is_dir(),
         "playwright-core is not installed: run `npm ci --prefix tests/browser` (and apt-get install chromium)"
     );
-    let port = mirari_tests::metrics::free_low_port();
+    let port = mirari_tests::coordinators::free_port();
     let listen = format!("127.0.0.1:{port}");
     let (_dev, _dir, _, mirari) = start_dev(&["--http-listen", &listen]);
     let out = mirari(&["cluster", "deploy", "-t", "unix", "--count", "2"]);
