@@ -90,6 +90,13 @@ const MAX_CONCURRENT_STREAMS: u32 = 16_384;
 /// client here has passed mutual TLS.
 const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 4_096;
 
+/// How long a client remembers a call it gave up on, so the rest of that call arriving late
+/// (the server had answered before it heard) is dropped quietly. Frames for a stream h2 has
+/// forgotten count against the connection: at 1,024 it closes the connection with every call
+/// on it. h2's default memory is 50 streams for 1 s; a follower forwarding thousands of
+/// agents' calls to a loaded leader gives up on more than that.
+const GIVEN_UP_MEMORY: Duration = Duration::from_secs(30);
+
 /// A gRPC server with the keepalives and stream limits every Mirari server uses.
 pub fn server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
@@ -152,6 +159,8 @@ impl Endpoint {
                     .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
                     .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                     .keep_alive_while_idle(true)
+                    .http2_max_concurrent_reset_streams(MAX_CONCURRENT_STREAMS as usize)
+                    .http2_reset_stream_duration(GIVEN_UP_MEMORY)
                     .connect()
                     .await
                     .map_err(wrap)
@@ -361,5 +370,159 @@ mod tests {
         assert_eq!("http://[::1]:7070".parse(), Ok(Endpoint::Tcp("[::1]:7070".into())));
         assert!("localhost".parse::<Endpoint>().is_err());
         assert!("unix:".parse::<Endpoint>().is_err());
+    }
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::StreamExt;
+    use tonic::{Request, Response, Status, Streaming};
+
+    use crate::agent::agent_client::AgentClient;
+    use crate::agent::agent_server::{Agent, AgentServer};
+    use crate::agent::*;
+
+    /// Consoles that stay open until `ended` turns true, and uploads answered when they end.
+    struct Consoles {
+        ended: tokio::sync::watch::Receiver<bool>,
+    }
+
+    #[tonic::async_trait]
+    impl Agent for Consoles {
+        type StreamConsoleStream = futures::stream::BoxStream<'static, Result<ConsoleChunk, Status>>;
+        type BuildStream = futures::stream::BoxStream<'static, Result<BuildEvent, Status>>;
+
+        async fn stream_console(
+            &self,
+            _: Request<ConsoleRequest>,
+        ) -> Result<Response<Self::StreamConsoleStream>, Status> {
+            let mut ended = self.ended.clone();
+            let until_ended = async move {
+                let _ = ended.wait_for(|ended| *ended).await;
+            };
+            Ok(Response::new(futures::stream::once(until_ended).filter_map(|()| async { None }).boxed()))
+        }
+
+        async fn put_blob(&self, request: Request<Streaming<BlobChunk>>) -> Result<Response<PutBlobResponse>, Status> {
+            let mut chunks = request.into_inner();
+            while chunks.message().await?.is_some() {}
+            Ok(Response::new(PutBlobResponse::default()))
+        }
+
+        async fn get_host_info(&self, _: Request<GetHostInfoRequest>) -> Result<Response<HostInfo>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn missing_blobs(
+            &self,
+            _: Request<MissingBlobsRequest>,
+        ) -> Result<Response<MissingBlobsResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn run_instances(
+            &self,
+            _: Request<RunInstancesRequest>,
+        ) -> Result<Response<RunInstancesResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn list_instances(
+            &self,
+            _: Request<ListInstancesRequest>,
+        ) -> Result<Response<ListInstancesResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn stop_instance(
+            &self,
+            _: Request<StopInstanceRequest>,
+        ) -> Result<Response<StopInstanceResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn get_events(&self, _: Request<EventsRequest>) -> Result<Response<EventsResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn build(&self, _: Request<BuildJob>) -> Result<Response<Self::BuildStream>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    /// A TCP proxy to `to` that holds back what the server sends while `held` is true, and
+    /// counts the bytes it holds.
+    async fn holding_proxy(to: String, held: tokio::sync::watch::Receiver<bool>) -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let address = listener.local_addr().expect("the proxy's address").to_string();
+        let held_bytes = Arc::new(AtomicUsize::new(0));
+        let counted = held_bytes.clone();
+        tokio::spawn(async move {
+            let (client, _) = listener.accept().await.expect("accept");
+            let server = TcpStream::connect(to).await.expect("reach the server");
+            let ((mut client_read, mut client_write), (mut server_read, mut server_write)) =
+                (client.into_split(), server.into_split());
+            tokio::spawn(async move { tokio::io::copy(&mut client_read, &mut server_write).await });
+            let (bytes, mut to_forward) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+            let holding = held.clone();
+            tokio::spawn(async move {
+                while let Some(bytes) = to_forward.recv().await {
+                    holding.clone().wait_for(|held| !held).await.expect("the test holds the switch");
+                    client_write.write_all(&bytes).await.expect("write to the client");
+                }
+            });
+            let mut buffer = vec![0; 64 << 10];
+            loop {
+                let read = server_read.read(&mut buffer).await.expect("read from the server");
+                if read == 0 || bytes.send(buffer[..read].to_vec()).is_err() {
+                    return;
+                }
+                if *held.borrow() {
+                    counted.fetch_add(read, Ordering::Relaxed);
+                }
+            }
+        });
+        (address, held_bytes)
+    }
+
+    /// A caller that gives up on many calls whose ends were already on their way (a loaded
+    /// leader finishing forwarded heartbeats just late) keeps its connection, and the other
+    /// calls on it. h2 by default remembers 50 given-up streams for 1 s and closes the whole
+    /// connection once 1,024 frames came for streams it forgot: every forwarded call and
+    /// agent stream on it failed at once, and leaders stepped down under placement load.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn late_ends_of_calls_given_up_on_leave_the_connection_and_its_other_calls_alone() {
+        const GIVEN_UP: usize = 1_500;
+        let listener = Listener::bind(&Endpoint::Tcp("127.0.0.1:0".into()), None).await.expect("bind");
+        let server = listener.local_endpoint().expect("the server's address").to_string();
+        let (end_consoles, ended) = tokio::sync::watch::channel(false);
+        let router = super::server().add_service(AgentServer::new(Consoles { ended }));
+        tokio::spawn(listener.serve(router, std::future::pending()));
+        let (hold, held) = tokio::sync::watch::channel(false);
+        let (proxy, held_bytes) = holding_proxy(server, held).await;
+        let channel = Endpoint::Tcp(proxy).connect().await.expect("connect through the proxy");
+
+        let (chunks, upload_stream) = tokio::sync::mpsc::channel(1);
+        let mut uploader = AgentClient::new(channel.clone());
+        let upload =
+            tokio::spawn(
+                async move { uploader.put_blob(tokio_stream::wrappers::ReceiverStream::new(upload_stream)).await },
+            );
+        chunks.send(BlobChunk::default()).await.expect("the upload is open");
+        let opened = (0..GIVEN_UP).map(|_| {
+            let mut client = AgentClient::new(channel.clone());
+            async move { client.stream_console(ConsoleRequest::default()).await.expect("a console opens") }
+        });
+        let consoles = futures::future::join_all(opened).await;
+
+        // The consoles' ends are sent, and held back until their callers gave up on them.
+        hold.send_replace(true);
+        end_consoles.send_replace(true);
+        let (frame_header, deadline) = (9, tokio::time::Instant::now() + Duration::from_secs(10));
+        while held_bytes.load(Ordering::Relaxed) < GIVEN_UP * frame_header {
+            assert!(tokio::time::Instant::now() < deadline, "the consoles' ends never reached the proxy");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(consoles);
+        hold.send_replace(false);
+
+        let answer = AgentClient::new(channel.clone()).get_host_info(GetHostInfoRequest::default()).await;
+        assert_eq!(answer.expect_err("not in this test").code(), tonic::Code::Unimplemented);
+        drop(chunks);
+        upload.await.expect("the upload's task").expect("the upload open across the late ends");
     }
 }
