@@ -13,7 +13,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use mirari_core::clock;
 use mirari_core::limits;
-use mirari_core::registry::{Command, HostId, HostStatus, InstanceReport, Outcome, Request};
+use mirari_core::registry::{Command, HostAssignments, HostId, HostStatus, InstanceReport, Outcome, Registry, Request};
 use mirari_proto::agent as wire_agent;
 use mirari_proto::auth;
 use mirari_proto::coordinator::coordinator_client::CoordinatorClient;
@@ -205,10 +205,6 @@ impl CoordinatorService {
     }
 
     /// The instances `host` must run, as of the registry now.
-    fn assignments(&self, host: &HostId) -> pb::Assignments {
-        assignments_of(&self.raft, host)
-    }
-
     fn leader_address(&self) -> Option<String> {
         let leader = self.raft.leader()?;
         self.raft.machine().members.get(&leader).cloned()
@@ -538,9 +534,12 @@ impl coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
         auth::may_act_for_host(request.extensions(), &request.get_ref().host)?;
         let host = HostId(request.into_inner().host);
-        let first = {
-            self.read_barrier(false).await?;
-            self.assignments(&host)
+        self.read_barrier(false).await?;
+        // The set and its version are read together: a change between them would go unseen.
+        let (first, first_version) = {
+            let machine = self.raft.machine();
+            let registry = &machine.registry;
+            (assignments_pb(registry, registry.assignments(&host)), registry.host_version(&host))
         };
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
         let raft = self.raft.clone();
@@ -550,7 +549,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
             if sender.send(Ok(first)).await.is_err() {
                 return;
             }
-            let mut seen_version = raft.machine().registry.host_version(&host);
+            let mut seen_version = first_version;
             let mut looked_at = tokio::time::Instant::now();
             let mut woke_at = looked_at;
             loop {
@@ -563,7 +562,8 @@ impl coordinator_server::Coordinator for CoordinatorService {
                     return;
                 }
                 // Most registry changes are about other hosts: look again only when this host's
-                // placements changed, or now and then (an app version re-registered).
+                // assignments changed, or once a recheck to say it is current (an agent takes a
+                // stream gone quiet for a broken one).
                 let version = raft.machine().registry.host_version(&host);
                 if version == seen_version && looked_at.elapsed() < ASSIGNMENT_RECHECK {
                     continue;
@@ -573,14 +573,22 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 if tokio::time::timeout(RAFT_DEADLINE, raft.read_barrier()).await.map_or(true, |r| r.is_err()) {
                     continue;
                 }
-                seen_version = raft.machine().registry.host_version(&host);
                 looked_at = tokio::time::Instant::now();
-                let next = assignments_of(&raft, &host);
-                let message = if next.instances == last.instances && next.stopping == last.stopping {
-                    pb::Assignments { index: next.index, unchanged: true, ..Default::default() }
-                } else {
-                    last = next.clone();
-                    next
+                // The set is built again only when the host's version moved (a once-a-second
+                // rebuild of every host's set was most of a coordinator's work at 10,000 hosts).
+                let message = {
+                    let machine = raft.machine();
+                    let registry = &machine.registry;
+                    let index = registry.applied_index();
+                    let next = registry.assignments_since(&host, seen_version).map(|set| assignments_pb(registry, set));
+                    seen_version = registry.host_version(&host);
+                    match next {
+                        Some(next) if next.instances != last.instances || next.stopping != last.stopping => {
+                            last = next.clone();
+                            next
+                        }
+                        _ => pb::Assignments { index, unchanged: true, ..Default::default() },
+                    }
                 };
                 if sender.send(Ok(message)).await.is_err() {
                     return;
@@ -701,13 +709,11 @@ pub fn cluster_info(raft: &RaftHandle) -> pb::ClusterInfo {
     }
 }
 
-fn assignments_of(raft: &RaftHandle, host: &HostId) -> pb::Assignments {
-    let machine = raft.machine();
-    let (run, stop) = machine.registry.assignments(host);
+fn assignments_pb(registry: &Registry, (run, stop): HostAssignments) -> pb::Assignments {
     let instances = run
         .iter()
         .map(|(id, spec)| pb::Assignment { id: id.as_u64(), spec: Some(wire_agent::InstanceSpec::from(spec)) })
         .collect();
     let stopping = stop.iter().map(|id| id.as_u64()).collect();
-    pb::Assignments { index: machine.registry.applied_index(), instances, unchanged: false, stopping }
+    pb::Assignments { index: registry.applied_index(), instances, unchanged: false, stopping }
 }

@@ -18,7 +18,7 @@ use mirari_coordinator::consensus::node::{Node, NodeConfig, Output};
 use mirari_coordinator::consensus::storage::{RaftLog, SimulatedDisk};
 use mirari_core::ids::InstanceId;
 use mirari_core::lease::{LeaseTable, LeaseTiming};
-use mirari_core::registry::{ApplyResult, Command, HostId, HostStatus, Registry, Request};
+use mirari_core::registry::{ApplyResult, Command, HostId, HostStatus, HostVersion, Registry, Request};
 use mirari_core::retention::{self, Retention};
 use mirari_core::rng::SplitMix64;
 use mirari_core::{rollout, scheduler};
@@ -58,7 +58,8 @@ struct Stream {
     last: Option<(Vec<InstanceId>, Vec<InstanceId>)>,
     sent_at: Ms,
     checking: bool,
-    seen_version: u64,
+    /// The host's version when its set was last looked at (`None`: not yet).
+    seen_version: Option<HostVersion>,
 }
 
 /// What a coordinator applied that the world wants to know.
@@ -233,7 +234,7 @@ impl SimCoordinator {
                         let host = crate::agents::host_name(agent);
                         self.streams.insert(
                             stream,
-                            Stream { agent, host, last: None, sent_at: 0, checking: true, seen_version: 0 },
+                            Stream { agent, host, last: None, sent_at: 0, checking: true, seen_version: None },
                         );
                         self.reads_to_ask.push((now, Reading::Stream { stream }));
                     }
@@ -353,7 +354,7 @@ impl SimCoordinator {
         let machine = node.machine();
         for (id, stream) in &mut self.streams {
             let version = machine.registry.host_version(&stream.host);
-            if !stream.checking && (version != stream.seen_version || now >= stream.sent_at + STREAM_RECHECK_MS) {
+            if !stream.checking && (Some(version) != stream.seen_version || now >= stream.sent_at + STREAM_RECHECK_MS) {
                 stream.checking = true;
                 self.reads_to_ask.push((now, Reading::Stream { stream: *id }));
             }
@@ -462,27 +463,33 @@ impl SimCoordinator {
         let Some(node) = self.node.as_ref() else { return };
         let machine = node.machine();
         let Some(stream) = self.streams.get_mut(&id) else { return };
-        let (run, stop) = machine.registry.assignments(&stream.host);
-        stream.checking = false;
-        stream.seen_version = machine.registry.host_version(&stream.host);
-        stream.sent_at = now;
-        let ids = (run.iter().map(|(id, _)| *id).collect::<Vec<_>>(), stop.clone());
-        let unchanged = stream.last.as_ref() == Some(&ids);
-        let agent = stream.agent;
-        let index = machine.registry.applied_index();
-        drop(machine);
-        let payload = if unchanged {
-            Payload::Assignments { stream: id, index, run: Vec::new(), stop: Vec::new(), unchanged: true }
-        } else {
-            self.note(
-                now,
-                format!("sends host-{agent} on stream {id}: run {:?} stop {:?}", ids_short(&ids.0), ids_short(&ids.1)),
-            );
-            Payload::Assignments { stream: id, index, run, stop, unchanged: false }
+        // As the service does: the set is built again only when the host's version moved.
+        let registry = &machine.registry;
+        let set = match stream.seen_version {
+            Some(seen) => registry.assignments_since(&stream.host, seen),
+            None => Some(registry.assignments(&stream.host)),
         };
-        if let Some(stream) = self.streams.get_mut(&id) {
-            stream.last = Some(ids);
-        }
+        stream.checking = false;
+        stream.seen_version = Some(registry.host_version(&stream.host));
+        stream.sent_at = now;
+        let agent = stream.agent;
+        let index = registry.applied_index();
+        drop(machine);
+        let changed = set.and_then(|(run, stop)| {
+            let ids = (run.iter().map(|(id, _)| *id).collect::<Vec<_>>(), stop.clone());
+            (self.streams.get(&id)?.last.as_ref() != Some(&ids)).then_some((ids, run, stop))
+        });
+        let payload = match changed {
+            None => Payload::Assignments { stream: id, index, run: Vec::new(), stop: Vec::new(), unchanged: true },
+            Some((ids, run, stop)) => {
+                let (run_ids, stop_ids) = (ids_short(&ids.0), ids_short(&ids.1));
+                self.note(now, format!("sends host-{agent} on stream {id}: run {run_ids:?} stop {stop_ids:?}"));
+                if let Some(stream) = self.streams.get_mut(&id) {
+                    stream.last = Some(ids);
+                }
+                Payload::Assignments { stream: id, index, run, stop, unchanged: false }
+            }
+        };
         net.send(rng, now, Addr::Coordinator(self.id), Addr::Agent(agent), payload);
     }
 }

@@ -127,11 +127,14 @@ struct Derived {
     /// Bumped whenever what a host must run or stop changes, so watchers can tell cheaply
     /// whether to look again.
     host_versions: BTreeMap<HostId, u64>,
+    /// The applied index these indexes were rebuilt at (a snapshot loaded): the epoch of every
+    /// [`HostVersion`] counted since.
+    rebuilt_at: u64,
     /// Hosts whose version was bumped since [`Registry::take_changed_hosts`] last took them.
     changed_hosts: BTreeSet<HostId>,
 }
 
-/// Host versions (and the hosts changed lately) are local to each replica (they restart when a snapshot is loaded),
+/// Host versions, their epoch and the hosts changed lately are local to each replica (they restart when a snapshot is loaded),
 /// so they take no part in comparing registries; everything else is derived from `instances`.
 impl PartialEq for Derived {
     fn eq(&self, other: &Self) -> bool {
@@ -282,7 +285,7 @@ impl Registry {
 
     /// What `host` must do: the instances it must run, with their specs, and those it must
     /// stop that have not ended yet.
-    pub fn assignments(&self, host: &HostId) -> (Vec<(InstanceId, InstanceSpec)>, Vec<InstanceId>) {
+    pub fn assignments(&self, host: &HostId) -> HostAssignments {
         let (mut run, mut stop) = (Vec::new(), Vec::new());
         for instance in self.placed_on(host) {
             if instance.desired == Desired::Stopped {
@@ -302,8 +305,14 @@ impl Registry {
     }
 
     /// Changes whenever what `host` must run or stop changes.
-    pub fn host_version(&self, host: &HostId) -> u64 {
-        self.derived.host_versions.get(host).copied().unwrap_or_default()
+    pub fn host_version(&self, host: &HostId) -> HostVersion {
+        let changes = self.derived.host_versions.get(host).copied().unwrap_or_default();
+        HostVersion { rebuilt_at: self.derived.rebuilt_at, changes }
+    }
+
+    /// What `host` must do ([`Registry::assignments`]), unless it is what it was at `seen`.
+    pub fn assignments_since(&self, host: &HostId, seen: HostVersion) -> Option<HostAssignments> {
+        (self.host_version(host) != seen).then(|| self.assignments(host))
     }
 
     /// The instance that fills a slot of an app with a version, if any.
@@ -382,7 +391,7 @@ impl Registry {
         if !self.recent_by_id.is_empty() {
             self.recent = RecentRequests::from_ids(std::mem::take(&mut self.recent_by_id));
         }
-        self.derived = Derived::default();
+        self.derived = Derived { rebuilt_at: self.applied_index, ..Derived::default() };
         let holding: Vec<InstanceEntry> = self.instances.values().filter(|i| holds_slot(i)).cloned().collect();
         for instance in &holding {
             self.index(instance, Held::of(instance), true);
@@ -912,6 +921,19 @@ impl<K, V> IsEmpty for BTreeMap<K, V> {
     fn is_empty(&self) -> bool {
         BTreeMap::is_empty(self)
     }
+}
+
+/// The instances a host must run, with their specs, and those it must stop.
+pub type HostAssignments = (Vec<(InstanceId, InstanceSpec)>, Vec<InstanceId>);
+
+/// Which state of a host's assignments a replica holds. The count of changes restarts when a
+/// snapshot is loaded, in a new epoch (the applied index then, larger than any this replica
+/// applied before, as raft only installs snapshots ahead of it), so a version seen before the
+/// load never equals one after it, whatever the counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HostVersion {
+    rebuilt_at: u64,
+    changes: u64,
 }
 
 /// Which derived indexes an instance's state puts it in.
