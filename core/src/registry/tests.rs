@@ -293,6 +293,21 @@ fn a_slot_is_not_filled_again_until_its_stopped_instance_has_ended() {
 }
 
 #[test]
+fn a_host_version_seen_before_a_snapshot_load_is_not_one_after_it() {
+    let (mut registry, index) = deployed(1);
+    place(&mut registry, index + 1, vec![placed(1, 0, "a")]).unwrap();
+    let host = HostId("a".into());
+    let seen = registry.host_version(&host);
+    assert!(registry.assignments_since(&host, seen).is_none(), "nothing changed since");
+    // Loaded from a snapshot, the host's changes count the same (one placement), and the set
+    // may differ from the one seen: a watcher must look again.
+    let mut loaded: Registry = serde_json::from_slice(&serde_json::to_vec(&registry).unwrap()).unwrap();
+    loaded.rebuild_derived();
+    assert_ne!(loaded.host_version(&host), seen);
+    assert_eq!(loaded.assignments_since(&host, seen).map(|(run, _)| run.len()), Some(1));
+}
+
+#[test]
 fn a_stop_is_part_of_the_hosts_assignments_until_it_has_ended() {
     let (mut registry, index) = deployed(1);
     place(&mut registry, index + 1, vec![placed(1, 0, "a")]).unwrap();
