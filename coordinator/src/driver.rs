@@ -87,7 +87,6 @@ enum Input {
     Step {
         from: u64,
         address: String,
-        log_format: u32,
         messages: Vec<RaftMessage>,
     },
     Propose(Box<Request>, oneshot::Sender<ProposeResult>),
@@ -238,15 +237,8 @@ impl RaftHandle {
         tokio_stream::wrappers::ReceiverStream::new(receiver)
     }
 
-    /// Steps in messages from peer `from`, which applies log entries up to `log_format`.
-    pub async fn step(
-        &self,
-        from: u64,
-        address: String,
-        log_format: u32,
-        messages: Vec<RaftMessage>,
-    ) -> Result<(), ProposeError> {
-        self.inputs.send(Input::Step { from, address, log_format, messages }).await.map_err(|_| ProposeError::Stopped)
+    pub async fn step(&self, from: u64, address: String, messages: Vec<RaftMessage>) -> Result<(), ProposeError> {
+        self.inputs.send(Input::Step { from, address, messages }).await.map_err(|_| ProposeError::Stopped)
     }
 
     /// Commits `request` through raft; resolves once this node has applied it.
@@ -332,7 +324,6 @@ pub fn spawn<B: Backing>(
         placement_wanted,
         pending: HashMap::new(),
         to_propose: Vec::new(),
-        log_formats: HashMap::new(),
         reads_to_ask: Vec::new(),
         awaiting_read_state: BTreeMap::new(),
         prune_reads_at: tokio::time::Instant::now(),
@@ -379,8 +370,6 @@ struct Driver<B: Backing> {
     awaiting_apply: Vec<(u64, ReadReply)>,
     next_read: u64,
     next_membership: u64,
-    /// The log entry format each peer last said it applies.
-    log_formats: HashMap<u64, u32>,
     /// Addresses peers gave in their messages, for peers this node has not yet applied the
     /// membership of (a new member answering the leader that added it).
     learned_addresses: HashMap<u64, String>,
@@ -419,9 +408,8 @@ impl<B: Backing> Driver<B> {
 
     fn handle(&mut self, input: Input) {
         match input {
-            Input::Step { from, address, log_format, messages } => {
+            Input::Step { from, address, messages } => {
                 self.learned_addresses.insert(from, address);
-                self.log_formats.insert(from, log_format);
                 for message in messages {
                     if let Err(error) = self.node.step(message) {
                         tracing::debug!(%error, "raft ignored a message");
@@ -475,23 +463,20 @@ impl<B: Backing> Driver<B> {
     /// size allows (group commit: under load, hundreds of writes share one fsync and one
     /// message to each follower).
     fn propose_taken(&mut self) {
-        let most = if self.voters_take_batches() { log_codec::MAX_REQUESTS_PER_ENTRY } else { 1 };
         let mut taken = std::mem::take(&mut self.to_propose).into_iter().peekable();
         while taken.peek().is_some() {
             let (mut group, mut bytes) = (Vec::new(), 0);
             while let Some(write) = taken.next_if(|(_, entry, _)| {
-                group.is_empty() || (group.len() < most && bytes + entry.len() <= MAX_GROUP_BYTES)
+                group.is_empty()
+                    || (group.len() < log_codec::MAX_REQUESTS_PER_ENTRY && bytes + entry.len() <= MAX_GROUP_BYTES)
             }) {
                 bytes += write.1.len();
                 group.push(write);
             }
-            let writes = group.len() as u64;
             let (callers, entries): (Vec<_>, Vec<_>) =
                 group.into_iter().map(|(id, entry, reply)| ((id, reply), entry)).unzip();
             match self.node.propose_checked(entries) {
                 Ok(()) => {
-                    self.metrics.proposed_writes.inc_by(writes);
-                    self.metrics.proposed_entries.inc();
                     for (request_id, reply) in callers {
                         self.pending.entry(request_id).or_default().push(reply);
                     }
@@ -504,13 +489,6 @@ impl<B: Backing> Driver<B> {
                 }
             }
         }
-    }
-
-    /// Whether every other voter said it applies batch entries (one that has not said so since
-    /// this node started may be from before them).
-    fn voters_take_batches(&self) -> bool {
-        let me = self.node.id();
-        self.node.voters().iter().all(|id| *id == me || self.log_formats.get(id).is_some_and(|f| *f >= 1))
     }
 
     /// One ReadIndex round for every read barrier of the batch.

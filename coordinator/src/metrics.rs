@@ -47,9 +47,6 @@ pub struct CoordinatorMetrics {
     pub snapshot_seconds: Histogram,
     pub placements: Counter,
     pub leases_expired: Counter,
-    /// Writes this node proposed, and the log entries they went in (group commit).
-    pub proposed_writes: Counter,
-    pub proposed_entries: Counter,
 }
 
 impl Default for CoordinatorMetrics {
@@ -63,8 +60,6 @@ impl Default for CoordinatorMetrics {
             snapshot_seconds: latency_histogram(),
             placements: Counter::default(),
             leases_expired: Counter::default(),
-            proposed_writes: Counter::default(),
-            proposed_entries: Counter::default(),
         }
     }
 }
@@ -117,16 +112,6 @@ impl CoordinatorMetrics {
             "leases_expired",
             "Hosts this node declared down, their lease expired, while it led",
             self.leases_expired.clone(),
-        );
-        registry.register(
-            "proposed_writes",
-            "Writes this node proposed to the raft log while it led",
-            self.proposed_writes.clone(),
-        );
-        registry.register(
-            "proposed_entries",
-            "Log entries those writes went in: fewer when writes that arrived together shared one",
-            self.proposed_entries.clone(),
         );
         registry.register_collector(Box::new(StateCollector { raft }));
         registry

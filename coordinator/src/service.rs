@@ -97,7 +97,7 @@ impl peer_server::Peer for PeerService {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
         self.raft
-            .step(batch.from, batch.from_address, batch.log_format, messages)
+            .step(batch.from, batch.from_address, messages)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::RaftAck {}))

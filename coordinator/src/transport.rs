@@ -130,7 +130,6 @@ impl Transport {
                 from_address: self.inner.self_address.clone(),
                 messages: batch.iter().map(encode_message).collect(),
                 cluster_id: self.inner.cluster_id.get().cloned().unwrap_or_default(),
-                log_format: mirari_proto::log_codec::LOG_FORMAT,
             };
             let outcome = match self.connect(&mut client, &address).await {
                 Some(peer) => tokio::time::timeout(SEND_TIMEOUT, peer.send(request)).await.ok(),

@@ -19,10 +19,6 @@ use crate::registry as pb;
 use crate::registry::log_entry::Command as PbCommand;
 use mirari_core::limits;
 
-/// The newest log entry format this version applies: 1 adds batch entries ([`encode_batch`]),
-/// which a node from before would skip. Peers say theirs in every `RaftBatch`.
-pub const LOG_FORMAT: u32 = 1;
-
 /// Most requests one entry carries ([`encode_batch`]).
 pub const MAX_REQUESTS_PER_ENTRY: usize = 4096;
 

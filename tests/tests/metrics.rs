@@ -46,11 +46,6 @@ fn coordinators_and_agents_serve_metrics_with_sensible_values_after_a_deploy() {
     assert_eq!(value("mirari_coordinator_hosts", &[("status", "down")]), 0.0);
     assert_eq!(value("mirari_coordinator_leases_expired_total", &[]), 0.0);
     assert!(value("mirari_coordinator_raft_leader_changes_total", &[]) >= 1.0);
-    let (writes, entries) = (
-        value("mirari_coordinator_proposed_writes_total", &[]),
-        value("mirari_coordinator_proposed_entries_total", &[]),
-    );
-    assert!(writes >= entries && entries >= 1.0, "{writes} writes proposed in {entries} entries");
     let unplaced: f64 = metrics.samples("mirari_coordinator_unplaced_slots", &[]).sum();
     assert_eq!(unplaced, 0.0, "every slot placed");
     assert!(metrics.by_label("mirari_coordinator_unplaced_slots", "reason").len() > 10, "every reason, 0 or not");
