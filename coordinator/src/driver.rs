@@ -4,8 +4,8 @@
 //! The task ticks the node, steps in peer messages, proposes, and after every batch of inputs
 //! runs `handle_ready` until nothing is left, sending messages through the [`Transport`] and
 //! answering the callers whose entries were applied. Inputs that arrive together are handled
-//! together, so many proposals under load become one log entry (group commit), one durable
-//! write and one message to each follower, and many read barriers one ReadIndex round.
+//! together, so many proposals under load become one ready and one durable write, and many
+//! read barriers one ReadIndex round.
 //!
 //! The task runs on a thread of its own: its fsyncs (and snapshots) block that thread only,
 //! never the async workers that serve heartbeats and reads.
@@ -21,7 +21,6 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use mirari_core::registry::{ApplyResult, Event, EventKind, HostId, Request};
-use mirari_proto::log_codec;
 use raft::StateRole;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
@@ -38,8 +37,6 @@ use crate::transport::Transport;
 const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 /// How many events a reader of the stream is sent per look at the log.
 const EVENT_BATCH: usize = 256;
-/// Most bytes of writes proposed together in one entry (raft's message size to a follower).
-const MAX_GROUP_BYTES: usize = 1 << 20;
 /// How many inputs may queue for the driver before callers wait.
 const INPUT_QUEUE: usize = 4096;
 /// How often a stalled node tries its failed write again.
@@ -323,7 +320,6 @@ pub fn spawn<B: Backing>(
         host_changes,
         placement_wanted,
         pending: HashMap::new(),
-        to_propose: Vec::new(),
         reads_to_ask: Vec::new(),
         awaiting_read_state: BTreeMap::new(),
         prune_reads_at: tokio::time::Instant::now(),
@@ -357,9 +353,6 @@ struct Driver<B: Backing> {
     placement_wanted: Arc<Notify>,
     /// Callers waiting for their entry to be applied, by request ID.
     pending: HashMap<String, Vec<oneshot::Sender<ProposeResult>>>,
-    /// Writes that arrived in the current batch of inputs, checked, with their callers: they
-    /// are proposed together.
-    to_propose: Vec<(String, Vec<u8>, oneshot::Sender<ProposeResult>)>,
     /// Read barriers that arrived in the current batch of inputs: one ReadIndex asks for all.
     reads_to_ask: Vec<ReadReply>,
     /// Read barriers waiting for raft to confirm an index, by read context.
@@ -400,7 +393,6 @@ impl<B: Backing> Driver<B> {
                     }
                 }
             }
-            self.propose_taken();
             self.ask_read_index();
             self.drain_ready()?;
         }
@@ -419,8 +411,8 @@ impl<B: Backing> Driver<B> {
             Input::ReadIndex(reply) if self.disk_failure.is_some() => {
                 let _ = reply.send(Err(self.stalled_error()));
             }
-            Input::Propose(request, reply) => match self.node.check(&request) {
-                Ok(entry) => self.to_propose.push((request.request_id, entry, reply)),
+            Input::Propose(request, reply) => match self.node.propose(&request) {
+                Ok(()) => self.pending.entry(request.request_id).or_default().push(reply),
                 Err(refused) => {
                     let _ = reply.send(Err(self.refusal(refused)));
                 }
@@ -457,38 +449,6 @@ impl<B: Backing> Driver<B> {
 
     fn stalled_error(&self) -> ProposeError {
         ProposeError::DiskFailure(self.disk_failure.clone().unwrap_or_default())
-    }
-
-    /// Proposes the writes taken in this batch of inputs together, as few entries as their
-    /// size allows (group commit: under load, hundreds of writes share one fsync and one
-    /// message to each follower).
-    fn propose_taken(&mut self) {
-        let mut taken = std::mem::take(&mut self.to_propose).into_iter().peekable();
-        while taken.peek().is_some() {
-            let (mut group, mut bytes) = (Vec::new(), 0);
-            while let Some(write) = taken.next_if(|(_, entry, _)| {
-                group.is_empty()
-                    || (group.len() < log_codec::MAX_REQUESTS_PER_ENTRY && bytes + entry.len() <= MAX_GROUP_BYTES)
-            }) {
-                bytes += write.1.len();
-                group.push(write);
-            }
-            let (callers, entries): (Vec<_>, Vec<_>) =
-                group.into_iter().map(|(id, entry, reply)| ((id, reply), entry)).unzip();
-            match self.node.propose_checked(entries) {
-                Ok(()) => {
-                    for (request_id, reply) in callers {
-                        self.pending.entry(request_id).or_default().push(reply);
-                    }
-                }
-                Err(refused) => {
-                    let error = self.refusal(refused);
-                    for (_, reply) in callers {
-                        let _ = reply.send(Err(error.clone()));
-                    }
-                }
-            }
-        }
     }
 
     /// One ReadIndex round for every read barrier of the batch.

@@ -19,57 +19,13 @@ use crate::registry as pb;
 use crate::registry::log_entry::Command as PbCommand;
 use mirari_core::limits;
 
-/// Most requests one entry carries ([`encode_batch`]).
-pub const MAX_REQUESTS_PER_ENTRY: usize = 4096;
-
-/// One request as a log entry, as clients propose them.
 pub fn encode(request: &Request) -> Vec<u8> {
-    pb::LogEntry {
-        request_id: request.request_id.clone(),
-        command: Some(command_to_pb(&request.command)),
-        batch: Vec::new(),
-    }
-    .encode_to_vec()
+    pb::LogEntry { request_id: request.request_id.clone(), command: Some(command_to_pb(&request.command)) }
+        .encode_to_vec()
 }
 
-/// One request from a log entry; a batch is refused (clients propose one request at a time).
 pub fn decode(bytes: &[u8]) -> Result<Request, WireError> {
-    request_from_pb(pb::LogEntry::decode(bytes).map_err(|e| invalid("log entry", e))?)
-}
-
-/// One entry carrying requests already encoded by [`encode`], in order (group commit): their
-/// bytes become the entry's `batch` field as they are, framed as embedded messages.
-pub fn encode_batch<'a>(encoded: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    use prost::encoding::{WireType, encode_key, encode_varint};
-    let mut entry = Vec::new();
-    for request in encoded {
-        encode_key(BATCH_FIELD, WireType::LengthDelimited, &mut entry);
-        encode_varint(request.len() as u64, &mut entry);
-        entry.extend_from_slice(request);
-    }
-    entry
-}
-
-/// `LogEntry.batch`'s field number.
-const BATCH_FIELD: u32 = 2;
-
-/// The requests a stored entry carries: its own, or its batch's in order.
-pub fn decode_entry(bytes: &[u8]) -> Result<Vec<Request>, WireError> {
     let entry = pb::LogEntry::decode(bytes).map_err(|e| invalid("log entry", e))?;
-    if entry.batch.is_empty() {
-        return Ok(vec![request_from_pb(entry)?]);
-    }
-    if entry.command.is_some() || !entry.request_id.is_empty() {
-        return Err(invalid("log entry", "a batch with a request of its own"));
-    }
-    bounded("log entry batch", entry.batch.len(), MAX_REQUESTS_PER_ENTRY)?;
-    entry.batch.into_iter().map(request_from_pb).collect()
-}
-
-fn request_from_pb(entry: pb::LogEntry) -> Result<Request, WireError> {
-    if !entry.batch.is_empty() {
-        return Err(invalid("log entry", "a batch where one request belongs"));
-    }
     let command = entry.command.as_ref().ok_or_else(|| invalid("log entry", "no command"))?;
     Ok(Request { request_id: entry.request_id, command: command_from_pb(command)? })
 }
@@ -687,40 +643,11 @@ mod tests {
             Command::SetProviderCondition { name: HostId("aws1".into()), condition: Some("Throttled".into()) },
             Command::SetProviderCondition { name: HostId("aws1".into()), condition: None },
         ];
-        let requests: Vec<Request> = commands
-            .into_iter()
-            .enumerate()
-            .map(|(n, command)| Request { request_id: format!("r-{n}"), command })
-            .collect();
-        for request in &requests {
-            assert_eq!(decode(&encode(request)), Ok(request.clone()));
-            assert_eq!(decode_entry(&encode(request)), Ok(vec![request.clone()]));
+        for command in commands {
+            let request = Request { request_id: "r-1".into(), command };
+            assert_eq!(decode(&encode(&request)), Ok(request));
         }
-        let encoded: Vec<Vec<u8>> = requests.iter().map(encode).collect();
-        assert_eq!(decode_entry(&encode_batch(encoded.iter().map(Vec::as_slice))), Ok(requests), "all, in order");
         assert!(decode(b"\xff\xff").is_err());
-    }
-
-    #[test]
-    fn a_batch_is_an_entry_of_requests_and_nothing_else() {
-        let scale =
-            |app: &str| Request { request_id: app.into(), command: Command::Scale { app: app.into(), count: 1 } };
-        let batch = encode_batch([encode(&scale("a")).as_slice(), &encode(&scale("b"))]);
-        let error = |bytes: &[u8]| decode_entry(bytes).unwrap_err().to_string();
-        assert_eq!(decode(&batch).unwrap_err().to_string(), "invalid `log entry`: a batch where one request belongs");
-        // A batch inside a batch, a batch that is a request too, a request without a command.
-        assert!(error(&encode_batch([batch.as_slice()])).contains("a batch where one request belongs"));
-        let mut with_own = encode(&scale("c"));
-        with_own.extend_from_slice(&batch);
-        assert!(error(&with_own).contains("a batch with a request of its own"));
-        assert!(error(&encode_batch([b"".as_slice()])).contains("no command"));
-        let too_many = encode_batch(
-            std::iter::repeat_n(encode(&scale("a")), MAX_REQUESTS_PER_ENTRY + 1)
-                .collect::<Vec<_>>()
-                .iter()
-                .map(Vec::as_slice),
-        );
-        assert!(error(&too_many).contains("above the limit of 4096"), "{}", error(&too_many));
     }
 
     #[test]

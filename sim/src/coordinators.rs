@@ -77,8 +77,6 @@ pub struct SimCoordinator {
     leases: LeaseTable,
     led_in_term: Option<u64>,
     waiting: BTreeMap<String, Waiting>,
-    /// Agents' writes taken since the last step, proposed together at the next.
-    to_propose: Vec<(Request, Waiting)>,
     reads_to_ask: Vec<(Ms, Reading)>,
     reads: BTreeMap<u64, Vec<(Ms, Reading)>>,
     awaiting_apply: Vec<(u64, Ms, Reading)>,
@@ -100,7 +98,6 @@ impl SimCoordinator {
             leases: LeaseTable::new(timing),
             led_in_term: None,
             waiting: BTreeMap::new(),
-            to_propose: Vec::new(),
             reads_to_ask: Vec::new(),
             reads: BTreeMap::new(),
             awaiting_apply: Vec::new(),
@@ -209,7 +206,14 @@ impl SimCoordinator {
                             request_id: format!("register-{id}-{call}-{}", rng.next_u64()),
                             command: Command::RegisterHost { host: (*host).clone() },
                         };
-                        self.to_propose.push((request, Waiting::Register { agent, call, host: host.id, received: now }));
+                        if node.propose(&request).is_ok() {
+                            self.waiting.insert(
+                                request.request_id,
+                                Waiting::Register { agent, call, host: host.id, received: now },
+                            );
+                        } else {
+                            Self::answer(net, rng, now, id, agent, call, Answer::Failed);
+                        }
                     }
                     Rpc::Report(reports) if leads => {
                         let host = crate::agents::host_name(agent);
@@ -217,7 +221,11 @@ impl SimCoordinator {
                             request_id: format!("report-{id}-{call}-{}", rng.next_u64()),
                             command: Command::ReportInstances { host, reports, at_ms: now },
                         };
-                        self.to_propose.push((request, Waiting::Report { agent, call }));
+                        if node.propose(&request).is_ok() {
+                            self.waiting.insert(request.request_id, Waiting::Report { agent, call });
+                        } else {
+                            Self::answer(net, rng, now, id, agent, call, Answer::Failed);
+                        }
                     }
                     Rpc::Watch { stream } => {
                         // An agent follows one stream: the one it opened last (it dropped the
@@ -258,7 +266,6 @@ impl SimCoordinator {
             self.next_duty = now + DUTY_MS;
             self.duties(rng, now, placements);
         }
-        self.propose_taken(net, rng, now);
         self.check_streams(now);
         self.ask_reads(now);
         loop {
@@ -292,39 +299,9 @@ impl SimCoordinator {
             self.led_in_term = None;
             self.note(now, "no longer leads".into());
             for (_, waiting) in std::mem::take(&mut self.waiting) {
-                Self::fail(net, rng, now, self.id, &waiting);
-            }
-        }
-    }
-
-    /// Tells an agent waiting for a write that it did not go through here.
-    fn fail(net: &mut Network, rng: &mut SplitMix64, now: Ms, from: u64, waiting: &Waiting) {
-        if let Waiting::Register { agent, call, .. } | Waiting::Report { agent, call } = *waiting {
-            Self::answer(net, rng, now, from, agent, call, Answer::Failed);
-        }
-    }
-
-    /// As the driver does: the agents' writes that arrived since the last step are proposed
-    /// together, as one entry (group commit).
-    fn propose_taken(&mut self, net: &mut Network, rng: &mut SplitMix64, now: Ms) {
-        let taken = std::mem::take(&mut self.to_propose);
-        let Some(node) = self.node.as_mut().filter(|_| !taken.is_empty()) else { return };
-        let (mut entries, mut checked) = (Vec::new(), Vec::new());
-        for (request, waiting) in taken {
-            match node.check(&request) {
-                Ok(entry) => {
-                    entries.push(entry);
-                    checked.push((request.request_id, waiting));
+                if let Waiting::Register { agent, call, .. } | Waiting::Report { agent, call } = waiting {
+                    Self::answer(net, rng, now, self.id, agent, call, Answer::Failed);
                 }
-                Err(_) => Self::fail(net, rng, now, self.id, &waiting),
-            }
-        }
-        let proposed = !entries.is_empty() && node.propose_checked(entries).is_ok();
-        for (request_id, waiting) in checked {
-            if proposed {
-                self.waiting.insert(request_id, waiting);
-            } else {
-                Self::fail(net, rng, now, self.id, &waiting);
             }
         }
     }

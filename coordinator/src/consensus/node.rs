@@ -383,35 +383,12 @@ impl<B: Backing> Node<B> {
         }
     }
 
-    /// Proposes one request; its `request_id` comes back in [`Output::applied`].
     pub fn propose(&mut self, request: &Request) -> Result<(), Refused> {
-        let entry = self.check(request)?;
-        self.propose_checked(vec![entry])
-    }
-
-    /// The entry bytes of `request`, if this node takes proposals and the request decodes as
-    /// it will where it is applied (a value above a limit is refused here, the caller's error,
-    /// and never reaches the log).
-    pub fn check(&self, request: &Request) -> Result<Vec<u8>, Refused> {
         if let Some(refused) = self.refusal() {
             return Err(refused);
         }
-        let entry = mirari_proto::log_codec::encode(request);
-        mirari_proto::log_codec::decode(&entry)?;
-        Ok(entry)
-    }
-
-    /// Proposes requests [`Node::check`]ed, in order, as one entry (group commit: one append,
-    /// one fsync, one message to each follower for all): each is applied as if it were an entry
-    /// of its own, and its `request_id` comes back in [`Output::applied`].
-    pub fn propose_checked(&mut self, mut entries: Vec<Vec<u8>>) -> Result<(), Refused> {
-        if let Some(refused) = self.refusal() {
-            return Err(refused);
-        }
-        let data = match entries.len() {
-            1 => entries.pop().expect("one entry"),
-            _ => mirari_proto::log_codec::encode_batch(entries.iter().map(Vec::as_slice)),
-        };
+        let data = mirari_proto::log_codec::encode(request);
+        mirari_proto::log_codec::decode(&data)?;
         self.raw.propose(Vec::new(), data).map_err(|_| self.not_leader().into())
     }
 
@@ -541,19 +518,15 @@ impl<B: Backing> Node<B> {
             let index = entry.index;
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => self.machine_mut().registry.skip(index),
-                EntryType::EntryNormal => match mirari_proto::log_codec::decode_entry(&entry.data) {
-                    Ok(requests) => {
+                EntryType::EntryNormal => match mirari_proto::log_codec::decode(&entry.data) {
+                    Ok(request) => {
                         let mut machine = self.machine_mut();
-                        // A batch's events are its entry's, in the order its requests applied.
-                        let mut events = EntryEvents { index, at_ms: None, kinds: Vec::new() };
-                        for request in requests {
-                            let result = machine.registry.apply(index, &request);
-                            events.kinds.append(&mut machine.registry.take_events());
-                            events.at_ms = events.at_ms.max(request.command.at_ms());
-                            output.changed_hosts.append(&mut machine.registry.take_changed_hosts());
-                            output.applied.push(Applied { index, request_id: request.request_id, result });
-                        }
-                        output.events.push(events);
+                        let result = machine.registry.apply(index, &request);
+                        let kinds = machine.registry.take_events();
+                        output.changed_hosts.append(&mut machine.registry.take_changed_hosts());
+                        drop(machine);
+                        output.events.push(EntryEvents { index, at_ms: request.command.at_ms(), kinds });
+                        output.applied.push(Applied { index, request_id: request.request_id, result });
                     }
                     Err(error) => {
                         // Proposals are checked before they enter the log, so this is a bug or
@@ -792,27 +765,6 @@ mod tests {
             provider: None,
         };
         Request { request_id: request_id.into(), command: Command::RegisterHost { host } }
-    }
-
-    #[test]
-    fn writes_proposed_together_are_one_entry_and_apply_as_if_alone() {
-        let mut node = leader();
-        let last = node.log().read().last_index();
-        let writes = [register("a"), register("b"), register("a")];
-        let entries = writes.iter().map(|w| node.check(w).unwrap()).collect();
-        node.propose_checked(entries).unwrap();
-        let (mut applied, mut events) = (Vec::new(), Vec::new());
-        while node.has_ready() {
-            let mut output = node.handle_ready().unwrap();
-            applied.append(&mut output.applied);
-            events.append(&mut output.events);
-        }
-        assert_eq!(node.log().read().last_index(), last + 1, "one entry");
-        let ids: Vec<(u64, &str)> = applied.iter().map(|a| (a.index, a.request_id.as_str())).collect();
-        assert_eq!(ids, [(last + 1, "a"), (last + 1, "b"), (last + 1, "a")]);
-        assert_eq!(applied[2].result, applied[0].result, "a retry in the same entry applies once");
-        assert_eq!(node.machine().registry.hosts().count(), 2);
-        assert_eq!(events.iter().map(|e| e.index).collect::<Vec<_>>(), [last + 1], "the entry's events together");
     }
 
     #[test]
