@@ -66,11 +66,14 @@ fn summary(registry: &Registry, now_ms: u64) -> pb::ClusterStatus {
 /// history.
 pub fn deployment_status(registry: &Registry, deployment: &Deployment, now_ms: u64) -> pb::DeploymentStatus {
     let app = &deployment.spec.app;
-    let live = || registry.live_of(app);
-    let placed = live().count() as u32;
-    let running = live().filter(|i| i.observed == Phase::Running).count() as u32;
-    let failed = live().filter(|i| i.observed == Phase::Failed).count() as u32;
-    let healthy = live().filter(|i| i.observed == Phase::Running && i.health == Health::Healthy).count() as u32;
+    // One walk over the app's live instances for every count.
+    let (mut placed, mut running, mut failed, mut healthy) = (0, 0, 0, 0);
+    for instance in registry.live_of(app) {
+        placed += 1;
+        running += u32::from(instance.observed == Phase::Running);
+        failed += u32::from(instance.observed == Phase::Failed);
+        healthy += u32::from(instance.observed == Phase::Running && instance.health == Health::Healthy);
+    }
     let has_health_check =
         registry.app_version(app, &deployment.spec.version).is_some_and(|version| version.run.health.is_some());
     let stopped = deployment.desired == Desired::Stopped;
