@@ -360,7 +360,15 @@ fn accept_tls(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::StreamExt;
+    use tonic::{Request, Response, Status, Streaming};
+
     use super::*;
+    use crate::agent::agent_client::AgentClient;
+    use crate::agent::agent_server::{Agent, AgentServer};
+    use crate::agent::*;
 
     #[test]
     fn parses_unix_and_tcp_forms() {
@@ -371,15 +379,6 @@ mod tests {
         assert!("localhost".parse::<Endpoint>().is_err());
         assert!("unix:".parse::<Endpoint>().is_err());
     }
-
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use futures::StreamExt;
-    use tonic::{Request, Response, Status, Streaming};
-
-    use crate::agent::agent_client::AgentClient;
-    use crate::agent::agent_server::{Agent, AgentServer};
-    use crate::agent::*;
 
     /// Consoles that stay open until `ended` turns true, and uploads answered when they end.
     struct Consoles {
